@@ -1,0 +1,58 @@
+# Engram — the front door. `make run` and `make test` are all a new user needs.
+#
+#   make deps    install build dependencies from Debian's packages (as root, non-interactive)
+#   make build   configure and build everything (build/)
+#   make run     build and start the server on ./data (config: config.example.yaml)
+#   make test    build and run every test through CTest
+#   make bench   build the load tool and run the benchmarks (see bench/README.md)
+#   make asan    build and test with AddressSanitizer + UBSan (build-asan/)
+#   make tsan    build and test with ThreadSanitizer (build-tsan/)
+#   make clean   remove build directories
+
+BUILD_DIR ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CTEST_ARGS ?=
+
+DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
+  libboost1.81-dev libboost-url1.81-dev \
+  librocksdb-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev \
+  libxapian-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build run test bench asan tsan clean
+
+# Installs only what is missing, so repeated runs cost a dpkg query.
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
+
+build: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	$(BUILD_DIR)/bin/engram --config config.example.yaml
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+bench: build
+	bench/run.sh $(BUILD_DIR)
+
+asan:
+	$(MAKE) test BUILD_DIR=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_ASAN=ON -DENGRAM_BUILD_BENCH=OFF"
+
+tsan:
+	$(MAKE) test BUILD_DIR=build-tsan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_TSAN=ON -DENGRAM_BUILD_BENCH=OFF"
+
+clean:
+	rm -rf build build-asan build-tsan

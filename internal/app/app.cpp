@@ -1,0 +1,144 @@
+#include "app/app.hpp"
+
+#include <prometheus/registry.h>
+#include <signal.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "engine/engine.hpp"
+#include "gateway/handler.hpp"
+#include "gateway/server.hpp"
+#include "storage/store.hpp"
+
+namespace engram::app {
+
+struct app::impl {
+  config::config cfg;
+  std::shared_ptr<const model::clock> clock;
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<engine::engine> eng;
+  std::unique_ptr<gateway::api_handler> handler;
+  std::unique_ptr<gateway::server> http;
+  std::unique_ptr<storage::store> store;
+  std::thread recovery;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool recovered = false;
+  std::optional<model::error> recovery_error;
+  bool stopped = false;
+
+  void recover() {
+    const auto t0 = std::chrono::steady_clock::now();
+    spdlog::info("storage: opening {} (durability={})", cfg.storage.data_dir,
+                 cfg.storage.mode == storage::durability::sync ? "sync" : "relaxed");
+    auto opened = storage::store::open(cfg.storage, registry.get(), clock,
+                                       [this](std::function<void()> f) { http->post(std::move(f)); });
+    std::lock_guard lock(mu);
+    if (!opened) {
+      spdlog::critical("storage: recovery failed: {}", opened.error().message);
+      recovery_error = opened.error();
+    } else {
+      store = std::move(*opened);
+      eng->attach(store.get());
+      spdlog::info("storage: ready after {} ms",
+                   std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+    }
+    recovered = true;
+    cv.notify_all();
+  }
+};
+
+app::app(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+app::~app() { stop(); }
+
+model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
+                                               std::shared_ptr<const model::clock> clock) {
+  auto p = std::make_unique<impl>();
+  p->cfg = cfg;
+  p->clock = clock ? std::move(clock) : model::default_clock();
+  p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock);
+  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry);
+  auto* h = p->handler.get();
+  p->http = std::make_unique<gateway::server>(
+      cfg.server, [h](gateway::request req, gateway::responder r) { h->handle(std::move(req), std::move(r)); },
+      p->registry.get());
+  if (auto ok = p->http->start(); !ok) return std::unexpected(ok.error());
+  spdlog::info("http: listening on {}:{}", cfg.server.host, p->http->port());
+  auto* raw = p.get();
+  p->recovery = std::thread([raw] { raw->recover(); });
+  return std::unique_ptr<app>(new app(std::move(p)));
+}
+
+uint16_t app::port() const { return impl_->http->port(); }
+
+model::status app::wait_ready(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mu);
+  if (!impl_->cv.wait_for(lock, timeout, [&] { return impl_->recovered; }))
+    return model::fail(model::errc::unavailable, "recovery did not finish in time");
+  if (impl_->recovery_error) return std::unexpected(*impl_->recovery_error);
+  return {};
+}
+
+int app::run_until_signal() {
+  // Block the signals in this thread (and threads started later) and wait for them
+  // synchronously; the I/O threads started earlier have them blocked too because
+  // main() blocks them before start().
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  // A recovery failure ends the wait too: post a signal to ourselves.
+  std::thread watcher([this] {
+    std::unique_lock lock(impl_->mu);
+    impl_->cv.wait(lock, [&] { return impl_->recovered || impl_->stopped; });
+    if (impl_->recovery_error) kill(getpid(), SIGTERM);
+  });
+  int sig = 0;
+  sigwait(&set, &sig);
+  const bool failed = [&] {
+    std::lock_guard lock(impl_->mu);
+    return impl_->recovery_error.has_value();
+  }();
+  if (!failed) spdlog::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  stop();
+  watcher.join();
+  return failed ? 1 : 0;
+}
+
+void app::stop() {
+  auto& s = *impl_;
+  {
+    std::lock_guard lock(s.mu);
+    if (s.stopped) return;
+    s.stopped = true;
+    s.cv.notify_all();
+  }
+  // Recovery must be finished before the HTTP side stops, since it posts to it.
+  if (s.recovery.joinable()) s.recovery.join();
+  s.http->stop(s.cfg.shutdown_timeout);
+  s.eng->attach(nullptr);
+  // Queued writes still commit; their completions are dropped with the I/O threads.
+  if (s.store) {
+    s.store->close();
+    s.store.reset();
+  }
+  spdlog::info("stopped");
+}
+
+void setup_logging(const config::log_options& opts) {
+  auto logger = spdlog::stderr_logger_mt("engram");
+  if (opts.format == "json")
+    logger->set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","msg":"%v"})", spdlog::pattern_time_type::utc);
+  else
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v");
+  logger->set_level(spdlog::level::from_str(opts.level));
+  spdlog::set_default_logger(logger);
+}
+
+}  // namespace engram::app

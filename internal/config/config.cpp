@@ -1,0 +1,293 @@
+#include "config/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <charconv>
+#include <functional>
+#include <iostream>
+#include <limits>
+
+extern char** environ;
+
+namespace engram::config {
+namespace {
+
+using model::errc;
+using model::fail;
+using setter = std::function<std::optional<std::string>(config&, const std::string&)>;
+
+struct key_spec {
+  std::string_view key;
+  setter set;  // returns a problem description, or nullopt when the value is valid
+};
+
+std::optional<uint64_t> to_uint(const std::string& s) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
+  return v;
+}
+
+// Builders for the common value shapes, each checking a range.
+template <class T>
+setter uint_key(T config::*section, auto member, uint64_t lo, uint64_t hi, uint64_t scale = 1) {
+  return [=](config& c, const std::string& raw) -> std::optional<std::string> {
+    auto v = to_uint(raw);
+    if (!v || *v < lo || *v > hi)
+      return "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
+    (c.*section).*member = static_cast<std::remove_reference_t<decltype((c.*section).*member)>>(*v * scale);
+    return std::nullopt;
+  };
+}
+
+template <class T, class D>
+setter duration_key(T config::*section, D member, uint64_t lo_ms, uint64_t hi_ms) {
+  return [=](config& c, const std::string& raw) -> std::optional<std::string> {
+    auto v = to_uint(raw);
+    if (!v || *v < lo_ms || *v > hi_ms)
+      return "must be a number of milliseconds between " + std::to_string(lo_ms) + " and " +
+             std::to_string(hi_ms);
+    (c.*section).*member = std::chrono::milliseconds(*v);
+    return std::nullopt;
+  };
+}
+
+std::optional<std::string> set_addr(config& c, const std::string& raw) {
+  const auto colon = raw.rfind(':');
+  if (colon == std::string::npos) return "must be host:port (e.g. 127.0.0.1:8080)";
+  std::string host = raw.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  auto port = to_uint(raw.substr(colon + 1));
+  if (host.empty() || !port || *port > 65535)
+    return "must be host:port with a port of 0-65535 (e.g. 127.0.0.1:8080)";
+  c.server.host = host;
+  c.server.port = static_cast<uint16_t>(*port);
+  return std::nullopt;
+}
+
+std::vector<std::string> split_list(const std::string& raw) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= raw.size()) {
+    size_t end = raw.find(',', start);
+    if (end == std::string::npos) end = raw.size();
+    std::string item = raw.substr(start, end - start);
+    while (!item.empty() && std::isspace(uint8_t(item.front()))) item.erase(0, 1);
+    while (!item.empty() && std::isspace(uint8_t(item.back()))) item.pop_back();
+    if (!item.empty()) out.push_back(std::move(item));
+    start = end + 1;
+  }
+  return out;
+}
+
+const std::vector<key_spec>& key_table() {
+  using ms = std::chrono::milliseconds;
+  constexpr uint64_t day_ms = 24ull * 3600 * 1000;
+  static const std::vector<key_spec> table = {
+      {"server.addr", set_addr},
+      {"server.threads", uint_key(&config::server, &gateway::options::threads, 0, 256)},
+      {"server.max_body_bytes",
+       uint_key(&config::server, &gateway::options::max_body_bytes, 1024, 1ull << 30)},
+      {"server.max_header_bytes",
+       uint_key(&config::server, &gateway::options::max_header_bytes, 1024, 1ull << 20)},
+      {"server.idle_timeout_ms", duration_key(&config::server, &gateway::options::idle_timeout, 100, day_ms)},
+      {"server.read_timeout_ms", duration_key(&config::server, &gateway::options::read_timeout, 100, day_ms)},
+      {"server.write_timeout_ms", duration_key(&config::server, &gateway::options::write_timeout, 100, day_ms)},
+      {"server.max_connections",
+       uint_key(&config::server, &gateway::options::max_connections, 1, 1'000'000)},
+      {"server.cors_origins",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.server.cors_origins = split_list(raw);
+         return std::nullopt;
+       }},
+      {"server.shutdown_timeout_ms",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto v = to_uint(raw);
+         if (!v || *v > 3'600'000) return "must be a number of milliseconds between 0 and 3600000";
+         c.shutdown_timeout = ms(*v);
+         return std::nullopt;
+       }},
+      {"server.max_batch_units",
+       uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
+      {"storage.data_dir",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw.empty()) return "must not be empty";
+         c.storage.data_dir = raw;
+         return std::nullopt;
+       }},
+      {"storage.durability",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw == "sync") c.storage.mode = storage::durability::sync;
+         else if (raw == "relaxed") c.storage.mode = storage::durability::relaxed;
+         else return "must be 'sync' or 'relaxed'";
+         return std::nullopt;
+       }},
+      {"storage.relaxed_sync_interval_ms",
+       duration_key(&config::storage, &storage::options::relaxed_sync_interval, 1, 60'000)},
+      {"storage.block_cache_mb",
+       uint_key(&config::storage, &storage::options::block_cache_bytes, 1, 1 << 20, 1 << 20)},
+      {"storage.write_buffer_mb",
+       uint_key(&config::storage, &storage::options::write_buffer_bytes, 1, 1 << 14, 1 << 20)},
+      {"storage.max_commit_group",
+       uint_key(&config::storage, &storage::options::max_commit_group, 1, 1'000'000)},
+      {"storage.commit_queue_limit",
+       uint_key(&config::storage, &storage::options::commit_queue_limit, 1, 10'000'000)},
+      {"storage.idempotency_ttl_hours",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto v = to_uint(raw);
+         if (!v || *v < 1 || *v > 24 * 365) return "must be a number of hours between 1 and 8760";
+         c.storage.idempotency_ttl = std::chrono::hours(*v);
+         return std::nullopt;
+       }},
+      {"log.level",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         static const std::vector<std::string> levels = {"trace", "debug", "info", "warn",
+                                                         "error", "critical", "off"};
+         if (std::find(levels.begin(), levels.end(), raw) == levels.end())
+           return "must be one of trace, debug, info, warn, error, critical, off";
+         c.log.level = raw;
+         return std::nullopt;
+       }},
+      {"log.format",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw != "text" && raw != "json") return "must be 'text' or 'json'";
+         c.log.format = raw;
+         return std::nullopt;
+       }},
+  };
+  return table;
+}
+
+model::status apply(config& c, std::string_view key, const std::string& value,
+                    std::string_view origin) {
+  for (const auto& spec : key_table()) {
+    if (spec.key != key) continue;
+    if (auto problem = spec.set(c, value))
+      return fail(errc::invalid_argument, "config key '" + std::string(key) + "' (" +
+                                              std::string(origin) + "): '" + value + "' " +
+                                              *problem);
+    return {};
+  }
+  return fail(errc::invalid_argument,
+              "unknown config key '" + std::string(key) + "' (" + std::string(origin) + ")");
+}
+
+model::status apply_yaml(config& c, const YAML::Node& node, const std::string& prefix,
+                         const std::string& file) {
+  if (node.IsMap()) {
+    for (const auto& kv : node) {
+      const std::string key = kv.first.as<std::string>();
+      if (auto ok = apply_yaml(c, kv.second, prefix.empty() ? key : prefix + "." + key, file); !ok)
+        return ok;
+    }
+    return {};
+  }
+  if (node.IsNull()) return {};
+  std::string value;
+  if (node.IsSequence()) {
+    for (const auto& item : node) {
+      if (!item.IsScalar())
+        return fail(errc::invalid_argument, "config key '" + prefix + "' (" + file +
+                                                "): list items must be plain values");
+      if (!value.empty()) value += ',';
+      value += item.as<std::string>();
+    }
+  } else {
+    value = node.as<std::string>();
+  }
+  return apply(c, prefix, value, file);
+}
+
+}  // namespace
+
+std::string env_name(std::string_view key) {
+  std::string out = "ENGRAM_";
+  for (char ch : key) out.push_back(ch == '.' ? '_' : char(std::toupper(uint8_t(ch))));
+  return out;
+}
+
+std::map<std::string, std::string> process_env() {
+  std::map<std::string, std::string> out;
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view kv(*e);
+    if (!kv.starts_with("ENGRAM_")) continue;
+    const auto eq = kv.find('=');
+    if (eq == std::string_view::npos) continue;
+    out.emplace(std::string(kv.substr(0, eq)), std::string(kv.substr(eq + 1)));
+  }
+  return out;
+}
+
+model::result<config> load(const sources& in) {
+  config c;
+  std::optional<std::string> file = in.file;
+  if (!file) {
+    if (auto it = in.env.find("ENGRAM_CONFIG"); it != in.env.end() && !it->second.empty())
+      file = it->second;
+  }
+  if (file) {
+    try {
+      const YAML::Node root = YAML::LoadFile(*file);
+      if (!root.IsNull() && !root.IsMap())
+        return fail(errc::invalid_argument, "config file " + *file + " must be a YAML mapping");
+      if (auto ok = apply_yaml(c, root, "", *file); !ok) return std::unexpected(ok.error());
+    } catch (const YAML::Exception& e) {
+      return fail(errc::invalid_argument, "config file " + *file + ": " + e.what());
+    }
+  }
+  for (const auto& spec : key_table()) {
+    const std::string name = env_name(spec.key);
+    if (auto it = in.env.find(name); it != in.env.end()) {
+      if (auto ok = apply(c, spec.key, it->second, "environment " + name); !ok)
+        return std::unexpected(ok.error());
+    }
+  }
+  for (const auto& [key, value] : in.flags) {
+    if (auto ok = apply(c, key, value, "command line"); !ok) return std::unexpected(ok.error());
+  }
+  return c;
+}
+
+command_line parse_command_line(int argc, const char* const* argv) {
+  CLI::App app{"engram: a real-time shared workspace for teams of AI agents"};
+  app.set_version_flag("--version", "engram 0.1.0");
+  command_line out;
+  std::string config_file, addr, data_dir, log_level, durability;
+  std::vector<std::string> sets;
+  app.add_option("-c,--config", config_file, "YAML configuration file (also ENGRAM_CONFIG)");
+  app.add_option("--addr", addr, "listen address host:port (server.addr)");
+  app.add_option("--data-dir", data_dir, "RocksDB data directory (storage.data_dir)");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error (log.level)");
+  app.add_option("--durability", durability, "sync|relaxed (storage.durability)");
+  app.add_option("--set", sets, "override any config key: --set server.threads=4")
+      ->type_name("KEY=VALUE");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    out.exit_code = app.exit(e);
+    if (*out.exit_code != 0) out.exit_code = 2;
+    return out;
+  }
+  if (!config_file.empty()) out.src.file = config_file;
+  out.src.env = process_env();
+  for (const auto& s : sets) {
+    const auto eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::cerr << "--set expects KEY=VALUE, got '" << s << "'\n";
+      out.exit_code = 2;
+      return out;
+    }
+    out.src.flags.emplace_back(s.substr(0, eq), s.substr(eq + 1));
+  }
+  // Dedicated flags win over --set, as they are more specific.
+  if (!addr.empty()) out.src.flags.emplace_back("server.addr", addr);
+  if (!data_dir.empty()) out.src.flags.emplace_back("storage.data_dir", data_dir);
+  if (!log_level.empty()) out.src.flags.emplace_back("log.level", log_level);
+  if (!durability.empty()) out.src.flags.emplace_back("storage.durability", durability);
+  return out;
+}
+
+}  // namespace engram::config

@@ -1,0 +1,55 @@
+#pragma once
+// Server configuration: defaults, then a YAML file, then ENGRAM_* environment
+// variables, then command-line flags. Everything is validated up front; an invalid
+// value is an error naming the key. Only cmd/engram (through app) reads config.
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/options.hpp"
+#include "gateway/options.hpp"
+#include "model/error.hpp"
+#include "storage/options.hpp"
+
+namespace engram::config {
+
+struct log_options {
+  std::string level = "info";   // trace, debug, info, warn, error, critical, off
+  std::string format = "text";  // text or json
+};
+
+struct config {
+  gateway::options server;
+  storage::options storage;
+  engine::options engine;
+  log_options log;
+  std::chrono::milliseconds shutdown_timeout{10'000};
+};
+
+// Everything that can feed the configuration, as plain data so tests can build it.
+struct sources {
+  std::optional<std::string> file;                         // YAML path
+  std::map<std::string, std::string> env;                  // e.g. ENGRAM_SERVER_ADDR
+  std::vector<std::pair<std::string, std::string>> flags;  // key → value, in order
+};
+
+model::result<config> load(const sources& in);
+
+// Environment variable for a key: "storage.data_dir" → "ENGRAM_STORAGE_DATA_DIR".
+std::string env_name(std::string_view key);
+
+// All ENGRAM_* variables of this process.
+std::map<std::string, std::string> process_env();
+
+// Parse argv with CLI11. Returns sources, or an exit code when the command line
+// asked for --help/--version (0) or was invalid (2); messages go to stdout/stderr.
+struct command_line {
+  sources src;
+  std::optional<int> exit_code;
+};
+command_line parse_command_line(int argc, const char* const* argv);
+
+}  // namespace engram::config

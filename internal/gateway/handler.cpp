@@ -1,0 +1,438 @@
+#include "gateway/handler.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <xxhash.h>
+
+#include <boost/url/parse.hpp>
+#include <boost/url/url_view.hpp>
+#include <charconv>
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "model/text.hpp"
+
+namespace engram::gateway {
+namespace {
+
+using model::errc;
+using model::json;
+using steady = std::chrono::steady_clock;
+
+// Route templates double as metric labels.
+enum class route_id { healthz, readyz, metrics, unit_append, unit_get, batch_append, unit_list,
+                      context_list, context_one, none };
+
+struct matched_route {
+  route_id id = route_id::none;
+  std::string_view label = "unmatched";
+  std::string_view allow;
+  std::string encoded_param;  // rest of the path after the route prefix
+};
+
+matched_route match(std::string_view path) {
+  auto exact = [&](std::string_view p) { return path == p; };
+  auto rest = [&](std::string_view prefix) -> std::optional<std::string> {
+    if (path.size() > prefix.size() && path.starts_with(prefix))
+      return std::string(path.substr(prefix.size()));
+    return std::nullopt;
+  };
+  if (exact("/healthz")) return {route_id::healthz, "/healthz", "GET", {}};
+  if (exact("/readyz")) return {route_id::readyz, "/readyz", "GET", {}};
+  if (exact("/metrics")) return {route_id::metrics, "/metrics", "GET", {}};
+  if (exact("/workunit")) return {route_id::unit_append, "/workunit", "POST", {}};
+  if (auto p = rest("/workunit/")) return {route_id::unit_get, "/workunit/{id}", "GET", *p};
+  if (exact("/workunits")) return {route_id::batch_append, "/workunits", "POST", {}};
+  if (auto p = rest("/workunits/")) return {route_id::unit_list, "/workunits/{contextId}", "GET", *p};
+  if (exact("/contexts")) return {route_id::context_list, "/contexts", "GET", {}};
+  if (auto p = rest("/contexts/")) return {route_id::context_one, "/contexts/{id}", "GET, PATCH", *p};
+  return {};
+}
+
+bool method_allowed(std::string_view allow, std::string_view method) {
+  size_t pos = 0;
+  while (pos < allow.size()) {
+    size_t end = allow.find(',', pos);
+    if (end == std::string_view::npos) end = allow.size();
+    std::string_view m = allow.substr(pos, end - pos);
+    while (!m.empty() && m.front() == ' ') m.remove_prefix(1);
+    if (m == method) return true;
+    pos = end + 1;
+  }
+  return false;
+}
+
+response json_response(unsigned status, const json& body) {
+  response r;
+  r.status = status;
+  r.body = model::dump(body);
+  return r;
+}
+
+response bad_request(std::string message) {
+  return error_response(model::error{errc::invalid_argument, std::move(message)});
+}
+
+model::result<json> parse_body(const request& req) {
+  if (req.body.empty())
+    return model::fail(errc::invalid_argument, "request body is empty; send a JSON object");
+  auto parsed = model::parse_json(req.body);
+  if (!parsed)
+    return model::fail(errc::invalid_argument,
+                       "request body is not valid JSON (check syntax and that strings are UTF-8)");
+  if (!parsed->is_object())
+    return model::fail(errc::invalid_argument, "request body must be a JSON object");
+  return std::move(*parsed);
+}
+
+// Decodes the rest-of-path parameter once and validates it as an identifier.
+model::result<std::string> path_param(const matched_route& m, std::string_view field) {
+  auto pv = boost::urls::make_pct_string_view(m.encoded_param);
+  if (!pv) return model::fail(errc::invalid_argument, std::string(field) + " has invalid percent-encoding");
+  std::string decoded = pv->decode();
+  if (auto bad = model::check_identifier(field, decoded, model::max_id_bytes))
+    return model::fail(errc::invalid_argument, *bad);
+  return decoded;
+}
+
+struct query_params {
+  std::vector<std::pair<std::string, std::string>> items;
+  const std::string* get(std::string_view key) const {
+    for (const auto& [k, v] : items)
+      if (k == key) return &v;
+    return nullptr;
+  }
+};
+
+model::result<std::optional<uint64_t>> uint_param(const query_params& q, std::string_view key) {
+  const auto* v = q.get(key);
+  if (!v || v->empty()) return std::optional<uint64_t>();
+  uint64_t n = 0;
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+  if (ec != std::errc() || p != v->data() + v->size())
+    return model::fail(errc::invalid_argument,
+                       std::string(key) + " must be a non-negative integer, got '" + *v + "'");
+  return std::optional<uint64_t>(n);
+}
+
+model::result<bool> bool_param(const query_params& q, std::string_view key) {
+  const auto* v = q.get(key);
+  if (!v || v->empty() || *v == "false" || *v == "0") return false;
+  if (*v == "true" || *v == "1") return true;
+  return model::fail(errc::invalid_argument, std::string(key) + " must be true or false, got '" + *v + "'");
+}
+
+// Idempotency-Key: 1-255 visible ASCII characters (as in the IETF draft's examples).
+model::result<std::string> idempotency_key_header(const request& req) {
+  const auto key = req.header("idempotency-key");
+  if (key.empty()) return std::string();
+  if (key.size() > 255)
+    return model::fail(errc::invalid_argument, "Idempotency-Key is longer than 255 characters");
+  for (char c : key)
+    if (c < 0x21 || c > 0x7E)
+      return model::fail(errc::invalid_argument, "Idempotency-Key must be visible ASCII characters");
+  return std::string(key);
+}
+
+// Hash of everything that makes two requests "the same" for an idempotency key.
+std::string fingerprint(const request& req, std::string_view path) {
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_128bits_reset(st);
+  auto feed = [&](std::string_view s) {
+    XXH3_128bits_update(st, s.data(), s.size());
+    XXH3_128bits_update(st, "\0", 1);
+  };
+  feed(req.method);
+  feed(path);
+  feed(req.header("x-agent-id"));
+  feed(req.body);
+  const XXH128_hash_t h = XXH3_128bits_digest(st);
+  XXH3_freeState(st);
+  std::string out(16, '\0');
+  for (int i = 0; i < 8; ++i) {
+    out[i] = char(h.high64 >> (8 * i));
+    out[8 + i] = char(h.low64 >> (8 * i));
+  }
+  return out;
+}
+
+}  // namespace
+
+response error_response(const model::error& err) {
+  unsigned status = 500;
+  switch (err.code) {
+    case errc::invalid_argument: status = 400; break;
+    case errc::not_found: status = 404; break;
+    case errc::conflict: status = 409; break;
+    case errc::unprocessable: status = 422; break;
+    case errc::payload_too_large: status = 413; break;
+    case errc::unavailable: status = 503; break;
+    case errc::internal: status = 500; break;
+  }
+  auto r = json_response(status, json{{"error", err.message}});
+  if (status == 503) r.headers.emplace_back("Retry-After", "1");
+  return r;
+}
+
+struct api_handler::impl {
+  engine::engine& eng;
+  options opts;
+  std::shared_ptr<prometheus::Registry> registry;
+  prometheus::Family<prometheus::Counter>* requests;
+  prometheus::Family<prometheus::Histogram>* latency;
+
+  impl(engine::engine& e, const options& o, std::shared_ptr<prometheus::Registry> r)
+      : eng(e), opts(o), registry(std::move(r)) {
+    requests = &prometheus::BuildCounter()
+                    .Name("engram_http_requests_total")
+                    .Help("HTTP requests by route, method and status")
+                    .Register(*registry);
+    latency = &prometheus::BuildHistogram()
+                   .Name("engram_http_request_duration_seconds")
+                   .Help("HTTP request latency by route and status, until the response is ready")
+                   .Register(*registry);
+  }
+
+  std::optional<std::string> allowed_origin(const request& req) const {
+    const auto origin = req.header("origin");
+    for (const auto& o : opts.cors_origins) {
+      if (o == "*") return std::string("*");
+      if (!origin.empty() && o == origin) return std::string(origin);
+    }
+    return std::nullopt;
+  }
+
+  // Wraps the responder: common headers, CORS, metrics.
+  responder finishing(const request& req, std::string_view label, responder respond) {
+    auto origin = allowed_origin(req);
+    return [this, origin = std::move(origin), label = std::string(label), method = req.method,
+            start = steady::now(), respond = std::move(respond)](response r) {
+      r.headers.emplace_back("X-Content-Type-Options", "nosniff");
+      r.headers.emplace_back("Cache-Control", "no-store");
+      if (origin) {
+        r.headers.emplace_back("Access-Control-Allow-Origin", *origin);
+        if (*origin != "*") r.headers.emplace_back("Vary", "Origin");
+        r.headers.emplace_back("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed");
+      }
+      const auto status = std::to_string(r.status);
+      requests->Add({{"route", label}, {"method", method}, {"status", status}}).Increment();
+      latency
+          ->Add({{"route", label}, {"status", status}},
+                prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                        0.01, 0.025, 0.05, 0.1, 0.25, 1})
+          .Observe(std::chrono::duration<double>(steady::now() - start).count());
+      respond(std::move(r));
+    };
+  }
+
+  void handle(request req, responder respond_raw) {
+    auto parsed = boost::urls::parse_origin_form(req.target);
+    if (!parsed) {
+      auto respond = finishing(req, "unmatched", std::move(respond_raw));
+      return respond(bad_request("malformed request target '" + req.target.substr(0, 200) + "'"));
+    }
+    const boost::urls::url_view url = *parsed;
+    const auto route = match(url.encoded_path());
+    auto respond = finishing(req, route.label, std::move(respond_raw));
+    if (route.id == route_id::none)
+      return respond(error_response({errc::not_found, "no route for " + req.method + " " +
+                                                          std::string(url.encoded_path().substr(0, 200))}));
+    if (req.method == "OPTIONS") {
+      response r;
+      r.status = 204;
+      r.content_type.clear();
+      r.headers.emplace_back("Allow", std::string(route.allow) + ", OPTIONS");
+      r.headers.emplace_back("Access-Control-Allow-Methods", std::string(route.allow) + ", OPTIONS");
+      r.headers.emplace_back("Access-Control-Allow-Headers",
+                             "Content-Type, Authorization, X-Agent-ID, Idempotency-Key, Last-Event-ID");
+      r.headers.emplace_back("Access-Control-Max-Age", "600");
+      return respond(std::move(r));
+    }
+    if (!method_allowed(route.allow, req.method)) {
+      auto r = error_response({errc::invalid_argument, "method " + req.method + " is not allowed on " +
+                                                           std::string(route.label) + "; use " +
+                                                           std::string(route.allow)});
+      r.status = 405;
+      r.headers.emplace_back("Allow", std::string(route.allow) + ", OPTIONS");
+      return respond(std::move(r));
+    }
+    query_params q;
+    for (auto p : url.params()) q.items.emplace_back(p.key, p.has_value ? p.value : std::string());
+
+    switch (route.id) {
+      case route_id::healthz: {
+        response r;
+        r.body = "OK";
+        r.content_type = "text/plain; charset=utf-8";
+        return respond(std::move(r));
+      }
+      case route_id::readyz:
+        return respond(eng.ready() ? json_response(200, json{{"status", "ready"}})
+                                   : json_response(503, json{{"status", "recovering"}}));
+      case route_id::metrics: {
+        response r;
+        r.body = prometheus::TextSerializer().Serialize(registry->Collect());
+        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        return respond(std::move(r));
+      }
+      case route_id::unit_append: return append_one(req, url.encoded_path(), std::move(respond));
+      case route_id::batch_append: return append_batch(req, url.encoded_path(), std::move(respond));
+      case route_id::unit_get: return get_unit(route, std::move(respond));
+      case route_id::unit_list: return list_units(route, q, std::move(respond));
+      case route_id::context_list: return list_contexts(q, std::move(respond));
+      case route_id::context_one:
+        if (req.method == "PATCH") return patch_context(req, route, std::move(respond));
+        return get_context(route, std::move(respond));
+      case route_id::none: break;
+    }
+    respond(error_response({errc::internal, "unhandled route"}));
+  }
+
+  static void respond_units(const responder& respond, model::result<storage::append_result> r,
+                            bool single) {
+    if (!r) return respond(error_response(r.error()));
+    json body;
+    if (single) {
+      body = json{{"work_unit", model::to_json(r->units.front())}};
+    } else {
+      json units = json::array();
+      for (const auto& u : r->units) units.push_back(model::to_json(u));
+      body = json{{"work_units", std::move(units)}};
+    }
+    auto resp = json_response(201, body);
+    if (r->replayed) resp.headers.emplace_back("Idempotent-Replayed", "true");
+    respond(std::move(resp));
+  }
+
+  void append_one(const request& req, std::string_view path, responder respond) {
+    auto body = parse_body(req);
+    if (!body) return respond(error_response(body.error()));
+    auto unit = model::unit_from_json(*body, {"", req.header("x-agent-id")});
+    if (!unit) return respond(error_response(unit.error()));
+    auto key = idempotency_key_header(req);
+    if (!key) return respond(error_response(key.error()));
+    std::string ctx = unit->context_id();
+    std::vector<api::WorkUnit> units;
+    units.push_back(std::move(*unit));
+    eng.append(std::move(ctx), std::move(units), {std::move(*key), fingerprint(req, path)},
+               [respond = std::move(respond)](auto r) { respond_units(respond, std::move(r), true); });
+  }
+
+  // {"context_id":"…","agent_id"?:"…","work_units":[{…},…]}: one context, all or none.
+  void append_batch(const request& req, std::string_view path, responder respond) {
+    auto body = parse_body(req);
+    if (!body) return respond(error_response(body.error()));
+    const auto ctx_it = body->find("context_id");
+    if (ctx_it == body->end() || !ctx_it->is_string())
+      return respond(bad_request("context_id is required and must be a string"));
+    const std::string ctx = ctx_it->get<std::string>();
+    if (auto bad = model::check_identifier("context_id", ctx, model::max_id_bytes))
+      return respond(bad_request(*bad));
+    std::string agent(req.header("x-agent-id"));
+    if (auto a = body->find("agent_id"); a != body->end() && !a->is_null()) {
+      if (!a->is_string()) return respond(bad_request("agent_id must be a string"));
+      if (!a->get_ref<const std::string&>().empty()) agent = a->get<std::string>();
+    }
+    const auto list = body->find("work_units");
+    if (list == body->end() || !list->is_array())
+      return respond(bad_request("work_units is required and must be an array of work units"));
+    if (list->empty()) return respond(bad_request("work_units must not be empty"));
+    if (list->size() > eng.opts().max_batch_units)
+      return respond(bad_request("a batch holds at most " + std::to_string(eng.opts().max_batch_units) +
+                                 " work units"));
+    std::vector<api::WorkUnit> units;
+    units.reserve(list->size());
+    for (size_t i = 0; i < list->size(); ++i) {
+      auto unit = model::unit_from_json((*list)[i], {ctx, agent});
+      if (!unit)
+        return respond(bad_request("work_units[" + std::to_string(i) + "]: " + unit.error().message));
+      if (unit->context_id() != ctx)
+        return respond(bad_request("work_units[" + std::to_string(i) +
+                                   "]: context_id differs from the batch's context_id"));
+      units.push_back(std::move(*unit));
+    }
+    auto key = idempotency_key_header(req);
+    if (!key) return respond(error_response(key.error()));
+    eng.append(ctx, std::move(units), {std::move(*key), fingerprint(req, path)},
+               [respond = std::move(respond)](auto r) { respond_units(respond, std::move(r), false); });
+  }
+
+  void get_unit(const matched_route& route, responder respond) {
+    auto id = path_param(route, "work unit id");
+    if (!id) return respond(error_response(id.error()));
+    auto unit = eng.get_unit(*id);
+    if (!unit) return respond(error_response(unit.error()));
+    respond(json_response(200, json{{"work_unit", model::to_json(*unit)}}));
+  }
+
+  void list_units(const matched_route& route, const query_params& q, responder respond) {
+    auto ctx = path_param(route, "context id");
+    if (!ctx) return respond(error_response(ctx.error()));
+    engine::list_request lr;
+    auto limit = uint_param(q, "limit");
+    auto reverse = bool_param(q, "reverse");
+    auto after = uint_param(q, "after_seq");
+    if (!limit) return respond(error_response(limit.error()));
+    if (!reverse) return respond(error_response(reverse.error()));
+    if (!after) return respond(error_response(after.error()));
+    lr.limit = *limit;
+    lr.reverse = *reverse;
+    lr.after_seq = after->value_or(0);
+    if (const auto* c = q.get("cursor")) lr.cursor = *c;
+    auto page = eng.list_units(*ctx, lr);
+    if (!page) return respond(error_response(page.error()));
+    json units = json::array();
+    for (const auto& u : page->units) units.push_back(model::to_json(u));
+    respond(json_response(200, json{{"work_units", std::move(units)}, {"next_cursor", page->next_cursor}}));
+  }
+
+  void get_context(const matched_route& route, responder respond) {
+    auto id = path_param(route, "context id");
+    if (!id) return respond(error_response(id.error()));
+    auto ctx = eng.get_context(*id);
+    if (!ctx) return respond(error_response(ctx.error()));
+    respond(json_response(200, json{{"context", model::to_json(*ctx)}}));
+  }
+
+  void patch_context(const request& req, const matched_route& route, responder respond) {
+    auto id = path_param(route, "context id");
+    if (!id) return respond(error_response(id.error()));
+    auto body = parse_body(req);
+    if (!body) return respond(error_response(body.error()));
+    auto patch = model::patch_from_json(*body);
+    if (!patch) return respond(error_response(patch.error()));
+    eng.patch_context(std::move(*id), std::move(*patch), [respond = std::move(respond)](auto r) {
+      if (!r) return respond(error_response(r.error()));
+      respond(json_response(200, json{{"context", model::to_json(*r)}}));
+    });
+  }
+
+  void list_contexts(const query_params& q, responder respond) {
+    auto limit = uint_param(q, "limit");
+    if (!limit) return respond(error_response(limit.error()));
+    const auto* cursor = q.get("cursor");
+    auto page = eng.list_contexts(cursor ? *cursor : std::string(), *limit);
+    if (!page) return respond(error_response(page.error()));
+    json list = json::array();
+    for (const auto& c : page->contexts) list.push_back(model::to_json(c));
+    respond(json_response(200, json{{"contexts", std::move(list)}, {"next_cursor", page->next_cursor}}));
+  }
+};
+
+api_handler::api_handler(engine::engine& engine, const options& opts,
+                         std::shared_ptr<prometheus::Registry> metrics)
+    : impl_(std::make_unique<impl>(engine, opts, std::move(metrics))) {}
+api_handler::~api_handler() = default;
+
+void api_handler::handle(request req, responder respond) {
+  // Last line of defence: no exception escapes a request (STYLE.md, Errors).
+  try {
+    impl_->handle(std::move(req), respond);
+  } catch (const std::exception& e) {
+    respond(error_response({errc::internal, std::string("internal error: ") + e.what()}));
+  }
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,37 @@
+#pragma once
+// Plain HTTP request/response values exchanged between the Beast server and the
+// route handler, so handlers compile without Beast and tests can call them directly.
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace engram::gateway {
+
+struct request {
+  std::string method;  // "GET", "POST", …
+  std::string target;  // raw request-target (origin form)
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
+
+  std::string_view header(std::string_view lower_name) const {
+    for (const auto& [k, v] : headers)
+      if (k == lower_name) return v;
+    return {};
+  }
+};
+
+struct response {
+  unsigned status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// Called exactly once per request, from any thread.
+using responder = std::function<void(response)>;
+using handler_fn = std::function<void(request, responder)>;
+
+}  // namespace engram::gateway

@@ -1,0 +1,335 @@
+#include "gateway/server.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+namespace engram::gateway {
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+
+class session;
+
+}  // namespace
+
+// State shared by the acceptor and every session.
+struct server::impl : std::enable_shared_from_this<server::impl> {
+  options opts;
+  handler_fn handler;
+  net::io_context ioc;
+  tcp::acceptor acceptor{net::make_strand(ioc)};
+  std::vector<std::thread> threads;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  std::atomic<bool> shutting_down{false};
+  bool stopped = false;
+
+  std::mutex mu;
+  std::condition_variable drained;
+  std::unordered_map<uint64_t, std::weak_ptr<session>> sessions;
+  uint64_t next_session = 0;
+
+  prometheus::Gauge* active = nullptr;
+  prometheus::Counter* accepted = nullptr;
+  prometheus::Counter* rejected = nullptr;
+
+  impl(options o, handler_fn h) : opts(std::move(o)), handler(std::move(h)) {}
+
+  void do_accept();
+  void on_accept(beast::error_code ec, tcp::socket socket);
+  void forget(uint64_t id) {
+    std::lock_guard lock(mu);
+    sessions.erase(id);
+    if (active) active->Set(double(sessions.size()));
+    if (sessions.empty()) drained.notify_all();
+  }
+};
+
+namespace {
+
+http::response<http::string_body> to_beast(response r, unsigned version, bool keep_alive) {
+  http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+  res.set(http::field::server, "engram");
+  if (!r.content_type.empty()) res.set(http::field::content_type, r.content_type);
+  for (auto& [k, v] : r.headers) res.insert(k, v);
+  res.body() = std::move(r.body);
+  res.keep_alive(keep_alive);
+  res.prepare_payload();
+  return res;
+}
+
+response plain_error(unsigned status, std::string_view message) {
+  response r;
+  r.status = status;
+  r.body = std::string("{\"error\":\"") + std::string(message) + "\"}";
+  return r;
+}
+
+// One HTTP connection. Reads one request at a time (so pipelined requests are
+// answered in order and bounded to one in progress), hands it to the handler and
+// writes the response. All members are touched on the strand only.
+class session : public std::enable_shared_from_this<session> {
+ public:
+  session(tcp::socket&& socket, std::shared_ptr<server::impl> srv, uint64_t id)
+      : stream_(std::move(socket)), srv_(std::move(srv)), id_(id) {}
+  ~session() { srv_->forget(id_); }
+
+  void run() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
+  }
+
+  // Called from the server during shutdown.
+  void shutdown() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      if (!self->busy_) self->close();  // idle: cancel the pending read
+      // busy: the response in progress is sent with Connection: close.
+    });
+  }
+
+  void reject(std::string_view why) {
+    auto res = std::make_shared<http::response<http::string_body>>(
+        to_beast(plain_error(503, why), 11, false));
+    res->set(http::field::retry_after, "1");
+    stream_.expires_after(std::chrono::seconds(5));
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
+      self->close();
+    });
+  }
+
+ private:
+  const options& opts() const { return srv_->opts; }
+
+  void read_header() {
+    if (srv_->shutting_down) return close();
+    parser_.emplace();
+    parser_->header_limit(uint32_t(opts().max_header_bytes));
+    parser_->body_limit(opts().max_body_bytes);
+    stream_.expires_after(opts().idle_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              self->on_header(ec);
+                            });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read_error(ec);
+    busy_ = true;
+    auto& req = parser_->get();
+    if (auto len = parser_->content_length(); len && *len > opts().max_body_bytes)
+      return fail_and_close(413, "request body exceeds the limit of " +
+                                     std::to_string(opts().max_body_bytes) + " bytes");
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, req.version());
+      stream_.expires_after(opts().write_timeout);
+      return http::async_write(stream_, *cont, [self = shared_from_this(), cont](beast::error_code ec, size_t) {
+        if (ec) return self->close();
+        self->read_body();
+      });
+    }
+    read_body();
+  }
+
+  void read_body() {
+    stream_.expires_after(opts().read_timeout);
+    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->on_read_error(ec);
+      self->dispatch_request();
+    });
+  }
+
+  void on_read_error(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
+        ec == net::error::connection_reset || ec == net::error::eof)
+      return close();
+    if (ec == http::error::body_limit)
+      return fail_and_close(413, "request body exceeds the limit of " +
+                                     std::to_string(opts().max_body_bytes) + " bytes");
+    if (ec == http::error::header_limit)
+      return fail_and_close(431, "request header exceeds the limit of " +
+                                     std::to_string(opts().max_header_bytes) + " bytes");
+    // Anything else is a malformed request; its framing cannot be trusted, so close.
+    fail_and_close(400, "malformed HTTP request: " + ec.message());
+  }
+
+  void dispatch_request() {
+    auto msg = parser_->release();
+    request req;
+    req.method = std::string(msg.method_string());
+    req.target = std::string(msg.target());
+    req.body = std::move(msg.body());
+    for (const auto& f : msg) {
+      std::string name(f.name_string());
+      for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+      req.headers.emplace_back(std::move(name), std::string(f.value()));
+    }
+    version_ = msg.version();
+    keep_alive_ = msg.keep_alive();
+    srv_->handler(std::move(req), [self = shared_from_this()](response r) {
+      net::post(self->stream_.get_executor(),
+                [self, r = std::move(r)]() mutable { self->send(std::move(r)); });
+    });
+  }
+
+  void send(response r) {
+    const bool keep = keep_alive_ && !srv_->shutting_down;
+    auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version_, keep));
+    stream_.expires_after(opts().write_timeout);
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
+      self->busy_ = false;
+      if (ec || !keep) return self->close();
+      self->read_header();
+    });
+  }
+
+  void fail_and_close(unsigned status, const std::string& message) {
+    keep_alive_ = false;
+    busy_ = true;
+    send(plain_error(status, message));
+  }
+
+  void close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<server::impl> srv_;
+  uint64_t id_;
+  unsigned version_ = 11;
+  bool keep_alive_ = true;
+  bool busy_ = false;
+};
+
+}  // namespace
+
+void server::impl::do_accept() {
+  acceptor.async_accept(net::make_strand(ioc),
+                        [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
+                          self->on_accept(ec, std::move(s));
+                        });
+}
+
+void server::impl::on_accept(beast::error_code ec, tcp::socket socket) {
+  if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
+  if (!ec) {
+    std::shared_ptr<session> s;
+    bool over_limit = false;
+    {
+      std::lock_guard lock(mu);
+      const uint64_t id = next_session++;
+      s = std::make_shared<session>(std::move(socket), shared_from_this(), id);
+      over_limit = sessions.size() >= opts.max_connections;
+      sessions.emplace(id, s);
+      if (active) active->Set(double(sessions.size()));
+    }
+    if (over_limit) {
+      if (rejected) rejected->Increment();
+      s->reject("too many connections; retry shortly");
+    } else {
+      if (accepted) accepted->Increment();
+      s->run();
+    }
+  } else {
+    spdlog::warn("http: accept failed: {}", ec.message());
+  }
+  do_accept();
+}
+
+server::server(options opts, handler_fn handler, prometheus::Registry* metrics)
+    : impl_(std::make_shared<impl>(std::move(opts), std::move(handler))) {
+  if (metrics) {
+    impl_->active = &prometheus::BuildGauge().Name("engram_http_connections_active")
+                         .Help("Open HTTP connections").Register(*metrics).Add({});
+    auto& conns = prometheus::BuildCounter().Name("engram_http_connections_total")
+                      .Help("Accepted HTTP connections by outcome").Register(*metrics);
+    impl_->accepted = &conns.Add({{"outcome", "served"}});
+    impl_->rejected = &conns.Add({{"outcome", "rejected_limit"}});
+  }
+}
+
+server::~server() { stop(std::chrono::milliseconds(0)); }
+
+model::status server::start() {
+  auto& a = impl_->acceptor;
+  beast::error_code ec;
+  const auto addr = net::ip::make_address(impl_->opts.host, ec);
+  if (ec)
+    return model::fail(model::errc::invalid_argument, "server.addr: '" + impl_->opts.host +
+                                                          "' is not an IP address: " + ec.message());
+  const tcp::endpoint ep{addr, impl_->opts.port};
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec)
+    return model::fail(model::errc::unavailable, "cannot listen on " + impl_->opts.host + ":" +
+                                                     std::to_string(impl_->opts.port) + ": " + ec.message());
+  impl_->work.emplace(impl_->ioc.get_executor());
+  impl_->do_accept();
+  unsigned n = impl_->opts.threads ? impl_->opts.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) impl_->threads.emplace_back([p = impl_.get()] { p->ioc.run(); });
+  return {};
+}
+
+uint16_t server::port() const {
+  beast::error_code ec;
+  auto ep = impl_->acceptor.local_endpoint(ec);
+  return ec ? 0 : ep.port();
+}
+
+void server::post(std::function<void()> f) { net::post(impl_->ioc, std::move(f)); }
+
+void server::stop(std::chrono::milliseconds deadline) {
+  auto& s = *impl_;
+  if (s.stopped) return;
+  s.stopped = true;
+  s.shutting_down = true;
+  // Phase 1: stop accepting and close idle connections.
+  std::promise<void> closed;
+  net::dispatch(s.acceptor.get_executor(), [&] {
+    beast::error_code ec;
+    s.acceptor.close(ec);
+    closed.set_value();
+  });
+  if (!s.threads.empty()) closed.get_future().wait();
+  std::vector<std::shared_ptr<session>> live;
+  {
+    std::lock_guard lock(s.mu);
+    for (auto& [id, w] : s.sessions)
+      if (auto p = w.lock()) live.push_back(std::move(p));
+  }
+  for (auto& p : live) p->shutdown();
+  live.clear();
+  // Phase 2: wait for in-flight requests to finish, up to the deadline.
+  {
+    std::unique_lock lock(s.mu);
+    s.drained.wait_for(lock, deadline, [&] { return s.sessions.empty(); });
+    if (!s.sessions.empty()) spdlog::warn("http: {} connections still open at the shutdown deadline", s.sessions.size());
+  }
+  s.work.reset();
+  s.ioc.stop();
+  for (auto& t : s.threads) t.join();
+  s.threads.clear();
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,44 @@
+#pragma once
+// The HTTP/1.1 server (Boost.Beast, callback style): an acceptor and one session per
+// connection, each on its own strand. Sessions do I/O only and hand each request to
+// the handler; the response may come back from any thread. Owns the io_context
+// and its threads.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+
+#include "gateway/http.hpp"
+#include "gateway/options.hpp"
+#include "model/error.hpp"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace engram::gateway {
+
+class server {
+ public:
+  server(options opts, handler_fn handler, prometheus::Registry* metrics);
+  ~server();  // stop()s if needed
+
+  // Binds, listens and starts the I/O threads.
+  model::status start();
+  uint16_t port() const;
+
+  // Runs `f` on an I/O thread (used for storage completions).
+  void post(std::function<void()> f);
+
+  // Two-phase shutdown: stop accepting; close idle connections; let in-flight
+  // requests finish (their responses carry Connection: close) until `deadline`;
+  // then close everything and join the I/O threads.
+  void stop(std::chrono::milliseconds deadline);
+
+  struct impl;
+
+ private:
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace engram::gateway

@@ -1,0 +1,315 @@
+#include "model/codec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <nlohmann/json.hpp>
+
+#include "model/text.hpp"
+
+namespace engram::model {
+namespace {
+
+constexpr std::array<std::string_view, 9> unit_type_names = {
+    "UNKNOWN",     "MESSAGE",     "REASONING",   "TOOL_CALL", "TOOL_RESULT",
+    "FILE_CHANGE", "TASK_STATUS", "ERROR",       "SYSTEM"};
+constexpr std::array<std::string_view, 8> relationship_type_names = {
+    "UNSPECIFIED", "SEQUENTIAL",  "CAUSES",   "DEPENDS_ON",
+    "REFERENCES",  "RESPONDS_TO", "MODIFIES", "REPLACES"};
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = char(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+template <size_t N>
+result<int> enum_from_json(const json& value, std::string_view field,
+                           const std::array<std::string_view, N>& names,
+                           std::string_view proto_prefix) {
+  if (value.is_number_integer()) {
+    const auto n = value.get<int64_t>();
+    if (n >= 0 && n < int64_t(N)) return int(n);
+  } else if (value.is_string()) {
+    std::string name = upper(value.get_ref<const std::string&>());
+    if (name.starts_with(proto_prefix)) name.erase(0, proto_prefix.size());
+    for (size_t i = 0; i < N; ++i)
+      if (names[i] == name) return int(i);
+  } else {
+    return fail(errc::invalid_argument,
+                std::string(field) + " must be an integer or a type name");
+  }
+  std::string msg = std::string(field) + " " + value.dump() + " is unknown; expected 0-" +
+                    std::to_string(N - 1) + " or one of";
+  for (auto n : names) (msg += ' ') += n;
+  return fail(errc::invalid_argument, std::move(msg));
+}
+
+result<std::string> string_field(const json& object, std::string_view field,
+                                 std::string_view fallback) {
+  const auto it = object.find(field);
+  if (it == object.end() || it->is_null()) return std::string(fallback);
+  if (!it->is_string()) return fail(errc::invalid_argument, std::string(field) + " must be a string");
+  return it->get<std::string>();
+}
+
+status meta_from_json(const json& value, std::string_view field,
+                      google::protobuf::Map<std::string, std::string>& out) {
+  if (value.is_null()) return {};
+  if (!value.is_object())
+    return fail(errc::invalid_argument, std::string(field) + " must be an object of strings");
+  if (value.size() > max_meta_entries)
+    return fail(errc::invalid_argument, std::string(field) + " has more than " +
+                                            std::to_string(max_meta_entries) + " entries");
+  for (const auto& [key, v] : value.items()) {
+    if (key.empty() || key.size() > max_id_bytes)
+      return fail(errc::invalid_argument, std::string(field) + " keys must be 1-" +
+                                              std::to_string(max_id_bytes) + " bytes");
+    if (!v.is_string())
+      return fail(errc::invalid_argument,
+                  std::string(field) + "." + key + " must be a string");
+    if (v.get_ref<const std::string&>().size() > max_meta_value_bytes)
+      return fail(errc::invalid_argument, std::string(field) + "." + key + " is longer than " +
+                                              std::to_string(max_meta_value_bytes) + " bytes");
+    out[key] = v.get<std::string>();
+  }
+  return {};
+}
+
+json meta_json(const google::protobuf::Map<std::string, std::string>& meta) {
+  json out = json::object();
+  for (const auto& [k, v] : meta) out[k] = v;
+  return out;
+}
+
+result<std::vector<std::string>> id_list(const json& object, std::string_view field) {
+  std::vector<std::string> out;
+  const auto it = object.find(field);
+  if (it == object.end() || it->is_null()) return out;
+  if (!it->is_array())
+    return fail(errc::invalid_argument, std::string(field) + " must be an array of strings");
+  if (it->size() > 1000)
+    return fail(errc::invalid_argument, std::string(field) + " has more than 1000 entries");
+  for (const auto& v : *it) {
+    if (!v.is_string())
+      return fail(errc::invalid_argument, std::string(field) + " must be an array of strings");
+    const auto& s = v.get_ref<const std::string&>();
+    if (auto bad = check_identifier(std::string(field) + " entry", s, max_id_bytes))
+      return fail(errc::invalid_argument, *bad);
+    out.push_back(s);
+  }
+  return out;
+}
+
+void add_unique(google::protobuf::RepeatedPtrField<std::string>& list,
+                const std::vector<std::string>& items) {
+  for (const auto& item : items)
+    if (std::find(list.begin(), list.end(), item) == list.end()) *list.Add() = item;
+}
+
+void remove_all(google::protobuf::RepeatedPtrField<std::string>& list,
+                const std::vector<std::string>& items) {
+  for (const auto& item : items) {
+    for (int i = list.size() - 1; i >= 0; --i)
+      if (list.Get(i) == item) list.DeleteSubrange(i, 1);
+  }
+}
+
+}  // namespace
+
+json timestamp_json(int64_t ns) {
+  int64_t seconds = ns / 1'000'000'000;
+  int64_t nanos = ns % 1'000'000'000;
+  if (nanos < 0) {  // protobuf Timestamp keeps nanos non-negative
+    nanos += 1'000'000'000;
+    --seconds;
+  }
+  return json{{"seconds", seconds}, {"nanos", nanos}};
+}
+
+json to_json(const api::WorkUnit& u) {
+  json rels = json::array();
+  for (const auto& r : u.relationships())
+    rels.push_back({{"target_id", r.target_id()}, {"type", int(r.type())}, {"meta", meta_json(r.meta())}});
+  json out = {{"id", u.id()},
+              {"context_id", u.context_id()},
+              {"seq", u.seq()},
+              {"agent_id", u.agent_id()},
+              {"type", int(u.type())},
+              {"ts", timestamp_json(u.ts_ns())},
+              {"meta", meta_json(u.meta())},
+              {"payload", base64_encode(u.payload())},
+              {"relationships", std::move(rels)}};
+  if (!u.idempotency_key().empty()) out["idempotency_key"] = u.idempotency_key();
+  return out;
+}
+
+json to_json(const api::Context& c) {
+  return json{{"id", c.id()},
+              {"display_name", c.display_name()},
+              {"agent_ids", json(std::vector<std::string>(c.agent_ids().begin(), c.agent_ids().end()))},
+              {"pinned_units",
+               json(std::vector<std::string>(c.pinned_units().begin(), c.pinned_units().end()))},
+              {"meta", meta_json(c.meta())},
+              {"created_at", timestamp_json(c.created_at_ns())},
+              {"updated_at", timestamp_json(c.updated_at_ns())},
+              {"head_seq", c.head_seq()}};
+}
+
+std::string dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::optional<json> parse_json(std::string_view text) {
+  auto parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) return std::nullopt;
+  return parsed;
+}
+
+result<api::WorkUnitType> unit_type_from_json(const json& value, std::string_view field) {
+  auto n = enum_from_json(value, field, unit_type_names, "WORK_UNIT_TYPE_");
+  if (!n) return std::unexpected(n.error());
+  return api::WorkUnitType(*n);
+}
+
+result<api::RelationshipType> relationship_type_from_json(const json& value,
+                                                         std::string_view field) {
+  auto n = enum_from_json(value, field, relationship_type_names, "RELATIONSHIP_TYPE_");
+  if (!n) return std::unexpected(n.error());
+  return api::RelationshipType(*n);
+}
+
+result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& defaults) {
+  if (!object.is_object())
+    return fail(errc::invalid_argument, "a work unit must be a JSON object");
+  api::WorkUnit unit;
+
+  auto context_id = string_field(object, "context_id", defaults.context_id);
+  if (!context_id) return std::unexpected(context_id.error());
+  if (auto bad = check_identifier("context_id", *context_id, max_id_bytes))
+    return fail(errc::invalid_argument, *bad);
+  unit.set_context_id(std::move(*context_id));
+
+  auto agent_id = string_field(object, "agent_id", "");
+  if (!agent_id) return std::unexpected(agent_id.error());
+  if (agent_id->empty()) *agent_id = defaults.agent_id;
+  if (auto bad = check_identifier("agent_id", *agent_id, max_id_bytes))
+    return fail(errc::invalid_argument,
+                *bad + (agent_id->empty() ? " (in the body or the X-Agent-ID header)" : ""));
+  unit.set_agent_id(std::move(*agent_id));
+
+  if (auto it = object.find("type"); it != object.end() && !it->is_null()) {
+    auto type = unit_type_from_json(*it, "type");
+    if (!type) return std::unexpected(type.error());
+    unit.set_type(*type);
+  }
+
+  if (auto it = object.find("meta"); it != object.end()) {
+    if (auto ok = meta_from_json(*it, "meta", *unit.mutable_meta()); !ok)
+      return std::unexpected(ok.error());
+  }
+
+  const auto payload = object.find("payload");
+  const auto text = object.find("text");
+  const bool has_payload = payload != object.end() && !payload->is_null();
+  const bool has_text = text != object.end() && !text->is_null();
+  if (has_payload && has_text)
+    return fail(errc::invalid_argument, "give either payload (base64) or text (UTF-8), not both");
+  if (has_payload) {
+    if (!payload->is_string())
+      return fail(errc::invalid_argument, "payload must be a base64 string");
+    auto bytes = base64_decode(payload->get_ref<const std::string&>());
+    if (!bytes) return fail(errc::invalid_argument, "payload is not valid standard base64");
+    unit.set_payload(std::move(*bytes));
+  } else if (has_text) {
+    if (!text->is_string()) return fail(errc::invalid_argument, "text must be a string");
+    unit.set_payload(text->get<std::string>());
+  }
+
+  if (auto it = object.find("relationships"); it != object.end() && !it->is_null()) {
+    if (!it->is_array()) return fail(errc::invalid_argument, "relationships must be an array");
+    if (it->size() > max_relationships)
+      return fail(errc::invalid_argument, "relationships has more than " +
+                                              std::to_string(max_relationships) + " entries");
+    for (const auto& r : *it) {
+      if (!r.is_object())
+        return fail(errc::invalid_argument, "each relationship must be an object");
+      auto* rel = unit.add_relationships();
+      auto target = string_field(r, "target_id", "");
+      if (!target) return std::unexpected(target.error());
+      if (auto bad = check_identifier("relationships[].target_id", *target, max_id_bytes))
+        return fail(errc::invalid_argument, *bad);
+      rel->set_target_id(std::move(*target));
+      if (auto t = r.find("type"); t != r.end() && !t->is_null()) {
+        auto type = relationship_type_from_json(*t, "relationships[].type");
+        if (!type) return std::unexpected(type.error());
+        rel->set_type(*type);
+      }
+      if (auto m = r.find("meta"); m != r.end()) {
+        if (auto ok = meta_from_json(*m, "relationships[].meta", *rel->mutable_meta()); !ok)
+          return std::unexpected(ok.error());
+      }
+    }
+  }
+  return unit;
+}
+
+result<context_patch> patch_from_json(const json& object) {
+  if (!object.is_object())
+    return fail(errc::invalid_argument, "the request body must be a JSON object");
+  context_patch patch;
+  if (auto it = object.find("display_name"); it != object.end() && !it->is_null()) {
+    if (!it->is_string()) return fail(errc::invalid_argument, "display_name must be a string");
+    const auto& name = it->get_ref<const std::string&>();
+    if (name.size() > max_display_name_bytes)
+      return fail(errc::invalid_argument, "display_name is longer than " +
+                                              std::to_string(max_display_name_bytes) + " bytes");
+    patch.display_name = name;
+  }
+  for (auto [field, target] :
+       {std::pair{"add_agents", &patch.add_agents}, std::pair{"remove_agents", &patch.remove_agents},
+        std::pair{"pin_units", &patch.pin_units}, std::pair{"unpin_units", &patch.unpin_units}}) {
+    auto ids = id_list(object, field);
+    if (!ids) return std::unexpected(ids.error());
+    *target = std::move(*ids);
+  }
+  if (auto it = object.find("meta"); it != object.end() && !it->is_null()) {
+    if (!it->is_object())
+      return fail(errc::invalid_argument, "meta must be an object of strings (null deletes a key)");
+    if (it->size() > max_meta_entries)
+      return fail(errc::invalid_argument, "meta has more than " +
+                                              std::to_string(max_meta_entries) + " entries");
+    for (const auto& [key, v] : it->items()) {
+      if (key.empty() || key.size() > max_id_bytes)
+        return fail(errc::invalid_argument,
+                    "meta keys must be 1-" + std::to_string(max_id_bytes) + " bytes");
+      if (v.is_null()) {
+        patch.meta.emplace_back(key, std::nullopt);
+      } else if (v.is_string() && v.get_ref<const std::string&>().size() <= max_meta_value_bytes) {
+        patch.meta.emplace_back(key, v.get<std::string>());
+      } else {
+        return fail(errc::invalid_argument, "meta." + key + " must be a string of at most " +
+                                                std::to_string(max_meta_value_bytes) +
+                                                " bytes, or null to delete it");
+      }
+    }
+  }
+  return patch;
+}
+
+void apply_patch(api::Context& context, const context_patch& patch) {
+  if (patch.display_name) context.set_display_name(*patch.display_name);
+  add_unique(*context.mutable_agent_ids(), patch.add_agents);
+  remove_all(*context.mutable_agent_ids(), patch.remove_agents);
+  add_unique(*context.mutable_pinned_units(), patch.pin_units);
+  remove_all(*context.mutable_pinned_units(), patch.unpin_units);
+  auto& meta = *context.mutable_meta();
+  for (const auto& [key, value] : patch.meta) {
+    if (value)
+      meta[key] = *value;
+    else
+      meta.erase(key);
+  }
+}
+
+}  // namespace engram::model

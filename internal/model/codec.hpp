@@ -1,0 +1,65 @@
+#pragma once
+// JSON codecs for the Engram v3 wire format (DESIGN.md §5): snake_case fields,
+// integer enums on output (names accepted on input), {"seconds","nanos"}
+// timestamps, base64 payloads. Parsing validates every field and reports the first
+// problem as an invalid_argument error naming the field.
+
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "engram.pb.h"
+#include "model/error.hpp"
+
+namespace engram::model {
+
+using json = nlohmann::json;
+
+// Limits on client-supplied fields; bodies are bounded separately by the server.
+inline constexpr size_t max_id_bytes = 256;
+inline constexpr size_t max_meta_entries = 256;
+inline constexpr size_t max_meta_value_bytes = 64 * 1024;
+inline constexpr size_t max_relationships = 256;
+inline constexpr size_t max_display_name_bytes = 1024;
+
+json timestamp_json(int64_t ns);
+json to_json(const api::WorkUnit& unit);
+json to_json(const api::Context& context);
+
+// Serialise compactly; never throws (invalid UTF-8 would be replaced, though every
+// string we store has been validated).
+std::string dump(const json& value);
+
+// Parse a JSON text; nullopt when it is not valid JSON (including invalid UTF-8).
+std::optional<json> parse_json(std::string_view text);
+
+// Values used when the unit object omits them (a batch's context, X-Agent-ID).
+struct unit_defaults {
+  std::string_view context_id;
+  std::string_view agent_id;
+};
+
+// Parse one work unit from a request object. Server-assigned fields (id, seq, ts)
+// are ignored if present. `text` (UTF-8) may replace base64 `payload`.
+result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& defaults);
+
+// Work unit type from an integer or a name ("MESSAGE", "message",
+// "WORK_UNIT_TYPE_MESSAGE"); an error lists the accepted values.
+result<api::WorkUnitType> unit_type_from_json(const json& value, std::string_view field);
+result<api::RelationshipType> relationship_type_from_json(const json& value,
+                                                         std::string_view field);
+
+// PATCH /contexts/{id}. Lists are applied as sets: additions, then removals (an id
+// both added and removed ends up removed). A null meta value deletes the key.
+struct context_patch {
+  std::optional<std::string> display_name;
+  std::vector<std::string> add_agents, remove_agents, pin_units, unpin_units;
+  std::vector<std::pair<std::string, std::optional<std::string>>> meta;
+};
+result<context_patch> patch_from_json(const json& object);
+void apply_patch(api::Context& context, const context_patch& patch);
+
+}  // namespace engram::model

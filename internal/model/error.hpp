@@ -1,0 +1,35 @@
+#pragma once
+// One result type for the whole codebase: expected failures are values carrying a
+// code (mapped to an HTTP status in exactly one place, gateway/errors) and a message
+// that tells the caller what was wrong and how to fix it.
+
+#include <expected>
+#include <string>
+#include <utility>
+
+namespace engram::model {
+
+enum class errc {
+  invalid_argument,    // 400: the request is malformed or a field is invalid
+  not_found,           // 404
+  conflict,            // 409: state forbids it now (in-flight idempotent retry, lock held)
+  unprocessable,       // 422: idempotency key reused with a different request
+  payload_too_large,   // 413
+  unavailable,         // 503: recovering, overloaded, or storage refused the write
+  internal,            // 500: a bug or an I/O failure we cannot attribute to the caller
+};
+
+struct error {
+  errc code;
+  std::string message;
+};
+
+template <class T>
+using result = std::expected<T, error>;
+using status = result<void>;
+
+inline std::unexpected<error> fail(errc code, std::string message) {
+  return std::unexpected(error{code, std::move(message)});
+}
+
+}  // namespace engram::model

@@ -1,0 +1,646 @@
+#include "storage/store.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <rocksdb/compaction_filter.h>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
+#include <rocksdb/utilities/options_util.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <variant>
+
+#include "model/assert.hpp"
+#include "model/ids.hpp"
+#include "records.pb.h"
+
+namespace engram::storage {
+namespace {
+
+using model::errc;
+using model::fail;
+using steady = std::chrono::steady_clock;
+
+// Column family indexes in the handle vector, in open order.
+enum cf : size_t { cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_count };
+constexpr const char* cf_names[cf_count] = {"default", "log", "unit_ids", "contexts", "idempotency", "counters"};
+constexpr std::string_view next_handle_key = "next_context_handle";
+
+void put_be64(std::string& out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out.push_back(char(v >> (8 * i)));
+}
+
+uint64_t get_be64(std::string_view in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = v << 8 | uint8_t(in[i]);
+  return v;
+}
+
+std::string log_key(uint64_t handle, uint64_t seq) {
+  std::string k;
+  k.reserve(16);
+  put_be64(k, handle);
+  put_be64(k, seq);
+  return k;
+}
+
+std::string idempotency_key(uint64_t handle, std::string_view key) {
+  std::string k;
+  k.reserve(8 + key.size());
+  put_be64(k, handle);
+  k.append(key);
+  return k;
+}
+
+model::error storage_error(const rocksdb::Status& s, std::string_view what) {
+  return model::error{errc::unavailable, std::string(what) + ": " + s.ToString()};
+}
+
+// Drops idempotency records older than the TTL during compaction, so they cost
+// nothing once expired. Lookups also ignore expired records, so the exact moment
+// compaction runs does not matter.
+class idempotency_ttl_filter final : public rocksdb::CompactionFilter {
+ public:
+  idempotency_ttl_filter(std::shared_ptr<const model::clock> clock, std::chrono::nanoseconds ttl)
+      : clock_(std::move(clock)), ttl_(ttl) {}
+  bool Filter(int, const rocksdb::Slice&, const rocksdb::Slice& value, std::string*,
+              bool*) const override {
+    IdempotencyRecord rec;
+    if (!rec.ParseFromArray(value.data(), int(value.size()))) return false;
+    return rec.created_at_ns() + ttl_.count() < clock_->now_ns();
+  }
+  const char* Name() const override { return "engram.idempotency_ttl"; }
+
+ private:
+  std::shared_ptr<const model::clock> clock_;
+  std::chrono::nanoseconds ttl_;
+};
+
+struct metrics_set {
+  prometheus::Counter* units_written = nullptr;
+  prometheus::Counter* events_written = nullptr;
+  prometheus::Counter* groups = nullptr;
+  prometheus::Counter* write_errors = nullptr;
+  prometheus::Histogram* group_requests = nullptr;
+  prometheus::Histogram* group_units = nullptr;
+  prometheus::Histogram* write_seconds = nullptr;
+  prometheus::Gauge* queue_depth = nullptr;
+
+  explicit metrics_set(prometheus::Registry* r) {
+    if (!r) return;
+    using namespace prometheus;
+    units_written = &BuildCounter().Name("engram_storage_units_written_total")
+                         .Help("Work units committed to the log").Register(*r).Add({});
+    events_written = &BuildCounter().Name("engram_storage_events_written_total")
+                          .Help("Log events committed (units and context updates)").Register(*r).Add({});
+    groups = &BuildCounter().Name("engram_storage_commit_groups_total")
+                  .Help("Commit groups (one WAL write each)").Register(*r).Add({});
+    write_errors = &BuildCounter().Name("engram_storage_write_errors_total")
+                        .Help("Commit groups RocksDB refused").Register(*r).Add({});
+    const Histogram::BucketBoundaries sizes = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+    group_requests = &BuildHistogram().Name("engram_storage_commit_group_requests")
+                          .Help("Write requests per commit group").Register(*r).Add({}, sizes);
+    group_units = &BuildHistogram().Name("engram_storage_commit_group_units")
+                       .Help("Log events per commit group").Register(*r).Add({}, sizes);
+    write_seconds = &BuildHistogram().Name("engram_storage_wal_write_seconds")
+                         .Help("Duration of one group's WAL write, including fsync in sync mode")
+                         .Register(*r)
+                         .Add({}, Histogram::BucketBoundaries{0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                                                              0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5});
+    queue_depth = &BuildGauge().Name("engram_storage_commit_queue_depth")
+                       .Help("Write requests waiting for the committer").Register(*r).Add({});
+  }
+};
+
+template <class M>
+void inc(M* metric, double by = 1) {
+  if (metric) metric->Increment(by);
+}
+
+}  // namespace
+
+struct store::impl {
+  // ---- immutable after open ----
+  options opts;
+  std::shared_ptr<const model::clock> clock;
+  executor completions;
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+  std::unique_ptr<idempotency_ttl_filter> ttl_filter;
+  metrics_set metrics;
+  std::atomic<publisher*> pub{nullptr};
+
+  // ---- queue shared by callers and the committer ----
+  struct pending_append {
+    append_request req;
+    std::function<void(model::result<append_result>)> done;
+  };
+  struct pending_update {
+    update_context_request req;
+    std::function<void(model::result<api::Context>)> done;
+  };
+  using pending = std::variant<pending_append, pending_update>;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<pending> queue;
+  bool stopping = false;
+  bool closed = false;
+  std::thread committer;
+
+  // ---- committer thread only ----
+  struct context_state {
+    uint64_t handle = 0;
+    api::Context context;
+  };
+  std::unordered_map<std::string, context_state> contexts;
+  uint64_t next_handle = 1;
+  steady::time_point last_sync = steady::now();
+  bool unsynced = false;
+
+  impl(const options& o, prometheus::Registry* r) : opts(o), metrics(r) {}
+
+  rocksdb::ColumnFamilyHandle* h(cf which) const { return cfs[which]; }
+
+  // -------------------------------------------------------------------------------
+  // Queueing
+  template <class P, class Done>
+  void enqueue(P&& item, Done& done) {
+    {
+      std::lock_guard lock(mu);
+      if (!stopping && queue.size() < opts.commit_queue_limit) {
+        queue.emplace_back(std::forward<P>(item));
+        if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
+        cv.notify_one();
+        return;
+      }
+    }
+    const bool shutting_down = [&] {
+      std::lock_guard lock(mu);
+      return stopping;
+    }();
+    auto err = fail(errc::unavailable, shutting_down ? "the server is shutting down"
+                                                     : "the write queue is full; retry shortly");
+    completions([done = std::move(done), err] { done(err); });
+  }
+
+  // -------------------------------------------------------------------------------
+  // Committer
+  void run_committer() {
+    std::vector<pending> group;
+    for (;;) {
+      {
+        std::unique_lock lock(mu);
+        if (opts.mode == durability::relaxed && unsynced) {
+          cv.wait_for(lock, opts.relaxed_sync_interval, [&] { return !queue.empty() || stopping; });
+        } else {
+          cv.wait(lock, [&] { return !queue.empty() || stopping; });
+        }
+        if (queue.empty() && stopping) break;
+        while (!queue.empty() && group.size() < opts.max_commit_group) {
+          group.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+        if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
+      }
+      if (!group.empty()) commit_group(group);
+      group.clear();
+      maybe_sync_wal(false);
+    }
+    maybe_sync_wal(true);
+  }
+
+  // Relaxed mode: fsync the WAL once the interval has passed since the last sync.
+  void maybe_sync_wal(bool force) {
+    if (opts.mode != durability::relaxed || !unsynced) return;
+    if (!force && steady::now() - last_sync < opts.relaxed_sync_interval) return;
+    if (auto s = db->SyncWAL(); !s.ok()) spdlog::error("storage: WAL sync failed: {}", s.ToString());
+    last_sync = steady::now();
+    unsynced = false;
+  }
+
+  // Current state of a context for staging: this group's copy, the cache, or disk.
+  std::optional<context_state> find_context(
+      const std::string& id, std::unordered_map<std::string, context_state>& staged) {
+    if (auto it = staged.find(id); it != staged.end()) return it->second;
+    if (auto it = contexts.find(id); it != contexts.end()) return it->second;
+    std::string raw;
+    auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
+    if (s.IsNotFound()) return std::nullopt;
+    ENGRAM_ASSERT(s.ok(), s.ToString().c_str());
+    ContextRecord rec;
+    ENGRAM_ASSERT(rec.ParseFromString(raw), "corrupt context record");
+    context_state st{rec.handle(), std::move(*rec.mutable_context())};
+    // The record and its log entries are written in one batch, so they agree; check
+    // anyway, since a wrong head would break seq gap-freedom forever.
+    const uint64_t last = last_logged_seq(st.handle);
+    ENGRAM_ASSERT(last == st.context.head_seq(), "context head_seq disagrees with its log");
+    contexts.emplace(id, st);
+    return st;
+  }
+
+  uint64_t last_logged_seq(uint64_t handle) const {
+    const std::string lower = log_key(handle, 0);
+    const std::string upper = log_key(handle + 1, 0);
+    rocksdb::Slice lower_s(lower), upper_s(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_lower_bound = &lower_s;
+    ro.iterate_upper_bound = &upper_s;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_log)));
+    it->SeekToLast();
+    return it->Valid() ? get_be64(it->key().ToStringView().substr(8)) : 0;
+  }
+
+  context_state new_context(const std::string& id, int64_t now, uint64_t& handle_counter) {
+    context_state st;
+    st.handle = handle_counter++;
+    st.context.set_id(id);
+    st.context.set_created_at_ns(now);
+    st.context.set_updated_at_ns(now);
+    return st;
+  }
+
+  // Reads the units an earlier request committed (for an idempotent replay).
+  model::result<std::vector<api::WorkUnit>> read_units(uint64_t handle, uint64_t first, uint32_t count) {
+    std::vector<api::WorkUnit> out;
+    for (uint64_t seq = first; seq < first + count; ++seq) {
+      std::string raw;
+      auto s = db->Get(rocksdb::ReadOptions(), h(cf_log), log_key(handle, seq), &raw);
+      if (!s.ok()) return std::unexpected(storage_error(s, "reading an earlier result"));
+      api::Event ev;
+      if (!ev.ParseFromString(raw) || !ev.has_work_unit())
+        return fail(errc::internal, "corrupt log entry for an idempotent replay");
+      out.push_back(std::move(*ev.mutable_work_unit()));
+    }
+    return out;
+  }
+
+  struct group_state {
+    rocksdb::WriteBatch batch;
+    std::unordered_map<std::string, context_state> staged;  // contexts changed by this group
+    std::unordered_set<std::string> idempotency_keys;       // keys claimed by this group
+    uint64_t next_handle = 0;
+    int64_t now = 0;
+    std::vector<std::shared_ptr<const api::Event>> events;
+    // Completions to run if the batch commits, and what to tell callers if it fails.
+    std::vector<std::function<void()>> on_success;
+    std::vector<std::function<void(const model::error&)>> on_failure;
+    std::vector<std::function<void()>> immediate;  // outcomes independent of the write
+  };
+
+  void put_event(group_state& g, context_state& st, api::Event ev) {
+    const uint64_t seq = st.context.head_seq() + 1;
+    st.context.set_head_seq(seq);
+    ev.set_context_id(st.context.id());
+    ev.set_seq(seq);
+    ev.set_ts_ns(g.now);
+    g.batch.Put(h(cf_log), log_key(st.handle, seq), ev.SerializeAsString());
+    g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
+  }
+
+  void stage(group_state& g, pending_append& p) {
+    auto& req = p.req;
+    auto found = find_context(req.context_id, g.staged);
+    const bool is_new = !found;
+    context_state st = is_new ? new_context(req.context_id, g.now, g.next_handle) : std::move(*found);
+
+    std::string idem_key;
+    if (!req.idempotency_key.empty()) {
+      idem_key = idempotency_key(st.handle, req.idempotency_key);
+      if (g.idempotency_keys.contains(idem_key)) {
+        g.immediate.push_back([done = std::move(p.done)] {
+          done(fail(errc::conflict, "a request with this Idempotency-Key is still in progress; retry later"));
+        });
+        return;
+      }
+      if (!is_new) {
+        std::string raw;
+        auto s = db->Get(rocksdb::ReadOptions(), h(cf_idempotency), idem_key, &raw);
+        ENGRAM_ASSERT(s.ok() || s.IsNotFound(), s.ToString().c_str());
+        IdempotencyRecord rec;
+        if (s.ok() && rec.ParseFromString(raw) &&
+            rec.created_at_ns() + std::chrono::nanoseconds(opts.idempotency_ttl).count() >= g.now) {
+          if (rec.fingerprint() != req.fingerprint) {
+            g.immediate.push_back([done = std::move(p.done)] {
+              done(fail(errc::unprocessable,
+                        "this Idempotency-Key was already used with a different request"));
+            });
+            return;
+          }
+          auto units = read_units(st.handle, rec.first_seq(), rec.count());
+          g.immediate.push_back([done = std::move(p.done), units = std::move(units)]() mutable {
+            if (!units) return done(std::unexpected(units.error()));
+            done(append_result{std::move(*units), true});
+          });
+          return;
+        }
+      }
+      g.idempotency_keys.insert(idem_key);
+    }
+
+    const uint64_t first_seq = st.context.head_seq() + 1;
+    auto committed = std::make_shared<std::vector<api::WorkUnit>>();
+    committed->reserve(req.units.size());
+    for (auto& unit : req.units) {
+      unit.set_context_id(req.context_id);
+      unit.set_seq(st.context.head_seq() + 1);
+      unit.set_ts_ns(g.now);
+      unit.set_idempotency_key(req.idempotency_key);
+      auto id = model::uuid::parse(unit.id());
+      ENGRAM_ASSERT(id.has_value(), "work unit without a valid id reached storage");
+      g.batch.Put(h(cf_unit_ids),
+                  rocksdb::Slice(reinterpret_cast<const char*>(id->bytes.data()), id->bytes.size()),
+                  log_key(st.handle, unit.seq()));
+      committed->push_back(unit);
+      api::Event ev;
+      *ev.mutable_work_unit() = std::move(unit);
+      put_event(g, st, std::move(ev));
+    }
+    st.context.set_updated_at_ns(g.now);
+    if (!idem_key.empty()) {
+      IdempotencyRecord rec;
+      rec.set_fingerprint(req.fingerprint);
+      rec.set_created_at_ns(g.now);
+      rec.set_first_seq(first_seq);
+      rec.set_count(uint32_t(req.units.size()));
+      g.batch.Put(h(cf_idempotency), idem_key, rec.SerializeAsString());
+    }
+    inc(metrics.units_written, double(req.units.size()));
+    g.staged[req.context_id] = std::move(st);
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done, committed] { (*done)(append_result{std::move(*committed), false}); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
+  void stage(group_state& g, pending_update& p) {
+    auto found = find_context(p.req.context_id, g.staged);
+    context_state st = found ? std::move(*found) : new_context(p.req.context_id, g.now, g.next_handle);
+    p.req.mutate(st.context);
+    st.context.set_id(p.req.context_id);  // the mutator cannot rename a context
+    st.context.set_updated_at_ns(g.now);
+    // The event carries the state after the update, including its own seq.
+    st.context.set_head_seq(st.context.head_seq() + 1);
+    api::Event ev;
+    *ev.mutable_context_updated()->mutable_context() = st.context;
+    st.context.set_head_seq(st.context.head_seq() - 1);
+    put_event(g, st, std::move(ev));
+    auto result = std::make_shared<api::Context>(st.context);
+    g.staged[p.req.context_id] = std::move(st);
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done, result] { (*done)(std::move(*result)); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
+  void commit_group(std::vector<pending>& group) {
+    group_state g;
+    g.next_handle = next_handle;
+    g.now = clock->now_ns();
+    for (auto& p : group) std::visit([&](auto& item) { stage(g, item); }, p);
+
+    model::error failure{errc::internal, ""};
+    bool ok = true;
+    if (!g.staged.empty()) {
+      for (const auto& [id, st] : g.staged) {
+        ContextRecord rec;
+        rec.set_handle(st.handle);
+        *rec.mutable_context() = st.context;
+        g.batch.Put(h(cf_contexts), id, rec.SerializeAsString());
+      }
+      if (g.next_handle != next_handle) {
+        std::string v;
+        put_be64(v, g.next_handle);
+        g.batch.Put(h(cf_counters), next_handle_key, v);
+      }
+      rocksdb::WriteOptions wo;
+      wo.sync = opts.mode == durability::sync;
+      const auto t0 = steady::now();
+      const auto s = db->Write(wo, &g.batch);
+      const double secs = std::chrono::duration<double>(steady::now() - t0).count();
+      if (metrics.write_seconds) metrics.write_seconds->Observe(secs);
+      if (s.ok()) {
+        for (auto& [id, st] : g.staged) contexts[id] = std::move(st);
+        next_handle = g.next_handle;
+        unsynced = !wo.sync;
+        inc(metrics.groups);
+        inc(metrics.events_written, double(g.events.size()));
+        if (metrics.group_requests) metrics.group_requests->Observe(double(g.on_success.size()));
+        if (metrics.group_units) metrics.group_units->Observe(double(g.events.size()));
+      } else {
+        ok = false;
+        failure = storage_error(s, "the write could not be committed");
+        inc(metrics.write_errors);
+        spdlog::error("storage: commit of {} requests failed: {}", g.on_failure.size(), s.ToString());
+      }
+    }
+    if (ok) {
+      // Publish before completing: a client that hears its 201 and subscribes at once
+      // must find the router already knows the event.
+      if (auto* p = pub.load(std::memory_order_acquire); p && !g.events.empty()) p->publish(g.events);
+      for (auto& f : g.on_success) completions(std::move(f));
+    } else {
+      for (auto& f : g.on_failure) completions([f = std::move(f), failure] { f(failure); });
+    }
+    for (auto& f : g.immediate) completions(std::move(f));
+  }
+
+  // -------------------------------------------------------------------------------
+  // Open / close
+  model::status open_db() {
+    std::error_code ec;
+    std::filesystem::create_directories(opts.data_dir, ec);
+    if (ec)
+      return fail(errc::unavailable, "cannot create data_dir " + opts.data_dir + ": " + ec.message());
+
+    rocksdb::DBOptions dbo;
+    dbo.create_if_missing = true;
+    dbo.create_missing_column_families = true;
+    dbo.IncreaseParallelism(2);
+    dbo.max_total_wal_size = 256 << 20;
+    dbo.keep_log_file_num = 4;
+    // Our committer is the only writer, so pipelining has nothing to overlap.
+    dbo.enable_pipelined_write = false;
+
+    auto cache = rocksdb::NewLRUCache(opts.block_cache_bytes);
+    auto cf_options = [&](bool point_lookups) {
+      rocksdb::ColumnFamilyOptions o;
+      o.OptimizeLevelStyleCompaction(opts.write_buffer_bytes * 2);
+      o.write_buffer_size = opts.write_buffer_bytes;
+      rocksdb::BlockBasedTableOptions t;
+      t.block_cache = cache;
+      t.cache_index_and_filter_blocks = true;
+      t.pin_l0_filter_and_index_blocks_in_cache = true;
+      if (point_lookups) t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+      o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+      o.compression = rocksdb::kNoCompression;
+      return o;
+    };
+    std::vector<rocksdb::ColumnFamilyDescriptor> descs;
+    for (size_t i = 0; i < cf_count; ++i) {
+      auto o = cf_options(i != cf_log);
+      if (i == cf_log) o.compression = rocksdb::kLZ4Compression;
+      if (i == cf_idempotency) o.compaction_filter = ttl_filter.get();
+      descs.emplace_back(cf_names[i], o);
+    }
+    rocksdb::DB* raw = nullptr;
+    auto s = rocksdb::DB::Open(dbo, opts.data_dir, descs, &cfs, &raw);
+    if (!s.ok() && s.IsInvalidArgument() && s.ToString().find("LZ4") != std::string::npos) {
+      // LZ4 missing from this RocksDB build: fall back to no compression.
+      descs[cf_log].options.compression = rocksdb::kNoCompression;
+      s = rocksdb::DB::Open(dbo, opts.data_dir, descs, &cfs, &raw);
+    }
+    if (!s.ok()) return std::unexpected(storage_error(s, "cannot open RocksDB at " + opts.data_dir));
+    db.reset(raw);
+
+    std::string v;
+    s = db->Get(rocksdb::ReadOptions(), h(cf_counters), next_handle_key, &v);
+    if (s.ok() && v.size() == 8) next_handle = get_be64(v);
+    else if (!s.IsNotFound()) return std::unexpected(storage_error(s, "cannot read counters"));
+    return {};
+  }
+
+  void close() {
+    {
+      std::lock_guard lock(mu);
+      if (closed) return;
+      closed = true;
+      stopping = true;
+      cv.notify_all();
+    }
+    if (committer.joinable()) committer.join();
+    if (db) {
+      if (auto s = db->FlushWAL(/*sync=*/true); !s.ok())
+        spdlog::error("storage: final WAL sync failed: {}", s.ToString());
+      for (auto* cf : cfs) db->DestroyColumnFamilyHandle(cf);
+      cfs.clear();
+      if (auto s = db->Close(); !s.ok()) spdlog::error("storage: close failed: {}", s.ToString());
+      db.reset();
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------
+
+store::store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+store::~store() { close(); }
+
+model::result<std::unique_ptr<store>> store::open(const options& opts, prometheus::Registry* metrics,
+                                                  std::shared_ptr<const model::clock> clock,
+                                                  executor completions) {
+  auto p = std::make_unique<impl>(opts, metrics);
+  p->clock = clock ? std::move(clock) : model::default_clock();
+  p->completions = completions ? std::move(completions) : [](std::function<void()> f) { f(); };
+  p->ttl_filter = std::make_unique<idempotency_ttl_filter>(p->clock, opts.idempotency_ttl);
+  if (auto ok = p->open_db(); !ok) return std::unexpected(ok.error());
+  auto* raw = p.get();
+  p->committer = std::thread([raw] { raw->run_committer(); });
+  return std::unique_ptr<store>(new store(std::move(p)));
+}
+
+void store::set_publisher(publisher* p) { impl_->pub.store(p, std::memory_order_release); }
+
+void store::append(append_request req, std::function<void(model::result<append_result>)> done) {
+  ENGRAM_ASSERT(!req.units.empty(), "empty append request");
+  impl_->enqueue(impl::pending_append{std::move(req), done}, done);
+}
+
+void store::update_context(update_context_request req,
+                           std::function<void(model::result<api::Context>)> done) {
+  impl_->enqueue(impl::pending_update{std::move(req), done}, done);
+}
+
+model::result<std::optional<api::WorkUnit>> store::get_unit(std::string_view id) const {
+  const auto parsed = model::uuid::parse(id);
+  if (!parsed) return std::optional<api::WorkUnit>();
+  std::string loc;
+  auto s = impl_->db->Get(
+      rocksdb::ReadOptions(), impl_->h(cf_unit_ids),
+      rocksdb::Slice(reinterpret_cast<const char*>(parsed->bytes.data()), parsed->bytes.size()), &loc);
+  if (s.IsNotFound()) return std::optional<api::WorkUnit>();
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading a work unit"));
+  std::string raw;
+  s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_log), loc, &raw);
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading a work unit"));
+  api::Event ev;
+  if (!ev.ParseFromString(raw) || !ev.has_work_unit())
+    return fail(errc::internal, "corrupt log entry");
+  return std::optional<api::WorkUnit>(std::move(*ev.mutable_work_unit()));
+}
+
+model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
+  unit_page page;
+  std::string raw;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), context_id, &raw);
+  if (s.IsNotFound()) return page;
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading a context"));
+  ContextRecord rec;
+  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt context record");
+  if (q.after_seq >= q.before_seq || q.before_seq - q.after_seq < 2) return page;
+
+  const std::string lower = log_key(rec.handle(), q.after_seq + 1);
+  const std::string upper = log_key(rec.handle(), q.before_seq);  // exclusive
+  rocksdb::Slice lower_s(lower), upper_s(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_lower_bound = &lower_s;
+  ro.iterate_upper_bound = &upper_s;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->h(cf_log)));
+  if (q.reverse) it->SeekToLast();
+  else it->SeekToFirst();
+  api::Event ev;
+  for (; it->Valid(); q.reverse ? it->Prev() : it->Next()) {
+    const auto value = it->value();
+    if (!ev.ParseFromArray(value.data(), int(value.size())))
+      return fail(errc::internal, "corrupt log entry");
+    if (!ev.has_work_unit()) continue;  // other event kinds are not units
+    if (page.units.size() == q.limit) {
+      page.more = true;
+      break;
+    }
+    page.units.push_back(std::move(*ev.mutable_work_unit()));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing units"));
+  return page;
+}
+
+model::result<std::optional<api::Context>> store::get_context(std::string_view id) const {
+  std::string raw;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), id, &raw);
+  if (s.IsNotFound()) return std::optional<api::Context>();
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading a context"));
+  ContextRecord rec;
+  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt context record");
+  return std::optional<api::Context>(std::move(*rec.mutable_context()));
+}
+
+model::result<context_page> store::list_contexts(std::string_view after_id, size_t limit) const {
+  context_page page;
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_contexts)));
+  it->Seek(after_id);
+  if (it->Valid() && !after_id.empty() && it->key() == rocksdb::Slice(after_id)) it->Next();
+  for (; it->Valid(); it->Next()) {
+    if (page.contexts.size() == limit) {
+      page.more = true;
+      break;
+    }
+    ContextRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt context record");
+    page.contexts.push_back(std::move(*rec.mutable_context()));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
+  return page;
+}
+
+void store::close() { impl_->close(); }
+
+}  // namespace engram::storage

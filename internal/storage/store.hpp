@@ -1,0 +1,126 @@
+#pragma once
+// The durable context logs on RocksDB (DESIGN.md §3).
+//
+// Column families and keys (all integers big-endian, so byte order = numeric order):
+//
+//   log          [handle:8][seq:8]      → api::Event      one gap-free log per context
+//   unit_ids     [uuid:16]              → [handle:8][seq:8]
+//   contexts     <context id bytes>     → ContextRecord   (handle, Context with head_seq)
+//   idempotency  [handle:8][key bytes]  → IdempotencyRecord
+//   counters     "next_context_handle"  → [u64:8]
+//
+// A context's numeric handle is assigned once when it is created, so a context's log
+// is one contiguous key range: listing never scans another context, and ids such as
+// "a" and "a:b" can never collide.
+//
+// Writes go through one committer thread that assigns seqs, stages many requests in
+// one WriteBatch and commits them with a single WAL write (and fsync in `sync` mode):
+// group commit. Completions run on the executor given to open(), never on the
+// committer thread; the publisher is told about committed events in commit order.
+// Reads are thread-safe and never wait for the committer.
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engram.pb.h"
+#include "model/clock.hpp"
+#include "model/error.hpp"
+#include "storage/options.hpp"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace engram::storage {
+
+// Receives committed events (on the committer thread, in commit order; per context
+// in seq order). Implementations must return quickly and must not call the store's
+// write methods synchronously.
+class publisher {
+ public:
+  virtual ~publisher() = default;
+  virtual void publish(const std::vector<std::shared_ptr<const api::Event>>& events) = 0;
+};
+
+struct append_request {
+  std::string context_id;
+  // Units with id, agent_id, type, meta, payload and relationships set; the
+  // committer sets context_id, seq, ts_ns and idempotency_key.
+  std::vector<api::WorkUnit> units;
+  std::string idempotency_key;  // empty: none
+  std::string fingerprint;      // identifies the request for idempotent retries
+};
+
+struct append_result {
+  std::vector<api::WorkUnit> units;
+  bool replayed = false;  // true when an earlier identical request's result is returned
+};
+
+// Upsert a context: the mutator changes a copy of the current state (a fresh
+// context if none exists); the new state is logged as a ContextUpdated event.
+struct update_context_request {
+  std::string context_id;
+  std::function<void(api::Context&)> mutate;
+};
+
+struct list_query {
+  uint64_t after_seq = 0;              // exclusive lower bound
+  uint64_t before_seq = UINT64_MAX;    // exclusive upper bound
+  size_t limit = 100;
+  bool reverse = false;                // newest first
+};
+
+struct unit_page {
+  std::vector<api::WorkUnit> units;
+  bool more = false;  // another unit exists beyond the last one returned
+};
+
+struct context_page {
+  std::vector<api::Context> contexts;
+  bool more = false;
+};
+
+class store {
+ public:
+  // Runs a completion somewhere other than the committer thread.
+  using executor = std::function<void(std::function<void()>)>;
+
+  // Opens (creating if needed) the database and replays the WAL: this *is* crash
+  // recovery. `metrics` may be null.
+  static model::result<std::unique_ptr<store>> open(const options& opts,
+                                                    prometheus::Registry* metrics,
+                                                    std::shared_ptr<const model::clock> clock,
+                                                    executor completions);
+  ~store();  // close()s if needed
+  store(const store&) = delete;
+  store& operator=(const store&) = delete;
+
+  // Must be set before the first write; the publisher must outlive the store.
+  void set_publisher(publisher* p);
+
+  void append(append_request req, std::function<void(model::result<append_result>)> done);
+  void update_context(update_context_request req,
+                      std::function<void(model::result<api::Context>)> done);
+
+  model::result<std::optional<api::WorkUnit>> get_unit(std::string_view id) const;
+  model::result<unit_page> list_units(std::string_view context_id, const list_query& q) const;
+  model::result<std::optional<api::Context>> get_context(std::string_view id) const;
+  // Contexts in id order, starting after `after_id` (exclusive; empty = from the start).
+  model::result<context_page> list_contexts(std::string_view after_id, size_t limit) const;
+
+  // Stops accepting writes, commits everything queued, syncs the WAL and closes the
+  // database. Idempotent.
+  void close();
+
+  struct impl;
+
+ private:
+  explicit store(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace engram::storage
