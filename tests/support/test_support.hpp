@@ -1,0 +1,117 @@
+#pragma once
+// Shared test helpers: temp dirs, waiting on conditions with deadlines, and booting
+// the real server (app::start, the same wiring cmd/engram uses) on 127.0.0.1:0.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+
+#include "app/app.hpp"
+#include "config/config.hpp"
+#include "engram/http_connection.hpp"
+
+namespace engram::test {
+
+using json = nlohmann::json;
+
+// A fresh directory under $TMPDIR, removed at the end of the test.
+class temp_dir {
+ public:
+  temp_dir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "engram-test-XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Polls `cond` until it holds or the deadline passes (no sleeps as synchronisation).
+inline bool wait_until(const std::function<bool()>& cond,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // poll interval
+  }
+  return cond();
+}
+
+inline config::config test_config(const std::string& data_dir) {
+  config::config cfg;
+  cfg.server.host = "127.0.0.1";
+  cfg.server.port = 0;
+  cfg.server.threads = 2;
+  cfg.storage.data_dir = data_dir;
+  cfg.storage.block_cache_bytes = 8 << 20;
+  cfg.storage.write_buffer_bytes = 4 << 20;
+  cfg.shutdown_timeout = std::chrono::seconds(5);
+  return cfg;
+}
+
+// The real server in-process, listening on an ephemeral loopback port.
+class test_server {
+ public:
+  explicit test_server(config::config cfg) : cfg_(std::move(cfg)) { start(); }
+  explicit test_server(const temp_dir& dir) : test_server(test_config(dir.str() + "/data")) {}
+
+  void start() {
+    auto started = app::app::start(cfg_);
+    if (!started) throw std::runtime_error("server start failed: " + started.error().message);
+    app_ = std::move(*started);
+    if (auto ok = app_->wait_ready(std::chrono::seconds(30)); !ok)
+      throw std::runtime_error("server not ready: " + ok.error().message);
+  }
+  void stop() { app_.reset(); }
+  void restart() {
+    stop();
+    start();
+  }
+
+  uint16_t port() const { return app_->port(); }
+  client::http_connection connect() const { return client::http_connection("127.0.0.1", port()); }
+  config::config& cfg() { return cfg_; }
+
+ private:
+  config::config cfg_;
+  std::unique_ptr<app::app> app_;
+};
+
+// Request helper that fails the test on transport errors and parses JSON bodies.
+struct reply {
+  unsigned status = 0;
+  json body;
+  std::string raw;
+  client::http_result http;
+};
+
+inline reply call(client::http_connection& c, std::string_view method, std::string_view target,
+                  std::string_view body = {}, const client::header_list& headers = {}) {
+  auto r = c.request(method, target, body, headers);
+  if (!r) {
+    ADD_FAILURE() << "transport error: " << r.error().message;
+    return {};
+  }
+  reply out;
+  out.status = r->status;
+  out.raw = r->body;
+  out.body = json::parse(r->body, nullptr, false);
+  out.http = std::move(*r);
+  return out;
+}
+
+}  // namespace engram::test

@@ -1,0 +1,204 @@
+// Codecs, ids and text helpers (internal/model).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "model/codec.hpp"
+#include "model/ids.hpp"
+#include "model/text.hpp"
+
+namespace engram::model {
+namespace {
+
+TEST(Base64, RoundTripsAllLengthsAndBytes) {
+  std::string bytes;
+  for (int len = 0; len < 70; ++len) {
+    const auto enc = base64_encode(bytes);
+    ASSERT_EQ(enc.size() % 4, 0u);
+    auto dec = base64_decode(enc);
+    ASSERT_TRUE(dec) << enc;
+    EXPECT_EQ(*dec, bytes);
+    auto url = base64url_decode(base64url_encode(bytes));
+    ASSERT_TRUE(url);
+    EXPECT_EQ(*url, bytes);
+    bytes.push_back(char(len * 37 + 11));
+  }
+  EXPECT_EQ(base64_encode("hello world"), "aGVsbG8gd29ybGQ=");
+}
+
+TEST(Base64, RejectsMalformedInput) {
+  EXPECT_FALSE(base64_decode("a"));           // impossible length
+  EXPECT_FALSE(base64_decode("aGk=\n"));      // whitespace
+  EXPECT_FALSE(base64_decode("aG!="));        // alphabet
+  EXPECT_FALSE(base64_decode("aGl="));        // non-zero padding bits
+  EXPECT_FALSE(base64_decode("a-_b"));        // URL alphabet is not standard
+  EXPECT_TRUE(base64_decode("aGk"));          // unpadded is accepted
+  EXPECT_TRUE(base64_decode(""));
+}
+
+TEST(Utf8, AcceptsValidAndRejectsInvalid) {
+  EXPECT_TRUE(valid_utf8("plain"));
+  EXPECT_TRUE(valid_utf8("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"));
+  EXPECT_FALSE(valid_utf8("\xC3"));              // truncated
+  EXPECT_FALSE(valid_utf8("\xC0\xAF"));          // overlong
+  EXPECT_FALSE(valid_utf8("\xED\xA0\x80"));      // surrogate
+  EXPECT_FALSE(valid_utf8("\xF4\x90\x80\x80"));  // > U+10FFFF
+  EXPECT_FALSE(valid_utf8("\xFF"));
+}
+
+TEST(Identifier, ValidatesLengthUtf8AndControls) {
+  EXPECT_FALSE(check_identifier("context_id", "project-7/main"));
+  EXPECT_TRUE(check_identifier("context_id", ""));
+  EXPECT_TRUE(check_identifier("context_id", std::string(257, 'a')));
+  EXPECT_TRUE(check_identifier("context_id", "a\nb"));
+  EXPECT_TRUE(check_identifier("context_id", "bad\xFF"));
+  EXPECT_NE(check_identifier("agent_id", "")->find("agent_id"), std::string::npos);
+}
+
+TEST(Uuid, V7IsWellFormedAndStrictlyIncreasing) {
+  uuid_v7_generator gen;
+  std::set<std::string> seen;
+  uuid prev{};
+  for (int i = 0; i < 20000; ++i) {
+    const auto id = gen.next(1'700'000'000'000 + i / 5000);  // many ids per millisecond
+    EXPECT_EQ(id.version(), 7);
+    EXPECT_EQ(id.bytes[8] >> 6, 0b10);
+    if (i > 0) {
+      EXPECT_LT(prev, id);
+    }
+    prev = id;
+    const auto text = id.to_string();
+    ASSERT_EQ(text.size(), 36u);
+    auto back = uuid::parse(text);
+    ASSERT_TRUE(back);
+    EXPECT_EQ(*back, id);
+    seen.insert(text);
+  }
+  EXPECT_EQ(seen.size(), 20000u);
+  EXPECT_EQ(gen.next(1'800'000'000'000).unix_ms(), 1'800'000'000'000);
+}
+
+TEST(Uuid, ParseRejectsNonCanonical) {
+  EXPECT_FALSE(uuid::parse("not-a-uuid"));
+  EXPECT_FALSE(uuid::parse("0190f0e0-0000-7000-8000-00000000000"));   // short
+  EXPECT_FALSE(uuid::parse("0190f0e0x0000-7000-8000-000000000000"));  // dash
+  EXPECT_FALSE(uuid::parse("0190f0e0-0000-7000-8000-00000000000g"));  // hex
+  EXPECT_TRUE(uuid::parse("0190F0E0-0000-7000-8000-000000000000"));
+}
+
+TEST(Codec, UnitRoundTripsToV3Json) {
+  auto parsed = unit_from_json(
+      json::parse(R"({"context_id":"c","agent_id":"a","type":"TOOL_CALL","text":"héllo",
+                       "meta":{"k":"v"},"relationships":[{"target_id":"x","type":"CAUSES"}]})"),
+      {});
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  parsed->set_seq(7);
+  parsed->set_ts_ns(1'700'000'000'123'456'789);
+  const json out = to_json(*parsed);
+  EXPECT_EQ(out["type"], 3);
+  EXPECT_EQ(out["seq"], 7);
+  EXPECT_EQ(out["ts"]["seconds"], 1'700'000'000);
+  EXPECT_EQ(out["ts"]["nanos"], 123'456'789);
+  EXPECT_EQ(out["payload"], base64_encode("héllo"));
+  EXPECT_EQ(out["relationships"][0]["type"], 2);
+  EXPECT_EQ(out["meta"]["k"], "v");
+  // Output is accepted as input again (payload as base64, integer types).
+  auto again = unit_from_json(out, {});
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->payload(), "héllo");
+  EXPECT_EQ(again->type(), api::WORK_UNIT_TYPE_TOOL_CALL);
+}
+
+TEST(Codec, AcceptsEveryTypeByNumberAndName) {
+  const char* names[] = {"UNKNOWN", "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT",
+                         "FILE_CHANGE", "TASK_STATUS", "ERROR", "SYSTEM"};
+  for (int i = 0; i <= 8; ++i) {
+    EXPECT_EQ(*unit_type_from_json(json(i), "type"), api::WorkUnitType(i));
+    EXPECT_EQ(*unit_type_from_json(json(names[i]), "type"), api::WorkUnitType(i));
+    EXPECT_EQ(*unit_type_from_json(json(std::string("work_unit_type_") + names[i]), "type"),
+              api::WorkUnitType(i));
+  }
+  EXPECT_FALSE(unit_type_from_json(json(9), "type"));
+  EXPECT_FALSE(unit_type_from_json(json(-1), "type"));
+  EXPECT_FALSE(unit_type_from_json(json("NOPE"), "type"));
+  EXPECT_FALSE(unit_type_from_json(json(1.5), "type"));
+  EXPECT_NE(unit_type_from_json(json("NOPE"), "type").error().message.find("MESSAGE"), std::string::npos);
+}
+
+TEST(Codec, RejectsWrongTypesWithFieldNames) {
+  struct bad_case {
+    const char* body;
+    const char* mentions;
+  } cases[] = {
+      {R"({"agent_id":"a"})", "context_id"},
+      {R"({"context_id":"c"})", "agent_id"},
+      {R"({"context_id":5,"agent_id":"a"})", "context_id"},
+      {R"({"context_id":"c","agent_id":["a"]})", "agent_id"},
+      {R"({"context_id":"c","agent_id":"a","type":{}})", "type"},
+      {R"({"context_id":"c","agent_id":"a","meta":{"k":1}})", "meta.k"},
+      {R"({"context_id":"c","agent_id":"a","meta":[]})", "meta"},
+      {R"({"context_id":"c","agent_id":"a","payload":"!!"})", "base64"},
+      {R"({"context_id":"c","agent_id":"a","payload":1})", "payload"},
+      {R"({"context_id":"c","agent_id":"a","payload":"aGk=","text":"x"})", "not both"},
+      {R"({"context_id":"c","agent_id":"a","relationships":{}})", "relationships"},
+      {R"({"context_id":"c","agent_id":"a","relationships":[{"type":1}]})", "target_id"},
+      {R"({"context_id":"c","agent_id":"a","relationships":[{"target_id":"x","type":99}]})", "relationships[].type"},
+      {R"([1,2])", "object"},
+  };
+  for (const auto& c : cases) {
+    auto r = unit_from_json(json::parse(c.body), {});
+    ASSERT_FALSE(r) << c.body;
+    EXPECT_EQ(r.error().code, errc::invalid_argument);
+    EXPECT_NE(r.error().message.find(c.mentions), std::string::npos) << r.error().message;
+  }
+}
+
+TEST(Codec, DefaultsFillContextAndAgent) {
+  auto r = unit_from_json(json::parse(R"({"text":"x"})"), {"ctx", "header-agent"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->context_id(), "ctx");
+  EXPECT_EQ(r->agent_id(), "header-agent");
+  auto body_wins = unit_from_json(json::parse(R"({"agent_id":"body"})"), {"ctx", "header-agent"});
+  EXPECT_EQ(body_wins->agent_id(), "body");
+}
+
+TEST(Codec, PatchAppliesAsSetsInAnyCombination) {
+  api::Context ctx;
+  ctx.set_id("c");
+  auto p = patch_from_json(json::parse(R"({"display_name":"D","add_agents":["a","b","a"],
+      "remove_agents":["b","zz"],"pin_units":["u1","u1"],"unpin_units":["u2"],
+      "meta":{"k":"v","gone":null}})"));
+  ASSERT_TRUE(p) << p.error().message;
+  (*ctx.mutable_meta())["gone"] = "x";
+  apply_patch(ctx, *p);
+  apply_patch(ctx, *p);  // applying twice changes nothing more
+  EXPECT_EQ(ctx.display_name(), "D");
+  ASSERT_EQ(ctx.agent_ids_size(), 1);
+  EXPECT_EQ(ctx.agent_ids(0), "a");
+  ASSERT_EQ(ctx.pinned_units_size(), 1);
+  EXPECT_EQ(ctx.meta().at("k"), "v");
+  EXPECT_FALSE(ctx.meta().contains("gone"));
+  // Same id added and removed in one patch ends up removed.
+  auto both = patch_from_json(json::parse(R"({"add_agents":["x"],"remove_agents":["x"]})"));
+  apply_patch(ctx, *both);
+  EXPECT_EQ(ctx.agent_ids_size(), 1);
+}
+
+TEST(Codec, PatchRejectsWrongTypes) {
+  for (const char* body : {R"({"display_name":1})", R"({"add_agents":"a"})", R"({"add_agents":[1]})",
+                           R"({"pin_units":[""]})", R"({"meta":{"k":1}})", R"({"meta":"x"})", R"([])"}) {
+    auto r = patch_from_json(json::parse(body));
+    EXPECT_FALSE(r) << body;
+  }
+  EXPECT_TRUE(patch_from_json(json::parse("{}")));
+}
+
+TEST(Codec, TimestampsKeepNanosNonNegative) {
+  EXPECT_EQ(timestamp_json(-1)["seconds"], -1);
+  EXPECT_EQ(timestamp_json(-1)["nanos"], 999'999'999);
+  EXPECT_EQ(timestamp_json(1'500'000'000)["seconds"], 1);
+}
+
+}  // namespace
+}  // namespace engram::model

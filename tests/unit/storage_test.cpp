@@ -1,0 +1,343 @@
+// internal/storage against a real RocksDB in a temp dir.
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+
+#include <condition_variable>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "model/ids.hpp"
+#include "storage/store.hpp"
+#include "support/test_support.hpp"
+
+namespace engram::storage {
+namespace {
+
+struct fake_clock final : model::clock {
+  std::atomic<int64_t> now{1'700'000'000'000'000'000};
+  int64_t now_ns() const override { return now.load(); }
+};
+
+// Records published events; can hold the committer inside publish() so tests can
+// line up several requests for the next commit group deterministically.
+class gate_publisher final : public publisher {
+ public:
+  void publish(const std::vector<std::shared_ptr<const api::Event>>& events) override {
+    std::unique_lock lock(mu_);
+    for (const auto& e : events) events_.push_back(e);
+    ++calls_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
+  void close_gate() {
+    std::lock_guard lock(mu_);
+    open_ = false;
+  }
+  void open_gate() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void wait_calls(size_t n) {
+    std::unique_lock lock(mu_);
+    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_ >= n; }));
+  }
+  std::vector<std::shared_ptr<const api::Event>> events() {
+    std::lock_guard lock(mu_);
+    return events_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  size_t calls_ = 0;
+  std::vector<std::shared_ptr<const api::Event>> events_;
+};
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { open(); }
+  void TearDown() override { store_.reset(); }
+
+  void open() {
+    opts_.data_dir = dir_.str() + "/db";
+    opts_.block_cache_bytes = 8 << 20;
+    opts_.write_buffer_bytes = 4 << 20;
+    registry_ = std::make_shared<prometheus::Registry>();
+    auto s = store::open(opts_, registry_.get(), clock_, nullptr);
+    ASSERT_TRUE(s) << s.error().message;
+    store_ = std::move(*s);
+    store_->set_publisher(&pub_);
+  }
+  void reopen() {
+    store_.reset();
+    open();
+  }
+
+  api::WorkUnit unit(const std::string& text) {
+    api::WorkUnit u;
+    u.set_id(ids_.next(clock_->now_ns() / 1'000'000).to_string());
+    u.set_agent_id("agent");
+    u.set_type(api::WORK_UNIT_TYPE_MESSAGE);
+    u.set_payload(text);
+    return u;
+  }
+
+  std::future<model::result<append_result>> append_async(const std::string& ctx, std::vector<std::string> texts,
+                                                         std::string key = {}, std::string fp = {}) {
+    auto promise = std::make_shared<std::promise<model::result<append_result>>>();
+    auto fut = promise->get_future();
+    append_request req{ctx, {}, std::move(key), std::move(fp)};
+    for (const auto& t : texts) req.units.push_back(unit(t));
+    store_->append(std::move(req), [promise](model::result<append_result> r) { promise->set_value(std::move(r)); });
+    return fut;
+  }
+
+  model::result<append_result> append(const std::string& ctx, std::vector<std::string> texts,
+                                      std::string key = {}, std::string fp = {}) {
+    return append_async(ctx, std::move(texts), std::move(key), std::move(fp)).get();
+  }
+
+  std::vector<uint64_t> seqs(const std::string& ctx, list_query q = {}) {
+    q.limit = 100000;
+    auto page = store_->list_units(ctx, q);
+    EXPECT_TRUE(page) << page.error().message;
+    std::vector<uint64_t> out;
+    for (const auto& u : page->units) out.push_back(u.seq());
+    return out;
+  }
+
+  double metric(const std::string& name) {
+    for (const auto& fam : registry_->Collect()) {
+      if (fam.name != name || fam.metric.empty()) continue;
+      const auto& m = fam.metric.front();
+      return fam.type == prometheus::MetricType::Counter ? m.counter.value : m.histogram.sample_count;
+    }
+    return -1;
+  }
+
+  test::temp_dir dir_;
+  options opts_;
+  std::shared_ptr<fake_clock> clock_ = std::make_shared<fake_clock>();
+  std::shared_ptr<prometheus::Registry> registry_;
+  gate_publisher pub_;
+  std::unique_ptr<store> store_;
+  model::uuid_v7_generator ids_;
+};
+
+TEST_F(StoreTest, AppendsGetGapFreeSeqsPerContext) {
+  auto a1 = append("a", {"one"});
+  auto b1 = append("a:b", {"x", "y"});
+  auto a2 = append("a", {"two", "three"});
+  ASSERT_TRUE(a1 && b1 && a2);
+  EXPECT_EQ(a1->units[0].seq(), 1u);
+  EXPECT_EQ(b1->units[1].seq(), 2u);
+  EXPECT_EQ(a2->units[0].seq(), 2u);
+  EXPECT_EQ(a2->units[1].seq(), 3u);
+  EXPECT_EQ(a2->units[1].context_id(), "a");
+  EXPECT_EQ(seqs("a"), (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(seqs("a:b"), (std::vector<uint64_t>{1, 2}));  // "a" and "a:b" never mix
+  EXPECT_TRUE(seqs("nope").empty());
+
+  auto got = store_->get_unit(a2->units[1].id());
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ((*got)->payload(), "three");
+  EXPECT_FALSE(*store_->get_unit(ids_.next(1).to_string()));
+  EXPECT_FALSE(*store_->get_unit("not-a-uuid"));
+
+  auto ctx = store_->get_context("a");
+  ASSERT_TRUE(ctx && *ctx);
+  EXPECT_EQ((*ctx)->head_seq(), 3u);
+}
+
+TEST_F(StoreTest, ListsWithBoundsBothDirections) {
+  std::vector<std::string> texts;
+  for (int i = 0; i < 50; ++i) texts.push_back(std::to_string(i));
+  ASSERT_TRUE(append("c", texts));
+  EXPECT_EQ(seqs("c", {.after_seq = 45}), (std::vector<uint64_t>{46, 47, 48, 49, 50}));
+  EXPECT_EQ(seqs("c", {.before_seq = 4, .reverse = true}), (std::vector<uint64_t>{3, 2, 1}));
+  EXPECT_EQ(seqs("c", {.after_seq = 10, .before_seq = 13}), (std::vector<uint64_t>{11, 12}));
+  auto page = store_->list_units("c", {.limit = 10, .reverse = true});
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->units.front().seq(), 50u);
+  EXPECT_TRUE(page->more);
+  auto last = store_->list_units("c", {.after_seq = 40, .limit = 10});
+  EXPECT_FALSE(last->more);
+  EXPECT_EQ(last->units.size(), 10u);
+}
+
+TEST_F(StoreTest, EverythingSurvivesReopen) {
+  ASSERT_TRUE(append("a", {"1", "2"}));
+  auto upd = std::promise<model::result<api::Context>>();
+  store_->update_context({"a", [](api::Context& c) { c.set_display_name("A"); }},
+                         [&](auto r) { upd.set_value(std::move(r)); });
+  ASSERT_TRUE(upd.get_future().get());
+  ASSERT_TRUE(append("b", {"x"}));
+  reopen();
+  EXPECT_EQ(seqs("a"), (std::vector<uint64_t>{1, 2}));  // seq 3 is the context update
+  auto next = append("a", {"3"});
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->units[0].seq(), 4u);
+  EXPECT_EQ((*store_->get_context("a"))->display_name(), "A");
+  // A context created after reopen gets a fresh handle: no mixing with "a" or "b".
+  ASSERT_TRUE(append("c", {"c1"}));
+  EXPECT_EQ(seqs("c"), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(seqs("b"), (std::vector<uint64_t>{1}));
+}
+
+TEST_F(StoreTest, ConcurrentWritersGetGapFreeSeqs) {
+  constexpr int threads = 16, per_thread = 100;
+  std::vector<std::thread> ts;
+  std::mutex mu;
+  std::vector<uint64_t> all;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < per_thread; ++i) {
+        auto r = append("shared", {std::to_string(t) + "-" + std::to_string(i)});
+        ASSERT_TRUE(r);
+        std::lock_guard lock(mu);
+        all.push_back(r->units[0].seq());
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::sort(all.begin(), all.end());
+  ASSERT_EQ(all.size(), size_t(threads * per_thread));
+  for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(all[i], i + 1);
+  EXPECT_EQ(seqs("shared").size(), all.size());
+}
+
+TEST_F(StoreTest, QueuedRequestsShareOneCommitGroup) {
+  ASSERT_TRUE(append("g", {"first"}));  // publish call 1
+  pub_.close_gate();
+  auto held = append_async("g", {"held"});
+  pub_.wait_calls(2);  // the committer is now parked inside publish()
+  std::vector<std::future<model::result<append_result>>> futs;
+  for (int i = 0; i < 10; ++i) futs.push_back(append_async("g", {"q" + std::to_string(i)}));
+  const double groups_before = metric("engram_storage_commit_groups_total");
+  pub_.open_gate();
+  for (auto& f : futs) ASSERT_TRUE(f.get());
+  ASSERT_TRUE(held.get());
+  EXPECT_EQ(metric("engram_storage_commit_groups_total") - groups_before, 1.0);
+  EXPECT_EQ(seqs("g").size(), 12u);
+}
+
+TEST_F(StoreTest, PublisherSeesCommittedEventsInSeqOrder) {
+  ASSERT_TRUE(append("p", {"a", "b"}));
+  std::promise<model::result<api::Context>> upd;
+  store_->update_context({"p", [](api::Context& c) { c.add_agent_ids("z"); }}, [&](auto r) { upd.set_value(r); });
+  auto ctx = upd.get_future().get();
+  ASSERT_TRUE(ctx);
+  EXPECT_EQ(ctx->head_seq(), 3u);
+  ASSERT_TRUE(append("p", {"c"}));
+  const auto events = pub_.events();
+  ASSERT_EQ(events.size(), 4u);
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i]->seq(), i + 1);
+  EXPECT_TRUE(events[2]->has_context_updated());
+  EXPECT_EQ(events[2]->context_updated().context().head_seq(), 3u);
+  EXPECT_EQ(events[3]->work_unit().payload(), "c");
+}
+
+TEST_F(StoreTest, IdempotentRetryReturnsTheOriginal) {
+  auto first = append("i", {"a", "b"}, "key-1", "fp");
+  ASSERT_TRUE(first);
+  auto retry = append("i", {"a", "b"}, "key-1", "fp");
+  ASSERT_TRUE(retry);
+  EXPECT_TRUE(retry->replayed);
+  ASSERT_EQ(retry->units.size(), 2u);
+  EXPECT_EQ(retry->units[0].id(), first->units[0].id());
+  EXPECT_EQ(retry->units[1].seq(), 2u);
+  auto other = append("i", {"c"}, "key-1", "different");
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code, model::errc::unprocessable);
+  // Keys are per context.
+  auto elsewhere = append("j", {"c"}, "key-1", "different");
+  ASSERT_TRUE(elsewhere);
+  EXPECT_FALSE(elsewhere->replayed);
+  EXPECT_EQ(seqs("i").size(), 2u);
+  reopen();  // remembered across restarts
+  EXPECT_TRUE(append("i", {"a", "b"}, "key-1", "fp")->replayed);
+}
+
+TEST_F(StoreTest, IdempotencyKeyInFlightIsAConflict) {
+  ASSERT_TRUE(append("f", {"x"}));
+  pub_.close_gate();
+  auto held = append_async("f", {"held"});
+  pub_.wait_calls(2);
+  auto a = append_async("f", {"a"}, "k", "fp");
+  auto b = append_async("f", {"a"}, "k", "fp");
+  pub_.open_gate();
+  auto ra = a.get();
+  auto rb = b.get();
+  ASSERT_TRUE(ra);
+  ASSERT_FALSE(rb);
+  EXPECT_EQ(rb.error().code, model::errc::conflict);
+  ASSERT_TRUE(held.get());
+}
+
+TEST_F(StoreTest, IdempotencyKeysExpireAfterTtl) {
+  ASSERT_TRUE(append("t", {"x"}, "k", "fp"));
+  clock_->now += std::chrono::nanoseconds(opts_.idempotency_ttl).count() + 1;
+  auto again = append("t", {"x"}, "k", "fp");
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->replayed);
+  EXPECT_EQ(again->units[0].seq(), 2u);
+}
+
+TEST_F(StoreTest, FullQueueRefusesWithUnavailable) {
+  reopen();
+  store_.reset();
+  opts_.commit_queue_limit = 2;
+  open();
+  ASSERT_TRUE(append("q", {"x"}));
+  pub_.close_gate();
+  auto held = append_async("q", {"held"});
+  pub_.wait_calls(2);
+  auto f1 = append_async("q", {"1"});
+  auto f2 = append_async("q", {"2"});
+  auto f3 = append_async("q", {"3"});
+  auto r3 = f3.get();  // refused at once, while the committer is held
+  ASSERT_FALSE(r3);
+  EXPECT_EQ(r3.error().code, model::errc::unavailable);
+  pub_.open_gate();
+  EXPECT_TRUE(f1.get());
+  EXPECT_TRUE(f2.get());
+  EXPECT_TRUE(held.get());
+}
+
+TEST_F(StoreTest, CloseCommitsWhatIsQueued) {
+  std::vector<std::future<model::result<append_result>>> futs;
+  for (int i = 0; i < 200; ++i) futs.push_back(append_async("z", {std::to_string(i)}));
+  store_->close();
+  for (auto& f : futs) ASSERT_TRUE(f.get());
+  reopen();
+  EXPECT_EQ(seqs("z").size(), 200u);
+}
+
+TEST_F(StoreTest, RelaxedModeKeepsWritesAcrossReopen) {
+  store_.reset();
+  opts_.mode = durability::relaxed;
+  open();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(append("r", {std::to_string(i)}));
+  reopen();
+  EXPECT_EQ(seqs("r").size(), 20u);
+}
+
+TEST_F(StoreTest, ListsContextsInIdOrderWithPaging) {
+  for (const auto* id : {"b", "a", "c", "a/b"}) ASSERT_TRUE(append(id, {"x"}));
+  auto page = store_->list_contexts("", 2);
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->contexts.size(), 2u);
+  EXPECT_EQ(page->contexts[0].id(), "a");
+  EXPECT_EQ(page->contexts[1].id(), "a/b");
+  EXPECT_TRUE(page->more);
+  auto rest = store_->list_contexts("a/b", 10);
+  ASSERT_EQ(rest->contexts.size(), 2u);
+  EXPECT_EQ(rest->contexts[1].id(), "c");
+  EXPECT_FALSE(rest->more);
+}
+
+}  // namespace
+}  // namespace engram::storage
