@@ -12,6 +12,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <array>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -193,15 +194,37 @@ class session : public std::enable_shared_from_this<session> {
     stream_.expires_after(opts().write_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
       self->busy_ = false;
+      if (!ec && self->linger_) return self->linger();
       if (ec || !keep) return self->close();
       self->read_header();
     });
   }
 
+  // Answers and closes a connection whose request cannot be read (or trusted).
   void fail_and_close(unsigned status, const std::string& message) {
     keep_alive_ = false;
+    linger_ = true;
     busy_ = true;
     send(plain_error(status, message));
+  }
+
+  // Lingering close: after an early error response the client may still be sending
+  // its body; closing at once would reset the connection and destroy the response
+  // before the client reads it. Stop sending, then read and discard (bounded in
+  // time and bytes) until the client closes.
+  void linger() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(std::chrono::seconds(2));
+    discard();
+  }
+  void discard() {
+    if (discarded_ > (size_t(64) << 20)) return close();
+    stream_.async_read_some(net::buffer(discard_buf_), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      if (ec) return self->close();
+      self->discarded_ += n;
+      self->discard();
+    });
   }
 
   void close() {
@@ -218,6 +241,9 @@ class session : public std::enable_shared_from_this<session> {
   unsigned version_ = 11;
   bool keep_alive_ = true;
   bool busy_ = false;
+  bool linger_ = false;
+  size_t discarded_ = 0;
+  std::array<char, 16 * 1024> discard_buf_{};
 };
 
 }  // namespace
