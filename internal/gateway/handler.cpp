@@ -158,6 +158,21 @@ std::string fingerprint(const request& req, std::string_view path) {
   return out;
 }
 
+// `{"<field>":[unit,…]` — the caller appends further fields and the closing brace.
+std::string units_json(std::string_view field, const std::vector<api::WorkUnit>& units) {
+  std::string out;
+  size_t estimate = 32;
+  for (const auto& u : units) estimate += 256 + u.payload().size() * 4 / 3;
+  out.reserve(estimate);
+  out.append("{\"").append(field).append("\":[");
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (i) out.push_back(',');
+    model::append_unit_json(out, units[i]);
+  }
+  out.push_back(']');
+  return out;
+}
+
 }  // namespace
 
 response error_response(const model::error& err) {
@@ -293,15 +308,16 @@ struct api_handler::impl {
   static void respond_units(const responder& respond, model::result<storage::append_result> r,
                             bool single) {
     if (!r) return respond(error_response(r.error()));
-    json body;
+    response resp;
+    resp.status = 201;
     if (single) {
-      body = json{{"work_unit", model::to_json(r->units.front())}};
+      resp.body = "{\"work_unit\":";
+      model::append_unit_json(resp.body, r->units.front());
+      resp.body.push_back('}');
     } else {
-      json units = json::array();
-      for (const auto& u : r->units) units.push_back(model::to_json(u));
-      body = json{{"work_units", std::move(units)}};
+      resp.body = units_json("work_units", r->units);
+      resp.body.push_back('}');
     }
-    auto resp = json_response(201, body);
     if (r->replayed) resp.headers.emplace_back("Idempotent-Replayed", "true");
     respond(std::move(resp));
   }
@@ -364,7 +380,9 @@ struct api_handler::impl {
     if (!id) return respond(error_response(id.error()));
     auto unit = eng.get_unit(*id);
     if (!unit) return respond(error_response(unit.error()));
-    respond(json_response(200, json{{"work_unit", model::to_json(*unit)}}));
+    response r;
+    r.body = "{\"work_unit\":" + model::unit_json(*unit) + "}";
+    respond(std::move(r));
   }
 
   void list_units(const matched_route& route, const query_params& q, responder respond) {
@@ -383,9 +401,12 @@ struct api_handler::impl {
     if (const auto* c = q.get("cursor")) lr.cursor = *c;
     auto page = eng.list_units(*ctx, lr);
     if (!page) return respond(error_response(page.error()));
-    json units = json::array();
-    for (const auto& u : page->units) units.push_back(model::to_json(u));
-    respond(json_response(200, json{{"work_units", std::move(units)}, {"next_cursor", page->next_cursor}}));
+    response r;
+    r.body = units_json("work_units", page->units);
+    r.body.append(",\"next_cursor\":");
+    model::append_json_string(r.body, page->next_cursor);
+    r.body.push_back('}');
+    respond(std::move(r));
   }
 
   void get_context(const matched_route& route, responder respond) {

@@ -127,20 +127,91 @@ json timestamp_json(int64_t ns) {
   return json{{"seconds", seconds}, {"nanos", nanos}};
 }
 
-json to_json(const api::WorkUnit& u) {
-  json rels = json::array();
-  for (const auto& r : u.relationships())
-    rels.push_back({{"target_id", r.target_id()}, {"type", int(r.type())}, {"meta", meta_json(r.meta())}});
-  json out = {{"id", u.id()},
-              {"context_id", u.context_id()},
-              {"seq", u.seq()},
-              {"agent_id", u.agent_id()},
-              {"type", int(u.type())},
-              {"ts", timestamp_json(u.ts_ns())},
-              {"meta", meta_json(u.meta())},
-              {"payload", base64_encode(u.payload())},
-              {"relationships", std::move(rels)}};
-  if (!u.idempotency_key().empty()) out["idempotency_key"] = u.idempotency_key();
+void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out.push_back('"');
+  size_t run = 0;  // start of the pending run of characters that need no escaping
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = uint8_t(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"': out.append("\\\""); break;
+      case '\\': out.append("\\\\"); break;
+      case '\n': out.append("\\n"); break;
+      case '\r': out.append("\\r"); break;
+      case '\t': out.append("\\t"); break;
+      default:
+        out.append("\\u00");
+        out.push_back(hex[c >> 4]);
+        out.push_back(hex[c & 0xF]);
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out.push_back('"');
+}
+
+namespace {
+
+void append_meta(std::string& out, const google::protobuf::Map<std::string, std::string>& meta) {
+  out.push_back('{');
+  std::vector<const google::protobuf::MapPair<std::string, std::string>*> entries;
+  entries.reserve(meta.size());
+  for (const auto& kv : meta) entries.push_back(&kv);
+  std::sort(entries.begin(), entries.end(), [](auto* a, auto* b) { return a->first < b->first; });
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (i) out.push_back(',');
+    append_json_string(out, entries[i]->first);
+    out.push_back(':');
+    append_json_string(out, entries[i]->second);
+  }
+  out.push_back('}');
+}
+
+}  // namespace
+
+void append_unit_json(std::string& out, const api::WorkUnit& u) {
+  int64_t seconds = u.ts_ns() / 1'000'000'000, nanos = u.ts_ns() % 1'000'000'000;
+  if (nanos < 0) {
+    nanos += 1'000'000'000;
+    --seconds;
+  }
+  out.append("{\"id\":");
+  append_json_string(out, u.id());
+  out.append(",\"context_id\":");
+  append_json_string(out, u.context_id());
+  out.append(",\"seq\":").append(std::to_string(u.seq()));
+  out.append(",\"agent_id\":");
+  append_json_string(out, u.agent_id());
+  out.append(",\"type\":").append(std::to_string(int(u.type())));
+  out.append(",\"ts\":{\"seconds\":").append(std::to_string(seconds));
+  out.append(",\"nanos\":").append(std::to_string(nanos)).append("},\"meta\":");
+  append_meta(out, u.meta());
+  out.append(",\"payload\":\"");
+  base64_encode_append(out, u.payload());
+  out.append("\",\"relationships\":[");
+  for (int i = 0; i < u.relationships_size(); ++i) {
+    const auto& r = u.relationships(i);
+    if (i) out.push_back(',');
+    out.append("{\"target_id\":");
+    append_json_string(out, r.target_id());
+    out.append(",\"type\":").append(std::to_string(int(r.type()))).append(",\"meta\":");
+    append_meta(out, r.meta());
+    out.push_back('}');
+  }
+  out.push_back(']');
+  if (!u.idempotency_key().empty()) {
+    out.append(",\"idempotency_key\":");
+    append_json_string(out, u.idempotency_key());
+  }
+  out.push_back('}');
+}
+
+std::string unit_json(const api::WorkUnit& unit) {
+  std::string out;
+  out.reserve(256 + unit.payload().size() * 4 / 3);
+  append_unit_json(out, unit);
   return out;
 }
 

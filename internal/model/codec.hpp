@@ -26,8 +26,16 @@ inline constexpr size_t max_relationships = 256;
 inline constexpr size_t max_display_name_bytes = 1024;
 
 json timestamp_json(int64_t ns);
-json to_json(const api::WorkUnit& unit);
 json to_json(const api::Context& context);
+
+// Work units are the hot path (every write response, every page of up to 1000), so
+// they are rendered by a direct writer rather than through nlohmann::json (measured
+// ~5x faster: bench/engram-micro BM_UnitToJson). The only work-unit encoder. Meta keys are
+// sorted so the same unit always renders to the same bytes.
+void append_unit_json(std::string& out, const api::WorkUnit& unit);
+std::string unit_json(const api::WorkUnit& unit);
+// Appends `s` as a JSON string literal (quotes included).
+void append_json_string(std::string& out, std::string_view s);
 
 // Serialise compactly; never throws (invalid UTF-8 would be replaced, though every
 // string we store has been validated).

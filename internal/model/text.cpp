@@ -11,26 +11,38 @@ constexpr char std_alphabet[] =
 constexpr char url_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+// Appends the encoding of `in` to `out`, writing in place (this is on the hot path of
+// every page of units).
+void encode_append(std::string& out, std::string_view in, const char* alphabet, bool pad) {
+  const size_t full = in.size() / 3, rest = in.size() % 3;
+  const size_t len = full * 4 + (rest == 0 ? 0 : pad ? 4 : rest + 1);
+  const size_t start = out.size();
+  out.resize(start + len);
+  char* dst = out.data() + start;
+  const auto* src = reinterpret_cast<const uint8_t*>(in.data());
+  for (size_t i = 0; i < full; ++i, src += 3) {
+    const uint32_t v = uint32_t(src[0]) << 16 | uint32_t(src[1]) << 8 | src[2];
+    *dst++ = alphabet[v >> 18 & 63];
+    *dst++ = alphabet[v >> 12 & 63];
+    *dst++ = alphabet[v >> 6 & 63];
+    *dst++ = alphabet[v & 63];
+  }
+  if (rest > 0) {
+    uint32_t v = uint32_t(src[0]) << 16;
+    if (rest == 2) v |= uint32_t(src[1]) << 8;
+    *dst++ = alphabet[v >> 18 & 63];
+    *dst++ = alphabet[v >> 12 & 63];
+    if (rest == 2) *dst++ = alphabet[v >> 6 & 63];
+    if (pad) {
+      *dst++ = '=';
+      if (rest == 1) *dst++ = '=';
+    }
+  }
+}
+
 std::string encode(std::string_view in, const char* alphabet, bool pad) {
   std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 3 <= in.size(); i += 3) {
-    const uint32_t v = uint8_t(in[i]) << 16 | uint8_t(in[i + 1]) << 8 | uint8_t(in[i + 2]);
-    out.push_back(alphabet[v >> 18 & 63]);
-    out.push_back(alphabet[v >> 12 & 63]);
-    out.push_back(alphabet[v >> 6 & 63]);
-    out.push_back(alphabet[v & 63]);
-  }
-  const size_t rest = in.size() - i;
-  if (rest > 0) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    if (rest == 2) v |= uint8_t(in[i + 1]) << 8;
-    out.push_back(alphabet[v >> 18 & 63]);
-    out.push_back(alphabet[v >> 12 & 63]);
-    if (rest == 2) out.push_back(alphabet[v >> 6 & 63]);
-    if (pad) out.append(rest == 1 ? "==" : "=");
-  }
+  encode_append(out, in, alphabet, pad);
   return out;
 }
 
@@ -70,6 +82,10 @@ std::optional<std::string> decode(std::string_view in, const std::array<int8_t, 
 }  // namespace
 
 std::string base64_encode(std::string_view bytes) { return encode(bytes, std_alphabet, true); }
+
+void base64_encode_append(std::string& out, std::string_view bytes) {
+  encode_append(out, bytes, std_alphabet, true);
+}
 
 std::optional<std::string> base64_decode(std::string_view text) {
   static const auto table = make_table(std_alphabet);

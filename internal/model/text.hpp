@@ -11,6 +11,7 @@ namespace engram::model {
 
 // Standard alphabet (RFC 4648 §4) with padding; what Engram v3 clients send.
 std::string base64_encode(std::string_view bytes);
+void base64_encode_append(std::string& out, std::string_view bytes);
 // Strict: standard alphabet, padding optional but must be correct if present, no
 // whitespace. Returns nullopt on any malformed input.
 std::optional<std::string> base64_decode(std::string_view text);

@@ -95,7 +95,7 @@ TEST(Codec, UnitRoundTripsToV3Json) {
   ASSERT_TRUE(parsed) << parsed.error().message;
   parsed->set_seq(7);
   parsed->set_ts_ns(1'700'000'000'123'456'789);
-  const json out = to_json(*parsed);
+  const json out = json::parse(unit_json(*parsed));
   EXPECT_EQ(out["type"], 3);
   EXPECT_EQ(out["seq"], 7);
   EXPECT_EQ(out["ts"]["seconds"], 1'700'000'000);
@@ -108,6 +108,31 @@ TEST(Codec, UnitRoundTripsToV3Json) {
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->payload(), "héllo");
   EXPECT_EQ(again->type(), api::WORK_UNIT_TYPE_TOOL_CALL);
+}
+
+TEST(Codec, UnitWriterEscapesAndMatchesNlohmann) {
+  api::WorkUnit u;
+  u.set_id("i\"d");
+  u.set_context_id("c\\/\x01\n\t\r\x1f é😀");
+  u.set_agent_id("a");
+  u.set_seq(18446744073709551615ull);
+  u.set_ts_ns(-1);
+  (*u.mutable_meta())["z"] = "1";
+  (*u.mutable_meta())["a"] = "\"quoted\"";
+  auto* r = u.add_relationships();
+  r->set_target_id("t");
+  (*r->mutable_meta())["m"] = "v";
+  const auto text = unit_json(u);
+  auto parsed = json::parse(text);  // valid JSON
+  EXPECT_EQ(parsed["id"], "i\"d");
+  EXPECT_EQ(parsed["context_id"], u.context_id());
+  EXPECT_EQ(parsed["seq"].get<uint64_t>(), 18446744073709551615ull);
+  EXPECT_EQ(parsed["ts"], timestamp_json(-1));
+  EXPECT_EQ(parsed["meta"]["a"], "\"quoted\"");
+  EXPECT_LT(text.find("\"a\":"), text.find("\"z\":"));  // sorted keys: stable bytes
+  EXPECT_EQ(parsed["relationships"][0]["meta"]["m"], "v");
+  EXPECT_FALSE(parsed.contains("idempotency_key"));
+  EXPECT_EQ(text, unit_json(u));
 }
 
 TEST(Codec, AcceptsEveryTypeByNumberAndName) {

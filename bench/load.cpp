@@ -1,0 +1,184 @@
+// engram-load: drives a running Engram server over loopback and reports latency
+// percentiles and throughput. One keep-alive connection per worker thread.
+//
+//   engram-load write --port P --connections 16 --seconds 10 --payload-bytes 300
+//   engram-load seed  --port P --units 1000000 --target-units 100000
+//   engram-load read  --port P --connections 16 --seconds 10 --context bench/target
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engram/http_connection.hpp"
+
+namespace {
+
+using json = nlohmann::json;
+using steady = std::chrono::steady_clock;
+
+struct settings {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  unsigned connections = 1;
+  double seconds = 10;
+  size_t payload_bytes = 300;
+  std::string context = "bench/target";
+  size_t limit = 100;
+  size_t units = 1'000'000;
+  size_t target_units = 100'000;
+  size_t batch = 1000;
+  std::string label;
+};
+
+struct worker_result {
+  std::vector<uint64_t> latencies_ns;
+  size_t errors = 0;
+  std::string first_error;
+};
+
+void report(const settings& s, const std::string& what, std::vector<worker_result>& results, double elapsed) {
+  std::vector<uint64_t> all;
+  size_t errors = 0;
+  std::string first_error;
+  for (auto& r : results) {
+    all.insert(all.end(), r.latencies_ns.begin(), r.latencies_ns.end());
+    errors += r.errors;
+    if (first_error.empty()) first_error = r.first_error;
+  }
+  std::sort(all.begin(), all.end());
+  auto pct = [&](double p) -> double {
+    if (all.empty()) return 0;
+    const size_t i = std::min(all.size() - 1, size_t(p * double(all.size())));
+    return double(all[i]) / 1000.0;
+  };
+  std::printf("%s%s conns=%u requests=%zu errors=%zu rps=%.0f p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
+              s.label.empty() ? "" : (s.label + " ").c_str(), what.c_str(), s.connections, all.size(), errors,
+              double(all.size()) / elapsed, pct(0.50), pct(0.99), pct(0.999),
+              all.empty() ? 0.0 : double(all.back()) / 1000.0);
+  if (errors) std::printf("  first error: %s\n", first_error.c_str());
+}
+
+// Runs `op` on `connections` threads for the configured duration.
+template <class Op>
+void timed(const settings& s, const std::string& what, Op op) {
+  std::vector<worker_result> results(s.connections);
+  std::vector<std::thread> threads;
+  const auto start = steady::now();
+  const auto end = start + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(s.seconds));
+  for (unsigned w = 0; w < s.connections; ++w) {
+    threads.emplace_back([&, w] {
+      engram::client::http_connection c(s.host, s.port);
+      auto& res = results[w];
+      res.latencies_ns.reserve(100'000);
+      for (uint64_t i = 0; steady::now() < end; ++i) {
+        const auto t0 = steady::now();
+        std::string err = op(c, w, i);
+        const auto t1 = steady::now();
+        if (err.empty()) {
+          res.latencies_ns.push_back(uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+        } else if (res.errors++ == 0) {
+          res.first_error = err;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  report(s, what, results, std::chrono::duration<double>(steady::now() - start).count());
+}
+
+std::string expect(const std::expected<engram::client::http_result, engram::client::transport_error>& r,
+                   unsigned status) {
+  if (!r) return r.error().message;
+  if (r->status != status) return "status " + std::to_string(r->status) + ": " + r->body.substr(0, 200);
+  return {};
+}
+
+void run_write(const settings& s) {
+  const std::string payload(s.payload_bytes, 'x');
+  timed(s, "write", [&](engram::client::http_connection& c, unsigned w, uint64_t i) {
+    // Each worker writes its own context, as agents usually do; all share the committer.
+    const auto body = json({{"context_id", "bench/w" + std::to_string(w)},
+                            {"agent_id", "bench"},
+                            {"type", 1},
+                            {"text", payload},
+                            {"meta", {{"i", std::to_string(i)}}}}).dump();
+    return expect(c.request("POST", "/workunit", body), 201);
+  });
+}
+
+void run_read(const settings& s) {
+  const std::string target = "/workunits/" + s.context + "?limit=" + std::to_string(s.limit) + "&reverse=true";
+  // The context id may contain '/', which the route accepts unencoded.
+  timed(s, "read", [&](engram::client::http_connection& c, unsigned, uint64_t) {
+    return expect(c.request("GET", target), 200);
+  });
+}
+
+// Loads `units` units: `target_units` into s.context, the rest spread over 90 others.
+int run_seed(const settings& s) {
+  const std::string payload(s.payload_bytes, 'y');
+  const size_t batches = (s.units + s.batch - 1) / s.batch;
+  const size_t target_batches = s.target_units / s.batch;
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> threads;
+  const auto t0 = steady::now();
+  for (unsigned w = 0; w < s.connections; ++w) {
+    threads.emplace_back([&] {
+      engram::client::http_connection c(s.host, s.port, std::chrono::seconds(120));
+      for (size_t b; (b = next++) < batches && !failed;) {
+        // Interleave target batches among the others so the target's keys are spread
+        // through the LSM like a real busy context's.
+        const bool target = b % (batches / std::max<size_t>(target_batches, 1)) == 0 &&
+                            b / (batches / std::max<size_t>(target_batches, 1)) < target_batches;
+        const std::string ctx = target ? s.context : "bench/other-" + std::to_string(b % 90);
+        json units = json::array();
+        for (size_t k = 0; k < s.batch; ++k) units.push_back({{"text", payload}, {"type", 1}});
+        auto r = c.request("POST", "/workunits",
+                           json({{"context_id", ctx}, {"agent_id", "seed"}, {"work_units", units}}).dump());
+        if (auto err = expect(r, 201); !err.empty()) {
+          std::fprintf(stderr, "seed failed: %s\n", err.c_str());
+          failed = true;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::printf("seeded %zu units (%zu in %s) in %.1f s\n", s.units, target_batches * s.batch, s.context.c_str(),
+              std::chrono::duration<double>(steady::now() - t0).count());
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"engram-load: load generator for an Engram server (loopback only)"};
+  app.fallthrough();  // subcommands accept the shared options too
+  settings s;
+  app.add_option("--host", s.host, "server address (use loopback)");
+  app.add_option("--port", s.port, "server port")->required();
+  app.add_option("--connections,-c", s.connections, "concurrent keep-alive connections")->check(CLI::Range(1u, 1024u));
+  app.add_option("--seconds", s.seconds, "duration of a timed run")->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--payload-bytes", s.payload_bytes, "payload size of each unit");
+  app.add_option("--label", s.label, "prefix for the result line");
+  auto* write = app.add_subcommand("write", "single-unit POST /workunit");
+  auto* read = app.add_subcommand("read", "GET /workunits/{ctx}?limit=N&reverse=true");
+  read->add_option("--context", s.context);
+  read->add_option("--limit", s.limit);
+  auto* seed = app.add_subcommand("seed", "bulk-load units with POST /workunits batches");
+  seed->add_option("--units", s.units);
+  seed->add_option("--target-units", s.target_units);
+  seed->add_option("--context", s.context);
+  seed->add_option("--batch", s.batch)->check(CLI::Range(size_t(1), size_t(1000)));
+  app.require_subcommand(1);
+  CLI11_PARSE(app, argc, argv);
+  if (*write) run_write(s);
+  if (*read) run_read(s);
+  if (*seed) return run_seed(s);
+  return 0;
+}

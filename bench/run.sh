@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
+# loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
+#
+#   bench/run.sh [build-dir]
+#   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
+set -euo pipefail
+
+BUILD=${1:-build}
+BIN=$BUILD/bin
+SECS=${BENCH_SECONDS:-10}
+UNITS=${BENCH_UNITS:-1000000}
+TARGET_UNITS=${BENCH_TARGET_UNITS:-100000}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/engram-bench-XXXXXX")
+PID=""
+PORT=""
+
+cleanup() {
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill "$PID"; wait "$PID" || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_server() {  # durability data-dir
+  : > "$WORK/server.log"
+  "$BIN/engram" --addr 127.0.0.1:0 --data-dir "$2" --durability "$1" \
+    --log-level info 2>"$WORK/server.log" &
+  PID=$!
+  for _ in $(seq 1 600); do
+    PORT=$(sed -n 's/.*http: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/server.log" | head -1)
+    if [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "server did not become ready" >&2; cat "$WORK/server.log" >&2; exit 1
+}
+
+stop_server() {
+  echo "  server RSS before stop: $(ps -o rss= -p "$PID" | awk '{printf "%.0f MiB", $1/1024}')"
+  kill "$PID"; wait "$PID" || true; PID=""
+}
+
+echo "# engram benchmarks — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "## single-unit POST /workunit, 300-byte payload, ${SECS}s per run"
+for mode in sync relaxed; do
+  start_server "$mode" "$WORK/write-$mode"
+  for c in 1 16 64; do
+    "$BIN/engram-load" write --port "$PORT" --connections "$c" --seconds "$SECS" --payload-bytes 300 --label "$mode"
+  done
+  curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^engram_storage_(commit_groups_total|events_written_total)' | sed 's/^/  /'
+  stop_server
+done
+
+echo "## GET /workunits/{ctx}?limit=100&reverse=true, ${TARGET_UNITS} units in the context, ${UNITS} in all"
+start_server relaxed "$WORK/read"
+"$BIN/engram-load" seed --port "$PORT" --connections 2 --units "$UNITS" --target-units "$TARGET_UNITS" \
+  --context bench/target --payload-bytes 300
+stop_server
+# Restart so reads come from a recovered database, not a warm writer.
+start_server sync "$WORK/read"
+for c in 1 16; do
+  "$BIN/engram-load" read --port "$PORT" --connections "$c" --seconds "$SECS" --context bench/target --limit 100
+done
+stop_server
+echo "  data dir size: $(du -sh "$WORK/read" | cut -f1)"
+
+echo "## micro-benchmarks"
+"$BIN/engram-micro" --benchmark_min_time=0.5 2>/dev/null | sed -n '/^BM_/p'
