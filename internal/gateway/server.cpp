@@ -31,16 +31,11 @@ class session;
 
 }  // namespace
 
-// State shared by the acceptor and every session.
-struct server::impl : std::enable_shared_from_this<server::impl> {
+// State shared by the acceptor and every session. Holds no I/O objects.
+struct server::impl {
   options opts;
   handler_fn handler;
-  net::io_context ioc;
-  tcp::acceptor acceptor{net::make_strand(ioc)};
-  std::vector<std::thread> threads;
-  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
   std::atomic<bool> shutting_down{false};
-  bool stopped = false;
 
   std::mutex mu;
   std::condition_variable drained;
@@ -53,14 +48,25 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
   impl(options o, handler_fn h) : opts(std::move(o)), handler(std::move(h)) {}
 
-  void do_accept();
-  void on_accept(beast::error_code ec, tcp::socket socket);
   void forget(uint64_t id) {
     std::lock_guard lock(mu);
     sessions.erase(id);
     if (active) active->Set(double(sessions.size()));
     if (sessions.empty()) drained.notify_all();
   }
+};
+
+// The I/O machinery, owned by the server alone (see server.hpp).
+struct server::io {
+  std::shared_ptr<server::impl> state;
+  net::io_context ioc;
+  tcp::acceptor acceptor{net::make_strand(ioc)};
+  std::vector<std::thread> threads;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  bool stopped = false;
+
+  void do_accept();
+  void on_accept(beast::error_code ec, tcp::socket socket);
 };
 
 namespace {
@@ -248,31 +254,32 @@ class session : public std::enable_shared_from_this<session> {
 
 }  // namespace
 
-void server::impl::do_accept() {
-  acceptor.async_accept(net::make_strand(ioc),
-                        [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-                          self->on_accept(ec, std::move(s));
-                        });
+void server::io::do_accept() {
+  // `this` outlives the handler: destroying the io_context destroys pending handlers.
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
+    on_accept(ec, std::move(s));
+  });
 }
 
-void server::impl::on_accept(beast::error_code ec, tcp::socket socket) {
+void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
   if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
+  auto& st = *state;
   if (!ec) {
     std::shared_ptr<session> s;
     bool over_limit = false;
     {
-      std::lock_guard lock(mu);
-      const uint64_t id = next_session++;
-      s = std::make_shared<session>(std::move(socket), shared_from_this(), id);
-      over_limit = sessions.size() >= opts.max_connections;
-      sessions.emplace(id, s);
-      if (active) active->Set(double(sessions.size()));
+      std::lock_guard lock(st.mu);
+      const uint64_t id = st.next_session++;
+      s = std::make_shared<session>(std::move(socket), state, id);
+      over_limit = st.sessions.size() >= st.opts.max_connections;
+      st.sessions.emplace(id, s);
+      if (st.active) st.active->Set(double(st.sessions.size()));
     }
     if (over_limit) {
-      if (rejected) rejected->Increment();
+      if (st.rejected) st.rejected->Increment();
       s->reject("too many connections; retry shortly");
     } else {
-      if (accepted) accepted->Increment();
+      if (st.accepted) st.accepted->Increment();
       s->run();
     }
   } else {
@@ -282,7 +289,8 @@ void server::impl::on_accept(beast::error_code ec, tcp::socket socket) {
 }
 
 server::server(options opts, handler_fn handler, prometheus::Registry* metrics)
-    : impl_(std::make_shared<impl>(std::move(opts), std::move(handler))) {
+    : impl_(std::make_shared<impl>(std::move(opts), std::move(handler))), io_(std::make_unique<io>()) {
+  io_->state = impl_;
   if (metrics) {
     impl_->active = &prometheus::BuildGauge().Name("engram_http_connections_active")
                          .Help("Open HTTP connections").Register(*metrics).Add({});
@@ -296,48 +304,52 @@ server::server(options opts, handler_fn handler, prometheus::Registry* metrics)
 server::~server() { stop(std::chrono::milliseconds(0)); }
 
 model::status server::start() {
-  auto& a = impl_->acceptor;
+  auto& a = io_->acceptor;
+  const auto& opts = impl_->opts;
   beast::error_code ec;
-  const auto addr = net::ip::make_address(impl_->opts.host, ec);
+  const auto addr = net::ip::make_address(opts.host, ec);
   if (ec)
-    return model::fail(model::errc::invalid_argument, "server.addr: '" + impl_->opts.host +
-                                                          "' is not an IP address: " + ec.message());
-  const tcp::endpoint ep{addr, impl_->opts.port};
+    return model::fail(model::errc::invalid_argument,
+                       "server.addr: '" + opts.host + "' is not an IP address: " + ec.message());
+  const tcp::endpoint ep{addr, opts.port};
   a.open(ep.protocol(), ec);
   if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(ep, ec);
   if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
   if (ec)
-    return model::fail(model::errc::unavailable, "cannot listen on " + impl_->opts.host + ":" +
-                                                     std::to_string(impl_->opts.port) + ": " + ec.message());
-  impl_->work.emplace(impl_->ioc.get_executor());
-  impl_->do_accept();
-  unsigned n = impl_->opts.threads ? impl_->opts.threads : std::max(1u, std::thread::hardware_concurrency());
-  for (unsigned i = 0; i < n; ++i) impl_->threads.emplace_back([p = impl_.get()] { p->ioc.run(); });
+    return model::fail(model::errc::unavailable, "cannot listen on " + opts.host + ":" +
+                                                     std::to_string(opts.port) + ": " + ec.message());
+  io_->work.emplace(io_->ioc.get_executor());
+  io_->do_accept();
+  const unsigned n = opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) io_->threads.emplace_back([p = io_.get()] { p->ioc.run(); });
   return {};
 }
 
 uint16_t server::port() const {
   beast::error_code ec;
-  auto ep = impl_->acceptor.local_endpoint(ec);
+  auto ep = io_->acceptor.local_endpoint(ec);
   return ec ? 0 : ep.port();
 }
 
-void server::post(std::function<void()> f) { net::post(impl_->ioc, std::move(f)); }
+void server::post(std::function<void()> f) { net::post(io_->ioc, std::move(f)); }
 
 void server::stop(std::chrono::milliseconds deadline) {
   auto& s = *impl_;
-  if (s.stopped) return;
-  s.stopped = true;
+  auto& io = *io_;
+  if (io.stopped) return;
+  io.stopped = true;
   s.shutting_down = true;
   // Phase 1: stop accepting and close idle connections.
-  std::promise<void> closed;
-  net::dispatch(s.acceptor.get_executor(), [&] {
-    beast::error_code ec;
-    s.acceptor.close(ec);
-    closed.set_value();
-  });
-  if (!s.threads.empty()) closed.get_future().wait();
+  if (!io.threads.empty()) {
+    std::promise<void> closed;
+    net::dispatch(io.acceptor.get_executor(), [&] {
+      beast::error_code ec;
+      io.acceptor.close(ec);
+      closed.set_value();
+    });
+    closed.get_future().wait();
+  }
   std::vector<std::shared_ptr<session>> live;
   {
     std::lock_guard lock(s.mu);
@@ -347,15 +359,16 @@ void server::stop(std::chrono::milliseconds deadline) {
   for (auto& p : live) p->shutdown();
   live.clear();
   // Phase 2: wait for in-flight requests to finish, up to the deadline.
-  {
+  if (!io.threads.empty()) {
     std::unique_lock lock(s.mu);
     s.drained.wait_for(lock, deadline, [&] { return s.sessions.empty(); });
-    if (!s.sessions.empty()) spdlog::warn("http: {} connections still open at the shutdown deadline", s.sessions.size());
+    if (!s.sessions.empty())
+      spdlog::warn("http: {} connections still open at the shutdown deadline", s.sessions.size());
   }
-  s.work.reset();
-  s.ioc.stop();
-  for (auto& t : s.threads) t.join();
-  s.threads.clear();
+  io.work.reset();
+  io.ioc.stop();
+  for (auto& t : io.threads) t.join();
+  io.threads.clear();
 }
 
 }  // namespace engram::gateway

@@ -35,10 +35,15 @@ class server {
   // then close everything and join the I/O threads.
   void stop(std::chrono::milliseconds deadline);
 
-  struct impl;
+  struct impl;  // state shared with sessions (options, handler, session registry)
+  struct io;    // the io_context, acceptor and threads
 
  private:
+  // Sessions keep `impl` alive; `io_` is destroyed first, and destroying the
+  // io_context destroys any handler still queued in it, and with it its session.
+  // (If sessions owned the io_context, queued handlers would form a cycle.)
   std::shared_ptr<impl> impl_;
+  std::unique_ptr<io> io_;
 };
 
 }  // namespace engram::gateway

@@ -230,26 +230,31 @@ struct store::impl {
   }
 
   // Current state of a context for staging: this group's copy, the cache, or disk.
-  std::optional<context_state> find_context(
+  // Read failures and corruption fail the request, never the server.
+  model::result<std::optional<context_state>> find_context(
       const std::string& id, std::unordered_map<std::string, context_state>& staged) {
     if (auto it = staged.find(id); it != staged.end()) return it->second;
     if (auto it = contexts.find(id); it != contexts.end()) return it->second;
     std::string raw;
     auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
-    if (s.IsNotFound()) return std::nullopt;
-    ENGRAM_ASSERT(s.ok(), s.ToString().c_str());
+    if (s.IsNotFound()) return std::optional<context_state>();
+    if (!s.ok()) return std::unexpected(storage_error(s, "reading context '" + id + "'"));
     ContextRecord rec;
-    ENGRAM_ASSERT(rec.ParseFromString(raw), "corrupt context record");
+    if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt record for context '" + id + "'");
     context_state st{rec.handle(), std::move(*rec.mutable_context())};
     // The record and its log entries are written in one batch, so they agree; check
-    // anyway, since a wrong head would break seq gap-freedom forever.
-    const uint64_t last = last_logged_seq(st.handle);
-    ENGRAM_ASSERT(last == st.context.head_seq(), "context head_seq disagrees with its log");
+    // anyway, since a wrong head would break gap-freedom for good. On disagreement
+    // refuse writes to this context rather than guess.
+    auto last = last_logged_seq(st.handle);
+    if (!last) return std::unexpected(last.error());
+    if (*last != st.context.head_seq())
+      return fail(errc::internal, "context '" + id + "' head_seq " + std::to_string(st.context.head_seq()) +
+                                      " disagrees with its log (last seq " + std::to_string(*last) + ")");
     contexts.emplace(id, st);
-    return st;
+    return std::optional<context_state>(std::move(st));
   }
 
-  uint64_t last_logged_seq(uint64_t handle) const {
+  model::result<uint64_t> last_logged_seq(uint64_t handle) const {
     const std::string lower = log_key(handle, 0);
     const std::string upper = log_key(handle + 1, 0);
     rocksdb::Slice lower_s(lower), upper_s(upper);
@@ -258,6 +263,7 @@ struct store::impl {
     ro.iterate_upper_bound = &upper_s;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_log)));
     it->SeekToLast();
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading a context log"));
     return it->Valid() ? get_be64(it->key().ToStringView().substr(8)) : 0;
   }
 
@@ -308,35 +314,33 @@ struct store::impl {
     g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
   }
 
+  template <class Done>
+  void fail_now(group_state& g, Done& done, model::error e) {
+    g.immediate.push_back([done = std::move(done), e = std::move(e)] { done(std::unexpected(e)); });
+  }
+
   void stage(group_state& g, pending_append& p) {
     auto& req = p.req;
-    auto found = find_context(req.context_id, g.staged);
+    auto lookup = find_context(req.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    auto& found = *lookup;
     const bool is_new = !found;
     context_state st = is_new ? new_context(req.context_id, g.now, g.next_handle) : std::move(*found);
 
     std::string idem_key;
     if (!req.idempotency_key.empty()) {
       idem_key = idempotency_key(st.handle, req.idempotency_key);
-      if (g.idempotency_keys.contains(idem_key)) {
-        g.immediate.push_back([done = std::move(p.done)] {
-          done(fail(errc::conflict, "a request with this Idempotency-Key is still in progress; retry later"));
-        });
-        return;
-      }
+      if (g.idempotency_keys.contains(idem_key))
+        return fail_now(g, p.done, {errc::conflict, "a request with this Idempotency-Key is still in progress; retry later"});
       if (!is_new) {
         std::string raw;
         auto s = db->Get(rocksdb::ReadOptions(), h(cf_idempotency), idem_key, &raw);
-        ENGRAM_ASSERT(s.ok() || s.IsNotFound(), s.ToString().c_str());
+        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p.done, storage_error(s, "reading an idempotency key"));
         IdempotencyRecord rec;
         if (s.ok() && rec.ParseFromString(raw) &&
             rec.created_at_ns() + std::chrono::nanoseconds(opts.idempotency_ttl).count() >= g.now) {
-          if (rec.fingerprint() != req.fingerprint) {
-            g.immediate.push_back([done = std::move(p.done)] {
-              done(fail(errc::unprocessable,
-                        "this Idempotency-Key was already used with a different request"));
-            });
-            return;
-          }
+          if (rec.fingerprint() != req.fingerprint)
+            return fail_now(g, p.done, {errc::unprocessable, "this Idempotency-Key was already used with a different request"});
           auto units = read_units(st.handle, rec.first_seq(), rec.count());
           g.immediate.push_back([done = std::move(p.done), units = std::move(units)]() mutable {
             if (!units) return done(std::unexpected(units.error()));
@@ -383,7 +387,9 @@ struct store::impl {
   }
 
   void stage(group_state& g, pending_update& p) {
-    auto found = find_context(p.req.context_id, g.staged);
+    auto lookup = find_context(p.req.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    auto& found = *lookup;
     context_state st = found ? std::move(*found) : new_context(p.req.context_id, g.now, g.next_handle);
     p.req.mutate(st.context);
     st.context.set_id(p.req.context_id);  // the mutator cannot rename a context
