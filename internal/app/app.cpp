@@ -12,14 +12,29 @@
 #include "engine/engine.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
+#include "router/router.hpp"
 #include "storage/store.hpp"
 
 namespace engram::app {
+
+// The committer's publisher: hands committed events to the router.
+class router_publisher final : public storage::publisher {
+ public:
+  explicit router_publisher(router::router& r) : router_(r) {}
+  void publish(const std::vector<std::shared_ptr<const api::Event>>& events) override { router_.publish(events); }
+
+ private:
+  router::router& router_;
+};
 
 struct app::impl {
   config::config cfg;
   std::shared_ptr<const model::clock> clock;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  // Declared before the server: streams owned by sessions unsubscribe from the
+  // router when the server's io_context is destroyed.
+  std::unique_ptr<router::router> router;
+  std::unique_ptr<router_publisher> publisher;
   std::unique_ptr<engine::engine> eng;
   std::unique_ptr<gateway::api_handler> handler;
   std::unique_ptr<gateway::server> http;
@@ -44,6 +59,7 @@ struct app::impl {
       recovery_error = opened.error();
     } else {
       store = std::move(*opened);
+      store->set_publisher(publisher.get());
       eng->attach(store.get());
       spdlog::info("storage: ready after {} ms",
                    std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
@@ -61,12 +77,14 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
   auto p = std::make_unique<impl>();
   p->cfg = cfg;
   p->clock = clock ? std::move(clock) : model::default_clock();
-  p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock);
+  p->router = std::make_unique<router::router>(p->registry.get());
+  p->publisher = std::make_unique<router_publisher>(*p->router);
+  p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock, p->router.get());
   p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry);
   auto* h = p->handler.get();
   p->http = std::make_unique<gateway::server>(
       cfg.server, [h](gateway::request req, gateway::responder r) { h->handle(std::move(req), std::move(r)); },
-      p->registry.get());
+      p->registry.get(), p->eng.get());
   if (auto ok = p->http->start(); !ok) return std::unexpected(ok.error());
   spdlog::info("http: listening on {}:{}", cfg.server.host, p->http->port());
   auto* raw = p.get();

@@ -110,6 +110,40 @@ const std::vector<key_spec>& key_table() {
          c.shutdown_timeout = ms(*v);
          return std::nullopt;
        }},
+      {"server.stream_heartbeat_ms",
+       duration_key(&config::server, &gateway::options::stream_heartbeat, 100, 3'600'000)},
+      {"server.stream_idle_timeout_ms",
+       duration_key(&config::server, &gateway::options::stream_idle_timeout, 100, day_ms)},
+      {"server.ws_max_message_bytes",
+       uint_key(&config::server, &gateway::options::ws_max_message_bytes, 1024, 16ull << 20)},
+      {"stream.queue_bytes",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto v = to_uint(raw);
+         if (!v || *v < 4096 || *v > (1ull << 30)) return "must be an integer between 4096 and 1073741824";
+         c.engine.stream.queue_bytes = *v;
+         return std::nullopt;
+       }},
+      {"stream.max_lag",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto v = to_uint(raw);
+         if (!v || *v < 1) return "must be a positive integer";
+         c.engine.stream.max_lag = *v;
+         return std::nullopt;
+       }},
+      {"stream.catch_up_batch",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto v = to_uint(raw);
+         if (!v || *v < 1 || *v > 100'000) return "must be an integer between 1 and 100000";
+         c.engine.stream.catch_up_batch = *v;
+         return std::nullopt;
+       }},
+      {"stream.max_pattern_contexts",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto v = to_uint(raw);
+         if (!v || *v < 1 || *v > 10'000'000) return "must be an integer between 1 and 10000000";
+         c.engine.stream.max_pattern_contexts = *v;
+         return std::nullopt;
+       }},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"storage.data_dir",

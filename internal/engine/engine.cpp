@@ -26,8 +26,15 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
 
 }  // namespace
 
-engine::engine(options opts, std::shared_ptr<const model::clock> clock)
-    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()) {}
+engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router)
+    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()), router_(router) {}
+
+model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, std::function<void()> notify) {
+  auto s = store();
+  if (!s) return std::unexpected(s.error());
+  if (!router_) return fail(errc::unavailable, "streaming is not enabled on this server");
+  return stream::open(**s, *router_, std::move(req), opts_.stream, std::move(notify));
+}
 
 void engine::attach(storage::store* s) { store_.store(s, std::memory_order_release); }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/options.hpp"
+#include "engine/stream.hpp"
 #include "model/clock.hpp"
 #include "model/codec.hpp"
 #include "model/error.hpp"
@@ -43,7 +44,8 @@ struct contexts_page {
 
 class engine {
  public:
-  engine(options opts, std::shared_ptr<const model::clock> clock);
+  // `router` (may be null) is where streams subscribe; it must outlive the engine.
+  engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router = nullptr);
 
   // Called once recovery has opened the store; until then every use case answers
   // `unavailable` and ready() is false. The store must outlive the engine's use.
@@ -64,6 +66,10 @@ class engine {
   model::result<contexts_page> list_contexts(std::string_view cursor,
                                              std::optional<size_t> limit) const;
 
+  // Opens a live subscription (see stream.hpp). `notify` is called when the stream
+  // has events to poll.
+  model::result<std::shared_ptr<stream>> open_stream(stream_request req, std::function<void()> notify);
+
   const options& opts() const { return opts_; }
 
  private:
@@ -72,6 +78,7 @@ class engine {
 
   options opts_;
   std::shared_ptr<const model::clock> clock_;
+  router::router* router_;
   std::atomic<storage::store*> store_{nullptr};
   mutable model::uuid_v7_generator ids_;
 };

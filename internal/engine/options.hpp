@@ -2,13 +2,22 @@
 // Use-case limits, filled in by config.
 
 #include <cstddef>
+#include <cstdint>
 
 namespace engram::engine {
+
+struct stream_options {
+  size_t queue_bytes = size_t(1) << 20;  // live queue bound per subscriber
+  uint64_t max_lag = 100'000;            // events behind before the stream is closed
+  size_t catch_up_batch = 256;           // events read from storage per context per poll
+  size_t max_pattern_contexts = 10'000;  // contexts a prefix pattern may match at start
+};
 
 struct options {
   size_t max_batch_units = 1000;  // POST /workunits
   size_t default_page_limit = 100;
   size_t max_page_limit = 1000;
+  stream_options stream;
 };
 
 }  // namespace engram::engine

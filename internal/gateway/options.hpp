@@ -22,7 +22,15 @@ struct options {
   std::chrono::milliseconds write_timeout{30'000};
   size_t max_connections = 10'000;
   // Origins allowed by CORS; "*" allows any. Empty disables CORS headers.
+  // Also checked on WebSocket upgrades and SSE requests that carry an Origin.
   std::vector<std::string> cors_origins = {"*"};
+
+  // Streams (/stream WebSocket, /stream-sse).
+  std::chrono::milliseconds stream_heartbeat{5'000};
+  // A WebSocket client that sends nothing (its heartbeats count, ours do not) for
+  // this long is closed.
+  std::chrono::milliseconds stream_idle_timeout{60'000};
+  size_t ws_max_message_bytes = 64 * 1024;
 };
 
 }  // namespace engram::gateway

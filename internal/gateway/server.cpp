@@ -1,7 +1,14 @@
 #include "gateway/server.hpp"
 
+#include <boost/beast/websocket/rfc6455.hpp>
+#include <nlohmann/json.hpp>
+
+#include "gateway/server_impl.hpp"
+#include "gateway/stream_params.hpp"
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
@@ -31,30 +38,20 @@ class session;
 
 }  // namespace
 
-// State shared by the acceptor and every session. Holds no I/O objects.
-struct server::impl {
-  options opts;
-  handler_fn handler;
-  std::atomic<bool> shutting_down{false};
+uint64_t server::impl::add(const std::shared_ptr<session_base>& s) {
+  std::lock_guard lock(mu);
+  const uint64_t id = next_session++;
+  sessions.emplace(id, s);
+  if (active) active->Set(double(sessions.size()));
+  return id;
+}
 
-  std::mutex mu;
-  std::condition_variable drained;
-  std::unordered_map<uint64_t, std::weak_ptr<session>> sessions;
-  uint64_t next_session = 0;
-
-  prometheus::Gauge* active = nullptr;
-  prometheus::Counter* accepted = nullptr;
-  prometheus::Counter* rejected = nullptr;
-
-  impl(options o, handler_fn h) : opts(std::move(o)), handler(std::move(h)) {}
-
-  void forget(uint64_t id) {
-    std::lock_guard lock(mu);
-    sessions.erase(id);
-    if (active) active->Set(double(sessions.size()));
-    if (sessions.empty()) drained.notify_all();
-  }
-};
+void server::impl::forget(uint64_t id) {
+  std::lock_guard lock(mu);
+  sessions.erase(id);
+  if (active) active->Set(double(sessions.size()));
+  if (sessions.empty()) drained.notify_all();
+}
 
 // The I/O machinery, owned by the server alone (see server.hpp).
 struct server::io {
@@ -92,18 +89,24 @@ response plain_error(unsigned status, std::string_view message) {
 // One HTTP connection. Reads one request at a time (so pipelined requests are
 // answered in order and bounded to one in progress), hands it to the handler and
 // writes the response. All members are touched on the strand only.
-class session : public std::enable_shared_from_this<session> {
+class session : public session_base, public std::enable_shared_from_this<session> {
  public:
-  session(tcp::socket&& socket, std::shared_ptr<server::impl> srv, uint64_t id)
-      : stream_(std::move(socket)), srv_(std::move(srv)), id_(id) {}
-  ~session() { srv_->forget(id_); }
+  session(tcp::socket&& socket, std::shared_ptr<server::impl> srv)
+      : stream_(std::move(socket)), srv_(std::move(srv)) {}
+  ~session() override {
+    if (registered_) srv_->forget(id_);
+  }
+  void set_id(uint64_t id) {
+    id_ = id;
+    registered_ = true;
+  }
 
   void run() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
   }
 
   // Called from the server during shutdown.
-  void shutdown() {
+  void shutdown() override {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
       if (!self->busy_) self->close();  // idle: cancel the pending read
       // busy: the response in progress is sent with Connection: close.
@@ -177,6 +180,9 @@ class session : public std::enable_shared_from_this<session> {
 
   void dispatch_request() {
     auto msg = parser_->release();
+    const auto target = msg.target();
+    const auto path = target.substr(0, target.find('?'));
+    if ((path == "/stream" || path == "/stream-sse") && srv_->eng) return open_stream(std::move(msg), path == "/stream-sse");
     request req;
     req.method = std::string(msg.method_string());
     req.target = std::string(msg.target());
@@ -192,6 +198,62 @@ class session : public std::enable_shared_from_this<session> {
       net::post(self->stream_.get_executor(),
                 [self, r = std::move(r)]() mutable { self->send(std::move(r)); });
     });
+  }
+
+  // /stream (WebSocket) and /stream-sse: validate before upgrading, then hand the
+  // socket to a stream session. Errors are ordinary HTTP responses.
+  void open_stream(http::request<http::string_body> msg, bool sse) {
+    request req;
+    req.method = std::string(msg.method_string());
+    req.target = std::string(msg.target());
+    for (const auto& f : msg) {
+      std::string name(f.name_string());
+      for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+      req.headers.emplace_back(std::move(name), std::string(f.value()));
+    }
+    version_ = msg.version();
+    keep_alive_ = msg.keep_alive();
+    auto reject = [&](unsigned status, std::string message) {
+      auto r = plain_error(status, "");
+      r.body = model::dump(model::json{{"error", std::move(message)}});
+      send(std::move(r));
+    };
+    if (msg.method() != http::verb::get) {
+      auto r = plain_error(405, "");
+      r.body = R"({"error":"use GET"})";
+      r.headers.emplace_back("Allow", "GET");
+      return send(std::move(r));
+    }
+    if (!origin_allowed(req.header("origin")))
+      return reject(403, "origin not allowed; add it to server.cors_origins");
+    if (srv_->shutting_down) return reject(503, "the server is shutting down");
+    if (!srv_->eng->ready()) return reject(503, "the server is recovering its data; retry shortly");
+    auto sub = parse_stream_query(req, sse);
+    if (!sub) return reject(400, sub.error().message);
+    if (!sse) {
+      if (!boost::beast::websocket::is_upgrade(msg)) return reject(400, "/stream is a WebSocket endpoint; send an Upgrade request (or use /stream-sse)");
+      busy_ = false;
+      return start_websocket(std::move(stream_), std::move(msg), std::move(*sub), srv_);
+    }
+    std::vector<std::pair<std::string, std::string>> cors;
+    if (const auto origin = req.header("origin"); !origin.empty() && origin_allowed(origin))
+      cors.emplace_back("Access-Control-Allow-Origin", allow_all_origins() ? std::string("*") : std::string(origin));
+    const bool single = sub->contexts.size() == 1 && sub->prefixes.empty();
+    busy_ = false;
+    start_sse(std::move(stream_), version_, std::move(cors), std::move(*sub), single, srv_);
+  }
+
+  bool allow_all_origins() const {
+    for (const auto& o : opts().cors_origins)
+      if (o == "*") return true;
+    return false;
+  }
+  // Browsers always send Origin on WebSocket upgrades; non-browser clients may not.
+  bool origin_allowed(std::string_view origin) const {
+    if (origin.empty() || allow_all_origins()) return true;
+    for (const auto& o : opts().cors_origins)
+      if (o == origin) return true;
+    return false;
   }
 
   void send(response r) {
@@ -243,7 +305,8 @@ class session : public std::enable_shared_from_this<session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<server::impl> srv_;
-  uint64_t id_;
+  uint64_t id_ = 0;
+  bool registered_ = false;
   unsigned version_ = 11;
   bool keep_alive_ = true;
   bool busy_ = false;
@@ -265,16 +328,13 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
   if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
   auto& st = *state;
   if (!ec) {
-    std::shared_ptr<session> s;
+    auto s = std::make_shared<session>(std::move(socket), state);
     bool over_limit = false;
     {
       std::lock_guard lock(st.mu);
-      const uint64_t id = st.next_session++;
-      s = std::make_shared<session>(std::move(socket), state, id);
       over_limit = st.sessions.size() >= st.opts.max_connections;
-      st.sessions.emplace(id, s);
-      if (st.active) st.active->Set(double(st.sessions.size()));
     }
+    s->set_id(st.add(s));
     if (over_limit) {
       if (st.rejected) st.rejected->Increment();
       s->reject("too many connections; retry shortly");
@@ -288,9 +348,10 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
   do_accept();
 }
 
-server::server(options opts, handler_fn handler, prometheus::Registry* metrics)
+server::server(options opts, handler_fn handler, prometheus::Registry* metrics, engine::engine* streams)
     : impl_(std::make_shared<impl>(std::move(opts), std::move(handler))), io_(std::make_unique<io>()) {
   io_->state = impl_;
+  impl_->eng = streams;
   if (metrics) {
     impl_->active = &prometheus::BuildGauge().Name("engram_http_connections_active")
                          .Help("Open HTTP connections").Register(*metrics).Add({});
@@ -298,6 +359,23 @@ server::server(options opts, handler_fn handler, prometheus::Registry* metrics)
                       .Help("Accepted HTTP connections by outcome").Register(*metrics);
     impl_->accepted = &conns.Add({{"outcome", "served"}});
     impl_->rejected = &conns.Add({{"outcome", "rejected_limit"}});
+    auto& subs = prometheus::BuildGauge().Name("engram_stream_subscribers")
+                     .Help("Connected stream subscribers by transport").Register(*metrics);
+    impl_->streams.ws_subscribers = &subs.Add({{"transport", "websocket"}});
+    impl_->streams.sse_subscribers = &subs.Add({{"transport", "sse"}});
+    auto& delivered = prometheus::BuildCounter().Name("engram_stream_events_delivered_total")
+                          .Help("Events written to stream subscribers by transport").Register(*metrics);
+    impl_->streams.ws_delivered = &delivered.Add({{"transport", "websocket"}});
+    impl_->streams.sse_delivered = &delivered.Add({{"transport", "sse"}});
+    impl_->streams.lag_closes = &prometheus::BuildCounter().Name("engram_stream_lag_closes_total")
+                                     .Help("Streams closed because the subscriber fell too far behind")
+                                     .Register(*metrics).Add({});
+    impl_->streams.publish_to_write = &prometheus::BuildHistogram()
+        .Name("engram_stream_publish_to_write_seconds")
+        .Help("From the router receiving a committed event to its write completing on a live stream")
+        .Register(*metrics)
+        .Add({}, prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                         0.025, 0.1, 1});
   }
 }
 
@@ -350,7 +428,7 @@ void server::stop(std::chrono::milliseconds deadline) {
     });
     closed.get_future().wait();
   }
-  std::vector<std::shared_ptr<session>> live;
+  std::vector<std::shared_ptr<session_base>> live;
   {
     std::lock_guard lock(s.mu);
     for (auto& [id, w] : s.sessions)

@@ -15,12 +15,16 @@
 namespace prometheus {
 class Registry;
 }
+namespace engram::engine {
+class engine;
+}
 
 namespace engram::gateway {
 
 class server {
  public:
-  server(options opts, handler_fn handler, prometheus::Registry* metrics);
+  // `streams` serves /stream and /stream-sse; null leaves them to `handler`.
+  server(options opts, handler_fn handler, prometheus::Registry* metrics, engine::engine* streams = nullptr);
   ~server();  // stop()s if needed
 
   // Binds, listens and starts the I/O threads.

@@ -617,6 +617,49 @@ model::result<unit_page> store::list_units(std::string_view context_id, const li
   return page;
 }
 
+model::result<std::vector<api::Event>> store::read_events(std::string_view context_id, uint64_t after_seq,
+                                                          size_t limit) const {
+  std::vector<api::Event> out;
+  std::string raw;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), context_id, &raw);
+  if (s.IsNotFound()) return out;
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading a context"));
+  ContextRecord rec;
+  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt context record");
+  if (after_seq == UINT64_MAX) return out;
+  const std::string lower = log_key(rec.handle(), after_seq + 1);
+  const std::string upper = log_key(rec.handle() + 1, 0);
+  rocksdb::Slice lower_s(lower), upper_s(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_lower_bound = &lower_s;
+  ro.iterate_upper_bound = &upper_s;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->h(cf_log)));
+  for (it->SeekToFirst(); it->Valid() && out.size() < limit; it->Next()) {
+    api::Event ev;
+    if (!ev.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt log entry");
+    out.push_back(std::move(ev));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading events"));
+  return out;
+}
+
+model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_heads(std::string_view prefix,
+                                                                                   size_t limit) const {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_contexts)));
+  for (it->Seek(prefix); it->Valid() && out.size() < limit; it->Next()) {
+    if (!it->key().starts_with(rocksdb::Slice(prefix.data(), prefix.size()))) break;
+    ContextRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt context record");
+    out.emplace_back(it->key().ToString(), rec.context().head_seq());
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
+  return out;
+}
+
 model::result<std::optional<api::Context>> store::get_context(std::string_view id) const {
   std::string raw;
   auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), id, &raw);

@@ -108,6 +108,16 @@ class store {
 
   model::result<std::optional<api::WorkUnit>> get_unit(std::string_view id) const;
   model::result<unit_page> list_units(std::string_view context_id, const list_query& q) const;
+  // Every event (any kind) of one context with seq > after_seq, oldest first, at most
+  // `limit`. What stream catch-up replays.
+  model::result<std::vector<api::Event>> read_events(std::string_view context_id, uint64_t after_seq,
+                                                     size_t limit) const;
+
+  // Ids and head seqs of the contexts whose id starts with `prefix` (all when
+  // empty), in id order, at most `limit`.
+  model::result<std::vector<std::pair<std::string, uint64_t>>> context_heads(std::string_view prefix,
+                                                                              size_t limit) const;
+
   model::result<std::optional<api::Context>> get_context(std::string_view id) const;
   // Contexts in id order, starting after `after_id` (exclusive; empty = from the start).
   model::result<context_page> list_contexts(std::string_view after_id, size_t limit) const;

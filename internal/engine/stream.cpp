@@ -1,0 +1,157 @@
+#include "engine/stream.hpp"
+
+#include "storage/store.hpp"
+
+namespace engram::engine {
+
+stream::stream(const storage::store& store, router::router& router, stream_options opts,
+               std::function<void()> notify)
+    : store_(store), router_(router), opts_(opts), notify_(std::move(notify)) {}
+
+stream::~stream() { close(); }
+
+model::result<std::shared_ptr<stream>> stream::open(const storage::store& store, router::router& router,
+                                                     stream_request req, stream_options opts,
+                                                     std::function<void()> notify) {
+  auto s = std::shared_ptr<stream>(new stream(store, router, opts, std::move(notify)));
+  // 1. Where each matched context starts: read heads *before* registering, so any
+  //    event committed from here on is either read by catch-up or delivered live.
+  std::map<std::string, uint64_t> heads;
+  for (const auto& id : req.contexts) {
+    auto ctx = store.get_context(id);
+    if (!ctx) return std::unexpected(ctx.error());
+    heads[id] = *ctx ? (*ctx)->head_seq() : 0;
+  }
+  for (const auto& prefix : req.prefixes) {
+    auto found = store.context_heads(prefix, opts.max_pattern_contexts + 1);
+    if (!found) return std::unexpected(found.error());
+    if (found->size() > opts.max_pattern_contexts)
+      return model::fail(model::errc::invalid_argument,
+                         "the pattern '" + prefix + "*' matches more than " +
+                             std::to_string(opts.max_pattern_contexts) + " contexts; narrow it");
+    for (auto& [id, head] : *found) heads[id] = head;
+  }
+  for (const auto& [id, head] : heads) {
+    uint64_t after = head;  // no cursor: live from the current head
+    if (auto it = req.since_by_context.find(id); it != req.since_by_context.end()) after = it->second;
+    else if (req.since) after = *req.since;
+    s->cursors_[id] = cursor{after + 1, head};
+    s->stale_[id] = 0;
+    s->positions_.push_back({id, after + 1, head});
+  }
+  // 2. Register; until the first poll finds every context caught up, live events
+  //    only mark their context stale (catching_up_ starts true).
+  router::topic_filter filter{req.contexts, req.prefixes};
+  s->subscription_ = router.subscribe(s, std::move(filter));
+  std::unique_lock lock(s->mu_);
+  s->wake(lock);
+  return s;
+}
+
+void stream::close() {
+  std::optional<router::router::subscription_id> id;
+  {
+    std::lock_guard lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    id = subscription_;
+    queue_.clear();
+    queue_bytes_ = 0;
+  }
+  if (id) router_.unsubscribe(*id);
+}
+
+void stream::wake(std::unique_lock<std::mutex>& lock) {
+  if (notified_ || closed_) return;
+  notified_ = true;
+  lock.unlock();
+  if (notify_) notify_();
+}
+
+void stream::deliver(const router::event_ptr& ev) {
+  std::unique_lock lock(mu_);
+  if (closed_) return;
+  // A context this stream has not seen is one created after it started (a pattern
+  // match, or a listed context that did not exist yet): deliver it from seq 1.
+  auto& c = cursors_.try_emplace(ev->context_id).first->second;
+  c.seen_head = std::max(c.seen_head, ev->seq);
+  if (ev->seq < c.next_seq) return;  // already delivered (replay overlap)
+  const size_t size = ev->json.size();
+  if (!catching_up_ && ev->seq == c.next_seq && queue_bytes_ + size <= opts_.queue_bytes) {
+    queue_.push_back(ev);
+    queue_bytes_ += size;
+    c.next_seq = ev->seq + 1;
+  } else {
+    // A gap, or no room: fall back to reading this context from storage.
+    catching_up_ = true;
+    ++stale_[ev->context_id];
+    if (ev->seq - c.next_seq > opts_.max_lag) lagging_ = true;
+  }
+  wake(lock);
+}
+
+model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
+  std::vector<router::event_ptr> out;
+  std::vector<std::tuple<std::string, uint64_t, uint64_t>> to_read;  // id, next_seq, generation
+  {
+    std::unique_lock lock(mu_);
+    notified_ = false;
+    if (closed_) return out;
+    if (!queue_.empty()) {
+      size_t bytes = 0, n = 0;
+      while (n < queue_.size() && (n == 0 || bytes + queue_[n]->json.size() <= max_bytes))
+        bytes += queue_[n++]->json.size();
+      out.assign(queue_.begin(), queue_.begin() + long(n));
+      queue_.erase(queue_.begin(), queue_.begin() + long(n));
+      queue_bytes_ -= bytes;
+      if (!queue_.empty() || catching_up_) wake(lock);
+      return out;
+    }
+    if (!catching_up_) return out;
+    for (const auto& [id, gen] : stale_) to_read.emplace_back(id, cursors_[id].next_seq, gen);
+  }
+  // Catching up with an empty queue: read stale contexts from storage, outside the
+  // lock (deliver() keeps running and marks what it sees).
+  size_t bytes = 0;
+  std::vector<std::tuple<std::string, std::vector<api::Event>, uint64_t>> reads;
+  for (const auto& [id, next, gen] : to_read) {
+    if (bytes >= max_bytes) break;
+    auto events = store_.read_events(id, next - 1, opts_.catch_up_batch);
+    if (!events) return std::unexpected(events.error());
+    for (const auto& e : *events) bytes += e.ByteSizeLong();
+    reads.emplace_back(id, std::move(*events), gen);
+  }
+  std::unique_lock lock(mu_);
+  if (closed_) return out;
+  for (auto& [id, events, gen] : reads) {
+    auto& c = cursors_[id];
+    for (const auto& e : events) {
+      if (e.seq() != c.next_seq) break;  // defensive: only contiguous seqs are delivered
+      out.push_back(router::to_wire(e));
+      c.next_seq = e.seq() + 1;
+    }
+    const bool drained = events.size() < opts_.catch_up_batch;
+    auto it = stale_.find(id);
+    if (drained && it != stale_.end() && it->second == gen) stale_.erase(it);  // nothing arrived meanwhile
+  }
+  if (stale_.empty()) {
+    catching_up_ = false;
+  } else {
+    wake(lock);  // more to read
+  }
+  return out;
+}
+
+bool stream::lagging() const {
+  std::lock_guard lock(mu_);
+  return lagging_;
+}
+
+std::map<std::string, uint64_t> stream::cursors() const {
+  std::lock_guard lock(mu_);
+  std::map<std::string, uint64_t> out;
+  for (const auto& [id, c] : cursors_) out[id] = c.next_seq - 1;
+  return out;
+}
+
+}  // namespace engram::engine

@@ -1,0 +1,114 @@
+#pragma once
+// One live subscription to a set of contexts, with lossless resume (DESIGN.md §4).
+//
+// State machine, per stream (all under one mutex):
+//
+//   catching_up ──(every context read up to its head, no event arrived meanwhile)──► live
+//        ▲                                                                              │
+//        └────────(gap in seq, or the byte-bounded queue is full)────────────────────────┘
+//
+// * live: the router's deliver() appends an event to the queue iff its seq is exactly
+//   the next one this stream needs for that context and the queue has room. A seq at
+//   or below the cursor is a duplicate and is dropped.
+// * catching_up: deliver() only marks the event's context stale; the transport's
+//   poll() then reads that context from storage from the cursor, in bounded chunks.
+//   A context counts as caught up only if no live event arrived for it while it was
+//   being read (a generation counter), so nothing published during a read is lost.
+//
+// Hence every subscriber sees each seq of each context exactly once, in order, and a
+// slow subscriber costs at most its queue bound plus one chunk of memory: it falls
+// back to reading storage instead of holding events. If it falls more than
+// `max_lag` events behind it is told to go (lagging()), with its cursor intact.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/options.hpp"
+#include "model/error.hpp"
+#include "router/router.hpp"
+
+namespace engram::storage {
+class store;
+}
+
+namespace engram::engine {
+
+struct stream_request {
+  std::vector<std::string> contexts;  // exact ids
+  std::vector<std::string> prefixes;  // "p/" for the pattern "p/*"
+  // Resume points: the last seq the client has (0 = replay everything). A context
+  // with no cursor starts at its current head (live only). `since` applies to every
+  // matched context; `since_by_context` overrides it per context.
+  std::optional<uint64_t> since;
+  std::map<std::string, uint64_t> since_by_context;
+};
+
+class stream final : public router::sink, public std::enable_shared_from_this<stream> {
+ public:
+  struct position {
+    std::string context_id;
+    uint64_t from_seq;  // first seq this stream will deliver
+    uint64_t head_seq;  // the context's head when the stream started
+  };
+
+  // `notify` is called (from any thread, at most once until the next poll) when
+  // poll() has something to return.
+  static model::result<std::shared_ptr<stream>> open(const storage::store& store, router::router& router,
+                                                     stream_request req, stream_options opts,
+                                                     std::function<void()> notify);
+  ~stream() override;
+
+  const std::vector<position>& positions() const { return positions_; }
+
+  // Transport side: the next events to write, oldest first per context, up to about
+  // max_bytes. Reads storage when catching up. Empty when there is nothing to send.
+  model::result<std::vector<router::event_ptr>> poll(size_t max_bytes);
+
+  // True once the stream fell more than max_lag events behind: close it with a
+  // resumable reason; the client resumes from its cursor.
+  bool lagging() const;
+
+  // The last seq delivered per context (for resume tokens).
+  std::map<std::string, uint64_t> cursors() const;
+
+  // Stops delivery (also done by the destructor).
+  void close();
+
+  void deliver(const router::event_ptr& ev) override;
+
+ private:
+  stream(const storage::store& store, router::router& router, stream_options opts,
+         std::function<void()> notify);
+
+  struct cursor {
+    uint64_t next_seq = 1;  // the next seq to deliver
+    uint64_t seen_head = 0;  // highest seq seen live
+  };
+
+  void wake(std::unique_lock<std::mutex>& lock);
+
+  const storage::store& store_;
+  router::router& router_;
+  const stream_options opts_;
+  const std::function<void()> notify_;
+  std::vector<position> positions_;
+  std::optional<router::router::subscription_id> subscription_;
+
+  mutable std::mutex mu_;
+  bool catching_up_ = true;
+  std::unordered_map<std::string, cursor> cursors_;
+  std::unordered_map<std::string, uint64_t> stale_;  // context → generation
+  std::vector<router::event_ptr> queue_;
+  size_t queue_bytes_ = 0;
+  bool notified_ = false;
+  bool lagging_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace engram::engine

@@ -1,0 +1,76 @@
+#pragma once
+// Private to the gateway: the state shared by the HTTP server and every session
+// (HTTP, WebSocket, SSE), and the hand-off from an HTTP session to a stream session.
+// Includes Beast; only server.cpp and stream_sessions.cpp include it.
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "engine/engine.hpp"
+#include "engine/stream.hpp"
+#include "gateway/http.hpp"
+#include "gateway/options.hpp"
+#include "gateway/server.hpp"
+
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace engram::gateway {
+
+// Anything the server must reach during shutdown.
+class session_base {
+ public:
+  virtual ~session_base() = default;
+  // Posts to the session's strand: close idle HTTP connections, end streams with a
+  // resumable "going away".
+  virtual void shutdown() = 0;
+};
+
+struct stream_metrics {
+  prometheus::Gauge* ws_subscribers = nullptr;
+  prometheus::Gauge* sse_subscribers = nullptr;
+  prometheus::Counter* ws_delivered = nullptr;
+  prometheus::Counter* sse_delivered = nullptr;
+  prometheus::Counter* lag_closes = nullptr;
+  prometheus::Histogram* publish_to_write = nullptr;
+};
+
+struct server::impl {
+  options opts;
+  handler_fn handler;
+  engine::engine* eng = nullptr;  // for streams; null disables /stream and /stream-sse
+  std::atomic<bool> shutting_down{false};
+
+  std::mutex mu;
+  std::condition_variable drained;
+  std::unordered_map<uint64_t, std::weak_ptr<session_base>> sessions;
+  uint64_t next_session = 0;
+
+  prometheus::Gauge* active = nullptr;
+  prometheus::Counter* accepted = nullptr;
+  prometheus::Counter* rejected = nullptr;
+  stream_metrics streams;
+
+  impl(options o, handler_fn h) : opts(std::move(o)), handler(std::move(h)) {}
+
+  uint64_t add(const std::shared_ptr<session_base>& s);
+  void forget(uint64_t id);
+};
+
+// Hand-offs from an HTTP session whose request asked for a stream. The parameters
+// were validated; these take over the socket.
+void start_websocket(boost::beast::tcp_stream stream, boost::beast::http::request<boost::beast::http::string_body> req,
+                     engine::stream_request sub, std::shared_ptr<server::impl> srv);
+void start_sse(boost::beast::tcp_stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
+               engine::stream_request sub, bool single_context, std::shared_ptr<server::impl> srv);
+
+}  // namespace engram::gateway

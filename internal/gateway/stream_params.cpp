@@ -1,0 +1,136 @@
+#include "gateway/stream_params.hpp"
+
+#include <boost/url/parse.hpp>
+#include <boost/url/url_view.hpp>
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+#include "model/text.hpp"
+
+namespace engram::gateway {
+namespace {
+
+using model::errc;
+using model::fail;
+
+std::optional<uint64_t> to_u64(std::string_view s) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+model::status add_context(engine::stream_request& out, std::string_view item) {
+  if (item.ends_with('*')) {
+    std::string prefix(item.substr(0, item.size() - 1));
+    if (prefix.find('*') != std::string::npos)
+      return fail(errc::invalid_argument, "a context pattern may only end with '*': '" + std::string(item) + "'");
+    if (!prefix.empty())
+      if (auto bad = model::check_identifier("context pattern", prefix, model::max_id_bytes))
+        return fail(errc::invalid_argument, *bad);
+    out.prefixes.push_back(std::move(prefix));
+  } else {
+    if (auto bad = model::check_identifier("context", item, model::max_id_bytes))
+      return fail(errc::invalid_argument, *bad);
+    out.contexts.emplace_back(item);
+  }
+  if (out.contexts.size() + out.prefixes.size() > max_stream_contexts)
+    return fail(errc::invalid_argument, "at most " + std::to_string(max_stream_contexts) +
+                                            " contexts or patterns per subscription");
+  return {};
+}
+
+model::status parse_token(engine::stream_request& out, std::string_view token) {
+  // Token: base64url of "ctx\tseq\n" lines.
+  auto raw = model::base64url_decode(token);
+  if (!raw) return fail(errc::invalid_argument, "Last-Event-ID is not a cursor this server issued");
+  std::string_view rest = *raw;
+  while (!rest.empty()) {
+    const auto nl = rest.find('\n');
+    const auto line = rest.substr(0, nl);
+    const auto tab = line.find('\t');
+    auto seq = tab == std::string_view::npos ? std::nullopt : to_u64(line.substr(tab + 1));
+    if (!seq) return fail(errc::invalid_argument, "Last-Event-ID is not a cursor this server issued");
+    out.since_by_context[std::string(line.substr(0, tab))] = *seq;
+    if (nl == std::string_view::npos) break;
+    rest.remove_prefix(nl + 1);
+  }
+  return {};
+}
+
+}  // namespace
+
+model::result<engine::stream_request> parse_stream_query(const request& req, bool sse) {
+  auto parsed = boost::urls::parse_origin_form(req.target);
+  if (!parsed) return fail(errc::invalid_argument, "malformed request target");
+  engine::stream_request out;
+  bool have_context = false;
+  for (auto p : parsed->params()) {
+    if (p.key == "context") {
+      have_context = true;
+      std::string_view list = p.value;
+      while (true) {
+        const auto comma = list.find(',');
+        const auto item = list.substr(0, comma);
+        if (!item.empty())
+          if (auto ok = add_context(out, item); !ok) return std::unexpected(ok.error());
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+      }
+    } else if (p.key == "since") {
+      auto v = to_u64(p.value);
+      if (!v) return fail(errc::invalid_argument, "since must be a non-negative integer, got '" + p.value + "'");
+      out.since = *v;
+    }
+  }
+  if (!have_context || (out.contexts.empty() && out.prefixes.empty()))
+    return fail(errc::invalid_argument, "context is required: ?context=<id>[,<id>…] (a trailing * matches a prefix)");
+  if (sse) {
+    const auto last = req.header("last-event-id");
+    if (!last.empty()) {
+      if (auto seq = to_u64(last)) {
+        out.since = *seq;  // a plain seq, as issued for single-context streams
+      } else if (auto ok = parse_token(out, last); !ok) {
+        return std::unexpected(ok.error());
+      }
+    }
+  }
+  return out;
+}
+
+model::result<engine::stream_request> parse_subscribe_message(const model::json& msg) {
+  engine::stream_request out;
+  const auto contexts = msg.find("contexts");
+  if (contexts == msg.end() || !contexts->is_array() || contexts->empty())
+    return fail(errc::invalid_argument, "subscribe needs \"contexts\": a non-empty array of ids or patterns");
+  for (const auto& c : *contexts) {
+    if (!c.is_string()) return fail(errc::invalid_argument, "contexts must be strings");
+    if (auto ok = add_context(out, c.get_ref<const std::string&>()); !ok) return std::unexpected(ok.error());
+  }
+  if (auto since = msg.find("since"); since != msg.end() && !since->is_null()) {
+    if (since->is_number_unsigned()) {
+      out.since = since->get<uint64_t>();
+    } else if (since->is_object()) {
+      for (const auto& [ctx, seq] : since->items()) {
+        if (!seq.is_number_unsigned())
+          return fail(errc::invalid_argument, "since." + ctx + " must be a non-negative integer");
+        out.since_by_context[ctx] = seq.get<uint64_t>();
+      }
+    } else {
+      return fail(errc::invalid_argument, "since must be a seq or an object of {context: seq}");
+    }
+  }
+  return out;
+}
+
+std::string resume_token(const std::map<std::string, uint64_t>& cursors) {
+  std::string raw;
+  for (const auto& [ctx, seq] : cursors) {
+    if (!raw.empty()) raw.push_back('\n');
+    raw.append(ctx).push_back('\t');
+    raw.append(std::to_string(seq));
+  }
+  return model::base64url_encode(raw);
+}
+
+}  // namespace engram::gateway

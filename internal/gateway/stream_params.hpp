@@ -1,0 +1,33 @@
+#pragma once
+// Parsing of subscription parameters for /stream (WebSocket) and /stream-sse, and
+// the SSE resume token. No I/O; tested directly.
+//
+//   ?context=a,b,project-7/*     exact ids and prefix patterns (a trailing '*')
+//   ?since=N                     resume after seq N in every matched context
+//   Last-Event-ID: N             SSE: same as since=N (single-context streams)
+//   Last-Event-ID: <token>       SSE: per-context cursors from resume_token()
+
+#include <map>
+#include <string>
+
+#include "engine/stream.hpp"
+#include "gateway/http.hpp"
+#include "model/codec.hpp"
+#include "model/error.hpp"
+
+namespace engram::gateway {
+
+inline constexpr size_t max_stream_contexts = 100;
+
+// From the query string (and, for SSE, Last-Event-ID). Errors are 400s.
+model::result<engine::stream_request> parse_stream_query(const request& req, bool sse);
+
+// From a WS message {"type":"subscribe","contexts":[…],"since":N|{"ctx":N}}.
+model::result<engine::stream_request> parse_subscribe_message(const model::json& msg);
+
+// The SSE `id:` of an event: the plain seq when the stream is one exact context
+// (what Engram v3 clients expect); otherwise an opaque token carrying every
+// context's cursor, which Last-Event-ID hands back on reconnect.
+std::string resume_token(const std::map<std::string, uint64_t>& cursors);
+
+}  // namespace engram::gateway

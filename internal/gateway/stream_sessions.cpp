@@ -1,0 +1,405 @@
+// WebSocket (/stream) and SSE (/stream-sse) sessions: I/O only. Each owns one
+// engine::stream, writes with a single writer (one write in flight), sends
+// heartbeats, and ends with a resumable reason when the subscriber lags too far or
+// the server shuts down. Threading: everything runs on the session's strand; the
+// stream's notify posts to it.
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <deque>
+#include <nlohmann/json.hpp>
+
+#include "gateway/server_impl.hpp"
+#include "gateway/stream_params.hpp"
+
+namespace engram::gateway {
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+using model::json;
+using steady = std::chrono::steady_clock;
+
+constexpr size_t poll_bytes = 256 * 1024;  // most event bytes taken per write round
+// WebSocket close codes in the private range (RFC 6455 §7.4.2): clients reconnect
+// with their cursor.
+constexpr uint16_t close_lagging = 4000;
+
+std::atomic<uint64_t> next_client_id{1};
+
+json positions_json(const engine::stream& s) {
+  json list = json::array();
+  for (const auto& p : s.positions())
+    list.push_back({{"context_id", p.context_id}, {"from_seq", p.from_seq}, {"head_seq", p.head_seq}});
+  return list;
+}
+
+void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
+  if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
+}
+
+// ---------------------------------------------------------------------------------
+class ws_session final : public session_base, public std::enable_shared_from_this<ws_session> {
+ public:
+  ws_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv)
+      : ws_(std::move(stream)), srv_(std::move(srv)), timer_(ws_.get_executor()) {}
+  ~ws_session() override {
+    if (stream_) stream_->close();
+    if (counted_ && srv_->streams.ws_subscribers) srv_->streams.ws_subscribers->Decrement();
+    srv_->forget(id_);
+  }
+
+  void start(http::request<http::string_body> req, engine::stream_request sub) {
+    id_ = srv_->add(shared_from_this());
+    ws_.set_option(websocket::stream_base::timeout{std::chrono::seconds(30), websocket::stream_base::none(), false});
+    ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+      res.set(http::field::server, "engram");
+    }));
+    ws_.read_message_max(srv_->opts.ws_max_message_bytes);
+    ws_.text(true);
+    ws_.async_accept(req, [self = shared_from_this(), sub = std::move(sub)](beast::error_code ec) mutable {
+      if (ec) return;  // handshake failed; the session ends
+      self->on_open(std::move(sub));
+    });
+  }
+
+  void shutdown() override {
+    net::post(ws_.get_executor(), [self = shared_from_this()] {
+      self->close_with(websocket::close_code::going_away, "server shutting down; reconnect and resume from your last seq");
+    });
+  }
+
+ private:
+  void on_open(engine::stream_request sub) {
+    if (srv_->streams.ws_subscribers) srv_->streams.ws_subscribers->Increment();
+    counted_ = true;
+    last_client_activity_ = steady::now();
+    control(json{{"event", "connected"}, {"client_id", "c" + std::to_string(next_client_id++)}});
+    subscribe(std::move(sub));
+    arm_heartbeat();
+    read();
+  }
+
+  // (Re)places the subscription; the ack (where replay starts, current heads) is
+  // written before any of the new stream's events.
+  void subscribe(engine::stream_request sub) {
+    if (stream_) stream_->close();
+    stream_.reset();
+    batch_.clear();
+    batch_pos_ = 0;
+    std::weak_ptr<ws_session> weak = shared_from_this();
+    auto opened = srv_->eng->open_stream(std::move(sub), [weak, exec = ws_.get_executor()] {
+      net::post(exec, [weak] {
+        if (auto self = weak.lock()) self->pump();
+      });
+    });
+    if (!opened) {
+      control(json{{"type", "error"}, {"error", opened.error().message}});
+      return;
+    }
+    stream_ = std::move(*opened);
+    control(json{{"type", "subscribe_ack"}, {"contexts", positions_json(*stream_)}});
+  }
+
+  void control(const json& msg) {
+    control_.push_back(model::dump(msg));
+    pump();
+  }
+
+  // The single writer: control messages first, then events.
+  void pump() {
+    if (writing_ || closing_) return;
+    if (!control_.empty()) {
+      writing_ = true;
+      write_started_ = steady::now();
+      ws_.async_write(net::buffer(control_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+        self->writing_ = false;
+        if (ec) return;
+        self->control_.pop_front();
+        self->pump();
+      });
+      return;
+    }
+    if (!stream_) return;
+    if (batch_pos_ == batch_.size()) {
+      if (stream_->lagging()) {
+        if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
+        return close_with(close_lagging, "subscriber fell too far behind; reconnect and resume from your last seq");
+      }
+      auto next = stream_->poll(poll_bytes);
+      if (!next) {
+        spdlog::error("stream: catch-up read failed: {}", next.error().message);
+        return close_with(websocket::close_code::try_again_later, "temporary storage error; resume from your last seq");
+      }
+      batch_ = std::move(*next);
+      batch_pos_ = 0;
+      if (batch_.empty()) return;  // the stream notifies when there is more
+    }
+    writing_ = true;
+    write_started_ = steady::now();
+    const auto& ev = batch_[batch_pos_];
+    ws_.async_write(net::buffer(ev->json), [self = shared_from_this(), ev](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return;
+      observe_latency(self->srv_->streams.publish_to_write, ev);
+      if (self->srv_->streams.ws_delivered) self->srv_->streams.ws_delivered->Increment();
+      ++self->batch_pos_;
+      self->pump();
+    });
+  }
+
+  void read() {
+    ws_.async_read(in_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->on_closed();
+      self->last_client_activity_ = steady::now();
+      self->on_message(beast::buffers_to_string(self->in_.data()));
+      self->in_.consume(self->in_.size());
+      self->read();
+    });
+  }
+
+  void on_message(const std::string& text) {
+    auto msg = model::parse_json(text);
+    if (!msg || !msg->is_object() || !msg->contains("type") || !(*msg)["type"].is_string())
+      return control(json{{"type", "error"}, {"error", "messages must be JSON objects with a string \"type\""}});
+    const auto type = (*msg)["type"].get<std::string>();
+    if (type == "heartbeat") return control(json{{"type", "heartbeat_ack"}});
+    if (type == "subscribe") {
+      auto sub = parse_subscribe_message(*msg);
+      if (!sub) return control(json{{"type", "error"}, {"error", sub.error().message}});
+      return subscribe(std::move(*sub));
+    }
+    control(json{{"type", "error"}, {"error", "unknown message type '" + type.substr(0, 64) + "'"}});
+  }
+
+  void arm_heartbeat() {
+    timer_.expires_after(srv_->opts.stream_heartbeat);
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->closing_) return;
+      // A client that stopped reading leaves our write pending forever; its stream
+      // is already bounded (catch-up), so release the connection: it can resume.
+      if (self->writing_ && (steady::now() - self->write_started_ > self->srv_->opts.write_timeout ||
+                             (self->stream_ && self->stream_->lagging()))) {
+        if (self->srv_->streams.lag_closes) self->srv_->streams.lag_closes->Increment();
+        self->closing_ = true;
+        if (self->stream_) self->stream_->close();
+        beast::get_lowest_layer(self->ws_).close();
+        return;
+      }
+      // Our own heartbeats are not client activity; only what the client sends is.
+      if (steady::now() - self->last_client_activity_ > self->srv_->opts.stream_idle_timeout)
+        return self->close_with(websocket::close_code::policy_error, "idle: no client messages; send heartbeats");
+      self->control(json{{"type", "heartbeat"}});
+      self->arm_heartbeat();
+    });
+  }
+
+  void close_with(uint16_t code, std::string reason) {
+    if (closing_) return;
+    closing_ = true;
+    timer_.cancel();
+    if (stream_) stream_->close();
+    // A close frame cannot overlap a pending write; Beast queues it after it.
+    websocket::close_reason why;
+    why.code = code;
+    why.reason = reason;
+    ws_.async_close(why, [self = shared_from_this()](beast::error_code) {});
+  }
+
+  void on_closed() {
+    closing_ = true;
+    timer_.cancel();
+    if (stream_) stream_->close();
+  }
+
+  websocket::stream<beast::tcp_stream> ws_;
+  std::shared_ptr<server::impl> srv_;
+  uint64_t id_ = 0;
+  net::steady_timer timer_;
+  beast::flat_buffer in_;
+  std::shared_ptr<engine::stream> stream_;
+  std::deque<std::string> control_;
+  std::vector<router::event_ptr> batch_;
+  size_t batch_pos_ = 0;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool counted_ = false;
+  steady::time_point last_client_activity_;
+  steady::time_point write_started_;
+};
+
+// ---------------------------------------------------------------------------------
+class sse_session final : public session_base, public std::enable_shared_from_this<sse_session> {
+ public:
+  sse_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv, bool single_context)
+      : stream_(std::move(stream)), srv_(std::move(srv)), single_(single_context), timer_(stream_.get_executor()) {}
+  ~sse_session() override {
+    if (sub_) sub_->close();
+    if (counted_ && srv_->streams.sse_subscribers) srv_->streams.sse_subscribers->Decrement();
+    srv_->forget(id_);
+  }
+
+  void start(unsigned version, std::vector<std::pair<std::string, std::string>> headers, engine::stream_request req) {
+    id_ = srv_->add(shared_from_this());
+    std::weak_ptr<sse_session> weak = shared_from_this();
+    auto opened = srv_->eng->open_stream(std::move(req), [weak, exec = stream_.get_executor()] {
+      net::post(exec, [weak] {
+        if (auto self = weak.lock()) self->pump();
+      });
+    });
+    if (!opened) {
+      const unsigned status = opened.error().code == model::errc::invalid_argument ? 400 : 503;
+      out_ = "HTTP/1.1 " + std::to_string(status) + (status == 400 ? " Bad Request" : " Service Unavailable") +
+             "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ";
+      const auto body = model::dump(json{{"error", opened.error().message}});
+      out_ += std::to_string(body.size()) + "\r\n\r\n" + body;
+      ending_ = true;
+      return write_out();
+    }
+    sub_ = std::move(*opened);
+    if (srv_->streams.sse_subscribers) srv_->streams.sse_subscribers->Increment();
+    counted_ = true;
+    // No Content-Length and no chunking: the body is the rest of the connection.
+    out_ = std::string("HTTP/1.") + (version == 10 ? "0" : "1") +
+           " 200 OK\r\nServer: engram\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+           "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\nX-Content-Type-Options: nosniff\r\n";
+    for (const auto& [k, v] : headers) out_ += k + ": " + v + "\r\n";
+    out_ += "\r\nretry: 2000\n";
+    event("subscribed", model::dump(json{{"type", "subscribe_ack"}, {"contexts", positions_json(*sub_)}}), "");
+    watch_for_close();
+    arm_heartbeat();
+    pump();
+  }
+
+  void shutdown() override {
+    net::post(stream_.get_executor(), [self = shared_from_this()] {
+      self->end("shutdown", "server shutting down; reconnect with Last-Event-ID to resume");
+    });
+  }
+
+ private:
+  void event(std::string_view name, std::string_view data, std::string_view id) {
+    if (!name.empty()) out_.append("event: ").append(name).push_back('\n');
+    if (!id.empty()) out_.append("id: ").append(id).push_back('\n');
+    out_.append("data: ").append(data).append("\n\n");  // our JSON never contains raw newlines
+  }
+
+  void pump() {
+    if (writing_) return;
+    if (out_.empty() && sub_ && !ending_) {
+      if (sub_->lagging()) {
+        if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
+        return end("lagging", "subscriber fell too far behind; reconnect with Last-Event-ID to resume");
+      }
+      auto next = sub_->poll(poll_bytes);
+      if (!next) return end("error", "temporary storage error; reconnect with Last-Event-ID to resume");
+      pending_ = std::move(*next);
+      for (const auto& ev : pending_) {
+        cursors_[ev->context_id] = ev->seq;
+        event(ev->sse_event, ev->json, single_ ? std::to_string(ev->seq) : resume_token(cursors_));
+      }
+    }
+    if (out_.empty()) {
+      if (ending_) close();
+      return;
+    }
+    write_out();
+  }
+
+  void write_out() {
+    writing_ = true;
+    sending_.swap(out_);
+    out_.clear();
+    auto sent = std::move(pending_);
+    pending_.clear();
+    stream_.expires_after(srv_->opts.write_timeout);
+    net::async_write(stream_, net::buffer(sending_), [self = shared_from_this(), sent = std::move(sent)](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->close();
+      self->stream_.expires_never();  // the deadline was for this write only
+      for (const auto& ev : sent) observe_latency(self->srv_->streams.publish_to_write, ev);
+      if (self->srv_->streams.sse_delivered) self->srv_->streams.sse_delivered->Increment(double(sent.size()));
+      self->pump();
+    });
+  }
+
+  // EventSource never sends after the request; a read completing means the client
+  // went away (or misbehaves): either way the stream ends.
+  void watch_for_close() {
+    stream_.socket().async_read_some(net::buffer(scratch_), [self = shared_from_this()](beast::error_code, size_t) {
+      self->close();
+    });
+  }
+
+  void arm_heartbeat() {
+    timer_.expires_after(srv_->opts.stream_heartbeat);
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->ending_) return;
+      self->out_.append(": heartbeat\n\n");
+      self->pump();
+      self->arm_heartbeat();
+    });
+  }
+
+  // Ends the stream with a final named event; EventSource reconnects by itself.
+  void end(std::string_view name, std::string_view why) {
+    if (ending_) return;
+    if (sub_) sub_->close();
+    event(name, model::dump(json{{"type", name}, {"reason", why}}), "");
+    ending_ = true;
+    timer_.cancel();
+    pump();
+  }
+
+  void close() {
+    ending_ = true;
+    timer_.cancel();
+    if (sub_) sub_->close();
+    beast::error_code ec;
+    stream_.socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  std::shared_ptr<server::impl> srv_;
+  const bool single_;
+  uint64_t id_ = 0;
+  net::steady_timer timer_;
+  std::shared_ptr<engine::stream> sub_;
+  std::map<std::string, uint64_t> cursors_;
+  std::string out_, sending_;
+  std::vector<router::event_ptr> pending_;
+  std::array<char, 512> scratch_{};
+  bool writing_ = false;
+  bool ending_ = false;
+  bool counted_ = false;
+};
+
+}  // namespace
+
+void start_websocket(beast::tcp_stream stream, http::request<http::string_body> req, engine::stream_request sub,
+                     std::shared_ptr<server::impl> srv) {
+  stream.expires_never();
+  auto s = std::make_shared<ws_session>(std::move(stream), std::move(srv));
+  s->start(std::move(req), std::move(sub));
+}
+
+void start_sse(beast::tcp_stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
+               engine::stream_request sub, bool single_context, std::shared_ptr<server::impl> srv) {
+  stream.expires_never();
+  auto s = std::make_shared<sse_session>(std::move(stream), std::move(srv), single_context);
+  s->start(version, std::move(headers), std::move(sub));
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,151 @@
+#include "router/router.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "model/codec.hpp"
+
+namespace engram::router {
+
+struct router::metrics {
+  prometheus::Counter* published = nullptr;
+  prometheus::Counter* offered = nullptr;
+  prometheus::Gauge* subscriptions = nullptr;
+  explicit metrics(prometheus::Registry* r) {
+    if (!r) return;
+    published = &prometheus::BuildCounter().Name("engram_router_events_published_total")
+                     .Help("Committed events received by the router").Register(*r).Add({});
+    offered = &prometheus::BuildCounter().Name("engram_router_events_offered_total")
+                   .Help("Events offered to subscribers (one per matching subscriber)").Register(*r).Add({});
+    subscriptions = &prometheus::BuildGauge().Name("engram_router_subscriptions")
+                         .Help("Registered subscriptions").Register(*r).Add({});
+  }
+};
+
+event_ptr to_wire(const api::Event& ev) {
+  auto w = std::make_shared<wire_event>();
+  w->context_id = ev.context_id();
+  w->seq = ev.seq();
+  w->published = std::chrono::steady_clock::now();
+  switch (ev.kind_case()) {
+    case api::Event::kWorkUnit:
+      w->json = model::unit_json(ev.work_unit());
+      break;
+    case api::Event::kContextUpdated:
+      w->sse_event = "context_updated";
+      w->json = model::dump(model::json{{"type", "context_updated"},
+                                        {"context_id", ev.context_id()},
+                                        {"seq", ev.seq()},
+                                        {"context", model::to_json(ev.context_updated().context())}});
+      break;
+    case api::Event::KIND_NOT_SET:
+      w->sse_event = "unknown";
+      w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});
+      break;
+  }
+  return w;
+}
+
+bool topic_filter::matches(std::string_view context_id) const {
+  for (const auto& e : exact)
+    if (e == context_id) return true;
+  for (const auto& p : prefixes)
+    if (context_id.starts_with(p)) return true;
+  return false;
+}
+
+router::router(prometheus::Registry* r) : metrics_(std::make_unique<metrics>(r)) {
+  thread_ = std::thread([this] { run(); });
+}
+
+router::~router() {
+  {
+    std::lock_guard lock(queue_mu_);
+    stopping_ = true;
+    queue_cv_.notify_all();
+  }
+  thread_.join();
+}
+
+void router::publish(const std::vector<std::shared_ptr<const api::Event>>& events) {
+  std::lock_guard lock(queue_mu_);
+  queue_.push_back(events);
+  queue_cv_.notify_one();
+}
+
+void router::flush() {
+  std::unique_lock lock(queue_mu_);
+  idle_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
+}
+
+router::subscription_id router::subscribe(std::weak_ptr<sink> s, topic_filter filter) {
+  auto f = std::make_shared<const topic_filter>(std::move(filter));
+  std::lock_guard lock(subs_mu_);
+  const auto id = next_id_++;
+  for (const auto& ctx : f->exact) by_context_[ctx].push_back({id, s, f});
+  if (!f->prefixes.empty()) by_prefix_.push_back({id, s, f});
+  if (metrics_->subscriptions) metrics_->subscriptions->Increment();
+  return id;
+}
+
+void router::unsubscribe(subscription_id id) {
+  auto drop = [id](std::vector<entry>& v) {
+    v.erase(std::remove_if(v.begin(), v.end(), [id](const entry& e) { return e.id == id; }), v.end());
+  };
+  std::lock_guard lock(subs_mu_);
+  for (auto it = by_context_.begin(); it != by_context_.end();) {
+    drop(it->second);
+    it = it->second.empty() ? by_context_.erase(it) : std::next(it);
+  }
+  drop(by_prefix_);
+  if (metrics_->subscriptions) metrics_->subscriptions->Decrement();
+}
+
+void router::run() {
+  for (;;) {
+    std::vector<std::shared_ptr<const api::Event>> batch;
+    {
+      std::unique_lock lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping
+      batch = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+    }
+    dispatch(batch);
+    std::lock_guard lock(queue_mu_);
+    busy_ = false;
+    if (queue_.empty()) idle_cv_.notify_all();
+  }
+}
+
+void router::dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch) {
+  std::vector<std::shared_ptr<sink>> targets;
+  for (const auto& ev : batch) {
+    const auto wire = to_wire(*ev);
+    targets.clear();
+    {
+      // Copy the matching sinks under the lock, deliver without it.
+      std::lock_guard lock(subs_mu_);
+      if (auto it = by_context_.find(ev->context_id()); it != by_context_.end())
+        for (const auto& e : it->second)
+          if (auto s = e.target.lock()) targets.push_back(std::move(s));
+      for (const auto& e : by_prefix_)
+        if (e.filter->matches(ev->context_id()))
+          if (auto s = e.target.lock()) targets.push_back(std::move(s));
+    }
+    // A subscription listing a context and a prefix that covers it must get the
+    // event once.
+    std::sort(targets.begin(), targets.end());
+    targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+    for (const auto& s : targets) s->deliver(wire);
+    if (metrics_->published) metrics_->published->Increment();
+    if (metrics_->offered) metrics_->offered->Increment(double(targets.size()));
+  }
+}
+
+}  // namespace engram::router

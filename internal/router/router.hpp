@@ -1,0 +1,101 @@
+#pragma once
+// In-memory fan-out of committed events to subscribers (DESIGN.md §4).
+//
+// The committer hands each committed batch to publish(); a dedicated dispatch thread
+// serialises every event once into its wire form (a shared immutable string) and
+// offers it to every sink whose filter matches, in commit order (so per context in
+// seq order). Sinks must return quickly: they queue or drop, they never block.
+// Registration keeps weak references; a sink that died is skipped and forgotten.
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engram.pb.h"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace engram::router {
+
+// One committed event in wire form, shared by every subscriber.
+struct wire_event {
+  std::string context_id;
+  uint64_t seq = 0;
+  // SSE event name: empty for work units (the default "message" event, so
+  // EventSource.onmessage gets them), otherwise e.g. "context_updated".
+  std::string sse_event;
+  // The WebSocket message and SSE data: the bare unit object for work units,
+  // {"type":"context_updated",…} and so on for other kinds.
+  std::string json;
+  std::chrono::steady_clock::time_point published;  // when the router received it
+};
+using event_ptr = std::shared_ptr<const wire_event>;
+
+// Serialises one log event into wire form (also used for replays from storage).
+event_ptr to_wire(const api::Event& ev);
+
+// Which contexts a subscription wants: exact ids and id prefixes ("p/*" → "p/").
+struct topic_filter {
+  std::vector<std::string> exact;
+  std::vector<std::string> prefixes;
+  bool matches(std::string_view context_id) const;
+};
+
+class sink {
+ public:
+  virtual ~sink() = default;
+  // Called on the router thread. Must not block.
+  virtual void deliver(const event_ptr& ev) = 0;
+};
+
+class router {
+ public:
+  explicit router(prometheus::Registry* metrics = nullptr);
+  ~router();  // stops the dispatch thread
+  router(const router&) = delete;
+  router& operator=(const router&) = delete;
+
+  // Called by the committer after each commit, in commit order. Never blocks.
+  void publish(const std::vector<std::shared_ptr<const api::Event>>& events);
+
+  using subscription_id = uint64_t;
+  subscription_id subscribe(std::weak_ptr<sink> s, topic_filter filter);
+  void unsubscribe(subscription_id id);
+
+  // Waits until every event published so far has been offered to sinks (tests).
+  void flush();
+
+ private:
+  struct entry {
+    subscription_id id;
+    std::weak_ptr<sink> target;
+    std::shared_ptr<const topic_filter> filter;
+  };
+  void run();
+  void dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch);
+
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_, idle_cv_;
+  std::deque<std::vector<std::shared_ptr<const api::Event>>> queue_;
+  bool stopping_ = false;
+  bool busy_ = false;
+
+  std::mutex subs_mu_;
+  subscription_id next_id_ = 1;
+  std::unordered_map<std::string, std::vector<entry>> by_context_;
+  std::vector<entry> by_prefix_;
+
+  struct metrics;
+  std::unique_ptr<metrics> metrics_;
+  std::thread thread_;
+};
+
+}  // namespace engram::router
