@@ -79,7 +79,7 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
   p->clock = clock ? std::move(clock) : model::default_clock();
   p->router = std::make_unique<router::router>(p->registry.get());
   p->publisher = std::make_unique<router_publisher>(*p->router);
-  p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock, p->router.get());
+  p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock, p->router.get(), p->registry.get());
   p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry);
   auto* h = p->handler.get();
   p->http = std::make_unique<gateway::server>(

@@ -1,5 +1,9 @@
 #include "engine/engine.hpp"
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
 #include <charconv>
 
 #include "model/text.hpp"
@@ -26,14 +30,24 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
 
 }  // namespace
 
-engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router)
-    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()), router_(router) {}
+engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router,
+               prometheus::Registry* metrics)
+    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()), router_(router) {
+  if (metrics) {
+    stream_counters_.queued_bytes = &prometheus::BuildGauge().Name("engram_stream_queued_bytes")
+                                         .Help("Live event bytes queued for stream subscribers, all streams")
+                                         .Register(*metrics).Add({});
+    stream_counters_.catch_ups = &prometheus::BuildCounter().Name("engram_stream_catch_ups_total")
+                                      .Help("Streams that fell back from live delivery to reading storage")
+                                      .Register(*metrics).Add({});
+  }
+}
 
 model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, std::function<void()> notify) {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   if (!router_) return fail(errc::unavailable, "streaming is not enabled on this server");
-  return stream::open(**s, *router_, std::move(req), opts_.stream, std::move(notify));
+  return stream::open(**s, *router_, std::move(req), opts_.stream, std::move(notify), &stream_counters_);
 }
 
 void engine::attach(storage::store* s) { store_.store(s, std::memory_order_release); }

@@ -18,6 +18,10 @@
 #include "model/ids.hpp"
 #include "storage/store.hpp"
 
+namespace prometheus {
+class Registry;
+}
+
 namespace engram::engine {
 
 struct idempotency {
@@ -45,7 +49,8 @@ struct contexts_page {
 class engine {
  public:
   // `router` (may be null) is where streams subscribe; it must outlive the engine.
-  engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router = nullptr);
+  engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router = nullptr,
+         prometheus::Registry* metrics = nullptr);
 
   // Called once recovery has opened the store; until then every use case answers
   // `unavailable` and ready() is false. The store must outlive the engine's use.
@@ -79,6 +84,7 @@ class engine {
   options opts_;
   std::shared_ptr<const model::clock> clock_;
   router::router* router_;
+  stream_counters stream_counters_;
   std::atomic<storage::store*> store_{nullptr};
   mutable model::uuid_v7_generator ids_;
 };

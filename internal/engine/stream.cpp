@@ -1,19 +1,27 @@
 #include "engine/stream.hpp"
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+
 #include "storage/store.hpp"
 
 namespace engram::engine {
 
 stream::stream(const storage::store& store, router::router& router, stream_options opts,
-               std::function<void()> notify)
-    : store_(store), router_(router), opts_(opts), notify_(std::move(notify)) {}
+               std::function<void()> notify, const stream_counters* counters)
+    : store_(store), router_(router), opts_(opts), notify_(std::move(notify)), counters_(counters) {}
+
+void stream::account(int64_t bytes) {
+  if (counters_ && counters_->queued_bytes) counters_->queued_bytes->Increment(double(bytes));
+}
 
 stream::~stream() { close(); }
 
 model::result<std::shared_ptr<stream>> stream::open(const storage::store& store, router::router& router,
                                                      stream_request req, stream_options opts,
-                                                     std::function<void()> notify) {
-  auto s = std::shared_ptr<stream>(new stream(store, router, opts, std::move(notify)));
+                                                     std::function<void()> notify,
+                                                     const stream_counters* counters) {
+  auto s = std::shared_ptr<stream>(new stream(store, router, opts, std::move(notify), counters));
   // 1. Where each matched context starts: read heads *before* registering, so any
   //    event committed from here on is either read by catch-up or delivered live.
   std::map<std::string, uint64_t> heads;
@@ -56,6 +64,7 @@ void stream::close() {
     closed_ = true;
     id = subscription_;
     queue_.clear();
+    account(-int64_t(queue_bytes_));
     queue_bytes_ = 0;
   }
   if (id) router_.unsubscribe(*id);
@@ -80,9 +89,11 @@ void stream::deliver(const router::event_ptr& ev) {
   if (!catching_up_ && ev->seq == c.next_seq && queue_bytes_ + size <= opts_.queue_bytes) {
     queue_.push_back(ev);
     queue_bytes_ += size;
+    account(int64_t(size));
     c.next_seq = ev->seq + 1;
   } else {
     // A gap, or no room: fall back to reading this context from storage.
+    if (!catching_up_ && counters_ && counters_->catch_ups) counters_->catch_ups->Increment();
     catching_up_ = true;
     ++stale_[ev->context_id];
     if (ev->seq - c.next_seq > opts_.max_lag) lagging_ = true;
@@ -104,6 +115,7 @@ model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
       out.assign(queue_.begin(), queue_.begin() + long(n));
       queue_.erase(queue_.begin(), queue_.begin() + long(n));
       queue_bytes_ -= bytes;
+      account(-int64_t(bytes));
       if (!queue_.empty() || catching_up_) wake(lock);
       return out;
     }

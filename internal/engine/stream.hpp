@@ -36,6 +36,10 @@
 namespace engram::storage {
 class store;
 }
+namespace prometheus {
+class Counter;
+class Gauge;
+}  // namespace prometheus
 
 namespace engram::engine {
 
@@ -47,6 +51,12 @@ struct stream_request {
   // matched context; `since_by_context` overrides it per context.
   std::optional<uint64_t> since;
   std::map<std::string, uint64_t> since_by_context;
+};
+
+// Shared by all streams; null members are not recorded.
+struct stream_counters {
+  prometheus::Gauge* queued_bytes = nullptr;  // live queue bytes, all streams
+  prometheus::Counter* catch_ups = nullptr;   // live → catching_up transitions
 };
 
 class stream final : public router::sink, public std::enable_shared_from_this<stream> {
@@ -61,7 +71,8 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   // poll() has something to return.
   static model::result<std::shared_ptr<stream>> open(const storage::store& store, router::router& router,
                                                      stream_request req, stream_options opts,
-                                                     std::function<void()> notify);
+                                                     std::function<void()> notify,
+                                                     const stream_counters* counters = nullptr);
   ~stream() override;
 
   const std::vector<position>& positions() const { return positions_; }
@@ -84,7 +95,8 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
 
  private:
   stream(const storage::store& store, router::router& router, stream_options opts,
-         std::function<void()> notify);
+         std::function<void()> notify, const stream_counters* counters);
+  void account(int64_t bytes);
 
   struct cursor {
     uint64_t next_seq = 1;  // the next seq to deliver
@@ -97,6 +109,7 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   router::router& router_;
   const stream_options opts_;
   const std::function<void()> notify_;
+  const stream_counters* counters_;
   std::vector<position> positions_;
   std::optional<router::router::subscription_id> subscription_;
 

@@ -1,0 +1,472 @@
+// Streams over real WebSocket and SSE clients against the real server.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+#include <thread>
+
+#include "engram/stream_connections.hpp"
+#include "storage/store.hpp"
+#include "support/test_support.hpp"
+
+namespace engram::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A WebSocket subscriber that separates units (integer "type") from control messages.
+class ws_sub {
+ public:
+  ws_sub(uint16_t port, const std::string& target, const client::header_list& headers = {}) {
+    auto ok = ws_.connect("127.0.0.1", port, target, headers);
+    EXPECT_TRUE(ok) << ok.error().message;
+    connected_ = bool(ok);
+  }
+  bool connected() const { return connected_; }
+  client::ws_connection& raw() { return ws_; }
+
+  std::optional<json> next(std::chrono::milliseconds timeout = 10s) {
+    auto m = ws_.read(timeout);
+    if (!m || !*m) return std::nullopt;
+    return json::parse(**m);
+  }
+  // Next control message (string "type" or "event"), skipping heartbeats if asked.
+  std::optional<json> next_control(bool skip_heartbeats = true, std::chrono::milliseconds timeout = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto m = next(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+      if (!m) return std::nullopt;
+      if ((*m)["type"].is_number_integer()) {
+        units_.push_back(*m);
+        continue;
+      }
+      if (skip_heartbeats && (*m)["type"] == "heartbeat") continue;
+      return m;
+    }
+    return std::nullopt;
+  }
+  // Reads until `n` units have arrived in total (or the deadline passes).
+  const std::vector<json>& units_until(size_t n, std::chrono::milliseconds timeout = 30s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (units_.size() < n && std::chrono::steady_clock::now() < deadline) {
+      auto m = next(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+      if (!m) break;
+      if ((*m)["type"].is_number_integer()) units_.push_back(*m);
+      else controls_.push_back(*m);
+    }
+    return units_;
+  }
+  std::vector<json>& units() { return units_; }
+  std::vector<json>& controls() { return controls_; }
+
+ private:
+  client::ws_connection ws_;
+  bool connected_ = false;
+  std::vector<json> units_, controls_;
+};
+
+class StreamTest : public ::testing::Test {
+ protected:
+  void start(const std::function<void(config::config&)>& tweak = {}) {
+    auto cfg = test_config(dir_.str() + "/data");
+    cfg.server.stream_heartbeat = 200ms;
+    if (tweak) tweak(cfg);
+    server_ = std::make_unique<test_server>(cfg);
+    http_ = std::make_unique<client::http_connection>(server_->connect());
+  }
+  uint16_t port() const { return server_->port(); }
+
+  json append(const std::string& ctx, const std::string& text) {
+    auto r = call(*http_, "POST", "/workunit", json({{"context_id", ctx}, {"agent_id", "a"}, {"text", text}}).dump());
+    EXPECT_EQ(r.status, 201u) << r.raw;
+    return r.body["work_unit"];
+  }
+  void append_batch(client::http_connection& c, const std::string& ctx, size_t n, const std::string& tag) {
+    json units = json::array();
+    for (size_t i = 0; i < n; ++i) units.push_back({{"text", tag + std::to_string(i)}});
+    auto r = call(c, "POST", "/workunits", json({{"context_id", ctx}, {"agent_id", "a"}, {"work_units", units}}).dump());
+    ASSERT_EQ(r.status, 201u) << r.raw;
+  }
+  double metric(const std::string& line_prefix) {
+    auto r = call(*http_, "GET", "/metrics");
+    const auto pos = r.raw.find("\n" + line_prefix + " ");
+    if (pos == std::string::npos) return -1;
+    return std::stod(r.raw.substr(pos + line_prefix.size() + 2));
+  }
+
+  static std::vector<uint64_t> seqs(const std::vector<json>& units) {
+    std::vector<uint64_t> out;
+    for (const auto& u : units) out.push_back(u["seq"]);
+    return out;
+  }
+  static std::vector<uint64_t> range(uint64_t from, uint64_t to) {
+    std::vector<uint64_t> out;
+    for (uint64_t s = from; s <= to; ++s) out.push_back(s);
+    return out;
+  }
+
+  temp_dir dir_;
+  std::unique_ptr<test_server> server_;
+  std::unique_ptr<client::http_connection> http_;
+};
+
+TEST_F(StreamTest, WebSocketReplaysThenDeliversLive) {
+  start();
+  for (int i = 1; i <= 3; ++i) append("ctx", "u" + std::to_string(i));
+  ws_sub sub(port(), "/stream?context=ctx&since=0");
+  auto hello = sub.next();
+  ASSERT_TRUE(hello);
+  EXPECT_EQ((*hello)["event"], "connected");
+  EXPECT_TRUE((*hello)["client_id"].is_string());
+  auto ack = sub.next_control();
+  ASSERT_TRUE(ack);
+  EXPECT_EQ((*ack)["type"], "subscribe_ack");
+  EXPECT_EQ((*ack)["contexts"], json::parse(R"([{"context_id":"ctx","from_seq":1,"head_seq":3}])"));
+  append("ctx", "u4");
+  append("ctx", "u5");
+  const auto& units = sub.units_until(5);
+  EXPECT_EQ(seqs(units), range(1, 5));
+  EXPECT_EQ(units[0]["type"], 0);  // a bare unit with an integer type, as v3 clients decode
+  EXPECT_EQ(units[4]["payload"], "dTU=");
+
+  // Without a cursor: live from the current head.
+  ws_sub live(port(), "/stream?context=ctx");
+  ASSERT_TRUE(live.next());
+  auto live_ack = live.next_control();
+  EXPECT_EQ((*live_ack)["contexts"][0]["from_seq"], 6);
+  append("ctx", "u6");
+  EXPECT_EQ(seqs(live.units_until(1)), range(6, 6));
+}
+
+TEST_F(StreamTest, SseReplaysResumesWithLastEventIdAndSendsIds) {
+  start();
+  for (int i = 1; i <= 3; ++i) append("s", "u" + std::to_string(i));
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=s&since=1"));
+  ASSERT_FALSE(sse.refused());
+  bool event_stream = false;
+  for (const auto& [k, v] : sse.response_headers())
+    if (k == "content-type" && v.starts_with("text/event-stream")) event_stream = true;
+  EXPECT_TRUE(event_stream);
+  auto first = sse.next(5s);
+  ASSERT_TRUE(first && *first);
+  EXPECT_EQ((*first)->event, "subscribed");
+  EXPECT_EQ(json::parse((*first)->data)["contexts"][0]["from_seq"], 2);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 2; ++i) {
+    auto ev = sse.next(5s);
+    ASSERT_TRUE(ev && *ev);
+    EXPECT_EQ((*ev)->event, "");  // default event: EventSource.onmessage
+    ids.push_back((*ev)->id);
+    EXPECT_EQ(json::parse((*ev)->data)["seq"], std::stoi((*ev)->id));
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"2", "3"}));
+  sse.abort();
+  append("s", "u4");
+  // Reconnect as EventSource does, with Last-Event-ID.
+  client::sse_connection again;
+  ASSERT_TRUE(again.connect("127.0.0.1", port(), "/stream-sse?context=s", {{"Last-Event-ID", "3"}}));
+  ASSERT_TRUE(again.next(5s));  // subscribed
+  auto ev = again.next(5s);
+  ASSERT_TRUE(ev && *ev);
+  EXPECT_EQ((*ev)->id, "4");
+}
+
+TEST_F(StreamTest, BadParametersAreRefusedBeforeUpgrade) {
+  start([](config::config& c) { c.server.cors_origins = {"https://good.example"}; });
+  for (const char* target : {"/stream-sse", "/stream-sse?context=", "/stream-sse?context=a&since=x",
+                             "/stream-sse?context=a*b*", "/stream-sse?context=%FF", "/stream-sse?context=*x*"}) {
+    auto r = call(*http_, "GET", target);
+    EXPECT_EQ(r.status, 400u) << target << " " << r.raw;
+    EXPECT_TRUE(r.body.contains("error")) << r.raw;
+  }
+  EXPECT_EQ(call(*http_, "GET", "/stream?context=a").status, 400u);  // not an upgrade
+  EXPECT_EQ(call(*http_, "POST", "/stream-sse?context=a", "{}").status, 405u);
+  client::ws_connection ws;
+  auto refused = ws.connect("127.0.0.1", port(), "/stream");
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("400"), std::string::npos) << refused.error().message;
+  client::ws_connection evil;
+  auto forbidden = evil.connect("127.0.0.1", port(), "/stream?context=a", {{"Origin", "https://evil.example"}});
+  ASSERT_FALSE(forbidden);
+  EXPECT_NE(forbidden.error().message.find("403"), std::string::npos);
+  client::ws_connection good;
+  EXPECT_TRUE(good.connect("127.0.0.1", port(), "/stream?context=a", {{"Origin", "https://good.example"}}));
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=a", {{"Origin", "https://good.example"}}));
+  bool cors = false;
+  for (const auto& [k, v] : sse.response_headers())
+    if (k == "access-control-allow-origin" && v == "https://good.example") cors = true;
+  EXPECT_TRUE(cors);
+}
+
+TEST_F(StreamTest, WebSocketClientMessages) {
+  start();
+  append("other", "o1");
+  ws_sub sub(port(), "/stream?context=first");
+  ASSERT_TRUE(sub.next());               // connected
+  ASSERT_TRUE(sub.next_control());       // subscribe_ack
+  ASSERT_TRUE(sub.raw().send(R"({"type":"heartbeat"})"));
+  EXPECT_EQ((*sub.next_control())["type"], "heartbeat_ack");
+  for (const char* bad : {"not json", "[]", R"({"type":7})", R"({"type":"dance"})",
+                          R"({"type":"subscribe","contexts":[]})", R"({"type":"subscribe","contexts":["a"],"since":"x"})"}) {
+    ASSERT_TRUE(sub.raw().send(bad));
+    auto err = sub.next_control();
+    ASSERT_TRUE(err) << bad;
+    EXPECT_EQ((*err)["type"], "error") << bad;
+    EXPECT_TRUE((*err)["error"].is_string());
+  }
+  ASSERT_TRUE(sub.raw().send(R"({"type":"subscribe","contexts":["other"],"since":0})"));
+  auto ack = sub.next_control();
+  ASSERT_TRUE(ack);
+  EXPECT_EQ((*ack)["type"], "subscribe_ack");
+  EXPECT_EQ((*ack)["contexts"][0]["context_id"], "other");
+  append("other", "o2");
+  const auto& units = sub.units_until(2);
+  ASSERT_EQ(units.size(), 2u);
+  EXPECT_EQ(units[0]["context_id"], "other");
+  EXPECT_EQ(seqs(units), range(1, 2));
+}
+
+TEST_F(StreamTest, PatternsMatchLaterContextsAndContextUpdates) {
+  start();
+  append("proj/existing", "e1");
+  ws_sub sub(port(), "/stream?context=proj/*,solo");
+  ASSERT_TRUE(sub.next());
+  auto ack = sub.next_control();
+  ASSERT_TRUE(ack);
+  // proj/existing matched the pattern; solo is listed though it does not exist yet.
+  EXPECT_EQ((*ack)["contexts"], json::parse(R"([{"context_id":"proj/existing","from_seq":2,"head_seq":1},
+                                                  {"context_id":"solo","from_seq":1,"head_seq":0}])"));
+  append("proj/new", "n1");
+  append("unrelated", "x");
+  append("solo", "s1");
+  ASSERT_EQ(call(*http_, "PATCH", "/contexts/proj/new", R"({"display_name":"N"})").status, 200u);
+  append("proj/existing", "e2");
+  const auto& units = sub.units_until(3);
+  ASSERT_EQ(units.size(), 3u);
+  std::set<std::string> got;
+  for (const auto& u : units) got.insert(u["context_id"].get<std::string>() + "#" + std::to_string(u["seq"].get<int>()));
+  EXPECT_EQ(got, (std::set<std::string>{"proj/new#1", "solo#1", "proj/existing#2"}));
+  bool updated = false;
+  for (const auto& c : sub.controls())
+    if (c["type"] == "context_updated" && c["context_id"] == "proj/new" && c["seq"] == 2 &&
+        c["context"]["display_name"] == "N")
+      updated = true;
+  if (!updated) {
+    auto more = sub.next_control();
+    updated = more && (*more)["type"] == "context_updated";
+  }
+  EXPECT_TRUE(updated);
+}
+
+// Subscribers start at random cursors while 8 writers append; each must see every
+// seq after its cursor exactly once, in order.
+TEST_F(StreamTest, ResumeFromRandomCursorsUnderConcurrentWriters) {
+  start();
+  std::mt19937 rng(12345);
+  for (int round = 0; round < 4; ++round) {
+    const std::string ctx = "race/" + std::to_string(round);
+    append(ctx, "seed");
+    constexpr int writers = 8, per_writer = 60;
+    std::atomic<int> written{0};
+    std::vector<std::thread> ws;
+    for (int w = 0; w < writers; ++w) {
+      ws.emplace_back([&, w] {
+        auto c = server_->connect();
+        for (int i = 0; i < per_writer; ++i) {
+          if (i % 10 == 9) {
+            append_batch(c, ctx, 3, "b" + std::to_string(w) + "-" + std::to_string(i) + "-");
+            written += 3;
+          } else {
+            auto r = call(c, "POST", "/workunit", json({{"context_id", ctx}, {"agent_id", "w"}, {"text", "x"}}).dump());
+            ASSERT_EQ(r.status, 201u);
+            written += 1;
+          }
+        }
+      });
+    }
+    // Subscribers join at random moments with random cursors below the head.
+    struct joined {
+      uint64_t since;
+      std::unique_ptr<ws_sub> ws;
+      std::unique_ptr<client::sse_connection> sse;
+      std::vector<uint64_t> got;
+    };
+    std::vector<joined> subs;
+    for (int k = 0; k < 6; ++k) {
+      wait_until([&] { return written >= (k + 1) * writers * per_writer / 8; }, 20s);
+      const uint64_t head = 1 + uint64_t(written.load());
+      joined j{std::uniform_int_distribution<uint64_t>(0, head)(rng), nullptr, nullptr, {}};
+      const std::string q = "context=" + ctx + "&since=" + std::to_string(j.since);
+      if (k % 2 == 0) {
+        j.ws = std::make_unique<ws_sub>(port(), "/stream?" + q);
+      } else {
+        j.sse = std::make_unique<client::sse_connection>();
+        EXPECT_TRUE(j.sse->connect("127.0.0.1", port(), "/stream-sse?" + q));
+      }
+      subs.push_back(std::move(j));
+    }
+    for (auto& t : ws) t.join();
+    const uint64_t final_head = 1 + uint64_t(written.load());
+    for (auto& j : subs) {
+      if (j.ws) {
+        j.got = seqs(j.ws->units_until(final_head - j.since));
+      } else {
+        const auto deadline = std::chrono::steady_clock::now() + 30s;
+        while (j.got.size() < final_head - j.since && std::chrono::steady_clock::now() < deadline) {
+          auto ev = j.sse->next(5s);
+          ASSERT_TRUE(ev);
+          if (!*ev) break;
+          if ((*ev)->event.empty()) j.got.push_back(json::parse((*ev)->data)["seq"]);
+        }
+      }
+      EXPECT_EQ(j.got, range(j.since + 1, final_head)) << "round " << round << " since " << j.since
+                                                       << (j.ws ? " (ws)" : " (sse)");
+    }
+  }
+}
+
+TEST_F(StreamTest, StalledSubscriberLosesNothingAndDelaysNoOne) {
+  constexpr size_t queue_limit = 64 * 1024;
+  start([](config::config& c) {
+    c.engine.stream.queue_bytes = queue_limit;
+    c.engine.stream.max_lag = 10'000'000;
+    c.server.write_timeout = 120s;
+  });
+  ws_sub slow(port(), "/stream?context=flood&since=0");
+  ASSERT_TRUE(slow.next());          // connected
+  ASSERT_TRUE(slow.next_control());  // ack; then it stops reading
+  client::sse_connection fast;
+  ASSERT_TRUE(fast.connect("127.0.0.1", port(), "/stream-sse?context=flood&since=0"));
+  constexpr size_t total = 50'000;
+  std::atomic<bool> writer_done{false};
+  std::thread writer([&] {
+    auto c = server_->connect();
+    for (size_t b = 0; b < total / 1000; ++b) append_batch(c, "flood", 1000, "f");
+    writer_done = true;
+  });
+  // The fast subscriber keeps up while the slow one reads nothing.
+  size_t fast_units = 0;
+  double max_queued = 0;
+  uint64_t expect = 1;
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (fast_units < total && std::chrono::steady_clock::now() < deadline) {
+    auto ev = fast.next(10s);
+    ASSERT_TRUE(ev && *ev) << "fast subscriber stalled at " << fast_units;
+    if (!(*ev)->event.empty()) continue;
+    ASSERT_EQ(json::parse((*ev)->data)["seq"].get<uint64_t>(), expect++);
+    if (++fast_units % 5000 == 0) max_queued = std::max(max_queued, metric("engram_stream_queued_bytes"));
+  }
+  writer.join();
+  EXPECT_TRUE(writer_done);
+  EXPECT_EQ(fast_units, total);
+  // Memory stays bounded: queued live bytes never exceeded the two queues' bounds.
+  EXPECT_GE(max_queued, 0);
+  EXPECT_LE(max_queued, double(2 * queue_limit));
+  EXPECT_GE(metric("engram_stream_catch_ups_total"), 1);
+  // The slow subscriber resumes reading and gets everything, in order.
+  EXPECT_EQ(seqs(slow.units_until(total, 120s)), range(1, total));
+}
+
+TEST_F(StreamTest, LaggingSubscriberIsClosedAndResumesWithItsCursor) {
+  start([](config::config& c) {
+    c.engine.stream.queue_bytes = 16 * 1024;
+    c.engine.stream.max_lag = 500;
+    c.server.write_timeout = 500ms;
+    c.server.stream_heartbeat = 100ms;
+  });
+  auto sub = std::make_unique<ws_sub>(port(), "/stream?context=lag&since=0");
+  ASSERT_TRUE(sub->next());
+  ASSERT_TRUE(sub->next_control());
+  // ~27 MB of events: more than loopback socket buffers hold, so the server's
+  // writes to this non-reading subscriber stall and it falls behind.
+  constexpr size_t total = 10'000, batch = 250;
+  const std::string payload(2000, 'p');
+  auto c = server_->connect();
+  for (size_t b = 0; b < total / batch; ++b) {
+    json units = json::array();
+    for (size_t i = 0; i < batch; ++i) units.push_back({{"text", payload}});
+    ASSERT_EQ(call(c, "POST", "/workunits", json({{"context_id", "lag"}, {"agent_id", "a"}, {"work_units", units}}).dump()).status, 201u);
+  }
+  EXPECT_TRUE(wait_until([&] { return metric("engram_stream_lag_closes_total") >= 1; }, 20s));
+  // Drain what arrived before the close; the close is resumable.
+  std::vector<uint64_t> got = seqs(sub->units_until(total, 5s));
+  const uint64_t cursor = got.empty() ? 0 : got.back();
+  EXPECT_LT(got.size(), total);
+  ASSERT_TRUE(sub->raw().closed());
+  const auto code = sub->raw().closed()->code;
+  EXPECT_TRUE(code == 4000 || code == 0) << code;  // 0: dropped while our write was stuck
+  ws_sub again(port(), "/stream?context=lag&since=" + std::to_string(cursor));
+  auto rest = seqs(again.units_until(total - cursor, 60s));
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_EQ(got, range(1, total));
+}
+
+TEST_F(StreamTest, HeartbeatsAndIdleTimeout) {
+  start([](config::config& c) {
+    c.server.stream_heartbeat = 100ms;
+    c.server.stream_idle_timeout = 600ms;
+  });
+  ws_sub quiet(port(), "/stream?context=h");
+  ws_sub chatty(port(), "/stream?context=h");
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=h"));
+  int server_heartbeats = 0;
+  const auto until = std::chrono::steady_clock::now() + 1500ms;
+  while (std::chrono::steady_clock::now() < until) {
+    ASSERT_TRUE(chatty.raw().send(R"({"type":"heartbeat"})"));
+    auto m = chatty.next(100ms);
+    if (m && (*m)["type"] == "heartbeat") ++server_heartbeats;
+    ASSERT_FALSE(chatty.raw().closed()) << "a client sending heartbeats must stay connected";
+  }
+  EXPECT_GE(server_heartbeats, 3);
+  // The quiet client received heartbeats but sent nothing: closed as idle.
+  EXPECT_TRUE(wait_until([&] {
+    quiet.next(50ms);
+    return quiet.raw().closed().has_value();
+  }, 10s));
+  EXPECT_EQ(quiet.raw().closed()->code, 1008);
+  // Returns the "subscribed" event, then counts comment-only blocks for 300 ms.
+  while (sse.next(300ms).value_or(std::nullopt)) {
+  }
+  EXPECT_GE(sse.comments(), 2u);  // ": heartbeat" lines
+}
+
+TEST_F(StreamTest, ShutdownEndsStreamsWithAResumableReason) {
+  start();
+  ws_sub ws(port(), "/stream?context=sd");
+  ASSERT_TRUE(ws.next());
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=sd"));
+  ASSERT_TRUE(sse.next(5s));  // subscribed
+  std::thread stopper([&] { server_->stop(); });
+  EXPECT_TRUE(wait_until([&] {
+    ws.next(50ms);
+    return ws.raw().closed().has_value();
+  }, 10s));
+  EXPECT_EQ(ws.raw().closed()->code, 1001);  // going away
+  std::string last_event;
+  for (;;) {
+    auto ev = sse.next(5s);
+    if (!ev || !*ev) break;
+    last_event = (*ev)->event;
+  }
+  EXPECT_EQ(last_event, "shutdown");
+  stopper.join();
+}
+
+TEST_F(StreamTest, StreamsAreNotReadyBeforeRecovery) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  auto holder = storage::store::open(cfg.storage, nullptr, nullptr, nullptr);  // holds the RocksDB lock
+  ASSERT_TRUE(holder);
+  auto app = app::app::start(cfg);
+  ASSERT_TRUE(app);
+  (*app)->wait_ready(5s);
+  client::http_connection c("127.0.0.1", (*app)->port());
+  EXPECT_EQ(call(c, "GET", "/stream-sse?context=x").status, 503u);
+}
+
+}  // namespace
+}  // namespace engram::test
