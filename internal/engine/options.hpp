@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 namespace engram::engine {
 
@@ -11,6 +12,9 @@ struct stream_options {
   uint64_t max_lag = 100'000;            // events behind before the stream is closed
   size_t catch_up_batch = 256;           // events read from storage per context per poll
   size_t max_pattern_contexts = 10'000;  // contexts a prefix pattern may match at start
+  // Fault injection for tests: runs after a catch-up read, before its result is
+  // applied (the window in which a live event may arrive).
+  std::function<void()> after_catch_up_read;
 };
 
 struct options {

@@ -133,6 +133,7 @@ model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
     for (const auto& e : *events) bytes += e.ByteSizeLong();
     reads.emplace_back(id, std::move(*events), gen);
   }
+  if (opts_.after_catch_up_read) opts_.after_catch_up_read();
   std::unique_lock lock(mu_);
   if (closed_) return out;
   for (auto& [id, events, gen] : reads) {
