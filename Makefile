@@ -1,6 +1,7 @@
 # Engram — the front door. `make run` and `make test` are all a new user needs.
 #
 #   make deps    install build dependencies from Debian's packages (as root, non-interactive)
+#   make test-deps  also what the tests need: chromium, Node.js, playwright-core (npm ci)
 #   make build   configure and build everything (build/)
 #   make run     build and start the server on ./data (config: config.example.yaml)
 #   make test    build and run every test through CTest
@@ -20,9 +21,12 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
   libxapian-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev
 
+# What the browser test needs beyond the build (Node.js only if the machine has none).
+TEST_PACKAGES := chromium
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test bench asan tsan clean
+.PHONY: deps test-deps build run test bench asan tsan clean
 
 # Installs only what is missing, so repeated runs cost a dpkg query.
 deps:
@@ -33,6 +37,16 @@ deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+test-deps: deps
+	@missing=$$(for p in $(TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)
+
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
 
@@ -42,7 +56,7 @@ build: deps $(BUILD_DIR)/CMakeCache.txt
 run: build
 	$(BUILD_DIR)/bin/engram --config config.example.yaml
 
-test: build
+test: test-deps build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 bench: build

@@ -15,6 +15,9 @@
 #include "model/text.hpp"
 
 namespace engram::gateway {
+
+std::string_view live_html();  // web_assets.cpp, generated from web/live.html
+
 namespace {
 
 using model::errc;
@@ -23,7 +26,7 @@ using steady = std::chrono::steady_clock;
 
 // Route templates double as metric labels.
 enum class route_id { healthz, readyz, metrics, unit_append, unit_get, batch_append, unit_list,
-                      context_list, context_one, none };
+                      context_list, context_one, ui_live, none };
 
 struct matched_route {
   route_id id = route_id::none;
@@ -47,6 +50,7 @@ matched_route match(std::string_view path) {
   if (exact("/workunits")) return {route_id::batch_append, "/workunits", "POST", {}};
   if (auto p = rest("/workunits/")) return {route_id::unit_list, "/workunits/{contextId}", "GET", *p};
   if (exact("/contexts")) return {route_id::context_list, "/contexts", "GET", {}};
+  if (exact("/ui/live")) return {route_id::ui_live, "/ui/live", "GET", {}};
   if (auto p = rest("/contexts/")) return {route_id::context_one, "/contexts/{id}", "GET, PATCH", *p};
   return {};
 }
@@ -290,6 +294,16 @@ struct api_handler::impl {
         response r;
         r.body = prometheus::TextSerializer().Serialize(registry->Collect());
         r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        return respond(std::move(r));
+      }
+      case route_id::ui_live: {
+        response r;
+        r.body = std::string(live_html());
+        r.content_type = "text/html; charset=utf-8";
+        r.headers.emplace_back("Content-Security-Policy",
+                               "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'");
+        r.headers.emplace_back("X-Frame-Options", "DENY");
         return respond(std::move(r));
       }
       case route_id::unit_append: return append_one(req, url.encoded_path(), std::move(respond));
