@@ -328,6 +328,10 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
   if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
   auto& st = *state;
   if (!ec) {
+    // Small frames (stream events, heartbeats, short JSON answers) must leave at
+    // once; with Nagle they wait for the peer's delayed ACK (~40 ms on Linux).
+    beast::error_code opt_ec;
+    socket.set_option(tcp::no_delay(true), opt_ec);
     auto s = std::make_shared<session>(std::move(socket), state);
     bool over_limit = false;
     {

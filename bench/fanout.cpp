@@ -1,0 +1,254 @@
+// engram-fanout: stream benchmarks against a running server over loopback.
+//
+//   engram-fanout latency --port P --subscribers 100 --contexts 1 --rate 200 --seconds 10
+//       N WebSocket subscribers (one io_context thread, async) spread over C contexts;
+//       a writer appends `rate` units/s round-robin over the contexts, stamping the
+//       send time in meta "t". Each subscriber records now - t on receipt:
+//       publish-to-receive latency, end to end (HTTP POST, commit, fsync, router, WS).
+//   engram-fanout idle --port P --subscribers 1000 --server-pid PID
+//       opens idle subscriptions and reports the server's RSS growth per connection.
+//   engram-fanout replay --port P --units 100000
+//       seeds a context, then times one subscriber replaying it from since=0.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "engram/http_connection.hpp"
+
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = beast::websocket;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+struct settings {
+  uint16_t port = 8080;
+  unsigned subscribers = 1;
+  unsigned contexts = 1;
+  double rate = 200;
+  double seconds = 10;
+  size_t units = 100'000;
+  int server_pid = 0;
+  std::string label;
+};
+
+// One async WebSocket subscriber.
+class subscriber : public std::enable_shared_from_this<subscriber> {
+ public:
+  subscriber(net::io_context& ioc, std::vector<uint64_t>& sink, std::atomic<size_t>& units, std::atomic<size_t>& ready)
+      : ws_(ioc), sink_(sink), units_(units), ready_(ready) {}
+
+  void start(const tcp::endpoint& ep, std::string target) {
+    target_ = std::move(target);
+    beast::get_lowest_layer(ws_).async_connect(ep, [self = shared_from_this()](beast::error_code ec) {
+      if (ec) return std::fprintf(stderr, "connect: %s\n", ec.message().c_str()), void();
+      self->ws_.async_handshake("127.0.0.1", self->target_, [self](beast::error_code ec) {
+        if (ec) return std::fprintf(stderr, "handshake: %s\n", ec.message().c_str()), void();
+        self->read();
+      });
+    });
+  }
+  void close() {
+    beast::error_code ec;
+    beast::get_lowest_layer(ws_).socket().close(ec);
+  }
+
+ private:
+  void read() {
+    ws_.async_read(buf_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return;
+      self->on_message(beast::buffers_to_string(self->buf_.data()));
+      self->buf_.consume(self->buf_.size());
+      self->read();
+    });
+  }
+  void on_message(const std::string& m) {
+    if (m.find("\"subscribe_ack\"") != std::string::npos) {
+      ++ready_;
+      return;
+    }
+    const auto pos = m.find("\"t\":\"");
+    if (pos == std::string::npos) return;
+    const int64_t sent = std::stoll(m.substr(pos + 5));
+    sink_.push_back(uint64_t(now_ns() - sent));
+    ++units_;
+  }
+
+  websocket::stream<beast::tcp_stream> ws_;
+  beast::flat_buffer buf_;
+  std::string target_;
+  std::vector<uint64_t>& sink_;
+  std::atomic<size_t>& units_;
+  std::atomic<size_t>& ready_;
+};
+
+long rss_kib(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+void print_latency(const settings& s, std::vector<uint64_t>& lat, double elapsed) {
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double p) { return lat.empty() ? 0.0 : double(lat[std::min(lat.size() - 1, size_t(p * double(lat.size())))]) / 1000.0; };
+  std::printf("%sfanout subscribers=%u contexts=%u rate=%.0f/s delivered=%zu (%.0f/s) p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
+              s.label.empty() ? "" : (s.label + " ").c_str(), s.subscribers, s.contexts, s.rate, lat.size(),
+              double(lat.size()) / elapsed, pct(0.5), pct(0.99), pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
+}
+
+int run_latency(const settings& s) {
+  net::io_context ioc;
+  const tcp::endpoint ep(net::ip::make_address("127.0.0.1"), s.port);
+  std::vector<uint64_t> lat;
+  lat.reserve(size_t(s.rate * s.seconds * s.subscribers / s.contexts) + 1024);
+  std::atomic<size_t> units{0}, ready{0};
+  std::vector<std::shared_ptr<subscriber>> subs;
+  const std::string run_id = std::to_string(now_ns());
+  for (unsigned i = 0; i < s.subscribers; ++i) {
+    subs.push_back(std::make_shared<subscriber>(ioc, lat, units, ready));
+    subs.back()->start(ep, "/stream?context=fanout-" + run_id + "/" + std::to_string(i % s.contexts));
+  }
+  std::thread io([&] {
+    auto guard = net::make_work_guard(ioc);
+    ioc.run();
+  });
+  const auto wait_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ready < s.subscribers && std::chrono::steady_clock::now() < wait_end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // connection set-up, not measured
+  if (ready < s.subscribers) {
+    std::fprintf(stderr, "only %zu of %u subscribers connected\n", ready.load(), s.subscribers);
+    ioc.stop();
+    io.join();
+    return 1;
+  }
+  // Writer: paced appends, round-robin over the contexts.
+  engram::client::http_connection w("127.0.0.1", s.port);
+  const auto start = std::chrono::steady_clock::now();
+  const auto period = std::chrono::duration<double>(1.0 / s.rate);
+  size_t sent = 0;
+  for (; std::chrono::steady_clock::now() - start < std::chrono::duration<double>(s.seconds); ++sent) {
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(period * double(sent)));
+    const auto body = json({{"context_id", "fanout-" + run_id + "/" + std::to_string(sent % s.contexts)},
+                            {"agent_id", "bench"}, {"type", 1}, {"text", std::string(300, 'x')},
+                            {"meta", {{"t", std::to_string(now_ns())}}}}).dump();
+    auto r = w.request("POST", "/workunit", body);
+    if (!r || r->status != 201) {
+      std::fprintf(stderr, "append failed\n");
+      break;
+    }
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Let in-flight deliveries land (bounded).
+  const size_t expect = sent * (s.subscribers / s.contexts);
+  const auto drain_end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (units < expect && std::chrono::steady_clock::now() < drain_end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  net::post(ioc, [&] { for (auto& s2 : subs) s2->close(); });
+  ioc.stop();
+  io.join();
+  print_latency(s, lat, elapsed);
+  if (units < expect) std::printf("  WARNING: %zu of %zu deliveries arrived\n", units.load(), expect);
+  return 0;
+}
+
+int run_idle(const settings& s) {
+  net::io_context ioc;
+  const tcp::endpoint ep(net::ip::make_address("127.0.0.1"), s.port);
+  std::vector<uint64_t> none;
+  std::atomic<size_t> units{0}, ready{0};
+  const long before = rss_kib(s.server_pid);
+  std::vector<std::shared_ptr<subscriber>> subs;
+  for (unsigned i = 0; i < s.subscribers; ++i) {
+    subs.push_back(std::make_shared<subscriber>(ioc, none, units, ready));
+    subs.back()->start(ep, "/stream?context=idle/" + std::to_string(i % 100));
+  }
+  std::thread io([&] {
+    auto guard = net::make_work_guard(ioc);
+    ioc.run();
+  });
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ready < s.subscribers && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the server settle
+  const long after = rss_kib(s.server_pid);
+  std::printf("idle subscribers=%zu server RSS %ld KiB -> %ld KiB: %.1f KiB per idle WebSocket subscriber\n",
+              ready.load(), before, after, double(after - before) / double(std::max<size_t>(ready, 1)));
+  net::post(ioc, [&] { for (auto& s2 : subs) s2->close(); });
+  ioc.stop();
+  io.join();
+  return 0;
+}
+
+int run_replay(const settings& s) {
+  engram::client::http_connection w("127.0.0.1", s.port, std::chrono::seconds(120));
+  const std::string ctx = "replay-" + std::to_string(now_ns());
+  for (size_t done = 0; done < s.units; done += 1000) {
+    json units = json::array();
+    for (size_t k = 0; k < 1000; ++k) units.push_back({{"text", std::string(300, 'r')}});
+    auto r = w.request("POST", "/workunits", json({{"context_id", ctx}, {"agent_id", "bench"}, {"work_units", units}}).dump());
+    if (!r || r->status != 201) return std::fprintf(stderr, "seed failed\n"), 1;
+  }
+  net::io_context ioc;
+  websocket::stream<beast::tcp_stream> ws(ioc);
+  beast::get_lowest_layer(ws).connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), s.port));
+  const auto t0 = std::chrono::steady_clock::now();
+  ws.handshake("127.0.0.1", "/stream?context=" + ctx + "&since=0");
+  size_t got = 0;
+  beast::flat_buffer buf;
+  while (got < s.units) {
+    ws.read(buf);
+    const auto data = buf.cdata();
+    // Units are the only messages that start with their id; the rest are control.
+    if (std::string_view(static_cast<const char*>(data.data()), data.size()).starts_with("{\"id\":")) ++got;
+    buf.consume(buf.size());
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("replay units=%zu seconds=%.2f rate=%.0f units/s\n", got, secs, double(got) / secs);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"engram-fanout: stream benchmarks (loopback only)"};
+  app.fallthrough();
+  settings s;
+  app.add_option("--port", s.port)->required();
+  app.add_option("--label", s.label);
+  auto* lat = app.add_subcommand("latency", "publish-to-receive latency at the subscribers");
+  lat->add_option("--subscribers", s.subscribers)->check(CLI::Range(1u, 20000u));
+  lat->add_option("--contexts", s.contexts)->check(CLI::Range(1u, 10000u));
+  lat->add_option("--rate", s.rate, "units per second written")->check(CLI::Range(1.0, 100000.0));
+  lat->add_option("--seconds", s.seconds)->check(CLI::Range(0.5, 600.0));
+  auto* idle = app.add_subcommand("idle", "server memory per idle subscriber");
+  idle->add_option("--subscribers", s.subscribers)->check(CLI::Range(1u, 20000u));
+  idle->add_option("--server-pid", s.server_pid)->required();
+  auto* replay = app.add_subcommand("replay", "time to replay a context from since=0");
+  replay->add_option("--units", s.units)->check(CLI::Range(size_t(1000), size_t(10'000'000)));
+  app.require_subcommand(1);
+  CLI11_PARSE(app, argc, argv);
+  if (*lat) return run_latency(s);
+  if (*idle) return run_idle(s);
+  return run_replay(s);
+}
