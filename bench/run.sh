@@ -66,11 +66,12 @@ echo "  data dir size: $(du -sh "$WORK/read" | cut -f1)"
 echo "## streams: publish-to-receive latency at WebSocket subscribers (${SECS}s per run)"
 start_server sync "$WORK/streams"
 F="$BIN/engram-fanout"
+# First, on the fresh process: memory freed by later runs would hide the growth.
+"$F" idle    --port "$PORT" --subscribers 1000 --server-pid "$PID"
 "$F" latency --port "$PORT" --subscribers 1    --contexts 1   --rate 200 --seconds "$SECS"
 "$F" latency --port "$PORT" --subscribers 100  --contexts 1   --rate 200 --seconds "$SECS"
 "$F" latency --port "$PORT" --subscribers 1000 --contexts 1   --rate 50  --seconds "$SECS"
 "$F" latency --port "$PORT" --subscribers 1000 --contexts 100 --rate 200 --seconds "$SECS"
-"$F" idle    --port "$PORT" --subscribers 1000 --server-pid "$PID"
 "$F" replay  --port "$PORT" --units 100000
 stop_server
 
