@@ -54,6 +54,19 @@ setter duration_key(T config::*section, D member, uint64_t lo_ms, uint64_t hi_ms
   };
 }
 
+// An integer key in [lo, hi] stored wherever `field` points (for nested options).
+template <class Field>
+setter ranged(Field field, uint64_t lo, uint64_t hi) {
+  return [=](config& c, const std::string& raw) -> std::optional<std::string> {
+    auto v = to_uint(raw);
+    if (!v || *v < lo || *v > hi)
+      return "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
+    auto& target = field(c);
+    target = static_cast<std::remove_reference_t<decltype(target)>>(*v);
+    return std::nullopt;
+  };
+}
+
 std::optional<std::string> set_addr(config& c, const std::string& raw) {
   const auto colon = raw.rfind(':');
   if (colon == std::string::npos) return "must be host:port (e.g. 127.0.0.1:8080)";
@@ -116,34 +129,11 @@ const std::vector<key_spec>& key_table() {
        duration_key(&config::server, &gateway::options::stream_idle_timeout, 100, day_ms)},
       {"server.ws_max_message_bytes",
        uint_key(&config::server, &gateway::options::ws_max_message_bytes, 1024, 16ull << 20)},
-      {"stream.queue_bytes",
-       [](config& c, const std::string& raw) -> std::optional<std::string> {
-         auto v = to_uint(raw);
-         if (!v || *v < 4096 || *v > (1ull << 30)) return "must be an integer between 4096 and 1073741824";
-         c.engine.stream.queue_bytes = *v;
-         return std::nullopt;
-       }},
-      {"stream.max_lag",
-       [](config& c, const std::string& raw) -> std::optional<std::string> {
-         auto v = to_uint(raw);
-         if (!v || *v < 1) return "must be a positive integer";
-         c.engine.stream.max_lag = *v;
-         return std::nullopt;
-       }},
-      {"stream.catch_up_batch",
-       [](config& c, const std::string& raw) -> std::optional<std::string> {
-         auto v = to_uint(raw);
-         if (!v || *v < 1 || *v > 100'000) return "must be an integer between 1 and 100000";
-         c.engine.stream.catch_up_batch = *v;
-         return std::nullopt;
-       }},
+      {"stream.queue_bytes", ranged([](config& c) -> auto& { return c.engine.stream.queue_bytes; }, 4096, 1ull << 30)},
+      {"stream.max_lag", ranged([](config& c) -> auto& { return c.engine.stream.max_lag; }, 1, UINT64_MAX)},
+      {"stream.catch_up_batch", ranged([](config& c) -> auto& { return c.engine.stream.catch_up_batch; }, 1, 100'000)},
       {"stream.max_pattern_contexts",
-       [](config& c, const std::string& raw) -> std::optional<std::string> {
-         auto v = to_uint(raw);
-         if (!v || *v < 1 || *v > 10'000'000) return "must be an integer between 1 and 10000000";
-         c.engine.stream.max_pattern_contexts = *v;
-         return std::nullopt;
-       }},
+       ranged([](config& c) -> auto& { return c.engine.stream.max_pattern_contexts; }, 1, 10'000'000)},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"storage.data_dir",

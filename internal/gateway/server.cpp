@@ -79,6 +79,20 @@ http::response<http::string_body> to_beast(response r, unsigned version, bool ke
   return res;
 }
 
+// The plain request the handler sees: method, target, lowercased header names, body.
+request to_plain(http::request<http::string_body>& msg) {
+  request req;
+  req.method = std::string(msg.method_string());
+  req.target = std::string(msg.target());
+  req.body = std::move(msg.body());
+  for (const auto& f : msg) {
+    std::string name(f.name_string());
+    for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+    req.headers.emplace_back(std::move(name), std::string(f.value()));
+  }
+  return req;
+}
+
 response plain_error(unsigned status, std::string_view message) {
   response r;
   r.status = status;
@@ -183,15 +197,7 @@ class session : public session_base, public std::enable_shared_from_this<session
     const auto target = msg.target();
     const auto path = target.substr(0, target.find('?'));
     if ((path == "/stream" || path == "/stream-sse") && srv_->eng) return open_stream(std::move(msg), path == "/stream-sse");
-    request req;
-    req.method = std::string(msg.method_string());
-    req.target = std::string(msg.target());
-    req.body = std::move(msg.body());
-    for (const auto& f : msg) {
-      std::string name(f.name_string());
-      for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
-      req.headers.emplace_back(std::move(name), std::string(f.value()));
-    }
+    request req = to_plain(msg);
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
     srv_->handler(std::move(req), [self = shared_from_this()](response r) {
@@ -203,14 +209,7 @@ class session : public session_base, public std::enable_shared_from_this<session
   // /stream (WebSocket) and /stream-sse: validate before upgrading, then hand the
   // socket to a stream session. Errors are ordinary HTTP responses.
   void open_stream(http::request<http::string_body> msg, bool sse) {
-    request req;
-    req.method = std::string(msg.method_string());
-    req.target = std::string(msg.target());
-    for (const auto& f : msg) {
-      std::string name(f.name_string());
-      for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
-      req.headers.emplace_back(std::move(name), std::string(f.value()));
-    }
+    request req = to_plain(msg);  // a GET: no body to lose; msg keeps its headers
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
     auto reject = [&](unsigned status, std::string message) {
