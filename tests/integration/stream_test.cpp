@@ -260,6 +260,42 @@ TEST_F(StreamTest, PatternsMatchLaterContextsAndContextUpdates) {
   EXPECT_TRUE(updated);
 }
 
+TEST_F(StreamTest, ManySubscribersEachGetEverythingInOrder) {
+  start();
+  constexpr int per_transport = 50;
+  std::vector<std::unique_ptr<ws_sub>> ws;
+  std::vector<std::unique_ptr<client::sse_connection>> sse;
+  for (int i = 0; i < per_transport; ++i) {
+    ws.push_back(std::make_unique<ws_sub>(port(), "/stream?context=many"));
+    sse.push_back(std::make_unique<client::sse_connection>());
+    ASSERT_TRUE(sse.back()->connect("127.0.0.1", port(), "/stream-sse?context=many"));
+  }
+  // Every subscription is registered once its ack arrived: each WebSocket first
+  // says "connected", then "subscribe_ack"; each SSE stream sends "subscribed".
+  for (auto& w : ws) ASSERT_EQ((*w->next_control(true, 10s))["event"], "connected");
+  for (auto& w : ws) ASSERT_EQ((*w->next_control(true, 10s))["type"], "subscribe_ack");
+  for (auto& e : sse) ASSERT_TRUE(e->next(10s).value_or(std::nullopt));
+  constexpr size_t total = 600;
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w)
+    writers.emplace_back([&] {
+      auto c = server_->connect();
+      for (size_t i = 0; i < total / 4; ++i)
+        ASSERT_EQ(call(c, "POST", "/workunit", json({{"context_id", "many"}, {"agent_id", "w"}, {"text", "x"}}).dump()).status, 201u);
+    });
+  for (auto& t : writers) t.join();
+  for (auto& w : ws) EXPECT_EQ(seqs(w->units_until(total)), range(1, total));
+  for (auto& e : sse) {
+    std::vector<uint64_t> got;
+    while (got.size() < total) {
+      auto ev = e->next(10s);
+      ASSERT_TRUE(ev && *ev) << "sse subscriber stalled at " << got.size();
+      if ((*ev)->event.empty()) got.push_back(json::parse((*ev)->data)["seq"]);
+    }
+    EXPECT_EQ(got, range(1, total));
+  }
+}
+
 // Subscribers start at random cursors while 8 writers append; each must see every
 // seq after its cursor exactly once, in order.
 TEST_F(StreamTest, ResumeFromRandomCursorsUnderConcurrentWriters) {
