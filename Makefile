@@ -66,7 +66,7 @@ asan:
 	$(MAKE) test BUILD_DIR=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_ASAN=ON -DENGRAM_BUILD_BENCH=OFF"
 
 tsan:
-	$(MAKE) test BUILD_DIR=build-tsan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_TSAN=ON -DENGRAM_BUILD_BENCH=OFF"
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp history_size=7" $(MAKE) test BUILD_DIR=build-tsan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_TSAN=ON -DENGRAM_BUILD_BENCH=OFF"
 
 clean:
 	rm -rf build build-asan build-tsan
