@@ -12,6 +12,7 @@
 #include "engine/engine.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
+#include "locks/manager.hpp"
 #include "router/router.hpp"
 #include "storage/store.hpp"
 
@@ -36,6 +37,7 @@ struct app::impl {
   std::unique_ptr<router::router> router;
   std::unique_ptr<router_publisher> publisher;
   std::unique_ptr<engine::engine> eng;
+  std::unique_ptr<locks::manager> locks;
   std::unique_ptr<gateway::api_handler> handler;
   std::unique_ptr<gateway::server> http;
   std::unique_ptr<storage::store> store;
@@ -60,6 +62,13 @@ struct app::impl {
     } else {
       store = std::move(*opened);
       store->set_publisher(publisher.get());
+      if (auto ok = locks->attach(store.get()); !ok) {
+        spdlog::critical("locks: recovery failed: {}", ok.error().message);
+        recovery_error = ok.error();
+        recovered = true;
+        cv.notify_all();
+        return;
+      }
       eng->attach(store.get());
       spdlog::info("storage: ready after {} ms",
                    std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
@@ -80,7 +89,8 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
   p->router = std::make_unique<router::router>(p->registry.get());
   p->publisher = std::make_unique<router_publisher>(*p->router);
   p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock, p->router.get(), p->registry.get());
-  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry);
+  p->locks = std::make_unique<locks::manager>(cfg.locks, p->clock, p->registry.get());
+  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, p->locks.get());
   auto* h = p->handler.get();
   p->http = std::make_unique<gateway::server>(
       cfg.server, [h](gateway::request req, gateway::responder r) { h->handle(std::move(req), std::move(r)); },
@@ -141,6 +151,7 @@ void app::stop() {
   if (s.recovery.joinable()) s.recovery.join();
   s.http->stop(s.cfg.shutdown_timeout);
   s.eng->attach(nullptr);
+  s.locks->stop();
   // Queued writes still commit; their completions are dropped with the I/O threads.
   if (s.store) {
     s.store->close();

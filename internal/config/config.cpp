@@ -55,14 +55,18 @@ setter duration_key(T config::*section, D member, uint64_t lo_ms, uint64_t hi_ms
 }
 
 // An integer key in [lo, hi] stored wherever `field` points (for nested options).
+// `scale` multiplies the value first (seconds → milliseconds); duration fields
+// take the result as their tick count.
 template <class Field>
-setter ranged(Field field, uint64_t lo, uint64_t hi) {
+setter ranged(Field field, uint64_t lo, uint64_t hi, uint64_t scale = 1) {
   return [=](config& c, const std::string& raw) -> std::optional<std::string> {
     auto v = to_uint(raw);
     if (!v || *v < lo || *v > hi)
       return "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
     auto& target = field(c);
-    target = static_cast<std::remove_reference_t<decltype(target)>>(*v);
+    using T = std::remove_reference_t<decltype(target)>;
+    if constexpr (std::is_arithmetic_v<T>) target = static_cast<T>(*v * scale);
+    else target = T(*v * scale);
     return std::nullopt;
   };
 }
@@ -134,6 +138,12 @@ const std::vector<key_spec>& key_table() {
       {"stream.catch_up_batch", ranged([](config& c) -> auto& { return c.engine.stream.catch_up_batch; }, 1, 100'000)},
       {"stream.max_pattern_contexts",
        ranged([](config& c) -> auto& { return c.engine.stream.max_pattern_contexts; }, 1, 10'000'000)},
+      {"locks.default_ttl_seconds",
+       ranged([](config& c) -> auto& { return c.locks.default_ttl; }, 1, 86'400, 1000)},
+      {"locks.max_ttl_seconds", ranged([](config& c) -> auto& { return c.locks.max_ttl; }, 1, 30 * 86'400, 1000)},
+      {"locks.max_wait_ms", ranged([](config& c) -> auto& { return c.locks.max_wait; }, 0, 3'600'000)},
+      {"locks.max_locks_per_agent", ranged([](config& c) -> auto& { return c.locks.max_locks_per_agent; }, 1, 10'000'000)},
+      {"locks.max_resource_bytes", ranged([](config& c) -> auto& { return c.locks.max_resource_bytes; }, 1, 65'536)},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"storage.data_dir",

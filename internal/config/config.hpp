@@ -11,6 +11,7 @@
 
 #include "engine/options.hpp"
 #include "gateway/options.hpp"
+#include "locks/options.hpp"
 #include "model/error.hpp"
 #include "storage/options.hpp"
 
@@ -25,6 +26,7 @@ struct config {
   gateway::options server;
   storage::options storage;
   engine::options engine;
+  locks::options locks;
   log_options log;
   std::chrono::milliseconds shutdown_timeout{10'000};
 };

@@ -64,7 +64,7 @@ model::result<size_t> engine::page_limit(std::optional<size_t> requested) const 
 }
 
 void engine::append(std::string context_id, std::vector<api::WorkUnit> units, idempotency idem,
-                    append_done done) {
+                    append_done done, std::vector<storage::fence> fences) {
   auto s = store();
   if (!s) return done(std::unexpected(s.error()));
   if (units.empty()) return done(fail(errc::invalid_argument, "at least one work unit is required"));
@@ -73,8 +73,8 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
                                                  std::to_string(opts_.max_batch_units) + " work units"));
   const int64_t now_ms = clock_->now_ns() / 1'000'000;
   for (auto& u : units) u.set_id(ids_.next(now_ms).to_string());
-  (*s)->append(storage::append_request{std::move(context_id), std::move(units),
-                                       std::move(idem.key), std::move(idem.fingerprint)},
+  (*s)->append(storage::append_request{std::move(context_id), std::move(units), std::move(idem.key),
+                                       std::move(idem.fingerprint), std::move(fences)},
                std::move(done));
 }
 

@@ -60,7 +60,7 @@ class engine {
   using append_done = std::function<void(model::result<storage::append_result>)>;
   // Appends units (already validated by the codec) to one context, atomically.
   void append(std::string context_id, std::vector<api::WorkUnit> units, idempotency idem,
-              append_done done);
+              append_done done, std::vector<storage::fence> fences = {});
 
   model::result<api::WorkUnit> get_unit(std::string_view id) const;
   model::result<units_page> list_units(std::string_view context_id, const list_request& req) const;

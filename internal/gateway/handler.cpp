@@ -26,7 +26,7 @@ using steady = std::chrono::steady_clock;
 
 // Route templates double as metric labels.
 enum class route_id { healthz, readyz, metrics, unit_append, unit_get, batch_append, unit_list,
-                      context_list, context_one, ui_live, none };
+                      context_list, context_one, ui_live, lock_collection, lock_one, lock_renew, none };
 
 struct matched_route {
   route_id id = route_id::none;
@@ -51,6 +51,13 @@ matched_route match(std::string_view path) {
   if (auto p = rest("/workunits/")) return {route_id::unit_list, "/workunits/{contextId}", "GET", *p};
   if (exact("/contexts")) return {route_id::context_list, "/contexts", "GET", {}};
   if (exact("/ui/live")) return {route_id::ui_live, "/ui/live", "GET", {}};
+  if (exact("/locks")) return {route_id::lock_collection, "/locks", "GET, POST", {}};
+  if (auto p = rest("/locks/")) {
+    // POST /locks/{resource}/renew; the resource itself may contain '/'.
+    if (p->size() > 6 && p->ends_with("/renew"))
+      return {route_id::lock_renew, "/locks/{resource}/renew", "POST, GET, DELETE", *p};
+    return {route_id::lock_one, "/locks/{resource}", "GET, DELETE", *p};
+  }
   if (auto p = rest("/contexts/")) return {route_id::context_one, "/contexts/{id}", "GET, PATCH", *p};
   return {};
 }
@@ -195,8 +202,24 @@ response error_response(const model::error& err) {
   return r;
 }
 
+// "fence":{"resource":"…","token":N} on a unit or a batch.
+model::status parse_fence(const json& object, std::vector<storage::fence>& out) {
+  auto it = object.find("fence");
+  if (it == object.end() || it->is_null()) return {};
+  if (!it->is_object()) return model::fail(errc::invalid_argument, "fence must be {\"resource\":…,\"token\":N}");
+  auto r = it->find("resource");
+  auto t = it->find("token");
+  if (r == it->end() || !r->is_string() || r->get_ref<const std::string&>().empty())
+    return model::fail(errc::invalid_argument, "fence.resource must be a non-empty string");
+  if (t == it->end() || !t->is_number_unsigned())
+    return model::fail(errc::invalid_argument, "fence.token must be a non-negative integer");
+  out.push_back({r->get<std::string>(), t->get<uint64_t>()});
+  return {};
+}
+
 struct api_handler::impl {
   engine::engine& eng;
+  locks::manager* locks = nullptr;
   options opts;
   std::shared_ptr<prometheus::Registry> registry;
   prometheus::Family<prometheus::Counter>* requests;
@@ -306,6 +329,11 @@ struct api_handler::impl {
         r.headers.emplace_back("X-Frame-Options", "DENY");
         return respond(std::move(r));
       }
+      case route_id::lock_collection:
+      case route_id::lock_one:
+      case route_id::lock_renew:
+        if (!locks) return respond(error_response({errc::unavailable, "locks are not enabled"}));
+        return handle_locks(req, route, q, std::move(respond));
       case route_id::unit_append: return append_one(req, url.encoded_path(), std::move(respond));
       case route_id::batch_append: return append_batch(req, url.encoded_path(), std::move(respond));
       case route_id::unit_get: return get_unit(route, std::move(respond));
@@ -343,11 +371,14 @@ struct api_handler::impl {
     if (!unit) return respond(error_response(unit.error()));
     auto key = idempotency_key_header(req);
     if (!key) return respond(error_response(key.error()));
+    std::vector<storage::fence> fences;
+    if (auto ok = parse_fence(*body, fences); !ok) return respond(error_response(ok.error()));
     std::string ctx = unit->context_id();
     std::vector<api::WorkUnit> units;
     units.push_back(std::move(*unit));
     eng.append(std::move(ctx), std::move(units), {std::move(*key), fingerprint(req, path)},
-               [respond = std::move(respond)](auto r) { respond_units(respond, std::move(r), true); });
+               [respond = std::move(respond)](auto r) { respond_units(respond, std::move(r), true); },
+               std::move(fences));
   }
 
   // {"context_id":"…","agent_id"?:"…","work_units":[{…},…]}: one context, all or none.
@@ -374,7 +405,12 @@ struct api_handler::impl {
                                  " work units"));
     std::vector<api::WorkUnit> units;
     units.reserve(list->size());
+    std::vector<storage::fence> fences;
+    if (auto ok = parse_fence(*body, fences); !ok) return respond(error_response(ok.error()));
     for (size_t i = 0; i < list->size(); ++i) {
+      if ((*list)[i].is_object())
+        if (auto ok = parse_fence((*list)[i], fences); !ok)
+          return respond(bad_request("work_units[" + std::to_string(i) + "]: " + ok.error().message));
       auto unit = model::unit_from_json((*list)[i], {ctx, agent});
       if (!unit)
         return respond(bad_request("work_units[" + std::to_string(i) + "]: " + unit.error().message));
@@ -386,7 +422,114 @@ struct api_handler::impl {
     auto key = idempotency_key_header(req);
     if (!key) return respond(error_response(key.error()));
     eng.append(ctx, std::move(units), {std::move(*key), fingerprint(req, path)},
-               [respond = std::move(respond)](auto r) { respond_units(respond, std::move(r), false); });
+               [respond = std::move(respond)](auto r) { respond_units(respond, std::move(r), false); },
+               std::move(fences));
+  }
+
+  // ---- /locks -------------------------------------------------------------------
+  static std::chrono::milliseconds ttl_of(const json& body) {
+    if (auto ms = body.find("ttl_ms"); ms != body.end() && ms->is_number_integer())
+      return std::chrono::milliseconds(ms->get<int64_t>());
+    if (auto s = body.find("ttl_seconds"); s != body.end() && s->is_number())
+      return std::chrono::milliseconds(int64_t(s->get<double>() * 1000));
+    return std::chrono::milliseconds(0);
+  }
+
+  void handle_locks(const request& req, const matched_route& route, const query_params& q, responder respond) {
+    if (route.id == route_id::lock_collection) {
+      if (req.method == "GET") {
+        const auto* agent = q.get("agent_id");
+        const auto* prefix = q.get("prefix");
+        json list = json::array();
+        for (const auto& l : locks->list(agent ? *agent : "", prefix ? *prefix : "")) list.push_back(model::to_json(l));
+        return respond(json_response(200, json{{"locks", std::move(list)}}));
+      }
+      return acquire(req, std::move(respond));
+    }
+    matched_route target = route;
+    if (route.id == route_id::lock_renew) {
+      if (req.method != "POST") {
+        // A resource whose path ends in "/renew", addressed with GET or DELETE.
+        target.id = route_id::lock_one;
+      } else {
+        target.encoded_param = route.encoded_param.substr(0, route.encoded_param.size() - 6);
+      }
+    }
+    auto resource = path_param(target, "resource_path");
+    if (!resource) return respond(error_response(resource.error()));
+    if (target.id == route_id::lock_renew) {
+      json body = json::object();
+      if (!req.body.empty()) {
+        auto parsed = parse_body(req);
+        if (!parsed) return respond(error_response(parsed.error()));
+        body = std::move(*parsed);
+      }
+      std::string agent(req.header("x-agent-id"));
+      if (auto a = body.find("agent_id"); a != body.end() && a->is_string()) agent = a->get<std::string>();
+      const auto id = body.find("lock_id");
+      if (id == body.end() || !id->is_string()) return respond(bad_request("lock_id is required"));
+      return locks->renew(*resource, agent, id->get<std::string>(), ttl_of(body), [respond = std::move(respond)](auto r) {
+        if (!r) return respond(error_response(r.error()));
+        respond(json_response(200, json{{"lock", model::to_json(*r)}}));
+      });
+    }
+    if (req.method == "GET") {
+      auto l = locks->get(*resource);
+      if (!l) return respond(error_response({errc::not_found, "no lock on '" + *resource + "'"}));
+      return respond(json_response(200, json{{"lock", model::to_json(*l)}}));
+    }
+    // DELETE
+    const auto* agent = q.get("agent_id");
+    const auto* lock_id = q.get("lock_id");
+    std::string who = agent ? *agent : std::string(req.header("x-agent-id"));
+    if (who.empty()) return respond(bad_request("agent_id is required (query or X-Agent-ID)"));
+    if (!lock_id || lock_id->empty()) return respond(bad_request("lock_id is required"));
+    locks->release(*resource, who, *lock_id, [respond = std::move(respond)](model::status ok) {
+      if (!ok) return respond(error_response(ok.error()));
+      respond(json_response(200, json{{"released", true}}));
+    });
+  }
+
+  void acquire(const request& req, responder respond) {
+    auto body = parse_body(req);
+    if (!body) return respond(error_response(body.error()));
+    locks::acquire_request ar;
+    ar.agent = std::string(req.header("x-agent-id"));
+    if (auto a = body->find("agent_id"); a != body->end() && !a->is_null()) {
+      if (!a->is_string()) return respond(bad_request("agent_id must be a string"));
+      if (!a->get_ref<const std::string&>().empty()) ar.agent = a->get<std::string>();
+    }
+    const bool multi = body->contains("resource_paths");
+    if (multi) {
+      const auto& list = (*body)["resource_paths"];
+      if (!list.is_array() || list.empty()) return respond(bad_request("resource_paths must be a non-empty array of strings"));
+      for (const auto& r : list) {
+        if (!r.is_string()) return respond(bad_request("resource_paths must be a non-empty array of strings"));
+        ar.resources.push_back(r.get<std::string>());
+      }
+    } else if (auto r = body->find("resource_path"); r != body->end() && r->is_string()) {
+      ar.resources.push_back(r->get<std::string>());
+      if (ar.resources.back().empty()) return respond(bad_request("resource_path is required"));
+    } else {
+      return respond(bad_request("resource_path (a string) or resource_paths (an array) is required"));
+    }
+    for (const char* f : {"ttl_seconds", "ttl_ms", "wait_ms"})
+      if (auto v = body->find(f); v != body->end() && !v->is_null() && !v->is_number())
+        return respond(bad_request(std::string(f) + " must be a number"));
+    ar.ttl = ttl_of(*body);
+    if (auto w = body->find("wait_ms"); w != body->end() && w->is_number_integer())
+      ar.wait = std::chrono::milliseconds(std::max<int64_t>(0, w->get<int64_t>()));
+    if (auto c = body->find("context_id"); c != body->end() && !c->is_null()) {
+      if (!c->is_string()) return respond(bad_request("context_id must be a string"));
+      ar.context_id = c->get<std::string>();
+    }
+    locks->acquire(std::move(ar), [respond = std::move(respond), multi](auto r) {
+      if (!r) return respond(error_response(r.error()));
+      if (!multi) return respond(json_response(200, json{{"lock", model::to_json(r->front())}}));
+      json list = json::array();
+      for (const auto& l : *r) list.push_back(model::to_json(l));
+      respond(json_response(200, json{{"locks", std::move(list)}}));
+    });
   }
 
   void get_unit(const matched_route& route, responder respond) {
@@ -457,8 +600,10 @@ struct api_handler::impl {
 };
 
 api_handler::api_handler(engine::engine& engine, const options& opts,
-                         std::shared_ptr<prometheus::Registry> metrics)
-    : impl_(std::make_unique<impl>(engine, opts, std::move(metrics))) {}
+                         std::shared_ptr<prometheus::Registry> metrics, locks::manager* locks)
+    : impl_(std::make_unique<impl>(engine, opts, std::move(metrics))) {
+  impl_->locks = locks;
+}
 api_handler::~api_handler() = default;
 
 void api_handler::handle(request req, responder respond) {

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "engine/engine.hpp"
+#include "locks/manager.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
 
@@ -18,8 +19,9 @@ namespace engram::gateway {
 class api_handler {
  public:
   // `metrics` is also what /metrics exposes; it must outlive the handler.
-  api_handler(engine::engine& engine, const options& opts,
-              std::shared_ptr<prometheus::Registry> metrics);
+  // `locks` may be null (no /locks routes).
+  api_handler(engine::engine& engine, const options& opts, std::shared_ptr<prometheus::Registry> metrics,
+              locks::manager* locks = nullptr);
   ~api_handler();
 
   void handle(request req, responder respond);

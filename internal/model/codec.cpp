@@ -227,6 +227,17 @@ json to_json(const api::Context& c) {
               {"head_seq", c.head_seq()}};
 }
 
+json to_json(const api::Lock& l) {
+  json out{{"resource_path", l.resource_path()},
+           {"holder_agent", l.holder_agent()},
+           {"lock_id", l.lock_id()},
+           {"fencing_token", l.fencing_token()},
+           {"expires_at", timestamp_json(l.expires_at_ns())},
+           {"acquired_at", timestamp_json(l.acquired_at_ns())}};
+  if (!l.context_id().empty()) out["context_id"] = l.context_id();
+  return out;
+}
+
 std::string dump(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }

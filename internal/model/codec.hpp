@@ -27,6 +27,7 @@ inline constexpr size_t max_display_name_bytes = 1024;
 
 json timestamp_json(int64_t ns);
 json to_json(const api::Context& context);
+json to_json(const api::Lock& lock);
 
 // Work units are the hot path (every write response, every page of up to 1000), so
 // they are rendered by a direct writer rather than through nlohmann::json (measured

@@ -42,6 +42,13 @@ event_ptr to_wire(const api::Event& ev) {
                                         {"seq", ev.seq()},
                                         {"context", model::to_json(ev.context_updated().context())}});
       break;
+    case api::Event::kLockEvent:
+      w->sse_event = "lock_" + ev.lock_event().kind();
+      w->json = model::dump(model::json{{"type", w->sse_event},
+                                        {"context_id", ev.context_id()},
+                                        {"seq", ev.seq()},
+                                        {"lock", model::to_json(ev.lock_event().lock())}});
+      break;
     case api::Event::KIND_NOT_SET:
       w->sse_event = "unknown";
       w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});

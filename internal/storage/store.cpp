@@ -33,9 +33,10 @@ using model::fail;
 using steady = std::chrono::steady_clock;
 
 // Column family indexes in the handle vector, in open order.
-enum cf : size_t { cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_count };
-constexpr const char* cf_names[cf_count] = {"default", "log", "unit_ids", "contexts", "idempotency", "counters"};
+enum cf : size_t { cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks, cf_count };
+constexpr const char* cf_names[cf_count] = {"default", "log", "unit_ids", "contexts", "idempotency", "counters", "locks"};
 constexpr std::string_view next_handle_key = "next_context_handle";
+constexpr std::string_view fencing_key = "fencing_token";
 
 void put_be64(std::string& out, uint64_t v) {
   for (int i = 7; i >= 0; --i) out.push_back(char(v >> (8 * i)));
@@ -150,7 +151,12 @@ struct store::impl {
     update_context_request req;
     std::function<void(model::result<api::Context>)> done;
   };
-  using pending = std::variant<pending_append, pending_update>;
+  struct pending_locks {
+    lock_change change;
+    std::function<void(model::status)> done;
+  };
+  using pending = std::variant<pending_append, pending_update, pending_locks>;
+  fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
   std::deque<pending> queue;
@@ -302,6 +308,7 @@ struct store::impl {
     std::vector<std::function<void()>> on_success;
     std::vector<std::function<void(const model::error&)>> on_failure;
     std::vector<std::function<void()>> immediate;  // outcomes independent of the write
+    bool has_plain_writes = false;  // writes outside any context (lease records)
   };
 
   void put_event(group_state& g, context_state& st, api::Event ev) {
@@ -321,6 +328,10 @@ struct store::impl {
 
   void stage(group_state& g, pending_append& p) {
     auto& req = p.req;
+    for (const auto& f : req.fences) {
+      if (!check_fence) return fail_now(g, p.done, {errc::conflict, "fencing is not available"});
+      if (auto ok = check_fence(f); !ok) return fail_now(g, p.done, ok.error());
+    }
     auto lookup = find_context(req.context_id, g.staged);
     if (!lookup) return fail_now(g, p.done, lookup.error());
     auto& found = *lookup;
@@ -407,6 +418,35 @@ struct store::impl {
     g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
   }
 
+  void stage(group_state& g, pending_locks& p) {
+    auto& ch = p.change;
+    // Lock events enter their context's log like any other event (creating the
+    // context if needed), in the same batch as the lease records.
+    for (auto& ev : ch.events) {
+      const std::string ctx = ev.lock().context_id();
+      if (ctx.empty()) continue;
+      auto lookup = find_context(ctx, g.staged);
+      if (!lookup) return fail_now(g, p.done, lookup.error());
+      context_state st = *lookup ? std::move(**lookup) : new_context(ctx, g.now, g.next_handle);
+      api::Event e;
+      *e.mutable_lock_event() = ev;
+      put_event(g, st, std::move(e));
+      st.context.set_updated_at_ns(g.now);
+      g.staged[ctx] = std::move(st);
+    }
+    for (const auto& l : ch.puts) g.batch.Put(h(cf_locks), l.resource_path(), l.SerializeAsString());
+    for (const auto& r : ch.deletes) g.batch.Delete(h(cf_locks), r);
+    if (ch.fencing_high) {
+      std::string v;
+      put_be64(v, ch.fencing_high);
+      g.batch.Put(h(cf_counters), fencing_key, v);
+    }
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done] { (*done)({}); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+    g.has_plain_writes = true;
+  }
+
   void commit_group(std::vector<pending>& group) {
     group_state g;
     g.next_handle = next_handle;
@@ -415,7 +455,7 @@ struct store::impl {
 
     model::error failure{errc::internal, ""};
     bool ok = true;
-    if (!g.staged.empty()) {
+    if (!g.staged.empty() || g.has_plain_writes) {
       for (const auto& [id, st] : g.staged) {
         ContextRecord rec;
         rec.set_handle(st.handle);
@@ -557,6 +597,29 @@ void store::set_publisher(publisher* p) { impl_->pub.store(p, std::memory_order_
 void store::append(append_request req, std::function<void(model::result<append_result>)> done) {
   ENGRAM_ASSERT(!req.units.empty(), "empty append request");
   impl_->enqueue(impl::pending_append{std::move(req), done}, done);
+}
+
+void store::update_locks(lock_change change, std::function<void(model::status)> done) {
+  impl_->enqueue(impl::pending_locks{std::move(change), done}, done);
+}
+
+void store::set_fence_checker(fence_checker check) { impl_->check_fence = std::move(check); }
+
+model::result<std::pair<std::vector<api::Lock>, uint64_t>> store::load_locks() const {
+  std::pair<std::vector<api::Lock>, uint64_t> out{{}, 0};
+  std::string v;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_counters), fencing_key, &v);
+  if (s.ok() && v.size() == 8) out.second = get_be64(v);
+  else if (!s.IsNotFound()) return std::unexpected(storage_error(s, "reading the fencing counter"));
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_locks)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    api::Lock l;
+    if (!l.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt lock record");
+    out.first.push_back(std::move(l));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading locks"));
+  return out;
 }
 
 void store::update_context(update_context_request req,

@@ -8,6 +8,8 @@
 //   contexts     <context id bytes>     → ContextRecord   (handle, Context with head_seq)
 //   idempotency  [handle:8][key bytes]  → IdempotencyRecord
 //   counters     "next_context_handle"  → [u64:8]
+//                "fencing_token"        → [u64:8]   highest fencing token ever granted
+//   locks        <resource path bytes>  → api::Lock  live leases
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -46,6 +48,13 @@ class publisher {
   virtual void publish(const std::vector<std::shared_ptr<const api::Event>>& events) = 0;
 };
 
+// A lease the writer claims to hold ("fence" on a work unit): the append commits only
+// if the fence checker accepts it at the moment the append is ordered.
+struct fence {
+  std::string resource;
+  uint64_t token = 0;
+};
+
 struct append_request {
   std::string context_id;
   // Units with id, agent_id, type, meta, payload and relationships set; the
@@ -53,6 +62,15 @@ struct append_request {
   std::vector<api::WorkUnit> units;
   std::string idempotency_key;  // empty: none
   std::string fingerprint;      // identifies the request for idempotent retries
+  std::vector<fence> fences;
+};
+
+// Lease changes, committed atomically with the events they put into context logs.
+struct lock_change {
+  std::vector<api::Lock> puts;        // live leases to write (by resource_path)
+  std::vector<std::string> deletes;   // resource paths no longer held
+  uint64_t fencing_high = 0;          // persist the token counter when non-zero
+  std::vector<api::LockEvent> events; // those whose lock names a context_id are logged
 };
 
 struct append_result {
@@ -103,6 +121,14 @@ class store {
   void set_publisher(publisher* p);
 
   void append(append_request req, std::function<void(model::result<append_result>)> done);
+  void update_locks(lock_change change, std::function<void(model::status)> done);
+
+  // Checks an append's fence on the committer thread; an error rejects the append.
+  using fence_checker = std::function<model::status(const fence&)>;
+  void set_fence_checker(fence_checker check);
+
+  // Every persisted lease and the fencing counter (recovery of the lock manager).
+  model::result<std::pair<std::vector<api::Lock>, uint64_t>> load_locks() const;
   void update_context(update_context_request req,
                       std::function<void(model::result<api::Context>)> done);
 

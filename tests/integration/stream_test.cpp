@@ -380,6 +380,7 @@ TEST_F(StreamTest, StalledSubscriberLosesNothingAndDelaysNoOne) {
     c.engine.stream.queue_bytes = queue_limit;
     c.engine.stream.max_lag = 10'000'000;
     c.server.write_timeout = 120s;
+    c.server.stream_idle_timeout = 600s;  // the slow client sends nothing, by design
   });
   ws_sub slow(port(), "/stream?context=flood&since=0");
   ASSERT_TRUE(slow.next());          // connected

@@ -1,0 +1,417 @@
+#include "locks/manager.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <ctime>
+
+#include "model/text.hpp"
+
+namespace engram::locks {
+namespace {
+
+using model::errc;
+using model::fail;
+using steady = std::chrono::steady_clock;
+
+std::string rfc3339(int64_t ns) {
+  const std::time_t secs = ns / 1'000'000'000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+struct manager::metrics {
+  prometheus::Gauge* active = nullptr;
+  prometheus::Gauge* waiting = nullptr;
+  prometheus::Counter* grants = nullptr;
+  prometheus::Counter* conflicts = nullptr;
+  prometheus::Counter* expiries = nullptr;
+  prometheus::Counter* fenced_rejections = nullptr;
+  prometheus::Histogram* wait_seconds = nullptr;
+  explicit metrics(prometheus::Registry* r) {
+    if (!r) return;
+    using namespace prometheus;
+    active = &BuildGauge().Name("engram_locks_active").Help("Leases currently held").Register(*r).Add({});
+    waiting = &BuildGauge().Name("engram_locks_waiting").Help("Lock requests waiting").Register(*r).Add({});
+    grants = &BuildCounter().Name("engram_locks_grants_total").Help("Leases granted (new holders)").Register(*r).Add({});
+    conflicts = &BuildCounter().Name("engram_locks_conflicts_total")
+                     .Help("Lock requests refused or timed out because a resource was held")
+                     .Register(*r).Add({});
+    expiries = &BuildCounter().Name("engram_locks_expiries_total").Help("Leases that expired").Register(*r).Add({});
+    fenced_rejections = &BuildCounter().Name("engram_locks_fenced_rejections_total")
+                             .Help("Writes rejected for a stale fencing token").Register(*r).Add({});
+    wait_seconds = &BuildHistogram().Name("engram_locks_wait_seconds")
+                        .Help("Time a waiting lock request waited until granted or timed out")
+                        .Register(*r)
+                        .Add({}, Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30});
+  }
+};
+
+manager::manager(options opts, std::shared_ptr<const model::clock> clock, prometheus::Registry* r)
+    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()), metrics_(std::make_unique<metrics>(r)) {}
+
+manager::~manager() { stop(); }
+
+void manager::stop() {
+  std::list<waiter> left;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    left.swap(waiters_);
+    cv_.notify_all();
+  }
+  if (timer_.joinable()) timer_.join();
+  for (auto& w : left) w.done(fail(errc::unavailable, "the server is shutting down"));
+}
+
+model::status manager::attach(storage::store* store) {
+  auto loaded = store->load_locks();
+  if (!loaded) return std::unexpected(loaded.error());
+  std::lock_guard lock(mu_);
+  store_ = store;
+  last_token_ = loaded->second;
+  const int64_t now_wall = clock_->now_ns();
+  const auto now = steady::now();
+  for (auto& l : loaded->first) {
+    last_token_ = std::max(last_token_, l.fencing_token());
+    // The persisted deadline is wall-clock; track it on the monotonic clock. A lease
+    // that expired while the server was down is reaped by the timer at once.
+    const auto remaining = std::chrono::nanoseconds(std::max<int64_t>(0, l.expires_at_ns() - now_wall));
+    ++per_agent_[l.holder_agent()];
+    held_[l.resource_path()] = held{l, now + std::chrono::duration_cast<steady::duration>(remaining)};
+  }
+  if (metrics_->active) metrics_->active->Set(double(held_.size()));
+  store->set_fence_checker([this](const storage::fence& f) { return check_fence(f); });
+  timer_ = std::thread([this] { run_timer(); });
+  spdlog::info("locks: {} leases recovered, fencing counter at {}", held_.size(), last_token_);
+  return {};
+}
+
+int64_t manager::wall_deadline(std::chrono::milliseconds ttl) const {
+  return clock_->now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(ttl).count();
+}
+
+model::status manager::validate(acquire_request& req) const {
+  if (auto bad = model::check_identifier("agent_id", req.agent))
+    return fail(errc::invalid_argument, *bad + " (in the body or the X-Agent-ID header)");
+  if (req.resources.empty()) return fail(errc::invalid_argument, "resource_path is required");
+  if (req.resources.size() > opts_.max_resources_per_request)
+    return fail(errc::invalid_argument,
+                "at most " + std::to_string(opts_.max_resources_per_request) + " resources per request");
+  for (const auto& r : req.resources)
+    if (auto bad = model::check_identifier("resource_path", r, opts_.max_resource_bytes))
+      return fail(errc::invalid_argument, *bad);
+  if (!req.context_id.empty())
+    if (auto bad = model::check_identifier("context_id", req.context_id)) return fail(errc::invalid_argument, *bad);
+  // Canonical order: every multi-resource request takes its resources sorted.
+  std::sort(req.resources.begin(), req.resources.end());
+  req.resources.erase(std::unique(req.resources.begin(), req.resources.end()), req.resources.end());
+  if (req.ttl.count() <= 0) req.ttl = opts_.default_ttl;
+  req.ttl = std::min(req.ttl, opts_.max_ttl);
+  req.wait = std::clamp(req.wait, std::chrono::milliseconds(0), opts_.max_wait);
+  return {};
+}
+
+bool manager::is_free_for(const std::string& resource, const std::string& agent, steady::time_point now) const {
+  auto it = held_.find(resource);
+  return it == held_.end() || it->second.deadline <= now || it->second.lock.holder_agent() == agent;
+}
+
+std::string manager::conflict_message(const std::string& resource) const {
+  auto it = held_.find(resource);
+  if (it == held_.end()) return "resource '" + resource + "' is wanted by an earlier waiting request";
+  return "resource '" + resource + "' is locked by agent '" + it->second.lock.holder_agent() + "' until " +
+         rfc3339(it->second.lock.expires_at_ns());
+}
+
+std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acquire_request& req) {
+  std::vector<api::Lock> granted;
+  storage::lock_change change;
+  const auto now = steady::now();
+  for (const auto& r : req.resources) {
+    auto it = held_.find(r);
+    api::LockEvent ev;
+    if (it != held_.end() && it->second.deadline > now && it->second.lock.holder_agent() == req.agent) {
+      // The same agent again: extend, keeping lock_id and token.
+      it->second.lock.set_expires_at_ns(wall_deadline(req.ttl));
+      it->second.deadline = now + req.ttl;
+      if (!req.context_id.empty()) it->second.lock.set_context_id(req.context_id);
+      ev.set_kind("renewed");
+    } else {
+      if (it != held_.end()) --per_agent_[it->second.lock.holder_agent()];  // expired, not yet reaped
+      api::Lock l;
+      l.set_resource_path(r);
+      l.set_holder_agent(req.agent);
+      l.set_lock_id(ids_.next(clock_->now_ns() / 1'000'000).to_string());
+      l.set_fencing_token(++last_token_);
+      l.set_expires_at_ns(wall_deadline(req.ttl));
+      l.set_acquired_at_ns(clock_->now_ns());
+      l.set_context_id(req.context_id);
+      held_[r] = held{l, now + req.ttl};
+      ++per_agent_[req.agent];
+      change.fencing_high = last_token_;
+      ev.set_kind("acquired");
+      if (metrics_->grants) metrics_->grants->Increment();
+    }
+    const auto& l = held_[r].lock;
+    granted.push_back(l);
+    change.puts.push_back(l);
+    *ev.mutable_lock() = l;
+    change.events.push_back(std::move(ev));
+  }
+  if (metrics_->active) metrics_->active->Set(double(held_.size()));
+  cv_.notify_all();  // a new earliest deadline, maybe
+  return {std::move(granted), std::move(change)};
+}
+
+void manager::persist(storage::lock_change change, std::function<void(model::status)> done) {
+  store_->update_locks(std::move(change), std::move(done));
+}
+
+void manager::acquire(acquire_request req, locks_done done) {
+  if (auto ok = validate(req); !ok) return done(std::unexpected(ok.error()));
+  std::unique_lock lock(mu_);
+  if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
+  const auto now = steady::now();
+  bool free = true;
+  std::string blocker;
+  for (const auto& r : req.resources) {
+    if (!is_free_for(r, req.agent, now)) {
+      free = false;
+      blocker = r;
+      break;
+    }
+  }
+  // FIFO: a resource an earlier waiter wants is not free for newcomers.
+  if (free) {
+    for (const auto& w : waiters_) {
+      for (const auto& r : w.req.resources) {
+        if (std::binary_search(req.resources.begin(), req.resources.end(), r) && w.req.agent != req.agent) {
+          free = false;
+          blocker = r;
+        }
+      }
+      if (!free) break;
+    }
+  }
+  if (free) {
+    size_t new_ones = 0;
+    for (const auto& r : req.resources) {
+      auto it = held_.find(r);
+      if (it == held_.end() || it->second.lock.holder_agent() != req.agent) ++new_ones;
+    }
+    if (per_agent_[req.agent] + new_ones > opts_.max_locks_per_agent)
+      return done(fail(errc::conflict, "agent '" + req.agent + "' would hold more than " +
+                                           std::to_string(opts_.max_locks_per_agent) + " locks"));
+    auto [granted, change] = grant(req);
+    lock.unlock();
+    persist(std::move(change), [done = std::move(done), granted = std::move(granted)](model::status ok) {
+      if (!ok) return done(std::unexpected(ok.error()));
+      done(granted);
+    });
+    return;
+  }
+  if (req.wait.count() > 0) {
+    waiters_.push_back(waiter{std::move(req), std::move(done), now + req.wait});
+    if (metrics_->waiting) metrics_->waiting->Set(double(waiters_.size()));
+    cv_.notify_all();
+    return;
+  }
+  if (metrics_->conflicts) metrics_->conflicts->Increment();
+  const auto msg = conflict_message(blocker);
+  lock.unlock();
+  done(fail(errc::conflict, msg));
+}
+
+void manager::renew(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
+                    lock_done done) {
+  std::unique_lock lock(mu_);
+  if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
+  auto it = held_.find(resource);
+  const auto now = steady::now();
+  if (it == held_.end() || it->second.deadline <= now || it->second.lock.holder_agent() != agent ||
+      it->second.lock.lock_id() != lock_id)
+    return done(fail(errc::conflict, "the lease on '" + resource + "' was lost (expired, released or taken); acquire it again"));
+  if (ttl.count() <= 0) ttl = opts_.default_ttl;
+  ttl = std::min(ttl, opts_.max_ttl);
+  it->second.lock.set_expires_at_ns(wall_deadline(ttl));
+  it->second.deadline = now + ttl;
+  storage::lock_change change;
+  change.puts.push_back(it->second.lock);
+  api::LockEvent ev;
+  ev.set_kind("renewed");
+  *ev.mutable_lock() = it->second.lock;
+  change.events.push_back(std::move(ev));
+  const api::Lock renewed = it->second.lock;
+  cv_.notify_all();
+  lock.unlock();
+  persist(std::move(change), [done = std::move(done), renewed](model::status ok) {
+    if (!ok) return done(std::unexpected(ok.error()));
+    done(renewed);
+  });
+}
+
+void manager::release(std::string resource, std::string agent, std::string lock_id,
+                      std::function<void(model::status)> done) {
+  std::vector<std::function<void()>> after;
+  {
+    std::lock_guard lock(mu_);
+    if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
+    auto it = held_.find(resource);
+    if (it == held_.end() || it->second.deadline <= steady::now())
+      return done(fail(errc::not_found, "no lock on '" + resource + "'"));
+    if (it->second.lock.holder_agent() != agent)
+      return done(fail(errc::invalid_argument, "the lock on '" + resource + "' is held by agent '" +
+                                                   it->second.lock.holder_agent() + "', not '" + agent + "'"));
+    if (it->second.lock.lock_id() != lock_id)
+      return done(fail(errc::invalid_argument, "lock_id does not match the lock on '" + resource + "'"));
+    storage::lock_change change;
+    change.deletes.push_back(resource);
+    api::LockEvent ev;
+    ev.set_kind("released");
+    *ev.mutable_lock() = it->second.lock;
+    change.events.push_back(std::move(ev));
+    --per_agent_[agent];
+    held_.erase(it);
+    if (metrics_->active) metrics_->active->Set(double(held_.size()));
+    // The release is queued for commit before any grant it enables.
+    persist(std::move(change), std::move(done));
+    serve_waiters(after);
+  }
+  for (auto& f : after) f();
+}
+
+void manager::serve_waiters(std::vector<std::function<void()>>& after) {
+  const auto now = steady::now();
+  std::vector<std::string> wanted_earlier;  // resources of waiters still waiting ahead
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    bool can = true;
+    for (const auto& r : it->req.resources) {
+      if (!is_free_for(r, it->req.agent, now) ||
+          std::find(wanted_earlier.begin(), wanted_earlier.end(), r) != wanted_earlier.end()) {
+        can = false;
+        break;
+      }
+    }
+    if (!can) {
+      wanted_earlier.insert(wanted_earlier.end(), it->req.resources.begin(), it->req.resources.end());
+      ++it;
+      continue;
+    }
+    auto [granted, change] = grant(it->req);
+    if (metrics_->wait_seconds)
+      metrics_->wait_seconds->Observe(
+          std::chrono::duration<double>(now - (it->deadline - it->req.wait)).count());
+    persist(std::move(change), [done = std::move(it->done), granted = std::move(granted)](model::status ok) {
+      if (!ok) return done(std::unexpected(ok.error()));
+      done(granted);
+    });
+    it = waiters_.erase(it);
+  }
+  if (metrics_->waiting) metrics_->waiting->Set(double(waiters_.size()));
+  (void)after;
+}
+
+void manager::run_timer() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    auto next = steady::time_point::max();
+    for (const auto& [r, h] : held_) next = std::min(next, h.deadline);
+    for (const auto& w : waiters_) next = std::min(next, w.deadline);
+    if (next == steady::time_point::max()) cv_.wait(lock);
+    else cv_.wait_until(lock, next);
+    if (stopping_) break;
+    const auto now = steady::now();
+    // Reap expired leases (one change, events in resource order).
+    storage::lock_change change;
+    for (auto it = held_.begin(); it != held_.end();) {
+      if (it->second.deadline > now) {
+        ++it;
+        continue;
+      }
+      change.deletes.push_back(it->first);
+      api::LockEvent ev;
+      ev.set_kind("expired");
+      *ev.mutable_lock() = it->second.lock;
+      change.events.push_back(std::move(ev));
+      --per_agent_[it->second.lock.holder_agent()];
+      if (metrics_->expiries) metrics_->expiries->Increment();
+      it = held_.erase(it);
+    }
+    if (!change.deletes.empty()) {
+      if (metrics_->active) metrics_->active->Set(double(held_.size()));
+      persist(std::move(change), [](model::status ok) {
+        if (!ok) spdlog::error("locks: persisting expiries failed: {}", ok.error().message);
+      });
+    }
+    // Waiters whose time ran out.
+    std::vector<std::pair<locks_done, std::string>> timed_out;
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (it->deadline > now) {
+        ++it;
+        continue;
+      }
+      std::string msg = "timed out waiting: ";
+      for (const auto& r : it->req.resources)
+        if (!is_free_for(r, it->req.agent, now)) {
+          msg += conflict_message(r);
+          break;
+        }
+      if (msg.ends_with(": ")) msg += "an earlier waiting request holds its place";
+      if (metrics_->conflicts) metrics_->conflicts->Increment();
+      if (metrics_->wait_seconds) metrics_->wait_seconds->Observe(std::chrono::duration<double>(it->req.wait).count());
+      timed_out.emplace_back(std::move(it->done), std::move(msg));
+      it = waiters_.erase(it);
+    }
+    std::vector<std::function<void()>> after;
+    serve_waiters(after);
+    if (!timed_out.empty()) {
+      lock.unlock();
+      for (auto& [done, msg] : timed_out) done(fail(errc::conflict, msg));
+      lock.lock();
+    }
+  }
+}
+
+std::optional<api::Lock> manager::get(const std::string& resource) const {
+  std::lock_guard lock(mu_);
+  auto it = held_.find(resource);
+  if (it == held_.end() || it->second.deadline <= steady::now()) return std::nullopt;
+  return it->second.lock;
+}
+
+std::vector<api::Lock> manager::list(std::string_view agent, std::string_view prefix) const {
+  std::vector<api::Lock> out;
+  std::lock_guard lock(mu_);
+  const auto now = steady::now();
+  for (auto it = held_.lower_bound(std::string(prefix)); it != held_.end() && it->first.starts_with(prefix); ++it) {
+    if (it->second.deadline <= now) continue;
+    if (!agent.empty() && it->second.lock.holder_agent() != agent) continue;
+    out.push_back(it->second.lock);
+  }
+  return out;
+}
+
+model::status manager::check_fence(const storage::fence& f) const {
+  std::lock_guard lock(mu_);
+  auto it = held_.find(f.resource);
+  if (it != held_.end() && it->second.deadline > steady::now() && it->second.lock.fencing_token() == f.token)
+    return {};
+  if (metrics_->fenced_rejections) metrics_->fenced_rejections->Increment();
+  std::string why = it == held_.end() || it->second.deadline <= steady::now()
+                        ? "the lease is no longer held"
+                        : "the lease now has token " + std::to_string(it->second.lock.fencing_token());
+  return fail(errc::conflict, "stale fencing token " + std::to_string(f.token) + " for '" + f.resource + "': " + why);
+}
+
+}  // namespace engram::locks
