@@ -345,6 +345,87 @@ TEST_P(CrashTest, Sigkill_StreamsResumeWithTheirCursors) {
   for (size_t i = 0; i < sse_got.size(); ++i) ASSERT_EQ(sse_got[i], i + 1) << "sse out of order at " << i;
 }
 
+// Leases across SIGKILL: every acknowledged grant is still held by the same agent
+// with the same lock_id, token and deadline; every acknowledged release stays
+// released; the next token is above every token issued before.
+TEST_P(CrashTest, Sigkill_LocksKeepHoldersIdsDeadlinesAndTokens) {
+  temp_dir dir;
+  server_process proc(dir.str() + "/data", GetParam(), dir.str());
+  proc.start();
+  std::mutex mu;
+  std::map<std::string, json> held;        // resource → acknowledged lease
+  std::set<std::string> released, unknown;  // acknowledged releases; in flight at the kill
+  std::atomic<uint64_t> max_token{0};
+  std::atomic<size_t> ops{0};
+  auto churn = [&](int w) {
+    client::http_connection c("127.0.0.1", proc.port(), std::chrono::seconds(5));
+    for (int i = 0;; ++i) {
+      const std::string res = "w" + std::to_string(w) + "/r" + std::to_string(i % 16);
+      const std::string agent = "agent-" + std::to_string(w);
+      json lease;
+      {
+        std::lock_guard lock(mu);
+        if (auto it = held.find(res); it != held.end()) lease = it->second;
+      }
+      if (lease.is_null()) {
+        {
+          std::lock_guard lock(mu);
+          unknown.insert(res);
+        }
+        auto r = c.request("POST", "/locks", json({{"resource_path", res}, {"agent_id", agent}, {"ttl_seconds", 600}}).dump());
+        if (!r) return;
+        ASSERT_EQ(r->status, 200u) << r->body;
+        auto l = json::parse(r->body)["lock"];
+        uint64_t t = l["fencing_token"], prev = max_token;
+        while (t > prev && !max_token.compare_exchange_weak(prev, t)) {}
+        std::lock_guard lock(mu);
+        unknown.erase(res);
+        released.erase(res);
+        held[res] = l;
+      } else {
+        {
+          std::lock_guard lock(mu);
+          unknown.insert(res);
+        }
+        auto r = c.request("DELETE", "/locks/" + res + "?agent_id=" + agent + "&lock_id=" + lease["lock_id"].get<std::string>());
+        if (!r) return;
+        ASSERT_EQ(r->status, 200u) << r->body;
+        std::lock_guard lock(mu);
+        unknown.erase(res);
+        held.erase(res);
+        released.insert(res);
+      }
+      ++ops;
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int w = 0; w < 4; ++w) ts.emplace_back(churn, w);
+  ASSERT_TRUE(wait_until([&] { return ops >= 400; }, std::chrono::seconds(60)));
+  proc.kill9();
+  for (auto& t : ts) t.join();
+  proc.start();
+  client::http_connection c("127.0.0.1", proc.port());
+  for (const auto& [res, lease] : held) {
+    if (unknown.contains(res)) continue;
+    auto r = c.request("GET", "/locks/" + res);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200u) << "acknowledged lease on " << res << " lost";
+    auto now = json::parse(r->body)["lock"];
+    EXPECT_EQ(now["holder_agent"], lease["holder_agent"]);
+    EXPECT_EQ(now["lock_id"], lease["lock_id"]);
+    EXPECT_EQ(now["fencing_token"], lease["fencing_token"]);
+    EXPECT_EQ(now["expires_at"], lease["expires_at"]);
+  }
+  for (const auto& res : released) {
+    if (unknown.contains(res)) continue;
+    EXPECT_EQ(c.request("GET", "/locks/" + res)->status, 404u) << "acknowledged release of " << res << " undone";
+  }
+  auto next = c.request("POST", "/locks", json({{"resource_path", "after"}, {"agent_id", "z"}}).dump());
+  ASSERT_EQ(next->status, 200u);
+  EXPECT_GT(json::parse(next->body)["lock"]["fencing_token"].get<uint64_t>(), max_token.load());
+  EXPECT_GT(held.size() + released.size(), 20u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Durability, CrashTest, ::testing::Values("sync", "relaxed"));
 
 }  // namespace
