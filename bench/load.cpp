@@ -32,6 +32,7 @@ struct settings {
   size_t units = 1'000'000;
   size_t target_units = 100'000;
   size_t batch = 1000;
+  unsigned resources = 1;
   std::string label;
 };
 
@@ -119,6 +120,45 @@ void run_read(const settings& s) {
   });
 }
 
+// Acquire + release as one operation. With `resources` < connections the workers
+// contend (waiting in the server's FIFO queue); with one resource per worker they
+// do not.
+void run_locks(const settings& s) {
+  timed(s, "lock", [&](engram::client::http_connection& c, unsigned w, uint64_t) {
+    const std::string res = "bench/res-" + std::to_string(w % s.resources);
+    const std::string agent = "bench-" + std::to_string(w);
+    auto r = c.request("POST", "/locks", json({{"resource_path", res}, {"agent_id", agent}, {"ttl_seconds", 30},
+                                               {"wait_ms", 30000}}).dump());
+    if (auto err = expect(r, 200); !err.empty()) return err;
+    const std::string id = json::parse(r->body)["lock"]["lock_id"];
+    return expect(c.request("DELETE", "/locks/" + res + "?agent_id=" + agent + "&lock_id=" + id), 200);
+  });
+}
+
+// Appends carrying a fence for a lease each worker holds, to compare with `write`.
+void run_fenced(const settings& s) {
+  const std::string payload(s.payload_bytes, 'x');
+  std::vector<uint64_t> tokens(s.connections);
+  {
+    engram::client::http_connection c(s.host, s.port);
+    for (unsigned w = 0; w < s.connections; ++w) {
+      auto r = c.request("POST", "/locks", json({{"resource_path", "bench/fence-" + std::to_string(w)},
+                                                 {"agent_id", "bench"}, {"ttl_seconds", 3600}}).dump());
+      if (!r || r->status != 200) {
+        std::fprintf(stderr, "could not take the fencing lease\n");
+        return;
+      }
+      tokens[w] = json::parse(r->body)["lock"]["fencing_token"];
+    }
+  }
+  timed(s, "fenced-write", [&](engram::client::http_connection& c, unsigned w, uint64_t) {
+    const auto body = json({{"context_id", "bench/w" + std::to_string(w)}, {"agent_id", "bench"}, {"type", 1},
+                            {"text", payload}, {"fence", {{"resource", "bench/fence-" + std::to_string(w)}, {"token", tokens[w]}}}})
+                          .dump();
+    return expect(c.request("POST", "/workunit", body), 201);
+  });
+}
+
 // Loads `units` units: `target_units` into s.context, the rest spread over 90 others.
 int run_seed(const settings& s) {
   const std::string payload(s.payload_bytes, 'y');
@@ -175,10 +215,15 @@ int main(int argc, char** argv) {
   seed->add_option("--target-units", s.target_units);
   seed->add_option("--context", s.context);
   seed->add_option("--batch", s.batch)->check(CLI::Range(size_t(1), size_t(1000)));
+  auto* locks = app.add_subcommand("locks", "POST /locks + DELETE /locks/{r}, as one operation");
+  locks->add_option("--resources", s.resources, "distinct resources (< connections: contended)")->check(CLI::Range(1u, 100000u));
+  auto* fenced = app.add_subcommand("fenced", "single-unit POST /workunit carrying a fence");
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
   if (*write) run_write(s);
   if (*read) run_read(s);
   if (*seed) return run_seed(s);
+  if (*locks) run_locks(s);
+  if (*fenced) run_fenced(s);
   return 0;
 }

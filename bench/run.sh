@@ -75,5 +75,14 @@ F="$BIN/engram-fanout"
 "$F" replay  --port "$PORT" --units 100000
 stop_server
 
+echo "## leases (${SECS}s per run, sync durability)"
+start_server sync "$WORK/locks"
+"$BIN/engram-load" locks  --port "$PORT" --connections 1  --resources 1   --seconds "$SECS" --label uncontended
+"$BIN/engram-load" locks  --port "$PORT" --connections 64 --resources 1   --seconds "$SECS" --label contended-1
+"$BIN/engram-load" locks  --port "$PORT" --connections 64 --resources 100 --seconds "$SECS" --label contended-100
+"$BIN/engram-load" write  --port "$PORT" --connections 1  --seconds "$SECS" --label plain
+"$BIN/engram-load" fenced --port "$PORT" --connections 1  --seconds "$SECS" --label fenced
+stop_server
+
 echo "## micro-benchmarks"
 "$BIN/engram-micro" --benchmark_min_time=0.5 2>/dev/null | sed -n '/^BM_/p'
