@@ -1,5 +1,7 @@
 #include "config/config.hpp"
 
+#include "model/text.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
@@ -144,6 +146,13 @@ const std::vector<key_spec>& key_table() {
       {"locks.max_wait_ms", ranged([](config& c) -> auto& { return c.locks.max_wait; }, 0, 3'600'000)},
       {"locks.max_locks_per_agent", ranged([](config& c) -> auto& { return c.locks.max_locks_per_agent; }, 1, 10'000'000)},
       {"locks.max_resource_bytes", ranged([](config& c) -> auto& { return c.locks.max_resource_bytes; }, 1, 65'536)},
+      {"locks.events_context",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (!raw.empty())
+           if (auto bad = model::check_identifier("locks.events_context", raw)) return *bad;
+         c.locks.events_context = raw;
+         return std::nullopt;
+       }},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"storage.data_dir",

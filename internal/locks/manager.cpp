@@ -175,6 +175,7 @@ std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acq
 }
 
 void manager::persist(storage::lock_change change, std::function<void(model::status)> done) {
+  change.default_context = opts_.events_context;
   store_->update_locks(std::move(change), std::move(done));
 }
 

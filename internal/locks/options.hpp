@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <string>
 
 namespace engram::locks {
 
@@ -13,6 +14,9 @@ struct options {
   size_t max_locks_per_agent = 1'000;
   size_t max_resource_bytes = 1'024;
   size_t max_resources_per_request = 64;
+  // Context whose log records the transitions of leases that name no context_id,
+  // so that every transition is durable and visible to `*` subscribers.
+  std::string events_context = "_locks";
 };
 
 }  // namespace engram::locks

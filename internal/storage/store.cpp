@@ -423,7 +423,7 @@ struct store::impl {
     // Lock events enter their context's log like any other event (creating the
     // context if needed), in the same batch as the lease records.
     for (auto& ev : ch.events) {
-      const std::string ctx = ev.lock().context_id();
+      const std::string ctx = ev.lock().context_id().empty() ? ch.default_context : ev.lock().context_id();
       if (ctx.empty()) continue;
       auto lookup = find_context(ctx, g.staged);
       if (!lookup) return fail_now(g, p.done, lookup.error());

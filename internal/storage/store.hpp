@@ -70,7 +70,8 @@ struct lock_change {
   std::vector<api::Lock> puts;        // live leases to write (by resource_path)
   std::vector<std::string> deletes;   // resource paths no longer held
   uint64_t fencing_high = 0;          // persist the token counter when non-zero
-  std::vector<api::LockEvent> events; // those whose lock names a context_id are logged
+  std::vector<api::LockEvent> events; // logged in their lock's context_id, else in default_context
+  std::string default_context;        // empty: events of leases without a context are not logged
 };
 
 struct append_result {

@@ -257,6 +257,12 @@ TEST_F(LockTest, TransitionsEnterTheContextLogAndReachStarSubscribers) {
   EXPECT_EQ(kinds, (std::vector<std::string>{"lock_acquired", "lock_released"}));
   auto ctx = call(*http_, "GET", "/contexts/team");
   EXPECT_EQ(ctx.body["context"]["head_seq"], 2);  // both transitions are in the log
+  // A lease without a context: its transitions go to the reserved _locks context.
+  ASSERT_EQ(acquire({{"resource_path", "free"}, {"agent_id", "b"}}).status, 200u);
+  auto ev = all.next(5s);
+  ASSERT_TRUE(ev && *ev);
+  EXPECT_EQ((*ev)->event, "lock_acquired");
+  EXPECT_EQ(json::parse((*ev)->data)["context_id"], "_locks");
 }
 
 TEST_F(LockTest, PerAgentLimit) {
