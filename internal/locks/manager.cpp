@@ -148,7 +148,15 @@ std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acq
       if (!req.context_id.empty()) it->second.lock.set_context_id(req.context_id);
       ev.set_kind("renewed");
     } else {
-      if (it != held_.end()) --per_agent_[it->second.lock.holder_agent()];  // expired, not yet reaped
+      if (it != held_.end()) {
+        // Expired but not yet reaped by the timer: record its expiry first.
+        --per_agent_[it->second.lock.holder_agent()];
+        api::LockEvent expired;
+        expired.set_kind("expired");
+        *expired.mutable_lock() = it->second.lock;
+        change.events.push_back(std::move(expired));
+        if (metrics_->expiries) metrics_->expiries->Increment();
+      }
       api::Lock l;
       l.set_resource_path(r);
       l.set_holder_agent(req.agent);
@@ -264,7 +272,6 @@ void manager::renew(std::string resource, std::string agent, std::string lock_id
 
 void manager::release(std::string resource, std::string agent, std::string lock_id,
                       std::function<void(model::status)> done) {
-  std::vector<std::function<void()>> after;
   {
     std::lock_guard lock(mu_);
     if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
@@ -287,12 +294,11 @@ void manager::release(std::string resource, std::string agent, std::string lock_
     if (metrics_->active) metrics_->active->Set(double(held_.size()));
     // The release is queued for commit before any grant it enables.
     persist(std::move(change), std::move(done));
-    serve_waiters(after);
+    serve_waiters();
   }
-  for (auto& f : after) f();
 }
 
-void manager::serve_waiters(std::vector<std::function<void()>>& after) {
+void manager::serve_waiters() {
   const auto now = steady::now();
   std::vector<std::string> wanted_earlier;  // resources of waiters still waiting ahead
   for (auto it = waiters_.begin(); it != waiters_.end();) {
@@ -320,7 +326,6 @@ void manager::serve_waiters(std::vector<std::function<void()>>& after) {
     it = waiters_.erase(it);
   }
   if (metrics_->waiting) metrics_->waiting->Set(double(waiters_.size()));
-  (void)after;
 }
 
 void manager::run_timer() {
@@ -374,8 +379,7 @@ void manager::run_timer() {
       timed_out.emplace_back(std::move(it->done), std::move(msg));
       it = waiters_.erase(it);
     }
-    std::vector<std::function<void()>> after;
-    serve_waiters(after);
+    serve_waiters();
     if (!timed_out.empty()) {
       lock.unlock();
       for (auto& [done, msg] : timed_out) done(fail(errc::conflict, msg));

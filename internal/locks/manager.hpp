@@ -91,8 +91,8 @@ class manager {
   // Grants (mu_ held): updates memory, returns the locks and the change to persist.
   std::pair<std::vector<api::Lock>, storage::lock_change> grant(const acquire_request& req);
   void persist(storage::lock_change change, std::function<void(model::status)> done);
-  // Grants every waiter that can go now, in FIFO order (mu_ held; completions queued).
-  void serve_waiters(std::vector<std::function<void()>>& after);
+  // Grants every waiter that can go now, in FIFO order (mu_ held).
+  void serve_waiters();
   void run_timer();
   int64_t wall_deadline(std::chrono::milliseconds ttl) const;
 
