@@ -106,7 +106,7 @@ response plain_error(unsigned status, std::string_view message) {
 class session : public session_base, public std::enable_shared_from_this<session> {
  public:
   session(tcp::socket&& socket, std::shared_ptr<server::impl> srv)
-      : stream_(std::move(socket)), srv_(std::move(srv)) {}
+      : stream_(std::move(socket)), executor_(stream_.get_executor()), srv_(std::move(srv)) {}
   ~session() override {
     if (registered_) srv_->forget(id_);
   }
@@ -121,7 +121,9 @@ class session : public session_base, public std::enable_shared_from_this<session
 
   // Called from the server during shutdown.
   void shutdown() override {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+    // executor_, not stream_: the socket may have moved to a stream session.
+    net::dispatch(executor_, [self = shared_from_this()] {
+      if (self->handed_off_) return;  // the stream session handles its own shutdown
       if (!self->busy_) self->close();  // idle: cancel the pending read
       // busy: the response in progress is sent with Connection: close.
     });
@@ -232,6 +234,7 @@ class session : public session_base, public std::enable_shared_from_this<session
     if (!sse) {
       if (!boost::beast::websocket::is_upgrade(msg)) return reject(400, "/stream is a WebSocket endpoint; send an Upgrade request (or use /stream-sse)");
       busy_ = false;
+      handed_off_ = true;
       return start_websocket(std::move(stream_), std::move(msg), std::move(*sub), srv_);
     }
     std::vector<std::pair<std::string, std::string>> cors;
@@ -239,6 +242,7 @@ class session : public session_base, public std::enable_shared_from_this<session
       cors.emplace_back("Access-Control-Allow-Origin", allow_all_origins() ? std::string("*") : std::string(origin));
     const bool single = sub->contexts.size() == 1 && sub->prefixes.empty();
     busy_ = false;
+    handed_off_ = true;
     start_sse(std::move(stream_), version_, std::move(cors), std::move(*sub), single, srv_);
   }
 
@@ -301,9 +305,11 @@ class session : public session_base, public std::enable_shared_from_this<session
   }
 
   beast::tcp_stream stream_;
+  net::any_io_executor executor_;  // the strand; outlives a hand-off of stream_
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<server::impl> srv_;
+  bool handed_off_ = false;
   uint64_t id_ = 0;
   bool registered_ = false;
   unsigned version_ = 11;

@@ -70,6 +70,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     ws_.text(true);
     ws_.async_accept(req, [self = shared_from_this(), sub = std::move(sub)](beast::error_code ec) mutable {
       if (ec) return;  // handshake failed; the session ends
+      self->accepted_ = true;
+      if (self->close_deferred_) return self->do_close();  // shut down during the handshake
       self->on_open(std::move(sub));
     });
   }
@@ -126,6 +128,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       ws_.async_write(net::buffer(control_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
         self->writing_ = false;
         if (ec) return;
+        if (self->close_deferred_) return self->do_close();
         self->control_.pop_front();
         self->pump();
       });
@@ -152,6 +155,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     ws_.async_write(net::buffer(ev->json), [self = shared_from_this(), ev](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) return;
+      if (self->close_deferred_) return self->do_close();
       observe_latency(self->srv_->streams.publish_to_write, ev);
       if (self->srv_->streams.ws_delivered) self->srv_->streams.ws_delivered->Increment();
       ++self->batch_pos_;
@@ -205,16 +209,26 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     });
   }
 
+  // Sends a close frame once nothing else is being written: never overlap the
+  // handshake's response or one of our writes (Beast does not serialise a close
+  // against the accept's response write; overlapping writes corrupt the stream).
   void close_with(uint16_t code, std::string reason) {
     if (closing_) return;
     closing_ = true;
     timer_.cancel();
     if (stream_) stream_->close();
-    // A close frame cannot overlap a pending write; Beast queues it after it.
-    websocket::close_reason why;
-    why.code = code;
-    why.reason = reason;
-    ws_.async_close(why, [self = shared_from_this()](beast::error_code) {});
+    close_reason_.code = code;
+    close_reason_.reason = reason;
+    if (!accepted_ || writing_) {
+      close_deferred_ = true;  // done when the handshake or the current write completes
+      return;
+    }
+    do_close();
+  }
+
+  void do_close() {
+    close_deferred_ = false;
+    ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) {});
   }
 
   void on_closed() {
@@ -235,6 +249,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   bool writing_ = false;
   bool closing_ = false;
   bool counted_ = false;
+  bool accepted_ = false;
+  bool close_deferred_ = false;
+  websocket::close_reason close_reason_;
   steady::time_point last_client_activity_;
   steady::time_point write_started_;
 };

@@ -512,6 +512,35 @@ TEST_F(StreamTest, ShutdownEndsStreamsWithAResumableReason) {
   stopper.join();
 }
 
+// Regression: a shutdown arriving while WebSocket handshakes are being answered
+// overlapped the close frame with the 101 response write (a Beast assertion in
+// Debug builds, stream corruption otherwise). Many upgrades, then stop at once.
+TEST_F(StreamTest, ShutdownRightAfterUpgradesNeverOverlapsWrites) {
+  for (int round = 0; round < 6; ++round) {
+    start();
+    std::vector<std::unique_ptr<client::ws_connection>> conns(30);
+    std::vector<std::thread> ts;
+    for (auto& c : conns)
+      ts.emplace_back([&c, p = port()] {
+        c = std::make_unique<client::ws_connection>();
+        (void)c->connect("127.0.0.1", p, "/stream?context=sd");
+      });
+    for (auto& t : ts) t.join();
+    server_->stop();  // right after the upgrades: some 101 writes may still be completing
+    for (auto& c : conns) {
+      // Every client sees a proper close or a dropped connection, never a hang.
+      EXPECT_TRUE(wait_until([&] {
+        c->read(20ms);
+        return c->closed().has_value();
+      }, 10s));
+      if (c->closed()->code != 0) {
+        EXPECT_EQ(c->closed()->code, 1001);
+      }
+    }
+    server_.reset();
+  }
+}
+
 TEST_F(StreamTest, StreamsAreNotReadyBeforeRecovery) {
   temp_dir dir;
   auto cfg = test_config(dir.str() + "/data");
