@@ -183,13 +183,14 @@ TEST_F(LockTest, RandomMultiResourceWorkloadsNeverOverlapNorDeadlock) {
 }
 
 TEST_F(LockTest, ExpiryRenewalAndHandOverToAWaiter) {
-  auto a = acquire({{"resource_path", "short"}, {"agent_id", "a"}, {"ttl_ms", 400}});
+  auto a = acquire({{"resource_path", "short"}, {"agent_id", "a"}, {"ttl_ms", 1000}});
   ASSERT_EQ(a.status, 200u);
   const std::string id = a.body["lock"]["lock_id"];
-  // Renewing keeps it past its first deadline.
-  const auto until = std::chrono::steady_clock::now() + 1200ms;
+  // Renewing keeps it well past its first deadline (a wide TTL margin: a loaded
+  // machine may pause this thread).
+  const auto until = std::chrono::steady_clock::now() + 2500ms;
   while (std::chrono::steady_clock::now() < until) {
-    auto r = call(*http_, "POST", "/locks/short/renew", json({{"agent_id", "a"}, {"lock_id", id}, {"ttl_ms", 400}}).dump());
+    auto r = call(*http_, "POST", "/locks/short/renew", json({{"agent_id", "a"}, {"lock_id", id}, {"ttl_ms", 1000}}).dump());
     ASSERT_EQ(r.status, 200u) << r.raw;
     wait_until([] { return false; }, 100ms);  // pace the renewals
   }
