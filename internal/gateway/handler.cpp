@@ -260,10 +260,9 @@ struct api_handler::impl {
       }
       const auto status = std::to_string(r.status);
       requests->Add({{"route", label}, {"method", method}, {"status", status}}).Increment();
-      latency
-          ->Add({{"route", label}, {"status", status}},
-                prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                                        0.01, 0.025, 0.05, 0.1, 0.25, 1})
+      static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                                   0.01,   0.025,   0.05,   0.1,   0.25,   1};
+      latency->Add({{"route", label}, {"status", status}}, buckets)
           .Observe(std::chrono::duration<double>(steady::now() - start).count());
       respond(std::move(r));
     };

@@ -68,6 +68,28 @@ model::error storage_error(const rocksdb::Status& s, std::string_view what) {
   return model::error{errc::unavailable, std::string(what) + ": " + s.ToString()};
 }
 
+// An iterator over one context's log, bounded to keys [lower, upper). Owns the bound
+// keys, which RocksDB reads through while iterating, so it is not movable.
+class log_range {
+ public:
+  log_range(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* log, uint64_t handle, uint64_t first_seq,
+            uint64_t end_handle, uint64_t end_seq)
+      : lower_(log_key(handle, first_seq)), upper_(log_key(end_handle, end_seq)), lower_s_(lower_), upper_s_(upper_) {
+    rocksdb::ReadOptions ro;
+    ro.iterate_lower_bound = &lower_s_;
+    ro.iterate_upper_bound = &upper_s_;
+    it_.reset(db.NewIterator(ro, log));
+  }
+  log_range(const log_range&) = delete;
+  log_range& operator=(const log_range&) = delete;
+  rocksdb::Iterator* operator->() const { return it_.get(); }
+
+ private:
+  std::string lower_, upper_;
+  rocksdb::Slice lower_s_, upper_s_;
+  std::unique_ptr<rocksdb::Iterator> it_;
+};
+
 // Drops idempotency records older than the TTL during compaction, so they cost
 // nothing once expired. Lookups also ignore expired records, so the exact moment
 // compaction runs does not matter.
@@ -178,12 +200,25 @@ struct store::impl {
 
   rocksdb::ColumnFamilyHandle* h(cf which) const { return cfs[which]; }
 
+  // A context's stored record; nullopt when the context does not exist.
+  model::result<std::optional<ContextRecord>> read_record(std::string_view id) const {
+    std::string raw;
+    auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
+    if (s.IsNotFound()) return std::optional<ContextRecord>();
+    if (!s.ok()) return std::unexpected(storage_error(s, "reading context '" + std::string(id) + "'"));
+    ContextRecord rec;
+    if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt record for context '" + std::string(id) + "'");
+    return std::optional<ContextRecord>(std::move(rec));
+  }
+
   // -------------------------------------------------------------------------------
   // Queueing
   template <class P, class Done>
   void enqueue(P&& item, Done& done) {
+    bool shutting_down;
     {
       std::lock_guard lock(mu);
+      shutting_down = stopping;
       if (!stopping && queue.size() < opts.commit_queue_limit) {
         queue.emplace_back(std::forward<P>(item));
         if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
@@ -191,10 +226,6 @@ struct store::impl {
         return;
       }
     }
-    const bool shutting_down = [&] {
-      std::lock_guard lock(mu);
-      return stopping;
-    }();
     auto err = fail(errc::unavailable, shutting_down ? "the server is shutting down"
                                                      : "the write queue is full; retry shortly");
     completions([done = std::move(done), err] { done(err); });
@@ -241,13 +272,10 @@ struct store::impl {
       const std::string& id, std::unordered_map<std::string, context_state>& staged) {
     if (auto it = staged.find(id); it != staged.end()) return it->second;
     if (auto it = contexts.find(id); it != contexts.end()) return it->second;
-    std::string raw;
-    auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
-    if (s.IsNotFound()) return std::optional<context_state>();
-    if (!s.ok()) return std::unexpected(storage_error(s, "reading context '" + id + "'"));
-    ContextRecord rec;
-    if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt record for context '" + id + "'");
-    context_state st{rec.handle(), std::move(*rec.mutable_context())};
+    auto rec = read_record(id);
+    if (!rec) return std::unexpected(rec.error());
+    if (!*rec) return std::optional<context_state>();
+    context_state st{(*rec)->handle(), std::move(*(*rec)->mutable_context())};
     // The record and its log entries are written in one batch, so they agree; check
     // anyway, since a wrong head would break gap-freedom for good. On disagreement
     // refuse writes to this context rather than guess.
@@ -261,13 +289,7 @@ struct store::impl {
   }
 
   model::result<uint64_t> last_logged_seq(uint64_t handle) const {
-    const std::string lower = log_key(handle, 0);
-    const std::string upper = log_key(handle + 1, 0);
-    rocksdb::Slice lower_s(lower), upper_s(upper);
-    rocksdb::ReadOptions ro;
-    ro.iterate_lower_bound = &lower_s;
-    ro.iterate_upper_bound = &upper_s;
-    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_log)));
+    log_range it(*db, h(cf_log), handle, 0, handle + 1, 0);
     it->SeekToLast();
     if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading a context log"));
     return it->Valid() ? get_be64(it->key().ToStringView().substr(8)) : 0;
@@ -647,21 +669,12 @@ model::result<std::optional<api::WorkUnit>> store::get_unit(std::string_view id)
 
 model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
   unit_page page;
-  std::string raw;
-  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), context_id, &raw);
-  if (s.IsNotFound()) return page;
-  if (!s.ok()) return std::unexpected(storage_error(s, "reading a context"));
-  ContextRecord rec;
-  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt context record");
+  auto rec = impl_->read_record(context_id);
+  if (!rec) return std::unexpected(rec.error());
+  if (!*rec) return page;
   if (q.after_seq >= q.before_seq || q.before_seq - q.after_seq < 2) return page;
-
-  const std::string lower = log_key(rec.handle(), q.after_seq + 1);
-  const std::string upper = log_key(rec.handle(), q.before_seq);  // exclusive
-  rocksdb::Slice lower_s(lower), upper_s(upper);
-  rocksdb::ReadOptions ro;
-  ro.iterate_lower_bound = &lower_s;
-  ro.iterate_upper_bound = &upper_s;
-  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->h(cf_log)));
+  const uint64_t handle = (*rec)->handle();
+  log_range it(*impl_->db, impl_->h(cf_log), handle, q.after_seq + 1, handle, q.before_seq);  // upper exclusive
   if (q.reverse) it->SeekToLast();
   else it->SeekToFirst();
   api::Event ev;
@@ -683,20 +696,11 @@ model::result<unit_page> store::list_units(std::string_view context_id, const li
 model::result<std::vector<api::Event>> store::read_events(std::string_view context_id, uint64_t after_seq,
                                                           size_t limit) const {
   std::vector<api::Event> out;
-  std::string raw;
-  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), context_id, &raw);
-  if (s.IsNotFound()) return out;
-  if (!s.ok()) return std::unexpected(storage_error(s, "reading a context"));
-  ContextRecord rec;
-  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt context record");
-  if (after_seq == UINT64_MAX) return out;
-  const std::string lower = log_key(rec.handle(), after_seq + 1);
-  const std::string upper = log_key(rec.handle() + 1, 0);
-  rocksdb::Slice lower_s(lower), upper_s(upper);
-  rocksdb::ReadOptions ro;
-  ro.iterate_lower_bound = &lower_s;
-  ro.iterate_upper_bound = &upper_s;
-  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->h(cf_log)));
+  auto rec = impl_->read_record(context_id);
+  if (!rec) return std::unexpected(rec.error());
+  if (!*rec || after_seq == UINT64_MAX) return out;
+  const uint64_t handle = (*rec)->handle();
+  log_range it(*impl_->db, impl_->h(cf_log), handle, after_seq + 1, handle + 1, 0);
   for (it->SeekToFirst(); it->Valid() && out.size() < limit; it->Next()) {
     api::Event ev;
     if (!ev.ParseFromArray(it->value().data(), int(it->value().size())))
@@ -724,13 +728,10 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
 }
 
 model::result<std::optional<api::Context>> store::get_context(std::string_view id) const {
-  std::string raw;
-  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_contexts), id, &raw);
-  if (s.IsNotFound()) return std::optional<api::Context>();
-  if (!s.ok()) return std::unexpected(storage_error(s, "reading a context"));
-  ContextRecord rec;
-  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt context record");
-  return std::optional<api::Context>(std::move(*rec.mutable_context()));
+  auto rec = impl_->read_record(id);
+  if (!rec) return std::unexpected(rec.error());
+  if (!*rec) return std::optional<api::Context>();
+  return std::optional<api::Context>(std::move(*(*rec)->mutable_context()));
 }
 
 model::result<context_page> store::list_contexts(std::string_view after_id, size_t limit) const {
