@@ -27,11 +27,7 @@ class LockTest : public ::testing::Test {
   reply release(const std::string& encoded_resource, const std::string& agent, const std::string& lock_id) {
     return call(*http_, "DELETE", "/locks/" + encoded_resource + "?agent_id=" + agent + "&lock_id=" + lock_id);
   }
-  double metric(const std::string& name) {
-    auto r = call(*http_, "GET", "/metrics");
-    const auto pos = r.raw.find("\n" + name + " ");
-    return pos == std::string::npos ? -1 : std::stod(r.raw.substr(pos + name.size() + 2));
-  }
+  double metric(const std::string& name) { return test::metric(*http_, name); }
 
   temp_dir dir_;
   std::unique_ptr<test_server> server_;

@@ -87,12 +87,7 @@ class StreamTest : public ::testing::Test {
     auto r = call(c, "POST", "/workunits", json({{"context_id", ctx}, {"agent_id", "a"}, {"work_units", units}}).dump());
     ASSERT_EQ(r.status, 201u) << r.raw;
   }
-  double metric(const std::string& line_prefix) {
-    auto r = call(*http_, "GET", "/metrics");
-    const auto pos = r.raw.find("\n" + line_prefix + " ");
-    if (pos == std::string::npos) return -1;
-    return std::stod(r.raw.substr(pos + line_prefix.size() + 2));
-  }
+  double metric(const std::string& name) { return test::metric(*http_, name); }
 
   static std::vector<uint64_t> seqs(const std::vector<json>& units) {
     std::vector<uint64_t> out;

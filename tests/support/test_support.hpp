@@ -114,4 +114,11 @@ inline reply call(client::http_connection& c, std::string_view method, std::stri
   return out;
 }
 
+// The value of an unlabelled metric from GET /metrics; -1 when absent.
+inline double metric(client::http_connection& c, const std::string& name) {
+  auto r = call(c, "GET", "/metrics");
+  const auto pos = r.raw.find("\n" + name + " ");
+  return pos == std::string::npos ? -1 : std::stod(r.raw.substr(pos + name.size() + 2));
+}
+
 }  // namespace engram::test
