@@ -14,18 +14,24 @@
 #include "gateway/server.hpp"
 #include "locks/manager.hpp"
 #include "router/router.hpp"
+#include "search/index.hpp"
 #include "storage/store.hpp"
 
 namespace engram::app {
 
-// The committer's publisher: hands committed events to the router.
-class router_publisher final : public storage::publisher {
+// The committer's publisher: hands committed events to the router (live streams)
+// and to the search indexer.
+class log_publisher final : public storage::publisher {
  public:
-  explicit router_publisher(router::router& r) : router_(r) {}
-  void publish(const std::vector<std::shared_ptr<const api::Event>>& events) override { router_.publish(events); }
+  log_publisher(router::router& r, search::index* index) : router_(r), index_(index) {}
+  void publish(const std::vector<std::shared_ptr<const api::Event>>& events) override {
+    router_.publish(events);
+    if (index_) index_->on_committed(events);
+  }
 
  private:
   router::router& router_;
+  search::index* index_;
 };
 
 struct app::impl {
@@ -35,12 +41,13 @@ struct app::impl {
   // Declared before the server: streams owned by sessions unsubscribe from the
   // router when the server's io_context is destroyed.
   std::unique_ptr<router::router> router;
-  std::unique_ptr<router_publisher> publisher;
+  std::unique_ptr<log_publisher> publisher;
   std::unique_ptr<engine::engine> eng;
   std::unique_ptr<locks::manager> locks;
   std::unique_ptr<gateway::api_handler> handler;
   std::unique_ptr<gateway::server> http;
   std::unique_ptr<storage::store> store;
+  std::unique_ptr<search::index> index;  // null when search is disabled
   std::thread recovery;
 
   std::mutex mu;
@@ -56,25 +63,43 @@ struct app::impl {
     auto opened = storage::store::open(cfg.storage, registry.get(), clock,
                                        [this](std::function<void()> f) { http->post(std::move(f)); });
     std::lock_guard lock(mu);
-    if (!opened) {
-      spdlog::critical("storage: recovery failed: {}", opened.error().message);
-      recovery_error = opened.error();
+    if (auto ok = attach_modules(std::move(opened)); !ok) {
+      recovery_error = ok.error();
     } else {
-      store = std::move(*opened);
-      store->set_publisher(publisher.get());
-      if (auto ok = locks->attach(store.get()); !ok) {
-        spdlog::critical("locks: recovery failed: {}", ok.error().message);
-        recovery_error = ok.error();
-        recovered = true;
-        cv.notify_all();
-        return;
-      }
-      eng->attach(store.get());
       spdlog::info("storage: ready after {} ms",
                    std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
     }
     recovered = true;
     cv.notify_all();
+  }
+
+  // Store opened → search index opened → publisher set (before any write) → lock
+  // manager recovered → engine serves.
+  model::status attach_modules(model::result<std::unique_ptr<storage::store>> opened) {
+    if (!opened) {
+      spdlog::critical("storage: recovery failed: {}", opened.error().message);
+      return std::unexpected(opened.error());
+    }
+    store = std::move(*opened);
+    if (cfg.search.enabled) {
+      search::options so = cfg.search;
+      if (so.index_dir.empty()) so.index_dir = cfg.storage.data_dir + "/search";
+      auto idx = search::index::open(so, *store, registry.get());
+      if (!idx) {
+        spdlog::critical("search: cannot open the index: {}", idx.error().message);
+        return std::unexpected(idx.error());
+      }
+      index = std::move(*idx);
+    }
+    publisher = std::make_unique<log_publisher>(*router, index.get());
+    store->set_publisher(publisher.get());
+    if (auto ok = locks->attach(store.get()); !ok) {
+      spdlog::critical("locks: recovery failed: {}", ok.error().message);
+      return ok;
+    }
+    eng->attach_search(index.get());
+    eng->attach(store.get());
+    return {};
   }
 };
 
@@ -87,7 +112,6 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
   p->cfg = cfg;
   p->clock = clock ? std::move(clock) : model::default_clock();
   p->router = std::make_unique<router::router>(p->registry.get());
-  p->publisher = std::make_unique<router_publisher>(*p->router);
   p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock, p->router.get(), p->registry.get());
   p->locks = std::make_unique<locks::manager>(cfg.locks, p->clock, p->registry.get());
   p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, p->locks.get());
@@ -151,12 +175,16 @@ void app::stop() {
   if (s.recovery.joinable()) s.recovery.join();
   s.http->stop(s.cfg.shutdown_timeout);
   s.eng->attach(nullptr);
+  s.eng->attach_search(nullptr);
   s.locks->stop();
+  // The indexer commits what it has; the rest is caught up from the logs at start.
+  if (s.index) s.index->close();
   // Queued writes still commit; their completions are dropped with the I/O threads.
   if (s.store) {
     s.store->close();
     s.store.reset();
   }
+  s.index.reset();
   spdlog::info("stopped");
 }
 

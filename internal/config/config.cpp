@@ -2,6 +2,7 @@
 
 #include "model/text.hpp"
 
+#include <xapian.h>
 #include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
@@ -153,6 +154,48 @@ const std::vector<key_spec>& key_table() {
          c.locks.events_context = raw;
          return std::nullopt;
        }},
+      {"search.enabled",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw == "true") c.search.enabled = true;
+         else if (raw == "false") c.search.enabled = false;
+         else return "must be true or false";
+         return std::nullopt;
+       }},
+      {"search.index_dir",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.search.index_dir = raw;  // empty: <storage.data_dir>/search
+         return std::nullopt;
+       }},
+      {"search.language",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         try {
+           Xapian::Stem check(raw);
+         } catch (const Xapian::Error&) {
+           return "must be 'none' or a stemmer language: " + Xapian::Stem::get_available_languages();
+         }
+         c.search.language = raw;
+         return std::nullopt;
+       }},
+      {"search.default_operator",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw == "and" || raw == "AND") c.search.default_and = true;
+         else if (raw == "or" || raw == "OR") c.search.default_and = false;
+         else return "must be 'and' or 'or'";
+         return std::nullopt;
+       }},
+      {"search.commit_interval_ms",
+       ranged([](config& c) -> auto& { return c.search.commit_interval; }, 0, 60'000)},
+      {"search.max_batch_units", ranged([](config& c) -> auto& { return c.search.max_batch_units; }, 1, 1'000'000)},
+      {"search.query_threads", ranged([](config& c) -> auto& { return c.search.query_threads; }, 1, 256)},
+      {"search.max_queued_queries",
+       ranged([](config& c) -> auto& { return c.search.max_queued_queries; }, 1, 1'000'000)},
+      {"search.exact_count_up_to",
+       ranged([](config& c) -> auto& { return c.search.exact_count_up_to; }, 0, 10'000'000)},
+      {"search.max_wildcard_terms",
+       ranged([](config& c) -> auto& { return c.search.max_wildcard_terms; }, 1, 1'000'000)},
+      {"search.max_text_bytes",
+       ranged([](config& c) -> auto& { return c.search.max_text_bytes; }, 0, 1ull << 30)},
+      {"search.snippet_bytes", ranged([](config& c) -> auto& { return c.search.snippet_bytes; }, 0, 65'536)},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"storage.data_dir",

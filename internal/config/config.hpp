@@ -13,6 +13,7 @@
 #include "gateway/options.hpp"
 #include "locks/options.hpp"
 #include "model/error.hpp"
+#include "search/options.hpp"
 #include "storage/options.hpp"
 
 namespace engram::config {
@@ -27,6 +28,7 @@ struct config {
   storage::options storage;
   engine::options engine;
   locks::options locks;
+  search::options search;
   log_options log;
   std::chrono::milliseconds shutdown_timeout{10'000};
 };

@@ -51,6 +51,27 @@ model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, s
 }
 
 void engine::attach(storage::store* s) { store_.store(s, std::memory_order_release); }
+void engine::attach_search(search::index* index) { search_.store(index, std::memory_order_release); }
+
+std::optional<search::index_status> engine::search_status() const {
+  auto* index = search_.load(std::memory_order_acquire);
+  if (!index) return std::nullopt;
+  return index->status();
+}
+
+void engine::search(search::query q, std::optional<size_t> limit,
+                    std::function<void(model::result<search::results>)> done) const {
+  auto* index = search_.load(std::memory_order_acquire);
+  if (!index) {
+    if (!ready()) return done(fail(errc::unavailable, "the server is recovering its data; retry shortly"));
+    return done(fail(errc::unavailable, "search is not enabled on this server"));
+  }
+  if (q.offset > opts_.max_search_offset)
+    return done(fail(errc::invalid_argument, "offset may be at most " + std::to_string(opts_.max_search_offset) +
+                                                 "; narrow the search with filters instead"));
+  q.limit = *page_limit(limit);
+  index->search(std::move(q), std::move(done));
+}
 
 model::result<storage::store*> engine::store() const {
   auto* s = store_.load(std::memory_order_acquire);

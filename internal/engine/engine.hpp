@@ -16,6 +16,8 @@
 #include "model/codec.hpp"
 #include "model/error.hpp"
 #include "model/ids.hpp"
+#include "search/index.hpp"
+#include "search/query.hpp"
 #include "storage/store.hpp"
 
 namespace prometheus {
@@ -56,6 +58,10 @@ class engine {
   // `unavailable` and ready() is false. The store must outlive the engine's use.
   void attach(storage::store* store);
   bool ready() const { return store_.load(std::memory_order_acquire) != nullptr; }
+  // The search index, once open (null: search answers `unavailable`).
+  void attach_search(search::index* index);
+  // Null while search is not attached.
+  std::optional<search::index_status> search_status() const;
 
   using append_done = std::function<void(model::result<storage::append_result>)>;
   // Appends units (already validated by the codec) to one context, atomically.
@@ -70,6 +76,11 @@ class engine {
                      std::function<void(model::result<api::Context>)> done);
   model::result<contexts_page> list_contexts(std::string_view cursor,
                                              std::optional<size_t> limit) const;
+
+  // Keyword search over all history. `limit` defaults and is capped like list pages;
+  // `done` runs on a search thread.
+  void search(search::query q, std::optional<size_t> limit,
+              std::function<void(model::result<search::results>)> done) const;
 
   // Opens a live subscription (see stream.hpp). `notify` is called when the stream
   // has events to poll.
@@ -86,6 +97,7 @@ class engine {
   router::router* router_;
   stream_counters stream_counters_;
   std::atomic<storage::store*> store_{nullptr};
+  std::atomic<search::index*> search_{nullptr};
   mutable model::uuid_v7_generator ids_;
 };
 

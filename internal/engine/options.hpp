@@ -21,6 +21,7 @@ struct options {
   size_t max_batch_units = 1000;  // POST /workunits
   size_t default_page_limit = 100;
   size_t max_page_limit = 1000;
+  size_t max_search_offset = 100'000;
   stream_options stream;
 };
 

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "gateway/search_params.hpp"
 #include "model/text.hpp"
 
 namespace engram::gateway {
@@ -26,7 +27,7 @@ using steady = std::chrono::steady_clock;
 
 // Route templates double as metric labels.
 enum class route_id { healthz, readyz, metrics, unit_append, unit_get, batch_append, unit_list,
-                      context_list, context_one, ui_live, lock_collection, lock_one, lock_renew, none };
+                      context_list, context_one, ui_live, lock_collection, lock_one, lock_renew, search, none };
 
 struct matched_route {
   route_id id = route_id::none;
@@ -51,6 +52,7 @@ matched_route match(std::string_view path) {
   if (auto p = rest("/workunits/")) return {route_id::unit_list, "/workunits/{contextId}", "GET", *p};
   if (exact("/contexts")) return {route_id::context_list, "/contexts", "GET", {}};
   if (exact("/ui/live")) return {route_id::ui_live, "/ui/live", "GET", {}};
+  if (exact("/search")) return {route_id::search, "/search", "GET, POST", {}};
   if (exact("/locks")) return {route_id::lock_collection, "/locks", "GET, POST", {}};
   if (auto p = rest("/locks/")) {
     // POST /locks/{resource}/renew; the resource itself may contain '/'.
@@ -309,9 +311,8 @@ struct api_handler::impl {
         r.content_type = "text/plain; charset=utf-8";
         return respond(std::move(r));
       }
-      case route_id::readyz:
-        return respond(eng.ready() ? json_response(200, json{{"status", "ready"}})
-                                   : json_response(503, json{{"status", "recovering"}}));
+      case route_id::readyz: return respond(readiness());
+      case route_id::search: return search(req, q, std::move(respond));
       case route_id::metrics: {
         response r;
         r.body = prometheus::TextSerializer().Serialize(registry->Collect());
@@ -344,6 +345,56 @@ struct api_handler::impl {
       case route_id::none: break;
     }
     respond(error_response({errc::internal, "unhandled route"}));
+  }
+
+  // 200 once storage has recovered; the search index may still be catching up
+  // (writes and reads do not wait for it), which the body reports.
+  response readiness() const {
+    if (!eng.ready()) return json_response(503, json{{"status", "recovering"}});
+    json body{{"status", "ready"}};
+    if (auto s = eng.search_status()) {
+      body["search"] = {{"state", search::to_string(s->state)}, {"lag", s->lag}, {"documents", s->documents}};
+      if (!s->error.empty()) body["search"]["error"] = s->error;
+    }
+    return json_response(200, body);
+  }
+
+  // ---- /search ------------------------------------------------------------------
+  void search(const request& req, const query_params& q, responder respond) {
+    model::result<search_request> parsed = [&]() -> model::result<search_request> {
+      if (req.method == "GET") return parse_search_params(q.items);
+      auto body = parse_body(req);
+      if (!body) return std::unexpected(body.error());
+      return parse_search_body(*body);
+    }();
+    if (!parsed) return respond(error_response(parsed.error()));
+    const size_t offset = parsed->query.offset;
+    eng.search(std::move(parsed->query), parsed->limit,
+               [respond = std::move(respond), offset](model::result<search::results> r) {
+                 if (!r) return respond(error_response(r.error()));
+                 respond(search_response(*r, offset));
+               });
+  }
+
+  // The v3 shape ({"results":[ids],"total_count","limit","offset"}) plus hits.
+  static response search_response(const search::results& r, size_t offset) {
+    json ids = json::array();
+    json hits = json::array();
+    for (const auto& h : r.hits) {
+      ids.push_back(h.id);
+      hits.push_back({{"id", h.id},
+                      {"context_id", h.context_id},
+                      {"seq", h.seq},
+                      {"score", h.score},
+                      {"ts", model::timestamp_json(h.ts_ns)},
+                      {"snippet", h.snippet}});
+    }
+    return json_response(200, json{{"results", std::move(ids)},
+                                   {"total_count", r.total},
+                                   {"total_count_exact", r.total_exact},
+                                   {"limit", r.limit},
+                                   {"offset", offset},
+                                   {"hits", std::move(hits)}});
   }
 
   static void respond_units(const responder& respond, model::result<storage::append_result> r,

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <chrono>
+#include <climits>
 #include <nlohmann/json.hpp>
 
 #include "model/text.hpp"
@@ -213,6 +215,80 @@ std::string unit_json(const api::WorkUnit& unit) {
   out.reserve(256 + unit.payload().size() * 4 / 3);
   append_unit_json(out, unit);
   return out;
+}
+
+result<int64_t> parse_rfc3339(std::string_view t) {
+  auto bad = [&] {
+    return fail(errc::invalid_argument,
+                "'" + std::string(t.substr(0, 64)) + "' is not an RFC 3339 time such as 2026-01-31T12:00:00Z");
+  };
+  auto digits = [&](size_t pos, size_t n, int& out) {
+    if (pos + n > t.size()) return false;
+    out = 0;
+    for (size_t i = pos; i < pos + n; ++i) {
+      if (t[i] < '0' || t[i] > '9') return false;
+      out = out * 10 + (t[i] - '0');
+    }
+    return true;
+  };
+  int y, mo, d, h, mi, sec;
+  if (!digits(0, 4, y) || t.size() < 20 || t[4] != '-' || !digits(5, 2, mo) || t[7] != '-' || !digits(8, 2, d) ||
+      (t[10] != 'T' && t[10] != 't' && t[10] != ' ') || !digits(11, 2, h) || t[13] != ':' || !digits(14, 2, mi) ||
+      t[16] != ':' || !digits(17, 2, sec))
+    return bad();
+  const std::chrono::year_month_day date{std::chrono::year(y), std::chrono::month(unsigned(mo)),
+                                         std::chrono::day(unsigned(d))};
+  if (!date.ok() || h > 23 || mi > 59 || sec > 60) return bad();
+  size_t pos = 19;
+  int64_t nanos = 0;
+  if (pos < t.size() && t[pos] == '.') {
+    int64_t scale = 100'000'000;
+    size_t n = 0;
+    for (++pos; pos < t.size() && t[pos] >= '0' && t[pos] <= '9'; ++pos, ++n) {
+      nanos += (t[pos] - '0') * scale;
+      scale /= 10;
+    }
+    if (n == 0) return bad();
+  }
+  int64_t offset_s = 0;
+  if (pos < t.size() && (t[pos] == 'Z' || t[pos] == 'z')) {
+    ++pos;
+  } else if (pos < t.size() && (t[pos] == '+' || t[pos] == '-')) {
+    int oh, om;
+    if (!digits(pos + 1, 2, oh) || pos + 3 >= t.size() || t[pos + 3] != ':' || !digits(pos + 4, 2, om) || oh > 23 ||
+        om > 59)
+      return bad();
+    offset_s = (t[pos] == '+' ? 1 : -1) * (oh * 3600 + om * 60);
+    pos += 6;
+  } else {
+    return bad();
+  }
+  if (pos != t.size()) return bad();
+  const int64_t days = std::chrono::sys_days(date).time_since_epoch().count();
+  const int64_t seconds = days * 86'400 + h * 3600 + mi * 60 + std::min(sec, 59) - offset_s;
+  if (seconds < 0 || seconds > INT64_MAX / 1'000'000'000 - 1) return bad();
+  return seconds * 1'000'000'000 + nanos;
+}
+
+result<int64_t> timestamp_from_json(const json& value, std::string_view field) {
+  if (value.is_string()) {
+    auto ns = parse_rfc3339(value.get_ref<const std::string&>());
+    if (!ns) return fail(errc::invalid_argument, std::string(field) + ": " + ns.error().message);
+    return ns;
+  }
+  if (value.is_object()) {
+    const auto s = value.find("seconds");
+    const auto n = value.find("nanos");
+    const bool seconds_ok = s != value.end() && s->is_number_integer() && s->get<int64_t>() >= 0 &&
+                            s->get<int64_t>() < INT64_MAX / 1'000'000'000 - 1;
+    const bool nanos_ok = n == value.end() || (n->is_number_integer() && n->get<int64_t>() >= 0 &&
+                                               n->get<int64_t>() < 1'000'000'000);
+    if (seconds_ok && nanos_ok)
+      return s->get<int64_t>() * 1'000'000'000 + (n == value.end() ? 0 : n->get<int64_t>());
+  }
+  return fail(errc::invalid_argument, std::string(field) +
+                                          " must be {\"seconds\":S,\"nanos\":N} (non-negative) or an RFC 3339 "
+                                          "time such as \"2026-01-31T12:00:00Z\"");
 }
 
 json to_json(const api::Context& c) {

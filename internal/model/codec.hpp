@@ -26,6 +26,11 @@ inline constexpr size_t max_relationships = 256;
 inline constexpr size_t max_display_name_bytes = 1024;
 
 json timestamp_json(int64_t ns);
+// A point in time as ns since the epoch, from {"seconds":S,"nanos":N} (what
+// timestamp_json writes) or an RFC 3339 string ("2026-11-21T20:40:00.5Z",
+// "…+01:00").
+result<int64_t> timestamp_from_json(const json& value, std::string_view field);
+result<int64_t> parse_rfc3339(std::string_view text);
 json to_json(const api::Context& context);
 json to_json(const api::Lock& lock);
 

@@ -734,6 +734,12 @@ model::result<std::optional<api::Context>> store::get_context(std::string_view i
   return std::optional<api::Context>(std::move(*(*rec)->mutable_context()));
 }
 
+std::string store::identity() const {
+  std::string id;
+  if (!impl_->db->GetDbIdentity(id).ok()) id.clear();
+  return id;
+}
+
 model::result<context_page> store::list_contexts(std::string_view after_id, size_t limit) const {
   context_page page;
   std::unique_ptr<rocksdb::Iterator> it(

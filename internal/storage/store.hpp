@@ -149,6 +149,10 @@ class store {
   // Contexts in id order, starting after `after_id` (exclusive; empty = from the start).
   model::result<context_page> list_contexts(std::string_view after_id, size_t limit) const;
 
+  // RocksDB's identity of this database (stable across restarts, new for a new
+  // database): lets derived indexes notice that they were built from another store.
+  std::string identity() const;
+
   // Stops accepting writes, commits everything queued, syncs the WAL and closes the
   // database. Idempotent.
   void close();

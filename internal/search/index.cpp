@@ -1,0 +1,629 @@
+#include "search/index.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+#include <xapian.h>
+
+#include <atomic>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+#include "search/terms.hpp"
+#include "storage/store.hpp"
+
+namespace engram::search {
+namespace {
+
+using model::errc;
+using model::fail;
+using steady = std::chrono::steady_clock;
+
+// Bumped whenever the document layout (terms.hpp) changes: an index with another
+// schema is rebuilt.
+constexpr std::string_view schema_version = "1";
+constexpr std::string_view meta_schema = "engram.schema";
+constexpr std::string_view meta_store = "engram.store";
+constexpr std::string_view meta_language = "engram.language";
+constexpr size_t read_chunk = 512;  // events read from a log at a time
+
+std::string position_key(std::string_view context_id) { return bool_term("p:", context_id); }
+
+std::string describe(const Xapian::Error& e) { return e.get_type() + std::string(": ") + e.get_msg(); }
+
+struct metrics_set {
+  std::shared_ptr<prometheus::Registry> own;  // when the caller gave none
+  prometheus::Counter* documents_indexed;
+  prometheus::Counter* commits;
+  prometheus::Gauge* lag;
+  prometheus::Gauge* documents;
+  prometheus::Histogram* delay;
+  prometheus::Histogram* latency;
+  prometheus::Counter* queries_ok;
+  prometheus::Counter* queries_invalid;
+  prometheus::Counter* queries_failed;
+
+  explicit metrics_set(prometheus::Registry* r) {
+    if (!r) {
+      own = std::make_shared<prometheus::Registry>();
+      r = own.get();
+    }
+    using namespace prometheus;
+    documents_indexed = &BuildCounter().Name("engram_search_documents_indexed_total")
+                             .Help("Work units written to the search index (re-indexing counts again)")
+                             .Register(*r).Add({});
+    commits = &BuildCounter().Name("engram_search_index_commits_total")
+                   .Help("Search index commits (each makes a batch searchable)").Register(*r).Add({});
+    lag = &BuildGauge().Name("engram_search_index_lag_events")
+               .Help("Events committed to context logs but not yet searchable").Register(*r).Add({});
+    documents = &BuildGauge().Name("engram_search_index_documents")
+                     .Help("Work units in the search index").Register(*r).Add({});
+    delay = &BuildHistogram().Name("engram_search_index_delay_seconds")
+                 .Help("From a unit's commit to the log until it is searchable")
+                 .Register(*r)
+                 .Add({}, Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                      1, 5, 30});
+    latency = &BuildHistogram().Name("engram_search_query_duration_seconds")
+                   .Help("Search query execution time, snippets included")
+                   .Register(*r)
+                   .Add({}, Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                        0.025, 0.05, 0.1, 0.25, 1});
+    auto& queries = BuildCounter().Name("engram_search_queries_total")
+                        .Help("Search queries by outcome (ok, invalid: refused as malformed, error)")
+                        .Register(*r);
+    queries_ok = &queries.Add({{"outcome", "ok"}});
+    queries_invalid = &queries.Add({{"outcome", "invalid"}});
+    queries_failed = &queries.Add({{"outcome", "error"}});
+  }
+};
+
+}  // namespace
+
+std::string_view to_string(index_state s) {
+  switch (s) {
+    case index_state::catching_up: return "catching_up";
+    case index_state::ready: return "ready";
+    case index_state::failed: return "failed";
+  }
+  return "unknown";
+}
+
+struct index::impl {
+  options opts;
+  storage::store& store;
+  std::string store_identity;
+  Xapian::Stem stemmer;
+  metrics_set metrics;
+
+  // ---- indexer thread only (after open) ----
+  std::optional<Xapian::WritableDatabase> writer;
+  std::unordered_map<std::string, uint64_t> positions;  // last seq indexed, per context
+  std::vector<int64_t> uncommitted_ts;                  // commit times of units awaiting commit
+  uint64_t uncommitted_events = 0;
+  steady::time_point last_commit{};
+  steady::time_point last_progress_log{};
+  steady::time_point catch_up_started{};
+  std::thread indexer;
+
+  // ---- shared with the committer thread (publisher) and status readers ----
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  std::unordered_map<std::string, uint64_t> heads;    // last committed seq, per context
+  std::unordered_map<std::string, uint64_t> pending;  // contexts with events to index
+  std::string failure;
+  std::atomic<uint64_t> committed_events{0};  // Σ heads
+  std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
+  std::atomic<uint64_t> documents{0};
+  std::atomic<index_state> state{index_state::catching_up};
+
+  // ---- queries ----
+  struct reader {
+    std::unique_ptr<Xapian::Database> db;
+    uint64_t epoch = 0;
+  };
+  std::mutex readers_mu;
+  std::vector<reader> idle_readers;
+  std::atomic<uint64_t> epoch{0};  // bumped when the index directory is replaced
+  std::optional<boost::asio::thread_pool> pool;
+  std::atomic<size_t> queued_queries{0};
+  std::atomic<bool> closed{false};
+
+  impl(const options& o, storage::store& s, prometheus::Registry* r)
+      : opts(o), store(s), store_identity(s.identity()), stemmer(o.language), metrics(r) {}
+
+  // ---- opening -------------------------------------------------------------------
+
+  // Opens the writer, replacing an index that is unreadable or was built for another
+  // store, schema or language. Fails only when the directory cannot be used at all.
+  model::status open_writer() {
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(opts.index_dir).parent_path(), ec);
+    const bool existed = std::filesystem::exists(std::filesystem::path(opts.index_dir), ec);
+    std::string reason;
+    try {
+      writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OPEN);
+      if (existed) {
+        if (writer->get_metadata(std::string(meta_schema)) != schema_version) reason = "it has another schema";
+        else if (writer->get_metadata(std::string(meta_store)) != store_identity) reason = "it was built from another store";
+        else if (writer->get_metadata(std::string(meta_language)) != opts.language) reason = "it was built for another language";
+      }
+    } catch (const Xapian::DatabaseLockError& e) {
+      return fail(errc::unavailable, "search index " + opts.index_dir + " is in use by another process (" +
+                                         e.get_msg() + ")");
+    } catch (const Xapian::Error& e) {
+      reason = "it cannot be opened (" + describe(e) + ")";
+    }
+    if (!existed) {
+      spdlog::info("search: no index at {}; building it from the logs", opts.index_dir);
+    } else if (!reason.empty()) {
+      spdlog::warn("search: replacing the index at {} because {}; rebuilding it from the logs", opts.index_dir,
+                   reason);
+      if (auto ok = recreate(); !ok) return ok;
+    }
+    try {
+      if (!existed || !reason.empty()) stamp();
+      documents = writer->get_doccount();
+      metrics.documents->Set(double(documents));
+    } catch (const Xapian::Error& e) {
+      return fail(errc::unavailable, "search index " + opts.index_dir + ": " + describe(e));
+    }
+    return {};
+  }
+
+  void stamp() {
+    writer->set_metadata(std::string(meta_schema), std::string(schema_version));
+    writer->set_metadata(std::string(meta_store), store_identity);
+    writer->set_metadata(std::string(meta_language), opts.language);
+    writer->commit();
+  }
+
+  // Deletes the index directory and starts an empty index (readers of the old one
+  // are retired by the epoch).
+  model::status recreate() {
+    try {
+      if (writer) writer->close();
+    } catch (const Xapian::Error&) {
+      // Closing a broken index may fail; it is being deleted anyway.
+    }
+    writer.reset();
+    epoch.fetch_add(1);
+    {
+      std::lock_guard lock(readers_mu);
+      idle_readers.clear();
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(opts.index_dir, ec);
+    if (ec) return fail(errc::unavailable, "cannot remove search index " + opts.index_dir + ": " + ec.message());
+    try {
+      writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OVERWRITE);
+      stamp();
+    } catch (const Xapian::Error& e) {
+      return fail(errc::unavailable, "cannot create search index " + opts.index_dir + ": " + describe(e));
+    }
+    positions.clear();
+    uncommitted_ts.clear();
+    uncommitted_events = 0;
+    indexed_events = 0;
+    documents = 0;
+    return {};
+  }
+
+  // ---- indexer -------------------------------------------------------------------
+
+  void run() {
+    int rebuilds = 0;
+    for (;;) {
+      try {
+        scan();
+        follow();
+        return;
+      } catch (const std::exception& e) {
+        // Xapian::Error is not a std::exception; this is storage or allocation.
+        spdlog::error("search: indexer error: {}", e.what());
+        if (!restart_after_error(++rebuilds, e.what())) return;
+      } catch (const Xapian::Error& e) {
+        spdlog::error("search: index error: {}", describe(e));
+        if (!restart_after_error(++rebuilds, describe(e))) return;
+      }
+    }
+  }
+
+  bool restart_after_error(int rebuilds, const std::string& why) {
+    if (rebuilds > 3) return give_up("gave up after repeated index errors; last: " + why);
+    spdlog::warn("search: rebuilding the index from the logs");
+    if (auto ok = recreate(); !ok) return give_up(ok.error().message);
+    return !stopping_now();
+  }
+
+  bool give_up(const std::string& why) {
+    spdlog::critical("search: {}; searches answer 503 until a restart", why);
+    std::lock_guard lock(mu);
+    failure = why;
+    state = index_state::failed;
+    return false;
+  }
+
+  bool stopping_now() {
+    std::lock_guard lock(mu);
+    return stopping;
+  }
+
+  uint64_t position(const std::string& context_id) {
+    auto it = positions.find(context_id);
+    if (it != positions.end()) return it->second;
+    const uint64_t pos = read_sortable_u64(writer->get_metadata(position_key(context_id)));
+    indexed_events += pos;
+    positions.emplace(context_id, pos);
+    return pos;
+  }
+
+  // Compares every context's head with the index's position: what the index lacks
+  // becomes pending work. Runs at start and after a rebuild.
+  void scan() {
+    state = index_state::catching_up;
+    catch_up_started = last_progress_log = steady::now();
+    std::string after;
+    for (;;) {
+      auto page = store.list_contexts(after, 1000);
+      if (!page) throw std::runtime_error("listing contexts: " + page.error().message);
+      for (const auto& c : page->contexts) {
+        const uint64_t pos = position(c.id());
+        std::lock_guard lock(mu);
+        auto& known = heads[c.id()];
+        if (c.head_seq() > known) {
+          committed_events += c.head_seq() - known;
+          known = c.head_seq();
+        }
+        if (pos < known) {
+          auto& p = pending[c.id()];
+          p = std::max(p, known);
+        }
+      }
+      if (!page->more || page->contexts.empty()) break;
+      after = page->contexts.back().id();
+    }
+    const uint64_t backlog = lag();
+    spdlog::info("search: index at {} holds {} units; {} log events to index", opts.index_dir,
+                 documents.load(), backlog);
+    update_lag_metric();
+    if (backlog == 0) state = index_state::ready;
+  }
+
+  uint64_t lag() const {
+    const uint64_t c = committed_events.load(), i = indexed_events.load();
+    return c > i ? c - i : 0;
+  }
+  void update_lag_metric() { metrics.lag->Set(double(lag())); }
+
+  // Follows the logs until close(): index whatever is pending, commit at most every
+  // commit_interval (sooner when a batch is full), sleep when there is nothing.
+  void follow() {
+    for (;;) {
+      std::unordered_map<std::string, uint64_t> work;
+      {
+        std::unique_lock lock(mu);
+        auto has_work = [&] { return stopping || !pending.empty(); };
+        if (uncommitted_events == 0) cv.wait(lock, has_work);
+        else cv.wait_until(lock, last_commit + opts.commit_interval, has_work);
+        if (stopping) break;
+        work.swap(pending);
+      }
+      const bool read_error = !work.empty() && !index_some(work);
+      if (uncommitted_events > 0 &&
+          (steady::now() >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units))
+        commit();
+      if (read_error) {
+        std::unique_lock lock(mu);  // storage refused a read: retry later
+        cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping; });
+      }
+    }
+    if (uncommitted_events > 0) commit();
+  }
+
+  // Indexes up to max_batch_units units of the work; what is left goes back to
+  // `pending`. False when a storage read failed.
+  bool index_some(const std::unordered_map<std::string, uint64_t>& work) {
+    Xapian::TermGenerator generator;
+    generator.set_stemmer(stemmer);
+    generator.set_flags(Xapian::TermGenerator::FLAG_CJK_NGRAM);
+    size_t budget = opts.max_batch_units;
+    bool ok = true;
+    std::vector<std::pair<std::string, uint64_t>> leftover;
+    for (const auto& [context_id, head] : work) {
+      uint64_t pos = position(context_id);
+      const uint64_t start = pos;
+      while (pos < head && budget > 0 && ok) {
+        auto events = store.read_events(context_id, pos, std::min<uint64_t>({read_chunk, budget, head - pos}));
+        if (!events) {
+          spdlog::error("search: reading context '{}' after seq {}: {}", context_id, pos, events.error().message);
+          ok = false;
+          break;
+        }
+        if (events->empty()) break;  // cannot happen while head is a committed seq
+        for (const auto& ev : *events) {
+          if (ev.has_work_unit()) {
+            const auto& unit = ev.work_unit();
+            writer->replace_document(unique_term(unit.id()), make_document(unit, generator, opts.max_text_bytes));
+            uncommitted_ts.push_back(unit.ts_ns());
+            --budget;
+          }
+          pos = ev.seq();
+        }
+      }
+      if (pos != start) {
+        positions[context_id] = pos;
+        writer->set_metadata(position_key(context_id), sortable_u64(pos));
+        uncommitted_events += pos - start;
+      }
+      if (pos < head) leftover.emplace_back(context_id, head);
+    }
+    if (!leftover.empty()) {
+      std::lock_guard lock(mu);
+      for (auto& [context_id, head] : leftover) {
+        auto& p = pending[context_id];
+        p = std::max(p, head);
+      }
+    }
+    return ok;
+  }
+
+  void commit() {
+    writer->commit();
+    last_commit = steady::now();
+    const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count();
+    for (const int64_t ts : uncommitted_ts) metrics.delay->Observe(double(std::max<int64_t>(0, now_ns - ts)) / 1e9);
+    metrics.documents_indexed->Increment(double(uncommitted_ts.size()));
+    metrics.commits->Increment();
+    indexed_events += uncommitted_events;
+    uncommitted_ts.clear();
+    uncommitted_events = 0;
+    documents = writer->get_doccount();
+    metrics.documents->Set(double(documents));
+    update_lag_metric();
+    if (state == index_state::catching_up) {
+      const uint64_t remaining = lag();
+      const auto now = steady::now();
+      if (remaining == 0) {
+        state = index_state::ready;
+        spdlog::info("search: index caught up in {:.1f} s ({} units)",
+                     std::chrono::duration<double>(now - catch_up_started).count(), documents.load());
+      } else if (now - last_progress_log >= std::chrono::seconds(2)) {
+        last_progress_log = now;
+        spdlog::info("search: catching up: {} units indexed, {} log events to go", documents.load(), remaining);
+      }
+    }
+  }
+
+  // ---- queries -------------------------------------------------------------------
+
+  reader acquire_reader() {
+    const uint64_t current = epoch.load();
+    {
+      std::lock_guard lock(readers_mu);
+      while (!idle_readers.empty()) {
+        reader r = std::move(idle_readers.back());
+        idle_readers.pop_back();
+        if (r.epoch != current) continue;
+        r.db->reopen();
+        return r;
+      }
+    }
+    return reader{std::make_unique<Xapian::Database>(opts.index_dir), current};
+  }
+
+  void release_reader(reader r) {
+    std::lock_guard lock(readers_mu);
+    if (r.epoch == epoch.load()) idle_readers.push_back(std::move(r));
+  }
+
+  std::string snippet(const Xapian::MSet& mset, const api::WorkUnit& head) const {
+    if (head.seq() == 0) return {};
+    auto events = store.read_events(head.context_id(), head.seq() - 1, 1);
+    if (!events || events->empty() || !events->front().has_work_unit()) return {};
+    const auto text = payload_text(events->front().work_unit(), opts.max_text_bytes);
+    if (!text) return {};
+    return unescape_html(mset.snippet(std::string(*text), opts.snippet_bytes, stemmer,
+                                      Xapian::MSet::SNIPPET_BACKGROUND_MODEL | Xapian::MSet::SNIPPET_EXHAUSTIVE |
+                                          Xapian::MSet::SNIPPET_CJK_NGRAM,
+                                      "", "", "…"));
+  }
+
+  model::result<results> execute(Xapian::Database& db, const query& q) const {
+    const bool has_text = q.text.find_first_not_of(" \t\r\n") != std::string::npos;
+    Xapian::Query text_query;
+    if (has_text) {
+      Xapian::QueryParser qp;
+      qp.set_database(db);
+      qp.set_stemmer(stemmer);
+      qp.set_stemming_strategy(Xapian::QueryParser::STEM_SOME);
+      qp.set_default_op(opts.default_and ? Xapian::Query::OP_AND : Xapian::Query::OP_OR);
+      qp.set_max_expansion(Xapian::termcount(opts.max_wildcard_terms), Xapian::Query::WILDCARD_LIMIT_ERROR,
+                           Xapian::QueryParser::FLAG_WILDCARD);
+      text_query = qp.parse_query(q.text, Xapian::QueryParser::FLAG_PHRASE | Xapian::QueryParser::FLAG_BOOLEAN |
+                                              Xapian::QueryParser::FLAG_LOVEHATE | Xapian::QueryParser::FLAG_WILDCARD |
+                                              Xapian::QueryParser::FLAG_PURE_NOT |
+                                              Xapian::QueryParser::FLAG_CJK_NGRAM);
+      if (text_query.empty()) {  // only punctuation, say: matches nothing
+        results none;
+        none.limit = q.limit;
+        return none;
+      }
+    }
+    auto filters = filter_query(q);
+    if (!filters) return std::unexpected(filters.error());
+    Xapian::Query full;
+    if (has_text) full = *filters ? Xapian::Query(Xapian::Query::OP_FILTER, text_query, **filters) : text_query;
+    else full = *filters ? **filters : Xapian::Query::MatchAll;
+
+    // Without text: newest first. Units of one commit share a ts, so seq breaks
+    // ties within a context; across contexts the later-indexed comes first.
+    Xapian::MultiValueKeyMaker newest_first;
+    newest_first.add_value(ts_slot, true);
+    newest_first.add_value(seq_slot, true);
+    Xapian::Enquire enquire(db);
+    enquire.set_query(full);
+    if (!has_text) {
+      enquire.set_weighting_scheme(Xapian::BoolWeight());
+      enquire.set_sort_by_key(&newest_first, false);
+      enquire.set_docid_order(Xapian::Enquire::DESCENDING);
+    }
+    const auto check = Xapian::doccount(std::max(q.offset + q.limit, opts.exact_count_up_to));
+    const Xapian::MSet mset = enquire.get_mset(Xapian::doccount(q.offset), Xapian::doccount(q.limit), check);
+    results out;
+    out.limit = q.limit;
+    out.total = mset.get_matches_estimated();
+    out.total_exact = mset.get_matches_lower_bound() == mset.get_matches_upper_bound();
+    out.hits.reserve(mset.size());
+    for (auto it = mset.begin(); it != mset.end(); ++it) {
+      const auto head = document_head(it.get_document());
+      hit h;
+      h.id = head.id();
+      h.context_id = head.context_id();
+      h.seq = head.seq();
+      h.ts_ns = head.ts_ns();
+      h.score = has_text ? it.get_weight() : 0;
+      if (q.snippets) h.snippet = snippet(mset, head);
+      out.hits.push_back(std::move(h));
+    }
+    return out;
+  }
+
+  model::result<results> run(const query& q) {
+    if (state == index_state::failed) {
+      std::lock_guard lock(mu);
+      return fail(errc::unavailable, "search index unavailable: " + failure);
+    }
+    for (int attempt = 0;; ++attempt) {
+      std::optional<reader> r;
+      try {
+        r = acquire_reader();
+        auto out = execute(*r->db, q);
+        release_reader(std::move(*r));
+        return out;
+      } catch (const Xapian::DatabaseModifiedError& e) {
+        // The writer moved on twice during this query: retry on the newest revision.
+        if (attempt < 3) continue;
+        return fail(errc::unavailable, "search index busy: " + e.get_msg());
+      } catch (const Xapian::QueryParserError& e) {
+        release_reader(std::move(*r));
+        return fail(errc::invalid_argument, "query: " + e.get_msg());
+      } catch (const Xapian::WildcardError& e) {
+        release_reader(std::move(*r));
+        return fail(errc::invalid_argument, "query: " + e.get_msg());
+      } catch (const Xapian::InvalidArgumentError& e) {
+        return fail(errc::invalid_argument, "query: " + e.get_msg());
+      } catch (const Xapian::DatabaseError& e) {
+        // Being rebuilt, or damaged underneath us: drop this reader.
+        return fail(errc::unavailable, "search index unavailable: " + describe(e));
+      } catch (const Xapian::Error& e) {
+        return fail(errc::internal, "search: " + describe(e));
+      }
+    }
+  }
+
+  model::result<results> run_measured(const query& q) {
+    const auto t0 = steady::now();
+    auto out = run(q);
+    metrics.latency->Observe(std::chrono::duration<double>(steady::now() - t0).count());
+    if (out) metrics.queries_ok->Increment();
+    else if (out.error().code == errc::invalid_argument) metrics.queries_invalid->Increment();
+    else metrics.queries_failed->Increment();
+    return out;
+  }
+};
+
+index::index(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+index::~index() { close(); }
+
+model::result<std::unique_ptr<index>> index::open(const options& opts, storage::store& store,
+                                                  prometheus::Registry* metrics) {
+  std::unique_ptr<impl> p;
+  try {
+    p = std::make_unique<impl>(opts, store, metrics);
+  } catch (const Xapian::InvalidArgumentError& e) {
+    return fail(errc::invalid_argument, "search.language: " + e.get_msg());
+  }
+  if (auto ok = p->open_writer(); !ok) return std::unexpected(ok.error());
+  p->pool.emplace(std::max<size_t>(1, opts.query_threads));
+  auto* raw = p.get();
+  p->indexer = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<index>(new index(std::move(p)));
+}
+
+void index::on_committed(const std::vector<std::shared_ptr<const api::Event>>& events) {
+  auto& s = *impl_;
+  std::lock_guard lock(s.mu);
+  if (s.stopping) return;
+  bool grew = false;
+  for (const auto& ev : events) {
+    auto it = s.heads.find(ev->context_id());
+    if (it == s.heads.end()) it = s.heads.emplace(ev->context_id(), 0).first;
+    if (ev->seq() <= it->second) continue;
+    s.committed_events += ev->seq() - it->second;
+    it->second = ev->seq();
+    s.pending[ev->context_id()] = ev->seq();
+    grew = true;
+  }
+  if (grew) {
+    s.update_lag_metric();
+    s.cv.notify_one();
+  }
+}
+
+void index::search(query q, std::function<void(model::result<results>)> done) {
+  auto& s = *impl_;
+  if (s.closed) return done(fail(errc::unavailable, "search is shutting down"));
+  if (s.queued_queries.fetch_add(1) >= s.opts.max_queued_queries) {
+    s.queued_queries.fetch_sub(1);
+    return done(fail(errc::unavailable, "too many searches in progress; retry shortly"));
+  }
+  boost::asio::post(*s.pool, [&s, q = std::move(q), done = std::move(done)] {
+    auto out = s.run_measured(q);
+    s.queued_queries.fetch_sub(1);
+    done(std::move(out));
+  });
+}
+
+model::result<results> index::search_now(const query& q) { return impl_->run_measured(q); }
+
+index_status index::status() const {
+  const auto& s = *impl_;
+  index_status st;
+  st.state = s.state.load();
+  st.lag = s.lag();
+  st.documents = s.documents.load();
+  if (st.state == index_state::failed) {
+    std::lock_guard lock(s.mu);
+    st.error = s.failure;
+  }
+  return st;
+}
+
+void index::close() {
+  auto& s = *impl_;
+  if (s.closed.exchange(true)) return;
+  {
+    std::lock_guard lock(s.mu);
+    s.stopping = true;
+  }
+  s.cv.notify_all();
+  if (s.indexer.joinable()) s.indexer.join();
+  if (s.pool) s.pool->join();
+  try {
+    if (s.writer) s.writer->close();
+  } catch (const Xapian::Error& e) {
+    spdlog::error("search: closing the index: {}", describe(e));
+  }
+}
+
+}  // namespace engram::search

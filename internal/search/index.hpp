@@ -1,0 +1,84 @@
+#pragma once
+// The keyword index over all history (DESIGN.md §7), on Xapian.
+//
+// An indexer thread tails the committed context logs: the store's publisher tells
+// it which contexts grew, and it reads the new events back from storage (the same
+// path whether it is following live writes, catching up after a restart or
+// rebuilding from nothing), turns work units into documents and commits the index
+// in batches. The index records, per context, the last seq it holds (Xapian
+// metadata written in the same commit as the documents), so after a crash it
+// resumes where its last commit ended; documents are keyed by unit id, so indexing
+// a unit twice replaces it. A missing, corrupt or foreign index (other store,
+// other schema or language) is rebuilt from the logs in the background.
+//
+// Queries run on their own threads, each on a reader reopened to the latest
+// commit. Thread-safe: every public method may be called from any thread.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engram.pb.h"
+#include "model/error.hpp"
+#include "search/options.hpp"
+#include "search/query.hpp"
+
+namespace prometheus {
+class Registry;
+}
+namespace engram::storage {
+class store;
+}
+
+namespace engram::search {
+
+enum class index_state {
+  catching_up,  // indexing a backlog (after a restart or a rebuild)
+  ready,        // following live writes
+  failed,       // the index could not be written; searches answer `unavailable`
+};
+std::string_view to_string(index_state s);
+
+struct index_status {
+  index_state state = index_state::catching_up;
+  uint64_t lag = 0;        // events committed to the logs but not yet searchable
+  uint64_t documents = 0;  // units in the index
+  std::string error;       // why it failed
+};
+
+class index {
+ public:
+  // Opens (or creates, or rebuilds) the index in `opts.index_dir` and starts the
+  // indexer. The store must outlive the index. Fails only when the directory is
+  // unusable (for instance locked by another process).
+  static model::result<std::unique_ptr<index>> open(const options& opts, storage::store& store,
+                                                    prometheus::Registry* metrics);
+  ~index();  // close()s
+  index(const index&) = delete;
+  index& operator=(const index&) = delete;
+
+  // Publisher hook: events just committed to context logs (cheap; never blocks on
+  // indexing).
+  void on_committed(const std::vector<std::shared_ptr<const api::Event>>& events);
+
+  // Runs `q` on a query thread; `done` is called there. Overload answers
+  // `unavailable` at once.
+  void search(query q, std::function<void(model::result<results>)> done);
+  // The same, on the calling thread.
+  model::result<results> search_now(const query& q);
+
+  index_status status() const;
+
+  // Stops the indexer after committing what it has indexed; waits for running
+  // queries. Idempotent.
+  void close();
+
+  struct impl;
+
+ private:
+  explicit index(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace engram::search

@@ -1,0 +1,36 @@
+#pragma once
+// Search options, filled in by config.
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+
+namespace engram::search {
+
+struct options {
+  bool enabled = true;
+  // Where the Xapian index lives; empty: "<storage.data_dir>/search".
+  std::string index_dir;
+  // Snowball stemmer for text ("english", "german", …, or "none").
+  std::string language = "english";
+  // How words of a query combine when no operator is written: AND or OR.
+  bool default_and = true;
+  // Units indexed between two index commits at most; a round also ends when the
+  // log has no more to give.
+  size_t max_batch_units = 5'000;
+  // Least time between two index commits: bounds the fsync rate under load.
+  std::chrono::milliseconds commit_interval{10};
+  // Bytes of a payload indexed as text; the rest is ignored.
+  size_t max_text_bytes = size_t(1) << 20;
+  // Threads that run queries, and queries allowed to wait for one.
+  size_t query_threads = 2;
+  size_t max_queued_queries = 256;
+  // Matches counted exactly (beyond what the page needs) so total_count is exact
+  // for result sets up to this size.
+  size_t exact_count_up_to = 10'000;
+  // Most terms a `prefix*` query word may expand to; beyond it the query is refused.
+  size_t max_wildcard_terms = 1'000;
+  size_t snippet_bytes = 200;
+};
+
+}  // namespace engram::search
