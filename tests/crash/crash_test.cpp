@@ -27,8 +27,10 @@ namespace {
 // The engram binary as a child process, listening on an ephemeral port.
 class server_process {
  public:
-  server_process(std::string data_dir, std::string durability, std::string log_dir)
-      : data_dir_(std::move(data_dir)), durability_(std::move(durability)), log_dir_(std::move(log_dir)) {}
+  server_process(std::string data_dir, std::string durability, std::string log_dir,
+                 std::vector<std::string> extra_args = {})
+      : data_dir_(std::move(data_dir)), durability_(std::move(durability)), log_dir_(std::move(log_dir)),
+        extra_args_(std::move(extra_args)) {}
   ~server_process() {
     if (pid_ > 0) kill9();
   }
@@ -41,6 +43,7 @@ class server_process {
     std::vector<std::string> args = {ENGRAM_BINARY, "--addr", "127.0.0.1:0", "--data-dir", data_dir_,
                                      "--durability", durability_, "--set", "server.threads=2",
                                      "--set", "storage.block_cache_mb=16", "--set", "storage.write_buffer_mb=4"};
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -84,6 +87,7 @@ class server_process {
 
  private:
   std::string data_dir_, durability_, log_dir_, log_path_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
   int starts_ = 0;
@@ -427,6 +431,92 @@ TEST_P(CrashTest, Sigkill_LocksKeepHoldersIdsDeadlinesAndTokens) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Durability, CrashTest, ::testing::Values("sync", "relaxed"));
+
+// Search: SIGKILL while the indexer has a backlog and uncommitted documents (a
+// 300 ms commit interval guarantees some at the moment of the kill); after the
+// restart every acknowledged unit becomes searchable, exactly once.
+TEST(SearchCrashTest, Sigkill_DuringHeavyIndexing_EveryAcknowledgedUnitSearchableOnce) {
+  temp_dir dir;
+  server_process proc(dir.str() + "/data", "sync", dir.str(), {"--set", "search.commit_interval_ms=300"});
+  std::mutex mu;
+  std::map<std::string, std::set<std::string>> acked;  // batch tag → unit ids
+  std::atomic<size_t> acked_batches{0};
+  auto writer = [&](uint16_t port, int round, int w) {
+    client::http_connection c("127.0.0.1", port, std::chrono::seconds(10));
+    for (int i = 0;; ++i) {
+      const std::string tag = "tag" + std::to_string(round) + "x" + std::to_string(w) + "x" + std::to_string(i);
+      json units = json::array();
+      for (int k = 0; k < 100; ++k)
+        units.push_back({{"text", tag + " entry " + std::to_string(k) + " of a long running indexing workload"},
+                         {"meta", {{"worker", std::to_string(w)}}}});
+      auto r = c.request("POST", "/workunits",
+                         json({{"context_id", "idx/" + std::to_string(w)}, {"agent_id", "w"}, {"work_units", units}}).dump());
+      if (!r) return;
+      if (r->status != 201) return ADD_FAILURE() << r->status << " " << r->body;
+      std::set<std::string> ids;
+      const auto body = json::parse(r->body);
+      for (auto& u : body["work_units"]) ids.insert(u["id"].get<std::string>());
+      std::lock_guard lock(mu);
+      acked[tag] = std::move(ids);
+      ++acked_batches;
+    }
+  };
+  auto search = [&](client::http_connection& c, const json& body) {
+    auto r = c.request("POST", "/search", body.dump());
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : r.error().message);
+    return r ? json::parse(r->body) : json::object();
+  };
+  auto verify = [&] {
+    client::http_connection c("127.0.0.1", proc.port(), std::chrono::seconds(30));
+    ASSERT_TRUE(wait_until([&] {
+      auto r = c.request("GET", "/readyz");
+      if (!r || r->status != 200) return false;
+      auto s = json::parse(r->body)["search"];
+      return s["state"] == "ready" && s["lag"] == 0;
+    }, std::chrono::seconds(120)));
+    std::set<std::string> stored;
+    for (int w = 0; w < 4; ++w) {
+      const std::string ctx = "idx/" + std::to_string(w);
+      std::string cursor;
+      do {
+        auto r = c.request("GET", "/workunits/idx%2F" + std::to_string(w) + "?limit=1000&cursor=" + cursor);
+        ASSERT_TRUE(r && r->status == 200);
+        auto body = json::parse(r->body);
+        for (auto& u : body["work_units"]) stored.insert(u["id"].get<std::string>());
+        cursor = body["next_cursor"];
+      } while (!cursor.empty());
+    }
+    // The index holds exactly the stored units: none missing, none twice.
+    std::multiset<std::string> indexed;
+    for (size_t offset = 0;; offset += 1000) {
+      auto page = search(c, {{"context_id", "idx/*"}, {"limit", 1000}, {"offset", offset}, {"snippets", false}});
+      for (auto& id : page["results"]) indexed.insert(id.get<std::string>());
+      if (page["results"].size() < 1000) break;
+    }
+    EXPECT_EQ(indexed.size(), stored.size());
+    EXPECT_TRUE(std::equal(indexed.begin(), indexed.end(), stored.begin(), stored.end()));
+    std::lock_guard lock(mu);
+    for (const auto& [tag, ids] : acked) {
+      for (const auto& id : ids) ASSERT_TRUE(stored.contains(id)) << "acknowledged unit lost: " << id;
+      auto hits = search(c, {{"query", tag}, {"limit", 1000}, {"snippets", false}});
+      EXPECT_EQ(std::set<std::string>(hits["results"].begin(), hits["results"].end()), ids) << tag;
+    }
+  };
+  for (int round = 0; round < 2; ++round) {
+    proc.start();
+    verify();
+    if (::testing::Test::HasFatalFailure()) return;
+    const size_t target = acked_batches + 150;
+    std::vector<std::thread> writers;
+    for (int w = 0; w < 4; ++w) writers.emplace_back(writer, proc.port(), round, w);
+    ASSERT_TRUE(wait_until([&] { return acked_batches >= target; }, std::chrono::seconds(120)));
+    proc.kill9();
+    for (auto& t : writers) t.join();
+  }
+  proc.start();
+  verify();
+  EXPECT_GE(acked.size(), 300u);
+}
 
 }  // namespace
 }  // namespace engram::test
