@@ -2,15 +2,20 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir]
+#   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
+#   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 set -euo pipefail
 
 BUILD=${1:-build}
+shift || true
+SECTIONS=${*:-write read streams locks search micro}
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
 UNITS=${BENCH_UNITS:-1000000}
 TARGET_UNITS=${BENCH_TARGET_UNITS:-100000}
+SEARCH_UNITS=${BENCH_SEARCH_UNITS:-1000000}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/engram-bench-XXXXXX")
 PID=""
 PORT=""
@@ -21,9 +26,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_server() {  # durability data-dir
+start_server() {  # durability data-dir [--set key=value…]
   : > "$WORK/server.log"
-  "$BIN/engram" --addr 127.0.0.1:0 --data-dir "$2" --durability "$1" \
+  "$BIN/engram" --addr 127.0.0.1:0 --data-dir "$2" --durability "$1" "${@:3}" \
     --log-level info 2>"$WORK/server.log" &
   PID=$!
   for _ in $(seq 1 600); do
@@ -40,6 +45,7 @@ stop_server() {
 }
 
 echo "# engram benchmarks — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if has write; then
 echo "## single-unit POST /workunit, 300-byte payload, ${SECS}s per run"
 for mode in sync relaxed; do
   start_server "$mode" "$WORK/write-$mode"
@@ -49,7 +55,9 @@ for mode in sync relaxed; do
   curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^engram_storage_(commit_groups_total|events_written_total)' | sed 's/^/  /'
   stop_server
 done
+fi
 
+if has read; then
 echo "## GET /workunits/{ctx}?limit=100&reverse=true, ${TARGET_UNITS} units in the context, ${UNITS} in all"
 start_server relaxed "$WORK/read"
 "$BIN/engram-load" seed --port "$PORT" --connections 2 --units "$UNITS" --target-units "$TARGET_UNITS" \
@@ -62,7 +70,9 @@ for c in 1 16; do
 done
 stop_server
 echo "  data dir size: $(du -sh "$WORK/read" | cut -f1)"
+fi
 
+if has streams; then
 echo "## streams: publish-to-receive latency at WebSocket subscribers (${SECS}s per run)"
 start_server sync "$WORK/streams"
 F="$BIN/engram-fanout"
@@ -74,7 +84,9 @@ F="$BIN/engram-fanout"
 "$F" latency --port "$PORT" --subscribers 1000 --contexts 100 --rate 200 --seconds "$SECS"
 "$F" replay  --port "$PORT" --units 100000
 stop_server
+fi
 
+if has locks; then
 echo "## leases (${SECS}s per run, sync durability)"
 start_server sync "$WORK/locks"
 "$BIN/engram-load" locks  --port "$PORT" --connections 1  --resources 1   --seconds "$SECS" --label uncontended
@@ -83,6 +95,35 @@ start_server sync "$WORK/locks"
 "$BIN/engram-load" write  --port "$PORT" --connections 1  --seconds "$SECS" --label plain
 "$BIN/engram-load" fenced --port "$PORT" --connections 1  --seconds "$SECS" --label fenced
 stop_server
+fi
 
+if has search; then
+S="$BIN/engram-search-bench"
+echo "## search: ${SEARCH_UNITS} units of ~30 Zipf-distributed words, 1000 contexts (sync durability)"
+start_server sync "$WORK/search"
+"$S" seed --port "$PORT" --connections 2 --units "$SEARCH_UNITS"
+docs=$(curl -s "http://127.0.0.1:$PORT/readyz" | sed -n 's/.*"documents":\([0-9]*\).*/\1/p')
+bytes=$(du -sb "$WORK/search/search" | cut -f1)
+echo "  index size: $((bytes / 1048576)) MiB for $docs units = $((bytes / docs)) bytes/unit (RocksDB data: $(du -sh --exclude=search "$WORK/search" | cut -f1))"
+echo "### query latency, limit 20 with snippets, ${SECS}s per kind"
+"$S" query --port "$PORT" --connections 1 --seconds "$SECS" --limit 20
+echo "### the same at 4 connections"
+"$S" query --port "$PORT" --connections 4 --seconds "$SECS" --limit 20
+echo "### limit 100 (the v3 default), without snippets, 1 connection"
+"$S" query --port "$PORT" --connections 1 --seconds "$SECS" --limit 100 --snippets false
+echo "### ack → searchable under 2000 appends/s (${SECS}s)"
+"$S" lag --port "$PORT" --rate 2000 --seconds "$SECS"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^engram_search_index_(commits_total|delay_seconds_(count|sum))' | sed 's/^/  /'
+stop_server
+echo "### indexing throughput: rebuild the whole index from the logs at start-up"
+rm -rf "$WORK/search/search"
+start_server sync "$WORK/search"
+"$S" wait --port "$PORT"
+grep -E 'search: (index caught up|index at)' "$WORK/server.log" | sed 's/^/  /'
+stop_server
+fi
+
+if has micro; then
 echo "## micro-benchmarks"
 "$BIN/engram-micro" --benchmark_min_time=0.5 2>/dev/null | sed -n '/^BM_/p'
+fi

@@ -161,6 +161,19 @@ const std::vector<key_spec>& key_table() {
          else return "must be true or false";
          return std::nullopt;
        }},
+      {"search.fsync",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw == "true") c.search.fsync = true;
+         else if (raw == "false") c.search.fsync = false;
+         else return "must be true or false";
+         return std::nullopt;
+       }},
+      {"search.boot_id_file",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw.empty()) return "must not be empty";
+         c.search.boot_id_file = raw;
+         return std::nullopt;
+       }},
       {"search.index_dir",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
          c.search.index_dir = raw;  // empty: <storage.data_dir>/search

@@ -7,11 +7,15 @@
 #include <spdlog/spdlog.h>
 #include <xapian.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -33,11 +37,38 @@ constexpr std::string_view schema_version = "1";
 constexpr std::string_view meta_schema = "engram.schema";
 constexpr std::string_view meta_store = "engram.store";
 constexpr std::string_view meta_language = "engram.language";
+// Boot id of the last session that wrote without fsync and did not close cleanly.
+constexpr std::string_view meta_unsynced = "engram.unsynced_boot";
 constexpr size_t read_chunk = 512;  // events read from a log at a time
 
 std::string position_key(std::string_view context_id) { return bool_term("p:", context_id); }
 
 std::string describe(const Xapian::Error& e) { return e.get_type() + std::string(": ") + e.get_msg(); }
+
+std::string read_boot_id(const std::string& path) {
+  std::ifstream in(path);
+  std::string id;
+  std::getline(in, id);
+  return id.empty() ? "unknown" : id;
+}
+
+// fsync every file of a directory, then the directory.
+void sync_directory(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (!entry.is_regular_file()) continue;
+    const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+  }
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
 
 struct metrics_set {
   std::shared_ptr<prometheus::Registry> own;  // when the caller gave none
@@ -46,6 +77,7 @@ struct metrics_set {
   prometheus::Gauge* lag;
   prometheus::Gauge* documents;
   prometheus::Histogram* delay;
+  prometheus::Histogram* commit_seconds;
   prometheus::Histogram* latency;
   prometheus::Counter* queries_ok;
   prometheus::Counter* queries_invalid;
@@ -71,6 +103,11 @@ struct metrics_set {
                  .Register(*r)
                  .Add({}, Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                       1, 5, 30});
+    commit_seconds = &BuildHistogram().Name("engram_search_index_commit_seconds")
+                          .Help("Duration of one index commit (writing and syncing the batch)")
+                          .Register(*r)
+                          .Add({}, Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                               0.5, 1, 2.5});
     latency = &BuildHistogram().Name("engram_search_query_duration_seconds")
                    .Help("Search query execution time, snippets included")
                    .Register(*r)
@@ -100,7 +137,9 @@ struct index::impl {
   options opts;
   storage::store& store;
   std::string store_identity;
-  Xapian::Stem stemmer;
+  std::string boot_id;
+  // Xapian objects are not thread-safe (not even their reference counts): every
+  // thread builds its own stemmer from the language.
   metrics_set metrics;
 
   // ---- indexer thread only (after open) ----
@@ -138,23 +177,29 @@ struct index::impl {
   std::atomic<bool> closed{false};
 
   impl(const options& o, storage::store& s, prometheus::Registry* r)
-      : opts(o), store(s), store_identity(s.identity()), stemmer(o.language), metrics(r) {}
+      : opts(o), store(s), store_identity(s.identity()), boot_id(read_boot_id(o.boot_id_file)), metrics(r) {
+    Xapian::Stem check(o.language);  // throws for an unknown language
+  }
 
   // ---- opening -------------------------------------------------------------------
 
-  // Opens the writer, replacing an index that is unreadable or was built for another
-  // store, schema or language. Fails only when the directory cannot be used at all.
+  // Opens the writer, replacing an index that is unreadable, was built for another
+  // store, schema or language, or may have lost unsynced writes to an OS crash.
+  // Fails only when the directory cannot be used at all.
   model::status open_writer() {
     std::error_code ec;
     std::filesystem::create_directories(std::filesystem::path(opts.index_dir).parent_path(), ec);
     const bool existed = std::filesystem::exists(std::filesystem::path(opts.index_dir), ec);
     std::string reason;
     try {
-      writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OPEN);
+      writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OPEN);  // synced until stamped
       if (existed) {
+        const auto unsynced = writer->get_metadata(std::string(meta_unsynced));
         if (writer->get_metadata(std::string(meta_schema)) != schema_version) reason = "it has another schema";
         else if (writer->get_metadata(std::string(meta_store)) != store_identity) reason = "it was built from another store";
         else if (writer->get_metadata(std::string(meta_language)) != opts.language) reason = "it was built for another language";
+        else if (!unsynced.empty() && unsynced != boot_id)
+          reason = "the machine restarted while it held writes that were not fsynced (search.fsync: false)";
       }
     } catch (const Xapian::DatabaseLockError& e) {
       return fail(errc::unavailable, "search index " + opts.index_dir + " is in use by another process (" +
@@ -168,22 +213,43 @@ struct index::impl {
       spdlog::warn("search: replacing the index at {} because {}; rebuilding it from the logs", opts.index_dir,
                    reason);
       if (auto ok = recreate(); !ok) return ok;
+      return {};
     }
     try {
-      if (!existed || !reason.empty()) stamp();
-      documents = writer->get_doccount();
-      metrics.documents->Set(double(documents));
+      start_writing();
     } catch (const Xapian::Error& e) {
       return fail(errc::unavailable, "search index " + opts.index_dir + ": " + describe(e));
     }
     return {};
   }
 
-  void stamp() {
+  // Records what the index is (durably, with a synced commit), then switches to
+  // unsynced commits when search.fsync is off.
+  void start_writing() {
     writer->set_metadata(std::string(meta_schema), std::string(schema_version));
     writer->set_metadata(std::string(meta_store), store_identity);
     writer->set_metadata(std::string(meta_language), opts.language);
+    writer->set_metadata(std::string(meta_unsynced), opts.fsync ? std::string() : boot_id);
     writer->commit();
+    if (!opts.fsync) {
+      writer->close();
+      writer.emplace(opts.index_dir, Xapian::DB_OPEN | Xapian::DB_NO_SYNC);
+    }
+    documents = writer->get_doccount();
+    metrics.documents->Set(double(documents));
+  }
+
+  // After the last commit of a clean shutdown: make everything durable, then clear
+  // the unsynced mark (itself with a synced commit).
+  void finish_writing() {
+    writer->close();
+    writer.reset();
+    if (opts.fsync) return;
+    sync_directory(opts.index_dir);
+    Xapian::WritableDatabase synced(opts.index_dir, Xapian::DB_OPEN);
+    synced.set_metadata(std::string(meta_unsynced), "");
+    synced.commit();
+    synced.close();
   }
 
   // Deletes the index directory and starts an empty index (readers of the old one
@@ -205,7 +271,7 @@ struct index::impl {
     if (ec) return fail(errc::unavailable, "cannot remove search index " + opts.index_dir + ": " + ec.message());
     try {
       writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OVERWRITE);
-      stamp();
+      start_writing();
     } catch (const Xapian::Error& e) {
       return fail(errc::unavailable, "cannot create search index " + opts.index_dir + ": " + describe(e));
     }
@@ -333,7 +399,7 @@ struct index::impl {
   // `pending`. False when a storage read failed.
   bool index_some(const std::unordered_map<std::string, uint64_t>& work) {
     Xapian::TermGenerator generator;
-    generator.set_stemmer(stemmer);
+    generator.set_stemmer(Xapian::Stem(opts.language));
     generator.set_flags(Xapian::TermGenerator::FLAG_CJK_NGRAM);
     size_t budget = opts.max_batch_units;
     bool ok = true;
@@ -377,8 +443,10 @@ struct index::impl {
   }
 
   void commit() {
+    const auto t0 = steady::now();
     writer->commit();
     last_commit = steady::now();
+    metrics.commit_seconds->Observe(std::chrono::duration<double>(last_commit - t0).count());
     const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                std::chrono::system_clock::now().time_since_epoch()).count();
     for (const int64_t ts : uncommitted_ts) metrics.delay->Observe(double(std::max<int64_t>(0, now_ns - ts)) / 1e9);
@@ -426,7 +494,7 @@ struct index::impl {
     if (r.epoch == epoch.load()) idle_readers.push_back(std::move(r));
   }
 
-  std::string snippet(const Xapian::MSet& mset, const api::WorkUnit& head) const {
+  std::string snippet(const Xapian::MSet& mset, const api::WorkUnit& head, const Xapian::Stem& stemmer) const {
     if (head.seq() == 0) return {};
     auto events = store.read_events(head.context_id(), head.seq() - 1, 1);
     if (!events || events->empty() || !events->front().has_work_unit()) return {};
@@ -440,6 +508,7 @@ struct index::impl {
 
   model::result<results> execute(Xapian::Database& db, const query& q) const {
     const bool has_text = q.text.find_first_not_of(" \t\r\n") != std::string::npos;
+    const Xapian::Stem stemmer(opts.language);
     Xapian::Query text_query;
     if (has_text) {
       Xapian::QueryParser qp;
@@ -463,7 +532,7 @@ struct index::impl {
     if (!filters) return std::unexpected(filters.error());
     Xapian::Query full;
     if (has_text) full = *filters ? Xapian::Query(Xapian::Query::OP_FILTER, text_query, **filters) : text_query;
-    else full = *filters ? **filters : Xapian::Query::MatchAll;
+    else full = *filters ? **filters : Xapian::Query(std::string());  // all (Query::MatchAll is shared: not thread-safe)
 
     // Without text: newest first. Units of one commit share a ts, so seq breaks
     // ties within a context; across contexts the later-indexed comes first.
@@ -492,7 +561,7 @@ struct index::impl {
       h.seq = head.seq();
       h.ts_ns = head.ts_ns();
       h.score = has_text ? it.get_weight() : 0;
-      if (q.snippets) h.snippet = snippet(mset, head);
+      if (q.snippets) h.snippet = snippet(mset, head, stemmer);
       out.hits.push_back(std::move(h));
     }
     return out;
@@ -620,7 +689,7 @@ void index::close() {
   if (s.indexer.joinable()) s.indexer.join();
   if (s.pool) s.pool->join();
   try {
-    if (s.writer) s.writer->close();
+    if (s.writer) s.finish_writing();
   } catch (const Xapian::Error& e) {
     spdlog::error("search: closing the index: {}", describe(e));
   }

@@ -18,6 +18,14 @@ struct options {
   // Units indexed between two index commits at most; a round also ends when the
   // log has no more to give.
   size_t max_batch_units = 5'000;
+  // fsync each index commit. Off (the default), commits are cheaper and the index
+  // fresher; a process crash loses nothing (the OS has the writes), and after an OS
+  // crash or power loss the index is rebuilt from the logs, which stay the source
+  // of truth: the index records the boot it was written in without fsync and is
+  // only trusted again in that boot or after a clean shutdown.
+  bool fsync = false;
+  // Where the kernel's boot id is read (a different value means the machine restarted).
+  std::string boot_id_file = "/proc/sys/kernel/random/boot_id";
   // Least time between two index commits: bounds the fsync rate under load.
   std::chrono::milliseconds commit_interval{10};
   // Bytes of a payload indexed as text; the rest is ignored.

@@ -134,7 +134,7 @@ model::result<std::optional<Xapian::Query>> filter_query(const query& q) {
   if (q.from_ns || q.to_ns) {
     const uint64_t from = uint64_t(std::max<int64_t>(0, q.from_ns.value_or(0)));
     if (q.to_ns && *q.to_ns <= int64_t(from)) {
-      parts.push_back(Xapian::Query::MatchNothing);
+      parts.emplace_back();  // matches nothing
     } else if (!q.to_ns) {
       parts.emplace_back(Xapian::Query::OP_VALUE_GE, ts_slot, sortable_u64(from));
     } else {

@@ -85,6 +85,14 @@ class server_process {
 
   uint16_t port() const { return port_; }
 
+  // Everything the current process has logged so far.
+  std::string log_text() const {
+    std::ifstream in(log_path_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
  private:
   std::string data_dir_, durability_, log_dir_, log_path_;
   std::vector<std::string> extra_args_;
@@ -435,9 +443,12 @@ INSTANTIATE_TEST_SUITE_P(Durability, CrashTest, ::testing::Values("sync", "relax
 // Search: SIGKILL while the indexer has a backlog and uncommitted documents (a
 // 300 ms commit interval guarantees some at the moment of the kill); after the
 // restart every acknowledged unit becomes searchable, exactly once.
-TEST(SearchCrashTest, Sigkill_DuringHeavyIndexing_EveryAcknowledgedUnitSearchableOnce) {
+class SearchCrashTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SearchCrashTest, Sigkill_DuringHeavyIndexing_EveryAcknowledgedUnitSearchableOnce) {
   temp_dir dir;
-  server_process proc(dir.str() + "/data", "sync", dir.str(), {"--set", "search.commit_interval_ms=300"});
+  server_process proc(dir.str() + "/data", "sync", dir.str(),
+                      {"--set", "search.commit_interval_ms=300", "--set", "search.fsync=" + GetParam()});
   std::mutex mu;
   std::map<std::string, std::set<std::string>> acked;  // batch tag → unit ids
   std::atomic<size_t> acked_batches{0};
@@ -516,6 +527,53 @@ TEST(SearchCrashTest, Sigkill_DuringHeavyIndexing_EveryAcknowledgedUnitSearchabl
   proc.start();
   verify();
   EXPECT_GE(acked.size(), 300u);
+}
+
+INSTANTIATE_TEST_SUITE_P(IndexFsync, SearchCrashTest, ::testing::Values("true", "false"));
+
+// With search.fsync off, the index is trusted after a process crash in the same
+// boot and after a clean shutdown, and rebuilt after a machine restart (a boot id
+// from a file the test controls stands in for the kernel's).
+TEST(SearchBootTest, UnsyncedIndexIsRebuiltOnlyAfterAMachineRestart) {
+  temp_dir dir;
+  const std::string boot_file = dir.str() + "/boot_id";
+  auto set_boot = [&](const std::string& id) { std::ofstream(boot_file, std::ios::trunc) << id << "\n"; };
+  set_boot("boot-1");
+  server_process proc(dir.str() + "/data", "sync", dir.str(),
+                      {"--set", "search.fsync=false", "--set", "search.boot_id_file=" + boot_file});
+  size_t written = 0;
+  auto write_and_check = [&] {
+    client::http_connection c("127.0.0.1", proc.port(), std::chrono::seconds(30));
+    json units = json::array();
+    for (int i = 0; i < 50; ++i) units.push_back({{"text", "durable note " + std::to_string(written + size_t(i))}});
+    auto w = c.request("POST", "/workunits", json({{"context_id", "boot"}, {"agent_id", "a"}, {"work_units", units}}).dump());
+    ASSERT_TRUE(w && w->status == 201);
+    written += 50;
+    ASSERT_TRUE(wait_until([&] {
+      auto r = c.request("POST", "/search", json({{"query", "durable"}, {"limit", 1000}, {"snippets", false}}).dump());
+      return r && r->status == 200 && json::parse(r->body)["total_count"] == written;
+    }, std::chrono::seconds(60))) << "not all " << written << " units searchable";
+  };
+  const std::string rebuilt = "the machine restarted";
+  proc.start();
+  write_and_check();
+  proc.kill9();
+
+  proc.start();  // same boot: the OS kept every write
+  EXPECT_EQ(proc.log_text().find("replacing the index"), std::string::npos) << proc.log_text();
+  write_and_check();
+  proc.kill9();
+
+  set_boot("boot-2");  // a machine restart after a crash: unsynced writes may be gone
+  proc.start();
+  EXPECT_NE(proc.log_text().find(rebuilt), std::string::npos) << proc.log_text();
+  write_and_check();
+  EXPECT_EQ(proc.terminate(), 0);
+
+  set_boot("boot-3");  // a machine restart after a clean shutdown: everything was synced
+  proc.start();
+  EXPECT_EQ(proc.log_text().find("replacing the index"), std::string::npos) << proc.log_text();
+  write_and_check();
 }
 
 }  // namespace
