@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "model/text.hpp"
 #include "support/test_support.hpp"
@@ -326,6 +328,51 @@ TEST_F(SearchTest, FreshUnitsBecomeSearchableWithinTheBound) {
   EXPECT_GT(metric(*http_, "engram_search_index_delay_seconds_count"), 0);
   EXPECT_EQ(metric(*http_, "engram_search_index_lag_events"), 0);
   EXPECT_GE(metric(*http_, "engram_search_documents_indexed_total"), 20);
+}
+
+// Queries on several threads (several query workers, pooled readers) while the
+// indexer commits new batches underneath them.
+TEST_F(SearchTest, ConcurrentSearchesWhileIndexing) {
+  std::atomic<bool> writing{true};
+  std::atomic<size_t> failures{0}, queries{0};
+  std::thread writer([&] {
+    auto c = server_->connect();
+    for (int b = 0; b < 40; ++b) {
+      json units = json::array();
+      for (int i = 0; i < 50; ++i)
+        units.push_back({{"text", "concurrent entry alpha" + std::to_string(i % 7) + " beta"},
+                         {"meta", {{"batch", std::to_string(b)}}}});
+      auto r = call(c, "POST", "/workunits",
+                    json({{"context_id", "conc/" + std::to_string(b % 4)}, {"agent_id", "w"}, {"work_units", units}}).dump());
+      if (r.status != 201) ++failures;
+    }
+    writing = false;
+  });
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&, t] {
+      auto c = server_->connect();
+      const std::vector<json> bodies = {{{"query", "concurrent"}},
+                                        {{"query", "\"entry alpha3\""}, {"context_id", "conc/*"}},
+                                        {{"context_id", "conc/1"}, {"limit", 5}},
+                                        {{"query", "alpha*"}, {"meta_filters", {{"batch", "3"}}}}};
+      while (writing) {
+        auto r = call(c, "POST", "/search", bodies[size_t(t)].dump());
+        ++queries;
+        if (r.status != 200) {
+          ++failures;
+          ADD_FAILURE() << r.raw;
+          return;
+        }
+      }
+    });
+  }
+  writer.join();
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(failures, 0u);
+  EXPECT_GT(queries, 0u);
+  wait_indexed();
+  EXPECT_EQ(search({{"query", "concurrent"}}).body["total_count"], 2000);
 }
 
 TEST_F(SearchTest, CatchesUpAfterRestartAndRebuildsMissingCorruptOrForeignIndexes) {
