@@ -104,7 +104,8 @@ start_server sync "$WORK/search"
 "$S" seed --port "$PORT" --connections 2 --units "$SEARCH_UNITS"
 docs=$(curl -s "http://127.0.0.1:$PORT/readyz" | sed -n 's/.*"documents":\([0-9]*\).*/\1/p')
 bytes=$(du -sb "$WORK/search/search" | cut -f1)
-echo "  index size: $((bytes / 1048576)) MiB for $docs units = $((bytes / docs)) bytes/unit (RocksDB data: $(du -sh --exclude=search "$WORK/search" | cut -f1))"
+total=$(du -sb "$WORK/search" | cut -f1)
+echo "  index size: $((bytes / 1048576)) MiB for $docs units = $((bytes / docs)) bytes/unit (RocksDB: $(((total - bytes) / 1048576)) MiB)"
 echo "### query latency, limit 20 with snippets, ${SECS}s per kind"
 "$S" query --port "$PORT" --connections 1 --seconds "$SECS" --limit 20
 echo "### the same at 4 connections"
