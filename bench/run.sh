@@ -5,6 +5,7 @@
 #   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
+#   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -16,6 +17,8 @@ SECS=${BENCH_SECONDS:-10}
 UNITS=${BENCH_UNITS:-1000000}
 TARGET_UNITS=${BENCH_TARGET_UNITS:-100000}
 SEARCH_UNITS=${BENCH_SEARCH_UNITS:-1000000}
+SEARCH_SET=()
+for kv in ${BENCH_SEARCH_SET:-}; do SEARCH_SET+=(--set "$kv"); done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/engram-bench-XXXXXX")
 PID=""
 PORT=""
@@ -99,8 +102,8 @@ fi
 
 if has search; then
 S="$BIN/engram-search-bench"
-echo "## search: ${SEARCH_UNITS} units of ~30 Zipf-distributed words, 1000 contexts (sync durability)"
-start_server sync "$WORK/search"
+echo "## search: ${SEARCH_UNITS} units of ~30 Zipf-distributed words, 1000 contexts (sync durability) ${BENCH_SEARCH_SET:-}"
+start_server sync "$WORK/search" "${SEARCH_SET[@]}"
 "$S" seed --port "$PORT" --connections 2 --units "$SEARCH_UNITS"
 docs=$(curl -s "http://127.0.0.1:$PORT/readyz" | sed -n 's/.*"documents":\([0-9]*\).*/\1/p')
 bytes=$(du -sb "$WORK/search/search" | cut -f1)
@@ -118,7 +121,7 @@ curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^engram_search_index_(commit
 stop_server
 echo "### indexing throughput: rebuild the whole index from the logs at start-up"
 rm -rf "$WORK/search/search"
-start_server sync "$WORK/search"
+start_server sync "$WORK/search" "${SEARCH_SET[@]}"
 "$S" wait --port "$PORT"
 grep -E 'search: (index caught up|index at)' "$WORK/server.log" | sed 's/^/  /'
 stop_server
