@@ -199,6 +199,7 @@ const std::vector<key_spec>& key_table() {
       {"search.commit_interval_ms",
        ranged([](config& c) -> auto& { return c.search.commit_interval; }, 0, 60'000)},
       {"search.max_batch_units", ranged([](config& c) -> auto& { return c.search.max_batch_units; }, 1, 1'000'000)},
+      {"search.recent_units", ranged([](config& c) -> auto& { return c.search.recent_units; }, 1, 10'000'000)},
       {"search.query_threads", ranged([](config& c) -> auto& { return c.search.query_threads; }, 1, 256)},
       {"search.max_queued_queries",
        ranged([](config& c) -> auto& { return c.search.max_queued_queries; }, 1, 1'000'000)},

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 
@@ -40,6 +41,7 @@ constexpr std::string_view meta_language = "engram.language";
 // Boot id of the last session that wrote without fsync and did not close cleanly.
 constexpr std::string_view meta_unsynced = "engram.unsynced_boot";
 constexpr size_t read_chunk = 512;  // events read from a log at a time
+constexpr size_t max_sealed_shards = 8;
 
 std::string position_key(std::string_view context_id) { return bool_term("p:", context_id); }
 
@@ -133,6 +135,27 @@ std::string_view to_string(index_state s) {
   return "unknown";
 }
 
+// One Xapian database directory of the index. A retired shard (merged into the
+// base) is deleted when the last view that still shows it is released.
+struct shard {
+  std::string dir;
+  uint64_t number = 0;  // 0: the base
+  std::atomic<bool> retired{false};
+  shard(std::string d, uint64_t n) : dir(std::move(d)), number(n) {}
+  ~shard() {
+    if (!retired) return;
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+};
+
+// The shards a query searches together, base first. Published as a whole, so a
+// query sees a merged unit either in the base or in its recent shard, never both.
+struct view {
+  uint64_t epoch = 0;
+  std::vector<std::shared_ptr<shard>> shards;
+};
+
 struct index::impl {
   options opts;
   storage::store& store;
@@ -143,14 +166,26 @@ struct index::impl {
   metrics_set metrics;
 
   // ---- indexer thread only (after open) ----
-  std::optional<Xapian::WritableDatabase> writer;
+  std::shared_ptr<shard> base;
+  std::vector<std::shared_ptr<shard>> sealed;  // full recent shards, oldest first, awaiting merge
+  std::shared_ptr<shard> active;               // the recent shard being written
+  std::optional<Xapian::WritableDatabase> writer;  // on `active`
+  uint64_t documents_elsewhere = 0;                // in the base and sealed shards
   std::unordered_map<std::string, uint64_t> positions;  // last seq indexed, per context
+  std::vector<Xapian::Database> position_sources;       // base and sealed shards, during scan()
   std::vector<int64_t> uncommitted_ts;                  // commit times of units awaiting commit
   uint64_t uncommitted_events = 0;
   steady::time_point last_commit{};
   steady::time_point last_progress_log{};
   steady::time_point catch_up_started{};
   std::thread indexer;
+
+  // ---- merging: one background merge at a time, started and joined by the indexer ----
+  std::thread merger;
+  std::shared_ptr<shard> merging;
+  std::atomic<bool> merge_done{false};
+  std::atomic<bool> abort_merge{false};
+  std::string merge_error;  // written by the merger before merge_done
 
   // ---- shared with the committer thread (publisher) and status readers ----
   mutable std::mutex mu;
@@ -165,13 +200,16 @@ struct index::impl {
   std::atomic<index_state> state{index_state::catching_up};
 
   // ---- queries ----
+  // Readers take the view and reopen under the shared lock; a merge commits the
+  // base and publishes the view without the merged shard under the exclusive lock.
+  std::shared_mutex view_mu;
+  std::shared_ptr<const view> current_view;
   struct reader {
     std::unique_ptr<Xapian::Database> db;
-    uint64_t epoch = 0;
+    std::shared_ptr<const view> v;
   };
   std::mutex readers_mu;
   std::vector<reader> idle_readers;
-  std::atomic<uint64_t> epoch{0};  // bumped when the index directory is replaced
   std::optional<boost::asio::thread_pool> pool;
   std::atomic<size_t> queued_queries{0};
   std::atomic<bool> closed{false};
@@ -181,97 +219,152 @@ struct index::impl {
     Xapian::Stem check(o.language);  // throws for an unknown language
   }
 
+  int sync_flag() const { return opts.fsync ? 0 : Xapian::DB_NO_SYNC; }
+  std::string base_dir() const { return opts.index_dir + "/base"; }
+  std::string recent_dir(uint64_t n) const { return opts.index_dir + "/recent." + std::to_string(n); }
+
   // ---- opening -------------------------------------------------------------------
 
-  // Opens the writer, replacing an index that is unreadable, was built for another
-  // store, schema or language, or may have lost unsynced writes to an OS crash.
-  // Fails only when the directory cannot be used at all.
-  model::status open_writer() {
+  // Opens the index, replacing one that is unreadable, was built for another store,
+  // schema or language, or may have lost unsynced writes to an OS crash. Fails only
+  // when the directory cannot be used at all.
+  model::status open_index() {
     std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(opts.index_dir).parent_path(), ec);
-    const bool existed = std::filesystem::exists(std::filesystem::path(opts.index_dir), ec);
+    const std::filesystem::path dir(opts.index_dir);
+    const bool existed = std::filesystem::exists(dir, ec);
     std::string reason;
+    std::vector<uint64_t> recents;
+    if (existed && std::filesystem::exists(dir / "iamglass", ec)) reason = "it has an older layout";
     try {
-      writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OPEN);  // synced until stamped
-      if (existed) {
-        const auto unsynced = writer->get_metadata(std::string(meta_unsynced));
-        if (writer->get_metadata(std::string(meta_schema)) != schema_version) reason = "it has another schema";
-        else if (writer->get_metadata(std::string(meta_store)) != store_identity) reason = "it was built from another store";
-        else if (writer->get_metadata(std::string(meta_language)) != opts.language) reason = "it was built for another language";
-        else if (!unsynced.empty() && unsynced != boot_id)
-          reason = "the machine restarted while it held writes that were not fsynced (search.fsync: false)";
+      std::filesystem::create_directories(dir, ec);
+      if (reason.empty()) {
+        Xapian::WritableDatabase b(base_dir(), Xapian::DB_CREATE_OR_OPEN);
+        if (existed) {
+          const auto unsynced = b.get_metadata(std::string(meta_unsynced));
+          if (b.get_metadata(std::string(meta_schema)) != schema_version) reason = "it has another schema";
+          else if (b.get_metadata(std::string(meta_store)) != store_identity) reason = "it was built from another store";
+          else if (b.get_metadata(std::string(meta_language)) != opts.language) reason = "it was built for another language";
+          else if (!unsynced.empty() && unsynced != boot_id)
+            reason = "the machine restarted while it held writes that were not fsynced (search.fsync: false)";
+        }
+        for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+          const auto name = entry.path().filename().string();
+          if (!name.starts_with("recent.")) continue;
+          const uint64_t n = std::strtoull(name.c_str() + 7, nullptr, 10);
+          // A shard merged just before a crash is already in the base.
+          if (b.get_metadata("merged." + std::to_string(n)) == "1") std::filesystem::remove_all(entry.path(), ec);
+          else recents.push_back(n);
+        }
+        b.close();
       }
     } catch (const Xapian::DatabaseLockError& e) {
       return fail(errc::unavailable, "search index " + opts.index_dir + " is in use by another process (" +
                                          e.get_msg() + ")");
     } catch (const Xapian::Error& e) {
       reason = "it cannot be opened (" + describe(e) + ")";
+    } catch (const std::filesystem::filesystem_error& e) {
+      return fail(errc::unavailable, "search index " + opts.index_dir + ": " + e.what());
     }
     if (!existed) {
       spdlog::info("search: no index at {}; building it from the logs", opts.index_dir);
     } else if (!reason.empty()) {
       spdlog::warn("search: replacing the index at {} because {}; rebuilding it from the logs", opts.index_dir,
                    reason);
-      if (auto ok = recreate(); !ok) return ok;
-      return {};
+      return recreate();
     }
+    std::sort(recents.begin(), recents.end());
     try {
-      start_writing();
+      start_writing(recents);
     } catch (const Xapian::Error& e) {
-      return fail(errc::unavailable, "search index " + opts.index_dir + ": " + describe(e));
+      spdlog::warn("search: the index at {} cannot be used ({}); rebuilding it from the logs", opts.index_dir,
+                   describe(e));
+      return recreate();
     }
     return {};
   }
 
-  // Records what the index is (durably, with a synced commit), then switches to
-  // unsynced commits when search.fsync is off.
-  void start_writing() {
-    writer->set_metadata(std::string(meta_schema), std::string(schema_version));
-    writer->set_metadata(std::string(meta_store), store_identity);
-    writer->set_metadata(std::string(meta_language), opts.language);
-    writer->set_metadata(std::string(meta_unsynced), opts.fsync ? std::string() : boot_id);
-    writer->commit();
-    if (!opts.fsync) {
-      writer->close();
-      writer.emplace(opts.index_dir, Xapian::DB_OPEN | Xapian::DB_NO_SYNC);
+  // Records what the index is in the base (a synced commit), seals the recent
+  // shards left by the last run (they are merged in the background) and starts a
+  // new active shard, written without fsync when search.fsync is off.
+  void start_writing(const std::vector<uint64_t>& recents) {
+    {
+      Xapian::WritableDatabase b(base_dir(), Xapian::DB_CREATE_OR_OPEN);
+      b.set_metadata(std::string(meta_schema), std::string(schema_version));
+      b.set_metadata(std::string(meta_store), store_identity);
+      b.set_metadata(std::string(meta_language), opts.language);
+      b.set_metadata(std::string(meta_unsynced), opts.fsync ? std::string() : boot_id);
+      b.commit();
+      documents_elsewhere = b.get_doccount();
+      b.close();
     }
-    documents = writer->get_doccount();
+    base = std::make_shared<shard>(base_dir(), 0);
+    sealed.clear();
+    for (const uint64_t n : recents) {
+      sealed.push_back(std::make_shared<shard>(recent_dir(n), n));
+      documents_elsewhere += Xapian::Database(sealed.back()->dir).get_doccount();
+    }
+    const uint64_t next = recents.empty() ? 1 : recents.back() + 1;
+    active = std::make_shared<shard>(recent_dir(next), next);
+    writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
+    documents = documents_elsewhere + writer->get_doccount();
     metrics.documents->Set(double(documents));
+    publish([&](view& v) {
+      v.shards = {base};
+      v.shards.insert(v.shards.end(), sealed.begin(), sealed.end());
+      v.shards.push_back(active);
+    });
+  }
+
+  // Replaces the published view (exclusive lock held by the caller or here).
+  template <class Change>
+  void publish(Change&& change, bool locked = false) {
+    auto next = std::make_shared<view>();
+    std::unique_lock lock(view_mu, std::defer_lock);
+    if (!locked) lock.lock();
+    if (current_view) *next = *current_view;
+    next->epoch = current_view ? current_view->epoch + 1 : 1;
+    change(*next);
+    current_view = std::move(next);
+    std::lock_guard readers_lock(readers_mu);
+    idle_readers.clear();  // they hold the old view (and its shards) alive
   }
 
   // After the last commit of a clean shutdown: make everything durable, then clear
   // the unsynced mark (itself with a synced commit).
   void finish_writing() {
-    writer->close();
+    stop_merge();
+    if (writer) writer->close();
     writer.reset();
     if (opts.fsync) return;
-    sync_directory(opts.index_dir);
-    Xapian::WritableDatabase synced(opts.index_dir, Xapian::DB_OPEN);
-    synced.set_metadata(std::string(meta_unsynced), "");
-    synced.commit();
-    synced.close();
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(opts.index_dir, ec))
+      if (entry.is_directory()) sync_directory(entry.path().string());
+    Xapian::WritableDatabase b(base_dir(), Xapian::DB_OPEN);
+    b.set_metadata(std::string(meta_unsynced), "");
+    b.commit();
+    b.close();
   }
 
-  // Deletes the index directory and starts an empty index (readers of the old one
-  // are retired by the epoch).
+  // Deletes the index and starts an empty one (readers of the old one keep their
+  // open files until they finish).
   model::status recreate() {
+    stop_merge();
     try {
       if (writer) writer->close();
     } catch (const Xapian::Error&) {
       // Closing a broken index may fail; it is being deleted anyway.
     }
     writer.reset();
-    epoch.fetch_add(1);
-    {
-      std::lock_guard lock(readers_mu);
-      idle_readers.clear();
-    }
+    publish([](view& v) { v.shards.clear(); });
+    base.reset();
+    active.reset();
+    sealed.clear();
     std::error_code ec;
     std::filesystem::remove_all(opts.index_dir, ec);
     if (ec) return fail(errc::unavailable, "cannot remove search index " + opts.index_dir + ": " + ec.message());
+    std::filesystem::create_directories(opts.index_dir, ec);
     try {
-      writer.emplace(opts.index_dir, Xapian::DB_CREATE_OR_OVERWRITE);
-      start_writing();
+      start_writing({});
     } catch (const Xapian::Error& e) {
       return fail(errc::unavailable, "cannot create search index " + opts.index_dir + ": " + describe(e));
     }
@@ -279,8 +372,83 @@ struct index::impl {
     uncommitted_ts.clear();
     uncommitted_events = 0;
     indexed_events = 0;
-    documents = 0;
     return {};
+  }
+
+  // ---- tiers ---------------------------------------------------------------------
+
+  // After a commit: when the active shard is full, seal it and start a new one;
+  // merge sealed shards into the base one at a time, oldest first.
+  void manage_tiers() {
+    if (merger.joinable() && merge_done) {
+      merger.join();
+      if (!merge_error.empty()) throw std::runtime_error("merging into the base: " + merge_error);
+      sealed.erase(sealed.begin());
+      merging.reset();
+    }
+    // Sealed shards queue for the merger (searched meanwhile); past a few, the
+    // active shard grows instead, so queries never span too many shards.
+    if (sealed.size() < max_sealed_shards && writer->get_doccount() >= opts.recent_units) {
+      documents_elsewhere += writer->get_doccount();
+      writer->close();
+      sealed.push_back(active);
+      active = std::make_shared<shard>(recent_dir(active->number + 1), active->number + 1);
+      writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
+      publish([&](view& v) { v.shards.push_back(active); });
+    }
+    if (!merger.joinable() && !sealed.empty()) {
+      merging = sealed.front();
+      merge_done = false;
+      abort_merge = false;
+      merge_error.clear();
+      merger = std::thread([this, src = merging] { merge(src); });
+    }
+  }
+
+  // Copies a sealed shard into the base in one transaction (so a crash leaves it
+  // wholly in one place), marks it merged, then shows the base without it.
+  void merge(const std::shared_ptr<shard>& src) {
+    try {
+      const auto t0 = steady::now();
+      Xapian::Database in(src->dir);
+      Xapian::WritableDatabase out(base_dir(), Xapian::DB_OPEN | sync_flag());
+      out.begin_transaction(true);
+      for (auto it = in.postlist_begin(""); it != in.postlist_end(""); ++it) {
+        if (abort_merge) {
+          out.cancel_transaction();
+          merge_done = true;
+          return;
+        }
+        // The base cannot hold these units yet: a shard is merged once (the
+        // transaction and its "merged" mark commit together).
+        out.add_document(in.get_document(*it));
+      }
+      for (auto k = in.metadata_keys_begin("p:"); k != in.metadata_keys_end("p:"); ++k) {
+        const auto pos = in.get_metadata(*k);
+        if (read_sortable_u64(pos) > read_sortable_u64(out.get_metadata(*k))) out.set_metadata(*k, pos);
+      }
+      out.set_metadata("merged." + std::to_string(src->number), "1");
+      {
+        std::unique_lock lock(view_mu);
+        out.commit_transaction();
+        publish([&](view& v) { std::erase(v.shards, src); }, true);
+      }
+      out.close();
+      src->retired = true;
+      spdlog::info("search: merged {} units of {} into the base in {:.1f} s", in.get_doccount(), src->dir,
+                    std::chrono::duration<double>(steady::now() - t0).count());
+    } catch (const Xapian::Error& e) {
+      merge_error = describe(e);
+    } catch (const std::exception& e) {
+      merge_error = e.what();
+    }
+    merge_done = true;
+  }
+
+  void stop_merge() {
+    abort_merge = true;
+    if (merger.joinable()) merger.join();
+    merging.reset();
   }
 
   // ---- indexer -------------------------------------------------------------------
@@ -323,10 +491,14 @@ struct index::impl {
     return stopping;
   }
 
+  // The last seq indexed for a context: the highest any shard records (shards are
+  // newer than the base, and a merge carries positions into the base).
   uint64_t position(const std::string& context_id) {
     auto it = positions.find(context_id);
     if (it != positions.end()) return it->second;
-    const uint64_t pos = read_sortable_u64(writer->get_metadata(position_key(context_id)));
+    const auto key = position_key(context_id);
+    uint64_t pos = read_sortable_u64(writer->get_metadata(key));
+    for (const auto& db : position_sources) pos = std::max(pos, read_sortable_u64(db.get_metadata(key)));
     indexed_events += pos;
     positions.emplace(context_id, pos);
     return pos;
@@ -337,6 +509,9 @@ struct index::impl {
   void scan() {
     state = index_state::catching_up;
     catch_up_started = last_progress_log = steady::now();
+    position_sources.clear();
+    position_sources.emplace_back(base->dir);
+    for (const auto& sh : sealed) position_sources.emplace_back(sh->dir);
     std::string after;
     for (;;) {
       auto page = store.list_contexts(after, 1000);
@@ -357,6 +532,7 @@ struct index::impl {
       if (!page->more || page->contexts.empty()) break;
       after = page->contexts.back().id();
     }
+    position_sources.clear();  // contexts seen later are new: only the active shard can know them
     const uint64_t backlog = lag();
     spdlog::info("search: index at {} holds {} units; {} log events to index", opts.index_dir,
                  documents.load(), backlog);
@@ -455,9 +631,10 @@ struct index::impl {
     indexed_events += uncommitted_events;
     uncommitted_ts.clear();
     uncommitted_events = 0;
-    documents = writer->get_doccount();
+    documents = documents_elsewhere + writer->get_doccount();
     metrics.documents->Set(double(documents));
     update_lag_metric();
+    manage_tiers();
     if (state == index_state::catching_up) {
       const uint64_t remaining = lag();
       const auto now = steady::now();
@@ -474,24 +651,32 @@ struct index::impl {
 
   // ---- queries -------------------------------------------------------------------
 
+  // A reader over the current view, reopened to the latest commits. Under the
+  // shared lock, so a merge cannot commit the base between the two.
   reader acquire_reader() {
-    const uint64_t current = epoch.load();
+    std::shared_lock lock(view_mu);
+    const auto v = current_view;
+    if (!v || v->shards.empty()) throw Xapian::DatabaseOpeningError("the index is being rebuilt");
     {
-      std::lock_guard lock(readers_mu);
+      std::lock_guard readers_lock(readers_mu);
       while (!idle_readers.empty()) {
         reader r = std::move(idle_readers.back());
         idle_readers.pop_back();
-        if (r.epoch != current) continue;
+        if (r.v != v) continue;
         r.db->reopen();
         return r;
       }
     }
-    return reader{std::make_unique<Xapian::Database>(opts.index_dir), current};
+    reader r{std::make_unique<Xapian::Database>(), v};
+    for (const auto& sh : v->shards) r.db->add_database(Xapian::Database(sh->dir));
+    return r;
   }
 
   void release_reader(reader r) {
-    std::lock_guard lock(readers_mu);
-    if (r.epoch == epoch.load()) idle_readers.push_back(std::move(r));
+    std::shared_lock lock(view_mu);  // lock order: view_mu, then readers_mu
+    if (r.v != current_view) return;
+    std::lock_guard readers_lock(readers_mu);
+    idle_readers.push_back(std::move(r));
   }
 
   std::string snippet(const Xapian::MSet& mset, const api::WorkUnit& head, const Xapian::Stem& stemmer) const {
@@ -622,7 +807,7 @@ model::result<std::unique_ptr<index>> index::open(const options& opts, storage::
   } catch (const Xapian::InvalidArgumentError& e) {
     return fail(errc::invalid_argument, "search.language: " + e.get_msg());
   }
-  if (auto ok = p->open_writer(); !ok) return std::unexpected(ok.error());
+  if (auto ok = p->open_index(); !ok) return std::unexpected(ok.error());
   p->pool.emplace(std::max<size_t>(1, opts.query_threads));
   auto* raw = p.get();
   p->indexer = std::thread([raw] { raw->run(); });
@@ -689,6 +874,7 @@ void index::close() {
   if (s.indexer.joinable()) s.indexer.join();
   if (s.pool) s.pool->join();
   try {
+    s.stop_merge();  // an unfinished merge is cancelled; the next start redoes it
     if (s.writer) s.finish_writing();
   } catch (const Xapian::Error& e) {
     spdlog::error("search: closing the index: {}", describe(e));

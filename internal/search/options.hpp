@@ -26,6 +26,10 @@ struct options {
   bool fsync = false;
   // Where the kernel's boot id is read (a different value means the machine restarted).
   std::string boot_id_file = "/proc/sys/kernel/random/boot_id";
+  // Units the small "recent" index takes before it is sealed and merged into the
+  // large base index in the background. Frequent commits stay cheap because they
+  // only touch the recent index.
+  size_t recent_units = 50'000;
   // Least time between two index commits: bounds the fsync rate under load.
   std::chrono::milliseconds commit_interval{10};
   // Bytes of a payload indexed as text; the rest is ignored.

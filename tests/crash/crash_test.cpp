@@ -448,7 +448,8 @@ class SearchCrashTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(SearchCrashTest, Sigkill_DuringHeavyIndexing_EveryAcknowledgedUnitSearchableOnce) {
   temp_dir dir;
   server_process proc(dir.str() + "/data", "sync", dir.str(),
-                      {"--set", "search.commit_interval_ms=300", "--set", "search.fsync=" + GetParam()});
+                      {"--set", "search.commit_interval_ms=300", "--set", "search.fsync=" + GetParam(),
+                       "--set", "search.recent_units=2000"});
   std::mutex mu;
   std::map<std::string, std::set<std::string>> acked;  // batch tag → unit ids
   std::atomic<size_t> acked_batches{0};
