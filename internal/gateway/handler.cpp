@@ -353,7 +353,10 @@ struct api_handler::impl {
     if (!eng.ready()) return json_response(503, json{{"status", "recovering"}});
     json body{{"status", "ready"}};
     if (auto s = eng.search_status()) {
-      body["search"] = {{"state", search::to_string(s->state)}, {"lag", s->lag}, {"documents", s->documents}};
+      body["search"] = {{"state", search::to_string(s->state)},
+                        {"lag", s->lag},
+                        {"documents", s->documents},
+                        {"pending_merges", s->pending_merges}};
       if (!s->error.empty()) body["search"]["error"] = s->error;
     }
     return json_response(200, body);

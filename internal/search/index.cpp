@@ -197,6 +197,7 @@ struct index::impl {
   std::atomic<uint64_t> committed_events{0};  // Σ heads
   std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
   std::atomic<uint64_t> documents{0};
+  std::atomic<size_t> sealed_count{0};  // recent shards waiting to be merged
   std::atomic<index_state> state{index_state::catching_up};
 
   // ---- queries ----
@@ -303,6 +304,7 @@ struct index::impl {
       sealed.push_back(std::make_shared<shard>(recent_dir(n), n));
       documents_elsewhere += Xapian::Database(sealed.back()->dir).get_doccount();
     }
+    sealed_count = sealed.size();
     const uint64_t next = recents.empty() ? 1 : recents.back() + 1;
     active = std::make_shared<shard>(recent_dir(next), next);
     writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
@@ -396,6 +398,7 @@ struct index::impl {
       writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
       publish([&](view& v) { v.shards.push_back(active); });
     }
+    sealed_count = sealed.size();
     if (!merger.joinable() && !sealed.empty()) {
       merging = sealed.front();
       merge_done = false;
@@ -856,6 +859,7 @@ index_status index::status() const {
   st.state = s.state.load();
   st.lag = s.lag();
   st.documents = s.documents.load();
+  st.pending_merges = s.sealed_count.load();
   if (st.state == index_state::failed) {
     std::lock_guard lock(s.mu);
     st.error = s.failure;
