@@ -384,6 +384,7 @@ struct index::impl {
   void manage_tiers() {
     if (merger.joinable() && merge_done) {
       merger.join();
+      merge_done = false;
       if (!merge_error.empty()) throw std::runtime_error("merging into the base: " + merge_error);
       sealed.erase(sealed.begin());
       merging.reset();
@@ -419,7 +420,7 @@ struct index::impl {
       for (auto it = in.postlist_begin(""); it != in.postlist_end(""); ++it) {
         if (abort_merge) {
           out.cancel_transaction();
-          merge_done = true;
+          finish_merge();
           return;
         }
         // The base cannot hold these units yet: a shard is merged once (the
@@ -445,12 +446,21 @@ struct index::impl {
     } catch (const std::exception& e) {
       merge_error = e.what();
     }
-    merge_done = true;
+    finish_merge();
+  }
+
+  void finish_merge() {
+    {
+      std::lock_guard lock(mu);
+      merge_done = true;
+    }
+    cv.notify_all();
   }
 
   void stop_merge() {
     abort_merge = true;
     if (merger.joinable()) merger.join();
+    merge_done = false;
     merging.reset();
   }
 
@@ -556,7 +566,9 @@ struct index::impl {
       std::unordered_map<std::string, uint64_t> work;
       {
         std::unique_lock lock(mu);
-        auto has_work = [&] { return stopping || !pending.empty(); };
+        // A finished merge wakes the indexer too: the next one starts even when
+        // no writes arrive.
+        auto has_work = [&] { return stopping || !pending.empty() || merge_done; };
         if (uncommitted_events == 0) cv.wait(lock, has_work);
         else cv.wait_until(lock, last_commit + opts.commit_interval, has_work);
         if (stopping) break;
@@ -565,7 +577,9 @@ struct index::impl {
       const bool read_error = !work.empty() && !index_some(work);
       if (uncommitted_events > 0 &&
           (steady::now() >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units))
-        commit();
+        commit();  // manages the tiers too
+      else if (merge_done)
+        manage_tiers();
       if (read_error) {
         std::unique_lock lock(mu);  // storage refused a read: retry later
         cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping; });

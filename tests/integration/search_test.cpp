@@ -385,6 +385,10 @@ TEST_F(SearchTest, ConcurrentSearchesWhileIndexingAndMerging) {
   EXPECT_GT(queries, 0u);
   wait_indexed();
   EXPECT_EQ(search({{"query", "concurrent"}}).body["total_count"], 2000);
+  // With no more writes, the sealed shards still get merged (merges do not wait
+  // for the next commit), and the merged view holds every unit once.
+  EXPECT_TRUE(wait_until([&] { return call(*http_, "GET", "/readyz").body["search"]["pending_merges"] == 0; }, 60s))
+      << call(*http_, "GET", "/readyz").raw;
   EXPECT_EQ(search({{"context_id", "conc/*"}, {"limit", 1}}).body["total_count"], 2000);
 }
 
