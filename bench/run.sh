@@ -6,6 +6,7 @@
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
+#   BENCH_LAG_SECONDS=60: length of the ack → searchable run
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -115,8 +116,9 @@ echo "### the same at 4 connections"
 "$S" query --port "$PORT" --connections 4 --seconds "$SECS" --limit 20
 echo "### limit 100 (the v3 default), without snippets, 1 connection"
 "$S" query --port "$PORT" --connections 1 --seconds "$SECS" --limit 100 --snippets false
-echo "### ack → searchable under 2000 appends/s (${SECS}s)"
-"$S" lag --port "$PORT" --rate 2000 --seconds "$SECS"
+LAG_SECS=${BENCH_LAG_SECONDS:-60}
+echo "### ack → searchable under 2000 appends/s (${LAG_SECS}s: long enough to include a background merge)"
+"$S" lag --port "$PORT" --rate 2000 --seconds "$LAG_SECS"
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^engram_search_index_(commits_total|delay_seconds_(count|sum))' | sed 's/^/  /'
 stop_server
 echo "### indexing throughput: rebuild the whole index from the logs at start-up"

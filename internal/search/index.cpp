@@ -8,6 +8,7 @@
 #include <xapian.h>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -412,6 +413,9 @@ struct index::impl {
   // Copies a sealed shard into the base in one transaction (so a crash leaves it
   // wholly in one place), marks it merged, then shows the base without it.
   void merge(const std::shared_ptr<shard>& src) {
+    // Background work: yield the CPU to the indexer and the request threads, so
+    // freshness holds while a merge runs (Linux: nice applies per thread).
+    ::setpriority(PRIO_PROCESS, ::gettid(), 10);
     try {
       const auto t0 = steady::now();
       Xapian::Database in(src->dir);
