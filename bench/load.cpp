@@ -14,12 +14,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "engram/http_connection.hpp"
 
 namespace {
 
 using json = nlohmann::json;
 using steady = std::chrono::steady_clock;
+using engram::bench::expect;
+using engram::bench::percentile;
 
 struct settings {
   std::string host = "127.0.0.1";
@@ -52,11 +55,7 @@ void report(const settings& s, const std::string& what, std::vector<worker_resul
     if (first_error.empty()) first_error = r.first_error;
   }
   std::sort(all.begin(), all.end());
-  auto pct = [&](double p) -> double {
-    if (all.empty()) return 0;
-    const size_t i = std::min(all.size() - 1, size_t(p * double(all.size())));
-    return double(all[i]) / 1000.0;
-  };
+  auto pct = [&](double p) { return percentile(all, p) / 1000.0; };  // ns → µs
   std::printf("%s%s conns=%u requests=%zu errors=%zu rps=%.0f p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
               s.label.empty() ? "" : (s.label + " ").c_str(), what.c_str(), s.connections, all.size(), errors,
               double(all.size()) / elapsed, pct(0.50), pct(0.99), pct(0.999),
@@ -90,13 +89,6 @@ void timed(const settings& s, const std::string& what, Op op) {
   }
   for (auto& t : threads) t.join();
   report(s, what, results, std::chrono::duration<double>(steady::now() - start).count());
-}
-
-std::string expect(const std::expected<engram::client::http_result, engram::client::transport_error>& r,
-                   unsigned status) {
-  if (!r) return r.error().message;
-  if (r->status != status) return "status " + std::to_string(r->status) + ": " + r->body.substr(0, 200);
-  return {};
 }
 
 void run_write(const settings& s) {

@@ -22,12 +22,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "engram/http_connection.hpp"
 
 namespace {
 
 using json = nlohmann::json;
 using steady = std::chrono::steady_clock;
+using engram::bench::expect;
+using engram::bench::percentile;
 
 struct settings {
   std::string host = "127.0.0.1";
@@ -71,16 +74,9 @@ class vocabulary {
   std::discrete_distribution<size_t> zipf_;
 };
 
-std::string expect(const std::expected<engram::client::http_result, engram::client::transport_error>& r,
-                   unsigned status) {
-  if (!r) return r.error().message;
-  if (r->status != status) return "status " + std::to_string(r->status) + ": " + r->body.substr(0, 200);
-  return {};
-}
-
 void print_percentiles(const char* what, std::vector<double> us, double elapsed, size_t errors) {
   std::sort(us.begin(), us.end());
-  auto pct = [&](double p) { return us.empty() ? 0.0 : us[std::min(us.size() - 1, size_t(p * double(us.size())))]; };
+  auto pct = [&](double p) { return percentile(us, p); };
   std::printf("%-28s n=%zu errors=%zu qps=%.0f p50=%.0fus p99=%.0fus max=%.0fus\n", what, us.size(), errors,
               elapsed > 0 ? double(us.size()) / elapsed : 0, pct(0.5), pct(0.99), us.empty() ? 0 : us.back());
 }
