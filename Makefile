@@ -18,7 +18,7 @@ CTEST_ARGS ?=
 DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
   libboost1.81-dev libboost-url1.81-dev \
   librocksdb-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev \
-  libxapian-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  libxapian-dev libhnswlib-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev
 
 # What the browser test needs beyond the build (Node.js only if the machine has none).

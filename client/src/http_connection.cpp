@@ -34,8 +34,9 @@ struct http_connection::impl {
     tcp::resolver resolver(ioc);
     auto results = resolver.resolve(host, std::to_string(port), ec);
     if (ec) return ec;
-    stream->expires_after(timeout);
-    stream->connect(results, ec);
+    ec = run([&](auto handler) {
+      stream->async_connect(results, [handler](beast::error_code e, const tcp::endpoint&) { handler(e, 0); });
+    });
     if (!ec) stream->socket().set_option(tcp::no_delay(true), ec);
     return ec;
   }

@@ -28,6 +28,9 @@ class log_publisher final : public storage::publisher {
     router_.publish(events);
     if (index_) index_->on_committed(events);
   }
+  void vectors_committed(uint64_t last_vseq) override {
+    if (index_) index_->on_vectors(last_vseq);
+  }
 
  private:
   router::router& router_;

@@ -210,6 +210,45 @@ const std::vector<key_spec>& key_table() {
       {"search.max_text_bytes",
        ranged([](config& c) -> auto& { return c.search.max_text_bytes; }, 0, 1ull << 30)},
       {"search.snippet_bytes", ranged([](config& c) -> auto& { return c.search.snippet_bytes; }, 0, 65'536)},
+      {"search.embeddings.url",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (!raw.empty() && !raw.starts_with("http://"))
+           return "must be an http:// URL of an OpenAI-compatible /v1/embeddings endpoint (or empty)";
+         c.search.embeddings.url = raw;
+         return std::nullopt;
+       }},
+      {"search.embeddings.model",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (auto bad = model::check_identifier("search.embeddings.model", raw)) return *bad;
+         c.search.embeddings.model = raw;
+         return std::nullopt;
+       }},
+      {"search.embeddings.api_key",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.search.embeddings.api_key = raw;
+         return std::nullopt;
+       }},
+      {"search.embeddings.batch_size",
+       ranged([](config& c) -> auto& { return c.search.embeddings.batch_size; }, 1, 2048)},
+      {"search.embeddings.max_input_bytes",
+       ranged([](config& c) -> auto& { return c.search.embeddings.max_input_bytes; }, 1, 1 << 20)},
+      {"search.embeddings.timeout_ms",
+       ranged([](config& c) -> auto& { return c.search.embeddings.timeout; }, 100, 600'000)},
+      {"search.embeddings.query_timeout_ms",
+       ranged([](config& c) -> auto& { return c.search.embeddings.query_timeout; }, 100, 600'000)},
+      {"search.embeddings.max_backoff_ms",
+       ranged([](config& c) -> auto& { return c.search.embeddings.max_backoff; }, 10, 3'600'000)},
+      {"search.vectors.m", ranged([](config& c) -> auto& { return c.search.vectors.m; }, 4, 128)},
+      {"search.vectors.ef_construction",
+       ranged([](config& c) -> auto& { return c.search.vectors.ef_construction; }, 8, 4096)},
+      {"search.vectors.ef_search", ranged([](config& c) -> auto& { return c.search.vectors.ef_search; }, 1, 10'000)},
+      {"search.vectors.insert_threads",
+       ranged([](config& c) -> auto& { return c.search.vectors.insert_threads; }, 1, 64)},
+      {"search.vectors.exact_filter_limit",
+       ranged([](config& c) -> auto& { return c.search.exact_filter_limit; }, 0, 10'000'000)},
+      {"search.vectors.fusion_depth", ranged([](config& c) -> auto& { return c.search.fusion_depth; }, 1, 10'000)},
+      {"search.vectors.max_results",
+       ranged([](config& c) -> auto& { return c.search.max_vector_results; }, 1, 1'000'000)},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"storage.data_dir",

@@ -99,6 +99,12 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
                std::move(done));
 }
 
+model::result<std::optional<api::Embedding>> engine::get_vector(std::string_view id) const {
+  auto s = store();
+  if (!s) return std::unexpected(s.error());
+  return (*s)->get_vector(id);
+}
+
 model::result<api::WorkUnit> engine::get_unit(std::string_view id) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());

@@ -69,6 +69,8 @@ class engine {
               append_done done, std::vector<storage::fence> fences = {});
 
   model::result<api::WorkUnit> get_unit(std::string_view id) const;
+  // The unit's stored embedding; nullopt when it has none.
+  model::result<std::optional<api::Embedding>> get_vector(std::string_view id) const;
   model::result<units_page> list_units(std::string_view context_id, const list_request& req) const;
 
   model::result<api::Context> get_context(std::string_view id) const;

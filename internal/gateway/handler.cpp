@@ -336,7 +336,7 @@ struct api_handler::impl {
         return handle_locks(req, route, q, std::move(respond));
       case route_id::unit_append: return append_one(req, url.encoded_path(), std::move(respond));
       case route_id::batch_append: return append_batch(req, url.encoded_path(), std::move(respond));
-      case route_id::unit_get: return get_unit(route, std::move(respond));
+      case route_id::unit_get: return get_unit(route, q, std::move(respond));
       case route_id::unit_list: return list_units(route, q, std::move(respond));
       case route_id::context_list: return list_contexts(q, std::move(respond));
       case route_id::context_one:
@@ -358,6 +358,13 @@ struct api_handler::impl {
                         {"documents", s->documents},
                         {"pending_merges", s->pending_merges}};
       if (!s->error.empty()) body["search"]["error"] = s->error;
+      body["search"]["vectors"] = {{"count", s->vectors.vectors},
+                                   {"lag", s->vectors.lag},
+                                   {"state", s->vectors.catching_up ? "catching_up" : "ready"}};
+      if (s->embedder) {
+        body["search"]["embedder"] = {{"up", s->embedder->up}, {"backlog", s->embedder->backlog}};
+        if (!s->embedder->error.empty()) body["search"]["embedder"]["error"] = s->embedder->error;
+      }
     }
     return json_response(200, body);
   }
@@ -383,21 +390,32 @@ struct api_handler::impl {
   static response search_response(const search::results& r, size_t offset) {
     json ids = json::array();
     json hits = json::array();
+    const bool ranked = r.mode != search::search_mode::keyword;
     for (const auto& h : r.hits) {
       ids.push_back(h.id);
-      hits.push_back({{"id", h.id},
-                      {"context_id", h.context_id},
-                      {"seq", h.seq},
-                      {"score", h.score},
-                      {"ts", model::timestamp_json(h.ts_ns)},
-                      {"snippet", h.snippet}});
+      json hit{{"id", h.id},
+               {"context_id", h.context_id},
+               {"seq", h.seq},
+               {"score", h.score},
+               {"ts", model::timestamp_json(h.ts_ns)},
+               {"snippet", h.snippet}};
+      if (ranked) {  // per-signal ranks: null where a signal did not find the unit
+        hit["keyword_rank"] = h.keyword_rank ? json(*h.keyword_rank) : json(nullptr);
+        hit["vector_rank"] = h.vector_rank ? json(*h.vector_rank) : json(nullptr);
+        hit["keyword_score"] = h.keyword_score ? json(*h.keyword_score) : json(nullptr);
+        hit["vector_score"] = h.vector_score ? json(*h.vector_score) : json(nullptr);
+      }
+      hits.push_back(std::move(hit));
     }
-    return json_response(200, json{{"results", std::move(ids)},
-                                   {"total_count", r.total},
-                                   {"total_count_exact", r.total_exact},
-                                   {"limit", r.limit},
-                                   {"offset", offset},
-                                   {"hits", std::move(hits)}});
+    json body{{"results", std::move(ids)},
+              {"total_count", r.total},
+              {"total_count_exact", r.total_exact},
+              {"limit", r.limit},
+              {"offset", offset},
+              {"mode", search::to_string(r.mode)},
+              {"hits", std::move(hits)}};
+    if (!r.degraded.empty()) body["degraded"] = r.degraded;
+    return json_response(200, body);
   }
 
   static void respond_units(const responder& respond, model::result<storage::append_result> r,
@@ -585,13 +603,29 @@ struct api_handler::impl {
     });
   }
 
-  void get_unit(const matched_route& route, responder respond) {
+  void get_unit(const matched_route& route, const query_params& q, responder respond) {
     auto id = path_param(route, "work unit id");
     if (!id) return respond(error_response(id.error()));
+    bool with_embedding = false;
+    if (const auto* include = q.get("include")) {
+      if (*include == "embedding") with_embedding = true;
+      else if (!include->empty())
+        return respond(error_response({errc::invalid_argument, "include must be \"embedding\""}));
+    }
     auto unit = eng.get_unit(*id);
     if (!unit) return respond(error_response(unit.error()));
     response r;
-    r.body = "{\"work_unit\":" + model::unit_json(*unit) + "}";
+    r.body = "{\"work_unit\":" + model::unit_json(*unit);
+    if (with_embedding) {
+      auto vector = eng.get_vector(*id);
+      if (!vector) return respond(error_response(vector.error()));
+      // Inside the unit object: replace its closing brace.
+      r.body.pop_back();
+      if (*vector) model::append_embedding_json(r.body, **vector);
+      else r.body.append(",\"embedding\":null,\"embedding_model\":null");
+      r.body.push_back('}');
+    }
+    r.body.push_back('}');
     respond(std::move(r));
   }
 

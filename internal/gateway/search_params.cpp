@@ -79,12 +79,40 @@ model::result<std::optional<size_t>> count_field(const json& body, std::string_v
   return std::optional<size_t>(it->get<uint64_t>());
 }
 
-model::status check_mode(const json& mode) {
-  if (mode.is_null() || mode == "keyword") return {};
-  if (mode == "semantic" || mode == "hybrid")
-    return fail(errc::invalid_argument, "mode '" + mode.get<std::string>() +
-                                            "' is not available on this server yet; use \"keyword\"");
-  return fail(errc::invalid_argument, "mode must be \"keyword\"");
+model::result<search::search_mode> mode_from(const json& mode) {
+  if (mode.is_null() || mode == "auto") return search::search_mode::automatic;
+  if (mode == "keyword") return search::search_mode::keyword;
+  if (mode == "semantic") return search::search_mode::semantic;
+  if (mode == "hybrid") return search::search_mode::hybrid;
+  return fail(errc::invalid_argument, "mode must be \"keyword\", \"semantic\" or \"hybrid\"");
+}
+
+model::status set_model(search::query& q, const std::string& model) {
+  if (auto bad = model::check_identifier("embedding_model", model, model::max_id_bytes))
+    return fail(errc::invalid_argument, *bad);
+  q.model = model;
+  return {};
+}
+
+// A vector in a query string: comma-separated numbers.
+model::status set_vector_param(search::query& q, const std::string& v) {
+  json values = json::array();
+  size_t start = 0;
+  while (start <= v.size()) {
+    const size_t end = std::min(v.find(',', start), v.size());
+    const std::string item = v.substr(start, end - start);
+    double d = 0;
+    auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), d);
+    if (item.empty() || ec != std::errc() || p != item.data() + item.size())
+      return fail(errc::invalid_argument, "vector must be comma-separated numbers, got '" + item + "'");
+    values.push_back(d);
+    if (values.size() > model::max_embedding_dimension) break;  // reported below
+    start = end + 1;
+  }
+  auto parsed = model::vector_from_json(values, "vector");
+  if (!parsed) return std::unexpected(parsed.error());
+  q.vector = std::move(*parsed);
+  return {};
 }
 
 model::result<uint64_t> count_param(std::string_view key, const std::string& v) {
@@ -119,8 +147,20 @@ json enum_param(const std::string& v) {
 model::result<search_request> parse_search_body(const json& body) {
   search_request out;
   auto& q = out.query;
-  if (auto m = body.find("mode"); m != body.end())
-    if (auto ok = check_mode(*m); !ok) return std::unexpected(ok.error());
+  if (auto m = body.find("mode"); m != body.end()) {
+    auto mode = mode_from(*m);
+    if (!mode) return std::unexpected(mode.error());
+    q.mode = *mode;
+  }
+  if (auto it = body.find("vector"); it != body.end() && !it->is_null()) {
+    auto v = model::vector_from_json(*it, "vector");
+    if (!v) return std::unexpected(v.error());
+    q.vector = std::move(*v);
+  }
+  if (auto it = body.find("embedding_model"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return fail(errc::invalid_argument, "embedding_model must be a string");
+    if (auto ok = set_model(q, it->get<std::string>()); !ok) return std::unexpected(ok.error());
+  }
   if (auto it = body.find("query"); it != body.end() && !it->is_null()) {
     if (!it->is_string()) return fail(errc::invalid_argument, "query must be a string");
     q.text = it->get<std::string>();
@@ -231,7 +271,13 @@ model::result<search_request> parse_search_params(const std::vector<std::pair<st
       else if (value == "false" || value == "0") q.snippets = false;
       else ok = fail(errc::invalid_argument, "snippets must be true or false");
     } else if (key == "mode") {
-      ok = check_mode(json(value));
+      auto mode = mode_from(json(value));
+      if (mode) q.mode = *mode;
+      else ok = std::unexpected(mode.error());
+    } else if (key == "vector") {
+      ok = set_vector_param(q, value);
+    } else if (key == "model" || key == "embedding_model") {
+      ok = set_model(q, value);
     }
     // Other parameters are ignored, as in the rest of the API.
     if (!ok) return std::unexpected(ok.error());

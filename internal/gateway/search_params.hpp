@@ -5,9 +5,11 @@
 // POST /search  {"query":"…","context_id":"c1" | "project-7/*","agent_ids":[…],
 //                "types":[1,"SYSTEM"],"meta_filters":{"k":"v"},
 //                "relationships":[{"target_id":"…","type":"RESPONDS_TO"}],
-//                "from":<time>,"to":<time>,"limit":N,"offset":N,"snippets":true}
+//                "from":<time>,"to":<time>,"limit":N,"offset":N,"snippets":true,
+//                "mode":"keyword"|"semantic"|"hybrid","vector":[…],"embedding_model":"…"}
 // GET  /search?q=…&context=…&agent=…&type=…&meta=k=v&rel=[TYPE:]target
-//              &from=…&to=…&limit=N&offset=N&snippets=false   (lists repeat the key)
+//              &from=…&to=…&limit=N&offset=N&snippets=false
+//              &mode=…&vector=0.1,0.2,…&model=…               (lists repeat the key)
 //
 // <time> is {"seconds":S,"nanos":N} or RFC 3339; in a query string RFC 3339 or
 // whole seconds since the epoch. `from` is inclusive, `to` exclusive.

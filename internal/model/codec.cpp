@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "model/text.hpp"
@@ -384,6 +386,20 @@ result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& de
     unit.set_payload(text->get<std::string>());
   }
 
+  if (auto it = object.find("embedding"); it != object.end() && !it->is_null()) {
+    auto values = vector_from_json(*it, "embedding");
+    if (!values) return std::unexpected(values.error());
+    auto model = string_field(object, "embedding_model", default_embedding_model);
+    if (!model) return std::unexpected(model.error());
+    if (auto bad = check_identifier("embedding_model", *model, max_id_bytes))
+      return fail(errc::invalid_argument, *bad);
+    auto* e = unit.mutable_embedding();
+    e->set_model(std::move(*model));
+    e->mutable_values()->Add(values->begin(), values->end());
+  } else if (auto m = object.find("embedding_model"); m != object.end() && !m->is_null()) {
+    return fail(errc::invalid_argument, "embedding_model is given without an embedding");
+  }
+
   if (auto it = object.find("relationships"); it != object.end() && !it->is_null()) {
     if (!it->is_array()) return fail(errc::invalid_argument, "relationships must be an array");
     if (it->size() > max_relationships)
@@ -410,6 +426,40 @@ result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& de
     }
   }
   return unit;
+}
+
+result<std::vector<float>> vector_from_json(const json& value, std::string_view field) {
+  const std::string name(field);
+  if (!value.is_array()) return fail(errc::invalid_argument, name + " must be an array of numbers");
+  if (value.empty() || value.size() > max_embedding_dimension)
+    return fail(errc::invalid_argument, name + " must have 1 to " + std::to_string(max_embedding_dimension) +
+                                            " numbers (it has " + std::to_string(value.size()) + ")");
+  std::vector<float> out;
+  out.reserve(value.size());
+  bool nonzero = false;
+  for (const auto& v : value) {
+    if (!v.is_number()) return fail(errc::invalid_argument, name + " must contain only numbers");
+    const double d = v.get<double>();
+    const auto f = float(d);
+    if (!std::isfinite(f)) return fail(errc::invalid_argument, name + " values must be finite 32-bit floats");
+    nonzero = nonzero || f != 0;
+    out.push_back(f);
+  }
+  if (!nonzero) return fail(errc::invalid_argument, name + " must not be all zeros");
+  return out;
+}
+
+void append_embedding_json(std::string& out, const api::Embedding& embedding) {
+  out.append(",\"embedding\":[");
+  char buf[32];
+  for (int i = 0; i < embedding.values_size(); ++i) {
+    if (i) out.push_back(',');
+    // Shortest text that reads back as the same float.
+    const auto r = std::to_chars(buf, buf + sizeof buf, embedding.values(i));
+    out.append(buf, r.ptr);
+  }
+  out.append("],\"embedding_model\":");
+  append_json_string(out, embedding.model());
 }
 
 result<context_patch> patch_from_json(const json& object) {

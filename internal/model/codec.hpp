@@ -24,6 +24,9 @@ inline constexpr size_t max_meta_entries = 256;
 inline constexpr size_t max_meta_value_bytes = 64 * 1024;
 inline constexpr size_t max_relationships = 256;
 inline constexpr size_t max_display_name_bytes = 1024;
+inline constexpr size_t max_embedding_dimension = 4096;
+// The embedding model of a vector that names none.
+inline constexpr std::string_view default_embedding_model = "default";
 
 json timestamp_json(int64_t ns);
 // A point in time as ns since the epoch, from {"seconds":S,"nanos":N} (what
@@ -57,8 +60,16 @@ struct unit_defaults {
 };
 
 // Parse one work unit from a request object. Server-assigned fields (id, seq, ts)
-// are ignored if present. `text` (UTF-8) may replace base64 `payload`.
+// are ignored if present. `text` (UTF-8) may replace base64 `payload`. An optional
+// `embedding` (array of finite numbers, not all zero) with `embedding_model`
+// becomes the unit's `embedding`.
 result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& defaults);
+
+// A vector from a JSON array of 1..max_embedding_dimension finite numbers, not all
+// zero (its direction is what is compared).
+result<std::vector<float>> vector_from_json(const json& value, std::string_view field);
+// `"embedding":[…],"embedding_model":"…"` members (leading comma included).
+void append_embedding_json(std::string& out, const api::Embedding& embedding);
 
 // Work unit type from an integer or a name ("MESSAGE", "message",
 // "WORK_UNIT_TYPE_MESSAGE"); an error lists the accepted values.

@@ -22,7 +22,10 @@
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
+#include "model/codec.hpp"
+#include "search/fusion.hpp"
 #include "search/terms.hpp"
 #include "storage/store.hpp"
 
@@ -127,6 +130,16 @@ struct metrics_set {
 
 }  // namespace
 
+std::string_view to_string(search_mode m) {
+  switch (m) {
+    case search_mode::automatic: return "auto";
+    case search_mode::keyword: return "keyword";
+    case search_mode::semantic: return "semantic";
+    case search_mode::hybrid: return "hybrid";
+  }
+  return "unknown";
+}
+
 std::string_view to_string(index_state s) {
   switch (s) {
     case index_state::catching_up: return "catching_up";
@@ -215,6 +228,10 @@ struct index::impl {
   std::optional<boost::asio::thread_pool> pool;
   std::atomic<size_t> queued_queries{0};
   std::atomic<bool> closed{false};
+
+  // ---- semantic search ----
+  std::unique_ptr<vector_index> vectors;
+  std::unique_ptr<search::embedder> embedder;  // null: no endpoint configured
 
   impl(const options& o, storage::store& s, prometheus::Registry* r)
       : opts(o), store(s), store_identity(s.identity()), boot_id(read_boot_id(o.boot_id_file)), metrics(r) {
@@ -712,9 +729,13 @@ struct index::impl {
                                       "", "", "…"));
   }
 
-  model::result<results> execute(Xapian::Database& db, const query& q) const {
-    const bool has_text = q.text.find_first_not_of(" \t\r\n") != std::string::npos;
-    const Xapian::Stem stemmer(opts.language);
+  static bool blank(const std::string& text) { return text.find_first_not_of(" \t\r\n") == std::string::npos; }
+
+  // The text query and filters as one Xapian query; nullopt when the text parses
+  // to nothing (only punctuation, say), which matches nothing.
+  model::result<std::optional<Xapian::Query>> full_query(Xapian::Database& db, const query& q,
+                                                         const Xapian::Stem& stemmer) const {
+    const bool has_text = !blank(q.text);
     Xapian::Query text_query;
     if (has_text) {
       Xapian::QueryParser qp;
@@ -728,20 +749,22 @@ struct index::impl {
                                               Xapian::QueryParser::FLAG_LOVEHATE | Xapian::QueryParser::FLAG_WILDCARD |
                                               Xapian::QueryParser::FLAG_PURE_NOT |
                                               Xapian::QueryParser::FLAG_CJK_NGRAM);
-      if (text_query.empty()) {  // only punctuation, say: matches nothing
-        results none;
-        none.limit = q.limit;
-        return none;
-      }
+      if (text_query.empty()) return std::optional<Xapian::Query>();
     }
     auto filters = filter_query(q);
     if (!filters) return std::unexpected(filters.error());
-    Xapian::Query full;
-    if (has_text) full = *filters ? Xapian::Query(Xapian::Query::OP_FILTER, text_query, **filters) : text_query;
-    else full = *filters ? **filters : Xapian::Query(std::string());  // all (Query::MatchAll is shared: not thread-safe)
+    if (has_text)
+      return std::optional<Xapian::Query>(*filters ? Xapian::Query(Xapian::Query::OP_FILTER, text_query, **filters)
+                                                   : text_query);
+    // All (Query::MatchAll is a shared object: not thread-safe).
+    return std::optional<Xapian::Query>(*filters ? **filters : Xapian::Query(std::string()));
+  }
 
-    // Without text: newest first. Units of one commit share a ts, so seq breaks
-    // ties within a context; across contexts the later-indexed comes first.
+  // Matches of `full` from `first`, at most `count`, counting at least `check`:
+  // by BM25 with text, else newest first (units of one commit share a ts, so seq
+  // breaks ties within a context; across contexts the later-indexed comes first).
+  static Xapian::MSet match(Xapian::Database& db, const Xapian::Query& full, bool has_text, size_t first,
+                            size_t count, size_t check) {
     Xapian::MultiValueKeyMaker newest_first;
     newest_first.add_value(ts_slot, true);
     newest_first.add_value(seq_slot, true);
@@ -752,10 +775,18 @@ struct index::impl {
       enquire.set_sort_by_key(&newest_first, false);
       enquire.set_docid_order(Xapian::Enquire::DESCENDING);
     }
-    const auto check = Xapian::doccount(std::max(q.offset + q.limit, opts.exact_count_up_to));
-    const Xapian::MSet mset = enquire.get_mset(Xapian::doccount(q.offset), Xapian::doccount(q.limit), check);
+    return enquire.get_mset(Xapian::doccount(first), Xapian::doccount(count), Xapian::doccount(check));
+  }
+
+  model::result<results> keyword(Xapian::Database& db, const query& q) const {
+    const bool has_text = !blank(q.text);
+    const Xapian::Stem stemmer(opts.language);
+    auto full = full_query(db, q, stemmer);
+    if (!full) return std::unexpected(full.error());
     results out;
     out.limit = q.limit;
+    if (!*full) return out;
+    const auto mset = match(db, **full, has_text, q.offset, q.limit, std::max(q.offset + q.limit, opts.exact_count_up_to));
     out.total = mset.get_matches_estimated();
     out.total_exact = mset.get_matches_lower_bound() == mset.get_matches_upper_bound();
     out.hits.reserve(mset.size());
@@ -773,16 +804,210 @@ struct index::impl {
     return out;
   }
 
+  // ---- semantic and hybrid -------------------------------------------------------
+
+  struct plan {
+    search_mode mode = search_mode::keyword;
+    std::string model;
+    std::vector<float> vector;
+    std::string degraded;
+  };
+
+  // Which mode runs, in which vector space, with which query vector (embedding the
+  // text if needed). An unreachable endpoint degrades the search to keyword results.
+  model::result<plan> resolve(const query& q) const {
+    plan p;
+    const bool has_text = !blank(q.text);
+    p.model = !q.model.empty() ? q.model : embedder ? embedder->model() : std::string(model::default_embedding_model);
+    const auto wants = q.mode;
+    const auto name = std::string(to_string(wants));
+    if (wants == search_mode::keyword) return p;
+    if (!q.vector.empty()) {
+      if (wants == search_mode::hybrid && !has_text)
+        return fail(errc::invalid_argument, "mode \"hybrid\" needs query text as well as a vector");
+      p.mode = wants == search_mode::automatic ? (has_text ? search_mode::hybrid : search_mode::semantic) : wants;
+      p.vector = q.vector;
+      return p;
+    }
+    if (wants == search_mode::automatic) {
+      // Hybrid only when the query can be embedded and the space has vectors.
+      if (!has_text || !embedder || vectors->size(p.model) == 0) return p;
+    } else {
+      if (!has_text) return fail(errc::invalid_argument, "mode \"" + name + "\" needs query text or a vector");
+      if (!embedder)
+        return fail(errc::invalid_argument, "mode \"" + name + "\" needs a vector: no embedding endpoint is "
+                                            "configured (search.embeddings.url) to embed the query text");
+    }
+    auto v = embedder->embed_query(q.text);
+    if (!v) {
+      p.degraded = "keyword results only: " + v.error().message;
+      return p;
+    }
+    p.mode = wants == search_mode::automatic ? search_mode::hybrid : wants;
+    p.vector = std::move(*v);
+    return p;
+  }
+
+  // Ids of the documents matching `filter`, at most `limit` (+1 to tell "more").
+  static std::vector<std::string> matching_ids(Xapian::Database& db, const Xapian::Query& filter, size_t limit) {
+    Xapian::Enquire enquire(db);
+    enquire.set_query(filter);
+    enquire.set_weighting_scheme(Xapian::BoolWeight());
+    const auto mset = enquire.get_mset(0, Xapian::doccount(limit));
+    std::vector<std::string> ids;
+    ids.reserve(mset.size());
+    for (auto it = mset.begin(); it != mset.end(); ++it) ids.push_back(document_head(it.get_document()).id());
+    return ids;
+  }
+
+  // The candidates that match `filter`, in their order.
+  static std::vector<neighbour> keep_matching(Xapian::Database& db, const Xapian::Query& filter,
+                                              std::vector<neighbour> candidates) {
+    if (candidates.empty()) return candidates;
+    std::vector<Xapian::Query> terms;
+    terms.reserve(candidates.size());
+    for (const auto& c : candidates) terms.emplace_back(unique_term(c.unit_id));
+    Xapian::Query ids(Xapian::Query::OP_OR, terms.begin(), terms.end());
+    auto ok = matching_ids(db, Xapian::Query(Xapian::Query::OP_FILTER, ids, filter), candidates.size());
+    std::unordered_set<std::string> allowed(ok.begin(), ok.end());
+    std::erase_if(candidates, [&](const neighbour& c) { return !allowed.contains(c.unit_id); });
+    return candidates;
+  }
+
+  // The `depth` nearest units that pass the query's filters. A selective filter
+  // (few matches) ranks every match exactly; a broad one searches the graph for
+  // more neighbours than needed and keeps those that match, widening until enough
+  // do. `complete` tells whether every vector that passes was considered.
+  model::result<std::vector<neighbour>> nearest(Xapian::Database& db, const query& q, const plan& p, size_t depth,
+                                                bool& complete) const {
+    auto filters = filter_query(q);
+    if (!filters) return std::unexpected(filters.error());
+    const size_t space = vectors->size(p.model);
+    if (!*filters) {
+      complete = space <= depth;
+      return vectors->nearest(p.model, p.vector, depth);
+    }
+    auto ids = matching_ids(db, **filters, opts.exact_filter_limit + 1);
+    if (ids.size() <= opts.exact_filter_limit) {
+      complete = true;
+      return vectors->rank_exact(p.model, p.vector, ids, depth);
+    }
+    // More than exact_filter_limit units match: the fraction of vectors that pass
+    // is at least about matches / space, so ask for depth / fraction, twice over.
+    const double fraction = std::min(1.0, double(ids.size()) / double(std::max<size_t>(space, 1)));
+    size_t want = std::max(depth * 2, size_t(double(depth) / fraction * 2));
+    for (;;) {
+      want = std::min(want, space);
+      auto found = vectors->nearest(p.model, p.vector, want);
+      if (!found) return found;
+      const size_t got = found->size();
+      auto kept = keep_matching(db, **filters, std::move(*found));
+      if (kept.size() >= depth || got < want || want >= space) {
+        complete = want >= space;
+        if (kept.size() > depth) kept.resize(depth);
+        return kept;
+      }
+      want *= 4;
+    }
+  }
+
+  // A result row for a unit found by its vector (the keyword side did not load it).
+  std::optional<hit> unit_hit(const std::string& id, bool with_snippet) const {
+    auto unit = store.get_unit(id);
+    if (!unit || !*unit) return std::nullopt;
+    hit h;
+    h.id = id;
+    h.context_id = (*unit)->context_id();
+    h.seq = (*unit)->seq();
+    h.ts_ns = (*unit)->ts_ns();
+    if (with_snippet)
+      if (auto text = payload_text(**unit, opts.snippet_bytes * 2)) {
+        h.snippet = std::string(cut_utf8(*text, opts.snippet_bytes));
+        if (h.snippet.size() < text->size()) h.snippet += "…";
+      }
+    return h;
+  }
+
+  model::result<results> vector_search(Xapian::Database& db, const query& q, const plan& p) const {
+    const size_t end = q.offset + q.limit;
+    if (end > opts.max_vector_results)
+      return fail(errc::invalid_argument, "semantic and hybrid results page through the best " +
+                                              std::to_string(opts.max_vector_results) + " (offset + limit)");
+    const bool hybrid = p.mode == search_mode::hybrid;
+    const size_t depth = hybrid ? std::max(end, opts.fusion_depth) : end;
+    bool vectors_complete = false;
+    auto near = nearest(db, q, p, depth, vectors_complete);
+    if (!near) return std::unexpected(near.error());
+
+    std::vector<ranked> by_vector;
+    by_vector.reserve(near->size());
+    for (auto& n : *near) by_vector.push_back({std::move(n.unit_id), n.similarity});
+    std::vector<ranked> by_keyword;
+    std::optional<Xapian::MSet> kw;
+    const Xapian::Stem stemmer(opts.language);
+    std::unordered_map<std::string, api::WorkUnit> heads;  // keyword matches, by id
+    bool keyword_complete = true;
+    if (hybrid) {
+      auto full = full_query(db, q, stemmer);
+      if (!full) return std::unexpected(full.error());
+      if (*full) {
+        kw = match(db, **full, true, 0, depth, depth);
+        keyword_complete = kw->get_matches_upper_bound() <= depth;
+        for (auto it = kw->begin(); it != kw->end(); ++it) {
+          auto head = document_head(it.get_document());
+          by_keyword.push_back({head.id(), it.get_weight()});
+          heads.emplace(head.id(), std::move(head));
+        }
+      }
+    }
+    auto fusedlist = hybrid ? fuse_rrf(by_keyword, by_vector, opts.rrf_k) : fuse_rrf({}, by_vector, opts.rrf_k);
+    results out;
+    out.limit = q.limit;
+    out.mode = p.mode;
+    out.total = fusedlist.size();
+    out.total_exact = vectors_complete && keyword_complete;
+    for (size_t i = q.offset; i < fusedlist.size() && out.hits.size() < q.limit; ++i) {
+      auto& f = fusedlist[i];
+      std::optional<hit> h;
+      if (auto it = heads.find(f.id); it != heads.end()) {
+        h.emplace();
+        h->id = f.id;
+        h->context_id = it->second.context_id();
+        h->seq = it->second.seq();
+        h->ts_ns = it->second.ts_ns();
+        if (q.snippets) h->snippet = snippet(*kw, it->second, stemmer);
+      } else {
+        h = unit_hit(f.id, q.snippets);
+        if (!h) continue;
+      }
+      h->score = hybrid ? f.score : f.vector_score.value_or(0);
+      h->keyword_rank = f.keyword_rank;
+      h->vector_rank = f.vector_rank;
+      h->keyword_score = f.keyword_score;
+      h->vector_score = f.vector_score;
+      out.hits.push_back(std::move(*h));
+    }
+    return out;
+  }
+
+  model::result<results> execute(Xapian::Database& db, const query& q, const plan& p) const {
+    auto out = p.mode == search_mode::keyword ? keyword(db, q) : vector_search(db, q, p);
+    if (out) out->degraded = p.degraded;
+    return out;
+  }
+
   model::result<results> run(const query& q) {
     if (state == index_state::failed) {
       std::lock_guard lock(mu);
       return fail(errc::unavailable, "search index unavailable: " + failure);
     }
+    auto p = resolve(q);
+    if (!p) return std::unexpected(p.error());
     for (int attempt = 0;; ++attempt) {
       std::optional<reader> r;
       try {
         r = acquire_reader();
-        auto out = execute(*r->db, q);
+        auto out = execute(*r->db, q, *p);
         release_reader(std::move(*r));
         return out;
       } catch (const Xapian::DatabaseModifiedError& e) {
@@ -802,6 +1027,8 @@ struct index::impl {
         return fail(errc::unavailable, "search index unavailable: " + describe(e));
       } catch (const Xapian::Error& e) {
         return fail(errc::internal, "search: " + describe(e));
+      } catch (const std::exception& e) {  // hnswlib reports with std::runtime_error
+        return fail(errc::internal, std::string("search: ") + e.what());
       }
     }
   }
@@ -829,14 +1056,25 @@ model::result<std::unique_ptr<index>> index::open(const options& opts, storage::
     return fail(errc::invalid_argument, "search.language: " + e.get_msg());
   }
   if (auto ok = p->open_index(); !ok) return std::unexpected(ok.error());
+  auto vectors = vector_index::open(opts.vectors, store, metrics);
+  if (!vectors) return std::unexpected(vectors.error());
+  p->vectors = std::move(*vectors);
+  if (!opts.embeddings.url.empty()) {
+    auto e = embedder::open(opts.embeddings, store, metrics);
+    if (!e) return std::unexpected(e.error());
+    p->embedder = std::move(*e);
+  }
   p->pool.emplace(std::max<size_t>(1, opts.query_threads));
   auto* raw = p.get();
   p->indexer = std::thread([raw] { raw->run(); });
   return std::unique_ptr<index>(new index(std::move(p)));
 }
 
+void index::on_vectors(uint64_t last_vseq) { impl_->vectors->on_committed(last_vseq); }
+
 void index::on_committed(const std::vector<std::shared_ptr<const api::Event>>& events) {
   auto& s = *impl_;
+  if (s.embedder) s.embedder->on_committed(events);
   std::lock_guard lock(s.mu);
   if (s.stopping) return;
   bool grew = false;
@@ -878,6 +1116,8 @@ index_status index::status() const {
   st.lag = s.lag();
   st.documents = s.documents.load();
   st.pending_merges = s.sealed_count.load();
+  st.vectors = s.vectors->status();
+  if (s.embedder) st.embedder = s.embedder->status();
   if (st.state == index_state::failed) {
     std::lock_guard lock(s.mu);
     st.error = s.failure;
@@ -888,6 +1128,7 @@ index_status index::status() const {
 void index::close() {
   auto& s = *impl_;
   if (s.closed.exchange(true)) return;
+  if (s.embedder) s.embedder->close();  // it writes to the store: stop it first
   {
     std::lock_guard lock(s.mu);
     s.stopping = true;
@@ -895,6 +1136,7 @@ void index::close() {
   s.cv.notify_all();
   if (s.indexer.joinable()) s.indexer.join();
   if (s.pool) s.pool->join();
+  s.vectors->close();
   try {
     s.stop_merge();  // an unfinished merge is cancelled; the next start redoes it
     if (s.writer) s.finish_writing();

@@ -13,9 +13,15 @@
 //
 // Queries run on their own threads, each on a reader reopened to the latest
 // commit. Thread-safe: every public method may be called from any thread.
+//
+// The index also owns semantic search: the vector index (vectors.hpp) and, when an
+// endpoint is configured, the embedder (embedder.hpp). A query in semantic or
+// hybrid mode takes its filters from Xapian (one definition of what a filter
+// means), its neighbours from the vector index, and fuses rankings (fusion.hpp).
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +52,8 @@ struct index_status {
   uint64_t documents = 0;  // units in the index
   size_t pending_merges = 0;  // full recent shards not yet merged into the base
   std::string error;       // why it failed
+  vector_status vectors;
+  std::optional<embedder_status> embedder;  // nullopt: no embedding endpoint configured
 };
 
 class index {
@@ -59,9 +67,10 @@ class index {
   index(const index&) = delete;
   index& operator=(const index&) = delete;
 
-  // Publisher hook: events just committed to context logs (cheap; never blocks on
-  // indexing).
+  // Publisher hooks: events just committed to context logs, vectors committed up to
+  // `last_vseq` (cheap; never block on indexing).
   void on_committed(const std::vector<std::shared_ptr<const api::Event>>& events);
+  void on_vectors(uint64_t last_vseq);
 
   // Runs `q` on a query thread; `done` is called there. Overload answers
   // `unavailable` at once.

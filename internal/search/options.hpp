@@ -5,6 +5,9 @@
 #include <cstddef>
 #include <string>
 
+#include "search/embedder.hpp"
+#include "search/vectors.hpp"
+
 namespace engram::search {
 
 struct options {
@@ -43,6 +46,19 @@ struct options {
   // Most terms a `prefix*` query word may expand to; beyond it the query is refused.
   size_t max_wildcard_terms = 1'000;
   size_t snippet_bytes = 200;
+
+  // ---- semantic and hybrid search ----
+  vector_options vectors;
+  embedder_options embeddings;  // url empty: no embedder
+  // Matches of a filter that are ranked exactly (every matching vector compared);
+  // broader filters search the graph and keep the neighbours that match.
+  size_t exact_filter_limit = 20'000;
+  // Candidates taken from each ranking before reciprocal rank fusion (at least the
+  // page's end), and the fusion constant.
+  size_t fusion_depth = 100;
+  double rrf_k = 60;
+  // Semantic and hybrid results page through this many at most.
+  size_t max_vector_results = 10'000;
 };
 
 }  // namespace engram::search

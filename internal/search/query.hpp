@@ -10,6 +10,13 @@
 
 namespace engram::search {
 
+enum class search_mode {
+  automatic,  // hybrid when the query can be embedded and the model has vectors, else keyword
+  keyword,
+  semantic,
+  hybrid,     // keyword and vector rankings fused by reciprocal rank
+};
+
 struct relationship_filter {
   std::string target_id;
   std::optional<int> type;  // nullopt: any relationship type
@@ -27,6 +34,11 @@ struct query {
   size_t limit = 100;
   size_t offset = 0;
   bool snippets = true;
+  search_mode mode = search_mode::automatic;
+  // The query's vector; empty: `text` is embedded when an endpoint is configured.
+  std::vector<float> vector;
+  // Vector space; empty: the embedding endpoint's model, else "default".
+  std::string model;
 };
 
 struct hit {
@@ -34,8 +46,13 @@ struct hit {
   std::string context_id;
   uint64_t seq = 0;
   int64_t ts_ns = 0;
-  double score = 0;     // BM25 weight; 0 when ranked by time
+  // keyword: BM25 weight (0 when ranked by time); semantic: cosine similarity;
+  // hybrid: the reciprocal-rank-fusion score.
+  double score = 0;
   std::string snippet;  // plain text around the matches (not HTML)
+  // Per-signal ranks (1-based) and scores, for semantic and hybrid results.
+  std::optional<size_t> keyword_rank, vector_rank;
+  std::optional<double> keyword_score, vector_score;
 };
 
 struct results {
@@ -43,6 +60,10 @@ struct results {
   uint64_t total = 0;
   bool total_exact = true;
   size_t limit = 0;  // the page size applied
+  search_mode mode = search_mode::keyword;  // what ran
+  std::string degraded;  // why a vector search fell back to keyword results
 };
+
+std::string_view to_string(search_mode m);
 
 }  // namespace engram::search

@@ -41,12 +41,14 @@ uint64_t read_sortable_u64(std::string_view bytes) {
 std::optional<std::string_view> payload_text(const api::WorkUnit& unit, size_t max_bytes) {
   std::string_view text = unit.payload();
   if (text.empty() || text.find('\0') != std::string_view::npos || !model::valid_utf8(text)) return std::nullopt;
-  if (text.size() > max_bytes) {
-    size_t cut = max_bytes;
-    while (cut > 0 && (uint8_t(text[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
-    text = text.substr(0, cut);
-  }
-  return text;
+  return cut_utf8(text, max_bytes);
+}
+
+std::string_view cut_utf8(std::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  size_t cut = max_bytes;
+  while (cut > 0 && (uint8_t(text[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
+  return text.substr(0, cut);
 }
 
 namespace {

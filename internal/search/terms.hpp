@@ -47,6 +47,9 @@ uint64_t read_sortable_u64(std::string_view bytes);  // 0 when not 8 bytes
 // The payload as text: nullopt when it is empty, not UTF-8 or contains NUL bytes.
 // Long text is cut to `max_bytes` at a character boundary.
 std::optional<std::string_view> payload_text(const api::WorkUnit& unit, size_t max_bytes);
+// The longest prefix of UTF-8 `text` of at most `max_bytes` that ends on a
+// character boundary.
+std::string_view cut_utf8(std::string_view text, size_t max_bytes);
 
 // `generator` carries the stemmer and flags; it is reset to the new document.
 Xapian::Document make_document(const api::WorkUnit& unit, Xapian::TermGenerator& generator,

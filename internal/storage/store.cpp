@@ -33,8 +33,13 @@ using model::fail;
 using steady = std::chrono::steady_clock;
 
 // Column family indexes in the handle vector, in open order.
-enum cf : size_t { cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks, cf_count };
-constexpr const char* cf_names[cf_count] = {"default", "log", "unit_ids", "contexts", "idempotency", "counters", "locks"};
+enum cf : size_t {
+  cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks,
+  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_count
+};
+constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids",      "contexts",
+                                            "idempotency", "counters", "locks",         "vectors",
+                                            "vector_keys", "vector_models", "embed_cursors"};
 constexpr std::string_view next_handle_key = "next_context_handle";
 constexpr std::string_view fencing_key = "fencing_token";
 
@@ -61,6 +66,17 @@ std::string idempotency_key(uint64_t handle, std::string_view key) {
   k.reserve(8 + key.size());
   put_be64(k, handle);
   k.append(key);
+  return k;
+}
+
+std::string uuid_bytes(const model::uuid& id) {
+  return std::string(reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size());
+}
+
+std::string cursor_key(std::string_view model, std::string_view context_id) {
+  std::string k(model);
+  k.push_back('\0');
+  k.append(context_id);
   return k;
 }
 
@@ -177,7 +193,11 @@ struct store::impl {
     lock_change change;
     std::function<void(model::status)> done;
   };
-  using pending = std::variant<pending_append, pending_update, pending_locks>;
+  struct pending_vectors {
+    vector_write write;
+    std::function<void(model::status)> done;
+  };
+  using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors>;
   fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
@@ -193,6 +213,8 @@ struct store::impl {
   };
   std::unordered_map<std::string, context_state> contexts;
   uint64_t next_handle = 1;
+  std::unordered_map<std::string, uint32_t> model_dims;  // embedding model → dimension
+  uint64_t next_vseq = 1;
   steady::time_point last_sync = steady::now();
   bool unsynced = false;
 
@@ -330,8 +352,66 @@ struct store::impl {
     std::vector<std::function<void()>> on_success;
     std::vector<std::function<void(const model::error&)>> on_failure;
     std::vector<std::function<void()>> immediate;  // outcomes independent of the write
-    bool has_plain_writes = false;  // writes outside any context (lease records)
+    bool has_plain_writes = false;  // writes outside any context (lease records, vectors)
+    std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
+    std::unordered_set<std::string> vector_units;          // units given a vector in this group
+    uint64_t next_vseq = 0;
   };
+
+  uint32_t model_dimension(const group_state& g, const std::string& model) const {
+    if (auto it = g.new_models.find(model); it != g.new_models.end()) return it->second;
+    if (auto it = model_dims.find(model); it != model_dims.end()) return it->second;
+    return 0;
+  }
+
+  // Checks the embeddings of one request against the models' dimensions; models it
+  // introduces are added to `introduced` (merged into the group only if the whole
+  // request is staged).
+  model::status check_dimensions(const group_state& g, const std::vector<const api::Embedding*>& embeddings,
+                                 std::unordered_map<std::string, uint32_t>& introduced) const {
+    for (const auto* e : embeddings) {
+      const auto dim = uint32_t(e->values_size());
+      uint32_t want = model_dimension(g, e->model());
+      if (!want) {
+        auto [it, _] = introduced.emplace(e->model(), dim);
+        want = it->second;
+      }
+      if (dim != want)
+        return fail(errc::invalid_argument, "embedding has dimension " + std::to_string(dim) + " but model '" +
+                                                e->model() + "' has dimension " + std::to_string(want));
+    }
+    return {};
+  }
+
+  void stage_models(group_state& g, const std::unordered_map<std::string, uint32_t>& introduced) {
+    for (const auto& [model, dim] : introduced) {
+      if (!g.new_models.emplace(model, dim).second) continue;
+      VectorModel rec;
+      rec.set_dimension(dim);
+      g.batch.Put(h(cf_vector_models), model, rec.SerializeAsString());
+    }
+  }
+
+  void put_vector(group_state& g, const model::uuid& unit, const std::string& unit_id, api::Embedding e) {
+    std::string vseq;
+    put_be64(vseq, g.next_vseq++);
+    g.batch.Put(h(cf_vector_keys), uuid_bytes(unit) + e.model(), vseq);
+    VectorRecord rec;
+    rec.set_unit_id(unit_id);
+    *rec.mutable_embedding() = std::move(e);
+    g.batch.Put(h(cf_vectors), vseq, rec.SerializeAsString());
+    g.vector_units.insert(uuid_bytes(unit));
+  }
+
+  // True when the unit has a vector of any model (stored, or staged in this group).
+  model::result<bool> has_vector(const group_state& g, const model::uuid& unit) const {
+    const auto key = uuid_bytes(unit);
+    if (g.vector_units.contains(key)) return true;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), h(cf_vector_keys)));
+    it->Seek(key);
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vector keys"));
+    return it->Valid() && it->key().starts_with(key);
+  }
 
   void put_event(group_state& g, context_state& st, api::Event ev) {
     const uint64_t seq = st.context.head_seq() + 1;
@@ -385,6 +465,17 @@ struct store::impl {
       g.idempotency_keys.insert(idem_key);
     }
 
+    // Nothing below can fail, so models a request introduces are staged only when
+    // the request is.
+    std::vector<const api::Embedding*> embeddings;
+    for (const auto& unit : req.units)
+      if (unit.has_embedding()) embeddings.push_back(&unit.embedding());
+    if (!embeddings.empty()) {
+      std::unordered_map<std::string, uint32_t> introduced;
+      if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p.done, ok.error());
+      stage_models(g, introduced);
+    }
+
     const uint64_t first_seq = st.context.head_seq() + 1;
     auto committed = std::make_shared<std::vector<api::WorkUnit>>();
     committed->reserve(req.units.size());
@@ -398,6 +489,11 @@ struct store::impl {
       g.batch.Put(h(cf_unit_ids),
                   rocksdb::Slice(reinterpret_cast<const char*>(id->bytes.data()), id->bytes.size()),
                   log_key(st.handle, unit.seq()));
+      if (unit.has_embedding()) {
+        put_vector(g, *id, unit.id(), std::move(*unit.mutable_embedding()));
+        unit.clear_embedding();
+        g.has_plain_writes = true;
+      }
       committed->push_back(unit);
       api::Event ev;
       *ev.mutable_work_unit() = std::move(unit);
@@ -469,9 +565,37 @@ struct store::impl {
     g.has_plain_writes = true;
   }
 
+  void stage(group_state& g, pending_vectors& p) {
+    auto& w = p.write;
+    std::vector<const api::Embedding*> embeddings;
+    for (const auto& v : w.vectors) embeddings.push_back(&v.embedding);
+    std::unordered_map<std::string, uint32_t> introduced;
+    if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p.done, ok.error());
+    std::vector<std::pair<model::uuid, vector_write::item*>> fresh;
+    for (auto& v : w.vectors) {
+      auto id = model::uuid::parse(v.unit_id);
+      if (!id) return fail_now(g, p.done, {errc::invalid_argument, "vector for an invalid unit id"});
+      auto has = has_vector(g, *id);
+      if (!has) return fail_now(g, p.done, has.error());
+      if (!*has) fresh.emplace_back(*id, &v);
+    }
+    stage_models(g, introduced);
+    for (auto& [id, v] : fresh) put_vector(g, id, v->unit_id, std::move(v->embedding));
+    for (const auto& [context_id, seq] : w.cursors) {
+      std::string v;
+      put_be64(v, seq);
+      g.batch.Put(h(cf_embed_cursors), cursor_key(w.cursor_model, context_id), v);
+    }
+    g.has_plain_writes = true;
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done] { (*done)({}); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
   void commit_group(std::vector<pending>& group) {
     group_state g;
     g.next_handle = next_handle;
+    g.next_vseq = next_vseq;
     g.now = clock->now_ns();
     for (auto& p : group) std::visit([&](auto& item) { stage(g, item); }, p);
 
@@ -498,6 +622,7 @@ struct store::impl {
       if (s.ok()) {
         for (auto& [id, st] : g.staged) contexts[id] = std::move(st);
         next_handle = g.next_handle;
+        model_dims.merge(g.new_models);
         unsynced = !wo.sync;
         inc(metrics.groups);
         inc(metrics.events_written, double(g.events.size()));
@@ -513,7 +638,12 @@ struct store::impl {
     if (ok) {
       // Publish before completing: a client that hears its 201 and subscribes at once
       // must find the router already knows the event.
-      if (auto* p = pub.load(std::memory_order_acquire); p && !g.events.empty()) p->publish(g.events);
+      auto* p = pub.load(std::memory_order_acquire);
+      if (p && !g.events.empty()) p->publish(g.events);
+      if (g.next_vseq != next_vseq) {
+        next_vseq = g.next_vseq;
+        if (p) p->vectors_committed(next_vseq - 1);
+      }
       for (auto& f : g.on_success) completions(std::move(f));
     } else {
       for (auto& f : g.on_failure) completions([f = std::move(f), failure] { f(failure); });
@@ -573,6 +703,18 @@ struct store::impl {
     s = db->Get(rocksdb::ReadOptions(), h(cf_counters), next_handle_key, &v);
     if (s.ok() && v.size() == 8) next_handle = get_be64(v);
     else if (!s.IsNotFound()) return std::unexpected(storage_error(s, "cannot read counters"));
+
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), h(cf_vectors)));
+    it->SeekToLast();
+    if (it->Valid() && it->key().size() == 8) next_vseq = get_be64(it->key().ToStringView()) + 1;
+    it.reset(db->NewIterator(rocksdb::ReadOptions(), h(cf_vector_models)));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      VectorModel m;
+      if (!m.ParseFromArray(it->value().data(), int(it->value().size())))
+        return fail(errc::internal, "corrupt vector model record");
+      model_dims[it->key().ToString()] = m.dimension();
+    }
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "cannot read vector models"));
     return {};
   }
 
@@ -758,6 +900,73 @@ model::result<context_page> store::list_contexts(std::string_view after_id, size
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
   return page;
+}
+
+void store::put_vectors(vector_write write, std::function<void(model::status)> done) {
+  impl_->enqueue(impl::pending_vectors{std::move(write), done}, done);
+}
+
+model::result<std::vector<stored_vector>> store::read_vectors(uint64_t after_vseq, size_t limit) const {
+  std::vector<stored_vector> out;
+  if (after_vseq == UINT64_MAX) return out;
+  std::string start;
+  put_be64(start, after_vseq + 1);
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_vectors)));
+  for (it->Seek(start); it->Valid() && out.size() < limit; it->Next()) {
+    VectorRecord rec;
+    if (it->key().size() != 8 || !rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt vector record");
+    out.push_back({get_be64(it->key().ToStringView()), std::move(*rec.mutable_unit_id()),
+                   std::move(*rec.mutable_embedding())});
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vectors"));
+  return out;
+}
+
+model::result<uint64_t> store::last_vector_seq() const {
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_vectors)));
+  it->SeekToLast();
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vectors"));
+  return it->Valid() && it->key().size() == 8 ? get_be64(it->key().ToStringView()) : 0;
+}
+
+model::result<std::optional<api::Embedding>> store::get_vector(std::string_view unit_id) const {
+  const auto parsed = model::uuid::parse(unit_id);
+  if (!parsed) return std::optional<api::Embedding>();
+  const auto prefix = uuid_bytes(*parsed);
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_vector_keys)));
+  it->Seek(prefix);
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vector keys"));
+  if (!it->Valid() || !it->key().starts_with(prefix)) return std::optional<api::Embedding>();
+  std::string raw;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_vectors), it->value(), &raw);
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading a vector"));
+  VectorRecord rec;
+  if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt vector record");
+  return std::optional<api::Embedding>(std::move(*rec.mutable_embedding()));
+}
+
+model::result<std::vector<std::pair<std::string, uint32_t>>> store::vector_models() const {
+  std::vector<std::pair<std::string, uint32_t>> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_vector_models)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    VectorModel m;
+    if (!m.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt vector model record");
+    out.emplace_back(it->key().ToString(), m.dimension());
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vector models"));
+  return out;
+}
+
+model::result<uint64_t> store::vector_cursor(std::string_view model, std::string_view context_id) const {
+  std::string v;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_embed_cursors), cursor_key(model, context_id), &v);
+  if (s.IsNotFound()) return uint64_t(0);
+  if (!s.ok() || v.size() != 8) return std::unexpected(storage_error(s, "reading an embedder cursor"));
+  return get_be64(v);
 }
 
 void store::close() { impl_->close(); }

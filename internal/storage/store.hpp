@@ -10,6 +10,10 @@
 //   counters     "next_context_handle"  → [u64:8]
 //                "fencing_token"        → [u64:8]   highest fencing token ever granted
 //   locks        <resource path bytes>  → api::Lock  live leases
+//   vectors      [vseq:8]               → VectorRecord   every embedding, in commit order
+//   vector_keys  [uuid:16][model bytes] → [vseq:8]
+//   vector_models <model name>          → VectorModel    the model's dimension
+//   embed_cursors <model>\0<context id> → [seq:8]        how far the embedder has read
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -46,6 +50,8 @@ class publisher {
  public:
   virtual ~publisher() = default;
   virtual void publish(const std::vector<std::shared_ptr<const api::Event>>& events) = 0;
+  // Embeddings were committed; `last_vseq` is the newest (see read_vectors).
+  virtual void vectors_committed(uint64_t last_vseq) { (void)last_vseq; }
 };
 
 // A lease the writer claims to hold ("fence" on a work unit): the append commits only
@@ -58,7 +64,10 @@ struct fence {
 struct append_request {
   std::string context_id;
   // Units with id, agent_id, type, meta, payload and relationships set; the
-  // committer sets context_id, seq, ts_ns and idempotency_key.
+  // committer sets context_id, seq, ts_ns and idempotency_key. A unit's
+  // `embedding` (if any) is stored in the vector column families, atomically with
+  // the unit; the append fails (invalid_argument) when its dimension differs from
+  // the one its model already has.
   std::vector<api::WorkUnit> units;
   std::string idempotency_key;  // empty: none
   std::string fingerprint;      // identifies the request for idempotent retries
@@ -84,6 +93,25 @@ struct append_result {
 struct update_context_request {
   std::string context_id;
   std::function<void(api::Context&)> mutate;
+};
+
+// Embeddings computed later for units already in the logs (by the embedder),
+// committed together with the embedder's read positions for `cursor_model`. A unit
+// that already has a vector (of any model) keeps it: its new one is skipped.
+struct vector_write {
+  struct item {
+    std::string unit_id;
+    api::Embedding embedding;
+  };
+  std::vector<item> vectors;
+  std::string cursor_model;
+  std::vector<std::pair<std::string, uint64_t>> cursors;  // context → last seq considered
+};
+
+struct stored_vector {
+  uint64_t vseq = 0;  // position in the global order of stored vectors (from 1, gap-free)
+  std::string unit_id;
+  api::Embedding embedding;
 };
 
 struct list_query {
@@ -146,6 +174,18 @@ class store {
                                                                               size_t limit) const;
 
   model::result<std::optional<api::Context>> get_context(std::string_view id) const;
+
+  void put_vectors(vector_write write, std::function<void(model::status)> done);
+  // Stored vectors with vseq > after_vseq, oldest first, at most `limit`.
+  model::result<std::vector<stored_vector>> read_vectors(uint64_t after_vseq, size_t limit) const;
+  // The newest vseq stored (0: none).
+  model::result<uint64_t> last_vector_seq() const;
+  // The unit's vector (its first model's, should it have several); nullopt: none.
+  model::result<std::optional<api::Embedding>> get_vector(std::string_view unit_id) const;
+  // Every embedding model with its dimension.
+  model::result<std::vector<std::pair<std::string, uint32_t>>> vector_models() const;
+  // The embedder's position in a context for a model (0: nothing read yet).
+  model::result<uint64_t> vector_cursor(std::string_view model, std::string_view context_id) const;
   // Contexts in id order, starting after `after_id` (exclusive; empty = from the start).
   model::result<context_page> list_contexts(std::string_view after_id, size_t limit) const;
 

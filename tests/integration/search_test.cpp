@@ -267,7 +267,15 @@ TEST_F(SearchTest, BadRequestsGetClearErrors) {
       {R"({"offset":100001})", "offset may be at most"},
       {R"({"snippets":"yes"})", "snippets must be true or false"},
       {R"({"context_id":"bad\u0001id"})", "control characters"},
-      {R"({"mode":"semantic"})", "not available"},
+      {R"({"mode":"semantic"})", "needs query text or a vector"},
+      {R"({"mode":"vector"})", "mode must be"},
+      {R"({"query":"x","mode":"hybrid"})", "no embedding endpoint is configured"},
+      {R"({"vector":[]})", "vector must have 1 to"},
+      {R"({"vector":[0,0]})", "must not be all zeros"},
+      {R"({"vector":["a"]})", "must contain only numbers"},
+      {R"({"vector":[1e39]})", "finite 32-bit"},
+      {R"({"vector":[1],"mode":"hybrid"})", "needs query text as well"},
+      {R"({"vector":[1],"embedding_model":""})", "embedding_model"},
       {R"({"query":"AND ( OR"})", "query: Syntax"},
   };
   for (const auto& c : cases) {

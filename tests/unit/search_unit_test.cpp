@@ -125,7 +125,7 @@ TEST(SearchParams, QueryStringFieldsMapOntoTheQuery) {
   EXPECT_FALSE(q.snippets);
   for (auto bad : std::vector<std::pair<std::string, std::string>>{
            {"limit", "-1"}, {"offset", "1e3"}, {"type", "NOPE"}, {"meta", "nokey"}, {"from", "later"},
-           {"snippets", "maybe"}, {"mode", "hybrid"}, {"q", std::string(gateway::max_query_bytes + 1, 'q')}})
+           {"snippets", "maybe"}, {"mode", "vector"}, {"vector", "1,x"}, {"vector", "0,0"}, {"vector", ""}, {"q", std::string(gateway::max_query_bytes + 1, 'q')}})
     EXPECT_FALSE(gateway::parse_search_params({bad})) << bad.first << "=" << bad.second;
 }
 

@@ -1,0 +1,360 @@
+#include "search/vectors.hpp"
+
+#include <hnswlib/hnswlib.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "model/ids.hpp"
+#include "storage/store.hpp"
+
+namespace engram::search {
+namespace {
+
+using model::errc;
+using model::fail;
+using steady = std::chrono::steady_clock;
+
+constexpr size_t read_chunk = 1024;   // vectors read from storage at a time
+constexpr size_t insert_batch = 64;   // inserts per exclusive hold of a graph
+constexpr size_t initial_capacity = 1024;
+
+using unit_key = std::array<uint8_t, 16>;
+struct unit_key_hash {
+  size_t operator()(const unit_key& k) const {
+    // UUIDv7: the last 8 bytes are random.
+    uint64_t h;
+    std::memcpy(&h, k.data() + 8, 8);
+    return size_t(h);
+  }
+};
+
+std::optional<unit_key> key_of(std::string_view unit_id) {
+  auto id = model::uuid::parse(unit_id);
+  if (!id) return std::nullopt;
+  return id->bytes;
+}
+
+float dot(const float* a, const float* b, size_t n) {
+  float s = 0;
+  for (size_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// One embedding model's vectors.
+struct space {
+  explicit space(uint32_t d, const vector_options& o)
+      : dim(d), metric(d), graph(&metric, initial_capacity, o.m, o.ef_construction) {}
+  const uint32_t dim;
+  hnswlib::InnerProductSpace metric;  // distance 1 - dot; must outlive the graph
+  // Searches share the lock; inserts (and growth) take it exclusively.
+  mutable std::shared_mutex mu;
+  hnswlib::HierarchicalNSW<float> graph;
+  std::vector<unit_key> ids;  // label → unit
+  std::unordered_map<unit_key, hnswlib::labeltype, unit_key_hash> labels;
+};
+
+struct metrics_set {
+  std::shared_ptr<prometheus::Registry> own;
+  prometheus::Gauge* vectors;
+  prometheus::Gauge* lag;
+  prometheus::Counter* inserted;
+
+  explicit metrics_set(prometheus::Registry* r) {
+    if (!r) {
+      own = std::make_shared<prometheus::Registry>();
+      r = own.get();
+    }
+    using namespace prometheus;
+    vectors = &BuildGauge().Name("engram_search_vectors").Help("Vectors in the vector index").Register(*r).Add({});
+    lag = &BuildGauge().Name("engram_search_vector_lag")
+               .Help("Vectors committed to storage but not yet in the vector index").Register(*r).Add({});
+    inserted = &BuildCounter().Name("engram_search_vectors_inserted_total")
+                    .Help("Vectors inserted into the vector index (a rebuild at start-up counts again)")
+                    .Register(*r).Add({});
+  }
+};
+
+}  // namespace
+
+bool normalize(std::span<float> v) {
+  double norm = 0;
+  for (const float x : v) norm += double(x) * x;
+  if (norm == 0 || !std::isfinite(norm)) return false;
+  const auto inv = float(1.0 / std::sqrt(norm));
+  for (float& x : v) x *= inv;
+  return true;
+}
+
+struct vector_index::impl {
+  vector_options opts;
+  storage::store& store;
+  metrics_set metrics;
+
+  mutable std::shared_mutex spaces_mu;  // the map; each space has its own lock
+  std::map<std::string, std::unique_ptr<space>, std::less<>> spaces;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  std::atomic<uint64_t> committed{0};  // highest vseq committed to storage
+  std::atomic<uint64_t> applied{0};    // highest vseq inserted
+  std::atomic<uint64_t> count{0};
+  std::atomic<bool> catching_up{true};
+  std::thread follower;
+
+  impl(const vector_options& o, storage::store& s, prometheus::Registry* r) : opts(o), store(s), metrics(r) {}
+
+  space* find(std::string_view model) const {
+    std::shared_lock lock(spaces_mu);
+    auto it = spaces.find(model);
+    return it == spaces.end() ? nullptr : it->second.get();
+  }
+
+  space& find_or_create(const std::string& model, uint32_t dim) {
+    if (auto* s = find(model)) return *s;
+    std::unique_lock lock(spaces_mu);
+    auto& slot = spaces[model];
+    if (!slot) slot = std::make_unique<space>(dim, opts);
+    return *slot;
+  }
+
+  void run() {
+    const auto started = steady::now();
+    auto last_log = started;
+    for (;;) {
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return stopping || committed > applied; });
+        if (stopping) return;
+      }
+      auto batch = store.read_vectors(applied, read_chunk);
+      if (!batch) {
+        spdlog::error("search: reading vectors after {}: {}", applied.load(), batch.error().message);
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return stopping; });
+        continue;
+      }
+      if (batch->empty()) {
+        // Nothing readable yet beyond `applied` (cannot happen for committed vseqs).
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping; });
+        continue;
+      }
+      insert(*batch);
+      applied = batch->back().vseq;
+      metrics.lag->Set(double(lag()));
+      if (catching_up && lag() == 0) {
+        catching_up = false;
+        spdlog::info("search: vector index ready with {} vectors ({:.1f} s)", count.load(),
+                     std::chrono::duration<double>(steady::now() - started).count());
+      } else if (catching_up && steady::now() - last_log > std::chrono::seconds(2)) {
+        last_log = steady::now();
+        spdlog::info("search: loading vectors: {} in the index, {} to go", count.load(), lag());
+      }
+    }
+  }
+
+  uint64_t lag() const {
+    const uint64_t c = committed, a = applied;
+    return c > a ? c - a : 0;
+  }
+
+  // Inserts one read batch, grouped by model, a few at a time per exclusive hold.
+  void insert(std::vector<storage::stored_vector>& batch) {
+    std::map<std::string, std::vector<storage::stored_vector*>> by_model;
+    for (auto& v : batch) by_model[v.embedding.model()].push_back(&v);
+    for (auto& [model, items] : by_model) {
+      auto& sp = find_or_create(model, uint32_t(items.front()->embedding.values_size()));
+      for (size_t from = 0; from < items.size(); from += insert_batch) {
+        const size_t to = std::min(items.size(), from + insert_batch);
+        insert_some(sp, std::span(items).subspan(from, to - from));
+      }
+    }
+  }
+
+  void insert_some(space& sp, std::span<storage::stored_vector*> items) {
+    struct prepared {
+      hnswlib::labeltype label;
+      std::vector<float> values;
+    };
+    std::vector<prepared> work;
+    std::unique_lock lock(sp.mu);
+    for (auto* v : items) {
+      auto key = key_of(v->unit_id);
+      auto* values = v->embedding.mutable_values();
+      // Storage enforces one dimension per model; a unit has one vector per model.
+      if (!key || uint32_t(values->size()) != sp.dim || sp.labels.contains(*key)) continue;
+      std::vector<float> unit(values->begin(), values->end());
+      if (!normalize(unit)) continue;
+      const auto label = hnswlib::labeltype(sp.ids.size());
+      sp.ids.push_back(*key);
+      sp.labels.emplace(*key, label);
+      work.push_back({label, std::move(unit)});
+    }
+    if (work.empty()) return;
+    const size_t needed = sp.graph.cur_element_count + work.size();
+    if (needed > sp.graph.max_elements_) sp.graph.resizeIndex(std::max(needed, sp.graph.max_elements_ * 2));
+    // hnswlib inserts in parallel safely, except the very first element.
+    size_t first = 0;
+    if (sp.graph.cur_element_count == 0) {
+      sp.graph.addPoint(work[0].values.data(), work[0].label);
+      first = 1;
+    }
+    const size_t threads = std::min<size_t>(std::max<size_t>(1, opts.insert_threads), work.size() - first);
+    if (threads <= 1) {
+      for (size_t i = first; i < work.size(); ++i) sp.graph.addPoint(work[i].values.data(), work[i].label);
+    } else {
+      std::atomic<size_t> next{first};
+      auto worker = [&] {
+        for (size_t i; (i = next.fetch_add(1)) < work.size();) sp.graph.addPoint(work[i].values.data(), work[i].label);
+      };
+      std::vector<std::jthread> helpers;
+      for (size_t t = 1; t < threads; ++t) helpers.emplace_back(worker);
+      worker();
+    }
+    count += work.size();
+    metrics.vectors->Set(double(count.load()));
+    metrics.inserted->Increment(double(work.size()));
+  }
+
+  model::result<std::vector<float>> prepare_query(const space& sp, std::span<const float> query) const {
+    if (query.size() != sp.dim)
+      return fail(errc::invalid_argument, "vector has dimension " + std::to_string(query.size()) +
+                                              " but the model has dimension " + std::to_string(sp.dim));
+    std::vector<float> q(query.begin(), query.end());
+    if (!normalize(q)) return fail(errc::invalid_argument, "vector must not be all zeros");
+    return q;
+  }
+
+  std::string unit_id(const space& sp, hnswlib::labeltype label) const {
+    model::uuid id;
+    id.bytes = sp.ids[label];
+    return id.to_string();
+  }
+};
+
+vector_index::vector_index(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+vector_index::~vector_index() { close(); }
+
+model::result<std::unique_ptr<vector_index>> vector_index::open(const vector_options& opts, storage::store& store,
+                                                                prometheus::Registry* metrics) {
+  auto p = std::make_unique<impl>(opts, store, metrics);
+  // Everything stored so far is the backlog.
+  auto last = store.last_vector_seq();
+  if (!last) return std::unexpected(last.error());
+  p->committed = *last;
+  if (*last == 0) p->catching_up = false;
+  auto* raw = p.get();
+  p->follower = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<vector_index>(new vector_index(std::move(p)));
+}
+
+void vector_index::on_committed(uint64_t last_vseq) {
+  auto& s = *impl_;
+  {
+    std::lock_guard lock(s.mu);
+    if (last_vseq <= s.committed) return;
+    s.committed = last_vseq;
+  }
+  s.metrics.lag->Set(double(s.lag()));
+  s.cv.notify_one();
+}
+
+std::optional<uint32_t> vector_index::dimension(const std::string& model) const {
+  const auto* sp = impl_->find(model);
+  if (!sp) return std::nullopt;
+  return sp->dim;
+}
+
+size_t vector_index::size(const std::string& model) const {
+  const auto* sp = impl_->find(model);
+  if (!sp) return 0;
+  std::shared_lock lock(sp->mu);
+  return sp->ids.size();
+}
+
+model::result<std::vector<neighbour>> vector_index::nearest(const std::string& model, std::span<const float> query,
+                                                            size_t k) const {
+  std::vector<neighbour> out;
+  const auto* sp = impl_->find(model);
+  if (!sp || k == 0) return out;
+  auto q = impl_->prepare_query(*sp, query);
+  if (!q) return std::unexpected(q.error());
+  std::shared_lock lock(sp->mu);
+  if (sp->graph.cur_element_count == 0) return out;
+  // hnswlib searches with max(ef, k) candidates; asking for ef_search and keeping
+  // the best k avoids its shared (racy) setEf.
+  auto found = sp->graph.searchKnn(q->data(), std::max(k, impl_->opts.ef_search));
+  std::vector<std::pair<float, hnswlib::labeltype>> ranked;
+  ranked.reserve(found.size());
+  for (; !found.empty(); found.pop()) ranked.push_back(found.top());
+  std::sort(ranked.begin(), ranked.end());
+  if (ranked.size() > k) ranked.resize(k);
+  out.reserve(ranked.size());
+  for (const auto& [distance, label] : ranked) out.push_back({impl_->unit_id(*sp, label), 1 - distance});
+  return out;
+}
+
+model::result<std::vector<neighbour>> vector_index::rank_exact(const std::string& model,
+                                                               std::span<const float> query,
+                                                               const std::vector<std::string>& unit_ids,
+                                                               size_t k) const {
+  std::vector<neighbour> out;
+  const auto* sp = impl_->find(model);
+  if (!sp || k == 0) return out;
+  auto q = impl_->prepare_query(*sp, query);
+  if (!q) return std::unexpected(q.error());
+  std::vector<std::pair<float, size_t>> scored;  // (similarity, index into unit_ids)
+  {
+    std::shared_lock lock(sp->mu);
+    for (size_t i = 0; i < unit_ids.size(); ++i) {
+      const auto key = key_of(unit_ids[i]);
+      if (!key) continue;
+      const auto it = sp->labels.find(*key);
+      if (it == sp->labels.end()) continue;
+      // The label is in the graph: inserted under the same exclusive hold.
+      const auto values = sp->graph.getDataByLabel<float>(it->second);
+      scored.emplace_back(dot(q->data(), values.data(), sp->dim), i);
+    }
+  }
+  const size_t keep = std::min(k, scored.size());
+  std::partial_sort(scored.begin(), scored.begin() + ptrdiff_t(keep), scored.end(),
+                    [](const auto& a, const auto& b) { return a.first > b.first; });
+  scored.resize(keep);
+  for (const auto& [similarity, i] : scored) out.push_back({unit_ids[i], similarity});
+  return out;
+}
+
+vector_status vector_index::status() const {
+  vector_status st;
+  st.vectors = impl_->count.load();
+  st.lag = impl_->lag();
+  st.catching_up = impl_->catching_up.load();
+  return st;
+}
+
+void vector_index::close() {
+  auto& s = *impl_;
+  {
+    std::lock_guard lock(s.mu);
+    s.stopping = true;
+  }
+  s.cv.notify_all();
+  if (s.follower.joinable()) s.follower.join();
+}
+
+}  // namespace engram::search

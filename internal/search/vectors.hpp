@@ -1,0 +1,95 @@
+#pragma once
+// The vector index (DESIGN.md §7, semantic search): one HNSW graph (hnswlib) per
+// embedding model, over cosine similarity.
+//
+// Vectors live in RocksDB (storage's `vectors` column family, in commit order);
+// this index follows that order like the keyword indexer follows the logs: the
+// store's publisher says how far vectors are committed, and a follower thread
+// reads them back and inserts them. At start-up the graphs are rebuilt from
+// RocksDB (so a crash can never leave them inconsistent with the store); searches
+// meanwhile see the vectors inserted so far, and status() reports the lag.
+//
+// hnswlib allows parallel searches or parallel inserts, never both at once, so
+// each graph has a shared mutex: searches share it, inserts take it exclusively in
+// small batches (bounded pause for searches). Thread-safe: every public method may
+// be called from any thread.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/error.hpp"
+
+namespace prometheus {
+class Registry;
+}
+namespace engram::storage {
+class store;
+}
+
+namespace engram::search {
+
+struct vector_options {
+  size_t m = 16;                 // graph degree (hnswlib M)
+  size_t ef_construction = 200;  // candidate list while inserting
+  size_t ef_search = 128;        // candidate list while searching (at least k)
+  size_t insert_threads = 2;     // parallel inserts while catching up
+};
+
+struct neighbour {
+  std::string unit_id;
+  float similarity = 0;  // cosine similarity, -1..1
+};
+
+struct vector_status {
+  uint64_t vectors = 0;  // in the graphs
+  uint64_t lag = 0;      // committed to storage but not yet searchable
+  bool catching_up = true;
+};
+
+class vector_index {
+ public:
+  // Starts the follower, which loads every stored vector. The store must outlive
+  // the index.
+  static model::result<std::unique_ptr<vector_index>> open(const vector_options& opts, storage::store& store,
+                                                           prometheus::Registry* metrics);
+  ~vector_index();  // close()s
+  vector_index(const vector_index&) = delete;
+  vector_index& operator=(const vector_index&) = delete;
+
+  // Publisher hook: vectors up to `last_vseq` are committed (cheap).
+  void on_committed(uint64_t last_vseq);
+
+  // The model's dimension; nullopt while it has no vector in the index.
+  std::optional<uint32_t> dimension(const std::string& model) const;
+  size_t size(const std::string& model) const;
+
+  // The k approximately nearest units, most similar first. invalid_argument when
+  // the query's dimension is not the model's; empty for an unknown model.
+  model::result<std::vector<neighbour>> nearest(const std::string& model, std::span<const float> query,
+                                                size_t k) const;
+  // Exact similarity of each listed unit that has a vector in the model; the k
+  // most similar, most similar first. What selective filters use.
+  model::result<std::vector<neighbour>> rank_exact(const std::string& model, std::span<const float> query,
+                                                   const std::vector<std::string>& unit_ids, size_t k) const;
+
+  vector_status status() const;
+
+  // Stops the follower. Idempotent.
+  void close();
+
+  struct impl;
+
+ private:
+  explicit vector_index(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+// Scales v to unit length (cosine similarity becomes a dot product); false when v
+// is all zeros.
+bool normalize(std::span<float> v);
+
+}  // namespace engram::search
