@@ -10,6 +10,7 @@
 #include <atomic>
 #include <fstream>
 #include <map>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -17,6 +18,7 @@
 
 #include "engram/stream_connections.hpp"
 #include "model/text.hpp"
+#include "support/fake_embedder.hpp"
 #include "support/test_support.hpp"
 
 extern char** environ;
@@ -575,6 +577,124 @@ TEST(SearchBootTest, UnsyncedIndexIsRebuiltOnlyAfterAMachineRestart) {
   proc.start();
   EXPECT_EQ(proc.log_text().find("replacing the index"), std::string::npos) << proc.log_text();
   write_and_check();
+}
+
+
+// Vectors survive SIGKILL: every acknowledged client vector is stored exactly and
+// found again by semantic search, and every acknowledged text unit gets its vector
+// from the embedding endpoint once the server is back; none twice.
+TEST(VectorCrashTest, Sigkill_WithVectorsInFlight_KeepsEveryAcknowledgedVector) {
+  temp_dir dir;
+  fake_embedder endpoint(16);
+  server_process proc(dir.str() + "/data", "sync", dir.str(),
+                      {"--set", "search.embeddings.url=" + endpoint.url(), "--set", "search.embeddings.model=bow",
+                       "--set", "search.embeddings.batch_size=8"});
+  constexpr size_t dim = 24;
+  std::mutex mu;
+  std::map<std::string, std::vector<float>> client_vectors;  // acknowledged unit → its vector
+  std::map<std::string, std::string> text_units;             // acknowledged unit → its text
+  std::atomic<size_t> acked{0};
+  auto writer = [&](uint16_t port, int round, int w) {
+    client::http_connection c("127.0.0.1", port, std::chrono::seconds(10));
+    std::mt19937 rng(unsigned(round * 100 + w));
+    std::normal_distribution<float> n;
+    for (int i = 0;; ++i) {
+      json units = json::array();
+      std::vector<std::vector<float>> vs;
+      std::vector<std::string> texts;
+      for (int k = 0; k < 20; ++k) {
+        const std::string text = "round " + std::to_string(round) + " worker " + std::to_string(w) + " item " +
+                                 std::to_string(i) + "-" + std::to_string(k);
+        if (w < 2) {
+          std::vector<float> v(dim);
+          for (auto& x : v) x = n(rng);
+          units.push_back({{"text", text}, {"embedding", v}, {"embedding_model", "client"}});
+          vs.push_back(std::move(v));
+        } else {
+          units.push_back({{"text", text}});
+          texts.push_back(text);
+        }
+      }
+      auto r = c.request("POST", "/workunits",
+                         json({{"context_id", "vec/" + std::to_string(w)}, {"agent_id", "w"}, {"work_units", units}}).dump());
+      if (!r) return;
+      if (r->status != 201) return ADD_FAILURE() << r->status << " " << r->body;
+      const auto body = json::parse(r->body);
+      std::lock_guard lock(mu);
+      for (size_t k = 0; k < body["work_units"].size(); ++k) {
+        const std::string id = body["work_units"][k]["id"];
+        if (w < 2) client_vectors[id] = vs[k];
+        else text_units[id] = texts[k];
+      }
+      ++acked;
+    }
+  };
+  auto verify = [&](bool final_round) {
+    client::http_connection c("127.0.0.1", proc.port(), std::chrono::seconds(30));
+    std::lock_guard lock(mu);
+    const size_t expected = client_vectors.size() + text_units.size();
+    ASSERT_TRUE(wait_until([&] {
+      auto r = c.request("GET", "/readyz");
+      if (!r || r->status != 200) return false;
+      auto s = json::parse(r->body)["search"];
+      return s["vectors"]["lag"] == 0 && s["embedder"]["backlog"] == 0 && s["vectors"]["count"] >= expected;
+    }, std::chrono::seconds(120))) << proc.log_text().substr(0, 2000);
+    for (const auto& [id, v] : client_vectors) {
+      auto r = c.request("GET", "/workunit/" + id + "?include=embedding");
+      ASSERT_TRUE(r && r->status == 200);
+      ASSERT_EQ(json::parse(r->body)["work_unit"]["embedding"].get<std::vector<float>>(), v) << id;
+    }
+    for (const auto& [id, text] : text_units) {
+      auto r = c.request("GET", "/workunit/" + id + "?include=embedding");
+      ASSERT_TRUE(r && r->status == 200);
+      ASSERT_EQ(json::parse(r->body)["work_unit"]["embedding"].get<std::vector<float>>(),
+                fake_embedder::embed(text, 16)) << id;
+    }
+    // The graph is usable: a sample of units is found by its own vector.
+    size_t n = 0;
+    for (const auto& [id, v] : client_vectors) {
+      if (n++ % 97) continue;
+      auto r = c.request("POST", "/search",
+                         json({{"vector", v}, {"embedding_model", "client"}, {"limit", 1}, {"snippets", false}}).dump());
+      ASSERT_TRUE(r && r->status == 200);
+      EXPECT_EQ(json::parse(r->body)["results"], json::array({id}));
+    }
+    if (final_round) {
+      // One vector per stored unit (acknowledged or not: a batch may commit just
+      // before the kill, unacknowledged), none twice.
+      size_t stored = 0;
+      for (int w = 0; w < 3; ++w) {
+        std::string cursor;
+        do {
+          auto r = c.request("GET", "/workunits/vec%2F" + std::to_string(w) + "?limit=1000&cursor=" + cursor);
+          ASSERT_TRUE(r && r->status == 200);
+          auto body = json::parse(r->body);
+          stored += body["work_units"].size();
+          cursor = body["next_cursor"];
+        } while (!cursor.empty());
+      }
+      ASSERT_TRUE(wait_until([&] {
+        auto r = c.request("GET", "/readyz");
+        auto s = json::parse(r->body)["search"];
+        return s["vectors"]["count"] == stored && s["embedder"]["backlog"] == 0;
+      }, std::chrono::seconds(60))) << c.request("GET", "/readyz")->body << " stored " << stored;
+    }
+  };
+  for (int round = 0; round < 2; ++round) {
+    proc.start();
+    verify(false);
+    if (::testing::Test::HasFatalFailure()) return;
+    const size_t target = acked + 200;
+    std::vector<std::thread> writers;
+    for (int w = 0; w < 3; ++w) writers.emplace_back(writer, proc.port(), round, w);
+    ASSERT_TRUE(wait_until([&] { return acked >= target; }, std::chrono::seconds(120)));
+    proc.kill9();
+    for (auto& t : writers) t.join();
+  }
+  proc.start();
+  verify(true);
+  EXPECT_GE(client_vectors.size(), 4000u);
+  EXPECT_GE(text_units.size(), 2000u);
 }
 
 }  // namespace
