@@ -5,6 +5,10 @@
 //   engram-search-bench lag   --port P --rate 2000 --seconds 10
 //                             append at a fixed rate; time from ack until searchable
 //   engram-search-bench wait  --port P                 until the index has caught up
+//   engram-search-bench seed  --port P --units 100000 --dim 384
+//                             the same, each unit with a random vector
+//   engram-search-bench vquery --port P --dim 384 --seconds 10
+//                             semantic (with and without filters) and hybrid p50/p99
 //
 // Text is drawn from a 20k-word synthetic vocabulary with a Zipf distribution
 // (like natural language), ~30 words per unit, so posting lists have realistic
@@ -15,6 +19,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -42,7 +47,15 @@ struct settings {
   size_t limit = 20;
   bool snippets = true;
   double rate = 2000;
+  size_t dim = 0;  // > 0: units carry random vectors of this dimension
 };
+
+json random_vector(std::mt19937_64& rng, size_t dim) {
+  std::normal_distribution<float> n;
+  json v = json::array();
+  for (size_t i = 0; i < dim; ++i) v.push_back(n(rng));
+  return v;
+}
 
 class vocabulary {
  public:
@@ -99,7 +112,9 @@ double wait_indexed(const settings& s) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   };
-  until([](const json& st) { return st["lag"] == 0 && st["state"] == "ready"; });
+  until([](const json& st) {
+    return st["lag"] == 0 && st["state"] == "ready" && (!st.contains("vectors") || st["vectors"]["lag"] == 0);
+  });
   const double searchable = std::chrono::duration<double>(steady::now() - t0).count();
   until([](const json& st) { return st.value("pending_merges", 0) == 0; });
   std::printf("  (background merges into the base finished %.1f s after that)\n",
@@ -120,11 +135,13 @@ int run_seed(const settings& s) {
       engram::client::http_connection c(s.host, s.port, std::chrono::seconds(120));
       for (size_t b; (b = next++) < batches && !failed;) {
         json units = json::array();
-        for (size_t k = 0; k < s.batch; ++k)
+        for (size_t k = 0; k < s.batch; ++k) {
           units.push_back({{"text", vocab.sentence(rng, 20 + rng() % 20)},
                            {"agent_id", "agent-" + std::to_string(rng() % 50)},
                            {"type", 1 + rng() % 8},
                            {"meta", {{"component", "c" + std::to_string(rng() % 10)}}}});
+          if (s.dim) units.back()["embedding"] = random_vector(rng, s.dim);
+        }
         auto r = c.request("POST", "/workunits",
                            json({{"context_id", "ctx-" + std::to_string(b % 1000)}, {"work_units", units}}).dump());
         if (auto err = expect(r, 201); !err.empty()) {
@@ -142,11 +159,13 @@ int run_seed(const settings& s) {
   return failed ? 1 : 0;
 }
 
+struct kind {
+  const char* name;
+  std::function<json(std::mt19937_64&, const vocabulary&)> make;
+};
+void run_kinds(const settings& s, const std::vector<kind>& kinds);
+
 void run_query(const settings& s) {
-  struct kind {
-    const char* name;
-    std::function<json(std::mt19937_64&, const vocabulary&)> make;
-  };
   const std::vector<kind> kinds = {
       {"single-term", [](auto& rng, const vocabulary& v) { return json{{"query", v.word(100 + rng() % 1900)}}; }},
       {"two-terms+filters",
@@ -172,6 +191,35 @@ void run_query(const settings& s) {
          return json{{"agent_ids", {"agent-" + std::to_string(rng() % 50)}}};
        }},
   };
+  run_kinds(s, kinds);
+}
+
+// Semantic and hybrid queries over units seeded with --dim.
+void run_vquery(const settings& s) {
+  const std::vector<kind> kinds = {
+      {"semantic, no filter", [&](auto& rng, const vocabulary&) {
+         return json{{"vector", random_vector(rng, s.dim)}, {"mode", "semantic"}};
+       }},
+      {"semantic, one context (0.1%)", [&](auto& rng, const vocabulary&) {
+         return json{{"vector", random_vector(rng, s.dim)}, {"mode", "semantic"},
+                     {"context_id", "ctx-" + std::to_string(rng() % 1000)}};
+       }},
+      {"semantic, one type (12%)", [&](auto& rng, const vocabulary&) {
+         return json{{"vector", random_vector(rng, s.dim)}, {"mode", "semantic"}, {"types", {1 + rng() % 8}}};
+       }},
+      {"hybrid, one term", [&](auto& rng, const vocabulary& v) {
+         return json{{"vector", random_vector(rng, s.dim)}, {"query", v.word(100 + rng() % 1900)}};
+       }},
+      {"hybrid, two terms + agent", [&](auto& rng, const vocabulary& v) {
+         return json{{"vector", random_vector(rng, s.dim)},
+                     {"query", v.word(10 + rng() % 490) + " " + v.word(10 + rng() % 490)},
+                     {"agent_ids", {"agent-" + std::to_string(rng() % 50)}}};
+       }},
+  };
+  run_kinds(s, kinds);
+}
+
+void run_kinds(const settings& s, const std::vector<kind>& kinds) {
   for (const auto& k : kinds) {
     std::vector<std::vector<double>> lat(s.connections);
     std::vector<size_t> errs(s.connections, 0);
@@ -306,6 +354,10 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", s.seconds, "duration of a timed run")->check(CLI::Range(0.1, 3600.0));
   auto* seed = app.add_subcommand("seed", "bulk-load units with realistic text, wait until searchable");
   seed->add_option("--units", s.units);
+  seed->add_option("--dim", s.dim, "give each unit a random vector of this dimension");
+  auto* vquery = app.add_subcommand("vquery", "semantic and hybrid query latency (after seed --dim)");
+  vquery->add_option("--dim", s.dim)->required();
+  vquery->add_option("--limit", s.limit);
   auto* query = app.add_subcommand("query", "query latency per query kind");
   query->add_option("--limit", s.limit);
   query->add_option("--snippets", s.snippets);
@@ -317,6 +369,7 @@ int main(int argc, char** argv) {
   if (*wait) std::printf("index caught up after %.1f s of waiting\n", wait_indexed(s));
   if (*seed) return run_seed(s);
   if (*query) run_query(s);
+  if (*vquery) run_vquery(s);
   if (*lag) run_lag(s);
   return 0;
 }
