@@ -2,7 +2,7 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search micro
+#   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search vectors micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
@@ -11,7 +11,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read streams locks search micro}
+SECTIONS=${*:-write read streams locks search vectors micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -126,6 +126,22 @@ rm -rf "$WORK/search/search"
 start_server sync "$WORK/search" "${SEARCH_SET[@]}"
 "$S" wait --port "$PORT"
 grep -E 'search: (index caught up|index at)' "$WORK/server.log" | sed 's/^/  /'
+stop_server
+fi
+
+if has vectors; then
+VEC_SIZES=${BENCH_VECTOR_SIZES:-100000 1000000}
+VEC_UNITS=${BENCH_VECTOR_UNITS:-100000}
+echo "## vectors: the HNSW index in-process on a real store (random unit vectors, dim 384)"
+for n in $VEC_SIZES; do
+  "$BIN/engram-vector-bench" --dir "$WORK/vectors-$n" --vectors "$n" --dim 384 2>/dev/null
+  rm -rf "$WORK/vectors-$n"
+done
+echo "## semantic and hybrid search over HTTP: ${VEC_UNITS} units with text and 384-d vectors"
+S="$BIN/engram-search-bench"
+start_server sync "$WORK/vsearch"
+"$S" seed --port "$PORT" --connections 2 --units "$VEC_UNITS" --dim 384
+"$S" vquery --port "$PORT" --connections 1 --seconds "$SECS" --limit 10 --dim 384
 stop_server
 fi
 

@@ -219,7 +219,8 @@ const std::vector<key_spec>& key_table() {
        }},
       {"search.embeddings.model",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
-         if (auto bad = model::check_identifier("search.embeddings.model", raw)) return *bad;
+         if (!raw.empty())
+           if (auto bad = model::check_identifier("search.embeddings.model", raw)) return *bad;
          c.search.embeddings.model = raw;
          return std::nullopt;
        }},
