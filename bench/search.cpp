@@ -123,7 +123,9 @@ double wait_indexed(const settings& s) {
 }
 
 int run_seed(const settings& s) {
-  const size_t batches = (s.units + s.batch - 1) / s.batch;
+  // ~4 KB of JSON per 384-d vector: smaller batches stay under server.max_body_bytes.
+  const size_t batch_units = s.dim ? std::max<size_t>(1, 200'000 / (s.dim * 10)) : s.batch;
+  const size_t batches = (s.units + batch_units - 1) / batch_units;
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
   std::vector<std::thread> threads;
@@ -135,7 +137,7 @@ int run_seed(const settings& s) {
       engram::client::http_connection c(s.host, s.port, std::chrono::seconds(120));
       for (size_t b; (b = next++) < batches && !failed;) {
         json units = json::array();
-        for (size_t k = 0; k < s.batch; ++k) {
+        for (size_t k = 0; k < batch_units; ++k) {
           units.push_back({{"text", vocab.sentence(rng, 20 + rng() % 20)},
                            {"agent_id", "agent-" + std::to_string(rng() % 50)},
                            {"type", 1 + rng() % 8},

@@ -887,14 +887,19 @@ struct index::impl {
       complete = space <= depth;
       return vectors->nearest(p.model, p.vector, depth);
     }
-    auto ids = matching_ids(db, **filters, opts.exact_filter_limit + 1);
-    if (ids.size() <= opts.exact_filter_limit) {
+    // Count first (cheap: no documents read), then read the ids only if few.
+    Xapian::Enquire counter(db);
+    counter.set_query(**filters);
+    counter.set_weighting_scheme(Xapian::BoolWeight());
+    const auto count = counter.get_mset(0, 0, Xapian::doccount(opts.exact_filter_limit + 1));
+    if (count.get_matches_lower_bound() <= opts.exact_filter_limit) {
       complete = true;
-      return vectors->rank_exact(p.model, p.vector, ids, depth);
+      return vectors->rank_exact(p.model, p.vector, matching_ids(db, **filters, opts.exact_filter_limit), depth);
     }
     // More than exact_filter_limit units match: the fraction of vectors that pass
-    // is at least about matches / space, so ask for depth / fraction, twice over.
-    const double fraction = std::min(1.0, double(ids.size()) / double(std::max<size_t>(space, 1)));
+    // is about matches / space, so ask for depth / fraction, twice over.
+    const double fraction =
+        std::min(1.0, double(count.get_matches_estimated()) / double(std::max<size_t>(space, 1)));
     size_t want = std::max(depth * 2, size_t(double(depth) / fraction * 2));
     for (;;) {
       want = std::min(want, space);
