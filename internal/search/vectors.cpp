@@ -326,9 +326,12 @@ model::result<std::vector<neighbour>> vector_index::rank_exact(const std::string
       if (!key) continue;
       const auto it = sp->labels.find(*key);
       if (it == sp->labels.end()) continue;
-      // The label is in the graph: inserted under the same exclusive hold.
-      const auto values = sp->graph.getDataByLabel<float>(it->second);
-      scored.emplace_back(dot(q->data(), values.data(), sp->dim), i);
+      // The label is in the graph (inserted under the same exclusive hold). Read the
+      // stored vector in place: getDataByLabel would copy it for every candidate.
+      const auto internal = sp->graph.label_lookup_.find(it->second);
+      if (internal == sp->graph.label_lookup_.end()) continue;
+      const auto* values = reinterpret_cast<const float*>(sp->graph.getDataByInternalId(internal->second));
+      scored.emplace_back(dot(q->data(), values, sp->dim), i);
     }
   }
   const size_t keep = std::min(k, scored.size());
