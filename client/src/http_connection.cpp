@@ -63,6 +63,8 @@ http_connection::~http_connection() = default;
 http_connection::http_connection(http_connection&&) noexcept = default;
 http_connection& http_connection::operator=(http_connection&&) noexcept = default;
 
+void http_connection::set_timeout(std::chrono::milliseconds timeout) { impl_->timeout = timeout; }
+
 void http_connection::close() {
   if (impl_->stream) {
     beast::error_code ec;
@@ -110,7 +112,8 @@ std::expected<http_result, transport_error> http_connection::request(std::string
       const bool stale = reused && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
                                     ec == net::error::broken_pipe || ec == net::error::eof);
       if (stale && attempt == 0) continue;
-      return std::unexpected(transport_error{std::string(method) + " " + std::string(target) + ": " + ec.message()});
+      return std::unexpected(
+          transport_error{std::string(method) + " " + std::string(target) + ": " + ec.message(), true});
     }
     auto msg = parser.release();
     http_result out;

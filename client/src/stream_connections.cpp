@@ -34,20 +34,52 @@ ws_connection::ws_connection(ws_connection&&) noexcept = default;
 ws_connection& ws_connection::operator=(ws_connection&&) noexcept = default;
 
 std::expected<void, transport_error> ws_connection::connect(const std::string& host, uint16_t port,
-                                                            const std::string& target, const header_list& headers) {
+                                                            const std::string& target, const header_list& headers,
+                                                            std::chrono::milliseconds timeout) {
   auto& s = *impl_;
   s.ws.emplace(s.ioc);
+  s.closed.reset();
+  s.reading = false;
+  s.buffer.clear();
   beast::error_code ec;
   tcp::resolver resolver(s.ioc);
   auto results = resolver.resolve(host, std::to_string(port), ec);
-  if (!ec) beast::get_lowest_layer(*s.ws).connect(results, ec);
-  if (ec) return std::unexpected(transport_error{"connect: " + ec.message()});
+  if (ec) return std::unexpected(transport_error{"resolve " + host + ": " + ec.message()});
+  // Connect and handshake under one deadline (tcp_stream's timer), so a server that
+  // accepts but never answers cannot hang the caller.
+  auto& tcp_layer = beast::get_lowest_layer(*s.ws);
+  tcp_layer.expires_after(timeout);
+  bool done = false;
+  tcp_layer.async_connect(results, [&](beast::error_code e, const tcp::endpoint&) {
+    ec = e;
+    done = true;
+  });
+  s.ioc.restart();
+  while (!done) s.ioc.run_one();
+  if (ec) return std::unexpected(transport_error{"connect to " + host + ":" + std::to_string(port) + ": " + ec.message()});
+  tcp_layer.socket().set_option(tcp::no_delay(true), ec);
   s.ws->set_option(websocket::stream_base::decorator([headers](websocket::request_type& req) {
     for (const auto& [k, v] : headers) req.set(k, v);
   }));
   websocket::response_type res;
-  s.ws->handshake(res, host + ":" + std::to_string(port), target, ec);
-  if (ec) return std::unexpected(transport_error{"upgrade refused: " + std::to_string(res.result_int()) + " " + res.body()});
+  done = false;
+  tcp_layer.expires_after(timeout);
+  s.ws->async_handshake(res, host + ":" + std::to_string(port), target, [&](beast::error_code e) {
+    ec = e;
+    done = true;
+  });
+  s.ioc.restart();
+  while (!done) s.ioc.run_one();
+  tcp_layer.expires_never();  // reads take their own timeout
+  if (ec) {
+    transport_error err{"upgrade: " + ec.message(), true};
+    if (res.result_int() != 0 && res.result_int() != 101) {
+      err.status = res.result_int();
+      err.body = res.body();
+      err.message = "upgrade refused: " + std::to_string(err.status) + " " + err.body;
+    }
+    return std::unexpected(std::move(err));
+  }
   return {};
 }
 

@@ -194,13 +194,15 @@ response error_response(const model::error& err) {
     case errc::invalid_argument: status = 400; break;
     case errc::not_found: status = 404; break;
     case errc::conflict: status = 409; break;
+    case errc::in_progress: status = 409; break;
     case errc::unprocessable: status = 422; break;
     case errc::payload_too_large: status = 413; break;
     case errc::unavailable: status = 503; break;
     case errc::internal: status = 500; break;
   }
   auto r = json_response(status, json{{"error", err.message}});
-  if (status == 503) r.headers.emplace_back("Retry-After", "1");
+  // Both say "try the same request again shortly"; clients (the SDK) rely on it.
+  if (status == 503 || err.code == errc::in_progress) r.headers.emplace_back("Retry-After", "1");
   return r;
 }
 

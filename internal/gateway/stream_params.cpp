@@ -120,6 +120,17 @@ model::result<engine::stream_request> parse_subscribe_message(const model::json&
       return fail(errc::invalid_argument, "since must be a seq or an object of {context: seq}");
     }
   }
+  // "cursors" sets per-context resume points next to a numeric "since", which then
+  // covers only the contexts not listed (a resuming pattern subscriber sends
+  // since 0 so that contexts created while it was away are replayed whole).
+  if (auto cursors = msg.find("cursors"); cursors != msg.end() && !cursors->is_null()) {
+    if (!cursors->is_object()) return fail(errc::invalid_argument, "cursors must be an object of {context: seq}");
+    for (const auto& [ctx, seq] : cursors->items()) {
+      if (!seq.is_number_unsigned())
+        return fail(errc::invalid_argument, "cursors." + ctx + " must be a non-negative integer");
+      out.since_by_context[ctx] = seq.get<uint64_t>();
+    }
+  }
   return out;
 }
 

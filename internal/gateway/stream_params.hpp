@@ -22,7 +22,8 @@ inline constexpr size_t max_stream_contexts = 100;
 // From the query string (and, for SSE, Last-Event-ID). Errors are 400s.
 model::result<engine::stream_request> parse_stream_query(const request& req, bool sse);
 
-// From a WS message {"type":"subscribe","contexts":[…],"since":N|{"ctx":N}}.
+// From a WS message {"type":"subscribe","contexts":[…],"since":N|{"ctx":N},
+// "cursors":{"ctx":N}} (cursors override since for the contexts they name).
 model::result<engine::stream_request> parse_subscribe_message(const model::json& msg);
 
 // The SSE `id:` of an event: the plain seq when the stream is one exact context

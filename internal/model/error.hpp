@@ -12,7 +12,8 @@ namespace engram::model {
 enum class errc {
   invalid_argument,    // 400: the request is malformed or a field is invalid
   not_found,           // 404
-  conflict,            // 409: state forbids it now (in-flight idempotent retry, lock held)
+  conflict,            // 409: state forbids it now (lock held, stale fencing token)
+  in_progress,         // 409 + Retry-After: the same idempotent request is still running
   unprocessable,       // 422: idempotency key reused with a different request
   payload_too_large,   // 413
   unavailable,         // 503: recovering, overloaded, or storage refused the write

@@ -444,7 +444,7 @@ struct store::impl {
     if (!req.idempotency_key.empty()) {
       idem_key = idempotency_key(st.handle, req.idempotency_key);
       if (g.idempotency_keys.contains(idem_key))
-        return fail_now(g, p.done, {errc::conflict, "a request with this Idempotency-Key is still in progress; retry later"});
+        return fail_now(g, p.done, {errc::in_progress, "a request with this Idempotency-Key is still in progress; retry later"});
       if (!is_new) {
         std::string raw;
         auto s = db->Get(rocksdb::ReadOptions(), h(cf_idempotency), idem_key, &raw);

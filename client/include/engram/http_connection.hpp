@@ -26,7 +26,17 @@ struct http_result {
 // A transport failure (connect, send, receive, timeout), as opposed to any answer
 // from the server.
 struct transport_error {
+  transport_error() = default;
+  explicit transport_error(std::string msg, bool sent = false) : message(std::move(msg)), maybe_sent(sent) {}
+
   std::string message;
+  // True when the failure came after the request started to go out, so the server
+  // may have acted on it; false when it never left (connect failed).
+  bool maybe_sent = false;
+  // A WebSocket upgrade the server answered with an HTTP error instead: its status
+  // and body (0 and empty for every other failure).
+  unsigned status = 0;
+  std::string body;
 };
 
 class http_connection {
@@ -44,6 +54,8 @@ class http_connection {
                                                       const header_list& headers = {});
 
   void close();
+  // The limit for each later request's connect, send and receive.
+  void set_timeout(std::chrono::milliseconds timeout);
 
  private:
   struct impl;

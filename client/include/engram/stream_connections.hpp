@@ -30,7 +30,8 @@ class ws_connection {
   // Connects and performs the upgrade. On an HTTP refusal the error message holds
   // the status and body.
   std::expected<void, transport_error> connect(const std::string& host, uint16_t port, const std::string& target,
-                                               const header_list& headers = {});
+                                               const header_list& headers = {},
+                                               std::chrono::milliseconds timeout = std::chrono::seconds(10));
   std::expected<void, transport_error> send(std::string_view text);
   // The next message; nullopt on timeout. After the peer closes, closed() says why.
   std::expected<std::optional<std::string>, transport_error> read(std::chrono::milliseconds timeout);

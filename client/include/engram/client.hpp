@@ -1,0 +1,293 @@
+#pragma once
+// engram::client::client — the C++ SDK's entry point: typed calls for every Engram
+// route, appends that retry safely, resuming subscriptions and a lease helper.
+//
+// Threading: a client is thread-safe. Calls from many threads share a pool of
+// keep-alive connections (one request per connection at a time). Calls block the
+// calling thread; engram/async.hpp runs them from an Asio executor instead.
+// A subscription and a lease renewer each run on a thread of their own.
+//
+//   auto c = engram::client::client::create({.url = "http://127.0.0.1:8080", .agent_id = "planner"});
+//   auto unit = c->append({.context_id = "project-7", .payload = "hello"});
+//   if (!unit) std::cerr << unit.error().describe() << "\n";
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <thread>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "engram/error.hpp"
+#include "engram/types.hpp"
+
+namespace engram::client {
+
+// How transient failures are retried: connection refused/reset, timeouts, 503, and
+// 409 "Idempotency-Key still in progress". Waits grow from `initial_backoff`,
+// doubling up to `max_backoff`, with jitter; a server's Retry-After is honoured.
+struct retry_policy {
+  int max_attempts = 6;  // 1 disables retries
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{2'000};
+  std::chrono::milliseconds max_elapsed{30'000};  // no new attempt starts after this
+};
+
+struct client_options {
+  std::string url = "http://127.0.0.1:8080";  // http:// only; a path is a prefix for every route
+  std::string agent_id;                        // sent as X-Agent-ID; fills agent_id in bodies
+  std::chrono::milliseconds timeout{30'000};   // per attempt: connect, send and receive
+  retry_policy retry;
+  size_t max_idle_connections = 8;
+  std::vector<std::pair<std::string, std::string>> headers;  // sent on every request
+  size_t async_threads = 2;  // threads that run engram/async.hpp calls (started on first use)
+};
+
+struct append_options {
+  // One key per logical append; generated (random, 128 bits) when empty. Every retry
+  // of that append sends the same key, so the server commits it at most once.
+  std::string idempotency_key;
+};
+
+struct list_options {
+  size_t limit = 100;  // page size (server max 1000)
+  bool reverse = false;
+  std::optional<uint64_t> after_seq;
+  std::string cursor;  // next_cursor of a previous page
+};
+
+template <class T>
+struct page {
+  std::vector<T> items;
+  std::string next_cursor;  // empty on the last page
+};
+
+// An input range over every item of a paged listing, fetching pages as it goes. It
+// yields result<T>: a failed page fetch yields one error and ends the range.
+//
+//   for (const auto& u : c.units("project-7")) { if (!u) { report(u.error()); break; } use(*u); }
+template <class T>
+class pager {
+ public:
+  using fetch_fn = std::function<result<page<T>>(const std::string& cursor)>;
+
+  explicit pager(fetch_fn fetch, std::string first_cursor = {})
+      : fetch_(std::move(fetch)), cursor_(std::move(first_cursor)) {}
+
+  class iterator {
+   public:
+    using value_type = result<T>;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(pager* p) : p_(p) { p_->advance(); }
+    const result<T>& operator*() const { return *p_->current_; }
+    const result<T>* operator->() const { return &*p_->current_; }
+    iterator& operator++() {
+      p_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return !p_ || !p_->current_; }
+
+   private:
+    pager* p_ = nullptr;
+  };
+
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+ private:
+  void advance() {
+    current_.reset();
+    while (index_ == items_.size()) {
+      if (done_) return;
+      auto next = fetch_(cursor_);
+      if (!next) {
+        done_ = true;
+        current_.emplace(std::unexpected(std::move(next.error())));
+        return;
+      }
+      items_ = std::move(next->items);
+      index_ = 0;
+      cursor_ = std::move(next->next_cursor);
+      done_ = cursor_.empty();
+    }
+    current_.emplace(std::move(items_[index_++]));
+  }
+
+  fetch_fn fetch_;
+  std::string cursor_;
+  std::vector<T> items_;
+  size_t index_ = 0;
+  bool done_ = false;
+  std::optional<result<T>> current_;
+};
+
+struct subscribe_options {
+  // Per-context resume points (the last seq you have); they override `since`.
+  std::map<std::string, uint64_t> cursors;
+  std::chrono::milliseconds min_backoff{100};
+  std::chrono::milliseconds max_backoff{5'000};
+  std::chrono::milliseconds heartbeat{15'000};   // keeps the server's idle timer from firing
+  std::chrono::milliseconds dead_after{30'000};  // reconnect when nothing arrived for this long
+  // Called on the subscription's thread each time it is (re)subscribed, and each
+  // time the connection is lost (with why). For status displays; may be empty.
+  std::function<void()> on_connected;
+  std::function<void(const error&)> on_disconnected;
+};
+
+class subscription_state;
+
+// A live subscription started by client::subscribe. The handler runs on the
+// subscription's own thread, one event at a time, each (context, seq) exactly once
+// and in seq order per context, across reconnects and server restarts. Destroying
+// it stops it.
+class subscription {
+ public:
+  subscription() = default;
+  explicit subscription(std::shared_ptr<subscription_state> s);
+  subscription(subscription&&) noexcept;
+  subscription& operator=(subscription&&) noexcept;
+  ~subscription();
+
+  // Stops and waits until the handler has returned for the last time (from inside
+  // the handler it only asks, and the subscription ends after the handler returns).
+  void stop();
+  // Blocks until the subscription ends: stop(), or a refusal that reconnecting cannot
+  // fix (400/403/404 on subscribe), which is returned.
+  std::optional<error> wait();
+  bool running() const;
+  // The last seq delivered per context (with the starting points of quiet contexts).
+  std::map<std::string, uint64_t> cursors() const;
+
+ private:
+  std::shared_ptr<subscription_state> state_;
+};
+
+class client;
+
+// The lease with_lock() holds while its function runs. Thread-safe.
+class lease {
+ public:
+  lease(client& c, lock granted, std::chrono::milliseconds ttl);
+  ~lease();  // stops renewing and releases (unless lost)
+  lease(const lease&) = delete;
+  lease& operator=(const lease&) = delete;
+
+  const lock& info() const { return granted_; }
+  uint64_t fencing_token() const { return granted_.fencing_token; }
+  engram::client::fence fence() const { return granted_.fence(); }
+  // True once a renewal was refused or the lease ran out before one succeeded. Work
+  // done after that is no longer protected: stop and do not write with this token.
+  bool lost() const;
+  // Requested when the lease is lost, for code that takes a std::stop_token.
+  std::stop_token stop_token() const { return lost_.get_token(); }
+  // Stops renewing and releases now; the first error, if any.
+  std::optional<error> release();
+
+ private:
+  void renew_loop(std::stop_token stop);
+
+  client& client_;
+  lock granted_;
+  std::chrono::milliseconds ttl_;
+  std::stop_source lost_;
+  std::jthread renewer_;
+  std::atomic<bool> released_{false};
+};
+
+struct with_lock_options {
+  std::chrono::milliseconds wait{0};  // how long to wait for a held resource
+  std::string context_id;             // log the lock's transitions in this context
+};
+
+class client {
+ public:
+  // Parses the URL (http://host[:port][/prefix]); a malformed one is an error.
+  static result<client> create(client_options opts);
+
+  client(client&&) noexcept;
+  client& operator=(client&&) noexcept;
+  ~client();
+
+  const client_options& options() const;
+
+  // Work units. append() retries transient failures with one Idempotency-Key.
+  result<work_unit> append(const unit_input& u, const append_options& opts = {});
+  // All or none, consecutive seqs; `fence` guards the whole batch.
+  result<std::vector<work_unit>> append_batch(const std::string& context_id, std::span<const unit_input> units,
+                                              const append_options& opts = {},
+                                              const std::optional<engram::client::fence>& fence = std::nullopt);
+  result<work_unit> get_unit(const std::string& id);
+  result<page<work_unit>> list_units_page(const std::string& context_id, const list_options& opts = {});
+  pager<work_unit> units(const std::string& context_id, list_options opts = {});
+
+  // Contexts.
+  result<context> get_context(const std::string& id);
+  result<context> patch_context(const std::string& id, const context_patch& patch);
+  result<page<context>> list_contexts_page(size_t limit = 100, const std::string& cursor = {});
+  pager<context> contexts(size_t page_size = 100);
+
+  // Leases. A 409 (held by another agent, or timed out waiting) is a server error.
+  result<lock> acquire(const std::string& resource, std::chrono::milliseconds ttl,
+                       std::chrono::milliseconds wait = {});
+  result<std::vector<lock>> acquire(const lock_request& req);
+  result<lock> renew(const lock& held, std::chrono::milliseconds ttl = {});
+  result<void> release(const lock& held);
+  result<lock> get_lock(const std::string& resource);
+  result<std::vector<lock>> list_locks(const std::string& agent_id = {}, const std::string& prefix = {});
+
+  // Runs fn(lease&) while holding `resource`: acquires (waiting up to opts.wait),
+  // renews in the background at a third of the TTL, and releases when fn returns or
+  // throws. lease.lost() / lease.stop_token() tell fn when the lease was lost.
+  // Returns fn's result, or the acquire error.
+  template <class Fn>
+    requires std::invocable<Fn&, lease&>
+  auto with_lock(const std::string& resource, std::chrono::milliseconds ttl, Fn&& fn,
+                 const with_lock_options& opts = {}) -> result<std::invoke_result_t<Fn&, lease&>> {
+    lock_request req;
+    req.resources = {resource};
+    req.ttl = ttl;
+    req.wait = opts.wait;
+    req.context_id = opts.context_id;
+    auto granted = acquire(req);
+    if (!granted) return std::unexpected(std::move(granted.error()));
+    lease held(*this, std::move(granted->front()), ttl);
+    if constexpr (std::is_void_v<std::invoke_result_t<Fn&, lease&>>) {
+      fn(held);
+      return {};
+    } else {
+      return fn(held);
+    }
+  }
+
+  // Search (keyword, semantic, hybrid; see search_request).
+  result<search_result> search(const search_request& req);
+
+  result<health_status> health();
+
+  // Follows contexts (ids and prefix patterns like "project-7/*") over WebSocket,
+  // from `since` (the last seq you have; nullopt: from now on), reconnecting with
+  // backoff and resuming from the last delivered seq.
+  subscription subscribe(std::vector<std::string> contexts, std::optional<uint64_t> since,
+                         std::function<void(const event&)> handler, subscribe_options opts = {});
+
+  // Runs `job` on the client's async threads (engram/async.hpp builds on this).
+  void post_blocking(std::move_only_function<void()> job);
+
+  struct impl;
+
+ private:
+  explicit client(std::shared_ptr<impl> p);
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace engram::client

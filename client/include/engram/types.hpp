@@ -1,0 +1,194 @@
+#pragma once
+// The Engram data model as the SDK sees it (DESIGN.md §2, api/openapi.yaml): plain
+// value types decoded from and encoded to the v3 wire JSON. No I/O here.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace engram::client {
+
+// Server time; the wire carries {"seconds","nanos"}.
+using timestamp = std::chrono::sys_time<std::chrono::nanoseconds>;
+using string_map = std::map<std::string, std::string>;
+
+enum class unit_type : int {
+  unknown = 0,
+  message = 1,
+  reasoning = 2,
+  tool_call = 3,
+  tool_result = 4,
+  file_change = 5,
+  task_status = 6,
+  error = 7,
+  system = 8,
+};
+// "MESSAGE", …; a value outside the known set prints as its number.
+std::string to_string(unit_type t);
+// A name (any case: "message", "TOOL_CALL") or a number 0-8.
+std::optional<unit_type> parse_unit_type(std::string_view s);
+
+enum class relationship_type : int {
+  unspecified = 0,
+  sequential = 1,
+  causes = 2,
+  depends_on = 3,
+  references = 4,
+  responds_to = 5,
+  modifies = 6,
+  replaces = 7,
+};
+
+struct relationship {
+  std::string target_id;
+  relationship_type type = relationship_type::unspecified;
+  string_map meta;
+};
+
+// A committed, immutable work unit.
+struct work_unit {
+  std::string id;  // UUIDv7
+  std::string context_id;
+  uint64_t seq = 0;
+  std::string agent_id;
+  unit_type type = unit_type::unknown;
+  timestamp ts{};
+  string_map meta;
+  std::string payload;  // raw bytes (base64 on the wire)
+  std::vector<relationship> relationships;
+  std::string idempotency_key;
+};
+
+// A write that names a lease: refused with 409 when a newer fencing token exists.
+struct fence {
+  std::string resource;
+  uint64_t token = 0;
+};
+
+// What append() sends. Empty fields are left out of the request.
+struct unit_input {
+  std::string context_id;  // required for append(); a batch names its context once
+  std::string agent_id;    // empty: the client's agent (client_options::agent_id)
+  unit_type type = unit_type::message;
+  std::string payload;  // bytes; text is just UTF-8 bytes
+  string_map meta;
+  std::vector<relationship> relationships;
+  std::optional<client::fence> fence;
+  std::vector<float> embedding;  // optional vector for semantic search
+  std::string embedding_model;   // empty: the server's default model
+};
+
+struct context {
+  std::string id;
+  std::string display_name;
+  std::vector<std::string> agent_ids;
+  std::vector<std::string> pinned_units;
+  string_map meta;
+  timestamp created_at{};
+  timestamp updated_at{};
+  uint64_t head_seq = 0;
+};
+
+// PATCH /contexts/{id}: an upsert; only what is set is sent.
+struct context_patch {
+  std::optional<std::string> display_name;
+  std::vector<std::string> add_agents, remove_agents, pin_units, unpin_units;
+  std::map<std::string, std::optional<std::string>> meta;  // nullopt deletes the key
+};
+
+// A lease on a resource.
+struct lock {
+  std::string resource_path;
+  std::string holder_agent;
+  std::string lock_id;
+  uint64_t fencing_token = 0;
+  timestamp expires_at{};
+  timestamp acquired_at{};
+  std::string context_id;  // empty when the lease is not tagged with a context
+
+  client::fence fence() const { return {resource_path, fencing_token}; }
+};
+
+struct lock_request {
+  std::vector<std::string> resources;  // one, or several taken all-or-nothing
+  std::chrono::milliseconds ttl{0};    // 0: the server's default
+  std::chrono::milliseconds wait{0};   // wait in the server's FIFO queue up to this long
+  std::string context_id;              // lock transitions enter this context's log
+  std::string agent_id;                // empty: the client's agent
+};
+
+struct relationship_filter {
+  std::string target_id;
+  std::optional<relationship_type> type;  // any type when empty
+};
+
+struct search_request {
+  std::string query;       // Xapian query syntax; empty: every unit passing the filters
+  std::string context_id;  // an id, or a prefix pattern ending in '*'
+  std::vector<std::string> agent_ids;  // any of
+  std::vector<unit_type> types;        // any of
+  string_map meta_filters;             // all of
+  std::vector<relationship_filter> relationships;  // all of
+  std::optional<timestamp> from, to;   // [from, to)
+  size_t limit = 100;
+  size_t offset = 0;
+  std::optional<bool> snippets;
+  std::string mode;  // "keyword" | "semantic" | "hybrid"; empty: the server decides
+  std::vector<float> vector;
+  std::string embedding_model;
+};
+
+struct search_hit {
+  std::string id;
+  std::string context_id;
+  uint64_t seq = 0;
+  double score = 0;
+  std::optional<uint64_t> keyword_rank, vector_rank;
+  std::optional<double> keyword_score, vector_score;
+  timestamp ts{};
+  std::string snippet;
+};
+
+struct search_result {
+  std::vector<std::string> ids;  // the v3 "results", in rank order
+  std::vector<search_hit> hits;
+  uint64_t total_count = 0;
+  bool total_count_exact = true;
+  size_t limit = 0, offset = 0;
+  std::string mode;      // the mode that ran
+  std::string degraded;  // why a vector search fell back to keyword, if it did
+};
+
+// /healthz and /readyz.
+struct health_status {
+  bool live = false;   // /healthz answered 200
+  bool ready = false;  // /readyz answered 200 (storage recovery complete)
+  std::string status;  // "ready" | "recovering"
+  std::string search_state;  // "ready" | "catching_up" | "failed" | "" (search disabled)
+  uint64_t search_lag = 0;
+  std::string readyz_json;  // the whole /readyz body, for tools that print it
+};
+
+// One event from a subscription, in seq order per context.
+struct event {
+  std::string type;  // "work_unit", "context_updated", "lock_acquired", "lock_released", …
+  std::string context_id;
+  uint64_t seq = 0;
+  std::optional<work_unit> unit;        // type == "work_unit"
+  std::optional<client::context> context;  // type == "context_updated"
+  std::optional<client::lock> lock;        // type == "lock_*"
+  std::string json;  // the event as the server sent it
+};
+
+// The v3 wire JSON of each type (integer type, base64 payload, {"seconds","nanos"}),
+// for tools that print what they received.
+std::string to_json(const work_unit& u);
+std::string to_json(const context& c);
+std::string to_json(const lock& l);
+std::string to_json(const search_result& r);
+
+}  // namespace engram::client

@@ -1,0 +1,341 @@
+#include <boost/asio/post.hpp>
+#include <boost/url/encode.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
+#include <charconv>
+#include <random>
+#include <thread>
+
+#include "client_impl.hpp"
+#include "codec.hpp"
+
+namespace engram::client {
+
+using codec::json;
+
+namespace {
+
+error server_error(const http_result& r) {
+  error e{error::kind::server, r.status, {}, {}};
+  json j = json::parse(r.body, nullptr, false);
+  if (!j.is_discarded() && j.is_object() && j.contains("error") && j["error"].is_string())
+    e.message = j["error"].get<std::string>();
+  else
+    e.message = r.body.empty() ? "HTTP " + std::to_string(r.status) : r.body.substr(0, 500);
+  const auto after = r.header("retry-after");
+  unsigned seconds = 0;
+  if (auto [p, ec] = std::from_chars(after.data(), after.data() + after.size(), seconds);
+      ec == std::errc() && p == after.data() + after.size())
+    e.retry_after = std::chrono::seconds(seconds);
+  return e;
+}
+
+bool transient(const error& e, retry_mode mode, bool maybe_sent) {
+  if (mode == retry_mode::none) return false;
+  if (e.is_network()) return mode == retry_mode::safe || !maybe_sent;
+  if (e.is_server() && e.status == 503) return true;
+  // 409 with Retry-After: the same idempotent request is still being processed.
+  return e.is_server() && e.status == 409 && e.retry_after.count() > 0 && mode == retry_mode::safe;
+}
+
+// Decodes `field` of a 2xx JSON answer with `decode`.
+template <class Decode>
+auto decode_field(const result<http_result>& r, std::string_view field, Decode decode)
+    -> decltype(decode(std::declval<const json&>())) {
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  auto it = j->find(field);
+  if (it == j->end())
+    return std::unexpected(error{error::kind::protocol, r->status, "answer has no \"" + std::string(field) + "\"", {}});
+  return decode(*it);
+}
+
+template <class T, class Decode>
+result<std::vector<T>> decode_list(const json& list, Decode decode) {
+  if (!list.is_array()) return std::unexpected(error{error::kind::protocol, 0, "expected an array", {}});
+  std::vector<T> out;
+  out.reserve(list.size());
+  for (const auto& item : list) {
+    auto one = decode(item);
+    if (!one) return std::unexpected(one.error());
+    out.push_back(std::move(*one));
+  }
+  return out;
+}
+
+template <class T, class Decode>
+result<page<T>> decode_page(const result<http_result>& r, std::string_view field, Decode decode) {
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  auto items = decode_list<T>(j->value(field, json::array()), decode);
+  if (!items) return std::unexpected(items.error());
+  page<T> out{std::move(*items), {}};
+  if (auto c = j->find("next_cursor"); c != j->end() && c->is_string()) out.next_cursor = c->get<std::string>();
+  return out;
+}
+
+}  // namespace
+
+std::string encode_component(std::string_view s) {
+  return boost::urls::encode(s, boost::urls::unreserved_chars);
+}
+
+std::chrono::milliseconds backoff_delay(const retry_policy& p, int attempt) {
+  thread_local std::mt19937 rng{std::random_device{}()};
+  auto d = p.initial_backoff;
+  for (int i = 0; i < attempt && d < p.max_backoff; ++i) d *= 2;
+  d = std::min(d, p.max_backoff);
+  // Full jitter in [d/2, d]: retries of many clients after one outage spread out.
+  std::uniform_int_distribution<int64_t> jitter(d.count() / 2, std::max<int64_t>(d.count(), 1));
+  return std::chrono::milliseconds(jitter(rng));
+}
+
+client::impl::~impl() {
+  if (workers) workers->join();
+}
+
+result<http_result> client::impl::send(std::string_view method, const std::string& route, std::string_view body,
+                                       retry_mode mode, const header_list& extra,
+                                       std::chrono::milliseconds timeout) {
+  header_list all = headers;
+  all.insert(all.end(), extra.begin(), extra.end());
+  const std::string target = prefix + route;
+  const auto started = std::chrono::steady_clock::now();
+  for (int attempt = 0;; ++attempt) {
+    std::unique_ptr<http_connection> conn;
+    {
+      std::lock_guard lock(pool_mu);
+      if (!idle.empty()) {
+        conn = std::move(idle.back());
+        idle.pop_back();
+      }
+    }
+    if (!conn) conn = std::make_unique<http_connection>(host, port, opts.timeout);
+    conn->set_timeout(std::max(timeout, opts.timeout));
+    auto r = conn->request(method, target, body, all);
+    error err;
+    bool maybe_sent = false;
+    if (r) {
+      {
+        std::lock_guard lock(pool_mu);
+        if (idle.size() < opts.max_idle_connections) idle.push_back(std::move(conn));
+      }
+      if (r->status >= 200 && r->status < 300) return std::move(*r);
+      err = server_error(*r);
+      maybe_sent = true;
+    } else {
+      err = error{error::kind::network, 0, r.error().message, {}};
+      maybe_sent = r.error().maybe_sent;
+    }
+    if (attempt + 1 >= opts.retry.max_attempts || !transient(err, mode, maybe_sent)) return std::unexpected(err);
+    const auto delay = std::max<std::chrono::milliseconds>(backoff_delay(opts.retry, attempt), err.retry_after);
+    if (std::chrono::steady_clock::now() + delay - started > opts.retry.max_elapsed) return std::unexpected(err);
+    std::this_thread::sleep_for(delay);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+client::client(std::shared_ptr<impl> p) : impl_(std::move(p)) {}
+client::client(client&&) noexcept = default;
+client& client::operator=(client&&) noexcept = default;
+client::~client() = default;
+
+result<client> client::create(client_options opts) {
+  auto bad = [&](std::string why) {
+    return std::unexpected(error{error::kind::protocol, 0, "invalid server URL '" + opts.url + "': " + why, {}});
+  };
+  auto parsed = boost::urls::parse_uri(opts.url);
+  if (!parsed) return bad(parsed.error().message());
+  if (parsed->scheme() != "http") return bad("only http:// is supported");
+  if (parsed->host().empty()) return bad("no host");
+  auto p = std::make_shared<impl>();
+  p->host = parsed->host();
+  if (p->host.starts_with('[') && p->host.ends_with(']')) p->host = p->host.substr(1, p->host.size() - 2);
+  p->port = parsed->has_port() ? parsed->port_number() : 80;
+  if (parsed->has_port() && p->port == 0) return bad("port must be 1-65535");
+  p->prefix = parsed->path();
+  while (p->prefix.ends_with('/')) p->prefix.pop_back();
+  if (opts.retry.max_attempts < 1) opts.retry.max_attempts = 1;
+  if (!opts.agent_id.empty()) p->headers.emplace_back("X-Agent-ID", opts.agent_id);
+  p->headers.insert(p->headers.end(), opts.headers.begin(), opts.headers.end());
+  p->opts = std::move(opts);
+  return client(std::move(p));
+}
+
+const client_options& client::options() const { return impl_->opts; }
+
+void client::post_blocking(std::move_only_function<void()> job) {
+  std::unique_lock lock(impl_->async_mu);
+  if (!impl_->workers) impl_->workers.emplace(std::max<size_t>(1, impl_->opts.async_threads));
+  auto& pool = *impl_->workers;
+  lock.unlock();
+  // thread_pool wants a copyable handler; share the move-only job.
+  boost::asio::post(pool, [job = std::make_shared<std::move_only_function<void()>>(std::move(job))] { (*job)(); });
+}
+
+// -- work units ---------------------------------------------------------------------
+result<work_unit> client::append(const unit_input& u, const append_options& opts) {
+  const std::string key = opts.idempotency_key.empty() ? codec::random_key() : opts.idempotency_key;
+  auto r = impl_->send("POST", "/workunit", codec::unit_input_json(u, true).dump(), retry_mode::safe,
+                       {{"Idempotency-Key", key}});
+  return decode_field(r, "work_unit", codec::unit_from);
+}
+
+result<std::vector<work_unit>> client::append_batch(const std::string& context_id, std::span<const unit_input> units,
+                                                    const append_options& opts,
+                                                    const std::optional<engram::client::fence>& fence) {
+  json body{{"context_id", context_id}, {"work_units", json::array()}};
+  if (!impl_->opts.agent_id.empty()) body["agent_id"] = impl_->opts.agent_id;
+  if (fence) body["fence"] = json{{"resource", fence->resource}, {"token", fence->token}};
+  for (const auto& u : units) body["work_units"].push_back(codec::unit_input_json(u, false));
+  const std::string key = opts.idempotency_key.empty() ? codec::random_key() : opts.idempotency_key;
+  auto r = impl_->send("POST", "/workunits", body.dump(), retry_mode::safe, {{"Idempotency-Key", key}});
+  return decode_field(r, "work_units", [](const json& list) { return decode_list<work_unit>(list, codec::unit_from); });
+}
+
+result<work_unit> client::get_unit(const std::string& id) {
+  auto r = impl_->send("GET", "/workunit/" + encode_component(id), {}, retry_mode::safe);
+  return decode_field(r, "work_unit", codec::unit_from);
+}
+
+result<page<work_unit>> client::list_units_page(const std::string& context_id, const list_options& opts) {
+  std::string route = "/workunits/" + encode_component(context_id) + "?limit=" + std::to_string(opts.limit);
+  if (opts.reverse) route += "&reverse=true";
+  if (opts.after_seq) route += "&after_seq=" + std::to_string(*opts.after_seq);
+  if (!opts.cursor.empty()) route += "&cursor=" + encode_component(opts.cursor);
+  return decode_page<work_unit>(impl_->send("GET", route, {}, retry_mode::safe), "work_units", codec::unit_from);
+}
+
+pager<work_unit> client::units(const std::string& context_id, list_options opts) {
+  const std::string first = opts.cursor;
+  return pager<work_unit>(
+      [this, context_id, opts](const std::string& cursor) mutable {
+        opts.cursor = cursor;
+        return list_units_page(context_id, opts);
+      },
+      first);
+}
+
+// -- contexts -------------------------------------------------------------------------
+result<context> client::get_context(const std::string& id) {
+  return decode_field(impl_->send("GET", "/contexts/" + encode_component(id), {}, retry_mode::safe), "context",
+                      codec::context_from);
+}
+
+result<context> client::patch_context(const std::string& id, const context_patch& patch) {
+  return decode_field(impl_->send("PATCH", "/contexts/" + encode_component(id),
+                                  codec::context_patch_json(patch).dump(), retry_mode::unsent),
+                      "context", codec::context_from);
+}
+
+result<page<context>> client::list_contexts_page(size_t limit, const std::string& cursor) {
+  std::string route = "/contexts?limit=" + std::to_string(limit);
+  if (!cursor.empty()) route += "&cursor=" + encode_component(cursor);
+  return decode_page<context>(impl_->send("GET", route, {}, retry_mode::safe), "contexts", codec::context_from);
+}
+
+pager<context> client::contexts(size_t page_size) {
+  return pager<context>([this, page_size](const std::string& cursor) { return list_contexts_page(page_size, cursor); });
+}
+
+// -- locks ----------------------------------------------------------------------------
+result<lock> client::acquire(const std::string& resource, std::chrono::milliseconds ttl,
+                             std::chrono::milliseconds wait) {
+  lock_request req;
+  req.resources = {resource};
+  req.ttl = ttl;
+  req.wait = wait;
+  auto all = acquire(req);
+  if (!all) return std::unexpected(all.error());
+  return std::move(all->front());
+}
+
+result<std::vector<lock>> client::acquire(const lock_request& req) {
+  if (req.resources.empty())
+    return std::unexpected(error{error::kind::protocol, 0, "acquire needs at least one resource", {}});
+  json body = json::object();
+  if (req.resources.size() == 1) body["resource_path"] = req.resources.front();
+  else body["resource_paths"] = req.resources;
+  const std::string& agent = req.agent_id.empty() ? impl_->opts.agent_id : req.agent_id;
+  if (!agent.empty()) body["agent_id"] = agent;
+  if (req.ttl.count() > 0) body["ttl_ms"] = req.ttl.count();
+  if (req.wait.count() > 0) body["wait_ms"] = req.wait.count();
+  if (!req.context_id.empty()) body["context_id"] = req.context_id;
+  // The server may hold the request up to wait_ms; give the transport that much more.
+  auto r = impl_->send("POST", "/locks", body.dump(), retry_mode::unsent, {}, impl_->opts.timeout + req.wait);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  if (auto one = j->find("lock"); one != j->end()) {
+    auto l = codec::lock_from(*one);
+    if (!l) return std::unexpected(l.error());
+    return std::vector<lock>{std::move(*l)};
+  }
+  return decode_list<lock>(j->value("locks", json::array()), codec::lock_from);
+}
+
+result<lock> client::renew(const lock& held, std::chrono::milliseconds ttl) {
+  json body{{"lock_id", held.lock_id}, {"agent_id", held.holder_agent}};
+  if (ttl.count() > 0) body["ttl_ms"] = ttl.count();
+  return decode_field(impl_->send("POST", "/locks/" + encode_component(held.resource_path) + "/renew", body.dump(),
+                                  retry_mode::unsent),
+                      "lock", codec::lock_from);
+}
+
+result<void> client::release(const lock& held) {
+  auto r = impl_->send("DELETE",
+                       "/locks/" + encode_component(held.resource_path) + "?agent_id=" +
+                           encode_component(held.holder_agent) + "&lock_id=" + encode_component(held.lock_id),
+                       {}, retry_mode::unsent);
+  if (!r) return std::unexpected(r.error());
+  return {};
+}
+
+result<lock> client::get_lock(const std::string& resource) {
+  return decode_field(impl_->send("GET", "/locks/" + encode_component(resource), {}, retry_mode::safe), "lock",
+                      codec::lock_from);
+}
+
+result<std::vector<lock>> client::list_locks(const std::string& agent_id, const std::string& prefix) {
+  std::string route = "/locks";
+  char sep = '?';
+  if (!agent_id.empty()) route += std::exchange(sep, '&') + std::string("agent_id=") + encode_component(agent_id);
+  if (!prefix.empty()) route += sep + std::string("prefix=") + encode_component(prefix);
+  return decode_field(impl_->send("GET", route, {}, retry_mode::safe), "locks",
+                      [](const json& list) { return decode_list<lock>(list, codec::lock_from); });
+}
+
+// -- search and health ---------------------------------------------------------------
+result<search_result> client::search(const search_request& req) {
+  auto r = impl_->send("POST", "/search", codec::search_request_json(req).dump(), retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  return codec::search_from(*j);
+}
+
+result<health_status> client::health() {
+  health_status out;
+  auto live = impl_->send("GET", "/healthz", {}, retry_mode::none);
+  if (!live && !live.error().is_server()) return std::unexpected(live.error());
+  out.live = live.has_value();
+  // /readyz answers 503 while recovering: that is a state, not a failure.
+  auto ready = impl_->send("GET", "/readyz", {}, retry_mode::none);
+  if (!ready && !ready.error().is_server()) return std::unexpected(ready.error());
+  out.ready = ready.has_value();
+  out.readyz_json = ready ? ready->body : ready.error().message;
+  json j = json::parse(out.readyz_json, nullptr, false);
+  if (j.is_object()) {
+    out.status = j.value("status", "");
+    if (auto s = j.find("search"); s != j.end() && s->is_object()) {
+      if (auto st = s->find("state"); st != s->end() && st->is_string()) out.search_state = st->get<std::string>();
+      if (auto lag = s->find("lag"); lag != s->end() && lag->is_number_unsigned()) out.search_lag = lag->get<uint64_t>();
+    }
+  }
+  if (out.status.empty()) out.status = out.ready ? "ready" : "recovering";
+  return out;
+}
+
+}  // namespace engram::client

@@ -1,0 +1,480 @@
+#include "codec.hpp"
+
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+namespace engram::client {
+
+namespace {
+
+constexpr std::array<std::string_view, 9> unit_type_names = {
+    "UNKNOWN", "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE", "TASK_STATUS", "ERROR", "SYSTEM"};
+
+}  // namespace
+
+std::string to_string(unit_type t) {
+  const auto n = static_cast<int>(t);
+  if (n >= 0 && size_t(n) < unit_type_names.size()) return std::string(unit_type_names[size_t(n)]);
+  return std::to_string(n);
+}
+
+std::optional<unit_type> parse_unit_type(std::string_view s) {
+  int n = 0;
+  if (auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n); ec == std::errc() && p == s.data() + s.size())
+    return n >= 0 && size_t(n) < unit_type_names.size() ? std::optional(unit_type(n)) : std::nullopt;
+  std::string upper(s);
+  for (auto& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
+  for (size_t i = 0; i < unit_type_names.size(); ++i)
+    if (unit_type_names[i] == upper) return unit_type(i);
+  return std::nullopt;
+}
+
+std::string error::describe() const {
+  switch (what) {
+    case kind::network: return "network: " + message;
+    case kind::server: return "server " + std::to_string(status) + ": " + message;
+    case kind::protocol: return "protocol: " + message;
+    case kind::stopped: return "stopped: " + message;
+  }
+  return message;
+}
+
+namespace codec {
+namespace {
+
+constexpr char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+error protocol(std::string message, unsigned status = 0) {
+  return error{error::kind::protocol, status, std::move(message), {}};
+}
+
+// Reads typed fields of one JSON object, remembering the first one of a wrong type.
+// Absent and null fields read as empty.
+class reader {
+ public:
+  reader(const json& j, std::string_view what) : j_(j), what_(what) {
+    if (!j.is_object()) bad_ = std::string(what) + " is not an object";
+  }
+
+  const json* find(std::string_view k) const {
+    if (!j_.is_object()) return nullptr;
+    auto it = j_.find(k);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+  std::string str(std::string_view k) {
+    const json* v = find(k);
+    if (!v) return {};
+    if (!v->is_string()) return wrong(k, "a string"), std::string();
+    return v->get<std::string>();
+  }
+  uint64_t u64(std::string_view k) {
+    const json* v = find(k);
+    if (!v) return 0;
+    if (!v->is_number_unsigned()) return wrong(k, "a non-negative integer"), 0;
+    return v->get<uint64_t>();
+  }
+  std::optional<uint64_t> opt_u64(std::string_view k) {
+    if (!find(k)) return std::nullopt;
+    return u64(k);
+  }
+  double num(std::string_view k) {
+    const json* v = find(k);
+    if (!v) return 0;
+    if (!v->is_number()) return wrong(k, "a number"), 0;
+    return v->get<double>();
+  }
+  std::optional<double> opt_num(std::string_view k) {
+    if (!find(k)) return std::nullopt;
+    return num(k);
+  }
+  bool boolean(std::string_view k, bool fallback) {
+    const json* v = find(k);
+    if (!v) return fallback;
+    if (!v->is_boolean()) return wrong(k, "a boolean"), fallback;
+    return v->get<bool>();
+  }
+  timestamp ts(std::string_view k) {
+    const json* v = find(k);
+    if (!v) return {};
+    if (!v->is_object()) return wrong(k, "a {seconds, nanos} object"), timestamp{};
+    reader t(*v, k);
+    const json* s = t.find("seconds");
+    const json* n = t.find("nanos");
+    if ((s && !s->is_number_integer()) || (n && !n->is_number_integer()))
+      return wrong(k, "a {seconds, nanos} object"), timestamp{};
+    return timestamp(std::chrono::seconds(s ? s->get<int64_t>() : 0) + std::chrono::nanoseconds(n ? n->get<int64_t>() : 0));
+  }
+  string_map map(std::string_view k) {
+    string_map out;
+    const json* v = find(k);
+    if (!v) return out;
+    if (!v->is_object()) return wrong(k, "an object of strings"), out;
+    for (const auto& [key, val] : v->items()) {
+      if (!val.is_string()) return wrong(k, "an object of strings"), out;
+      out.emplace(key, val.get<std::string>());
+    }
+    return out;
+  }
+  std::vector<std::string> strings(std::string_view k) {
+    std::vector<std::string> out;
+    const json* v = find(k);
+    if (!v) return out;
+    if (!v->is_array()) return wrong(k, "an array of strings"), out;
+    for (const auto& s : *v) {
+      if (!s.is_string()) return wrong(k, "an array of strings"), out;
+      out.push_back(s.get<std::string>());
+    }
+    return out;
+  }
+
+  void wrong(std::string_view k, std::string_view expected) {
+    if (!bad_) bad_ = std::string(what_) + "." + std::string(k) + " is not " + std::string(expected);
+  }
+  void fail(std::string message) {
+    if (!bad_) bad_ = std::move(message);
+  }
+  const std::optional<std::string>& bad() const { return bad_; }
+
+ private:
+  const json& j_;
+  std::string_view what_;
+  std::optional<std::string> bad_;
+};
+
+json ts_json(timestamp t) {
+  const auto ns = t.time_since_epoch().count();
+  int64_t seconds = ns / 1'000'000'000, nanos = ns % 1'000'000'000;
+  if (nanos < 0) {
+    nanos += 1'000'000'000;
+    --seconds;
+  }
+  return json{{"seconds", seconds}, {"nanos", nanos}};
+}
+
+json map_json(const string_map& m) {
+  json out = json::object();
+  for (const auto& [k, v] : m) out[k] = v;
+  return out;
+}
+
+json relationships_json(const std::vector<relationship>& rels) {
+  json out = json::array();
+  for (const auto& r : rels) {
+    json one{{"target_id", r.target_id}, {"type", int(r.type)}};
+    if (!r.meta.empty()) one["meta"] = map_json(r.meta);
+    out.push_back(std::move(one));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string base64_encode(std::string_view bytes) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const uint32_t v = uint32_t(uint8_t(bytes[i])) << 16 | uint32_t(uint8_t(bytes[i + 1])) << 8 | uint8_t(bytes[i + 2]);
+    for (int shift : {18, 12, 6, 0}) out.push_back(b64_chars[(v >> shift) & 63]);
+  }
+  if (const size_t rest = bytes.size() - i; rest > 0) {
+    uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
+    if (rest == 2) v |= uint32_t(uint8_t(bytes[i + 1])) << 8;
+    out.push_back(b64_chars[(v >> 18) & 63]);
+    out.push_back(b64_chars[(v >> 12) & 63]);
+    out.push_back(rest == 2 ? b64_chars[(v >> 6) & 63] : '=');
+    out.push_back('=');
+  }
+  return out;
+}
+
+std::optional<std::string> base64_decode(std::string_view text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  std::string out;
+  out.reserve(text.size() / 4 * 3);
+  for (size_t i = 0; i < text.size(); i += 4) {
+    uint32_t v = 0;
+    int pad = 0;
+    for (size_t k = 0; k < 4; ++k) {
+      const char c = text[i + k];
+      uint32_t d = 0;
+      if (c == '=' && i + 4 == text.size() && k >= 2) {
+        ++pad;
+      } else if (pad > 0) {
+        return std::nullopt;  // data after padding
+      } else if (const char* p = std::strchr(b64_chars, c); p && c != '\0') {
+        d = uint32_t(p - b64_chars);
+      } else {
+        return std::nullopt;
+      }
+      v = v << 6 | d;
+    }
+    out.push_back(char(v >> 16));
+    if (pad < 2) out.push_back(char(v >> 8 & 0xff));
+    if (pad < 1) out.push_back(char(v & 0xff));
+  }
+  return out;
+}
+
+std::string random_key() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const uint64_t hi = (rng() & ~0xf000ULL) | 0x4000ULL;  // version 4
+  const uint64_t lo = (rng() & ~(3ULL << 62)) | (2ULL << 62);  // RFC 4122 variant
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx", unsigned(hi >> 32), unsigned(hi >> 16 & 0xffff),
+                unsigned(hi & 0xffff), unsigned(lo >> 48), static_cast<unsigned long long>(lo & 0xffffffffffffULL));
+  return buf;
+}
+
+result<json> parse_object(std::string_view body, unsigned status) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    std::string excerpt(body.substr(0, 200));
+    return std::unexpected(protocol("the server answered " + std::to_string(status) +
+                                        " with a body that is not a JSON object: " + excerpt,
+                                    status));
+  }
+  return j;
+}
+
+result<work_unit> unit_from(const json& j) {
+  reader r(j, "work_unit");
+  work_unit u;
+  u.id = r.str("id");
+  u.context_id = r.str("context_id");
+  u.seq = r.u64("seq");
+  u.agent_id = r.str("agent_id");
+  u.type = unit_type(int(r.u64("type")));
+  u.ts = r.ts("ts");
+  u.meta = r.map("meta");
+  if (auto p = r.str("payload"); !p.empty()) {
+    auto raw = base64_decode(p);
+    if (!raw) r.fail("work_unit.payload is not base64");
+    else u.payload = std::move(*raw);
+  }
+  if (const json* rels = r.find("relationships")) {
+    if (!rels->is_array()) r.wrong("relationships", "an array");
+    else
+      for (const auto& one : *rels) {
+        reader rr(one, "relationship");
+        relationship rel{rr.str("target_id"), relationship_type(int(rr.u64("type"))), rr.map("meta")};
+        if (rr.bad()) r.fail(*rr.bad());
+        u.relationships.push_back(std::move(rel));
+      }
+  }
+  u.idempotency_key = r.str("idempotency_key");
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  return u;
+}
+
+result<context> context_from(const json& j) {
+  reader r(j, "context");
+  context c;
+  c.id = r.str("id");
+  c.display_name = r.str("display_name");
+  c.agent_ids = r.strings("agent_ids");
+  c.pinned_units = r.strings("pinned_units");
+  c.meta = r.map("meta");
+  c.created_at = r.ts("created_at");
+  c.updated_at = r.ts("updated_at");
+  c.head_seq = r.u64("head_seq");
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  return c;
+}
+
+result<lock> lock_from(const json& j) {
+  reader r(j, "lock");
+  lock l;
+  l.resource_path = r.str("resource_path");
+  l.holder_agent = r.str("holder_agent");
+  l.lock_id = r.str("lock_id");
+  l.fencing_token = r.u64("fencing_token");
+  l.expires_at = r.ts("expires_at");
+  l.acquired_at = r.ts("acquired_at");
+  l.context_id = r.str("context_id");
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  return l;
+}
+
+result<search_result> search_from(const json& j) {
+  reader r(j, "search");
+  search_result out;
+  out.ids = r.strings("results");
+  out.total_count = r.u64("total_count");
+  out.total_count_exact = r.boolean("total_count_exact", true);
+  out.limit = r.u64("limit");
+  out.offset = r.u64("offset");
+  out.mode = r.str("mode");
+  out.degraded = r.str("degraded");
+  if (const json* hits = r.find("hits")) {
+    if (!hits->is_array()) r.wrong("hits", "an array");
+    else
+      for (const auto& h : *hits) {
+        reader hr(h, "hit");
+        search_hit hit;
+        hit.id = hr.str("id");
+        hit.context_id = hr.str("context_id");
+        hit.seq = hr.u64("seq");
+        hit.score = hr.num("score");
+        hit.keyword_rank = hr.opt_u64("keyword_rank");
+        hit.vector_rank = hr.opt_u64("vector_rank");
+        hit.keyword_score = hr.opt_num("keyword_score");
+        hit.vector_score = hr.opt_num("vector_score");
+        hit.ts = hr.ts("ts");
+        hit.snippet = hr.str("snippet");
+        if (hr.bad()) r.fail(*hr.bad());
+        out.hits.push_back(std::move(hit));
+      }
+  }
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  return out;
+}
+
+result<event> event_from(const json& j, std::string raw) {
+  reader r(j, "event");
+  event ev;
+  ev.context_id = r.str("context_id");
+  ev.seq = r.u64("seq");
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  if (ev.context_id.empty() || ev.seq == 0) return std::unexpected(protocol("stream message has no context_id and seq"));
+  const json* type = r.find("type");
+  if (type && type->is_string()) {
+    ev.type = type->get<std::string>();
+    if (const json* c = r.find("context")) {
+      auto ctx = context_from(*c);
+      if (!ctx) return std::unexpected(ctx.error());
+      ev.context = std::move(*ctx);
+    }
+    if (const json* l = r.find("lock")) {
+      auto lk = lock_from(*l);
+      if (!lk) return std::unexpected(lk.error());
+      ev.lock = std::move(*lk);
+    }
+  } else {  // a work unit is the bare unit object, with an integer type
+    auto u = unit_from(j);
+    if (!u) return std::unexpected(u.error());
+    ev.type = "work_unit";
+    ev.unit = std::move(*u);
+  }
+  ev.json = std::move(raw);
+  return ev;
+}
+
+json unit_input_json(const unit_input& u, bool with_context) {
+  json out{{"type", int(u.type)}};
+  if (with_context) out["context_id"] = u.context_id;
+  if (!u.agent_id.empty()) out["agent_id"] = u.agent_id;
+  if (!u.payload.empty()) out["payload"] = base64_encode(u.payload);
+  if (!u.meta.empty()) out["meta"] = map_json(u.meta);
+  if (!u.relationships.empty()) out["relationships"] = relationships_json(u.relationships);
+  if (u.fence) out["fence"] = json{{"resource", u.fence->resource}, {"token", u.fence->token}};
+  if (!u.embedding.empty()) out["embedding"] = u.embedding;
+  if (!u.embedding_model.empty()) out["embedding_model"] = u.embedding_model;
+  return out;
+}
+
+json context_patch_json(const context_patch& p) {
+  json out = json::object();
+  if (p.display_name) out["display_name"] = *p.display_name;
+  if (!p.add_agents.empty()) out["add_agents"] = p.add_agents;
+  if (!p.remove_agents.empty()) out["remove_agents"] = p.remove_agents;
+  if (!p.pin_units.empty()) out["pin_units"] = p.pin_units;
+  if (!p.unpin_units.empty()) out["unpin_units"] = p.unpin_units;
+  if (!p.meta.empty()) {
+    json meta = json::object();
+    for (const auto& [k, v] : p.meta) meta[k] = v ? json(*v) : json(nullptr);
+    out["meta"] = std::move(meta);
+  }
+  return out;
+}
+
+json search_request_json(const search_request& r) {
+  json out{{"limit", r.limit}, {"offset", r.offset}};
+  if (!r.query.empty()) out["query"] = r.query;
+  if (!r.context_id.empty()) out["context_id"] = r.context_id;
+  if (!r.agent_ids.empty()) out["agent_ids"] = r.agent_ids;
+  if (!r.types.empty()) {
+    json types = json::array();
+    for (auto t : r.types) types.push_back(int(t));
+    out["types"] = std::move(types);
+  }
+  if (!r.meta_filters.empty()) out["meta_filters"] = map_json(r.meta_filters);
+  if (!r.relationships.empty()) {
+    json rels = json::array();
+    for (const auto& f : r.relationships) {
+      json one{{"target_id", f.target_id}};
+      if (f.type) one["type"] = int(*f.type);
+      rels.push_back(std::move(one));
+    }
+    out["relationships"] = std::move(rels);
+  }
+  if (r.from) out["from"] = ts_json(*r.from);
+  if (r.to) out["to"] = ts_json(*r.to);
+  if (r.snippets) out["snippets"] = *r.snippets;
+  if (!r.mode.empty()) out["mode"] = r.mode;
+  if (!r.vector.empty()) out["vector"] = r.vector;
+  if (!r.embedding_model.empty()) out["embedding_model"] = r.embedding_model;
+  return out;
+}
+
+json to_wire(const work_unit& u) {
+  json out{{"id", u.id},     {"context_id", u.context_id}, {"seq", u.seq},          {"agent_id", u.agent_id},
+           {"type", int(u.type)}, {"ts", ts_json(u.ts)},   {"meta", map_json(u.meta)}, {"payload", base64_encode(u.payload)},
+           {"relationships", relationships_json(u.relationships)}};
+  if (!u.idempotency_key.empty()) out["idempotency_key"] = u.idempotency_key;
+  return out;
+}
+
+json to_wire(const context& c) {
+  return json{{"id", c.id},
+              {"display_name", c.display_name},
+              {"agent_ids", c.agent_ids},
+              {"pinned_units", c.pinned_units},
+              {"meta", map_json(c.meta)},
+              {"created_at", ts_json(c.created_at)},
+              {"updated_at", ts_json(c.updated_at)},
+              {"head_seq", c.head_seq}};
+}
+
+json to_wire(const lock& l) {
+  json out{{"resource_path", l.resource_path}, {"holder_agent", l.holder_agent},
+           {"lock_id", l.lock_id},             {"fencing_token", l.fencing_token},
+           {"expires_at", ts_json(l.expires_at)}, {"acquired_at", ts_json(l.acquired_at)}};
+  if (!l.context_id.empty()) out["context_id"] = l.context_id;
+  return out;
+}
+
+json to_wire(const search_result& r) {
+  json hits = json::array();
+  for (const auto& h : r.hits) {
+    json one{{"id", h.id}, {"context_id", h.context_id}, {"seq", h.seq}, {"score", h.score}, {"ts", ts_json(h.ts)}};
+    if (h.keyword_rank) one["keyword_rank"] = *h.keyword_rank;
+    if (h.vector_rank) one["vector_rank"] = *h.vector_rank;
+    if (h.keyword_score) one["keyword_score"] = *h.keyword_score;
+    if (h.vector_score) one["vector_score"] = *h.vector_score;
+    if (!h.snippet.empty()) one["snippet"] = h.snippet;
+    hits.push_back(std::move(one));
+  }
+  json out{{"results", r.ids},  {"total_count", r.total_count}, {"total_count_exact", r.total_count_exact},
+           {"limit", r.limit},  {"offset", r.offset},           {"hits", std::move(hits)}};
+  if (!r.mode.empty()) out["mode"] = r.mode;
+  if (!r.degraded.empty()) out["degraded"] = r.degraded;
+  return out;
+}
+
+}  // namespace codec
+
+namespace {
+std::string dump(const codec::json& j) { return j.dump(-1, ' ', false, codec::json::error_handler_t::replace); }
+}  // namespace
+
+std::string to_json(const work_unit& u) { return dump(codec::to_wire(u)); }
+std::string to_json(const context& c) { return dump(codec::to_wire(c)); }
+std::string to_json(const lock& l) { return dump(codec::to_wire(l)); }
+std::string to_json(const search_result& r) { return dump(codec::to_wire(r)); }
+
+}  // namespace engram::client

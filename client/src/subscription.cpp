@@ -1,0 +1,289 @@
+// client::subscribe: a WebSocket subscriber that reconnects with backoff and resumes
+// from the last seq it delivered per context, so its handler sees every event once,
+// in seq order per context.
+//
+// Protocol per connection (api/openapi.yaml /stream):
+//   connect /stream?context=<first>   a placeholder subscription, live from the head
+//   ← connected, subscribe_ack #1     (and maybe live events of the placeholder: ignored)
+//   → {"type":"subscribe","contexts":[…],"since":…,"cursors":{ctx: last seq}}
+//   ← subscribe_ack #2                 our subscription: every event after it counts
+// On reconnect, `cursors` holds every context seen (the ack lists all that matched),
+// and since 0 covers contexts a pattern matches that were created while away.
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "client_impl.hpp"
+#include "codec.hpp"
+#include "engram/stream_connections.hpp"
+
+namespace engram::client {
+
+using codec::json;
+using steady = std::chrono::steady_clock;
+
+class subscription_state : public std::enable_shared_from_this<subscription_state> {
+ public:
+  subscription_state(std::shared_ptr<client::impl> c, std::vector<std::string> contexts,
+                     std::optional<uint64_t> since, std::function<void(const event&)> handler,
+                     subscribe_options opts)
+      : client_(std::move(c)), contexts_(std::move(contexts)), since_(since), handler_(std::move(handler)),
+        opts_(std::move(opts)), cursors_(opts_.cursors) {}
+
+  void start() {
+    thread_ = std::thread([self = shared_from_this()] { self->run(); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) {
+      if (std::this_thread::get_id() == thread_.get_id()) return;  // from the handler
+      thread_.join();
+    }
+  }
+
+  std::optional<error> wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return finished_; });
+    return final_;
+  }
+
+  bool running() const {
+    std::lock_guard lock(mu_);
+    return !finished_;
+  }
+
+  std::map<std::string, uint64_t> cursors() const {
+    std::lock_guard lock(mu_);
+    return cursors_;
+  }
+
+  ~subscription_state() {
+    if (thread_.joinable()) thread_.detach();  // only reached from the thread itself
+  }
+
+ private:
+  enum class outcome { reconnect, finish };
+
+  bool stopping() const {
+    std::lock_guard lock(mu_);
+    return stopping_;
+  }
+
+  void finish(std::optional<error> why) {
+    {
+      std::lock_guard lock(mu_);
+      finished_ = true;
+      final_ = std::move(why);
+    }
+    cv_.notify_all();
+  }
+
+  // Sleeps before the next attempt; false when stopped meanwhile.
+  bool back_off() {
+    std::unique_lock lock(mu_);
+    retry_policy policy;
+    policy.initial_backoff = opts_.min_backoff;
+    policy.max_backoff = opts_.max_backoff;
+    cv_.wait_for(lock, backoff_delay(policy, failures_), [&] { return stopping_; });
+    ++failures_;
+    return !stopping_;
+  }
+
+  void run() {
+    while (!stopping()) {
+      error why;
+      if (auto done = connect_and_follow(why); done == outcome::finish) return;
+      if (opts_.on_disconnected) opts_.on_disconnected(why);
+      if (!back_off()) break;
+    }
+    finish(std::nullopt);
+  }
+
+  json subscribe_message() {
+    json msg{{"type", "subscribe"}, {"contexts", contexts_}};
+    std::lock_guard lock(mu_);
+    if (acked_once_) msg["since"] = 0;  // contexts unseen so far are new: replay them whole
+    else if (since_) msg["since"] = *since_;
+    if (!cursors_.empty()) msg["cursors"] = cursors_;
+    return msg;
+  }
+
+  outcome connect_and_follow(error& why) {
+    const auto& c = *client_;
+    ws_connection ws;
+    const std::string target = c.prefix + "/stream?context=" + encode_component(contexts_.front());
+    if (auto ok = ws.connect(c.host, c.port, target, c.headers, c.opts.timeout); !ok) {
+      const auto& e = ok.error();
+      if (e.status >= 400 && e.status < 500 && e.status != 408 && e.status != 429) {
+        auto j = json::parse(e.body, nullptr, false);
+        std::string msg = j.is_object() && j.contains("error") && j["error"].is_string() ? j["error"].get<std::string>() : e.body;
+        finish(error{error::kind::server, e.status, std::move(msg), {}});
+        return outcome::finish;
+      }
+      why = e.status ? error{error::kind::server, e.status, e.body, {}} : error{error::kind::network, 0, e.message, {}};
+      return outcome::reconnect;
+    }
+    if (auto ok = ws.send(subscribe_message().dump()); !ok) {
+      why = error{error::kind::network, 0, ok.error().message, {}};
+      return outcome::reconnect;
+    }
+    int acks = 0;
+    auto last_rx = steady::now(), last_tx = steady::now();
+    while (true) {
+      if (stopping()) {
+        ws.close();
+        finish(std::nullopt);
+        return outcome::finish;
+      }
+      auto m = ws.read(std::chrono::milliseconds(100));
+      const auto now = steady::now();
+      if (!m) {
+        why = error{error::kind::network, 0, m.error().message, {}};
+        return outcome::reconnect;
+      }
+      if (!*m) {
+        if (const auto& closed = ws.closed()) {
+          why = error{error::kind::network, 0,
+                      "stream closed (" + std::to_string(closed->code) + " " + closed->reason + ")", {}};
+          return outcome::reconnect;
+        }
+        if (now - last_rx > opts_.dead_after) {
+          ws.abort();
+          why = error{error::kind::network, 0, "no message from the server for " +
+                                                   std::to_string(opts_.dead_after.count()) + " ms", {}};
+          return outcome::reconnect;
+        }
+        if (now - last_tx > opts_.heartbeat) {
+          if (auto ok = ws.send(R"({"type":"heartbeat"})"); !ok) {
+            why = error{error::kind::network, 0, ok.error().message, {}};
+            return outcome::reconnect;
+          }
+          last_tx = now;
+        }
+        continue;
+      }
+      last_rx = now;
+      json j = json::parse(**m, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) {
+        why = error{error::kind::protocol, 0, "stream message is not a JSON object", {}};
+        return outcome::reconnect;
+      }
+      const auto type = j.find("type");
+      const bool control = type != j.end() && type->is_string();
+      if (control) {
+        const auto& t = type->get_ref<const std::string&>();
+        if (t == "subscribe_ack") {
+          if (++acks == 2) on_ack(j);
+          continue;
+        }
+        if (t == "error" && acks < 2) {  // our subscribe message was refused
+          finish(error{error::kind::server, 400, j.value("error", std::string("subscribe refused")), {}});
+          return outcome::finish;
+        }
+      }
+      if (acks < 2 || j.find("seq") == j.end()) continue;  // the placeholder's, or not an event
+      auto ev = codec::event_from(j, std::move(**m));
+      if (!ev) {
+        why = ev.error();
+        return outcome::reconnect;
+      }
+      if (auto verdict = admit(*ev); verdict == admission::duplicate) {
+        continue;
+      } else if (verdict == admission::gap) {
+        why = error{error::kind::protocol, 0, "gap before seq " + std::to_string(ev->seq) + " of " + ev->context_id +
+                                                  "; resubscribing", {}};
+        return outcome::reconnect;
+      }
+      try {
+        handler_(*ev);
+      } catch (const std::exception& e) {
+        finish(error{error::kind::stopped, 0, std::string("the handler threw: ") + e.what(), {}});
+        return outcome::finish;
+      }
+      std::lock_guard lock(mu_);
+      cursors_[ev->context_id] = ev->seq;
+    }
+  }
+
+  void on_ack(const json& ack) {
+    {
+      std::lock_guard lock(mu_);
+      acked_once_ = true;
+      failures_ = 0;
+      if (auto list = ack.find("contexts"); list != ack.end() && list->is_array())
+        for (const auto& p : *list) {
+          if (!p.is_object() || !p.contains("context_id") || !p["context_id"].is_string() ||
+              !p.contains("from_seq") || !p["from_seq"].is_number_unsigned())
+            continue;
+          const auto from = p["from_seq"].get<uint64_t>();
+          cursors_.try_emplace(p["context_id"].get<std::string>(), from > 0 ? from - 1 : 0);
+        }
+    }
+    if (opts_.on_connected) opts_.on_connected();
+  }
+
+  enum class admission { deliver, duplicate, gap };
+
+  admission admit(const event& ev) const {
+    std::lock_guard lock(mu_);
+    auto it = cursors_.find(ev.context_id);
+    const uint64_t last = it == cursors_.end() ? 0 : it->second;
+    if (ev.seq <= last) return admission::duplicate;
+    return ev.seq == last + 1 ? admission::deliver : admission::gap;
+  }
+
+  std::shared_ptr<client::impl> client_;
+  std::vector<std::string> contexts_;
+  std::optional<uint64_t> since_;
+  std::function<void(const event&)> handler_;
+  subscribe_options opts_;
+  std::thread thread_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool finished_ = false;
+  bool acked_once_ = false;
+  int failures_ = 0;
+  std::optional<error> final_;
+  std::map<std::string, uint64_t> cursors_;  // last delivered seq per context
+};
+
+subscription::subscription(std::shared_ptr<subscription_state> s) : state_(std::move(s)) {}
+subscription::subscription(subscription&&) noexcept = default;
+subscription& subscription::operator=(subscription&& other) noexcept {
+  if (this != &other) {
+    stop();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+subscription::~subscription() { stop(); }
+
+void subscription::stop() {
+  if (state_) state_->stop();
+}
+std::optional<error> subscription::wait() {
+  return state_ ? state_->wait() : std::optional<error>();
+}
+bool subscription::running() const { return state_ && state_->running(); }
+std::map<std::string, uint64_t> subscription::cursors() const {
+  return state_ ? state_->cursors() : std::map<std::string, uint64_t>();
+}
+
+subscription client::subscribe(std::vector<std::string> contexts, std::optional<uint64_t> since,
+                               std::function<void(const event&)> handler, subscribe_options opts) {
+  if (contexts.empty()) contexts.push_back("");  // the server refuses it: wait() says why
+  auto state = std::make_shared<subscription_state>(impl_, std::move(contexts), since, std::move(handler),
+                                                    std::move(opts));
+  state->start();
+  return subscription(std::move(state));
+}
+
+}  // namespace engram::client
