@@ -1,5 +1,7 @@
 #include "engram/http_connection.hpp"
 
+#include <poll.h>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -39,6 +41,13 @@ struct http_connection::impl {
     });
     if (!ec) stream->socket().set_option(tcp::no_delay(true), ec);
     return ec;
+  }
+
+  // True when the idle socket has something to read: nothing is expected between
+  // responses, so that is the server's FIN (or RST).
+  bool peer_closed() {
+    pollfd p{stream->socket().native_handle(), POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0;
   }
 
   // Runs one async operation to completion with the stream's timeout applied.
@@ -93,7 +102,17 @@ std::expected<http_result, transport_error> http_connection::request(std::string
   req.body() = std::string(body);
   req.prepare_payload();
 
+  // Resending after a failure on a reused connection is only safe when repeating
+  // the request cannot change the outcome (RFC 9110 §9.2.2), which an
+  // Idempotency-Key also guarantees (as Go's net/http treats it).
+  const auto verb = req.method();
+  const bool repeatable = verb == http::verb::get || verb == http::verb::head || verb == http::verb::options ||
+                          verb == http::verb::put || verb == http::verb::delete_ ||
+                          req.find("idempotency-key") != req.end();
   for (int attempt = 0; attempt < 2; ++attempt) {
+    // An idle connection the server has closed shows as readable (EOF pending):
+    // drop it before sending rather than fail after.
+    if (s.stream && s.peer_closed()) close();
     const bool reused = s.stream.has_value();
     if (!reused) {
       if (auto ec = s.connect()) {
@@ -111,7 +130,7 @@ std::expected<http_result, transport_error> http_connection::request(std::string
       // A kept-alive connection the server already closed: retry once on a new one.
       const bool stale = reused && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
                                     ec == net::error::broken_pipe || ec == net::error::eof);
-      if (stale && attempt == 0) continue;
+      if (stale && repeatable && attempt == 0) continue;
       return std::unexpected(
           transport_error{std::string(method) + " " + std::string(target) + ": " + ec.message(), true});
     }

@@ -19,89 +19,13 @@
 #include "engram/stream_connections.hpp"
 #include "model/text.hpp"
 #include "support/fake_embedder.hpp"
+#include "support/server_process.hpp"
 #include "support/test_support.hpp"
 
 extern char** environ;
 
 namespace engram::test {
 namespace {
-
-// The engram binary as a child process, listening on an ephemeral port.
-class server_process {
- public:
-  server_process(std::string data_dir, std::string durability, std::string log_dir,
-                 std::vector<std::string> extra_args = {})
-      : data_dir_(std::move(data_dir)), durability_(std::move(durability)), log_dir_(std::move(log_dir)),
-        extra_args_(std::move(extra_args)) {}
-  ~server_process() {
-    if (pid_ > 0) kill9();
-  }
-
-  void start() {
-    log_path_ = log_dir_ + "/engram-" + std::to_string(starts_++) + ".log";
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    std::vector<std::string> args = {ENGRAM_BINARY, "--addr", "127.0.0.1:0", "--data-dir", data_dir_,
-                                     "--durability", durability_, "--set", "server.threads=2",
-                                     "--set", "storage.block_cache_mb=16", "--set", "storage.write_buffer_mb=4"};
-    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ASSERT_EQ(posix_spawn(&pid_, ENGRAM_BINARY, &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    static const std::regex listening(R"(http: listening on 127\.0\.0\.1:(\d+))");
-    ASSERT_TRUE(wait_until([&] {
-      std::ifstream in(log_path_);
-      std::stringstream ss;
-      ss << in.rdbuf();
-      const std::string text = ss.str();
-      std::smatch m;
-      if (!std::regex_search(text, m, listening)) return false;
-      port_ = uint16_t(std::stoi(m[1]));
-      return true;
-    }, std::chrono::seconds(30))) << "server did not start; see " << log_path_;
-    ASSERT_TRUE(wait_until([&] {
-      client::http_connection c("127.0.0.1", port_, std::chrono::seconds(2));
-      auto r = c.request("GET", "/readyz");
-      return r && r->status == 200;
-    }, std::chrono::seconds(60))) << "server not ready; see " << log_path_;
-  }
-
-  void kill9() {
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-
-  // SIGTERM; returns the exit code, or -1 if it did not exit normally.
-  int terminate() {
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
-  uint16_t port() const { return port_; }
-
-  // Everything the current process has logged so far.
-  std::string log_text() const {
-    std::ifstream in(log_path_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  std::string data_dir_, durability_, log_dir_, log_path_;
-  std::vector<std::string> extra_args_;
-  pid_t pid_ = -1;
-  uint16_t port_ = 0;
-  int starts_ = 0;
-};
 
 struct acked_unit {
   std::string context, id, text;
