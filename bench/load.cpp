@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "engram/client.hpp"
 #include "engram/http_connection.hpp"
 
 namespace {
@@ -37,6 +38,7 @@ struct settings {
   size_t batch = 1000;
   unsigned resources = 1;
   std::string label;
+  bool sdk = false;
 };
 
 struct worker_result {
@@ -93,6 +95,28 @@ void timed(const settings& s, const std::string& what, Op op) {
 
 void run_write(const settings& s) {
   const std::string payload(s.payload_bytes, 'x');
+  if (s.sdk) {
+    // The SDK as agents use it: one thread-safe client shared by every worker
+    // (pooled keep-alive connections), a generated Idempotency-Key per append.
+    engram::client::client_options o;
+    o.url = "http://" + s.host + ":" + std::to_string(s.port);
+    o.agent_id = "bench";
+    o.max_idle_connections = s.connections;
+    auto sdk = engram::client::client::create(o);
+    if (!sdk) {
+      std::fprintf(stderr, "%s\n", sdk.error().describe().c_str());
+      return;
+    }
+    timed(s, "sdk-write", [&](engram::client::http_connection&, unsigned w, uint64_t i) {
+      engram::client::unit_input u;
+      u.context_id = "bench/w" + std::to_string(w);
+      u.payload = payload;
+      u.meta = {{"i", std::to_string(i)}};
+      auto r = sdk->append(u);
+      return r ? std::string() : r.error().describe();
+    });
+    return;
+  }
   timed(s, "write", [&](engram::client::http_connection& c, unsigned w, uint64_t i) {
     // Each worker writes its own context, as agents usually do; all share the committer.
     const auto body = json({{"context_id", "bench/w" + std::to_string(w)},
@@ -199,6 +223,7 @@ int main(int argc, char** argv) {
   app.add_option("--payload-bytes", s.payload_bytes, "payload size of each unit");
   app.add_option("--label", s.label, "prefix for the result line");
   auto* write = app.add_subcommand("write", "single-unit POST /workunit");
+  write->add_flag("--sdk", s.sdk, "append through the C++ SDK (engram::client::client) instead of raw HTTP");
   auto* read = app.add_subcommand("read", "GET /workunits/{ctx}?limit=N&reverse=true");
   read->add_option("--context", s.context);
   read->add_option("--limit", s.limit);
