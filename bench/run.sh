@@ -2,7 +2,7 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search vectors micro
+#   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search vectors sdk micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
@@ -11,7 +11,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read streams locks search vectors micro}
+SECTIONS=${*:-write read streams locks search vectors sdk micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -142,6 +142,19 @@ S="$BIN/engram-search-bench"
 start_server sync "$WORK/vsearch"
 "$S" seed --port "$PORT" --connections 2 --units "$VEC_UNITS" --dim 384
 "$S" vquery --port "$PORT" --connections 1 --seconds "$SECS" --limit 10 --dim 384
+stop_server
+fi
+
+if has sdk; then
+echo "## C++ SDK versus raw HTTP/WebSocket (sync durability)"
+start_server sync "$WORK/sdk"
+S="$BIN/engram-sdk-bench"
+"$S" append    --port "$PORT" --ops 5000 --connections 1
+"$S" append    --port "$PORT" --ops 5000 --connections 8
+"$BIN/engram-load" write --port "$PORT" --connections 16 --seconds "$SECS" --label raw
+"$BIN/engram-load" write --port "$PORT" --connections 16 --seconds "$SECS" --label sdk --sdk
+"$S" subscribe --port "$PORT" --rate 200 --seconds "$SECS"
+"$S" replay    --port "$PORT" --units 100000
 stop_server
 fi
 

@@ -261,7 +261,7 @@ TEST_F(StoreTest, IdempotentRetryReturnsTheOriginal) {
   EXPECT_TRUE(append("i", {"a", "b"}, "key-1", "fp")->replayed);
 }
 
-TEST_F(StoreTest, IdempotencyKeyInFlightIsAConflict) {
+TEST_F(StoreTest, IdempotencyKeyInFlightIsInProgress) {
   ASSERT_TRUE(append("f", {"x"}));
   pub_.close_gate();
   auto held = append_async("f", {"held"});
@@ -273,7 +273,7 @@ TEST_F(StoreTest, IdempotencyKeyInFlightIsAConflict) {
   auto rb = b.get();
   ASSERT_TRUE(ra);
   ASSERT_FALSE(rb);
-  EXPECT_EQ(rb.error().code, model::errc::conflict);
+  EXPECT_EQ(rb.error().code, model::errc::in_progress);
   ASSERT_TRUE(held.get());
 }
 

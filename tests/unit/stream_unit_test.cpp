@@ -5,6 +5,8 @@
 #include <future>
 
 #include "engine/stream.hpp"
+#include "gateway/handler.hpp"
+#include "gateway/stream_params.hpp"
 #include "model/ids.hpp"
 #include "router/router.hpp"
 #include "storage/store.hpp"
@@ -150,6 +152,38 @@ TEST_F(StreamUnitTest, TooBroadPatternIsRefused) {
   auto s = stream::open(*store_, router_, {.prefixes = {"w/"}}, opts, [] {});
   ASSERT_FALSE(s);
   EXPECT_EQ(s.error().code, model::errc::invalid_argument);
+}
+
+// A resuming subscriber (the SDK) sends per-context cursors next to a numeric since.
+TEST(StreamParamsTest, SubscribeMessageTakesCursorsBesideSince) {
+  auto req = gateway::parse_subscribe_message(
+      model::json::parse(R"({"type":"subscribe","contexts":["p/*","x"],"since":0,"cursors":{"p/a":7,"x":3}})"));
+  ASSERT_TRUE(req) << req.error().message;
+  EXPECT_EQ(req->since, 0u);
+  EXPECT_EQ(req->since_by_context, (std::map<std::string, uint64_t>{{"p/a", 7}, {"x", 3}}));
+  EXPECT_EQ(req->prefixes, std::vector<std::string>{"p/"});
+  for (const char* bad : {R"({"contexts":["a"],"cursors":[1]})", R"({"contexts":["a"],"cursors":{"a":-1}})",
+                          R"({"contexts":["a"],"cursors":{"a":"7"}})"}) {
+    auto r = gateway::parse_subscribe_message(model::json::parse(bad));
+    ASSERT_FALSE(r) << bad;
+    EXPECT_NE(r.error().message.find("cursors"), std::string::npos) << r.error().message;
+  }
+}
+
+// The one error mapping: an idempotent request still running is a 409 that says
+// when to retry, which is how clients tell it from a lock conflict.
+TEST(StreamParamsTest, InProgressIsA409WithRetryAfter) {
+  auto busy = gateway::error_response({model::errc::in_progress, "still in progress"});
+  EXPECT_EQ(busy.status, 409u);
+  auto has_retry_after = [](const gateway::response& r) {
+    for (const auto& [k, v] : r.headers)
+      if (k == "Retry-After") return true;
+    return false;
+  };
+  EXPECT_TRUE(has_retry_after(busy));
+  auto conflict = gateway::error_response({model::errc::conflict, "held"});
+  EXPECT_EQ(conflict.status, 409u);
+  EXPECT_FALSE(has_retry_after(conflict));
 }
 
 }  // namespace
