@@ -210,10 +210,13 @@ result<page<work_unit>> client::list_units_page(const std::string& context_id, c
 
 pager<work_unit> client::units(const std::string& context_id, list_options opts) {
   const std::string first = opts.cursor;
+  // The pager shares the client's state rather than pointing at this client object,
+  // so it stays valid if the client is moved.
+  auto self = std::make_shared<client>(client(impl_));
   return pager<work_unit>(
-      [this, context_id, opts](const std::string& cursor) mutable {
+      [self, context_id, opts](const std::string& cursor) mutable {
         opts.cursor = cursor;
-        return list_units_page(context_id, opts);
+        return self->list_units_page(context_id, opts);
       },
       first);
 }
@@ -237,7 +240,9 @@ result<page<context>> client::list_contexts_page(size_t limit, const std::string
 }
 
 pager<context> client::contexts(size_t page_size) {
-  return pager<context>([this, page_size](const std::string& cursor) { return list_contexts_page(page_size, cursor); });
+  auto self = std::make_shared<client>(client(impl_));
+  return pager<context>(
+      [self, page_size](const std::string& cursor) { return self->list_contexts_page(page_size, cursor); });
 }
 
 // -- locks ----------------------------------------------------------------------------

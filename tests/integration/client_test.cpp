@@ -115,6 +115,17 @@ TEST_F(ClientTest, AppendGetAndPageThroughAContext) {
   ASSERT_EQ(page->items.size(), 5u);
   EXPECT_EQ(page->items.front().seq, 21u);
 
+  // A range stays valid when the client that made it is moved away.
+  auto original = make_client(server_.port());
+  auto range = original.units("sdk/units", {.limit = 10});
+  sdk::client moved = std::move(original);
+  size_t counted = 0;
+  for (const auto& one : range) {
+    ASSERT_TRUE(one) << one.error().describe();
+    ++counted;
+  }
+  EXPECT_EQ(counted, 25u);
+
   // A context with '/' and other reserved characters in its id.
   ASSERT_TRUE(c_.append(text_unit("sdk/odd id?#&=%", "x")));
   auto odd = c_.list_units_page("sdk/odd id?#&=%");
