@@ -6,6 +6,8 @@
 #   make run     build and start the server on ./data (config: config.example.yaml)
 #   make test    build and run every test through CTest
 #   make bench   build the load tool and run the benchmarks (see bench/README.md)
+#   make install install engram, engramctl, the C++ SDK, the config example and a
+#                systemd unit under PREFIX (default /usr/local; DESTDIR for staging)
 #   make asan    build and test with AddressSanitizer + UBSan (build-asan/)
 #   make tsan    build and test with ThreadSanitizer (build-tsan/)
 #   make clean   remove build directories
@@ -14,6 +16,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_ARGS ?=
+PREFIX ?= /usr/local
 
 DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
   libboost1.81-dev libboost-url1.81-dev \
@@ -26,7 +29,7 @@ TEST_PACKAGES := chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps build run test bench asan tsan clean
+.PHONY: deps test-deps build run test bench install asan tsan clean
 
 # Installs only what is missing, so repeated runs cost a dpkg query.
 deps:
@@ -61,6 +64,9 @@ test: test-deps build
 
 bench: build
 	bench/run.sh $(BUILD_DIR)
+
+install: build
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 asan:
 	$(MAKE) test BUILD_DIR=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_ASAN=ON -DENGRAM_BUILD_BENCH=OFF"
