@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -60,6 +61,16 @@ ec::client make_client(const settings& s) {
   o.agent_id = "sdk-bench";
   o.max_idle_connections = s.connections;
   return std::move(*ec::client::create(o));
+}
+
+// Polls `done` every millisecond until it holds or `limit` passes.
+bool wait_for(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  const auto deadline = steady::now() + limit;
+  while (!done()) {
+    if (steady::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 // --- append --------------------------------------------------------------------------
@@ -136,7 +147,7 @@ int run_subscribe(const settings& s) {
       sdk_lat.push_back(*l);
     }
   });
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, raw_ready{false};
   std::thread raw([&] {
     ec::ws_connection ws;
     if (!ws.connect("127.0.0.1", s.port, "/stream?context=" + ctx)) return;
@@ -145,13 +156,19 @@ int run_subscribe(const settings& s) {
       if (!m || !*m) continue;
       const auto t = wall_ns();
       auto j = json::parse(**m, nullptr, false);
+      if (j.is_object() && j.value("type", json()) == "subscribe_ack") raw_ready = true;
       if (!j.is_object() || !j.contains("meta") || !j["meta"].contains("t")) continue;
       std::lock_guard lock(mu);
       raw_lat.push_back(uint64_t(t - std::stoll(j["meta"]["t"].get<std::string>())));
     }
   });
   // Both must be subscribed before the first stamped unit.
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // warm-up, not synchronisation of results
+  if (!wait_for([&] { return raw_ready && !sub.cursors().empty(); }, std::chrono::seconds(10))) {
+    std::fprintf(stderr, "subscribers did not start\n");
+    stop = true;
+    raw.join();
+    return 1;
+  }
   ec::http_connection writer("127.0.0.1", s.port);
   const auto period = std::chrono::duration<double>(1.0 / s.rate);
   const auto start = steady::now();
@@ -163,7 +180,10 @@ int run_subscribe(const settings& s) {
                            {"meta", {{"t", std::to_string(wall_ns())}}}}.dump();
     writer.request("POST", "/workunit", body);
   }
-  std::this_thread::sleep_for(std::chrono::seconds(1));  // drain
+  wait_for([&] {  // drain: every unit at both readers, or give up after 5 s
+    std::lock_guard lock(mu);
+    return raw_lat.size() >= sent && sdk_lat.size() >= sent;
+  }, std::chrono::seconds(5));
   stop = true;
   raw.join();
   sub.stop();
@@ -205,8 +225,7 @@ int run_replay(const settings& s) {
     auto sub = sdk.subscribe({ctx}, 0, [&](const ec::event& ev) {
       if (ev.unit) ++got;
     });
-    while (got < total && steady::now() - t0 < std::chrono::seconds(120))
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    wait_for([&] { return got >= total; }, std::chrono::seconds(120));
     const double secs = std::chrono::duration<double>(steady::now() - t0).count();
     sub.stop();
     std::printf("sdk subscribe replay  %zu units in %.2f s  %.0f units/s\n", got.load(), secs, double(got) / secs);

@@ -357,14 +357,16 @@ TEST_F(ClientTest, WithLockRenewsInTheBackgroundAndReleases) {
   uint64_t token = 0;
   auto r = c_.with_lock("sdk/lease", 300ms, [&](sdk::lease& lease) {
     token = lease.fencing_token();
-    // Outlive the TTL several times over: the renewer keeps it.
-    const auto until = std::chrono::steady_clock::now() + 1200ms;
-    while (std::chrono::steady_clock::now() < until) {
-      auto now = c_.get_lock("sdk/lease");
-      if (!now || now->lock_id != lease.info().lock_id) return std::string("lost the lease");
-      std::this_thread::sleep_for(50ms);  // pacing the observer, not synchronisation
-    }
-    return lease.lost() ? std::string("flagged lost") : std::string("kept");
+    // Outlive the TTL four times over: the renewer keeps it, so the lease must not
+    // change hands or be flagged lost before the deadline.
+    const bool changed = wait_until(
+        [&] {
+          auto now = c_.get_lock("sdk/lease");
+          return !now || now->lock_id != lease.info().lock_id || lease.lost();
+        },
+        1200ms);
+    if (!changed) return std::string("kept");
+    return lease.lost() ? std::string("flagged lost") : std::string("lost the lease");
   });
   ASSERT_TRUE(r) << r.error().describe();
   EXPECT_EQ(*r, "kept");
