@@ -22,7 +22,8 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
   libboost1.81-dev libboost-url1.81-dev \
   librocksdb-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev \
   libxapian-dev libhnswlib-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev
+  libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev \
+  libjwt-dev libssl-dev
 
 # What the browser test needs beyond the build (Node.js only if the machine has none).
 TEST_PACKAGES := chromium

@@ -3,6 +3,7 @@
 #include <prometheus/registry.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
 #include <condition_variable>
@@ -13,6 +14,8 @@
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
 #include "locks/manager.hpp"
+#include "model/codec.hpp"
+#include "model/log_context.hpp"
 #include "router/router.hpp"
 #include "search/index.hpp"
 #include "storage/store.hpp"
@@ -124,6 +127,16 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
       p->registry.get(), p->eng.get());
   if (auto ok = p->http->start(); !ok) return std::unexpected(ok.error());
   spdlog::info("http: listening on {}:{}", cfg.server.host, p->http->port());
+  if (cfg.server.auth.enabled) {
+    spdlog::info("auth: enabled ({} bearer tokens)", auth::to_string(cfg.server.auth.alg));
+  } else {
+    const auto& host = cfg.server.host;
+    const bool loopback = host == "localhost" || host == "::1" || host.starts_with("127.");
+    if (!loopback)
+      spdlog::warn("auth: DISABLED while listening on {}: ANYONE who can reach this address can read, write and "
+                   "lock everything. Set auth.enabled: true (see README, Security) before exposing Engram.",
+                   host);
+  }
   auto* raw = p.get();
   p->recovery = std::thread([raw] { raw->recover(); });
   return std::unique_ptr<app>(new app(std::move(p)));
@@ -191,12 +204,56 @@ void app::stop() {
   spdlog::info("stopped");
 }
 
+namespace {
+
+// %* : the message as a JSON string literal (quotes included).
+class json_message_flag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    std::string out;
+    model::append_json_string(out, std::string_view(msg.payload.data(), msg.payload.size()));
+    dest.append(out.data(), out.data() + out.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<json_message_flag>(); }
+};
+
+// %+ : the fields of the thread's log scopes (model::log_scope): `,"k":v` in JSON,
+// ` k=v` in text (values with spaces or quotes are quoted).
+class fields_flag final : public spdlog::custom_flag_formatter {
+ public:
+  explicit fields_flag(bool json) : json_(json) {}
+  void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& dest) override {
+    std::string out;
+    model::log_scope::for_each([&](const model::log_field& f) {
+      if (json_) {
+        out.append(",\"").append(f.key).append("\":");
+        if (f.quoted || f.value.empty()) model::append_json_string(out, f.value);
+        else out.append(f.value);
+      } else {
+        out.append(" ").append(f.key).append("=");
+        if (f.value.empty() || f.value.find_first_of(" \"=") != std::string::npos) model::append_json_string(out, f.value);
+        else out.append(f.value);
+      }
+    });
+    dest.append(out.data(), out.data() + out.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<fields_flag>(json_); }
+
+ private:
+  bool json_;
+};
+
+}  // namespace
+
 void setup_logging(const config::log_options& opts) {
   auto logger = spdlog::stderr_logger_mt("engram");
-  if (opts.format == "json")
-    logger->set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","msg":"%v"})", spdlog::pattern_time_type::utc);
-  else
-    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v");
+  const bool json = opts.format == "json";
+  auto formatter = std::make_unique<spdlog::pattern_formatter>(json ? spdlog::pattern_time_type::utc
+                                                                     : spdlog::pattern_time_type::local);
+  formatter->add_flag<json_message_flag>('*').add_flag<fields_flag>('+', json);
+  formatter->set_pattern(json ? R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","msg":%*%+})"
+                              : "%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v%+");
+  logger->set_formatter(std::move(formatter));
   logger->set_level(spdlog::level::from_str(opts.level));
   spdlog::set_default_logger(logger);
 }

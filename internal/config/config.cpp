@@ -6,6 +6,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
+#include <fstream>
+#include <sstream>
 #include <cctype>
 #include <charconv>
 #include <functional>
@@ -86,6 +88,36 @@ std::optional<std::string> set_addr(config& c, const std::string& raw) {
   c.server.host = host;
   c.server.port = static_cast<uint16_t>(*port);
   return std::nullopt;
+}
+
+std::optional<std::string> set_bool(bool& out, const std::string& raw) {
+  if (raw == "true") out = true;
+  else if (raw == "false") out = false;
+  else return "must be true or false";
+  return std::nullopt;
+}
+
+// Reads a whole (small) file: keys and secrets referenced by path.
+std::optional<std::string> read_small_file(const std::string& path, std::string& out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "cannot be read (does the file exist and is it readable?)";
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  if (out.size() > 64 * 1024) return "is larger than 64 KiB";
+  return std::nullopt;
+}
+
+// A rate: a non-negative decimal number per second (0: unlimited).
+setter rate_key(double gateway::rate_limit::*member, gateway::rate_limit gateway::limit_options::*which) {
+  return [=](config& c, const std::string& raw) -> std::optional<std::string> {
+    double v = 0;
+    auto [p, ec] = std::from_chars(raw.data(), raw.data() + raw.size(), v);
+    if (raw.empty() || ec != std::errc() || p != raw.data() + raw.size() || !(v >= 0) || v > 1e9)
+      return "must be a number between 0 (unlimited) and 1e9";
+    (c.server.limits.*which).*member = v;
+    return std::nullopt;
+  };
 }
 
 std::vector<std::string> split_list(const std::string& raw) {
@@ -282,6 +314,62 @@ const std::vector<key_spec>& key_table() {
          c.storage.idempotency_ttl = std::chrono::hours(*v);
          return std::nullopt;
        }},
+      {"auth.enabled", [](config& c, const std::string& raw) { return set_bool(c.server.auth.enabled, raw); }},
+      {"auth.algorithm",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         auto alg = auth::parse_algorithm(raw);
+         if (!alg) return "must be HS256, RS256 or ES256";
+         c.server.auth.alg = *alg;
+         return std::nullopt;
+       }},
+      {"auth.secret",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.server.auth.secret = raw;
+         return std::nullopt;
+       }},
+      {"auth.secret_file",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw.empty()) return std::nullopt;
+         if (auto bad = read_small_file(raw, c.server.auth.secret)) return bad;
+         while (!c.server.auth.secret.empty() && std::isspace(uint8_t(c.server.auth.secret.back())))
+           c.server.auth.secret.pop_back();  // a trailing newline is not part of the secret
+         return std::nullopt;
+       }},
+      {"auth.public_key_file",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw.empty()) return std::nullopt;
+         return read_small_file(raw, c.server.auth.public_key_pem);
+       }},
+      {"auth.leeway_seconds", ranged([](config& c) -> auto& { return c.server.auth.leeway; }, 0, 3600)},
+      {"auth.issuer",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.server.auth.issuer = raw;
+         return std::nullopt;
+       }},
+      {"auth.audience",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.server.auth.audience = raw;
+         return std::nullopt;
+       }},
+      {"auth.cookie_name",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (raw.empty() || raw.find_first_of("=; \t,\"") != std::string::npos) return "must be a cookie name";
+         c.server.auth.cookie_name = raw;
+         return std::nullopt;
+       }},
+      {"limits.writes_per_second", rate_key(&gateway::rate_limit::per_second, &gateway::limit_options::writes)},
+      {"limits.writes_burst", rate_key(&gateway::rate_limit::burst, &gateway::limit_options::writes)},
+      {"limits.searches_per_second", rate_key(&gateway::rate_limit::per_second, &gateway::limit_options::searches)},
+      {"limits.searches_burst", rate_key(&gateway::rate_limit::burst, &gateway::limit_options::searches)},
+      {"limits.locks_per_second", rate_key(&gateway::rate_limit::per_second, &gateway::limit_options::locks)},
+      {"limits.locks_burst", rate_key(&gateway::rate_limit::burst, &gateway::limit_options::locks)},
+      {"limits.connections_per_second",
+       rate_key(&gateway::rate_limit::per_second, &gateway::limit_options::connections)},
+      {"limits.connections_burst", rate_key(&gateway::rate_limit::burst, &gateway::limit_options::connections)},
+      {"limits.max_streams", ranged([](config& c) -> auto& { return c.server.limits.max_streams; }, 1, 10'000'000)},
+      {"limits.max_streams_per_agent",
+       ranged([](config& c) -> auto& { return c.server.limits.max_streams_per_agent; }, 0, 10'000'000)},
+      {"log.access", [](config& c, const std::string& raw) { return set_bool(c.server.access_log, raw); }},
       {"log.level",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
          static const std::vector<std::string> levels = {"trace", "debug", "info", "warn",
@@ -305,10 +393,13 @@ model::status apply(config& c, std::string_view key, const std::string& value,
                     std::string_view origin) {
   for (const auto& spec : key_table()) {
     if (spec.key != key) continue;
-    if (auto problem = spec.set(c, value))
-      return fail(errc::invalid_argument, "config key '" + std::string(key) + "' (" +
-                                              std::string(origin) + "): '" + value + "' " +
+    if (auto problem = spec.set(c, value)) {
+      // Never echo a secret into an error message (and from there into logs).
+      const bool secret = key.find("secret") != std::string_view::npos || key.find("api_key") != std::string_view::npos;
+      return fail(errc::invalid_argument, "config key '" + std::string(key) + "' (" + std::string(origin) + "): " +
+                                              (secret ? std::string("the value") : "'" + value + "'") + " " +
                                               *problem);
+    }
     return {};
   }
   return fail(errc::invalid_argument,
@@ -387,6 +478,10 @@ model::result<config> load(const sources& in) {
   }
   for (const auto& [key, value] : in.flags) {
     if (auto ok = apply(c, key, value, "command line"); !ok) return std::unexpected(ok.error());
+  }
+  if (c.server.auth.enabled) {
+    if (auto v = auth::verifier::create(c.server.auth); !v)
+      return fail(errc::invalid_argument, "auth: " + v.error().message);
   }
   return c;
 }

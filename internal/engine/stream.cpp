@@ -37,7 +37,8 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
       return model::fail(model::errc::invalid_argument,
                          "the pattern '" + prefix + "*' matches more than " +
                              std::to_string(opts.max_pattern_contexts) + " contexts; narrow it");
-    for (auto& [id, head] : *found) heads[id] = head;
+    for (auto& [id, head] : *found)
+      if (!req.permit || req.permit(id)) heads[id] = head;
   }
   for (const auto& [id, head] : heads) {
     uint64_t after = head;  // no cursor: live from the current head
@@ -49,7 +50,7 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
   }
   // 2. Register; until the first poll finds every context caught up, live events
   //    only mark their context stale (catching_up_ starts true).
-  router::topic_filter filter{req.contexts, req.prefixes};
+  router::topic_filter filter{req.contexts, req.prefixes, req.permit};
   s->subscription_ = router.subscribe(s, std::move(filter));
   std::unique_lock lock(s->mu_);
   s->wake(lock);

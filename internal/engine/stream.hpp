@@ -51,6 +51,9 @@ struct stream_request {
   // matched context; `since_by_context` overrides it per context.
   std::optional<uint64_t> since;
   std::map<std::string, uint64_t> since_by_context;
+  // When set, only contexts it accepts are streamed (the caller's read grants);
+  // a pattern silently skips the others.
+  std::function<bool(std::string_view)> permit;
 };
 
 // Shared by all streams; null members are not recorded.

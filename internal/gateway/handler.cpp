@@ -4,6 +4,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <spdlog/spdlog.h>
 #include <xxhash.h>
 
 #include <boost/url/parse.hpp>
@@ -12,7 +13,9 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "gateway/access.hpp"
 #include "gateway/search_params.hpp"
+#include "model/log_context.hpp"
 #include "model/text.hpp"
 
 namespace engram::gateway {
@@ -186,6 +189,20 @@ std::string units_json(std::string_view field, const std::vector<api::WorkUnit>&
   return out;
 }
 
+response forbidden(std::string message) {
+  return error_response(model::error{errc::forbidden, std::move(message)});
+}
+
+// A request acts as the token's subject and no one else.
+model::status acting_as(const caller& who, std::string_view agent) {
+  if (who.principal && agent != who.principal->agent)
+    return model::fail(errc::forbidden, "agent_id '" + std::string(agent.substr(0, 256)) +
+                                            "' is not the token's subject '" + who.principal->agent + "'");
+  return {};
+}
+
+bool public_route(route_id id) { return id == route_id::healthz || id == route_id::readyz || id == route_id::ui_live; }
+
 }  // namespace
 
 response error_response(const model::error& err) {
@@ -195,6 +212,9 @@ response error_response(const model::error& err) {
     case errc::not_found: status = 404; break;
     case errc::conflict: status = 409; break;
     case errc::in_progress: status = 409; break;
+    case errc::unauthenticated: status = 401; break;
+    case errc::forbidden: status = 403; break;
+    case errc::rate_limited: status = 429; break;
     case errc::unprocessable: status = 422; break;
     case errc::payload_too_large: status = 413; break;
     case errc::unavailable: status = 503; break;
@@ -202,7 +222,8 @@ response error_response(const model::error& err) {
   }
   auto r = json_response(status, json{{"error", err.message}});
   // Both say "try the same request again shortly"; clients (the SDK) rely on it.
-  if (status == 503 || err.code == errc::in_progress) r.headers.emplace_back("Retry-After", "1");
+  if (status == 503 || status == 429 || err.code == errc::in_progress) r.headers.emplace_back("Retry-After", "1");
+  if (status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"engram\"");
   return r;
 }
 
@@ -228,9 +249,23 @@ struct api_handler::impl {
   std::shared_ptr<prometheus::Registry> registry;
   prometheus::Family<prometheus::Counter>* requests;
   prometheus::Family<prometheus::Histogram>* latency;
+  prometheus::Family<prometheus::Counter>* refusals;
+  authenticator authn;
+  rate_limiter write_limit, search_limit, lock_limit;
+
+  static authenticator make_authenticator(const auth::options& o) {
+    auto a = authenticator::create(o);
+    if (!a) throw std::invalid_argument(a.error().message);  // config validates this first
+    return std::move(*a);
+  }
 
   impl(engine::engine& e, const options& o, std::shared_ptr<prometheus::Registry> r)
-      : eng(e), opts(o), registry(std::move(r)) {
+      : eng(e), opts(o), registry(std::move(r)), authn(make_authenticator(o.auth)),
+        write_limit(o.limits.writes), search_limit(o.limits.searches), lock_limit(o.limits.locks) {
+    refusals = &prometheus::BuildCounter()
+                    .Name("engram_http_refusals_total")
+                    .Help("Requests refused before reaching a route: unauthenticated, forbidden or rate_limited")
+                    .Register(*registry);
     requests = &prometheus::BuildCounter()
                     .Name("engram_http_requests_total")
                     .Help("HTTP requests by route, method and status")
@@ -250,37 +285,61 @@ struct api_handler::impl {
     return std::nullopt;
   }
 
-  // Wraps the responder: common headers, CORS, metrics.
-  responder finishing(const request& req, std::string_view label, responder respond) {
+  // What the access log says about a request, filled in as it is handled.
+  struct access_record {
+    std::string request_id, method, path, ip, agent;
+  };
+
+  // Wraps the responder: CORS, metrics and the access-log line (no query strings,
+  // bodies or headers: they may carry payloads or credentials).
+  responder finishing(const request& req, std::string_view label, std::shared_ptr<access_record> record,
+                      responder respond) {
     auto origin = allowed_origin(req);
-    return [this, origin = std::move(origin), label = std::string(label), method = req.method,
+    return [this, origin = std::move(origin), label = std::string(label), record = std::move(record),
             start = steady::now(), respond = std::move(respond)](response r) {
-      r.headers.emplace_back("X-Content-Type-Options", "nosniff");
-      r.headers.emplace_back("Cache-Control", "no-store");
+      const auto& method = record->method;
       if (origin) {
         r.headers.emplace_back("Access-Control-Allow-Origin", *origin);
         if (*origin != "*") r.headers.emplace_back("Vary", "Origin");
-        r.headers.emplace_back("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed");
+        r.headers.emplace_back("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed, X-Request-Id");
       }
       const auto status = std::to_string(r.status);
       requests->Add({{"route", label}, {"method", method}, {"status", status}}).Increment();
       static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                                    0.01,   0.025,   0.05,   0.1,   0.25,   1};
-      latency->Add({{"route", label}, {"status", status}}, buckets)
-          .Observe(std::chrono::duration<double>(steady::now() - start).count());
+      const double seconds = std::chrono::duration<double>(steady::now() - start).count();
+      latency->Add({{"route", label}, {"status", status}}, buckets).Observe(seconds);
+      if (opts.access_log) {
+        char ms[32];
+        std::snprintf(ms, sizeof ms, "%.3f", seconds * 1000);
+        model::log_scope fields({{"request_id", record->request_id},
+                                 {"method", record->method},
+                                 {"path", record->path},
+                                 {"status", status, false},
+                                 {"bytes", std::to_string(r.body.size()), false},
+                                 {"duration_ms", ms, false},
+                                 {"agent", record->agent},
+                                 {"ip", record->ip}});
+        spdlog::info("access");
+      }
       respond(std::move(r));
     };
   }
 
   void handle(request req, responder respond_raw) {
+    // Lines logged while this request is handled on this thread carry its id.
+    model::log_scope scope({{"request_id", req.request_id}});
+    auto record = std::make_shared<access_record>(
+        access_record{req.request_id, req.method, req.target.substr(0, req.target.find('?')).substr(0, 200),
+                      req.remote_ip, std::string(req.header("x-agent-id").substr(0, 256))});
     auto parsed = boost::urls::parse_origin_form(req.target);
     if (!parsed) {
-      auto respond = finishing(req, "unmatched", std::move(respond_raw));
-      return respond(bad_request("malformed request target '" + req.target.substr(0, 200) + "'"));
+      auto respond = finishing(req, "unmatched", record, std::move(respond_raw));
+      return respond(bad_request("malformed request target"));
     }
     const boost::urls::url_view url = *parsed;
     const auto route = match(url.encoded_path());
-    auto respond = finishing(req, route.label, std::move(respond_raw));
+    auto respond = finishing(req, route.label, record, std::move(respond_raw));
     if (route.id == route_id::none)
       return respond(error_response({errc::not_found, "no route for " + req.method + " " +
                                                           std::string(url.encoded_path().substr(0, 200))}));
@@ -306,6 +365,33 @@ struct api_handler::impl {
     query_params q;
     for (auto p : url.params()) q.items.emplace_back(p.key, p.has_value ? p.value : std::string());
 
+    caller who;
+    who.ip = req.remote_ip;
+    if (!public_route(route.id)) {
+      auto authenticated = authn.authenticate(req, false);
+      if (!authenticated) {
+        refusals->Add({{"reason", "unauthenticated"}}).Increment();
+        return respond(error_response(authenticated.error()));
+      }
+      who = std::move(*authenticated);
+      if (who.principal) {
+        // X-Agent-ID, when sent, must name the token's subject; then it is the subject.
+        if (auto claimed = req.header("x-agent-id"); !claimed.empty())
+          if (auto ok = acting_as(who, claimed); !ok) return respond(error_response(ok.error()));
+        req.set_header("x-agent-id", who.principal->agent);
+        record->agent = who.principal->agent;
+      }
+    }
+    if (rate_limiter* limiter = limiter_for(route.id, req.method)) {
+      if (auto wait = limiter->take(who.limit_key(), rate_limiter::clock::now())) {
+        refusals->Add({{"reason", "rate_limited"}}).Increment();
+        return respond(rate_limited(limiter == &write_limit    ? "writes"
+                                    : limiter == &search_limit ? "searches"
+                                                               : "lock operations",
+                                    *wait));
+      }
+    }
+
     switch (route.id) {
       case route_id::healthz: {
         response r;
@@ -314,7 +400,7 @@ struct api_handler::impl {
         return respond(std::move(r));
       }
       case route_id::readyz: return respond(readiness());
-      case route_id::search: return search(req, q, std::move(respond));
+      case route_id::search: return search(req, q, who, std::move(respond));
       case route_id::metrics: {
         response r;
         r.body = prometheus::TextSerializer().Serialize(registry->Collect());
@@ -335,18 +421,31 @@ struct api_handler::impl {
       case route_id::lock_one:
       case route_id::lock_renew:
         if (!locks) return respond(error_response({errc::unavailable, "locks are not enabled"}));
-        return handle_locks(req, route, q, std::move(respond));
-      case route_id::unit_append: return append_one(req, url.encoded_path(), std::move(respond));
-      case route_id::batch_append: return append_batch(req, url.encoded_path(), std::move(respond));
-      case route_id::unit_get: return get_unit(route, q, std::move(respond));
-      case route_id::unit_list: return list_units(route, q, std::move(respond));
-      case route_id::context_list: return list_contexts(q, std::move(respond));
+        return handle_locks(req, route, q, who, std::move(respond));
+      case route_id::unit_append: return append_one(req, url.encoded_path(), who, std::move(respond));
+      case route_id::batch_append: return append_batch(req, url.encoded_path(), who, std::move(respond));
+      case route_id::unit_get: return get_unit(route, q, who, std::move(respond));
+      case route_id::unit_list: return list_units(route, q, who, std::move(respond));
+      case route_id::context_list: return list_contexts(q, who, std::move(respond));
       case route_id::context_one:
-        if (req.method == "PATCH") return patch_context(req, route, std::move(respond));
-        return get_context(route, std::move(respond));
+        if (req.method == "PATCH") return patch_context(req, route, who, std::move(respond));
+        return get_context(route, who, std::move(respond));
       case route_id::none: break;
     }
     respond(error_response({errc::internal, "unhandled route"}));
+  }
+
+  rate_limiter* limiter_for(route_id id, std::string_view method) {
+    switch (id) {
+      case route_id::unit_append:
+      case route_id::batch_append: return &write_limit;
+      case route_id::context_one: return method == "PATCH" ? &write_limit : nullptr;
+      case route_id::search: return &search_limit;
+      case route_id::lock_collection: return method == "POST" ? &lock_limit : nullptr;
+      case route_id::lock_one: return method == "DELETE" ? &lock_limit : nullptr;
+      case route_id::lock_renew: return method == "POST" ? &lock_limit : nullptr;
+      default: return nullptr;
+    }
   }
 
   // 200 once storage has recovered; the search index may still be catching up
@@ -372,7 +471,7 @@ struct api_handler::impl {
   }
 
   // ---- /search ------------------------------------------------------------------
-  void search(const request& req, const query_params& q, responder respond) {
+  void search(const request& req, const query_params& q, const caller& who, responder respond) {
     model::result<search_request> parsed = [&]() -> model::result<search_request> {
       if (req.method == "GET") return parse_search_params(q.items);
       auto body = parse_body(req);
@@ -380,6 +479,12 @@ struct api_handler::impl {
       return parse_search_body(*body);
     }();
     if (!parsed) return respond(error_response(parsed.error()));
+    if (who.principal) {
+      const auto& ctx = parsed->query.context_id;
+      if (!ctx.empty() && !ctx.ends_with('*') && !who.can(auth::read, ctx))
+        return respond(forbidden("not allowed to read context '" + ctx + "'"));
+      parsed->query.scope = who.principal->scope(auth::read);
+    }
     const size_t offset = parsed->query.offset;
     eng.search(std::move(parsed->query), parsed->limit,
                [respond = std::move(respond), offset](model::result<search::results> r) {
@@ -437,11 +542,14 @@ struct api_handler::impl {
     respond(std::move(resp));
   }
 
-  void append_one(const request& req, std::string_view path, responder respond) {
+  void append_one(const request& req, std::string_view path, const caller& who, responder respond) {
     auto body = parse_body(req);
     if (!body) return respond(error_response(body.error()));
     auto unit = model::unit_from_json(*body, {"", req.header("x-agent-id")});
     if (!unit) return respond(error_response(unit.error()));
+    if (auto ok = acting_as(who, unit->agent_id()); !ok) return respond(error_response(ok.error()));
+    if (!who.can(auth::write, unit->context_id()))
+      return respond(forbidden("not allowed to write to context '" + unit->context_id() + "'"));
     auto key = idempotency_key_header(req);
     if (!key) return respond(error_response(key.error()));
     std::vector<storage::fence> fences;
@@ -455,7 +563,7 @@ struct api_handler::impl {
   }
 
   // {"context_id":"…","agent_id"?:"…","work_units":[{…},…]}: one context, all or none.
-  void append_batch(const request& req, std::string_view path, responder respond) {
+  void append_batch(const request& req, std::string_view path, const caller& who, responder respond) {
     auto body = parse_body(req);
     if (!body) return respond(error_response(body.error()));
     const auto ctx_it = body->find("context_id");
@@ -469,6 +577,8 @@ struct api_handler::impl {
       if (!a->is_string()) return respond(bad_request("agent_id must be a string"));
       if (!a->get_ref<const std::string&>().empty()) agent = a->get<std::string>();
     }
+    if (auto ok = acting_as(who, agent); !ok) return respond(error_response(ok.error()));
+    if (!who.can(auth::write, ctx)) return respond(forbidden("not allowed to write to context '" + ctx + "'"));
     const auto list = body->find("work_units");
     if (list == body->end() || !list->is_array())
       return respond(bad_request("work_units is required and must be an array of work units"));
@@ -490,6 +600,8 @@ struct api_handler::impl {
       if (unit->context_id() != ctx)
         return respond(bad_request("work_units[" + std::to_string(i) +
                                    "]: context_id differs from the batch's context_id"));
+      if (auto ok = acting_as(who, unit->agent_id()); !ok)
+        return respond(forbidden("work_units[" + std::to_string(i) + "]: " + ok.error().message));
       units.push_back(std::move(*unit));
     }
     auto key = idempotency_key_header(req);
@@ -508,16 +620,20 @@ struct api_handler::impl {
     return std::chrono::milliseconds(0);
   }
 
-  void handle_locks(const request& req, const matched_route& route, const query_params& q, responder respond) {
+  // Locks are authorized by the `lock` capability on the resource path (the same
+  // pattern language as contexts); a lock's context_id also needs `write` there.
+  void handle_locks(const request& req, const matched_route& route, const query_params& q, const caller& who,
+                    responder respond) {
     if (route.id == route_id::lock_collection) {
       if (req.method == "GET") {
         const auto* agent = q.get("agent_id");
         const auto* prefix = q.get("prefix");
         json list = json::array();
-        for (const auto& l : locks->list(agent ? *agent : "", prefix ? *prefix : "")) list.push_back(model::to_json(l));
+        for (const auto& l : locks->list(agent ? *agent : "", prefix ? *prefix : ""))
+          if (who.can(auth::lock, l.resource_path())) list.push_back(model::to_json(l));
         return respond(json_response(200, json{{"locks", std::move(list)}}));
       }
-      return acquire(req, std::move(respond));
+      return acquire(req, who, std::move(respond));
     }
     matched_route target = route;
     if (route.id == route_id::lock_renew) {
@@ -530,6 +646,8 @@ struct api_handler::impl {
     }
     auto resource = path_param(target, "resource_path");
     if (!resource) return respond(error_response(resource.error()));
+    if (!who.can(auth::lock, *resource))
+      return respond(forbidden("not allowed to lock '" + *resource + "'"));
     if (target.id == route_id::lock_renew) {
       json body = json::object();
       if (!req.body.empty()) {
@@ -539,6 +657,7 @@ struct api_handler::impl {
       }
       std::string agent(req.header("x-agent-id"));
       if (auto a = body.find("agent_id"); a != body.end() && a->is_string()) agent = a->get<std::string>();
+      if (auto ok = acting_as(who, agent); !ok) return respond(error_response(ok.error()));
       const auto id = body.find("lock_id");
       if (id == body.end() || !id->is_string()) return respond(bad_request("lock_id is required"));
       return locks->renew(*resource, agent, id->get<std::string>(), ttl_of(body), [respond = std::move(respond)](auto r) {
@@ -554,16 +673,17 @@ struct api_handler::impl {
     // DELETE
     const auto* agent = q.get("agent_id");
     const auto* lock_id = q.get("lock_id");
-    std::string who = agent ? *agent : std::string(req.header("x-agent-id"));
-    if (who.empty()) return respond(bad_request("agent_id is required (query or X-Agent-ID)"));
+    std::string holder = agent ? *agent : std::string(req.header("x-agent-id"));
+    if (holder.empty()) return respond(bad_request("agent_id is required (query or X-Agent-ID)"));
+    if (auto ok = acting_as(who, holder); !ok) return respond(error_response(ok.error()));
     if (!lock_id || lock_id->empty()) return respond(bad_request("lock_id is required"));
-    locks->release(*resource, who, *lock_id, [respond = std::move(respond)](model::status ok) {
+    locks->release(*resource, holder, *lock_id, [respond = std::move(respond)](model::status ok) {
       if (!ok) return respond(error_response(ok.error()));
       respond(json_response(200, json{{"released", true}}));
     });
   }
 
-  void acquire(const request& req, responder respond) {
+  void acquire(const request& req, const caller& who, responder respond) {
     auto body = parse_body(req);
     if (!body) return respond(error_response(body.error()));
     locks::acquire_request ar;
@@ -586,6 +706,9 @@ struct api_handler::impl {
     } else {
       return respond(bad_request("resource_path (a string) or resource_paths (an array) is required"));
     }
+    if (auto ok = acting_as(who, ar.agent); !ok) return respond(error_response(ok.error()));
+    for (const auto& r : ar.resources)
+      if (!who.can(auth::lock, r)) return respond(forbidden("not allowed to lock '" + r + "'"));
     for (const char* f : {"ttl_seconds", "ttl_ms", "wait_ms"})
       if (auto v = body->find(f); v != body->end() && !v->is_null() && !v->is_number())
         return respond(bad_request(std::string(f) + " must be a number"));
@@ -595,6 +718,8 @@ struct api_handler::impl {
     if (auto c = body->find("context_id"); c != body->end() && !c->is_null()) {
       if (!c->is_string()) return respond(bad_request("context_id must be a string"));
       ar.context_id = c->get<std::string>();
+      if (!who.can(auth::write, ar.context_id))
+        return respond(forbidden("not allowed to write to context '" + ar.context_id + "'"));
     }
     locks->acquire(std::move(ar), [respond = std::move(respond), multi](auto r) {
       if (!r) return respond(error_response(r.error()));
@@ -605,7 +730,7 @@ struct api_handler::impl {
     });
   }
 
-  void get_unit(const matched_route& route, const query_params& q, responder respond) {
+  void get_unit(const matched_route& route, const query_params& q, const caller& who, responder respond) {
     auto id = path_param(route, "work unit id");
     if (!id) return respond(error_response(id.error()));
     bool with_embedding = false;
@@ -616,6 +741,9 @@ struct api_handler::impl {
     }
     auto unit = eng.get_unit(*id);
     if (!unit) return respond(error_response(unit.error()));
+    // Indistinguishable from a unit that does not exist: ids do not reveal contexts.
+    if (!who.can(auth::read, unit->context_id()))
+      return respond(error_response({errc::not_found, "Work unit not found"}));
     response r;
     r.body = "{\"work_unit\":" + model::unit_json(*unit);
     if (with_embedding) {
@@ -631,9 +759,10 @@ struct api_handler::impl {
     respond(std::move(r));
   }
 
-  void list_units(const matched_route& route, const query_params& q, responder respond) {
+  void list_units(const matched_route& route, const query_params& q, const caller& who, responder respond) {
     auto ctx = path_param(route, "context id");
     if (!ctx) return respond(error_response(ctx.error()));
+    if (!who.can(auth::read, *ctx)) return respond(forbidden("not allowed to read context '" + *ctx + "'"));
     engine::list_request lr;
     auto limit = uint_param(q, "limit");
     auto reverse = bool_param(q, "reverse");
@@ -655,17 +784,19 @@ struct api_handler::impl {
     respond(std::move(r));
   }
 
-  void get_context(const matched_route& route, responder respond) {
+  void get_context(const matched_route& route, const caller& who, responder respond) {
     auto id = path_param(route, "context id");
     if (!id) return respond(error_response(id.error()));
+    if (!who.can(auth::read, *id)) return respond(forbidden("not allowed to read context '" + *id + "'"));
     auto ctx = eng.get_context(*id);
     if (!ctx) return respond(error_response(ctx.error()));
     respond(json_response(200, json{{"context", model::to_json(*ctx)}}));
   }
 
-  void patch_context(const request& req, const matched_route& route, responder respond) {
+  void patch_context(const request& req, const matched_route& route, const caller& who, responder respond) {
     auto id = path_param(route, "context id");
     if (!id) return respond(error_response(id.error()));
+    if (!who.can(auth::write, *id)) return respond(forbidden("not allowed to write to context '" + *id + "'"));
     auto body = parse_body(req);
     if (!body) return respond(error_response(body.error()));
     auto patch = model::patch_from_json(*body);
@@ -676,14 +807,17 @@ struct api_handler::impl {
     });
   }
 
-  void list_contexts(const query_params& q, responder respond) {
+  // Lists only readable contexts; a page may hold fewer than `limit` (next_cursor
+  // still says whether more follow).
+  void list_contexts(const query_params& q, const caller& who, responder respond) {
     auto limit = uint_param(q, "limit");
     if (!limit) return respond(error_response(limit.error()));
     const auto* cursor = q.get("cursor");
     auto page = eng.list_contexts(cursor ? *cursor : std::string(), *limit);
     if (!page) return respond(error_response(page.error()));
     json list = json::array();
-    for (const auto& c : page->contexts) list.push_back(model::to_json(c));
+    for (const auto& c : page->contexts)
+      if (who.can(auth::read, c.id())) list.push_back(model::to_json(c));
     respond(json_response(200, json{{"contexts", std::move(list)}, {"next_cursor", page->next_cursor}}));
   }
 };

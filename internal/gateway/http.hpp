@@ -15,11 +15,21 @@ struct request {
   std::string target;  // raw request-target (origin form)
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
+  std::string remote_ip;   // the TCP peer
+  std::string request_id;  // X-Request-Id: the client's if sane, else generated
 
   std::string_view header(std::string_view lower_name) const {
     for (const auto& [k, v] : headers)
       if (k == lower_name) return v;
     return {};
+  }
+  void set_header(std::string_view lower_name, std::string value) {
+    for (auto& [k, v] : headers)
+      if (k == lower_name) {
+        v = std::move(value);
+        return;
+      }
+    headers.emplace_back(std::string(lower_name), std::move(value));
   }
 };
 

@@ -7,7 +7,26 @@
 #include <string>
 #include <vector>
 
+#include "auth/auth.hpp"
+
 namespace engram::gateway {
+
+// A token bucket: `per_second` refill, `burst` capacity. per_second 0: unlimited.
+struct rate_limit {
+  double per_second = 0;
+  double burst = 0;  // 0: max(1, per_second)
+};
+
+// Per agent (per client IP when auth is disabled). All off by default (local use);
+// config.example.yaml shows values for an exposed server.
+struct limit_options {
+  rate_limit writes;       // POST /workunit(s), PATCH /contexts/{id}
+  rate_limit searches;     // /search
+  rate_limit locks;        // acquire, renew, release
+  rate_limit connections;  // new TCP connections, per client IP
+  size_t max_streams = 10'000;        // open WebSocket/SSE streams, server-wide
+  size_t max_streams_per_agent = 0;   // 0: no per-agent cap
+};
 
 struct options {
   std::string host = "127.0.0.1";
@@ -31,6 +50,11 @@ struct options {
   // this long is closed.
   std::chrono::milliseconds stream_idle_timeout{60'000};
   size_t ws_max_message_bytes = 64 * 1024;
+
+  bool access_log = true;  // one line per request (log.access)
+
+  auth::options auth;
+  limit_options limits;
 };
 
 }  // namespace engram::gateway

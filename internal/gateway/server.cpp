@@ -3,6 +3,7 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <nlohmann/json.hpp>
 
+#include "gateway/handler.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
 
@@ -68,11 +69,16 @@ struct server::io {
 
 namespace {
 
+// Every HTTP answer goes through here: server-level errors, stream refusals and
+// route responses all get the same security headers.
 http::response<http::string_body> to_beast(response r, unsigned version, bool keep_alive) {
   http::response<http::string_body> res{static_cast<http::status>(r.status), version};
   res.set(http::field::server, "engram");
   if (!r.content_type.empty()) res.set(http::field::content_type, r.content_type);
   for (auto& [k, v] : r.headers) res.insert(k, v);
+  res.set("X-Content-Type-Options", "nosniff");
+  // Answers are private data (or errors about it): never stored by a cache.
+  if (res.find(http::field::cache_control) == res.end()) res.set(http::field::cache_control, "no-store");
   res.body() = std::move(r.body);
   res.keep_alive(keep_alive);
   res.prepare_payload();
@@ -80,8 +86,9 @@ http::response<http::string_body> to_beast(response r, unsigned version, bool ke
 }
 
 // The plain request the handler sees: method, target, lowercased header names, body.
-request to_plain(http::request<http::string_body>& msg) {
+request to_plain(http::request<http::string_body>& msg, const std::string& remote_ip) {
   request req;
+  req.remote_ip = remote_ip;
   req.method = std::string(msg.method_string());
   req.target = std::string(msg.target());
   req.body = std::move(msg.body());
@@ -90,6 +97,7 @@ request to_plain(http::request<http::string_body>& msg) {
     for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
     req.headers.emplace_back(std::move(name), std::string(f.value()));
   }
+  req.request_id = request_id_for(req.header("x-request-id"));
   return req;
 }
 
@@ -105,8 +113,9 @@ response plain_error(unsigned status, std::string_view message) {
 // writes the response. All members are touched on the strand only.
 class session : public session_base, public std::enable_shared_from_this<session> {
  public:
-  session(tcp::socket&& socket, std::shared_ptr<server::impl> srv)
-      : stream_(std::move(socket)), executor_(stream_.get_executor()), srv_(std::move(srv)) {}
+  session(tcp::socket&& socket, std::shared_ptr<server::impl> srv, std::string remote_ip)
+      : stream_(std::move(socket)), executor_(stream_.get_executor()), srv_(std::move(srv)),
+        remote_ip_(std::move(remote_ip)) {}
   ~session() override {
     if (registered_) srv_->forget(id_);
   }
@@ -129,10 +138,11 @@ class session : public session_base, public std::enable_shared_from_this<session
     });
   }
 
-  void reject(std::string_view why) {
+  // Refuses a new connection (a cap or a rate limit) and closes it.
+  void reject(unsigned status, std::string_view why, std::chrono::seconds retry_after) {
     auto res = std::make_shared<http::response<http::string_body>>(
-        to_beast(plain_error(503, why), 11, false));
-    res->set(http::field::retry_after, "1");
+        to_beast(plain_error(status, why), 11, false));
+    res->set(http::field::retry_after, std::to_string(retry_after.count()));
     stream_.expires_after(std::chrono::seconds(5));
     http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
       self->close();
@@ -199,9 +209,10 @@ class session : public session_base, public std::enable_shared_from_this<session
     const auto target = msg.target();
     const auto path = target.substr(0, target.find('?'));
     if ((path == "/stream" || path == "/stream-sse") && srv_->eng) return open_stream(std::move(msg), path == "/stream-sse");
-    request req = to_plain(msg);
+    request req = to_plain(msg, remote_ip_);
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
+    request_id_ = req.request_id;
     srv_->handler(std::move(req), [self = shared_from_this()](response r) {
       net::post(self->stream_.get_executor(),
                 [self, r = std::move(r)]() mutable { self->send(std::move(r)); });
@@ -211,9 +222,10 @@ class session : public session_base, public std::enable_shared_from_this<session
   // /stream (WebSocket) and /stream-sse: validate before upgrading, then hand the
   // socket to a stream session. Errors are ordinary HTTP responses.
   void open_stream(http::request<http::string_body> msg, bool sse) {
-    request req = to_plain(msg);  // a GET: no body to lose; msg keeps its headers
+    request req = to_plain(msg, remote_ip_);  // a GET: no body to lose; msg keeps its headers
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
+    request_id_ = req.request_id;
     auto reject = [&](unsigned status, std::string message) {
       auto r = plain_error(status, "");
       r.body = model::dump(model::json{{"error", std::move(message)}});
@@ -229,21 +241,39 @@ class session : public session_base, public std::enable_shared_from_this<session
       return reject(403, "origin not allowed; add it to server.cors_origins");
     if (srv_->shutting_down) return reject(503, "the server is shutting down");
     if (!srv_->eng->ready()) return reject(503, "the server is recovering its data; retry shortly");
+    auto who = srv_->authn.authenticate(req, cookie_allowed(req));
+    if (!who) return send(error_response(who.error()));
     auto sub = parse_stream_query(req, sse);
     if (!sub) return reject(400, sub.error().message);
+    if (auto ok = authorize_stream(*sub, *who); !ok) return send(error_response(ok.error()));
+    auto slot = srv_->streams_open.acquire(who->limit_key());
+    if (!slot) return send(error_response(slot.error()));
+    stream_start start{std::move(*sub), std::move(*who), std::move(*slot), request_id_};
     if (!sse) {
       if (!boost::beast::websocket::is_upgrade(msg)) return reject(400, "/stream is a WebSocket endpoint; send an Upgrade request (or use /stream-sse)");
       busy_ = false;
       handed_off_ = true;
-      return start_websocket(std::move(stream_), std::move(msg), std::move(*sub), srv_);
+      return start_websocket(std::move(stream_), std::move(msg), std::move(start), srv_);
     }
     std::vector<std::pair<std::string, std::string>> cors;
     if (const auto origin = req.header("origin"); !origin.empty() && origin_allowed(origin))
       cors.emplace_back("Access-Control-Allow-Origin", allow_all_origins() ? std::string("*") : std::string(origin));
-    const bool single = sub->contexts.size() == 1 && sub->prefixes.empty();
+    const bool single = start.sub.contexts.size() == 1 && start.sub.prefixes.empty();
     busy_ = false;
     handed_off_ = true;
-    start_sse(std::move(stream_), version_, std::move(cors), std::move(*sub), single, srv_);
+    start_sse(std::move(stream_), version_, std::move(cors), std::move(start), single, srv_);
+  }
+
+  // A cookie is a browser's ambient credential: accept it only where a page of
+  // another origin cannot ride on it (no Origin, an origin listed by name in
+  // cors_origins, or this server's own origin). Bearer headers need no such care.
+  bool cookie_allowed(const request& req) const {
+    const auto origin = req.header("origin");
+    if (origin.empty()) return true;
+    for (const auto& o : opts().cors_origins)
+      if (o == origin) return true;
+    const auto host = req.header("host");
+    return !host.empty() && (origin == "http://" + std::string(host) || origin == "https://" + std::string(host));
   }
 
   bool allow_all_origins() const {
@@ -261,6 +291,8 @@ class session : public session_base, public std::enable_shared_from_this<session
 
   void send(response r) {
     const bool keep = keep_alive_ && !srv_->shutting_down;
+    if (!request_id_.empty()) r.headers.emplace_back("X-Request-Id", std::move(request_id_));
+    request_id_.clear();
     auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version_, keep));
     stream_.expires_after(opts().write_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
@@ -309,6 +341,8 @@ class session : public session_base, public std::enable_shared_from_this<session
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<server::impl> srv_;
+  std::string remote_ip_;
+  std::string request_id_;  // of the request being answered
   bool handed_off_ = false;
   uint64_t id_ = 0;
   bool registered_ = false;
@@ -337,16 +371,24 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
     // once; with Nagle they wait for the peer's delayed ACK (~40 ms on Linux).
     beast::error_code opt_ec;
     socket.set_option(tcp::no_delay(true), opt_ec);
-    auto s = std::make_shared<session>(std::move(socket), state);
+    beast::error_code ep_ec;
+    const auto peer = socket.remote_endpoint(ep_ec);
+    std::string ip = ep_ec ? std::string() : peer.address().to_string();
+    auto s = std::make_shared<session>(std::move(socket), state, ip);
     bool over_limit = false;
     {
       std::lock_guard lock(st.mu);
       over_limit = st.sessions.size() >= st.opts.max_connections;
     }
+    const auto wait = over_limit ? std::nullopt : st.connection_limit.take("ip:" + ip, rate_limiter::clock::now());
     s->set_id(st.add(s));
     if (over_limit) {
       if (st.rejected) st.rejected->Increment();
-      s->reject("too many connections; retry shortly");
+      s->reject(503, "too many connections; retry shortly", std::chrono::seconds(1));
+    } else if (wait) {
+      if (st.rate_limited) st.rate_limited->Increment();
+      s->reject(429, "too many new connections from your address; retry after the Retry-After delay",
+                std::chrono::seconds(std::max<int64_t>(1, (wait->count() + 999) / 1000)));
     } else {
       if (st.accepted) st.accepted->Increment();
       s->run();
@@ -358,7 +400,10 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
 }
 
 server::server(options opts, handler_fn handler, prometheus::Registry* metrics, engine::engine* streams)
-    : impl_(std::make_shared<impl>(std::move(opts), std::move(handler))), io_(std::make_unique<io>()) {
+    : io_(std::make_unique<io>()) {
+  auto authn = authenticator::create(opts.auth);
+  if (!authn) throw std::invalid_argument(authn.error().message);  // config validates this first
+  impl_ = std::make_shared<impl>(std::move(opts), std::move(handler), std::move(*authn));
   io_->state = impl_;
   impl_->eng = streams;
   if (metrics) {
@@ -368,6 +413,7 @@ server::server(options opts, handler_fn handler, prometheus::Registry* metrics, 
                       .Help("Accepted HTTP connections by outcome").Register(*metrics);
     impl_->accepted = &conns.Add({{"outcome", "served"}});
     impl_->rejected = &conns.Add({{"outcome", "rejected_limit"}});
+    impl_->rate_limited = &conns.Add({{"outcome", "rejected_rate"}});
     auto& subs = prometheus::BuildGauge().Name("engram_stream_subscribers")
                      .Help("Connected stream subscribers by transport").Register(*metrics);
     impl_->streams.ws_subscribers = &subs.Add({{"transport", "websocket"}});

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "engine/engine.hpp"
+#include "gateway/access.hpp"
 #include "engine/stream.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
@@ -58,9 +59,19 @@ struct server::impl {
   prometheus::Gauge* active = nullptr;
   prometheus::Counter* accepted = nullptr;
   prometheus::Counter* rejected = nullptr;
+  prometheus::Counter* rate_limited = nullptr;
   stream_metrics streams;
 
-  impl(options o, handler_fn h) : opts(std::move(o)), handler(std::move(h)) {}
+  authenticator authn;
+  rate_limiter connection_limit;
+  stream_slots streams_open;
+
+  impl(options o, handler_fn h, authenticator a)
+      : opts(std::move(o)),
+        handler(std::move(h)),
+        authn(std::move(a)),
+        connection_limit(opts.limits.connections),
+        streams_open(opts.limits.max_streams, opts.limits.max_streams_per_agent) {}
 
   uint64_t add(const std::shared_ptr<session_base>& s);
   void forget(uint64_t id);
@@ -68,9 +79,16 @@ struct server::impl {
 
 // Hand-offs from an HTTP session whose request asked for a stream. The parameters
 // were validated; these take over the socket.
+// `who` was authenticated and `sub` authorized; `slot` counts the stream open.
+struct stream_start {
+  engine::stream_request sub;
+  caller who;
+  stream_slots::slot slot;
+  std::string request_id;
+};
 void start_websocket(boost::beast::tcp_stream stream, boost::beast::http::request<boost::beast::http::string_body> req,
-                     engine::stream_request sub, std::shared_ptr<server::impl> srv);
+                     stream_start start, std::shared_ptr<server::impl> srv);
 void start_sse(boost::beast::tcp_stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
-               engine::stream_request sub, bool single_context, std::shared_ptr<server::impl> srv);
+               stream_start start, bool single_context, std::shared_ptr<server::impl> srv);
 
 }  // namespace engram::gateway

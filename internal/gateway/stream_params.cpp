@@ -144,4 +144,12 @@ std::string resume_token(const std::map<std::string, uint64_t>& cursors) {
   return model::base64url_encode(raw);
 }
 
+model::status authorize_stream(engine::stream_request& sub, const caller& who) {
+  if (!who.principal) return {};
+  for (const auto& c : sub.contexts)
+    if (!who.can(auth::read, c)) return model::fail(model::errc::forbidden, "not allowed to read context '" + c + "'");
+  sub.permit = [p = *who.principal](std::string_view id) { return p.can(auth::read, id); };
+  return {};
+}
+
 }  // namespace engram::gateway

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "engine/stream.hpp"
+#include "gateway/access.hpp"
 #include "gateway/http.hpp"
 #include "model/codec.hpp"
 #include "model/error.hpp"
@@ -25,6 +26,10 @@ model::result<engine::stream_request> parse_stream_query(const request& req, boo
 // From a WS message {"type":"subscribe","contexts":[…],"since":N|{"ctx":N},
 // "cursors":{"ctx":N}} (cursors override since for the contexts they name).
 model::result<engine::stream_request> parse_subscribe_message(const model::json& msg);
+
+// Authorization of a subscription: every exact context must be readable (else
+// errc::forbidden), and patterns deliver only readable contexts.
+model::status authorize_stream(engine::stream_request& sub, const caller& who);
 
 // The SSE `id:` of an event: the plain seq when the stream is one exact context
 // (what Engram v3 clients expect); otherwise an opaque token carrying every

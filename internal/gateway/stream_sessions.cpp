@@ -35,6 +35,7 @@ constexpr size_t poll_bytes = 256 * 1024;  // most event bytes taken per write r
 // WebSocket close codes in the private range (RFC 6455 §7.4.2): clients reconnect
 // with their cursor.
 constexpr uint16_t close_lagging = 4000;
+constexpr uint16_t close_token_expired = 4001;
 
 std::atomic<uint64_t> next_client_id{1};
 
@@ -45,6 +46,14 @@ json positions_json(const engine::stream& s) {
   return list;
 }
 
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A stream outlives no token: it ends (resumably) once its token expires.
+bool token_expired(const caller& who) { return who.principal && unix_now() > who.principal->expires; }
+
 void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
   if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
 }
@@ -52,19 +61,21 @@ void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
 // ---------------------------------------------------------------------------------
 class ws_session final : public session_base, public std::enable_shared_from_this<ws_session> {
  public:
-  ws_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv)
-      : ws_(std::move(stream)), srv_(std::move(srv)), timer_(ws_.get_executor()) {}
+  ws_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv, caller who, stream_slots::slot slot)
+      : ws_(std::move(stream)), srv_(std::move(srv)), who_(std::move(who)), slot_(std::move(slot)),
+        timer_(ws_.get_executor()) {}
   ~ws_session() override {
     if (stream_) stream_->close();
     if (counted_ && srv_->streams.ws_subscribers) srv_->streams.ws_subscribers->Decrement();
     srv_->forget(id_);
   }
 
-  void start(http::request<http::string_body> req, engine::stream_request sub) {
+  void start(http::request<http::string_body> req, engine::stream_request sub, std::string request_id) {
     id_ = srv_->add(shared_from_this());
     ws_.set_option(websocket::stream_base::timeout{std::chrono::seconds(30), websocket::stream_base::none(), false});
-    ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    ws_.set_option(websocket::stream_base::decorator([request_id = std::move(request_id)](websocket::response_type& res) {
       res.set(http::field::server, "engram");
+      if (!request_id.empty()) res.set("X-Request-Id", request_id);
     }));
     ws_.read_message_max(srv_->opts.ws_max_message_bytes);
     ws_.text(true);
@@ -182,6 +193,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     if (type == "subscribe") {
       auto sub = parse_subscribe_message(*msg);
       if (!sub) return control(json{{"type", "error"}, {"error", sub.error().message}});
+      if (auto ok = authorize_stream(*sub, who_); !ok)
+        return control(json{{"type", "error"}, {"error", ok.error().message}, {"status", 403}});
       return subscribe(std::move(*sub));
     }
     control(json{{"type", "error"}, {"error", "unknown message type '" + type.substr(0, 64) + "'"}});
@@ -201,6 +214,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         beast::get_lowest_layer(self->ws_).close();
         return;
       }
+      if (token_expired(self->who_))
+        return self->close_with(close_token_expired, "token expired; reconnect with a fresh token and your last seq");
       // Our own heartbeats are not client activity; only what the client sends is.
       if (steady::now() - self->last_client_activity_ > self->srv_->opts.stream_idle_timeout)
         return self->close_with(websocket::close_code::policy_error, "idle: no client messages; send heartbeats");
@@ -239,6 +254,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   websocket::stream<beast::tcp_stream> ws_;
   std::shared_ptr<server::impl> srv_;
+  caller who_;
+  stream_slots::slot slot_;
   uint64_t id_ = 0;
   net::steady_timer timer_;
   beast::flat_buffer in_;
@@ -259,8 +276,10 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 // ---------------------------------------------------------------------------------
 class sse_session final : public session_base, public std::enable_shared_from_this<sse_session> {
  public:
-  sse_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv, bool single_context)
-      : stream_(std::move(stream)), srv_(std::move(srv)), single_(single_context), timer_(stream_.get_executor()) {}
+  sse_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv, bool single_context, caller who,
+              stream_slots::slot slot)
+      : stream_(std::move(stream)), srv_(std::move(srv)), single_(single_context), who_(std::move(who)),
+        slot_(std::move(slot)), timer_(stream_.get_executor()) {}
   ~sse_session() override {
     if (sub_) sub_->close();
     if (counted_ && srv_->streams.sse_subscribers) srv_->streams.sse_subscribers->Decrement();
@@ -363,6 +382,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     timer_.expires_after(srv_->opts.stream_heartbeat);
     timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
       if (ec || self->ending_) return;
+      if (token_expired(self->who_))
+        return self->end("expired", "token expired; reconnect with a fresh token and Last-Event-ID");
       self->out_.append(": heartbeat\n\n");
       self->pump();
       self->arm_heartbeat();
@@ -391,6 +412,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   beast::tcp_stream stream_;
   std::shared_ptr<server::impl> srv_;
   const bool single_;
+  caller who_;
+  stream_slots::slot slot_;
   uint64_t id_ = 0;
   net::steady_timer timer_;
   std::shared_ptr<engine::stream> sub_;
@@ -405,18 +428,20 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
 }  // namespace
 
-void start_websocket(beast::tcp_stream stream, http::request<http::string_body> req, engine::stream_request sub,
+void start_websocket(beast::tcp_stream stream, http::request<http::string_body> req, stream_start start,
                      std::shared_ptr<server::impl> srv) {
   stream.expires_never();
-  auto s = std::make_shared<ws_session>(std::move(stream), std::move(srv));
-  s->start(std::move(req), std::move(sub));
+  auto s = std::make_shared<ws_session>(std::move(stream), std::move(srv), std::move(start.who), std::move(start.slot));
+  s->start(std::move(req), std::move(start.sub), std::move(start.request_id));
 }
 
 void start_sse(beast::tcp_stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
-               engine::stream_request sub, bool single_context, std::shared_ptr<server::impl> srv) {
+               stream_start start, bool single_context, std::shared_ptr<server::impl> srv) {
   stream.expires_never();
-  auto s = std::make_shared<sse_session>(std::move(stream), std::move(srv), single_context);
-  s->start(version, std::move(headers), std::move(sub));
+  auto s = std::make_shared<sse_session>(std::move(stream), std::move(srv), single_context, std::move(start.who),
+                                         std::move(start.slot));
+  if (!start.request_id.empty()) headers.emplace_back("X-Request-Id", std::move(start.request_id));
+  s->start(version, std::move(headers), std::move(start.sub));
 }
 
 }  // namespace engram::gateway

@@ -14,8 +14,11 @@ enum class errc {
   not_found,           // 404
   conflict,            // 409: state forbids it now (lock held, stale fencing token)
   in_progress,         // 409 + Retry-After: the same idempotent request is still running
+  unauthenticated,     // 401: no valid bearer token (auth enabled)
+  forbidden,           // 403: the token does not grant this on this context
   unprocessable,       // 422: idempotency key reused with a different request
   payload_too_large,   // 413
+  rate_limited,        // 429 + Retry-After: a rate limit or a connection/stream cap
   unavailable,         // 503: recovering, overloaded, or storage refused the write
   internal,            // 500: a bug or an I/O failure we cannot attribute to the caller
 };

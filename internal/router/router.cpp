@@ -58,11 +58,10 @@ event_ptr to_wire(const api::Event& ev) {
 }
 
 bool topic_filter::matches(std::string_view context_id) const {
-  for (const auto& e : exact)
-    if (e == context_id) return true;
-  for (const auto& p : prefixes)
-    if (context_id.starts_with(p)) return true;
-  return false;
+  bool hit = false;
+  for (const auto& e : exact) hit = hit || e == context_id;
+  for (const auto& p : prefixes) hit = hit || context_id.starts_with(p);
+  return hit && (!permit || permit(context_id));
 }
 
 router::router(prometheus::Registry* r) : metrics_(std::make_unique<metrics>(r)) {

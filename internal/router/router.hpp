@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -46,6 +47,8 @@ event_ptr to_wire(const api::Event& ev);
 struct topic_filter {
   std::vector<std::string> exact;
   std::vector<std::string> prefixes;
+  // When set, a context must also satisfy it (authorization of pattern streams).
+  std::function<bool(std::string_view)> permit;
   bool matches(std::string_view context_id) const;
 };
 

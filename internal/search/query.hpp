@@ -25,6 +25,9 @@ struct relationship_filter {
 struct query {
   std::string text;        // Xapian query-parser syntax; blank: no text condition
   std::string context_id;  // exact id, or a prefix pattern ending in '*'; empty: all
+  // The caller's readable context patterns (auth): results come only from contexts
+  // one of them matches. nullopt: unrestricted; empty: nothing is readable.
+  std::optional<std::vector<std::string>> scope;
   std::vector<std::string> agent_ids;  // any of
   std::vector<int> types;              // any of
   std::vector<std::pair<std::string, std::string>> meta;  // all of, exact key=value

@@ -121,6 +121,18 @@ model::result<std::optional<Xapian::Query>> filter_query(const query& q) {
       parts.emplace_back(context_term(q.context_id));
     }
   }
+  if (q.scope) {
+    std::vector<Xapian::Query> allowed;
+    for (const auto& pattern : *q.scope) {
+      if (pattern.ends_with('*'))
+        allowed.emplace_back(Xapian::Query::OP_WILDCARD, "XC" + pattern.substr(0, pattern.size() - 1));
+      else
+        allowed.emplace_back(context_term(pattern));
+    }
+    // No readable pattern: an empty query, which matches nothing.
+    if (allowed.empty()) parts.emplace_back();
+    else parts.emplace_back(Xapian::Query::OP_OR, allowed.begin(), allowed.end());
+  }
   if (!q.agent_ids.empty()) {
     std::vector<std::string> terms;
     for (const auto& a : q.agent_ids) terms.push_back(bool_term("XA", a));

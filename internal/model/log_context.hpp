@@ -1,0 +1,47 @@
+#pragma once
+// Fields attached to every log line a thread writes while a log_scope lives (the
+// request id of the request being handled, the fields of an access-log line). The
+// logger's formatter (app::setup_logging) appends them as JSON members or as
+// key=value pairs. Scopes nest; inner fields come after outer ones.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace engram::model {
+
+struct log_field {
+  std::string_view key;  // a literal: lives as long as the program
+  std::string value;
+  bool quoted = true;    // false: a number, written bare in JSON
+};
+
+class log_scope {
+ public:
+  explicit log_scope(std::vector<log_field> fields) : fields_(std::move(fields)), outer_(top()) { top() = this; }
+  ~log_scope() { top() = outer_; }
+  log_scope(const log_scope&) = delete;
+  log_scope& operator=(const log_scope&) = delete;
+
+  // Calls f(field) for every field in scope on this thread, outermost first.
+  template <class F>
+  static void for_each(F&& f) {
+    visit(top(), f);
+  }
+
+ private:
+  template <class F>
+  static void visit(const log_scope* s, F& f) {
+    if (!s) return;
+    visit(s->outer_, f);
+    for (const auto& field : s->fields_) f(field);
+  }
+  static const log_scope*& top() {
+    thread_local const log_scope* current = nullptr;
+    return current;
+  }
+  std::vector<log_field> fields_;
+  const log_scope* outer_;
+};
+
+}  // namespace engram::model
