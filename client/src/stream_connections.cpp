@@ -1,5 +1,6 @@
 #include "engram/stream_connections.hpp"
 
+#include <cstdlib>
 #include <poll.h>
 
 #include <boost/asio/connect.hpp>
@@ -206,9 +207,13 @@ std::expected<void, transport_error> sse_connection::connect(const std::string& 
     http_result r;
     r.status = status;
     r.headers = s.headers;
-    // Error bodies carry Content-Length; read until the close.
-    while (s.fill(deadline)) {}
-    r.body = s.buf;
+    // Error bodies carry Content-Length (the connection may stay open); without
+    // one, the body ends at the close.
+    std::optional<size_t> length;
+    for (const auto& [k, v] : s.headers)
+      if (k == "content-length") length = size_t(std::strtoull(v.c_str(), nullptr, 10));
+    while ((!length || s.buf.size() < *length) && s.fill(deadline)) {}
+    r.body = length ? s.buf.substr(0, *length) : s.buf;
     s.refused = std::move(r);
   }
   return {};
