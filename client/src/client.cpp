@@ -159,6 +159,7 @@ result<client> client::create(client_options opts) {
   while (p->prefix.ends_with('/')) p->prefix.pop_back();
   if (opts.retry.max_attempts < 1) opts.retry.max_attempts = 1;
   if (!opts.agent_id.empty()) p->headers.emplace_back("X-Agent-ID", opts.agent_id);
+  if (!opts.token.empty()) p->headers.emplace_back("Authorization", "Bearer " + opts.token);
   p->headers.insert(p->headers.end(), opts.headers.begin(), opts.headers.end());
   p->opts = std::move(opts);
   return client(std::move(p));

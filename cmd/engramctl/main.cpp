@@ -6,10 +6,15 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <iterator>
 #include <map>
 
+#include <nlohmann/json.hpp>
+
+#include "auth/auth.hpp"
 #include "engram/client.hpp"
 #include "output.hpp"
 
@@ -86,6 +91,23 @@ int follow(ec::client& c, std::vector<std::string> contexts, std::optional<uint6
   return exit_ok;
 }
 
+// The HS256 secret from a file (trailing newline dropped) or $ENGRAM_AUTH_SECRET.
+std::expected<std::string, std::string> read_secret(const std::string& file) {
+  std::string secret;
+  if (!file.empty()) {
+    std::ifstream in(file, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    secret = ss.str();
+  } else if (const char* env = std::getenv("ENGRAM_AUTH_SECRET")) {
+    secret = env;
+  } else {
+    return std::unexpected(std::string("no secret: pass --secret-file or set ENGRAM_AUTH_SECRET"));
+  }
+  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.pop_back();
+  return secret;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,7 +118,12 @@ int main(int argc, char** argv) {
   bool json = false;
   int64_t timeout_ms = 30'000;
   app.add_option("--server", server, "Server URL")->envname("ENGRAM_SERVER")->capture_default_str();
-  app.add_option("--agent", agent, "Agent id to act as (default: $ENGRAM_AGENT, else $USER)");
+  std::string token;
+  auto* agent_opt = app.add_option("--agent", agent, "Agent id to act as (default: $ENGRAM_AGENT, else $USER; "
+                                                     "with a token: the token's subject)");
+  app.add_option("--token", token, "Bearer token for a server with auth enabled (prefer $ENGRAM_TOKEN: "
+                                   "arguments are visible to other users)")
+      ->envname("ENGRAM_TOKEN");
   app.add_flag("--json", json, "Print the server's JSON (one object per line for listings)");
   app.add_option("--timeout", timeout_ms, "Per-request timeout (e.g. 5s)")->transform(duration());
 
@@ -395,6 +422,61 @@ int main(int argc, char** argv) {
     };
   });
 
+  // token issue ----------------------------------------------------------------------
+  auto* token_cmd = app.add_subcommand("token", "Operator tools for bearer tokens");
+  token_cmd->require_subcommand(1);
+  auto* issue = token_cmd->add_subcommand("issue", "Issue an HS256 token signed with the server's auth.secret "
+                                                   "(from --secret-file or $ENGRAM_AUTH_SECRET)");
+  struct {
+    std::string agent, secret_file, issuer, audience;
+    std::vector<std::string> contexts;
+    std::vector<std::string> caps{"read", "write", "lock"};
+    int64_t ttl_ms = 3'600'000;
+  } issue_args;
+  issue->add_option("--agent", issue_args.agent, "The token's subject: the agent it acts as")->required();
+  issue->add_option("--contexts", issue_args.contexts, "Context patterns it may use, e.g. 'project-7/*' (repeatable)")
+      ->required();
+  issue->add_option("--caps", issue_args.caps, "Capabilities on those patterns")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"read", "write", "lock"}))
+      ->capture_default_str();
+  issue->add_option("--ttl", issue_args.ttl_ms, "Lifetime (e.g. 1h, 30m)")->transform(duration());
+  issue->add_option("--secret-file", issue_args.secret_file, "File holding the HS256 secret")->check(CLI::ExistingFile);
+  issue->add_option("--issuer", issue_args.issuer, "iss claim (when the server checks auth.issuer)");
+  issue->add_option("--audience", issue_args.audience, "aud claim (when the server checks auth.audience)");
+  bool local_only = false;
+  issue->callback([&] {
+    local_only = true;
+    run = [&](ec::client&) {
+      auto secret = read_secret(issue_args.secret_file);
+      if (!secret) {
+        std::cerr << "engramctl: " << secret.error() << "\n";
+        return exit_usage;
+      }
+      engram::auth::token_request req;
+      req.agent = issue_args.agent;
+      uint8_t caps = 0;
+      for (const auto& c : issue_args.caps) caps |= *engram::auth::parse_capability(c);
+      for (const auto& p : issue_args.contexts) req.grants.push_back({p, caps});
+      if (auto ok = engram::auth::parse_grants(engram::auth::grants_json(req.grants)); !ok) {
+        std::cerr << "engramctl: " << ok.error().message << "\n";
+        return exit_usage;
+      }
+      req.ttl = std::chrono::seconds(std::max<int64_t>(1, issue_args.ttl_ms / 1000));
+      req.now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+      req.issuer = issue_args.issuer;
+      req.audience = issue_args.audience;
+      auto t = engram::auth::issue(req, engram::auth::algorithm::hs256, *secret);
+      if (!t) {
+        std::cerr << "engramctl: " << t.error().message << "\n";
+        return exit_usage;
+      }
+      std::cout << *t << "\n";
+      return exit_ok;
+    };
+  });
+
   // health ---------------------------------------------------------------------------
   auto* health = app.add_subcommand("health", "Is the server up and ready? (exit 0 ready, 1 not ready, 3 unreachable)");
   health->callback([&] {
@@ -412,8 +494,11 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? exit_ok : exit_usage;
   }
   ec::client_options opts;
-  opts.url = server;
-  opts.agent_id = agent;
+  opts.url = local_only ? std::string("http://127.0.0.1:8080") : server;
+  opts.token = token;
+  // With a token the server knows who we are; send an agent only if asked to.
+  const bool agent_given = agent_opt->count() > 0 || std::getenv("ENGRAM_AGENT");
+  opts.agent_id = token.empty() || agent_given ? agent : std::string();
   opts.timeout = std::chrono::milliseconds(timeout_ms);
   auto made = ec::client::create(std::move(opts));
   if (!made) {

@@ -30,7 +30,8 @@ std::string slurp(const std::string& path) {
 // One engramctl process with stdin from a file and stdout/stderr to files.
 class ctl_process {
  public:
-  ctl_process(const temp_dir& dir, std::vector<std::string> args, const std::string& input = {}) {
+  ctl_process(const temp_dir& dir, std::vector<std::string> args, const std::string& input = {},
+              const std::vector<std::string>& extra_env = {}) {
     static int n = 0;
     const std::string base = dir.str() + "/ctl-" + std::to_string(n++);
     in_ = base + ".in", out_ = base + ".out", err_ = base + ".err";
@@ -46,6 +47,7 @@ class ctl_process {
     argv.push_back(nullptr);
     // A clean environment: no ENGRAM_SERVER or ENGRAM_AGENT from the caller's shell.
     std::vector<std::string> env = {"PATH=/usr/bin:/bin", "USER=tester"};
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
     std::vector<char*> envp;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
@@ -266,6 +268,57 @@ TEST(EngramctlRestartTest, TailFollowResumesAcrossAServerKill) {
   EXPECT_EQ(follow.wait(), 0);
   const auto out = follow.out();
   EXPECT_EQ(out.find("before"), out.rfind("before")) << "no duplicate after resuming";
+}
+
+// Operators issue tokens with engramctl; agents pass them in $ENGRAM_TOKEN.
+TEST(EngramctlAuthTest, IssuedTokensWorkAgainstAnAuthServer) {
+  temp_dir dir;
+  const std::string secret = "cli-auth-secret-cli-auth-secret-0123456789";
+  std::ofstream(dir.str() + "/secret") << secret << "\n";
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.server.auth.enabled = true;
+  cfg.server.auth.secret = secret;
+  test_server server(cfg);
+  const std::string url = "http://127.0.0.1:" + std::to_string(server.port());
+  auto run = [&](std::vector<std::string> args, std::vector<std::string> env = {}) {
+    ctl_process p(dir, std::move(args), "", env);
+    const int code = p.wait();
+    return ctl_result{code, p.out(), p.err()};
+  };
+  auto issued = run({"token", "issue", "--agent", "alice", "--contexts", "p/*", "--ttl", "1h", "--secret-file",
+                     dir.str() + "/secret"});
+  ASSERT_EQ(issued.code, 0) << issued.err;
+  const std::string token = issued.out.substr(0, issued.out.find('\n'));
+  EXPECT_EQ(std::count(token.begin(), token.end(), '.'), 2) << token;
+  auto reader = run({"token", "issue", "--agent", "rita", "--contexts", "p/*", "--caps", "read"},
+                    {"ENGRAM_AUTH_SECRET=" + secret});
+  ASSERT_EQ(reader.code, 0) << reader.err;
+  const std::string read_token = reader.out.substr(0, reader.out.find('\n'));
+
+  // The token's subject is the agent ($USER is "tester" and is not sent).
+  auto put = run({"--server", url, "put", "p/1", "hello"}, {"ENGRAM_TOKEN=" + token});
+  ASSERT_EQ(put.code, 0) << put.err;
+  auto ls = run({"--server", url, "ls", "p/1"}, {"ENGRAM_TOKEN=" + read_token});
+  ASSERT_EQ(ls.code, 0) << ls.err;
+  EXPECT_NE(ls.out.find("alice  MESSAGE  hello"), std::string::npos) << ls.out;
+  // Refusals exit 1 with the server's reason.
+  auto anonymous = run({"--server", url, "ls", "p/1"});
+  EXPECT_EQ(anonymous.code, 1);
+  EXPECT_NE(anonymous.err.find("401"), std::string::npos) << anonymous.err;
+  auto outside = run({"--server", url, "put", "q/1", "x"}, {"ENGRAM_TOKEN=" + token});
+  EXPECT_EQ(outside.code, 1);
+  EXPECT_NE(outside.err.find("not allowed"), std::string::npos) << outside.err;
+  auto read_only = run({"--server", url, "--token", read_token, "put", "p/1", "x"});
+  EXPECT_EQ(read_only.code, 1);
+  auto impostor = run({"--server", url, "--agent", "bob", "put", "p/1", "x"}, {"ENGRAM_TOKEN=" + token});
+  EXPECT_EQ(impostor.code, 1);
+  EXPECT_NE(impostor.err.find("subject"), std::string::npos) << impostor.err;
+  // Usage errors: no secret, a bad capability, a bad pattern.
+  EXPECT_EQ(run({"token", "issue", "--agent", "a", "--contexts", "x"}).code, 2);
+  EXPECT_EQ(run({"token", "issue", "--agent", "a", "--contexts", "x", "--caps", "admin"},
+                {"ENGRAM_AUTH_SECRET=" + secret}).code, 2);
+  EXPECT_EQ(run({"token", "issue", "--agent", "a", "--contexts", "a*b"}, {"ENGRAM_AUTH_SECRET=" + secret}).code, 2);
+  EXPECT_EQ(run({"token", "issue", "--agent", "a", "--contexts", "x"}, {"ENGRAM_AUTH_SECRET=short"}).code, 2);
 }
 
 }  // namespace

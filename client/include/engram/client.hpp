@@ -44,6 +44,10 @@ struct retry_policy {
 struct client_options {
   std::string url = "http://127.0.0.1:8080";  // http:// only; a path is a prefix for every route
   std::string agent_id;                        // sent as X-Agent-ID; fills agent_id in bodies
+  // A JWT for servers with auth enabled, sent as "Authorization: Bearer <token>" on
+  // every request and stream. The server takes the agent id from the token; leave
+  // agent_id empty (or equal to the token's subject).
+  std::string token;
   std::chrono::milliseconds timeout{30'000};   // per attempt: connect, send and receive
   retry_policy retry;
   size_t max_idle_connections = 8;
