@@ -314,6 +314,18 @@ const std::vector<key_spec>& key_table() {
          c.storage.idempotency_ttl = std::chrono::hours(*v);
          return std::nullopt;
        }},
+      {"server.tls.cert",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (!raw.empty() && !std::ifstream(raw)) return "cannot be read (a PEM certificate chain)";
+         c.server.tls_cert_file = raw;
+         return std::nullopt;
+       }},
+      {"server.tls.key",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         if (!raw.empty() && !std::ifstream(raw)) return "cannot be read (a PEM private key)";
+         c.server.tls_key_file = raw;
+         return std::nullopt;
+       }},
       {"auth.enabled", [](config& c, const std::string& raw) { return set_bool(c.server.auth.enabled, raw); }},
       {"auth.algorithm",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
@@ -479,6 +491,8 @@ model::result<config> load(const sources& in) {
   for (const auto& [key, value] : in.flags) {
     if (auto ok = apply(c, key, value, "command line"); !ok) return std::unexpected(ok.error());
   }
+  if (c.server.tls_cert_file.empty() != c.server.tls_key_file.empty())
+    return fail(errc::invalid_argument, "server.tls.cert and server.tls.key must be set together");
   if (c.server.auth.enabled) {
     if (auto v = auth::verifier::create(c.server.auth); !v)
       return fail(errc::invalid_argument, "auth: " + v.error().message);

@@ -51,6 +51,10 @@ struct options {
   std::chrono::milliseconds stream_idle_timeout{60'000};
   size_t ws_max_message_bytes = 64 * 1024;
 
+  // TLS (HTTPS and WSS on the same port) when both are set: PEM files.
+  std::string tls_cert_file;  // the certificate chain
+  std::string tls_key_file;
+
   bool access_log = true;  // one line per request (log.access)
 
   auth::options auth;

@@ -18,7 +18,9 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/http.hpp>
 #include <array>
 #include <condition_variable>
@@ -34,8 +36,6 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
-
-class session;
 
 }  // namespace
 
@@ -65,6 +65,8 @@ struct server::io {
 
   void do_accept();
   void on_accept(beast::error_code ec, tcp::socket socket);
+  template <class Session>
+  void serve(std::shared_ptr<Session> s, const std::string& ip);
 };
 
 namespace {
@@ -108,13 +110,23 @@ response plain_error(unsigned status, std::string_view message) {
   return r;
 }
 
-// One HTTP connection. Reads one request at a time (so pipelined requests are
-// answered in order and bounded to one in progress), hands it to the handler and
-// writes the response. All members are touched on the strand only.
-class session : public session_base, public std::enable_shared_from_this<session> {
+// One HTTP connection, over plain TCP or TLS (`Stream` is plain_stream or
+// tls_stream). Reads one request at a time (so pipelined requests are answered in
+// order and bounded to one in progress), hands it to the handler and writes the
+// response. All members are touched on the strand only.
+template <class Stream>
+class session : public session_base, public std::enable_shared_from_this<session<Stream>> {
+  static constexpr bool tls = std::is_same_v<Stream, tls_stream>;
+  using std::enable_shared_from_this<session<Stream>>::shared_from_this;
+
  public:
   session(tcp::socket&& socket, std::shared_ptr<server::impl> srv, std::string remote_ip)
+    requires(!tls)
       : stream_(std::move(socket)), executor_(stream_.get_executor()), srv_(std::move(srv)),
+        remote_ip_(std::move(remote_ip)) {}
+  session(tcp::socket&& socket, std::shared_ptr<server::impl> srv, std::string remote_ip)
+    requires(tls)
+      : stream_(std::move(socket), *srv->tls), executor_(stream_.get_executor()), srv_(std::move(srv)),
         remote_ip_(std::move(remote_ip)) {}
   ~session() override {
     if (registered_) srv_->forget(id_);
@@ -125,7 +137,22 @@ class session : public session_base, public std::enable_shared_from_this<session
   }
 
   void run() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->handshake([self] { self->read_header(); }); });
+  }
+
+  // TLS: the handshake, bounded by the read timeout; plain TCP: nothing to do.
+  template <class Next>
+  void handshake(Next next) {
+    if constexpr (tls) {
+      lowest().expires_after(opts().read_timeout);
+      stream_.async_handshake(net::ssl::stream_base::server,
+                              [self = shared_from_this(), next = std::move(next)](beast::error_code ec) {
+                                if (ec) return self->close();  // not TLS, or a bad client: nothing to answer
+                                next();
+                              });
+    } else {
+      next();
+    }
   }
 
   // Called from the server during shutdown.
@@ -143,9 +170,11 @@ class session : public session_base, public std::enable_shared_from_this<session
     auto res = std::make_shared<http::response<http::string_body>>(
         to_beast(plain_error(status, why), 11, false));
     res->set(http::field::retry_after, std::to_string(retry_after.count()));
-    stream_.expires_after(std::chrono::seconds(5));
-    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
-      self->close();
+    net::dispatch(stream_.get_executor(), [self = shared_from_this(), res] {
+      self->handshake([self, res] {
+        self->lowest().expires_after(std::chrono::seconds(5));
+        http::async_write(self->stream_, *res, [self, res](beast::error_code, size_t) { self->close(); });
+      });
     });
   }
 
@@ -157,7 +186,7 @@ class session : public session_base, public std::enable_shared_from_this<session
     parser_.emplace();
     parser_->header_limit(uint32_t(opts().max_header_bytes));
     parser_->body_limit(opts().max_body_bytes);
-    stream_.expires_after(opts().idle_timeout);
+    lowest().expires_after(opts().idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) {
                               self->on_header(ec);
@@ -173,7 +202,7 @@ class session : public session_base, public std::enable_shared_from_this<session
                                      std::to_string(opts().max_body_bytes) + " bytes");
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, req.version());
-      stream_.expires_after(opts().write_timeout);
+      lowest().expires_after(opts().write_timeout);
       return http::async_write(stream_, *cont, [self = shared_from_this(), cont](beast::error_code ec, size_t) {
         if (ec) return self->close();
         self->read_body();
@@ -183,7 +212,7 @@ class session : public session_base, public std::enable_shared_from_this<session
   }
 
   void read_body() {
-    stream_.expires_after(opts().read_timeout);
+    lowest().expires_after(opts().read_timeout);
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->on_read_error(ec);
       self->dispatch_request();
@@ -294,7 +323,7 @@ class session : public session_base, public std::enable_shared_from_this<session
     if (!request_id_.empty()) r.headers.emplace_back("X-Request-Id", std::move(request_id_));
     request_id_.clear();
     auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version_, keep));
-    stream_.expires_after(opts().write_timeout);
+    lowest().expires_after(opts().write_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
       self->busy_ = false;
       if (!ec && self->linger_) return self->linger();
@@ -317,8 +346,8 @@ class session : public session_base, public std::enable_shared_from_this<session
   // time and bytes) until the client closes.
   void linger() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.expires_after(std::chrono::seconds(2));
+    lowest().socket().shutdown(tcp::socket::shutdown_send, ec);
+    lowest().expires_after(std::chrono::seconds(2));
     discard();
   }
   void discard() {
@@ -332,11 +361,13 @@ class session : public session_base, public std::enable_shared_from_this<session
 
   void close() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.close();
+    lowest().socket().shutdown(tcp::socket::shutdown_send, ec);
+    lowest().close();
   }
 
-  beast::tcp_stream stream_;
+  beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
+
+  Stream stream_;
   net::any_io_executor executor_;  // the strand; outlives a hand-off of stream_
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -374,7 +405,18 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
     beast::error_code ep_ec;
     const auto peer = socket.remote_endpoint(ep_ec);
     std::string ip = ep_ec ? std::string() : peer.address().to_string();
-    auto s = std::make_shared<session>(std::move(socket), state, ip);
+    if (st.tls) serve(std::make_shared<session<tls_stream>>(std::move(socket), state, ip), ip);
+    else serve(std::make_shared<session<plain_stream>>(std::move(socket), state, ip), ip);
+  } else {
+    spdlog::warn("http: accept failed: {}", ec.message());
+  }
+  do_accept();
+}
+
+template <class Session>
+void server::io::serve(std::shared_ptr<Session> s, const std::string& ip) {
+  auto& st = *state;
+  {
     bool over_limit = false;
     {
       std::lock_guard lock(st.mu);
@@ -393,10 +435,7 @@ void server::io::on_accept(beast::error_code ec, tcp::socket socket) {
       if (st.accepted) st.accepted->Increment();
       s->run();
     }
-  } else {
-    spdlog::warn("http: accept failed: {}", ec.message());
   }
-  do_accept();
 }
 
 server::server(options opts, handler_fn handler, prometheus::Registry* metrics, engine::engine* streams)
@@ -444,6 +483,19 @@ model::status server::start() {
   if (ec)
     return model::fail(model::errc::invalid_argument,
                        "server.addr: '" + opts.host + "' is not an IP address: " + ec.message());
+  if (!opts.tls_cert_file.empty() || !opts.tls_key_file.empty()) {
+    if (opts.tls_cert_file.empty() || opts.tls_key_file.empty())
+      return model::fail(model::errc::invalid_argument, "server.tls.cert and server.tls.key must be set together");
+    namespace ssl = net::ssl;
+    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+    ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                     ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
+    ctx->use_certificate_chain_file(opts.tls_cert_file, ec);
+    if (ec) return model::fail(model::errc::invalid_argument, "server.tls.cert '" + opts.tls_cert_file + "': " + ec.message());
+    ctx->use_private_key_file(opts.tls_key_file, ssl::context::pem, ec);
+    if (ec) return model::fail(model::errc::invalid_argument, "server.tls.key '" + opts.tls_key_file + "': " + ec.message());
+    impl_->tls = std::move(ctx);
+  }
   const tcp::endpoint ep{addr, opts.port};
   a.open(ep.protocol(), ec);
   if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);

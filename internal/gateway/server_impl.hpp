@@ -4,7 +4,9 @@
 // Includes Beast; only server.cpp and stream_sessions.cpp include it.
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <condition_variable>
@@ -26,6 +28,9 @@ class Histogram;
 }  // namespace prometheus
 
 namespace engram::gateway {
+
+using plain_stream = boost::beast::tcp_stream;
+using tls_stream = boost::beast::ssl_stream<boost::beast::tcp_stream>;
 
 // Anything the server must reach during shutdown.
 class session_base {
@@ -62,6 +67,7 @@ struct server::impl {
   prometheus::Counter* rate_limited = nullptr;
   stream_metrics streams;
 
+  std::shared_ptr<boost::asio::ssl::context> tls;  // set when server.tls.cert is configured
   authenticator authn;
   rate_limiter connection_limit;
   stream_slots streams_open;
@@ -86,9 +92,12 @@ struct stream_start {
   stream_slots::slot slot;
   std::string request_id;
 };
-void start_websocket(boost::beast::tcp_stream stream, boost::beast::http::request<boost::beast::http::string_body> req,
+// Defined (and instantiated for plain_stream and tls_stream) in stream_sessions.cpp.
+template <class Stream>
+void start_websocket(Stream stream, boost::beast::http::request<boost::beast::http::string_body> req,
                      stream_start start, std::shared_ptr<server::impl> srv);
-void start_sse(boost::beast::tcp_stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
+template <class Stream>
+void start_sse(Stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
                stream_start start, bool single_context, std::shared_ptr<server::impl> srv);
 
 }  // namespace engram::gateway

@@ -14,7 +14,9 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 #include <deque>
 #include <nlohmann/json.hpp>
 
@@ -59,9 +61,12 @@ void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
 }
 
 // ---------------------------------------------------------------------------------
-class ws_session final : public session_base, public std::enable_shared_from_this<ws_session> {
+template <class Stream>
+class ws_session final : public session_base, public std::enable_shared_from_this<ws_session<Stream>> {
+  using std::enable_shared_from_this<ws_session<Stream>>::shared_from_this;
+
  public:
-  ws_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv, caller who, stream_slots::slot slot)
+  ws_session(Stream&& stream, std::shared_ptr<server::impl> srv, caller who, stream_slots::slot slot)
       : ws_(std::move(stream)), srv_(std::move(srv)), who_(std::move(who)), slot_(std::move(slot)),
         timer_(ws_.get_executor()) {}
   ~ws_session() override {
@@ -111,7 +116,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     stream_.reset();
     batch_.clear();
     batch_pos_ = 0;
-    std::weak_ptr<ws_session> weak = shared_from_this();
+    std::weak_ptr<ws_session> weak = this->shared_from_this();
     auto opened = srv_->eng->open_stream(std::move(sub), [weak, exec = ws_.get_executor()] {
       net::post(exec, [weak] {
         if (auto self = weak.lock()) self->pump();
@@ -252,7 +257,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     if (stream_) stream_->close();
   }
 
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<Stream> ws_;
   std::shared_ptr<server::impl> srv_;
   caller who_;
   stream_slots::slot slot_;
@@ -274,9 +279,12 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 };
 
 // ---------------------------------------------------------------------------------
-class sse_session final : public session_base, public std::enable_shared_from_this<sse_session> {
+template <class Stream>
+class sse_session final : public session_base, public std::enable_shared_from_this<sse_session<Stream>> {
+  using std::enable_shared_from_this<sse_session<Stream>>::shared_from_this;
+
  public:
-  sse_session(beast::tcp_stream&& stream, std::shared_ptr<server::impl> srv, bool single_context, caller who,
+  sse_session(Stream&& stream, std::shared_ptr<server::impl> srv, bool single_context, caller who,
               stream_slots::slot slot)
       : stream_(std::move(stream)), srv_(std::move(srv)), single_(single_context), who_(std::move(who)),
         slot_(std::move(slot)), timer_(stream_.get_executor()) {}
@@ -288,7 +296,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
   void start(unsigned version, std::vector<std::pair<std::string, std::string>> headers, engine::stream_request req) {
     id_ = srv_->add(shared_from_this());
-    std::weak_ptr<sse_session> weak = shared_from_this();
+    std::weak_ptr<sse_session> weak = this->shared_from_this();
     auto opened = srv_->eng->open_stream(std::move(req), [weak, exec = stream_.get_executor()] {
       net::post(exec, [weak] {
         if (auto self = weak.lock()) self->pump();
@@ -359,11 +367,11 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     out_.clear();
     auto sent = std::move(pending_);
     pending_.clear();
-    stream_.expires_after(srv_->opts.write_timeout);
+    lowest().expires_after(srv_->opts.write_timeout);
     net::async_write(stream_, net::buffer(sending_), [self = shared_from_this(), sent = std::move(sent)](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) return self->close();
-      self->stream_.expires_never();  // the deadline was for this write only
+      self->lowest().expires_never();  // the deadline was for this write only
       for (const auto& ev : sent) observe_latency(self->srv_->streams.publish_to_write, ev);
       if (self->srv_->streams.sse_delivered) self->srv_->streams.sse_delivered->Increment(double(sent.size()));
       self->pump();
@@ -373,7 +381,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   // EventSource never sends after the request; a read completing means the client
   // went away (or misbehaves): either way the stream ends.
   void watch_for_close() {
-    stream_.socket().async_read_some(net::buffer(scratch_), [self = shared_from_this()](beast::error_code, size_t) {
+    stream_.async_read_some(net::buffer(scratch_), [self = shared_from_this()](beast::error_code, size_t) {
       self->close();
     });
   }
@@ -405,11 +413,13 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     timer_.cancel();
     if (sub_) sub_->close();
     beast::error_code ec;
-    stream_.socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
-    stream_.close();
+    lowest().socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
+    lowest().close();
   }
 
-  beast::tcp_stream stream_;
+  beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
+
+  Stream stream_;
   std::shared_ptr<server::impl> srv_;
   const bool single_;
   caller who_;
@@ -428,20 +438,31 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
 }  // namespace
 
-void start_websocket(beast::tcp_stream stream, http::request<http::string_body> req, stream_start start,
+template <class Stream>
+void start_websocket(Stream stream, http::request<http::string_body> req, stream_start start,
                      std::shared_ptr<server::impl> srv) {
-  stream.expires_never();
-  auto s = std::make_shared<ws_session>(std::move(stream), std::move(srv), std::move(start.who), std::move(start.slot));
+  beast::get_lowest_layer(stream).expires_never();
+  auto s = std::make_shared<ws_session<Stream>>(std::move(stream), std::move(srv), std::move(start.who), std::move(start.slot));
   s->start(std::move(req), std::move(start.sub), std::move(start.request_id));
 }
 
-void start_sse(beast::tcp_stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
+template <class Stream>
+void start_sse(Stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
                stream_start start, bool single_context, std::shared_ptr<server::impl> srv) {
-  stream.expires_never();
-  auto s = std::make_shared<sse_session>(std::move(stream), std::move(srv), single_context, std::move(start.who),
+  beast::get_lowest_layer(stream).expires_never();
+  auto s = std::make_shared<sse_session<Stream>>(std::move(stream), std::move(srv), single_context, std::move(start.who),
                                          std::move(start.slot));
   if (!start.request_id.empty()) headers.emplace_back("X-Request-Id", std::move(start.request_id));
   s->start(version, std::move(headers), std::move(start.sub));
 }
+
+template void start_websocket(plain_stream, http::request<http::string_body>, stream_start,
+                              std::shared_ptr<server::impl>);
+template void start_websocket(tls_stream, http::request<http::string_body>, stream_start,
+                              std::shared_ptr<server::impl>);
+template void start_sse(plain_stream, unsigned, std::vector<std::pair<std::string, std::string>>, stream_start, bool,
+                        std::shared_ptr<server::impl>);
+template void start_sse(tls_stream, unsigned, std::vector<std::pair<std::string, std::string>>, stream_start, bool,
+                        std::shared_ptr<server::impl>);
 
 }  // namespace engram::gateway

@@ -209,9 +209,12 @@ TEST_F(EngramctlTest, ContextsLocksSearchAndHealth) {
   ASSERT_EQ(ctl({"put", "cli/s", "the quick brown fox"}).code, 0);
   ASSERT_EQ(ctl({"put", "cli/s", "a lazy dog", "--type", "tool_result"}).code, 0);
   ASSERT_TRUE(wait_until([&] { return ctl({"search", "fox"}).out.starts_with("1 match"); }));
-  auto typed = ctl({"search", "--type", "TOOL_RESULT", "--context", "cli/*"});
-  ASSERT_EQ(typed.code, 0) << typed.err;
-  EXPECT_TRUE(typed.out.starts_with("1 match")) << typed.out;
+  // Wait for the second unit too: the index may hold the first one only.
+  ctl_result typed;
+  ASSERT_TRUE(wait_until([&] {
+    typed = ctl({"search", "--type", "TOOL_RESULT", "--context", "cli/*"});
+    return typed.code == 0 && typed.out.starts_with("1 match");
+  })) << typed.code << " " << typed.out << typed.err;
   EXPECT_NE(typed.out.find("cli/s #2"), std::string::npos) << typed.out;
 
   auto health = ctl({"health"});
