@@ -33,7 +33,8 @@ error server_error(const http_result& r) {
 bool transient(const error& e, retry_mode mode, bool maybe_sent) {
   if (mode == retry_mode::none) return false;
   if (e.is_network()) return mode == retry_mode::safe || !maybe_sent;
-  if (e.is_server() && e.status == 503) return true;
+  // 503 and 429 mean the request was not processed: always safe to repeat.
+  if (e.is_server() && (e.status == 503 || e.status == 429)) return true;
   // 409 with Retry-After: the same idempotent request is still being processed.
   return e.is_server() && e.status == 409 && e.retry_after.count() > 0 && mode == retry_mode::safe;
 }
