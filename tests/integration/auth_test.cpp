@@ -30,6 +30,18 @@ std::string token(const std::string& agent, std::vector<auth::grant> grants, std
 
 client::header_list bearer(const std::string& t) { return {{"Authorization", "Bearer " + t}}; }
 
+// Hands each JSON message to `on_message` until `done()` holds (10 s at most).
+bool read_until(client::ws_connection& ws, const std::function<void(const json&)>& on_message,
+                const std::function<bool()>& done) {
+  return wait_until(
+      [&] {
+        auto m = ws.read(100ms);
+        if (m && *m) on_message(json::parse(**m));
+        return done();
+      },
+      10s);
+}
+
 class AuthTest : public ::testing::Test {
  protected:
   void start(const std::function<void(config::config&)>& tweak = {}) {
@@ -204,49 +216,27 @@ TEST_F(AuthTest, StreamsEnforceReadGrants) {
   append(admin_, "team/b", "t2");
   std::vector<std::string> got;
   bool ack_clean = false;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto m = ws.read(100ms);
-        if (m && *m) {
-          auto j = json::parse(**m);
-          if (j["type"].is_number_integer()) got.push_back(j["context_id"]);
-          if (j["type"] == "subscribe_ack") {
-            ack_clean = true;
-            for (const auto& c : j["contexts"]) ack_clean = ack_clean && c["context_id"] == "team/a";
-          }
-        }
-        return got.size() >= 2;
-      },
-      10s));
+  auto collect = [&](const json& j) {
+    if (j["type"].is_number_integer()) got.push_back(j["context_id"]);
+    if (j["type"] == "subscribe_ack") {
+      ack_clean = true;
+      for (const auto& c : j["contexts"]) ack_clean = ack_clean && c["context_id"] == "team/a";
+    }
+  };
+  ASSERT_TRUE(read_until(ws, collect, [&] { return got.size() >= 2; }));
   EXPECT_TRUE(ack_clean) << "the ack lists only readable contexts";
   EXPECT_EQ(got, (std::vector<std::string>{"team/a", "team/b"}));
   // A later subscribe message naming a hidden context is refused on the socket.
   ASSERT_TRUE(ws.send(R"({"type":"subscribe","contexts":["secret/x"],"since":0})"));
   bool refused_msg = false;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto m = ws.read(100ms);
-        if (m && *m) {
-          auto j = json::parse(**m);
-          refused_msg = j["type"] == "error" && j["status"] == 403;
-        }
-        return refused_msg;
-      },
-      10s));
+  ASSERT_TRUE(read_until(
+      ws, [&](const json& j) { refused_msg = refused_msg || (j["type"] == "error" && j["status"] == 403); },
+      [&] { return refused_msg; }));
   // More secret units still never arrive on the original subscription.
   append(admin_, "secret/x", "s3");
   append(admin_, "team/a", "t3");
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto m = ws.read(100ms);
-        if (m && *m) {
-          auto j = json::parse(**m);
-          if (j["type"].is_number_integer()) got.push_back(j["context_id"]);
-        }
-        return got.size() >= 3;
-      },
-      10s));
-  EXPECT_EQ(got.back(), "team/a");
+  ASSERT_TRUE(read_until(ws, collect, [&] { return got.size() >= 3; }));
+  EXPECT_EQ(got, (std::vector<std::string>{"team/a", "team/b", "team/a"}));
 }
 
 TEST_F(AuthTest, SseTakesTheTokenFromACookieButNotAcrossOrigins) {
