@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "auth/auth.hpp"
+#include "model/clock.hpp"
 #include "engram/client.hpp"
 #include "output.hpp"
 
@@ -463,8 +464,7 @@ int main(int argc, char** argv) {
         return exit_usage;
       }
       req.ttl = std::chrono::seconds(std::max<int64_t>(1, issue_args.ttl_ms / 1000));
-      req.now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-                    .count();
+      req.now = engram::model::default_clock()->now_s();
       req.issuer = issue_args.issuer;
       req.audience = issue_args.audience;
       auto t = engram::auth::issue(req, engram::auth::algorithm::hs256, *secret);

@@ -186,20 +186,8 @@ const std::vector<key_spec>& key_table() {
          c.locks.events_context = raw;
          return std::nullopt;
        }},
-      {"search.enabled",
-       [](config& c, const std::string& raw) -> std::optional<std::string> {
-         if (raw == "true") c.search.enabled = true;
-         else if (raw == "false") c.search.enabled = false;
-         else return "must be true or false";
-         return std::nullopt;
-       }},
-      {"search.fsync",
-       [](config& c, const std::string& raw) -> std::optional<std::string> {
-         if (raw == "true") c.search.fsync = true;
-         else if (raw == "false") c.search.fsync = false;
-         else return "must be true or false";
-         return std::nullopt;
-       }},
+      {"search.enabled", [](config& c, const std::string& raw) { return set_bool(c.search.enabled, raw); }},
+      {"search.fsync", [](config& c, const std::string& raw) { return set_bool(c.search.fsync, raw); }},
       {"search.boot_id_file",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
          if (raw.empty()) return "must not be empty";

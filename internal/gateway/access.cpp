@@ -6,6 +6,7 @@
 #include <random>
 #include <nlohmann/json.hpp>
 
+#include "model/clock.hpp"
 #include "model/codec.hpp"
 
 namespace engram::gateway {
@@ -38,11 +39,6 @@ std::string_view cookie_value(std::string_view header, std::string_view name) {
   return {};
 }
 
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 }  // namespace
 
 model::result<authenticator> authenticator::create(const auth::options& opts) {
@@ -68,7 +64,7 @@ model::result<caller> authenticator::authenticate(const request& req, bool cooki
   } else if (cookie_ok) {
     token = cookie_value(req.header("cookie"), opts_.cookie_name);
   }
-  auto p = verifier_->verify(token, unix_now());
+  auto p = verifier_->verify(token, model::default_clock()->now_s());
   if (!p) return std::unexpected(p.error());
   c.principal = std::move(*p);
   return c;
@@ -118,16 +114,6 @@ std::optional<std::chrono::milliseconds> rate_limiter::take(const std::string& k
   }
   const double wait_s = (1 - b.tokens) / limit_.per_second;
   return std::chrono::milliseconds(int64_t(std::ceil(wait_s * 1000)));
-}
-
-response rate_limited(std::string_view what, std::chrono::milliseconds retry_after) {
-  const auto seconds = std::max<int64_t>(1, (retry_after.count() + 999) / 1000);
-  response r;
-  r.status = 429;
-  r.body = model::dump(model::json{
-      {"error", "rate limit exceeded for " + std::string(what) + "; retry after " + std::to_string(seconds) + "s"}});
-  r.headers.emplace_back("Retry-After", std::to_string(seconds));
-  return r;
 }
 
 model::result<stream_slots::slot> stream_slots::acquire(const std::string& key) {

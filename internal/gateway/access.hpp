@@ -4,6 +4,7 @@
 // (token buckets per agent, or per IP when anonymous; caps on open streams).
 // Beast-free, so the handler and tests use it directly.
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <mutex>
@@ -23,8 +24,11 @@ struct caller {
 
   // Everything is allowed when auth is disabled.
   bool can(auth::capability c, std::string_view id) const { return !principal || principal->can(c, id); }
+  // Whether the token has expired (`now` in unix seconds); never without auth.
+  bool expired(int64_t now) const { return principal && now > principal->expires; }
   // Rate-limit key: the agent when authenticated, else the client's IP.
-  std::string limit_key() const { return principal ? "agent:" + principal->agent : "ip:" + ip; }
+  std::string limit_key() const { return principal ? "agent:" + principal->agent : ip_key(ip); }
+  static std::string ip_key(std::string_view ip) { return "ip:" + std::string(ip); }
 };
 
 // Reads the token from `Authorization: Bearer`, or (when `cookie_ok`) from the
@@ -52,10 +56,12 @@ std::string request_id_for(std::string_view incoming);
 class rate_limiter {
  public:
   using clock = std::chrono::steady_clock;
-  explicit rate_limiter(rate_limit limit) : limit_(limit) {}
+  // `what` names the limited operations in refusals ("writes").
+  rate_limiter(rate_limit limit, std::string what) : limit_(limit), what_(std::move(what)) {}
   bool unlimited() const { return limit_.per_second <= 0; }
   // Takes one token: nullopt when allowed, else how long until a token is free.
   std::optional<std::chrono::milliseconds> take(const std::string& key, clock::time_point now);
+  const std::string& what() const { return what_; }
 
  private:
   struct bucket {
@@ -67,11 +73,14 @@ class rate_limiter {
     std::unordered_map<std::string, bucket> buckets;
   };
   rate_limit limit_;
+  std::string what_;
   std::array<shard, 16> shards_;
 };
 
-// 429 with Retry-After (whole seconds, at least 1).
-response rate_limited(std::string_view what, std::chrono::milliseconds retry_after);
+// A wait rounded up to whole seconds, at least 1: a Retry-After value.
+inline int64_t retry_after_seconds(std::chrono::milliseconds wait) {
+  return std::max<int64_t>(1, (wait.count() + 999) / 1000);
+}
 
 // Counts open streams, in total and per limit key; RAII slots release themselves.
 class stream_slots {

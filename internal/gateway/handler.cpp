@@ -261,7 +261,9 @@ struct api_handler::impl {
 
   impl(engine::engine& e, const options& o, std::shared_ptr<prometheus::Registry> r)
       : eng(e), opts(o), registry(std::move(r)), authn(make_authenticator(o.auth)),
-        write_limit(o.limits.writes), search_limit(o.limits.searches), lock_limit(o.limits.locks) {
+        write_limit(o.limits.writes, "writes"),
+        search_limit(o.limits.searches, "searches"),
+        lock_limit(o.limits.locks, "lock operations") {
     refusals = &prometheus::BuildCounter()
                     .Name("engram_http_refusals_total")
                     .Help("Requests refused before reaching a route: unauthenticated, forbidden or rate_limited")
@@ -385,10 +387,12 @@ struct api_handler::impl {
     if (rate_limiter* limiter = limiter_for(route.id, req.method)) {
       if (auto wait = limiter->take(who.limit_key(), rate_limiter::clock::now())) {
         refusals->Add({{"reason", "rate_limited"}}).Increment();
-        return respond(rate_limited(limiter == &write_limit    ? "writes"
-                                    : limiter == &search_limit ? "searches"
-                                                               : "lock operations",
-                                    *wait));
+        const auto seconds = retry_after_seconds(*wait);
+        auto r = error_response({errc::rate_limited, "rate limit exceeded for " + limiter->what() + "; retry after " +
+                                                         std::to_string(seconds) + "s"});
+        for (auto& [k, v] : r.headers)
+          if (k == "Retry-After") v = std::to_string(seconds);
+        return respond(std::move(r));
       }
     }
 

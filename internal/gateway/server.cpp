@@ -422,7 +422,7 @@ void server::io::serve(std::shared_ptr<Session> s, const std::string& ip) {
       std::lock_guard lock(st.mu);
       over_limit = st.sessions.size() >= st.opts.max_connections;
     }
-    const auto wait = over_limit ? std::nullopt : st.connection_limit.take("ip:" + ip, rate_limiter::clock::now());
+    const auto wait = over_limit ? std::nullopt : st.connection_limit.take(caller::ip_key(ip), rate_limiter::clock::now());
     s->set_id(st.add(s));
     if (over_limit) {
       if (st.rejected) st.rejected->Increment();
@@ -430,7 +430,7 @@ void server::io::serve(std::shared_ptr<Session> s, const std::string& ip) {
     } else if (wait) {
       if (st.rate_limited) st.rate_limited->Increment();
       s->reject(429, "too many new connections from your address; retry after the Retry-After delay",
-                std::chrono::seconds(std::max<int64_t>(1, (wait->count() + 999) / 1000)));
+                std::chrono::seconds(retry_after_seconds(*wait)));
     } else {
       if (st.accepted) st.accepted->Increment();
       s->run();

@@ -76,7 +76,7 @@ struct server::impl {
       : opts(std::move(o)),
         handler(std::move(h)),
         authn(std::move(a)),
-        connection_limit(opts.limits.connections),
+        connection_limit(opts.limits.connections, "new connections"),
         streams_open(opts.limits.max_streams, opts.limits.max_streams_per_agent) {}
 
   uint64_t add(const std::shared_ptr<session_base>& s);

@@ -22,6 +22,7 @@
 
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
+#include "model/clock.hpp"
 
 namespace engram::gateway {
 namespace {
@@ -48,13 +49,8 @@ json positions_json(const engine::stream& s) {
   return list;
 }
 
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // A stream outlives no token: it ends (resumably) once its token expires.
-bool token_expired(const caller& who) { return who.principal && unix_now() > who.principal->expires; }
+bool token_expired(const caller& who) { return who.expired(model::default_clock()->now_s()); }
 
 void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
   if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());

@@ -12,6 +12,8 @@ class clock {
   virtual ~clock() = default;
   // Wall-clock time in nanoseconds since the Unix epoch.
   virtual int64_t now_ns() const = 0;
+  // Whole seconds since the Unix epoch (JWT NumericDate).
+  int64_t now_s() const { return now_ns() / 1'000'000'000; }
 };
 
 class system_clock final : public clock {

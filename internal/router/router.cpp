@@ -58,10 +58,9 @@ event_ptr to_wire(const api::Event& ev) {
 }
 
 bool topic_filter::matches(std::string_view context_id) const {
-  bool hit = false;
-  for (const auto& e : exact) hit = hit || e == context_id;
-  for (const auto& p : prefixes) hit = hit || context_id.starts_with(p);
-  return hit && (!permit || permit(context_id));
+  const bool named = std::any_of(exact.begin(), exact.end(), [&](const auto& e) { return e == context_id; }) ||
+                     std::any_of(prefixes.begin(), prefixes.end(), [&](const auto& p) { return context_id.starts_with(p); });
+  return named && (!permit || permit(context_id));
 }
 
 router::router(prometheus::Registry* r) : metrics_(std::make_unique<metrics>(r)) {

@@ -307,7 +307,7 @@ TEST(AuthTest, GrantsClaimForms) {
 }
 
 TEST(RateLimiterTest, BurstThenRefillOnAFakeClock) {
-  gateway::rate_limiter limiter({2, 3});  // 2/s, burst 3
+  gateway::rate_limiter limiter({2, 3}, "writes");  // 2/s, burst 3
   const auto t0 = gateway::rate_limiter::clock::time_point{} + 1h;
   for (int i = 0; i < 3; ++i) EXPECT_FALSE(limiter.take("k", t0)) << i;
   auto wait = limiter.take("k", t0);
@@ -320,12 +320,12 @@ TEST(RateLimiterTest, BurstThenRefillOnAFakeClock) {
   EXPECT_FALSE(limiter.take("k", t0 + 10s));
   EXPECT_FALSE(limiter.take("k", t0 + 10s));
   EXPECT_TRUE(limiter.take("k", t0 + 10s)) << "capped at the burst";
-  gateway::rate_limiter off({0, 0});
+  gateway::rate_limiter off({0, 0}, "writes");
   for (int i = 0; i < 1000; ++i) ASSERT_FALSE(off.take("k", t0));
 }
 
 TEST(RateLimiterTest, ManyIdleKeysAreDropped) {
-  gateway::rate_limiter limiter({100, 1});
+  gateway::rate_limiter limiter({100, 1}, "writes");
   const auto t0 = gateway::rate_limiter::clock::time_point{} + 1h;
   for (int i = 0; i < 200'000; ++i) limiter.take("ip:" + std::to_string(i), t0 + std::chrono::milliseconds(i));
   // Nothing to observe but memory; this must finish quickly and keep working.
