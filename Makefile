@@ -10,6 +10,9 @@
 #                systemd unit under PREFIX (default /usr/local; DESTDIR for staging)
 #   make asan    build and test with AddressSanitizer + UBSan (build-asan/)
 #   make tsan    build and test with ThreadSanitizer (build-tsan/)
+#   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
+#                FUZZ_SECONDS (default 60); FUZZ_MERGE=1 adds new inputs to
+#                tests/fuzz/corpus (see tests/fuzz/README.md)
 #   make clean   remove build directories
 
 BUILD_DIR ?= build
@@ -27,29 +30,37 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
 
 # What the browser test needs beyond the build (Node.js only if the machine has none).
 TEST_PACKAGES := chromium
+# libFuzzer: clang 16 is the oldest Debian clang that compiles libstdc++ 12's
+# std::expected (see CMakeLists.txt).
+FUZZ_PACKAGES := clang-16 libclang-rt-16-dev
+FUZZ_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := request_json query ws_message storage_record token
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps build run test bench install asan tsan clean
+.PHONY: deps test-deps fuzz-deps build run test bench install asan tsan fuzz clean
 
-# Installs only what is missing, so repeated runs cost a dpkg query.
+# Installs only the packages of $(1) that are missing, so repeated runs cost a dpkg query.
+define install_missing
+@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+$(2) \
+if [ -n "$$missing" ]; then \
+  echo "installing:" $$missing; \
+  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+fi
+endef
+
 deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call install_missing,$(DEBIAN_PACKAGES))
 
 test-deps: deps
-	@missing=$$(for p in $(TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call install_missing,$(TEST_PACKAGES),command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm";)
 	@[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)
+
+fuzz-deps: deps
+	$(call install_missing,$(FUZZ_PACKAGES))
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
@@ -75,5 +86,11 @@ asan:
 tsan:
 	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp history_size=7" $(MAKE) test BUILD_DIR=build-tsan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_TSAN=ON -DENGRAM_BUILD_BENCH=OFF"
 
+fuzz: fuzz-deps
+	[ -f $(FUZZ_DIR)/CMakeCache.txt ] || CXX=clang++-16 cmake -S . -B $(FUZZ_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DENGRAM_FUZZ=ON -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	FUZZ_MERGE=$(FUZZ_MERGE) tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

@@ -14,6 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/access.hpp"
+#include "gateway/lock_params.hpp"
+#include "gateway/process_metrics.hpp"
 #include "gateway/search_params.hpp"
 #include "model/log_context.hpp"
 #include "model/text.hpp"
@@ -228,20 +230,6 @@ response error_response(const model::error& err) {
 }
 
 // "fence":{"resource":"…","token":N} on a unit or a batch.
-model::status parse_fence(const json& object, std::vector<storage::fence>& out) {
-  auto it = object.find("fence");
-  if (it == object.end() || it->is_null()) return {};
-  if (!it->is_object()) return model::fail(errc::invalid_argument, "fence must be {\"resource\":…,\"token\":N}");
-  auto r = it->find("resource");
-  auto t = it->find("token");
-  if (r == it->end() || !r->is_string() || r->get_ref<const std::string&>().empty())
-    return model::fail(errc::invalid_argument, "fence.resource must be a non-empty string");
-  if (t == it->end() || !t->is_number_unsigned())
-    return model::fail(errc::invalid_argument, "fence.token must be a non-negative integer");
-  out.push_back({r->get<std::string>(), t->get<uint64_t>()});
-  return {};
-}
-
 struct api_handler::impl {
   engine::engine& eng;
   locks::manager* locks = nullptr;
@@ -321,7 +309,8 @@ struct api_handler::impl {
                                  {"bytes", std::to_string(r.body.size()), false},
                                  {"duration_ms", ms, false},
                                  {"agent", record->agent},
-                                 {"ip", record->ip}});
+                                 {"ip", record->ip}},
+                                model::log_scope::outer_fields::hide);  // the request's scope has the id too
         spdlog::info("access");
       }
       respond(std::move(r));
@@ -407,7 +396,9 @@ struct api_handler::impl {
       case route_id::search: return search(req, q, who, std::move(respond));
       case route_id::metrics: {
         response r;
-        r.body = prometheus::TextSerializer().Serialize(registry->Collect());
+        auto families = registry->Collect();
+        for (auto& f : process_metric_families()) families.push_back(std::move(f));
+        r.body = prometheus::TextSerializer().Serialize(families);
         r.content_type = "text/plain; version=0.0.4; charset=utf-8";
         return respond(std::move(r));
       }
@@ -616,14 +607,6 @@ struct api_handler::impl {
   }
 
   // ---- /locks -------------------------------------------------------------------
-  static std::chrono::milliseconds ttl_of(const json& body) {
-    if (auto ms = body.find("ttl_ms"); ms != body.end() && ms->is_number_integer())
-      return std::chrono::milliseconds(ms->get<int64_t>());
-    if (auto s = body.find("ttl_seconds"); s != body.end() && s->is_number())
-      return std::chrono::milliseconds(int64_t(s->get<double>() * 1000));
-    return std::chrono::milliseconds(0);
-  }
-
   // Locks are authorized by the `lock` capability on the resource path (the same
   // pattern language as contexts); a lock's context_id also needs `write` there.
   void handle_locks(const request& req, const matched_route& route, const query_params& q, const caller& who,
@@ -659,15 +642,14 @@ struct api_handler::impl {
         if (!parsed) return respond(error_response(parsed.error()));
         body = std::move(*parsed);
       }
-      std::string agent(req.header("x-agent-id"));
-      if (auto a = body.find("agent_id"); a != body.end() && a->is_string()) agent = a->get<std::string>();
-      if (auto ok = acting_as(who, agent); !ok) return respond(error_response(ok.error()));
-      const auto id = body.find("lock_id");
-      if (id == body.end() || !id->is_string()) return respond(bad_request("lock_id is required"));
-      return locks->renew(*resource, agent, id->get<std::string>(), ttl_of(body), [respond = std::move(respond)](auto r) {
-        if (!r) return respond(error_response(r.error()));
-        respond(json_response(200, json{{"lock", model::to_json(*r)}}));
-      });
+      auto renew = parse_renew_body(body, req.header("x-agent-id"));
+      if (!renew) return respond(error_response(renew.error()));
+      if (auto ok = acting_as(who, renew->agent); !ok) return respond(error_response(ok.error()));
+      return locks->renew(*resource, std::move(renew->agent), std::move(renew->lock_id), renew->ttl,
+                          [respond = std::move(respond)](auto r) {
+                            if (!r) return respond(error_response(r.error()));
+                            respond(json_response(200, json{{"lock", model::to_json(*r)}}));
+                          });
     }
     if (req.method == "GET") {
       auto l = locks->get(*resource);
@@ -690,41 +672,15 @@ struct api_handler::impl {
   void acquire(const request& req, const caller& who, responder respond) {
     auto body = parse_body(req);
     if (!body) return respond(error_response(body.error()));
-    locks::acquire_request ar;
-    ar.agent = std::string(req.header("x-agent-id"));
-    if (auto a = body->find("agent_id"); a != body->end() && !a->is_null()) {
-      if (!a->is_string()) return respond(bad_request("agent_id must be a string"));
-      if (!a->get_ref<const std::string&>().empty()) ar.agent = a->get<std::string>();
-    }
-    const bool multi = body->contains("resource_paths");
-    if (multi) {
-      const auto& list = (*body)["resource_paths"];
-      if (!list.is_array() || list.empty()) return respond(bad_request("resource_paths must be a non-empty array of strings"));
-      for (const auto& r : list) {
-        if (!r.is_string()) return respond(bad_request("resource_paths must be a non-empty array of strings"));
-        ar.resources.push_back(r.get<std::string>());
-      }
-    } else if (auto r = body->find("resource_path"); r != body->end() && r->is_string()) {
-      ar.resources.push_back(r->get<std::string>());
-      if (ar.resources.back().empty()) return respond(bad_request("resource_path is required"));
-    } else {
-      return respond(bad_request("resource_path (a string) or resource_paths (an array) is required"));
-    }
+    auto parsed = parse_acquire_body(*body, req.header("x-agent-id"));
+    if (!parsed) return respond(error_response(parsed.error()));
+    auto& ar = parsed->request;
+    const bool multi = parsed->multi;
     if (auto ok = acting_as(who, ar.agent); !ok) return respond(error_response(ok.error()));
     for (const auto& r : ar.resources)
       if (!who.can(auth::lock, r)) return respond(forbidden("not allowed to lock '" + r + "'"));
-    for (const char* f : {"ttl_seconds", "ttl_ms", "wait_ms"})
-      if (auto v = body->find(f); v != body->end() && !v->is_null() && !v->is_number())
-        return respond(bad_request(std::string(f) + " must be a number"));
-    ar.ttl = ttl_of(*body);
-    if (auto w = body->find("wait_ms"); w != body->end() && w->is_number_integer())
-      ar.wait = std::chrono::milliseconds(std::max<int64_t>(0, w->get<int64_t>()));
-    if (auto c = body->find("context_id"); c != body->end() && !c->is_null()) {
-      if (!c->is_string()) return respond(bad_request("context_id must be a string"));
-      ar.context_id = c->get<std::string>();
-      if (!who.can(auth::write, ar.context_id))
-        return respond(forbidden("not allowed to write to context '" + ar.context_id + "'"));
-    }
+    if (!ar.context_id.empty() && !who.can(auth::write, ar.context_id))
+      return respond(forbidden("not allowed to write to context '" + ar.context_id + "'"));
     locks->acquire(std::move(ar), [respond = std::move(respond), multi](auto r) {
       if (!r) return respond(error_response(r.error()));
       if (!multi) return respond(json_response(200, json{{"lock", model::to_json(r->front())}}));

@@ -2,7 +2,8 @@
 // Fields attached to every log line a thread writes while a log_scope lives (the
 // request id of the request being handled, the fields of an access-log line). The
 // logger's formatter (app::setup_logging) appends them as JSON members or as
-// key=value pairs. Scopes nest; inner fields come after outer ones.
+// key=value pairs. Scopes nest; inner fields come after outer ones, unless the inner
+// scope is complete by itself (it hides the outer fields, so none is written twice).
 
 #include <string>
 #include <string_view>
@@ -18,7 +19,11 @@ struct log_field {
 
 class log_scope {
  public:
-  explicit log_scope(std::vector<log_field> fields) : fields_(std::move(fields)), outer_(top()) { top() = this; }
+  enum class outer_fields { inherit, hide };
+  explicit log_scope(std::vector<log_field> fields, outer_fields outer = outer_fields::inherit)
+      : fields_(std::move(fields)), outer_(top()), inherit_(outer == outer_fields::inherit) {
+    top() = this;
+  }
   ~log_scope() { top() = outer_; }
   log_scope(const log_scope&) = delete;
   log_scope& operator=(const log_scope&) = delete;
@@ -33,7 +38,7 @@ class log_scope {
   template <class F>
   static void visit(const log_scope* s, F& f) {
     if (!s) return;
-    visit(s->outer_, f);
+    if (s->inherit_) visit(s->outer_, f);
     for (const auto& field : s->fields_) f(field);
   }
   static const log_scope*& top() {
@@ -42,6 +47,7 @@ class log_scope {
   }
   std::vector<log_field> fields_;
   const log_scope* outer_;
+  bool inherit_;
 };
 
 }  // namespace engram::model

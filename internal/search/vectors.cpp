@@ -1,6 +1,18 @@
 #include "search/vectors.hpp"
 
+// hnswlib's SSE path prefetches through *(datal + j + 1), one element past the end
+// of a neighbour list (nmslib/hnswlib issues #107 and #578, fix PR #459 still open):
+// a read of up to 4 bytes past a malloc'd block, only used as a prefetch address.
+// ASan reports it, so sanitizer builds take hnswlib's portable path, as hnswlib's
+// own sanitizer tests do (PR #628). Release builds keep the prefetches.
+#ifdef ENGRAM_HNSW_PORTABLE
+#pragma push_macro("__SSE__")
+#undef __SSE__
 #include <hnswlib/hnswlib.h>
+#pragma pop_macro("__SSE__")
+#else
+#include <hnswlib/hnswlib.h>
+#endif
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>

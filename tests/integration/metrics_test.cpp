@@ -91,7 +91,8 @@ TEST(MetricsTest, ExpositionIsValidAndCoversEveryModule) {
     SCOPED_TRACE(name);
     EXPECT_FALSE(f.type.empty()) << "no TYPE";
     EXPECT_FALSE(f.help.empty()) << "no HELP";
-    EXPECT_TRUE(name.starts_with("engram_")) << "not in the engram_ namespace";
+    // Ours are engram_*; process_* are the standard process metrics.
+    EXPECT_TRUE(name.starts_with("engram_") || name.starts_with("process_")) << "not in a known namespace";
     EXPECT_TRUE(std::regex_match(name, std::regex("[a-z][a-z0-9_]*"))) << "snake_case";
     // Conventions: counters end in _total and nothing else does; durations are
     // in seconds, never milliseconds.
@@ -116,8 +117,7 @@ TEST(MetricsTest, ExpositionIsValidAndCoversEveryModule) {
         EXPECT_EQ(values.back(), counts[labels]) << labels;
       }
     }
-    const auto second = name.find('_', 7);
-    modules.insert(name.substr(7, second - 7));
+    if (name.starts_with("engram_")) modules.insert(name.substr(7, name.find('_', 7) - 7));
   }
   for (const char* m : {"http", "storage", "router", "stream", "locks", "search"})
     EXPECT_TRUE(modules.count(m)) << "no metrics from " << m;
@@ -138,6 +138,20 @@ TEST(MetricsTest, ExpositionIsValidAndCoversEveryModule) {
   EXPECT_GE(value("engram_http_requests_total",
                   "engram_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}"),
             1);
+
+  // The process metrics are this server's (the test runs it in-process).
+  const double rss = value("process_resident_memory_bytes", "process_resident_memory_bytes");
+  EXPECT_GT(rss, 1e6);
+  EXPECT_LT(rss, 64e9);
+  EXPECT_GE(value("process_open_fds", "process_open_fds"), 3);
+  EXPECT_GT(value("process_max_fds", "process_max_fds"), value("process_open_fds", "process_open_fds"));
+  EXPECT_GT(value("process_threads", "process_threads"), 1);
+  EXPECT_GT(value("process_cpu_seconds_total", "process_cpu_seconds_total"), 0);
+  const double started = value("process_start_time_seconds", "process_start_time_seconds");
+  const double now = double(std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch()).count());
+  EXPECT_GT(started, now - 24 * 3600);  // the test process started today
+  EXPECT_LE(started, now + 1);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "model/codec.hpp"
 #include "model/ids.hpp"
+#include "model/log_context.hpp"
 #include "model/text.hpp"
 
 namespace engram::model {
@@ -223,6 +224,26 @@ TEST(Codec, TimestampsKeepNanosNonNegative) {
   EXPECT_EQ(timestamp_json(-1)["seconds"], -1);
   EXPECT_EQ(timestamp_json(-1)["nanos"], 999'999'999);
   EXPECT_EQ(timestamp_json(1'500'000'000)["seconds"], 1);
+}
+
+TEST(LogScope, NestsAndAnInnerCompleteScopeHidesTheOuterFields) {
+  auto keys = [] {
+    std::string out;
+    log_scope::for_each([&](const log_field& f) { out += std::string(f.key) + "=" + f.value + " "; });
+    return out;
+  };
+  EXPECT_EQ(keys(), "");
+  log_scope request({{"request_id", std::string("r1")}});
+  {
+    log_scope inner({{"step", std::string("2")}});
+    EXPECT_EQ(keys(), "request_id=r1 step=2 ");
+  }
+  {
+    // An access-log line carries its own request_id: written once, not twice.
+    log_scope access({{"request_id", "r1"}, {"status", "200", false}}, log_scope::outer_fields::hide);
+    EXPECT_EQ(keys(), "request_id=r1 status=200 ");
+  }
+  EXPECT_EQ(keys(), "request_id=r1 ");
 }
 
 }  // namespace
