@@ -110,8 +110,11 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   void subscribe(engine::stream_request sub) {
     if (stream_) stream_->close();
     stream_.reset();
+    // An event of the old subscription may still be being written; its completion
+    // must not advance the new subscription's batch.
     batch_.clear();
     batch_pos_ = 0;
+    ++subscription_;
     std::weak_ptr<ws_session> weak = this->shared_from_this();
     auto opened = srv_->eng->open_stream(std::move(sub), [weak, exec = ws_.get_executor()] {
       net::post(exec, [weak] {
@@ -164,13 +167,14 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     writing_ = true;
     write_started_ = steady::now();
     const auto& ev = batch_[batch_pos_];
-    ws_.async_write(net::buffer(ev->json), [self = shared_from_this(), ev](beast::error_code ec, size_t) {
+    ws_.async_write(net::buffer(ev->json), [self = shared_from_this(), ev, sub = subscription_](beast::error_code ec,
+                                                                                                   size_t) {
       self->writing_ = false;
       if (ec) return;
       if (self->close_deferred_) return self->do_close();
       observe_latency(self->srv_->streams.publish_to_write, ev);
       if (self->srv_->streams.ws_delivered) self->srv_->streams.ws_delivered->Increment();
-      ++self->batch_pos_;
+      if (sub == self->subscription_) ++self->batch_pos_;
       self->pump();
     });
   }
@@ -264,6 +268,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   std::deque<std::string> control_;
   std::vector<router::event_ptr> batch_;
   size_t batch_pos_ = 0;
+  uint64_t subscription_ = 0;  // bumped by each subscribe(): which batch_ a write belongs to
   bool writing_ = false;
   bool closing_ = false;
   bool counted_ = false;

@@ -234,6 +234,35 @@ TEST_F(StreamTest, WebSocketClientMessages) {
   EXPECT_EQ(seqs(units), range(1, 2));
 }
 
+// Regression (found by bench/soak.sh): a subscribe message that arrived while an
+// event of the previous subscription was being written made that write's completion
+// advance the new, empty batch, and the next write read past it (a crash).
+TEST_F(StreamTest, ResubscribingWhileAReplayIsBeingWrittenSwitchesCleanly) {
+  start();
+  for (int b = 0; b < 4; ++b) append_batch(*http_, "big", 1000, std::string(200, 'x'));
+  append("small", "s1");
+  for (int round = 0; round < 10; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    ws_sub sub(port(), "/stream?context=big&since=0");
+    ASSERT_TRUE(sub.next());  // connected
+    // The client reads nothing more yet, so the 800 KB replay fills the socket and
+    // a write is in flight when the new subscription arrives.
+    ASSERT_TRUE(sub.raw().send(R"({"type":"subscribe","contexts":["small"],"since":0})"));
+    bool switched = false;
+    std::optional<json> unit;
+    while (!unit) {
+      auto m = sub.next();
+      ASSERT_TRUE(m) << "the stream ended";
+      const auto type = m->value("type", json());
+      if (type == "subscribe_ack" && (*m)["contexts"][0]["context_id"] == "small") switched = true;
+      else if (switched && type.is_number_integer()) unit = m;
+    }
+    EXPECT_EQ((*unit)["context_id"], "small");  // nothing of the old stream after the ack
+    EXPECT_EQ((*unit)["seq"], 1);
+  }
+  EXPECT_EQ(call(*http_, "GET", "/healthz").status, 200u);
+}
+
 TEST_F(StreamTest, PatternsMatchLaterContextsAndContextUpdates) {
   start();
   append("proj/existing", "e1");
