@@ -5,7 +5,11 @@
 # server it started.
 #
 #   bench/soak.sh [build-dir]                 SOAK_SECONDS=300 (default)
-#   SOAK_ARGS="--writers 8 --subscribers 8" bench/soak.sh build
+#   SOAK_ARGS="--writers 8 --write-rate 0" bench/soak.sh build   (engram-soak --help)
+#   SOAK_SET="storage.block_cache_mb=256" bench/soak.sh build     (server settings)
+#
+# The server runs with small caches (32 MiB block cache, 8 MiB write buffers) so
+# that they fill during warm-up and RSS after it shows growth that is not a cache.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -20,8 +24,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+SET=()
+for kv in ${SOAK_SET:-storage.block_cache_mb=32 storage.write_buffer_mb=8}; do SET+=(--set "$kv"); done
 # The access log is on, as in the default configuration; it goes to a file.
-"$BIN/engram" --addr 127.0.0.1:0 --data-dir "$WORK/data" --durability sync --log-level info 2>"$WORK/server.log" &
+"$BIN/engram" --addr 127.0.0.1:0 --data-dir "$WORK/data" --durability sync --log-level info "${SET[@]}" \
+  2>"$WORK/server.log" &
 PID=$!
 PORT=""
 for _ in $(seq 1 600); do
@@ -32,7 +39,7 @@ for _ in $(seq 1 600); do
 done
 [ -n "$PORT" ] || { echo "server did not become ready" >&2; cat "$WORK/server.log" >&2; exit 1; }
 
-echo "# engram soak — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "# engram soak — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), server: ${SET[*]}"
 status=0
 # shellcheck disable=SC2086
 "$BIN/engram-soak" --port "$PORT" --seconds "$SECS" ${SOAK_ARGS:-} || status=$?

@@ -43,7 +43,7 @@ result<int> enum_from_json(const json& value, std::string_view field,
     return fail(errc::invalid_argument,
                 std::string(field) + " must be an integer or a type name");
   }
-  std::string msg = std::string(field) + " " + value.dump() + " is unknown; expected 0-" +
+  std::string msg = std::string(field) + " " + dump(value) + " is unknown; expected 0-" +
                     std::to_string(N - 1) + " or one of";
   for (auto n : names) (msg += ' ') += n;
   return fail(errc::invalid_argument, std::move(msg));

@@ -135,6 +135,8 @@ struct metrics_set {
   prometheus::Histogram* group_units = nullptr;
   prometheus::Histogram* write_seconds = nullptr;
   prometheus::Gauge* queue_depth = nullptr;
+  prometheus::Gauge* memtable_bytes = nullptr;
+  prometheus::Gauge* block_cache_bytes = nullptr;
 
   explicit metrics_set(prometheus::Registry* r) {
     if (!r) return;
@@ -159,6 +161,13 @@ struct metrics_set {
                                                               0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5});
     queue_depth = &BuildGauge().Name("engram_storage_commit_queue_depth")
                        .Help("Write requests waiting for the committer").Register(*r).Add({});
+    // RocksDB's own memory, so RSS can be read net of it (bounded by write_buffer_mb
+    // and block_cache_mb); refreshed by the committer at most once a second.
+    memtable_bytes = &BuildGauge().Name("engram_storage_memtable_bytes")
+                          .Help("Bytes in RocksDB memtables, active and waiting to be flushed").Register(*r).Add({});
+    block_cache_bytes = &BuildGauge().Name("engram_storage_block_cache_bytes")
+                             .Help("Bytes in the RocksDB block cache (data, index and filter blocks)")
+                             .Register(*r).Add({});
   }
 };
 
@@ -216,6 +225,8 @@ struct store::impl {
   std::unordered_map<std::string, uint32_t> model_dims;  // embedding model → dimension
   uint64_t next_vseq = 1;
   steady::time_point last_sync = steady::now();
+  steady::time_point last_memory_report;
+  std::shared_ptr<rocksdb::Cache> block_cache;
   bool unsynced = false;
 
   impl(const options& o, prometheus::Registry* r) : opts(o), metrics(r) {}
@@ -275,8 +286,18 @@ struct store::impl {
       if (!group.empty()) commit_group(group);
       group.clear();
       maybe_sync_wal(false);
+      report_memory();
     }
     maybe_sync_wal(true);
+  }
+
+  void report_memory() {
+    if (!metrics.memtable_bytes || steady::now() - last_memory_report < std::chrono::seconds(1)) return;
+    last_memory_report = steady::now();
+    uint64_t memtables = 0;
+    if (db->GetAggregatedIntProperty(rocksdb::DB::Properties::kSizeAllMemTables, &memtables))
+      metrics.memtable_bytes->Set(double(memtables));
+    if (block_cache) metrics.block_cache_bytes->Set(double(block_cache->GetUsage()));
   }
 
   // Relaxed mode: fsync the WAL once the interval has passed since the last sync.
@@ -669,6 +690,7 @@ struct store::impl {
     dbo.enable_pipelined_write = false;
 
     auto cache = rocksdb::NewLRUCache(opts.block_cache_bytes);
+    block_cache = cache;
     auto cf_options = [&](bool point_lookups) {
       rocksdb::ColumnFamilyOptions o;
       o.OptimizeLevelStyleCompaction(opts.write_buffer_bytes * 2);

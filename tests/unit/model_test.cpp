@@ -226,6 +226,14 @@ TEST(Codec, TimestampsKeepNanosNonNegative) {
   EXPECT_EQ(timestamp_json(1'500'000'000)["seconds"], 1);
 }
 
+// Found by fuzz_query: GET /search?type=%BB answered 500 (dumping the bad name threw).
+TEST(Codec, UnknownEnumNamesWithInvalidUtf8AreA400) {
+  auto r = unit_type_from_json(json(std::string("\xBB")), "type");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, errc::invalid_argument);
+  EXPECT_TRUE(r.error().message.starts_with("type \"")) << r.error().message;
+}
+
 TEST(LogScope, NestsAndAnInnerCompleteScopeHidesTheOuterFields) {
   auto keys = [] {
     std::string out;
