@@ -8,6 +8,7 @@
 #include <xapian.h>
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -212,6 +213,12 @@ struct index::impl {
   std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
   std::atomic<uint64_t> documents{0};
   std::atomic<size_t> sealed_count{0};  // recent shards waiting to be merged
+  // Queries that lost their revision to index commits more than once. While any
+  // is retrying, the indexer holds its commits (up to max_commit_hold): a reader
+  // survives one commit, not two, so under a steady write load a query slower than
+  // two commit intervals would otherwise never finish (seen in the soak test).
+  std::atomic<int> starved_queries{0};
+  static constexpr auto max_commit_hold = std::chrono::seconds(1);
   std::atomic<index_state> state{index_state::catching_up};
 
   // ---- queries ----
@@ -462,6 +469,10 @@ struct index::impl {
       src->retired = true;
       spdlog::info("search: merged {} units of {} into the base in {:.1f} s", in.get_doccount(), src->dir,
                     std::chrono::duration<double>(steady::now() - t0).count());
+      // Xapian holds the whole transaction in memory (tens of MiB per merge). It is
+      // freed now, but glibc keeps freed memory in this thread's arena; give it back,
+      // or RSS steps up at every merge (bench/README.md "Soak").
+      ::malloc_trim(0);
     } catch (const Xapian::Error& e) {
       merge_error = describe(e);
     } catch (const std::exception& e) {
@@ -591,12 +602,13 @@ struct index::impl {
         // no writes arrive.
         auto has_work = [&] { return stopping || !pending.empty() || merge_done; };
         if (uncommitted_events == 0) cv.wait(lock, has_work);
-        else cv.wait_until(lock, last_commit + opts.commit_interval, has_work);
+        else cv.wait_until(lock, last_commit + (starved_queries > 0 ? max_commit_hold : opts.commit_interval), has_work);
         if (stopping) break;
         work.swap(pending);
       }
       const bool read_error = !work.empty() && !index_some(work);
-      if (uncommitted_events > 0 &&
+      const bool held = starved_queries > 0 && steady::now() < last_commit + max_commit_hold;
+      if (uncommitted_events > 0 && !held &&
           (steady::now() >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units))
         commit();  // manages the tiers too
       else if (merge_done)
@@ -1008,6 +1020,8 @@ struct index::impl {
     }
     auto p = resolve(q);
     if (!p) return std::unexpected(p.error());
+    // Set after the second lost revision: holds index commits until this query ends.
+    std::unique_ptr<std::atomic<int>, void (*)(std::atomic<int>*)> hold(nullptr, [](std::atomic<int>* n) { --*n; });
     for (int attempt = 0;; ++attempt) {
       std::optional<reader> r;
       try {
@@ -1016,8 +1030,13 @@ struct index::impl {
         release_reader(std::move(*r));
         return out;
       } catch (const Xapian::DatabaseModifiedError& e) {
-        // The writer moved on twice during this query: retry on the newest revision.
-        if (attempt < 3) continue;
+        // The writer moved on twice during this query: retry on the newest revision,
+        // from the second time with the indexer's commits held.
+        if (attempt >= 1 && !hold) {
+          ++starved_queries;
+          hold.reset(&starved_queries);
+        }
+        if (attempt < 4) continue;
         return fail(errc::unavailable, "search index busy: " + e.get_msg());
       } catch (const Xapian::QueryParserError& e) {
         release_reader(std::move(*r));

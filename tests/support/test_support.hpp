@@ -40,6 +40,14 @@ class temp_dir {
   std::filesystem::path path_;
 };
 
+// Sanitizer builds (make asan / make tsan) are Debug builds and run vector maths
+// without SIMD (search/vectors.cpp); the few CPU-bound tests shrink their data there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool sanitized_build = true;
+#else
+inline constexpr bool sanitized_build = false;
+#endif
+
 // Polls `cond` until it holds or the deadline passes (no sleeps as synchronisation).
 inline bool wait_until(const std::function<bool()>& cond,
                        std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
