@@ -38,7 +38,10 @@ struct vector_options {
   size_t m = 32;                 // graph degree (hnswlib M)
   size_t ef_construction = 200;  // candidate list while inserting
   size_t ef_search = 640;        // candidate list while searching (at least k)
-  size_t insert_threads = 2;     // parallel inserts while catching up
+  // Threads that insert while catching up. 1 by default: hnswlib's parallel insert
+  // races on its level generator and takes node locks in inconsistent order (TSan:
+  // a data race and a lock-order inversion inside hnswlib), so more is opt-in.
+  size_t insert_threads = 1;
 };
 
 struct neighbour {

@@ -564,7 +564,7 @@ TEST(VectorCrashTest, Sigkill_WithVectorsInFlight_KeepsEveryAcknowledgedVector) 
       if (!r || r->status != 200) return false;
       auto s = json::parse(r->body)["search"];
       return s["vectors"]["lag"] == 0 && s["embedder"]["backlog"] == 0 && s["vectors"]["count"] >= expected;
-    }, std::chrono::seconds(120))) << proc.log_text().substr(0, 2000);
+    }, std::chrono::seconds(sanitized_build ? 600 : 120))) << proc.log_text().substr(0, 2000);
     for (const auto& [id, v] : client_vectors) {
       auto r = c.request("GET", "/workunit/" + id + "?include=embedding");
       ASSERT_TRUE(r && r->status == 200);
@@ -610,7 +610,9 @@ TEST(VectorCrashTest, Sigkill_WithVectorsInFlight_KeepsEveryAcknowledgedVector) 
     proc.start();
     verify(false);
     if (::testing::Test::HasFatalFailure()) return;
-    const size_t target = acked + 200;
+    // Sanitizer builds write a tenth: their graphs then stay within hnswlib's first
+    // allocation (see tests/tsan.supp) and catching up fits the waits.
+    const size_t target = acked + (sanitized_build ? 20 : 200);
     std::vector<std::thread> writers;
     for (int w = 0; w < 3; ++w) writers.emplace_back(writer, proc.port(), round, w);
     ASSERT_TRUE(wait_until([&] { return acked >= target; }, std::chrono::seconds(120)));
@@ -619,8 +621,8 @@ TEST(VectorCrashTest, Sigkill_WithVectorsInFlight_KeepsEveryAcknowledgedVector) 
   }
   proc.start();
   verify(true);
-  EXPECT_GE(client_vectors.size(), 4000u);
-  EXPECT_GE(text_units.size(), 2000u);
+  EXPECT_GE(client_vectors.size(), sanitized_build ? 200u : 4000u);
+  EXPECT_GE(text_units.size(), sanitized_build ? 100u : 2000u);
 }
 
 }  // namespace
