@@ -413,7 +413,7 @@ TEST_P(SearchCrashTest, Sigkill_DuringHeavyIndexing_EveryAcknowledgedUnitSearcha
       // No merge pending either: a merge renumbers documents, and pages read by
       // offset across one may overlap or skip.
       return s["state"] == "ready" && s["lag"] == 0 && s["pending_merges"] == 0;
-    }, std::chrono::seconds(120)));
+    }, std::chrono::seconds(sanitized_build ? 600 : 120)));
     std::set<std::string> stored;
     for (int w = 0; w < 4; ++w) {
       const std::string ctx = "idx/" + std::to_string(w);
