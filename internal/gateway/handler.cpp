@@ -229,7 +229,6 @@ response error_response(const model::error& err) {
   return r;
 }
 
-// "fence":{"resource":"…","token":N} on a unit or a batch.
 struct api_handler::impl {
   engine::engine& eng;
   locks::manager* locks = nullptr;
