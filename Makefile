@@ -3,11 +3,13 @@
 #   make deps    install build dependencies from Debian's packages (as root, non-interactive)
 #   make test-deps  also what the tests need: chromium, Node.js, playwright-core (npm ci)
 #   make build   configure and build everything (build/)
-#   make run     build and start the server on ./data (config: config.example.yaml)
+#   make run     build the server and engramctl only, and start the server on ./data
+#                (config: config.example.yaml)
 #   make test    build and run every test through CTest
 #   make bench   build the load tool and run the benchmarks (see bench/README.md)
 #   make install install engram, engramctl, the C++ SDK, the config example and a
-#                systemd unit under PREFIX (default /usr/local; DESTDIR for staging)
+#                systemd unit under PREFIX (default /usr/local; DESTDIR for staging);
+#                binaries are installed stripped (the build keeps its debug info for perf)
 #   make asan    build and test with AddressSanitizer + UBSan (build-asan/)
 #   make tsan    build and test with ThreadSanitizer (build-tsan/)
 #   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
@@ -68,7 +70,8 @@ $(BUILD_DIR)/CMakeCache.txt:
 build: deps $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-run: build
+run: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target engram engramctl
 	$(BUILD_DIR)/bin/engram --config config.example.yaml
 
 test: test-deps build
@@ -78,7 +81,7 @@ bench: build
 	bench/run.sh $(BUILD_DIR)
 
 install: build
-	DESTDIR=$(DESTDIR) cmake --install $(BUILD_DIR) --prefix $(PREFIX)
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD_DIR) --prefix $(PREFIX) --strip
 
 asan:
 	$(MAKE) test BUILD_DIR=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DENGRAM_ASAN=ON -DENGRAM_BUILD_BENCH=OFF"

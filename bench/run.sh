@@ -2,7 +2,7 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read streams locks search vectors sdk micro
+#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams locks search vectors sdk micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
@@ -11,7 +11,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read streams locks search vectors sdk micro}
+SECTIONS=${*:-write read isolation streams locks search vectors sdk micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -74,6 +74,23 @@ for c in 1 16; do
 done
 stop_server
 echo "  data dir size: $(du -sh "$WORK/read" | cut -f1)"
+fi
+
+if has isolation; then
+# Storage reads run on the read pool, not on I/O threads (DESIGN.md §3): with one
+# I/O thread, 1000-unit pages must not stall a writer's requests on that thread.
+echo "## 1-connection POST /workunit alone, then beside GET /workunits/{ctx}?limit=1000 on 4 connections (server.threads=1, ${SECS}s each)"
+start_server sync "$WORK/isolation" --set server.threads=1
+"$BIN/engram-load" seed --port "$PORT" --connections 2 --units 20000 --target-units 20000 \
+  --context bench/pages --payload-bytes 300
+"$BIN/engram-load" write --port "$PORT" --connections 1 --seconds "$SECS" --payload-bytes 300 --label alone
+"$BIN/engram-load" read --port "$PORT" --connections 4 --seconds "$SECS" --context bench/pages --limit 1000 \
+  --label pages >"$WORK/pages.txt" &
+PAGES=$!
+"$BIN/engram-load" write --port "$PORT" --connections 1 --seconds "$SECS" --payload-bytes 300 --label beside-pages
+wait "$PAGES"
+cat "$WORK/pages.txt"
+stop_server
 fi
 
 if has streams; then

@@ -1,35 +1,31 @@
 #include "codec.hpp"
 
-#include <array>
-#include <cctype>
 #include <charconv>
 #include <cstdio>
-#include <cstring>
 #include <random>
+
+#include "wire/enums.hpp"
+#include "wire/timestamp.hpp"
 
 namespace engram::client {
 
-namespace {
-
-constexpr std::array<std::string_view, 9> unit_type_names = {
-    "UNKNOWN", "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE", "TASK_STATUS", "ERROR", "SYSTEM"};
-
-}  // namespace
+// The SDK's enums mirror the wire's name tables (api/wire/enums.hpp), which the
+// server checks against engram.proto.
+static_assert(size_t(unit_type::system) + 1 == wire::unit_type_names.size());
+static_assert(size_t(relationship_type::replaces) + 1 == wire::relationship_type_names.size());
 
 std::string to_string(unit_type t) {
   const auto n = static_cast<int>(t);
-  if (n >= 0 && size_t(n) < unit_type_names.size()) return std::string(unit_type_names[size_t(n)]);
+  if (auto name = wire::enum_name(wire::unit_type_names, n); !name.empty()) return std::string(name);
   return std::to_string(n);
 }
 
 std::optional<unit_type> parse_unit_type(std::string_view s) {
   int n = 0;
   if (auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n); ec == std::errc() && p == s.data() + s.size())
-    return n >= 0 && size_t(n) < unit_type_names.size() ? std::optional(unit_type(n)) : std::nullopt;
-  std::string upper(s);
-  for (auto& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
-  for (size_t i = 0; i < unit_type_names.size(); ++i)
-    if (unit_type_names[i] == upper) return unit_type(i);
+    return n >= 0 && size_t(n) < wire::unit_type_names.size() ? std::optional(unit_type(n)) : std::nullopt;
+  // No protobuf prefix: the SDK has always taken the short names only.
+  if (auto v = wire::enum_from_name(wire::unit_type_names, s)) return unit_type(*v);
   return std::nullopt;
 }
 
@@ -45,8 +41,6 @@ std::string error::describe() const {
 
 namespace codec {
 namespace {
-
-constexpr char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 error protocol(std::string message, unsigned status = 0) {
   return error{error::kind::protocol, status, std::move(message), {}};
@@ -145,15 +139,7 @@ class reader {
   std::optional<std::string> bad_;
 };
 
-json ts_json(timestamp t) {
-  const auto ns = t.time_since_epoch().count();
-  int64_t seconds = ns / 1'000'000'000, nanos = ns % 1'000'000'000;
-  if (nanos < 0) {
-    nanos += 1'000'000'000;
-    --seconds;
-  }
-  return json{{"seconds", seconds}, {"nanos", nanos}};
-}
+json ts_json(timestamp t) { return wire::timestamp_json(t.time_since_epoch().count()); }
 
 json map_json(const string_map& m) {
   json out = json::object();
@@ -172,53 +158,6 @@ json relationships_json(const std::vector<relationship>& rels) {
 }
 
 }  // namespace
-
-std::string base64_encode(std::string_view bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v = uint32_t(uint8_t(bytes[i])) << 16 | uint32_t(uint8_t(bytes[i + 1])) << 8 | uint8_t(bytes[i + 2]);
-    for (int shift : {18, 12, 6, 0}) out.push_back(b64_chars[(v >> shift) & 63]);
-  }
-  if (const size_t rest = bytes.size() - i; rest > 0) {
-    uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
-    if (rest == 2) v |= uint32_t(uint8_t(bytes[i + 1])) << 8;
-    out.push_back(b64_chars[(v >> 18) & 63]);
-    out.push_back(b64_chars[(v >> 12) & 63]);
-    out.push_back(rest == 2 ? b64_chars[(v >> 6) & 63] : '=');
-    out.push_back('=');
-  }
-  return out;
-}
-
-std::optional<std::string> base64_decode(std::string_view text) {
-  if (text.size() % 4 != 0) return std::nullopt;
-  std::string out;
-  out.reserve(text.size() / 4 * 3);
-  for (size_t i = 0; i < text.size(); i += 4) {
-    uint32_t v = 0;
-    int pad = 0;
-    for (size_t k = 0; k < 4; ++k) {
-      const char c = text[i + k];
-      uint32_t d = 0;
-      if (c == '=' && i + 4 == text.size() && k >= 2) {
-        ++pad;
-      } else if (pad > 0) {
-        return std::nullopt;  // data after padding
-      } else if (const char* p = std::strchr(b64_chars, c); p && c != '\0') {
-        d = uint32_t(p - b64_chars);
-      } else {
-        return std::nullopt;
-      }
-      v = v << 6 | d;
-    }
-    out.push_back(char(v >> 16));
-    if (pad < 2) out.push_back(char(v >> 8 & 0xff));
-    if (pad < 1) out.push_back(char(v & 0xff));
-  }
-  return out;
-}
 
 std::string random_key() {
   thread_local std::mt19937_64 rng{std::random_device{}()};

@@ -12,16 +12,16 @@
 
 #include "engram/error.hpp"
 #include "engram/types.hpp"
+#include "wire/base64.hpp"
 
 namespace engram::client::codec {
 
 using json = nlohmann::json;
 
-// Standard base64 (RFC 4648 §4, padded). Hand-written: Beast's is in a detail
-// namespace, and OpenSSL's EVP_EncodeBlock would make every SDK user link libcrypto
-// for 40 lines of code.
-std::string base64_encode(std::string_view bytes);
-std::optional<std::string> base64_decode(std::string_view text);
+// Standard base64 (RFC 4648 §4, padded): the server's own encoder and strict decoder
+// (api/wire), so payloads cannot be read differently on the two sides.
+using wire::base64_decode;
+using wire::base64_encode;
 
 // A 36-character random (v4) UUID, for idempotency keys.
 std::string random_key();

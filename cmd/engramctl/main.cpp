@@ -11,6 +11,7 @@
 #include <sstream>
 #include <iterator>
 #include <map>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -109,66 +110,71 @@ std::expected<std::string, std::string> read_secret(const std::string& file) {
   return secret;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"engramctl: append to, read, follow, lock and search an Engram server"};
-  app.require_subcommand(1);
-  app.fallthrough();  // global options may follow the command
-  std::string server = "http://127.0.0.1:8080", agent = default_agent();
+// What every command shares: the global flags and the action the chosen command
+// sets from its parse callback. Lives in main; the callbacks hold a reference.
+struct globals {
+  std::string server = "http://127.0.0.1:8080", agent = default_agent(), token;
   bool json = false;
   int64_t timeout_ms = 30'000;
-  app.add_option("--server", server, "Server URL")->envname("ENGRAM_SERVER")->capture_default_str();
-  std::string token;
-  auto* agent_opt = app.add_option("--agent", agent, "Agent id to act as (default: $ENGRAM_AGENT, else $USER; "
-                                                     "with a token: the token's subject)");
-  app.add_option("--token", token, "Bearer token for a server with auth enabled (prefer $ENGRAM_TOKEN: "
-                                   "arguments are visible to other users)")
-      ->envname("ENGRAM_TOKEN");
-  app.add_flag("--json", json, "Print the server's JSON (one object per line for listings)");
-  app.add_option("--timeout", timeout_ms, "Per-request timeout (e.g. 5s)")->transform(duration());
-
+  CLI::Option* agent_opt = nullptr;
+  bool local_only = false;  // the command never talks to a server (token issue)
   std::function<int(ec::client&)> run;
+};
 
-  // put ------------------------------------------------------------------------------
+// Each add_* below registers one command's options and its action. The options write
+// into a heap struct that the command's callbacks own, so it outlives the function.
+
+void add_global_options(CLI::App& app, globals& g) {
+  app.add_option("--server", g.server, "Server URL")->envname("ENGRAM_SERVER")->capture_default_str();
+  g.agent_opt = app.add_option("--agent", g.agent, "Agent id to act as (default: $ENGRAM_AGENT, else $USER; "
+                                                   "with a token: the token's subject)");
+  app.add_option("--token", g.token, "Bearer token for a server with auth enabled (prefer $ENGRAM_TOKEN: "
+                                     "arguments are visible to other users)")
+      ->envname("ENGRAM_TOKEN");
+  app.add_flag("--json", g.json, "Print the server's JSON (one object per line for listings)");
+  app.add_option("--timeout", g.timeout_ms, "Per-request timeout (e.g. 5s)")->transform(duration());
+}
+
+void add_put(CLI::App& app, globals& g) {
   auto* put = app.add_subcommand("put", "Append a work unit (text from the argument, or stdin)");
-  struct {
+  struct args {
     std::string context, text, type = "MESSAGE", key;
     std::vector<std::string> meta;
-    bool have_text = false;
-  } put_args;
-  put->add_option("context", put_args.context, "Context id")->required();
-  put->add_option("text", put_args.text, "Text payload (default: read stdin)");
-  put->add_option("--type", put_args.type, "Unit type")->check(unit_type_name)->capture_default_str();
-  put->add_option("--meta", put_args.meta, "Metadata key=value (repeatable)")->check(key_value);
-  put->add_option("--idempotency-key", put_args.key, "Key that makes retries of this put commit once");
-  put->callback([&] {
-    put_args.have_text = put->count("text") > 0;
-    run = [&](ec::client& c) {
+  };
+  auto a = std::make_shared<args>();
+  put->add_option("context", a->context, "Context id")->required();
+  put->add_option("text", a->text, "Text payload (default: read stdin)");
+  put->add_option("--type", a->type, "Unit type")->check(unit_type_name)->capture_default_str();
+  put->add_option("--meta", a->meta, "Metadata key=value (repeatable)")->check(key_value);
+  put->add_option("--idempotency-key", a->key, "Key that makes retries of this put commit once");
+  put->callback([put, a, &g] {
+    const bool have_text = put->count("text") > 0;
+    g.run = [a, have_text, &g](ec::client& c) {
       ec::unit_input u;
-      u.context_id = put_args.context;
-      u.type = *ec::parse_unit_type(put_args.type);
-      u.meta = pairs(put_args.meta);
-      u.payload = put_args.have_text ? put_args.text
-                                     : std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-      auto r = c.append(u, {.idempotency_key = put_args.key});
+      u.context_id = a->context;
+      u.type = *ec::parse_unit_type(a->type);
+      u.meta = pairs(a->meta);
+      u.payload = have_text ? a->text
+                            : std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+      auto r = c.append(u, {.idempotency_key = a->key});
       if (!r) return report(r.error());
-      if (json) print_unit(std::cout, *r, true);
+      if (g.json) print_unit(std::cout, *r, true);
       else std::cout << r->context_id << " #" << r->seq << "  " << r->id << "\n";
       return exit_ok;
     };
   });
+}
 
-  // get ------------------------------------------------------------------------------
+void add_get(CLI::App& app, globals& g) {
   auto* get = app.add_subcommand("get", "Show one work unit");
-  std::string get_id;
-  get->add_option("id", get_id, "Work unit id")->required();
-  get->callback([&] {
-    run = [&](ec::client& c) {
-      auto r = c.get_unit(get_id);
+  auto id = std::make_shared<std::string>();
+  get->add_option("id", *id, "Work unit id")->required();
+  get->callback([id, &g] {
+    g.run = [id, &g](ec::client& c) {
+      auto r = c.get_unit(*id);
       if (!r) return report(r.error());
-      print_unit(std::cout, *r, json);
-      if (!json) {
+      print_unit(std::cout, *r, g.json);
+      if (!g.json) {
         std::cout << "  id " << r->id << "\n";
         for (const auto& [k, v] : r->meta) std::cout << "  meta." << k << " = " << v << "\n";
         for (const auto& rel : r->relationships)
@@ -177,296 +183,354 @@ int main(int argc, char** argv) {
       return exit_ok;
     };
   });
+}
 
-  // ls -------------------------------------------------------------------------------
+void add_ls(CLI::App& app, globals& g) {
   auto* ls = app.add_subcommand("ls", "List a context's work units, oldest first");
-  struct {
+  struct args {
     std::string context;
     size_t limit = 100;
     bool reverse = false;
     std::optional<uint64_t> after_seq;
-  } ls_args;
-  ls->add_option("context", ls_args.context, "Context id")->required();
-  ls->add_option("--limit", ls_args.limit, "At most this many units (0: all)")->capture_default_str();
-  ls->add_flag("--reverse", ls_args.reverse, "Newest first");
-  ls->add_option("--after-seq", ls_args.after_seq, "Only units after this seq");
-  ls->callback([&] {
-    run = [&](ec::client& c) {
+  };
+  auto a = std::make_shared<args>();
+  ls->add_option("context", a->context, "Context id")->required();
+  ls->add_option("--limit", a->limit, "At most this many units (0: all)")->capture_default_str();
+  ls->add_flag("--reverse", a->reverse, "Newest first");
+  ls->add_option("--after-seq", a->after_seq, "Only units after this seq");
+  ls->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
       ec::list_options opts;
-      opts.limit = ls_args.limit == 0 ? 1000 : std::min<size_t>(ls_args.limit, 1000);
-      opts.reverse = ls_args.reverse;
-      opts.after_seq = ls_args.after_seq;
+      opts.limit = a->limit == 0 ? 1000 : std::min<size_t>(a->limit, 1000);
+      opts.reverse = a->reverse;
+      opts.after_seq = a->after_seq;
       size_t printed = 0;
-      for (const auto& u : c.units(ls_args.context, opts)) {
+      for (const auto& u : c.units(a->context, opts)) {
         if (!u) return report(u.error());
-        print_unit(std::cout, *u, json);
-        if (++printed == ls_args.limit) break;
+        print_unit(std::cout, *u, g.json);
+        if (++printed == a->limit) break;
       }
       return exit_ok;
     };
   });
+}
 
-  // tail -----------------------------------------------------------------------------
+void add_tail(CLI::App& app, globals& g) {
   auto* tail = app.add_subcommand("tail", "Show the last units of a context; -f follows it (or a pattern) live");
-  struct {
+  struct args {
     std::string target;
     bool follow = false;
     std::optional<uint64_t> since;
     size_t lines = 10;
-  } tail_args;
-  tail->add_option("context", tail_args.target, "Context id, comma-separated ids, or a pattern such as 'project-7/*'")
+  };
+  auto a = std::make_shared<args>();
+  tail->add_option("context", a->target, "Context id, comma-separated ids, or a pattern such as 'project-7/*'")
       ->required();
-  tail->add_flag("-f,--follow", tail_args.follow, "Keep following live; resumes across disconnects and restarts");
-  tail->add_option("--since", tail_args.since, "Start after this seq (0: from the beginning)");
-  tail->add_option("-n,--lines", tail_args.lines, "How many recent units to show first")->capture_default_str();
-  tail->callback([&] {
-    run = [&](ec::client& c) -> int {
+  tail->add_flag("-f,--follow", a->follow, "Keep following live; resumes across disconnects and restarts");
+  tail->add_option("--since", a->since, "Start after this seq (0: from the beginning)");
+  tail->add_option("-n,--lines", a->lines, "How many recent units to show first")->capture_default_str();
+  tail->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) -> int {
       std::vector<std::string> contexts;
-      for (auto s = std::string_view(tail_args.target); !s.empty();) {
+      for (auto s = std::string_view(a->target); !s.empty();) {
         const auto comma = s.find(',');
         if (auto one = s.substr(0, comma); !one.empty()) contexts.emplace_back(one);
         s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
       }
-      std::optional<uint64_t> since = tail_args.since;
-      if (!since && !is_pattern(tail_args.target)) {
+      std::optional<uint64_t> since = a->since;
+      if (!since && !is_pattern(a->target)) {
         // The last n units, oldest first, then (with -f) everything after them.
         ec::list_options opts;
-        opts.limit = std::clamp<size_t>(tail_args.lines, 1, 1000);
+        opts.limit = std::clamp<size_t>(a->lines, 1, 1000);
         opts.reverse = true;
-        auto recent = c.list_units_page(tail_args.target, opts);
+        auto recent = c.list_units_page(a->target, opts);
         if (!recent) return report(recent.error());
         auto& items = recent->items;
-        if (items.size() > tail_args.lines) items.resize(tail_args.lines);
-        for (auto it = items.rbegin(); it != items.rend(); ++it) print_unit(std::cout, *it, json);
+        if (items.size() > a->lines) items.resize(a->lines);
+        for (auto it = items.rbegin(); it != items.rend(); ++it) print_unit(std::cout, *it, g.json);
         std::cout.flush();
-        if (!tail_args.follow) return exit_ok;
-        auto ctx = c.get_context(tail_args.target);
+        if (!a->follow) return exit_ok;
+        auto ctx = c.get_context(a->target);
         if (!ctx && !ctx.error().is_not_found()) return report(ctx.error());
         since = items.empty() ? (ctx ? ctx->head_seq : 0) : items.front().seq;
-      } else if (!tail_args.follow) {
+      } else if (!a->follow) {
         std::cerr << "engramctl: tail of a pattern or several contexts needs -f\n";
         return exit_usage;
       }
-      return follow(c, std::move(contexts), since, json);
+      return follow(c, std::move(contexts), since, g.json);
     };
   });
+}
 
-  // ctx ------------------------------------------------------------------------------
-  auto* ctx = app.add_subcommand("ctx", "Contexts: show, set, ls");
-  ctx->require_subcommand(1);
-  auto* ctx_show = ctx->add_subcommand("show", "Show a context");
-  std::string ctx_id;
-  ctx_show->add_option("id", ctx_id, "Context id")->required();
-  ctx_show->callback([&] {
-    run = [&](ec::client& c) {
-      auto r = c.get_context(ctx_id);
+void add_ctx_show(CLI::App& ctx, globals& g) {
+  auto* show = ctx.add_subcommand("show", "Show a context");
+  auto id = std::make_shared<std::string>();
+  show->add_option("id", *id, "Context id")->required();
+  show->callback([id, &g] {
+    g.run = [id, &g](ec::client& c) {
+      auto r = c.get_context(*id);
       if (!r) return report(r.error());
-      print_context(std::cout, *r, json, true);
+      print_context(std::cout, *r, g.json, true);
       return exit_ok;
     };
   });
-  auto* ctx_set = ctx->add_subcommand("set", "Create or update a context");
-  struct {
+}
+
+void add_ctx_set(CLI::App& ctx, globals& g) {
+  auto* set = ctx.add_subcommand("set", "Create or update a context");
+  struct args {
+    std::string id;
     std::optional<std::string> name;
     std::vector<std::string> add_agents, remove_agents, pin, unpin, meta, unset_meta;
-  } set_args;
-  ctx_set->add_option("id", ctx_id, "Context id")->required();
-  ctx_set->add_option("--name", set_args.name, "Display name");
-  ctx_set->add_option("--add-agent", set_args.add_agents, "Add an agent (repeatable)");
-  ctx_set->add_option("--remove-agent", set_args.remove_agents, "Remove an agent (repeatable)");
-  ctx_set->add_option("--pin", set_args.pin, "Pin a unit id (repeatable)");
-  ctx_set->add_option("--unpin", set_args.unpin, "Unpin a unit id (repeatable)");
-  ctx_set->add_option("--meta", set_args.meta, "Set metadata key=value (repeatable)")->check(key_value);
-  ctx_set->add_option("--unset-meta", set_args.unset_meta, "Delete a metadata key (repeatable)");
-  ctx_set->callback([&] {
-    run = [&](ec::client& c) {
+  };
+  auto a = std::make_shared<args>();
+  set->add_option("id", a->id, "Context id")->required();
+  set->add_option("--name", a->name, "Display name");
+  set->add_option("--add-agent", a->add_agents, "Add an agent (repeatable)");
+  set->add_option("--remove-agent", a->remove_agents, "Remove an agent (repeatable)");
+  set->add_option("--pin", a->pin, "Pin a unit id (repeatable)");
+  set->add_option("--unpin", a->unpin, "Unpin a unit id (repeatable)");
+  set->add_option("--meta", a->meta, "Set metadata key=value (repeatable)")->check(key_value);
+  set->add_option("--unset-meta", a->unset_meta, "Delete a metadata key (repeatable)");
+  set->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
       ec::context_patch p;
-      p.display_name = set_args.name;
-      p.add_agents = set_args.add_agents;
-      p.remove_agents = set_args.remove_agents;
-      p.pin_units = set_args.pin;
-      p.unpin_units = set_args.unpin;
-      for (const auto& [k, v] : pairs(set_args.meta)) p.meta[k] = v;
-      for (const auto& k : set_args.unset_meta) p.meta[k] = std::nullopt;
-      auto r = c.patch_context(ctx_id, p);
+      p.display_name = a->name;
+      p.add_agents = a->add_agents;
+      p.remove_agents = a->remove_agents;
+      p.pin_units = a->pin;
+      p.unpin_units = a->unpin;
+      for (const auto& [k, v] : pairs(a->meta)) p.meta[k] = v;
+      for (const auto& k : a->unset_meta) p.meta[k] = std::nullopt;
+      auto r = c.patch_context(a->id, p);
       if (!r) return report(r.error());
-      print_context(std::cout, *r, json, true);
+      print_context(std::cout, *r, g.json, true);
       return exit_ok;
     };
   });
-  auto* ctx_ls = ctx->add_subcommand("ls", "List contexts in id order");
-  size_t ctx_limit = 100;
-  ctx_ls->add_option("--limit", ctx_limit, "At most this many (0: all)")->capture_default_str();
-  ctx_ls->callback([&] {
-    run = [&](ec::client& c) {
+}
+
+void add_ctx_ls(CLI::App& ctx, globals& g) {
+  auto* ls = ctx.add_subcommand("ls", "List contexts in id order");
+  auto limit = std::make_shared<size_t>(100);
+  ls->add_option("--limit", *limit, "At most this many (0: all)")->capture_default_str();
+  ls->callback([limit, &g] {
+    g.run = [limit, &g](ec::client& c) {
       size_t printed = 0;
-      for (const auto& one : c.contexts(ctx_limit == 0 ? 1000 : std::min<size_t>(ctx_limit, 1000))) {
+      for (const auto& one : c.contexts(*limit == 0 ? 1000 : std::min<size_t>(*limit, 1000))) {
         if (!one) return report(one.error());
-        print_context(std::cout, *one, json, false);
-        if (++printed == ctx_limit) break;
+        print_context(std::cout, *one, g.json, false);
+        if (++printed == *limit) break;
       }
       return exit_ok;
     };
   });
+}
 
-  // lock -----------------------------------------------------------------------------
-  auto* lock = app.add_subcommand("lock", "Leases: acquire, renew, release, show, ls");
-  lock->require_subcommand(1);
-  struct {
+void add_ctx(CLI::App& app, globals& g) {
+  auto* ctx = app.add_subcommand("ctx", "Contexts: show, set, ls");
+  ctx->require_subcommand(1);
+  add_ctx_show(*ctx, g);
+  add_ctx_set(*ctx, g);
+  add_ctx_ls(*ctx, g);
+}
+
+void add_lock_acquire(CLI::App& lock, globals& g) {
+  auto* acquire = lock.add_subcommand("acquire", "Acquire one lease, or several all-or-nothing");
+  struct args {
     std::vector<std::string> resources;
-    std::string resource, lock_id, context, agent_filter, prefix;
+    std::string context;
     int64_t ttl_ms = 30'000, wait_ms = 0;
-  } lock_args;
-  auto* acquire = lock->add_subcommand("acquire", "Acquire one lease, or several all-or-nothing");
-  acquire->add_option("resource", lock_args.resources, "Resource path(s)")->required();
-  acquire->add_option("--ttl", lock_args.ttl_ms, "Lease time to live (e.g. 30s)")->transform(duration());
-  acquire->add_option("--wait", lock_args.wait_ms, "Wait up to this long for a held resource (e.g. 10s)")
+  };
+  auto a = std::make_shared<args>();
+  acquire->add_option("resource", a->resources, "Resource path(s)")->required();
+  acquire->add_option("--ttl", a->ttl_ms, "Lease time to live (e.g. 30s)")->transform(duration());
+  acquire->add_option("--wait", a->wait_ms, "Wait up to this long for a held resource (e.g. 10s)")
       ->transform(duration());
-  acquire->add_option("--context", lock_args.context, "Record the lease's transitions in this context");
-  acquire->callback([&] {
-    run = [&](ec::client& c) {
+  acquire->add_option("--context", a->context, "Record the lease's transitions in this context");
+  acquire->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
       ec::lock_request req;
-      req.resources = lock_args.resources;
-      req.ttl = std::chrono::milliseconds(lock_args.ttl_ms);
-      req.wait = std::chrono::milliseconds(lock_args.wait_ms);
-      req.context_id = lock_args.context;
+      req.resources = a->resources;
+      req.ttl = std::chrono::milliseconds(a->ttl_ms);
+      req.wait = std::chrono::milliseconds(a->wait_ms);
+      req.context_id = a->context;
       auto r = c.acquire(req);
       if (!r) return report(r.error());
-      for (const auto& l : *r) print_lock(std::cout, l, json);
+      for (const auto& l : *r) print_lock(std::cout, l, g.json);
       return exit_ok;
     };
   });
-  auto* renew = lock->add_subcommand("renew", "Renew a lease you hold");
-  renew->add_option("resource", lock_args.resource, "Resource path")->required();
-  renew->add_option("--lock-id", lock_args.lock_id, "The lock_id acquire printed")->required();
-  renew->add_option("--ttl", lock_args.ttl_ms, "New time to live (e.g. 30s)")->transform(duration());
-  renew->callback([&] {
-    run = [&](ec::client& c) {
-      ec::lock held;
-      held.resource_path = lock_args.resource;
-      held.lock_id = lock_args.lock_id;
-      held.holder_agent = agent;
-      auto r = c.renew(held, std::chrono::milliseconds(lock_args.ttl_ms));
-      if (!r) return report(r.error());
-      print_lock(std::cout, *r, json);
-      return exit_ok;
-    };
-  });
-  auto* release = lock->add_subcommand("release", "Release a lease you hold");
-  release->add_option("resource", lock_args.resource, "Resource path")->required();
-  release->add_option("--lock-id", lock_args.lock_id, "The lock_id acquire printed")->required();
-  release->callback([&] {
-    run = [&](ec::client& c) {
-      ec::lock held;
-      held.resource_path = lock_args.resource;
-      held.lock_id = lock_args.lock_id;
-      held.holder_agent = agent;
-      auto r = c.release(held);
-      if (!r) return report(r.error());
-      std::cout << (json ? R"({"released":true})" : "released " + lock_args.resource) << "\n";
-      return exit_ok;
-    };
-  });
-  auto* lock_show = lock->add_subcommand("show", "Show the live lease on a resource");
-  lock_show->add_option("resource", lock_args.resource, "Resource path")->required();
-  lock_show->callback([&] {
-    run = [&](ec::client& c) {
-      auto r = c.get_lock(lock_args.resource);
-      if (!r) return report(r.error());
-      print_lock(std::cout, *r, json);
-      return exit_ok;
-    };
-  });
-  auto* lock_ls = lock->add_subcommand("ls", "List live leases");
-  lock_ls->add_option("--holder", lock_args.agent_filter, "Only leases held by this agent");
-  lock_ls->add_option("--prefix", lock_args.prefix, "Only resources starting with this");
-  lock_ls->callback([&] {
-    run = [&](ec::client& c) {
-      auto r = c.list_locks(lock_args.agent_filter, lock_args.prefix);
-      if (!r) return report(r.error());
-      for (const auto& l : *r) print_lock(std::cout, l, json);
-      return exit_ok;
-    };
-  });
+}
 
-  // search ---------------------------------------------------------------------------
+// The lease renew and release name: resource and lock_id, held by --agent.
+struct held_lease {
+  std::string resource, lock_id;
+  ec::lock as_lock(const globals& g) const {
+    ec::lock held;
+    held.resource_path = resource;
+    held.lock_id = lock_id;
+    held.holder_agent = g.agent;
+    return held;
+  }
+};
+
+void add_lock_renew(CLI::App& lock, globals& g) {
+  auto* renew = lock.add_subcommand("renew", "Renew a lease you hold");
+  struct args : held_lease {
+    int64_t ttl_ms = 30'000;
+  };
+  auto a = std::make_shared<args>();
+  renew->add_option("resource", a->resource, "Resource path")->required();
+  renew->add_option("--lock-id", a->lock_id, "The lock_id acquire printed")->required();
+  renew->add_option("--ttl", a->ttl_ms, "New time to live (e.g. 30s)")->transform(duration());
+  renew->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      auto r = c.renew(a->as_lock(g), std::chrono::milliseconds(a->ttl_ms));
+      if (!r) return report(r.error());
+      print_lock(std::cout, *r, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+void add_lock_release(CLI::App& lock, globals& g) {
+  auto* release = lock.add_subcommand("release", "Release a lease you hold");
+  auto a = std::make_shared<held_lease>();
+  release->add_option("resource", a->resource, "Resource path")->required();
+  release->add_option("--lock-id", a->lock_id, "The lock_id acquire printed")->required();
+  release->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      auto r = c.release(a->as_lock(g));
+      if (!r) return report(r.error());
+      std::cout << (g.json ? R"({"released":true})" : "released " + a->resource) << "\n";
+      return exit_ok;
+    };
+  });
+}
+
+void add_lock_show(CLI::App& lock, globals& g) {
+  auto* show = lock.add_subcommand("show", "Show the live lease on a resource");
+  auto resource = std::make_shared<std::string>();
+  show->add_option("resource", *resource, "Resource path")->required();
+  show->callback([resource, &g] {
+    g.run = [resource, &g](ec::client& c) {
+      auto r = c.get_lock(*resource);
+      if (!r) return report(r.error());
+      print_lock(std::cout, *r, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+void add_lock_ls(CLI::App& lock, globals& g) {
+  auto* ls = lock.add_subcommand("ls", "List live leases");
+  struct args {
+    std::string holder, prefix;
+  };
+  auto a = std::make_shared<args>();
+  ls->add_option("--holder", a->holder, "Only leases held by this agent");
+  ls->add_option("--prefix", a->prefix, "Only resources starting with this");
+  ls->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      auto r = c.list_locks(a->holder, a->prefix);
+      if (!r) return report(r.error());
+      for (const auto& l : *r) print_lock(std::cout, l, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+void add_lock(CLI::App& app, globals& g) {
+  auto* lock = app.add_subcommand("lock", "Leases: acquire, renew, release, show, ls");
+  lock->require_subcommand(1);
+  add_lock_acquire(*lock, g);
+  add_lock_renew(*lock, g);
+  add_lock_release(*lock, g);
+  add_lock_show(*lock, g);
+  add_lock_ls(*lock, g);
+}
+
+void add_search(CLI::App& app, globals& g) {
   auto* search = app.add_subcommand("search", "Search all history (keyword, semantic, hybrid)");
-  struct {
+  struct args {
     std::string query, context, mode;
     std::vector<std::string> agents, types, meta;
     size_t limit = 20, offset = 0;
-  } search_args;
-  search->add_option("query", search_args.query, "Query text (Xapian syntax: words, \"phrases\", AND/OR/NOT, prefix*)");
-  search->add_option("--context", search_args.context, "A context id or pattern such as 'project-7/*'");
-  search->add_option("--agent", search_args.agents, "Only these agents (repeatable, any of)");
-  search->add_option("--type", search_args.types, "Only these types (repeatable, any of)")->check(unit_type_name);
-  search->add_option("--meta", search_args.meta, "Only units with meta key=value (repeatable, all of)")->check(key_value);
-  search->add_option("--mode", search_args.mode, "keyword, semantic or hybrid (default: the server decides)")
+  };
+  auto a = std::make_shared<args>();
+  search->add_option("query", a->query, "Query text (Xapian syntax: words, \"phrases\", AND/OR/NOT, prefix*)");
+  search->add_option("--context", a->context, "A context id or pattern such as 'project-7/*'");
+  search->add_option("--agent", a->agents, "Only these agents (repeatable, any of)");
+  search->add_option("--type", a->types, "Only these types (repeatable, any of)")->check(unit_type_name);
+  search->add_option("--meta", a->meta, "Only units with meta key=value (repeatable, all of)")->check(key_value);
+  search->add_option("--mode", a->mode, "keyword, semantic or hybrid (default: the server decides)")
       ->check(CLI::IsMember({"keyword", "semantic", "hybrid"}));
-  search->add_option("--limit", search_args.limit, "Hits per page")->capture_default_str();
-  search->add_option("--offset", search_args.offset, "Skip this many hits");
-  search->callback([&] {
-    run = [&](ec::client& c) {
+  search->add_option("--limit", a->limit, "Hits per page")->capture_default_str();
+  search->add_option("--offset", a->offset, "Skip this many hits");
+  search->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
       ec::search_request req;
-      req.query = search_args.query;
-      req.context_id = search_args.context;
-      req.agent_ids = search_args.agents;
-      for (const auto& t : search_args.types) req.types.push_back(*ec::parse_unit_type(t));
-      req.meta_filters = pairs(search_args.meta);
-      req.mode = search_args.mode;
-      req.limit = search_args.limit;
-      req.offset = search_args.offset;
+      req.query = a->query;
+      req.context_id = a->context;
+      req.agent_ids = a->agents;
+      for (const auto& t : a->types) req.types.push_back(*ec::parse_unit_type(t));
+      req.meta_filters = pairs(a->meta);
+      req.mode = a->mode;
+      req.limit = a->limit;
+      req.offset = a->offset;
       auto r = c.search(req);
       if (!r) return report(r.error());
-      print_search(std::cout, *r, json);
+      print_search(std::cout, *r, g.json);
       return exit_ok;
     };
   });
+}
 
-  // token issue ----------------------------------------------------------------------
-  auto* token_cmd = app.add_subcommand("token", "Operator tools for bearer tokens");
-  token_cmd->require_subcommand(1);
-  auto* issue = token_cmd->add_subcommand("issue", "Issue an HS256 token signed with the server's auth.secret "
-                                                   "(from --secret-file or $ENGRAM_AUTH_SECRET)");
-  struct {
+void add_token(CLI::App& app, globals& g) {
+  auto* token = app.add_subcommand("token", "Operator tools for bearer tokens");
+  token->require_subcommand(1);
+  auto* issue = token->add_subcommand("issue", "Issue an HS256 token signed with the server's auth.secret "
+                                               "(from --secret-file or $ENGRAM_AUTH_SECRET)");
+  struct args {
     std::string agent, secret_file, issuer, audience;
     std::vector<std::string> contexts;
     std::vector<std::string> caps{"read", "write", "lock"};
     int64_t ttl_ms = 3'600'000;
-  } issue_args;
-  issue->add_option("--agent", issue_args.agent, "The token's subject: the agent it acts as")->required();
-  issue->add_option("--contexts", issue_args.contexts, "Context patterns it may use, e.g. 'project-7/*' (repeatable)")
+  };
+  auto a = std::make_shared<args>();
+  issue->add_option("--agent", a->agent, "The token's subject: the agent it acts as")->required();
+  issue->add_option("--contexts", a->contexts, "Context patterns it may use, e.g. 'project-7/*' (repeatable)")
       ->required();
-  issue->add_option("--caps", issue_args.caps, "Capabilities on those patterns")
+  issue->add_option("--caps", a->caps, "Capabilities on those patterns")
       ->delimiter(',')
       ->check(CLI::IsMember({"read", "write", "lock"}))
       ->capture_default_str();
-  issue->add_option("--ttl", issue_args.ttl_ms, "Lifetime (e.g. 1h, 30m)")->transform(duration());
-  issue->add_option("--secret-file", issue_args.secret_file, "File holding the HS256 secret")->check(CLI::ExistingFile);
-  issue->add_option("--issuer", issue_args.issuer, "iss claim (when the server checks auth.issuer)");
-  issue->add_option("--audience", issue_args.audience, "aud claim (when the server checks auth.audience)");
-  bool local_only = false;
-  issue->callback([&] {
-    local_only = true;
-    run = [&](ec::client&) {
-      auto secret = read_secret(issue_args.secret_file);
+  issue->add_option("--ttl", a->ttl_ms, "Lifetime (e.g. 1h, 30m)")->transform(duration());
+  issue->add_option("--secret-file", a->secret_file, "File holding the HS256 secret")->check(CLI::ExistingFile);
+  issue->add_option("--issuer", a->issuer, "iss claim (when the server checks auth.issuer)");
+  issue->add_option("--audience", a->audience, "aud claim (when the server checks auth.audience)");
+  issue->callback([a, &g] {
+    g.local_only = true;
+    g.run = [a](ec::client&) {
+      auto secret = read_secret(a->secret_file);
       if (!secret) {
         std::cerr << "engramctl: " << secret.error() << "\n";
         return exit_usage;
       }
       engram::auth::token_request req;
-      req.agent = issue_args.agent;
+      req.agent = a->agent;
       uint8_t caps = 0;
-      for (const auto& c : issue_args.caps) caps |= *engram::auth::parse_capability(c);
-      for (const auto& p : issue_args.contexts) req.grants.push_back({p, caps});
+      for (const auto& c : a->caps) caps |= *engram::auth::parse_capability(c);
+      for (const auto& p : a->contexts) req.grants.push_back({p, caps});
       if (auto ok = engram::auth::parse_grants(engram::auth::grants_json(req.grants)); !ok) {
         std::cerr << "engramctl: " << ok.error().message << "\n";
         return exit_usage;
       }
-      req.ttl = std::chrono::seconds(std::max<int64_t>(1, issue_args.ttl_ms / 1000));
+      req.ttl = std::chrono::seconds(std::max<int64_t>(1, a->ttl_ms / 1000));
       req.now = engram::model::default_clock()->now_s();
-      req.issuer = issue_args.issuer;
-      req.audience = issue_args.audience;
+      req.issuer = a->issuer;
+      req.audience = a->audience;
       auto t = engram::auth::issue(req, engram::auth::algorithm::hs256, *secret);
       if (!t) {
         std::cerr << "engramctl: " << t.error().message << "\n";
@@ -476,34 +540,58 @@ int main(int argc, char** argv) {
       return exit_ok;
     };
   });
+}
 
-  // health ---------------------------------------------------------------------------
+void add_health(CLI::App& app, globals& g) {
   auto* health = app.add_subcommand("health", "Is the server up and ready? (exit 0 ready, 1 not ready, 3 unreachable)");
-  health->callback([&] {
-    run = [&](ec::client& c) {
+  health->callback([&g] {
+    g.run = [&g](ec::client& c) {
       auto r = c.health();
       if (!r) return report(r.error());
-      print_health(std::cout, *r, json);
+      print_health(std::cout, *r, g.json);
       return r->ready ? exit_ok : exit_refused;
     };
   });
+}
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? exit_ok : exit_usage;
-  }
+// Builds the client from the global flags and runs the chosen command.
+int run_command(globals& g) {
   ec::client_options opts;
-  opts.url = local_only ? std::string("http://127.0.0.1:8080") : server;
-  opts.token = token;
+  opts.url = g.local_only ? std::string("http://127.0.0.1:8080") : g.server;
+  opts.token = g.token;
   // With a token the server knows who we are; send an agent only if asked to.
-  const bool agent_given = agent_opt->count() > 0 || std::getenv("ENGRAM_AGENT");
-  opts.agent_id = token.empty() || agent_given ? agent : std::string();
-  opts.timeout = std::chrono::milliseconds(timeout_ms);
+  const bool agent_given = g.agent_opt->count() > 0 || std::getenv("ENGRAM_AGENT");
+  opts.agent_id = g.token.empty() || agent_given ? g.agent : std::string();
+  opts.timeout = std::chrono::milliseconds(g.timeout_ms);
   auto made = ec::client::create(std::move(opts));
   if (!made) {
     std::cerr << "engramctl: " << made.error().message << "\n";
     return exit_usage;
   }
-  return run(*made);
+  return g.run(*made);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"engramctl: append to, read, follow, lock and search an Engram server"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may follow the command
+  globals g;
+  add_global_options(app, g);
+  add_put(app, g);
+  add_get(app, g);
+  add_ls(app, g);
+  add_tail(app, g);
+  add_ctx(app, g);
+  add_lock(app, g);
+  add_search(app, g);
+  add_token(app, g);
+  add_health(app, g);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? exit_ok : exit_usage;
+  }
+  return run_command(g);
 }

@@ -104,6 +104,7 @@ struct app::impl {
       return ok;
     }
     eng->attach_search(index.get());
+    eng->attach_locks(locks.get());
     eng->attach(store.get());
     return {};
   }
@@ -120,11 +121,15 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
   p->router = std::make_unique<router::router>(p->registry.get());
   p->eng = std::make_unique<engine::engine>(cfg.engine, p->clock, p->router.get(), p->registry.get());
   p->locks = std::make_unique<locks::manager>(cfg.locks, p->clock, p->registry.get());
-  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, p->locks.get());
+  // One authenticator (it holds the verification key) for REST and streams.
+  auto authn = gateway::authenticator::create(cfg.server.auth, p->clock);
+  if (!authn) return model::fail(model::errc::invalid_argument, "auth: " + authn.error().message);
+  auto shared_authn = std::make_shared<const gateway::authenticator>(std::move(*authn));
+  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, shared_authn);
   auto* h = p->handler.get();
   p->http = std::make_unique<gateway::server>(
       cfg.server, [h](gateway::request req, gateway::responder r) { h->handle(std::move(req), std::move(r)); },
-      p->registry.get(), p->eng.get());
+      shared_authn, p->registry.get(), p->eng.get());
   if (auto ok = p->http->start(); !ok) return std::unexpected(ok.error());
   spdlog::info("http: listening on {}:{}", cfg.server.host, p->http->port());
   if (cfg.server.auth.enabled) {
@@ -192,6 +197,8 @@ void app::stop() {
   s.http->stop(s.cfg.shutdown_timeout);
   s.eng->attach(nullptr);
   s.eng->attach_search(nullptr);
+  s.eng->attach_locks(nullptr);
+  s.eng->drain_reads();  // reads in flight finish before the store closes
   s.locks->stop();
   // The indexer commits what it has; the rest is caught up from the logs at start.
   if (s.index) s.index->close();

@@ -1,10 +1,7 @@
 #pragma once
 // Who is calling and what they may touch: JWT bearer tokens (authentication) and
-// context-pattern grants (authorization). See README.md for the token format.
-//
-// The verifier is configured with exactly one algorithm (HS256, RS256 or ES256) and
-// one key; the token's own `alg` header is only compared with it, never obeyed, so
-// `none` and HS/RS confusion are refused before any signature check.
+// context-pattern grants (authorization). Token format and rules: README.md.
+// Used by the gateway; thread-safe.
 
 #include <chrono>
 #include <cstdint>
@@ -66,6 +63,7 @@ struct principal {
   std::optional<std::vector<std::string>> scope(capability c) const;
 };
 
+// Checks tokens with the one configured algorithm and key. Copies share a cache.
 class verifier {
  public:
   // Checks the key (an HS256 secret of at least 32 bytes, or a PEM public key of
@@ -73,7 +71,7 @@ class verifier {
   static model::result<verifier> create(const options& opts);
 
   // errc::unauthenticated with a message fit for the caller on any failure.
-  // `now` is unix seconds. Thread-safe; verified tokens are cached by their text.
+  // `now` is unix seconds from the caller's clock (this module reads none).
   model::result<principal> verify(std::string_view token, int64_t now) const;
 
  private:

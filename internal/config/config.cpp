@@ -272,6 +272,8 @@ const std::vector<key_spec>& key_table() {
        ranged([](config& c) -> auto& { return c.search.max_vector_results; }, 1, 1'000'000)},
       {"server.max_batch_units",
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
+      {"storage.read_threads", uint_key(&config::engine, &engine::options::read_threads, 1, 256)},
+      {"storage.max_queued_reads", uint_key(&config::engine, &engine::options::max_queued_reads, 1, 10'000'000)},
       {"storage.data_dir",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
          if (raw.empty()) return "must not be empty";
@@ -481,10 +483,7 @@ model::result<config> load(const sources& in) {
   }
   if (c.server.tls_cert_file.empty() != c.server.tls_key_file.empty())
     return fail(errc::invalid_argument, "server.tls.cert and server.tls.key must be set together");
-  if (c.server.auth.enabled) {
-    if (auto v = auth::verifier::create(c.server.auth); !v)
-      return fail(errc::invalid_argument, "auth: " + v.error().message);
-  }
+  // The auth key is read and checked once, when app builds the authenticator.
   return c;
 }
 

@@ -1,7 +1,6 @@
 #pragma once
-// Server configuration: defaults, then a YAML file, then ENGRAM_* environment
-// variables, then command-line flags. Everything is validated up front; an invalid
-// value is an error naming the key. Only cmd/engram (through app) reads config.
+// Server configuration, loaded once by cmd/engram before any module starts and
+// handed to app as plain options. Layers and validation rules: README.md.
 
 #include <chrono>
 #include <map>

@@ -4,6 +4,9 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <charconv>
 
 #include "model/text.hpp"
@@ -30,9 +33,19 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
 
 }  // namespace
 
+// Storage reads, off the I/O threads (DESIGN.md §3). Bounded by a count of queued
+// jobs rather than inside Asio, which has no bounded queue.
+struct engine::read_pool {
+  explicit read_pool(size_t threads) : pool(threads) {}
+  boost::asio::thread_pool pool;
+  std::atomic<size_t> queued{0};
+  std::atomic<bool> draining{false};
+};
+
 engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router,
                prometheus::Registry* metrics)
-    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()), router_(router) {
+    : opts_(opts), clock_(clock ? std::move(clock) : model::default_clock()), router_(router),
+      reads_(std::make_unique<read_pool>(std::max<size_t>(1, opts.read_threads))) {
   if (metrics) {
     stream_counters_.queued_bytes = &prometheus::BuildGauge().Name("engram_stream_queued_bytes")
                                          .Help("Live event bytes queued for stream subscribers, all streams")
@@ -41,6 +54,39 @@ engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::
                                       .Help("Streams that fell back from live delivery to reading storage")
                                       .Register(*metrics).Add({});
   }
+}
+
+engine::~engine() { drain_reads(); }
+
+void engine::drain_reads() {
+  reads_->draining = true;
+  reads_->pool.join();
+}
+
+bool engine::submit_read(std::function<void()> job, bool bounded) const {
+  auto& r = *reads_;
+  if (r.draining.load()) return false;
+  if (r.queued.fetch_add(1) >= opts_.max_queued_reads && bounded) {
+    r.queued.fetch_sub(1);
+    return false;
+  }
+  boost::asio::post(r.pool, [&r, job = std::move(job)] {
+    r.queued.fetch_sub(1);
+    job();
+  });
+  return true;
+}
+
+namespace {
+model::error busy() {
+  return {errc::unavailable, "too many reads in progress; retry shortly"};
+}
+}  // namespace
+
+void engine::poll_stream(std::shared_ptr<stream> s, size_t max_bytes,
+                         reply<std::vector<router::event_ptr>> done) const {
+  auto job = [s = std::move(s), max_bytes, done] { done(s->poll(max_bytes)); };
+  if (!submit_read(std::move(job), false)) done(fail(errc::unavailable, "the server is shutting down"));
 }
 
 model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, std::function<void()> notify) {
@@ -52,6 +98,50 @@ model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, s
 
 void engine::attach(storage::store* s) { store_.store(s, std::memory_order_release); }
 void engine::attach_search(search::index* index) { search_.store(index, std::memory_order_release); }
+void engine::attach_locks(locks::manager* m) { locks_.store(m, std::memory_order_release); }
+
+model::result<locks::manager*> engine::locks() const {
+  auto* m = locks_.load(std::memory_order_acquire);
+  if (!m) {
+    if (!ready()) return fail(errc::unavailable, "the server is recovering its data; retry shortly");
+    return fail(errc::unavailable, "locks are not enabled");
+  }
+  return m;
+}
+
+void engine::acquire_locks(locks::acquire_request req, locks::manager::locks_done done) {
+  auto m = locks();
+  if (!m) return done(std::unexpected(m.error()));
+  (*m)->acquire(std::move(req), std::move(done));
+}
+
+void engine::renew_lock(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
+                        locks::manager::lock_done done) {
+  auto m = locks();
+  if (!m) return done(std::unexpected(m.error()));
+  (*m)->renew(std::move(resource), std::move(agent), std::move(lock_id), ttl, std::move(done));
+}
+
+void engine::release_lock(std::string resource, std::string agent, std::string lock_id,
+                          std::function<void(model::status)> done) {
+  auto m = locks();
+  if (!m) return done(std::unexpected(m.error()));
+  (*m)->release(std::move(resource), std::move(agent), std::move(lock_id), std::move(done));
+}
+
+model::result<api::Lock> engine::get_lock(const std::string& resource) const {
+  auto m = locks();
+  if (!m) return std::unexpected(m.error());
+  auto l = (*m)->get(resource);
+  if (!l) return fail(errc::not_found, "no lock on '" + resource + "'");
+  return std::move(*l);
+}
+
+model::result<std::vector<api::Lock>> engine::list_locks(std::string_view agent, std::string_view prefix) const {
+  auto m = locks();
+  if (!m) return std::unexpected(m.error());
+  return (*m)->list(agent, prefix);
+}
 
 std::optional<search::index_status> engine::search_status() const {
   auto* index = search_.load(std::memory_order_acquire);
@@ -59,8 +149,7 @@ std::optional<search::index_status> engine::search_status() const {
   return index->status();
 }
 
-void engine::search(search::query q, std::optional<size_t> limit,
-                    std::function<void(model::result<search::results>)> done) const {
+void engine::search(search::query q, std::optional<size_t> limit, reply<search::results> done) const {
   auto* index = search_.load(std::memory_order_acquire);
   if (!index) {
     if (!ready()) return done(fail(errc::unavailable, "the server is recovering its data; retry shortly"));
@@ -99,23 +188,49 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
                std::move(done));
 }
 
-model::result<std::optional<api::Embedding>> engine::get_vector(std::string_view id) const {
-  auto s = store();
-  if (!s) return std::unexpected(s.error());
-  return (*s)->get_vector(id);
+void engine::get_unit(std::string id, bool with_embedding, reply<unit_read> done) const {
+  auto job = [this, id = std::move(id), with_embedding, done] { done(read_unit(id, with_embedding)); };
+  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
 }
 
-model::result<api::WorkUnit> engine::get_unit(std::string_view id) const {
+void engine::list_units(std::string context_id, list_request req, reply<units_page> done) const {
+  auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
+  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+}
+
+void engine::get_context(std::string id, reply<api::Context> done) const {
+  auto job = [this, id = std::move(id), done]() -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    auto ctx = (*s)->get_context(id);
+    if (!ctx) return done(std::unexpected(ctx.error()));
+    if (!*ctx) return done(fail(errc::not_found, "Context not found"));
+    done(std::move(**ctx));
+  };
+  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+}
+
+void engine::list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const {
+  auto job = [this, cursor = std::move(cursor), limit, done] { done(read_contexts(cursor, limit)); };
+  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+}
+
+model::result<unit_read> engine::read_unit(std::string_view id, bool with_embedding) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto unit = (*s)->get_unit(id);
   if (!unit) return std::unexpected(unit.error());
   if (!*unit) return fail(errc::not_found, "Work unit not found");
-  return std::move(**unit);
+  unit_read out{std::move(**unit), std::nullopt};
+  if (with_embedding) {
+    auto vector = (*s)->get_vector(id);
+    if (!vector) return std::unexpected(vector.error());
+    out.embedding = std::move(*vector);
+  }
+  return out;
 }
 
-model::result<units_page> engine::list_units(std::string_view context_id,
-                                             const list_request& req) const {
+model::result<units_page> engine::read_units(std::string_view context_id, const list_request& req) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto limit = page_limit(req.limit);
@@ -143,17 +258,7 @@ model::result<units_page> engine::list_units(std::string_view context_id,
   return out;
 }
 
-model::result<api::Context> engine::get_context(std::string_view id) const {
-  auto s = store();
-  if (!s) return std::unexpected(s.error());
-  auto ctx = (*s)->get_context(id);
-  if (!ctx) return std::unexpected(ctx.error());
-  if (!*ctx) return fail(errc::not_found, "Context not found");
-  return std::move(**ctx);
-}
-
-void engine::patch_context(std::string context_id, model::context_patch patch,
-                           std::function<void(model::result<api::Context>)> done) {
+void engine::patch_context(std::string context_id, model::context_patch patch, reply<api::Context> done) {
   auto s = store();
   if (!s) return done(std::unexpected(s.error()));
   (*s)->update_context(
@@ -163,8 +268,7 @@ void engine::patch_context(std::string context_id, model::context_patch patch,
       std::move(done));
 }
 
-model::result<contexts_page> engine::list_contexts(std::string_view cursor,
-                                                   std::optional<size_t> limit) const {
+model::result<contexts_page> engine::read_contexts(std::string_view cursor, std::optional<size_t> limit) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto n = page_limit(limit);

@@ -1,9 +1,10 @@
 #pragma once
-// Use cases over the stores (DESIGN.md §1): append, list and fetch work units;
-// read, patch and list contexts. Owns id generation and paging cursors; knows
-// nothing of HTTP. Thread-safe: every method may be called from any I/O thread.
+// The use cases every front end (REST, streams, SDK, CLI) reaches: work units,
+// contexts, leases, search, streams (DESIGN.md §1). Thread-safe; see README.md
+// for which thread runs each completion.
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -12,6 +13,7 @@
 
 #include "engine/options.hpp"
 #include "engine/stream.hpp"
+#include "locks/manager.hpp"
 #include "model/clock.hpp"
 #include "model/codec.hpp"
 #include "model/error.hpp"
@@ -48,51 +50,89 @@ struct contexts_page {
   std::string next_cursor;
 };
 
+// A unit as read, with its stored embedding when one was asked for and exists.
+struct unit_read {
+  api::WorkUnit unit;
+  std::optional<api::Embedding> embedding;
+};
+
+template <class T>
+using reply = std::function<void(model::result<T>)>;
+
 class engine {
  public:
   // `router` (may be null) is where streams subscribe; it must outlive the engine.
   engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router = nullptr,
          prometheus::Registry* metrics = nullptr);
+  ~engine();  // finishes queued reads
 
   // Called once recovery has opened the store; until then every use case answers
-  // `unavailable` and ready() is false. The store must outlive the engine's use.
+  // `unavailable` and ready() is false. The store must outlive the engine's use:
+  // detach (attach(nullptr)) and drain_reads() before closing it.
   void attach(storage::store* store);
   bool ready() const { return store_.load(std::memory_order_acquire) != nullptr; }
   // The search index, once open (null: search answers `unavailable`).
   void attach_search(search::index* index);
   // Null while search is not attached.
   std::optional<search::index_status> search_status() const;
+  // The lease manager, once recovered (null: lock calls answer `unavailable`).
+  void attach_locks(locks::manager* locks);
+  // Waits for every queued read to finish; later reads answer `unavailable`.
+  void drain_reads();
 
+  // ---- work units ---------------------------------------------------------------
   using append_done = std::function<void(model::result<storage::append_result>)>;
   // Appends units (already validated by the codec) to one context, atomically.
   void append(std::string context_id, std::vector<api::WorkUnit> units, idempotency idem,
               append_done done, std::vector<storage::fence> fences = {});
 
-  model::result<api::WorkUnit> get_unit(std::string_view id) const;
-  // The unit's stored embedding; nullopt when it has none.
-  model::result<std::optional<api::Embedding>> get_vector(std::string_view id) const;
-  model::result<units_page> list_units(std::string_view context_id, const list_request& req) const;
+  // Reads run on the read pool; `done` runs on a read thread.
+  void get_unit(std::string id, bool with_embedding, reply<unit_read> done) const;
+  void list_units(std::string context_id, list_request req, reply<units_page> done) const;
 
-  model::result<api::Context> get_context(std::string_view id) const;
-  void patch_context(std::string context_id, model::context_patch patch,
-                     std::function<void(model::result<api::Context>)> done);
-  model::result<contexts_page> list_contexts(std::string_view cursor,
-                                             std::optional<size_t> limit) const;
+  // ---- contexts -----------------------------------------------------------------
+  void get_context(std::string id, reply<api::Context> done) const;
+  void patch_context(std::string context_id, model::context_patch patch, reply<api::Context> done);
+  void list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const;
 
-  // Keyword search over all history. `limit` defaults and is capped like list pages;
-  // `done` runs on a search thread.
-  void search(search::query q, std::optional<size_t> limit,
-              std::function<void(model::result<search::results>)> done) const;
+  // ---- leases (DESIGN.md §6) ----------------------------------------------------
+  void acquire_locks(locks::acquire_request req, locks::manager::locks_done done);
+  void renew_lock(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
+                  locks::manager::lock_done done);
+  void release_lock(std::string resource, std::string agent, std::string lock_id,
+                    std::function<void(model::status)> done);
+  // In-memory reads: no storage access.
+  model::result<api::Lock> get_lock(const std::string& resource) const;
+  model::result<std::vector<api::Lock>> list_locks(std::string_view agent, std::string_view prefix) const;
 
+  // ---- search -------------------------------------------------------------------
+  // Keyword, semantic or hybrid search over all history. `limit` defaults and is
+  // capped like list pages; `done` runs on a search thread.
+  void search(search::query q, std::optional<size_t> limit, reply<search::results> done) const;
+
+  // ---- streams ------------------------------------------------------------------
   // Opens a live subscription (see stream.hpp). `notify` is called when the stream
   // has events to poll.
   model::result<std::shared_ptr<stream>> open_stream(stream_request req, std::function<void()> notify);
+  // stream::poll on the read pool (a catch-up reads storage); `done` runs on a read
+  // thread. Never refused for a full queue: a stream has at most one poll in flight.
+  void poll_stream(std::shared_ptr<stream> s, size_t max_bytes, reply<std::vector<router::event_ptr>> done) const;
 
   const options& opts() const { return opts_; }
 
  private:
+  struct read_pool;
+
   model::result<storage::store*> store() const;
+  model::result<locks::manager*> locks() const;
   model::result<size_t> page_limit(std::optional<size_t> requested) const;
+  // Runs `job` on the read pool; false (and `job` not run) when `bounded` and the
+  // queue is full, or after drain_reads().
+  bool submit_read(std::function<void()> job, bool bounded) const;
+
+  model::result<unit_read> read_unit(std::string_view id, bool with_embedding) const;
+  model::result<units_page> read_units(std::string_view context_id, const list_request& req) const;
+  model::result<contexts_page> read_contexts(std::string_view cursor, std::optional<size_t> limit) const;
 
   options opts_;
   std::shared_ptr<const model::clock> clock_;
@@ -100,6 +140,8 @@ class engine {
   stream_counters stream_counters_;
   std::atomic<storage::store*> store_{nullptr};
   std::atomic<search::index*> search_{nullptr};
+  std::atomic<locks::manager*> locks_{nullptr};
+  std::unique_ptr<read_pool> reads_;
   mutable model::uuid_v7_generator ids_;
 };
 

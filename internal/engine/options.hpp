@@ -22,6 +22,12 @@ struct options {
   size_t default_page_limit = 100;
   size_t max_page_limit = 1000;
   size_t max_search_offset = 100'000;
+  // Storage reads (unit fetches, pages, context reads, stream catch-up) run on this
+  // many threads, never on an I/O thread. Beyond `max_queued_reads` waiting, REST
+  // reads are refused with `unavailable` (stream catch-up always queues: each
+  // stream has at most one read in flight).
+  size_t read_threads = 4;
+  size_t max_queued_reads = 10'000;
   stream_options stream;
 };
 

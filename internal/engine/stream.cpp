@@ -102,6 +102,31 @@ void stream::deliver(const router::event_ptr& ev) {
   wake(lock);
 }
 
+std::vector<router::event_ptr> stream::take_queued(std::unique_lock<std::mutex>& lock, size_t max_bytes) {
+  std::vector<router::event_ptr> out;
+  size_t bytes = 0, n = 0;
+  while (n < queue_.size() && (n == 0 || bytes + queue_[n]->json.size() <= max_bytes))
+    bytes += queue_[n++]->json.size();
+  out.assign(queue_.begin(), queue_.begin() + long(n));
+  queue_.erase(queue_.begin(), queue_.begin() + long(n));
+  queue_bytes_ -= bytes;
+  account(-int64_t(bytes));
+  if (!queue_.empty() || catching_up_) wake(lock);
+  return out;
+}
+
+std::optional<std::vector<router::event_ptr>> stream::poll_queued(size_t max_bytes) {
+  std::unique_lock lock(mu_);
+  if (closed_) return std::vector<router::event_ptr>{};
+  if (!queue_.empty()) {
+    notified_ = false;
+    return take_queued(lock, max_bytes);
+  }
+  if (catching_up_) return std::nullopt;  // leave notified_ set: poll() follows
+  notified_ = false;
+  return std::vector<router::event_ptr>{};
+}
+
 model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
   std::vector<router::event_ptr> out;
   std::vector<std::tuple<std::string, uint64_t, uint64_t>> to_read;  // id, next_seq, generation
@@ -109,17 +134,7 @@ model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
     std::unique_lock lock(mu_);
     notified_ = false;
     if (closed_) return out;
-    if (!queue_.empty()) {
-      size_t bytes = 0, n = 0;
-      while (n < queue_.size() && (n == 0 || bytes + queue_[n]->json.size() <= max_bytes))
-        bytes += queue_[n++]->json.size();
-      out.assign(queue_.begin(), queue_.begin() + long(n));
-      queue_.erase(queue_.begin(), queue_.begin() + long(n));
-      queue_bytes_ -= bytes;
-      account(-int64_t(bytes));
-      if (!queue_.empty() || catching_up_) wake(lock);
-      return out;
-    }
+    if (!queue_.empty()) return take_queued(lock, max_bytes);
     if (!catching_up_) return out;
     for (const auto& [id, gen] : stale_) to_read.emplace_back(id, cursors_[id].next_seq, gen);
   }

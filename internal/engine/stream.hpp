@@ -81,8 +81,12 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   const std::vector<position>& positions() const { return positions_; }
 
   // Transport side: the next events to write, oldest first per context, up to about
-  // max_bytes. Reads storage when catching up. Empty when there is nothing to send.
+  // max_bytes. Reads storage when catching up (so call it on a read thread:
+  // engine::poll_stream). Empty when there is nothing to send.
   model::result<std::vector<router::event_ptr>> poll(size_t max_bytes);
+  // poll() without storage: queued live events, or nullopt when the stream is
+  // catching up and only poll() can make progress. Cheap; fine on an I/O thread.
+  std::optional<std::vector<router::event_ptr>> poll_queued(size_t max_bytes);
 
   // True once the stream fell more than max_lag events behind: close it with a
   // resumable reason; the client resumes from its cursor.
@@ -107,6 +111,7 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   };
 
   void wake(std::unique_lock<std::mutex>& lock);
+  std::vector<router::event_ptr> take_queued(std::unique_lock<std::mutex>& lock, size_t max_bytes);
 
   const storage::store& store_;
   router::router& router_;

@@ -41,9 +41,11 @@ std::string_view cookie_value(std::string_view header, std::string_view name) {
 
 }  // namespace
 
-model::result<authenticator> authenticator::create(const auth::options& opts) {
+model::result<authenticator> authenticator::create(const auth::options& opts,
+                                                  std::shared_ptr<const model::clock> clock) {
   authenticator a;
   a.opts_ = opts;
+  a.clock_ = clock ? std::move(clock) : model::default_clock();
   if (opts.enabled) {
     auto v = auth::verifier::create(opts);
     if (!v) return std::unexpected(v.error());
@@ -64,7 +66,7 @@ model::result<caller> authenticator::authenticate(const request& req, bool cooki
   } else if (cookie_ok) {
     token = cookie_value(req.header("cookie"), opts_.cookie_name);
   }
-  auto p = verifier_->verify(token, model::default_clock()->now_s());
+  auto p = verifier_->verify(token, clock_->now_s());
   if (!p) return std::unexpected(p.error());
   c.principal = std::move(*p);
   return c;

@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
 
 #include "auth/auth.hpp"
+#include "model/clock.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
 
@@ -35,14 +37,18 @@ struct caller {
 // configured cookie. The result has a principal iff auth is enabled.
 class authenticator {
  public:
-  // Fails on an unusable key (config validates this first).
-  static model::result<authenticator> create(const auth::options& opts);
+  // Fails on an unusable key. `clock` (default: the system clock) dates tokens.
+  static model::result<authenticator> create(const auth::options& opts,
+                                             std::shared_ptr<const model::clock> clock = nullptr);
 
   bool enabled() const { return verifier_.has_value(); }
   model::result<caller> authenticate(const request& req, bool cookie_ok) const;
+  // Whether the caller's token has expired by now (streams end then).
+  bool expired(const caller& who) const { return who.expired(clock_->now_s()); }
 
  private:
   auth::options opts_;
+  std::shared_ptr<const model::clock> clock_;
   std::optional<auth::verifier> verifier_;
 };
 

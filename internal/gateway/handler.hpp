@@ -1,12 +1,12 @@
 #pragma once
-// The REST API of DESIGN.md §5: routing, parameter and body validation, JSON
-// rendering, CORS and per-route metrics. A function of (request) → response over
-// the engine; it never touches a socket. Thread-safe.
+// The REST API of DESIGN.md §5 as a function of (request) → response over the
+// engine: it never touches a socket. Thread-safe. See README.md.
 
 #include <memory>
 
 #include "engine/engine.hpp"
-#include "locks/manager.hpp"
+#include "gateway/access.hpp"
+#include "gateway/errors.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
 
@@ -19,19 +19,16 @@ namespace engram::gateway {
 class api_handler {
  public:
   // `metrics` is also what /metrics exposes; it must outlive the handler.
-  // `locks` may be null (no /locks routes).
   api_handler(engine::engine& engine, const options& opts, std::shared_ptr<prometheus::Registry> metrics,
-              locks::manager* locks = nullptr);
+              std::shared_ptr<const authenticator> authn);
   ~api_handler();
 
+  // `respond` is called exactly once, from any thread.
   void handle(request req, responder respond);
 
  private:
   struct impl;
   std::unique_ptr<impl> impl_;
 };
-
-// The one mapping from error codes to HTTP status and {"error":"…"} bodies.
-response error_response(const model::error& err);
 
 }  // namespace engram::gateway

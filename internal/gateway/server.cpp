@@ -3,7 +3,7 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <nlohmann/json.hpp>
 
-#include "gateway/handler.hpp"
+#include "gateway/errors.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
 
@@ -69,8 +69,6 @@ struct server::io {
   void serve(std::shared_ptr<Session> s, const std::string& ip);
 };
 
-namespace {
-
 // Every HTTP answer goes through here: server-level errors, stream refusals and
 // route responses all get the same security headers.
 http::response<http::string_body> to_beast(response r, unsigned version, bool keep_alive) {
@@ -87,6 +85,8 @@ http::response<http::string_body> to_beast(response r, unsigned version, bool ke
   return res;
 }
 
+namespace {
+
 // The plain request the handler sees: method, target, lowercased header names, body.
 request to_plain(http::request<http::string_body>& msg, const std::string& remote_ip) {
   request req;
@@ -101,13 +101,6 @@ request to_plain(http::request<http::string_body>& msg, const std::string& remot
   }
   req.request_id = request_id_for(req.header("x-request-id"));
   return req;
-}
-
-response plain_error(unsigned status, std::string_view message) {
-  response r;
-  r.status = status;
-  r.body = std::string("{\"error\":\"") + std::string(message) + "\"}";
-  return r;
 }
 
 // One HTTP connection, over plain TCP or TLS (`Stream` is plain_stream or
@@ -166,10 +159,9 @@ class session : public session_base, public std::enable_shared_from_this<session
   }
 
   // Refuses a new connection (a cap or a rate limit) and closes it.
-  void reject(unsigned status, std::string_view why, std::chrono::seconds retry_after) {
+  void reject(model::error why, std::chrono::seconds retry_after) {
     auto res = std::make_shared<http::response<http::string_body>>(
-        to_beast(plain_error(status, why), 11, false));
-    res->set(http::field::retry_after, std::to_string(retry_after.count()));
+        to_beast(error_response(why, retry_after), 11, false));
     net::dispatch(stream_.get_executor(), [self = shared_from_this(), res] {
       self->handshake([self, res] {
         self->lowest().expires_after(std::chrono::seconds(5));
@@ -197,9 +189,7 @@ class session : public session_base, public std::enable_shared_from_this<session
     if (ec) return on_read_error(ec);
     busy_ = true;
     auto& req = parser_->get();
-    if (auto len = parser_->content_length(); len && *len > opts().max_body_bytes)
-      return fail_and_close(413, "request body exceeds the limit of " +
-                                     std::to_string(opts().max_body_bytes) + " bytes");
+    if (auto len = parser_->content_length(); len && *len > opts().max_body_bytes) return body_too_large();
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, req.version());
       lowest().expires_after(opts().write_timeout);
@@ -223,14 +213,17 @@ class session : public session_base, public std::enable_shared_from_this<session
     if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
         ec == net::error::connection_reset || ec == net::error::eof)
       return close();
-    if (ec == http::error::body_limit)
-      return fail_and_close(413, "request body exceeds the limit of " +
-                                     std::to_string(opts().max_body_bytes) + " bytes");
+    if (ec == http::error::body_limit) return body_too_large();
     if (ec == http::error::header_limit)
-      return fail_and_close(431, "request header exceeds the limit of " +
-                                     std::to_string(opts().max_header_bytes) + " bytes");
+      return fail_and_close(error_response(431, "request header exceeds the limit of " +
+                                                    std::to_string(opts().max_header_bytes) + " bytes"));
     // Anything else is a malformed request; its framing cannot be trusted, so close.
-    fail_and_close(400, "malformed HTTP request: " + ec.message());
+    fail_and_close(error_response({model::errc::invalid_argument, "malformed HTTP request: " + ec.message()}));
+  }
+
+  void body_too_large() {
+    fail_and_close(error_response({model::errc::payload_too_large, "request body exceeds the limit of " +
+                                                                       std::to_string(opts().max_body_bytes) + " bytes"}));
   }
 
   void dispatch_request() {
@@ -255,31 +248,28 @@ class session : public session_base, public std::enable_shared_from_this<session
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
     request_id_ = req.request_id;
-    auto reject = [&](unsigned status, std::string message) {
-      auto r = plain_error(status, "");
-      r.body = model::dump(model::json{{"error", std::move(message)}});
-      send(std::move(r));
-    };
+    auto reject = [&](model::errc code, std::string message) { send(error_response({code, std::move(message)})); };
     if (msg.method() != http::verb::get) {
-      auto r = plain_error(405, "");
-      r.body = R"({"error":"use GET"})";
+      auto r = error_response(405, "use GET");
       r.headers.emplace_back("Allow", "GET");
       return send(std::move(r));
     }
     if (!origin_allowed(req.header("origin")))
-      return reject(403, "origin not allowed; add it to server.cors_origins");
-    if (srv_->shutting_down) return reject(503, "the server is shutting down");
-    if (!srv_->eng->ready()) return reject(503, "the server is recovering its data; retry shortly");
-    auto who = srv_->authn.authenticate(req, cookie_allowed(req));
+      return reject(model::errc::forbidden, "origin not allowed; add it to server.cors_origins");
+    if (srv_->shutting_down) return reject(model::errc::unavailable, "the server is shutting down");
+    if (!srv_->eng->ready()) return reject(model::errc::unavailable, "the server is recovering its data; retry shortly");
+    auto who = srv_->authn->authenticate(req, cookie_allowed(req));
     if (!who) return send(error_response(who.error()));
     auto sub = parse_stream_query(req, sse);
-    if (!sub) return reject(400, sub.error().message);
+    if (!sub) return send(error_response(sub.error()));
     if (auto ok = authorize_stream(*sub, *who); !ok) return send(error_response(ok.error()));
     auto slot = srv_->streams_open.acquire(who->limit_key());
     if (!slot) return send(error_response(slot.error()));
     stream_start start{std::move(*sub), std::move(*who), std::move(*slot), request_id_};
     if (!sse) {
-      if (!boost::beast::websocket::is_upgrade(msg)) return reject(400, "/stream is a WebSocket endpoint; send an Upgrade request (or use /stream-sse)");
+      if (!boost::beast::websocket::is_upgrade(msg))
+        return reject(model::errc::invalid_argument,
+                      "/stream is a WebSocket endpoint; send an Upgrade request (or use /stream-sse)");
       busy_ = false;
       handed_off_ = true;
       return start_websocket(std::move(stream_), std::move(msg), std::move(start), srv_);
@@ -333,11 +323,11 @@ class session : public session_base, public std::enable_shared_from_this<session
   }
 
   // Answers and closes a connection whose request cannot be read (or trusted).
-  void fail_and_close(unsigned status, const std::string& message) {
+  void fail_and_close(response r) {
     keep_alive_ = false;
     linger_ = true;
     busy_ = true;
-    send(plain_error(status, message));
+    send(std::move(r));
   }
 
   // Lingering close: after an early error response the client may still be sending
@@ -426,10 +416,10 @@ void server::io::serve(std::shared_ptr<Session> s, const std::string& ip) {
     s->set_id(st.add(s));
     if (over_limit) {
       if (st.rejected) st.rejected->Increment();
-      s->reject(503, "too many connections; retry shortly", std::chrono::seconds(1));
+      s->reject({model::errc::unavailable, "too many connections; retry shortly"}, std::chrono::seconds(1));
     } else if (wait) {
       if (st.rate_limited) st.rate_limited->Increment();
-      s->reject(429, "too many new connections from your address; retry after the Retry-After delay",
+      s->reject({model::errc::rate_limited, "too many new connections from your address; retry after the Retry-After delay"},
                 std::chrono::seconds(retry_after_seconds(*wait)));
     } else {
       if (st.accepted) st.accepted->Increment();
@@ -438,11 +428,10 @@ void server::io::serve(std::shared_ptr<Session> s, const std::string& ip) {
   }
 }
 
-server::server(options opts, handler_fn handler, prometheus::Registry* metrics, engine::engine* streams)
+server::server(options opts, handler_fn handler, std::shared_ptr<const authenticator> authn,
+               prometheus::Registry* metrics, engine::engine* streams)
     : io_(std::make_unique<io>()) {
-  auto authn = authenticator::create(opts.auth);
-  if (!authn) throw std::invalid_argument(authn.error().message);  // config validates this first
-  impl_ = std::make_shared<impl>(std::move(opts), std::move(handler), std::move(*authn));
+  impl_ = std::make_shared<impl>(std::move(opts), std::move(handler), std::move(authn));
   io_->state = impl_;
   impl_->eng = streams;
   if (metrics) {
@@ -483,9 +472,7 @@ model::status server::start() {
   if (ec)
     return model::fail(model::errc::invalid_argument,
                        "server.addr: '" + opts.host + "' is not an IP address: " + ec.message());
-  if (!opts.tls_cert_file.empty() || !opts.tls_key_file.empty()) {
-    if (opts.tls_cert_file.empty() || opts.tls_key_file.empty())
-      return model::fail(model::errc::invalid_argument, "server.tls.cert and server.tls.key must be set together");
+  if (!opts.tls_cert_file.empty()) {  // config checked that the key is set too
     namespace ssl = net::ssl;
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
     ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |

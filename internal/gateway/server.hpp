@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 
+#include "gateway/access.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
 #include "model/error.hpp"
@@ -24,7 +25,9 @@ namespace engram::gateway {
 class server {
  public:
   // `streams` serves /stream and /stream-sse; null leaves them to `handler`.
-  server(options opts, handler_fn handler, prometheus::Registry* metrics, engine::engine* streams = nullptr);
+  // `authn` is shared with the handler (app builds it once).
+  server(options opts, handler_fn handler, std::shared_ptr<const authenticator> authn,
+         prometheus::Registry* metrics, engine::engine* streams = nullptr);
   ~server();  // stop()s if needed
 
   // Binds, listens and starts the I/O threads.

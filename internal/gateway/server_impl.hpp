@@ -68,11 +68,11 @@ struct server::impl {
   stream_metrics streams;
 
   std::shared_ptr<boost::asio::ssl::context> tls;  // set when server.tls.cert is configured
-  authenticator authn;
+  std::shared_ptr<const authenticator> authn;
   rate_limiter connection_limit;
   stream_slots streams_open;
 
-  impl(options o, handler_fn h, authenticator a)
+  impl(options o, handler_fn h, std::shared_ptr<const authenticator> a)
       : opts(std::move(o)),
         handler(std::move(h)),
         authn(std::move(a)),
@@ -82,6 +82,10 @@ struct server::impl {
   uint64_t add(const std::shared_ptr<session_base>& s);
   void forget(uint64_t id);
 };
+
+// A plain response as Beast's, with the headers every answer carries (server.cpp).
+boost::beast::http::response<boost::beast::http::string_body> to_beast(response r, unsigned version,
+                                                                       bool keep_alive);
 
 // Hand-offs from an HTTP session whose request asked for a stream. The parameters
 // were validated; these take over the socket.

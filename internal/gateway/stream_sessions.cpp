@@ -20,9 +20,9 @@
 #include <deque>
 #include <nlohmann/json.hpp>
 
+#include "gateway/errors.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
-#include "model/clock.hpp"
 
 namespace engram::gateway {
 namespace {
@@ -48,9 +48,6 @@ json positions_json(const engine::stream& s) {
     list.push_back({{"context_id", p.context_id}, {"from_seq", p.from_seq}, {"head_seq", p.head_seq}});
   return list;
 }
-
-// A stream outlives no token: it ends (resumably) once its token expires.
-bool token_expired(const caller& who) { return who.expired(model::default_clock()->now_s()); }
 
 void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
   if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
@@ -155,12 +152,10 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
         return close_with(close_lagging, "subscriber fell too far behind; reconnect and resume from your last seq");
       }
-      auto next = stream_->poll(poll_bytes);
-      if (!next) {
-        spdlog::error("stream: catch-up read failed: {}", next.error().message);
-        return close_with(websocket::close_code::try_again_later, "temporary storage error; resume from your last seq");
-      }
-      batch_ = std::move(*next);
+      if (reading_) return;  // on_read() pumps again
+      auto queued = stream_->poll_queued(poll_bytes);
+      if (!queued) return read_from_storage();
+      batch_ = std::move(*queued);
       batch_pos_ = 0;
       if (batch_.empty()) return;  // the stream notifies when there is more
     }
@@ -177,6 +172,29 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       if (sub == self->subscription_) ++self->batch_pos_;
       self->pump();
     });
+  }
+
+  // Catch-up reads storage on the engine's read pool, never on this strand.
+  void read_from_storage() {
+    reading_ = true;
+    srv_->eng->poll_stream(stream_, poll_bytes, [self = shared_from_this(), sub = subscription_](auto next) {
+      net::post(self->ws_.get_executor(), [self, sub, next = std::move(next)]() mutable {
+        self->on_read(sub, std::move(next));
+      });
+    });
+  }
+
+  void on_read(uint64_t sub, model::result<std::vector<router::event_ptr>> next) {
+    reading_ = false;
+    if (closing_) return;
+    if (sub != subscription_) return pump();  // read for a replaced subscription
+    if (!next) {
+      spdlog::error("stream: catch-up read failed: {}", next.error().message);
+      return close_with(websocket::close_code::try_again_later, "temporary storage error; resume from your last seq");
+    }
+    batch_ = std::move(*next);
+    batch_pos_ = 0;
+    pump();
   }
 
   void read() {
@@ -219,7 +237,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         beast::get_lowest_layer(self->ws_).close();
         return;
       }
-      if (token_expired(self->who_))
+      if (self->srv_->authn->expired(self->who_))
         return self->close_with(close_token_expired, "token expired; reconnect with a fresh token and your last seq");
       // Our own heartbeats are not client activity; only what the client sends is.
       if (steady::now() - self->last_client_activity_ > self->srv_->opts.stream_idle_timeout)
@@ -270,6 +288,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   size_t batch_pos_ = 0;
   uint64_t subscription_ = 0;  // bumped by each subscribe(): which batch_ a write belongs to
   bool writing_ = false;
+  bool reading_ = false;  // a catch-up read is on the read pool
   bool closing_ = false;
   bool counted_ = false;
   bool accepted_ = false;
@@ -303,15 +322,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
         if (auto self = weak.lock()) self->pump();
       });
     });
-    if (!opened) {
-      const unsigned status = opened.error().code == model::errc::invalid_argument ? 400 : 503;
-      out_ = "HTTP/1.1 " + std::to_string(status) + (status == 400 ? " Bad Request" : " Service Unavailable") +
-             "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ";
-      const auto body = model::dump(json{{"error", opened.error().message}});
-      out_ += std::to_string(body.size()) + "\r\n\r\n" + body;
-      ending_ = true;
-      return write_out();
-    }
+    if (!opened) return refuse(version, std::move(headers), opened.error());
     sub_ = std::move(*opened);
     if (srv_->streams.sse_subscribers) srv_->streams.sse_subscribers->Increment();
     counted_ = true;
@@ -325,6 +336,16 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     watch_for_close();
     arm_heartbeat();
     pump();
+  }
+
+  // The stream could not open: an ordinary HTTP error answer, then close.
+  void refuse(unsigned version, std::vector<std::pair<std::string, std::string>> headers, const model::error& why) {
+    ending_ = true;
+    auto r = error_response(why);
+    for (auto& h : headers) r.headers.push_back(std::move(h));
+    auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version, false));
+    lowest().expires_after(srv_->opts.write_timeout);
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) { self->close(); });
   }
 
   void shutdown() override {
@@ -347,19 +368,39 @@ class sse_session final : public session_base, public std::enable_shared_from_th
         if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
         return end("lagging", "subscriber fell too far behind; reconnect with Last-Event-ID to resume");
       }
-      auto next = sub_->poll(poll_bytes);
-      if (!next) return end("error", "temporary storage error; reconnect with Last-Event-ID to resume");
-      pending_ = std::move(*next);
-      for (const auto& ev : pending_) {
-        cursors_[ev->context_id] = ev->seq;
-        event(ev->sse_event, ev->json, single_ ? std::to_string(ev->seq) : resume_token(cursors_));
-      }
+      if (reading_) return;  // on_read() pumps again
+      auto queued = sub_->poll_queued(poll_bytes);
+      if (!queued) return read_from_storage();
+      take(std::move(*queued));
     }
     if (out_.empty()) {
       if (ending_) close();
       return;
     }
     write_out();
+  }
+
+  // Frames events into out_; they are counted as sent with its next write.
+  void take(std::vector<router::event_ptr> events) {
+    for (auto& ev : events) {
+      cursors_[ev->context_id] = ev->seq;
+      event(ev->sse_event, ev->json, single_ ? std::to_string(ev->seq) : resume_token(cursors_));
+      pending_.push_back(std::move(ev));
+    }
+  }
+
+  // Catch-up reads storage on the engine's read pool, never on this strand.
+  void read_from_storage() {
+    reading_ = true;
+    srv_->eng->poll_stream(sub_, poll_bytes, [self = shared_from_this()](auto next) {
+      net::post(self->stream_.get_executor(), [self, next = std::move(next)]() mutable {
+        self->reading_ = false;
+        if (self->ending_) return self->pump();
+        if (!next) return self->end("error", "temporary storage error; reconnect with Last-Event-ID to resume");
+        self->take(std::move(*next));
+        self->pump();
+      });
+    });
   }
 
   void write_out() {
@@ -391,7 +432,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     timer_.expires_after(srv_->opts.stream_heartbeat);
     timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
       if (ec || self->ending_) return;
-      if (token_expired(self->who_))
+      if (self->srv_->authn->expired(self->who_))
         return self->end("expired", "token expired; reconnect with a fresh token and Last-Event-ID");
       self->out_.append(": heartbeat\n\n");
       self->pump();
@@ -433,6 +474,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   std::vector<router::event_ptr> pending_;
   std::array<char, 512> scratch_{};
   bool writing_ = false;
+  bool reading_ = false;  // a catch-up read is on the read pool
   bool ending_ = false;
   bool counted_ = false;
 };

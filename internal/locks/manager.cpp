@@ -16,7 +16,6 @@ namespace {
 
 using model::errc;
 using model::fail;
-using steady = std::chrono::steady_clock;
 
 std::string rfc3339(int64_t ns) {
   const std::time_t secs = ns / 1'000'000'000;
@@ -81,14 +80,14 @@ model::status manager::attach(storage::store* store) {
   store_ = store;
   last_token_ = loaded->second;
   const int64_t now_wall = clock_->now_ns();
-  const auto now = steady::now();
+  const auto now = clock_->steady_now();
   for (auto& l : loaded->first) {
     last_token_ = std::max(last_token_, l.fencing_token());
     // The persisted deadline is wall-clock; track it on the monotonic clock. A lease
     // that expired while the server was down is reaped by the timer at once.
     const auto remaining = std::chrono::nanoseconds(std::max<int64_t>(0, l.expires_at_ns() - now_wall));
     ++per_agent_[l.holder_agent()];
-    held_[l.resource_path()] = held{l, now + std::chrono::duration_cast<steady::duration>(remaining)};
+    held_[l.resource_path()] = held{l, now + std::chrono::duration_cast<time_point::duration>(remaining)};
   }
   if (metrics_->active) metrics_->active->Set(double(held_.size()));
   store->set_fence_checker([this](const storage::fence& f) { return check_fence(f); });
@@ -122,7 +121,7 @@ model::status manager::validate(acquire_request& req) const {
   return {};
 }
 
-bool manager::is_free_for(const std::string& resource, const std::string& agent, steady::time_point now) const {
+bool manager::is_free_for(const std::string& resource, const std::string& agent, time_point now) const {
   auto it = held_.find(resource);
   return it == held_.end() || it->second.deadline <= now || it->second.lock.holder_agent() == agent;
 }
@@ -134,10 +133,9 @@ std::string manager::conflict_message(const std::string& resource) const {
          rfc3339(it->second.lock.expires_at_ns());
 }
 
-std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acquire_request& req) {
+std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acquire_request& req, time_point now) {
   std::vector<api::Lock> granted;
   storage::lock_change change;
-  const auto now = steady::now();
   for (const auto& r : req.resources) {
     auto it = held_.find(r);
     api::LockEvent ev;
@@ -182,16 +180,45 @@ std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acq
   return {std::move(granted), std::move(change)};
 }
 
-void manager::persist(storage::lock_change change, std::function<void(model::status)> done) {
-  change.default_context = opts_.events_context;
-  store_->update_locks(std::move(change), std::move(done));
+void manager::queue_grant(const acquire_request& req, locks_done done, time_point now) {
+  auto [granted, change] = grant(req, now);
+  queue_persist(std::move(change), [done = std::move(done), granted = std::move(granted)](model::status ok) {
+    if (!ok) return done(std::unexpected(ok.error()));
+    done(granted);
+  });
 }
 
-void manager::acquire(acquire_request req, locks_done done) {
-  if (auto ok = validate(req); !ok) return done(std::unexpected(ok.error()));
+void manager::queue_persist(storage::lock_change change, std::function<void(model::status)> done) {
+  change.default_context = opts_.events_context;
+  outbox_.push_back(outgoing{std::move(change), std::move(done)});
+}
+
+// The committer must see decisions in the order they were taken (a release before
+// the grant it enables, a grant before a later expiry of the same resource), yet
+// update_locks may complete at once on the calling thread (a full queue, a store
+// that is stopping, an inline executor), so it is never called under mu_. One
+// thread drains at a time; a thread that finds another draining leaves its
+// decisions to it.
+void manager::flush() {
   std::unique_lock lock(mu_);
-  if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
-  const auto now = steady::now();
+  if (flushing_) return;
+  flushing_ = true;
+  while (!outbox_.empty()) {
+    auto batch = std::exchange(outbox_, {});
+    lock.unlock();
+    for (auto& o : batch) store_->update_locks(std::move(o.change), std::move(o.done));
+    lock.lock();
+  }
+  flushing_ = false;
+}
+
+std::optional<model::error> manager::not_serving() const {
+  if (!store_ || stopping_) return model::error{errc::unavailable, "locks are not available yet; retry shortly"};
+  return std::nullopt;
+}
+
+std::optional<model::error> manager::admit(acquire_request req, locks_done& done, time_point now) {
+  if (auto refused = not_serving()) return refused;
   bool free = true;
   std::string blocker;
   for (const auto& r : req.resources) {
@@ -220,86 +247,104 @@ void manager::acquire(acquire_request req, locks_done done) {
       if (it == held_.end() || it->second.lock.holder_agent() != req.agent) ++new_ones;
     }
     if (per_agent_[req.agent] + new_ones > opts_.max_locks_per_agent)
-      return done(fail(errc::conflict, "agent '" + req.agent + "' would hold more than " +
-                                           std::to_string(opts_.max_locks_per_agent) + " locks"));
-    auto [granted, change] = grant(req);
-    lock.unlock();
-    persist(std::move(change), [done = std::move(done), granted = std::move(granted)](model::status ok) {
-      if (!ok) return done(std::unexpected(ok.error()));
-      done(granted);
-    });
-    return;
+      return model::error{errc::conflict, "agent '" + req.agent + "' would hold more than " +
+                                              std::to_string(opts_.max_locks_per_agent) + " locks"};
+    queue_grant(req, std::move(done), now);
+    return std::nullopt;
   }
   if (req.wait.count() > 0) {
-    waiters_.push_back(waiter{std::move(req), std::move(done), now + req.wait});
+    const auto deadline = now + req.wait;
+    waiters_.push_back(waiter{std::move(req), std::move(done), deadline});
     if (metrics_->waiting) metrics_->waiting->Set(double(waiters_.size()));
     cv_.notify_all();
-    return;
+    return std::nullopt;
   }
   if (metrics_->conflicts) metrics_->conflicts->Increment();
-  const auto msg = conflict_message(blocker);
-  lock.unlock();
-  done(fail(errc::conflict, msg));
+  return model::error{errc::conflict, conflict_message(blocker)};
+}
+
+void manager::acquire(acquire_request req, locks_done done) {
+  if (auto ok = validate(req); !ok) return done(std::unexpected(ok.error()));
+  std::optional<model::error> refused;
+  {
+    std::lock_guard lock(mu_);
+    refused = admit(std::move(req), done, clock_->steady_now());
+  }
+  flush();
+  if (refused) done(std::unexpected(std::move(*refused)));
 }
 
 void manager::renew(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
                     lock_done done) {
-  std::unique_lock lock(mu_);
-  if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
-  auto it = held_.find(resource);
-  const auto now = steady::now();
-  if (it == held_.end() || it->second.deadline <= now || it->second.lock.holder_agent() != agent ||
-      it->second.lock.lock_id() != lock_id)
-    return done(fail(errc::conflict, "the lease on '" + resource + "' was lost (expired, released or taken); acquire it again"));
-  if (ttl.count() <= 0) ttl = opts_.default_ttl;
-  ttl = std::min(ttl, opts_.max_ttl);
-  it->second.lock.set_expires_at_ns(wall_deadline(ttl));
-  it->second.deadline = now + ttl;
-  storage::lock_change change;
-  change.puts.push_back(it->second.lock);
-  api::LockEvent ev;
-  ev.set_kind("renewed");
-  *ev.mutable_lock() = it->second.lock;
-  change.events.push_back(std::move(ev));
-  const api::Lock renewed = it->second.lock;
-  cv_.notify_all();
-  lock.unlock();
-  persist(std::move(change), [done = std::move(done), renewed](model::status ok) {
-    if (!ok) return done(std::unexpected(ok.error()));
-    done(renewed);
-  });
+  std::optional<model::error> refused;
+  {
+    std::lock_guard lock(mu_);
+    auto it = held_.find(resource);
+    if (auto unavailable = not_serving()) {
+      refused = std::move(unavailable);
+    } else if (it == held_.end() || it->second.deadline <= clock_->steady_now() ||
+               it->second.lock.holder_agent() != agent ||
+               it->second.lock.lock_id() != lock_id) {
+      refused = model::error{errc::conflict,
+                             "the lease on '" + resource + "' was lost (expired, released or taken); acquire it again"};
+    } else {
+      if (ttl.count() <= 0) ttl = opts_.default_ttl;
+      ttl = std::min(ttl, opts_.max_ttl);
+      it->second.lock.set_expires_at_ns(wall_deadline(ttl));
+      it->second.deadline = clock_->steady_now() + ttl;
+      storage::lock_change change;
+      change.puts.push_back(it->second.lock);
+      api::LockEvent ev;
+      ev.set_kind("renewed");
+      *ev.mutable_lock() = it->second.lock;
+      change.events.push_back(std::move(ev));
+      queue_persist(std::move(change), [done = std::move(done), renewed = it->second.lock](model::status ok) {
+        if (!ok) return done(std::unexpected(ok.error()));
+        done(renewed);
+      });
+      cv_.notify_all();
+    }
+  }
+  flush();
+  if (refused) done(std::unexpected(std::move(*refused)));
 }
 
 void manager::release(std::string resource, std::string agent, std::string lock_id,
                       std::function<void(model::status)> done) {
+  std::optional<model::error> refused;
   {
     std::lock_guard lock(mu_);
-    if (!store_ || stopping_) return done(fail(errc::unavailable, "locks are not available yet; retry shortly"));
     auto it = held_.find(resource);
-    if (it == held_.end() || it->second.deadline <= steady::now())
-      return done(fail(errc::not_found, "no lock on '" + resource + "'"));
-    if (it->second.lock.holder_agent() != agent)
-      return done(fail(errc::invalid_argument, "the lock on '" + resource + "' is held by agent '" +
-                                                   it->second.lock.holder_agent() + "', not '" + agent + "'"));
-    if (it->second.lock.lock_id() != lock_id)
-      return done(fail(errc::invalid_argument, "lock_id does not match the lock on '" + resource + "'"));
-    storage::lock_change change;
-    change.deletes.push_back(resource);
-    api::LockEvent ev;
-    ev.set_kind("released");
-    *ev.mutable_lock() = it->second.lock;
-    change.events.push_back(std::move(ev));
-    --per_agent_[agent];
-    held_.erase(it);
-    if (metrics_->active) metrics_->active->Set(double(held_.size()));
-    // The release is queued for commit before any grant it enables.
-    persist(std::move(change), std::move(done));
-    serve_waiters();
+    const auto now = clock_->steady_now();
+    if (auto unavailable = not_serving()) {
+      refused = std::move(unavailable);
+    } else if (it == held_.end() || it->second.deadline <= now) {
+      refused = model::error{errc::not_found, "no lock on '" + resource + "'"};
+    } else if (it->second.lock.holder_agent() != agent) {
+      refused = model::error{errc::invalid_argument, "the lock on '" + resource + "' is held by agent '" +
+                                                         it->second.lock.holder_agent() + "', not '" + agent + "'"};
+    } else if (it->second.lock.lock_id() != lock_id) {
+      refused = model::error{errc::invalid_argument, "lock_id does not match the lock on '" + resource + "'"};
+    } else {
+      storage::lock_change change;
+      change.deletes.push_back(resource);
+      api::LockEvent ev;
+      ev.set_kind("released");
+      *ev.mutable_lock() = it->second.lock;
+      change.events.push_back(std::move(ev));
+      --per_agent_[agent];
+      held_.erase(it);
+      if (metrics_->active) metrics_->active->Set(double(held_.size()));
+      // Queued before any grant it enables.
+      queue_persist(std::move(change), std::move(done));
+      serve_waiters(now);
+    }
   }
+  flush();
+  if (refused) done(std::unexpected(std::move(*refused)));
 }
 
-void manager::serve_waiters() {
-  const auto now = steady::now();
+void manager::serve_waiters(time_point now) {
   std::vector<std::string> wanted_earlier;  // resources of waiters still waiting ahead
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     bool can = true;
@@ -315,29 +360,21 @@ void manager::serve_waiters() {
       ++it;
       continue;
     }
-    auto [granted, change] = grant(it->req);
     if (metrics_->wait_seconds)
       metrics_->wait_seconds->Observe(
           std::chrono::duration<double>(now - (it->deadline - it->req.wait)).count());
-    persist(std::move(change), [done = std::move(it->done), granted = std::move(granted)](model::status ok) {
-      if (!ok) return done(std::unexpected(ok.error()));
-      done(granted);
-    });
+    queue_grant(it->req, std::move(it->done), now);
     it = waiters_.erase(it);
   }
   if (metrics_->waiting) metrics_->waiting->Set(double(waiters_.size()));
 }
 
-void manager::run_timer() {
-  std::unique_lock lock(mu_);
-  while (!stopping_) {
-    auto next = steady::time_point::max();
-    for (const auto& [r, h] : held_) next = std::min(next, h.deadline);
-    for (const auto& w : waiters_) next = std::min(next, w.deadline);
-    if (next == steady::time_point::max()) cv_.wait(lock);
-    else cv_.wait_until(lock, next);
-    if (stopping_) break;
-    const auto now = steady::now();
+void manager::expire_due() {
+  std::vector<std::pair<locks_done, std::string>> timed_out;
+  {
+    std::lock_guard lock(mu_);
+    if (!store_ || stopping_) return;
+    const auto now = clock_->steady_now();
     // Reap expired leases (one change, events in resource order).
     storage::lock_change change;
     for (auto it = held_.begin(); it != held_.end();) {
@@ -356,12 +393,11 @@ void manager::run_timer() {
     }
     if (!change.deletes.empty()) {
       if (metrics_->active) metrics_->active->Set(double(held_.size()));
-      persist(std::move(change), [](model::status ok) {
+      queue_persist(std::move(change), [](model::status ok) {
         if (!ok) spdlog::error("locks: persisting expiries failed: {}", ok.error().message);
       });
     }
     // Waiters whose time ran out.
-    std::vector<std::pair<locks_done, std::string>> timed_out;
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (it->deadline > now) {
         ++it;
@@ -379,26 +415,46 @@ void manager::run_timer() {
       timed_out.emplace_back(std::move(it->done), std::move(msg));
       it = waiters_.erase(it);
     }
-    serve_waiters();
-    if (!timed_out.empty()) {
-      lock.unlock();
-      for (auto& [done, msg] : timed_out) done(fail(errc::conflict, msg));
-      lock.lock();
-    }
+    serve_waiters(now);
+  }
+  flush();
+  for (auto& [done, msg] : timed_out) done(fail(errc::conflict, msg));
+}
+
+manager::time_point manager::next_deadline() const {
+  auto next = time_point::max();
+  for (const auto& [r, h] : held_) next = std::min(next, h.deadline);
+  for (const auto& w : waiters_) next = std::min(next, w.deadline);
+  return next;
+}
+
+// Waits for a duration rather than until a time point, so that a clock whose
+// monotonic epoch is not steady_clock's (a test's manual clock) never spins; such a
+// test calls expire_due() itself after advancing its clock.
+void manager::run_timer() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    const auto next = next_deadline();
+    if (next == time_point::max()) cv_.wait(lock);
+    else cv_.wait_for(lock, next - clock_->steady_now());
+    if (stopping_) break;
+    lock.unlock();
+    expire_due();
+    lock.lock();
   }
 }
 
 std::optional<api::Lock> manager::get(const std::string& resource) const {
   std::lock_guard lock(mu_);
   auto it = held_.find(resource);
-  if (it == held_.end() || it->second.deadline <= steady::now()) return std::nullopt;
+  if (it == held_.end() || it->second.deadline <= clock_->steady_now()) return std::nullopt;
   return it->second.lock;
 }
 
 std::vector<api::Lock> manager::list(std::string_view agent, std::string_view prefix) const {
   std::vector<api::Lock> out;
   std::lock_guard lock(mu_);
-  const auto now = steady::now();
+  const auto now = clock_->steady_now();
   for (auto it = held_.lower_bound(std::string(prefix)); it != held_.end() && it->first.starts_with(prefix); ++it) {
     if (it->second.deadline <= now) continue;
     if (!agent.empty() && it->second.lock.holder_agent() != agent) continue;
@@ -410,10 +466,10 @@ std::vector<api::Lock> manager::list(std::string_view agent, std::string_view pr
 model::status manager::check_fence(const storage::fence& f) const {
   std::lock_guard lock(mu_);
   auto it = held_.find(f.resource);
-  if (it != held_.end() && it->second.deadline > steady::now() && it->second.lock.fencing_token() == f.token)
-    return {};
+  const bool live = it != held_.end() && it->second.deadline > clock_->steady_now();
+  if (live && it->second.lock.fencing_token() == f.token) return {};
   if (metrics_->fenced_rejections) metrics_->fenced_rejections->Increment();
-  std::string why = it == held_.end() || it->second.deadline <= steady::now()
+  std::string why = !live
                         ? "the lease is no longer held"
                         : "the lease now has token " + std::to_string(it->second.lock.fencing_token());
   return fail(errc::conflict, "stale fencing token " + std::to_string(f.token) + " for '" + f.resource + "': " + why);

@@ -1,20 +1,11 @@
 #pragma once
-// Leases on shared artifacts with fencing tokens (DESIGN.md §6).
-//
-// The manager decides in memory, under one mutex, then persists each decision
-// through the storage committer (the same durable path as work units) and answers
-// only after the commit. Grants are all-or-nothing over a canonical (sorted) set of
-// resources, so no request ever holds some resources while waiting for others: no
-// deadlock. Waiters form one FIFO list; a waiter is granted only when all its
-// resources are free and no earlier waiter needs any of them: no starvation.
-// A timer thread reaps expired leases and timed-out waiters. Deadlines are persisted
-// as wall-clock time and tracked in-process on the monotonic clock.
-//
-// Threading: all public methods are thread-safe. Completions run on the storage
-// executor (an I/O thread) or, for waiter time-outs, on the timer thread.
+// The lease manager: leases with fencing tokens (DESIGN.md §6; how grants, waiting
+// and expiry work is in README.md). Owned by app. Public methods are thread-safe;
+// its timer thread expires leases; no completion runs under its mutex.
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <list>
 #include <map>
@@ -52,6 +43,7 @@ class manager {
   using locks_done = std::function<void(model::result<std::vector<api::Lock>>)>;
   using lock_done = std::function<void(model::result<api::Lock>)>;
 
+  // All time (wall and monotonic) comes from `clock`; null means the system clock.
   manager(options opts, std::shared_ptr<const model::clock> clock, prometheus::Registry* metrics);
   ~manager();  // stops the timer; pending waiters are told the server is stopping
 
@@ -71,30 +63,51 @@ class manager {
   // and unexpired. Called by the committer.
   model::status check_fence(const storage::fence& f) const;
 
+  // Expires the leases and waiters whose deadline has passed on the clock, then
+  // serves the waiters that can go. The timer thread calls it; a test that advances
+  // a manual clock calls it to make expiry happen now.
+  void expire_due();
+
   void stop();
 
  private:
+  using time_point = std::chrono::steady_clock::time_point;
   struct held {
     api::Lock lock;
-    std::chrono::steady_clock::time_point deadline;
+    time_point deadline;
   };
   struct waiter {
     acquire_request req;
     locks_done done;
-    std::chrono::steady_clock::time_point deadline;
+    time_point deadline;
+  };
+  // A decision waiting to be handed to the committer.
+  struct outgoing {
+    storage::lock_change change;
+    std::function<void(model::status)> done;
   };
   struct metrics;
 
   model::status validate(acquire_request& req) const;
-  bool is_free_for(const std::string& resource, const std::string& agent, std::chrono::steady_clock::time_point now) const;
+  // `unavailable` before attach() and after stop() (mu_ held).
+  std::optional<model::error> not_serving() const;
+  // The rest run with mu_ held.
+  // Grants, queues or refuses; takes `done` unless it returns the refusal.
+  std::optional<model::error> admit(acquire_request req, locks_done& done, time_point now);
+  bool is_free_for(const std::string& resource, const std::string& agent, time_point now) const;
   std::string conflict_message(const std::string& resource) const;
-  // Grants (mu_ held): updates memory, returns the locks and the change to persist.
-  std::pair<std::vector<api::Lock>, storage::lock_change> grant(const acquire_request& req);
-  void persist(storage::lock_change change, std::function<void(model::status)> done);
-  // Grants every waiter that can go now, in FIFO order (mu_ held).
-  void serve_waiters();
-  void run_timer();
+  // Updates memory and returns the locks granted and the change to persist.
+  std::pair<std::vector<api::Lock>, storage::lock_change> grant(const acquire_request& req, time_point now);
+  void queue_grant(const acquire_request& req, locks_done done, time_point now);
+  void queue_persist(storage::lock_change change, std::function<void(model::status)> done);
+  // Grants every waiter that can go now, in FIFO order.
+  void serve_waiters(time_point now);
+  time_point next_deadline() const;
   int64_t wall_deadline(std::chrono::milliseconds ttl) const;
+
+  // Without mu_: hands the queued decisions to the committer, in decision order.
+  void flush();
+  void run_timer();
 
   const options opts_;
   std::shared_ptr<const model::clock> clock_;
@@ -109,6 +122,8 @@ class manager {
   std::unordered_map<std::string, size_t> per_agent_;
   uint64_t last_token_ = 0;
   std::list<waiter> waiters_;
+  std::deque<outgoing> outbox_;  // decided, not yet handed to the committer
+  bool flushing_ = false;        // a thread is draining outbox_
   std::thread timer_;
 };
 

@@ -1,50 +1,39 @@
 #include "model/codec.hpp"
 
 #include <algorithm>
-#include <array>
-#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <climits>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <span>
 
 #include "model/text.hpp"
+#include "wire/enums.hpp"
+#include "wire/timestamp.hpp"
 
 namespace engram::model {
 namespace {
 
-constexpr std::array<std::string_view, 9> unit_type_names = {
-    "UNKNOWN",     "MESSAGE",     "REASONING",   "TOOL_CALL", "TOOL_RESULT",
-    "FILE_CHANGE", "TASK_STATUS", "ERROR",       "SYSTEM"};
-constexpr std::array<std::string_view, 8> relationship_type_names = {
-    "UNSPECIFIED", "SEQUENTIAL",  "CAUSES",   "DEPENDS_ON",
-    "REFERENCES",  "RESPONDS_TO", "MODIFIES", "REPLACES"};
+// The wire's name tables are the protobuf enums without their prefix; a change to
+// engram.proto that the tables miss fails the build here.
+static_assert(wire::unit_type_names.size() == size_t(api::WorkUnitType_ARRAYSIZE));
+static_assert(wire::relationship_type_names.size() == size_t(api::RelationshipType_ARRAYSIZE));
 
-std::string upper(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = char(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
-
-template <size_t N>
 result<int> enum_from_json(const json& value, std::string_view field,
-                           const std::array<std::string_view, N>& names,
-                           std::string_view proto_prefix) {
+                           std::span<const std::string_view> names, std::string_view proto_prefix) {
+  const size_t count = names.size();
   if (value.is_number_integer()) {
     const auto n = value.get<int64_t>();
-    if (n >= 0 && n < int64_t(N)) return int(n);
+    if (n >= 0 && n < int64_t(count)) return int(n);
   } else if (value.is_string()) {
-    std::string name = upper(value.get_ref<const std::string&>());
-    if (name.starts_with(proto_prefix)) name.erase(0, proto_prefix.size());
-    for (size_t i = 0; i < N; ++i)
-      if (names[i] == name) return int(i);
+    if (auto n = wire::enum_from_name(names, value.get_ref<const std::string&>(), proto_prefix)) return *n;
   } else {
     return fail(errc::invalid_argument,
                 std::string(field) + " must be an integer or a type name");
   }
   std::string msg = std::string(field) + " " + dump(value) + " is unknown; expected 0-" +
-                    std::to_string(N - 1) + " or one of";
+                    std::to_string(count - 1) + " or one of";
   for (auto n : names) (msg += ' ') += n;
   return fail(errc::invalid_argument, std::move(msg));
 }
@@ -121,16 +110,6 @@ void remove_all(google::protobuf::RepeatedPtrField<std::string>& list,
 
 }  // namespace
 
-json timestamp_json(int64_t ns) {
-  int64_t seconds = ns / 1'000'000'000;
-  int64_t nanos = ns % 1'000'000'000;
-  if (nanos < 0) {  // protobuf Timestamp keeps nanos non-negative
-    nanos += 1'000'000'000;
-    --seconds;
-  }
-  return json{{"seconds", seconds}, {"nanos", nanos}};
-}
-
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
   out.push_back('"');
@@ -175,12 +154,7 @@ void append_meta(std::string& out, const google::protobuf::Map<std::string, std:
 
 }  // namespace
 
-void append_unit_json(std::string& out, const api::WorkUnit& u) {
-  int64_t seconds = u.ts_ns() / 1'000'000'000, nanos = u.ts_ns() % 1'000'000'000;
-  if (nanos < 0) {
-    nanos += 1'000'000'000;
-    --seconds;
-  }
+void append_unit_json(std::string& out, const api::WorkUnit& u, const unit_extras& extras) {
   out.append("{\"id\":");
   append_json_string(out, u.id());
   out.append(",\"context_id\":");
@@ -189,8 +163,9 @@ void append_unit_json(std::string& out, const api::WorkUnit& u) {
   out.append(",\"agent_id\":");
   append_json_string(out, u.agent_id());
   out.append(",\"type\":").append(std::to_string(int(u.type())));
-  out.append(",\"ts\":{\"seconds\":").append(std::to_string(seconds));
-  out.append(",\"nanos\":").append(std::to_string(nanos)).append("},\"meta\":");
+  out.append(",\"ts\":");
+  wire::append_timestamp_json(out, u.ts_ns());
+  out.append(",\"meta\":");
   append_meta(out, u.meta());
   out.append(",\"payload\":\"");
   base64_encode_append(out, u.payload());
@@ -209,6 +184,7 @@ void append_unit_json(std::string& out, const api::WorkUnit& u) {
     out.append(",\"idempotency_key\":");
     append_json_string(out, u.idempotency_key());
   }
+  if (extras) extras(out);
   out.push_back('}');
 }
 
@@ -327,14 +303,14 @@ std::optional<json> parse_json(std::string_view text) {
 }
 
 result<api::WorkUnitType> unit_type_from_json(const json& value, std::string_view field) {
-  auto n = enum_from_json(value, field, unit_type_names, "WORK_UNIT_TYPE_");
+  auto n = enum_from_json(value, field, wire::unit_type_names, wire::unit_type_prefix);
   if (!n) return std::unexpected(n.error());
   return api::WorkUnitType(*n);
 }
 
 result<api::RelationshipType> relationship_type_from_json(const json& value,
                                                          std::string_view field) {
-  auto n = enum_from_json(value, field, relationship_type_names, "RELATIONSHIP_TYPE_");
+  auto n = enum_from_json(value, field, wire::relationship_type_names, wire::relationship_type_prefix);
   if (!n) return std::unexpected(n.error());
   return api::RelationshipType(*n);
 }

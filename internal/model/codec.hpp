@@ -4,6 +4,7 @@
 // timestamps, base64 payloads. Parsing validates every field and reports the first
 // problem as an invalid_argument error naming the field.
 
+#include <functional>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 
 #include "engram.pb.h"
 #include "model/error.hpp"
+#include "wire/timestamp.hpp"
 
 namespace engram::model {
 
@@ -28,7 +30,8 @@ inline constexpr size_t max_embedding_dimension = 4096;
 // The embedding model of a vector that names none.
 inline constexpr std::string_view default_embedding_model = "default";
 
-json timestamp_json(int64_t ns);
+// {"seconds":S,"nanos":N}, nanos non-negative (api/wire/timestamp.hpp).
+using wire::timestamp_json;
 // A point in time as ns since the epoch, from {"seconds":S,"nanos":N} (what
 // timestamp_json writes) or an RFC 3339 string ("2026-11-21T20:40:00.5Z",
 // "…+01:00").
@@ -41,7 +44,9 @@ json to_json(const api::Lock& lock);
 // they are rendered by a direct writer rather than through nlohmann::json (measured
 // ~5x faster: bench/engram-micro BM_UnitToJson). The only work-unit encoder. Meta keys are
 // sorted so the same unit always renders to the same bytes.
-void append_unit_json(std::string& out, const api::WorkUnit& unit);
+// `extras`, when set, appends further members (",\"k\":v") before the closing brace.
+using unit_extras = std::function<void(std::string&)>;
+void append_unit_json(std::string& out, const api::WorkUnit& unit, const unit_extras& extras = {});
 std::string unit_json(const api::WorkUnit& unit);
 // Appends `s` as a JSON string literal (quotes included).
 void append_json_string(std::string& out, std::string_view s);

@@ -1,7 +1,8 @@
 #pragma once
 // One result type for the whole codebase: expected failures are values carrying a
-// code (mapped to an HTTP status in exactly one place, gateway/errors) and a message
-// that tells the caller what was wrong and how to fix it.
+// code (mapped to an HTTP status and body in exactly one place: gateway/errors.hpp
+// (error_response)) and a message that tells the caller what was wrong and how to
+// fix it.
 
 #include <expected>
 #include <string>

@@ -1,24 +1,22 @@
 #pragma once
 // Byte/text helpers for the wire format. Hand-written because no Debian-packaged
-// library offers a *strict* base64 decoder (OpenSSL's EVP_DecodeBlock accepts
-// whitespace and hides padding errors) or a plain UTF-8 validity check.
+// library offers a plain UTF-8 validity check.
 
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "wire/base64.hpp"
+
 namespace engram::model {
 
-// Standard alphabet (RFC 4648 §4) with padding; what Engram v3 clients send.
-std::string base64_encode(std::string_view bytes);
-void base64_encode_append(std::string& out, std::string_view bytes);
-// Strict: standard alphabet, padding optional but must be correct if present, no
-// whitespace. Returns nullopt on any malformed input.
-std::optional<std::string> base64_decode(std::string_view text);
-
-// URL-safe alphabet (RFC 4648 §5) without padding, for opaque cursors.
-std::string base64url_encode(std::string_view bytes);
-std::optional<std::string> base64url_decode(std::string_view text);
+// Base64 lives in api/wire, shared with the SDK so both sides encode alike: standard
+// padded for payloads, URL-safe unpadded for cursors, strict decoders.
+using wire::base64_decode;
+using wire::base64_encode;
+using wire::base64_encode_append;
+using wire::base64url_decode;
+using wire::base64url_encode;
 
 // Well-formed UTF-8 (no overlongs, no surrogates, max U+10FFFF).
 bool valid_utf8(std::string_view text);

@@ -1,11 +1,7 @@
 #pragma once
-// In-memory fan-out of committed events to subscribers (DESIGN.md §4).
-//
-// The committer hands each committed batch to publish(); a dedicated dispatch thread
-// serialises every event once into its wire form (a shared immutable string) and
-// offers it to every sink whose filter matches, in commit order (so per context in
-// seq order). Sinks must return quickly: they queue or drop, they never block.
-// Registration keeps weak references; a sink that died is skipped and forgotten.
+// In-memory fan-out of committed events to subscribers (DESIGN.md §4). Owned by app;
+// publish() comes from the committer, delivery runs on the router's own dispatch
+// thread. Ordering, matching and lifetime rules: README.md.
 
 #include <chrono>
 #include <condition_variable>

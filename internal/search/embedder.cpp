@@ -162,24 +162,26 @@ struct embedder::impl {
 
   // ---- following the logs --------------------------------------------------------
 
-  uint64_t cursor(const std::string& context_id) {
+  model::result<uint64_t> cursor(const std::string& context_id) {
     {
       std::lock_guard lock(mu);
       if (auto it = cursors.find(context_id); it != cursors.end()) return it->second;
     }
     auto pos = store.vector_cursor(opts.model, context_id);
-    if (!pos) throw std::runtime_error(pos.error().message);
+    if (!pos) return std::unexpected(pos.error());
     std::lock_guard lock(mu);
     return cursors.emplace(context_id, *pos).first->second;
   }
 
-  void scan() {
+  model::status scan() {
     std::string after;
     for (;;) {
       auto page = store.list_contexts(after, 1000);
-      if (!page) throw std::runtime_error("listing contexts: " + page.error().message);
+      if (!page) return fail(page.error().code, "listing contexts: " + page.error().message);
       for (const auto& c : page->contexts) {
-        const uint64_t pos = cursor(c.id());
+        const auto cur = cursor(c.id());
+        if (!cur) return std::unexpected(cur.error());
+        const uint64_t pos = *cur;
         std::lock_guard lock(mu);
         auto& head = heads[c.id()];
         head = std::max(head, c.head_seq());
@@ -189,6 +191,7 @@ struct embedder::impl {
       after = page->contexts.back().id();
     }
     update_backlog();
+    return {};
   }
 
   uint64_t backlog_locked() const {
@@ -213,14 +216,17 @@ struct embedder::impl {
   };
 
   // Up to batch_size units that need a vector, and how far that reading goes.
-  batch collect(const std::unordered_map<std::string, uint64_t>& work) {
+  model::result<batch> collect(const std::unordered_map<std::string, uint64_t>& work) {
     batch b;
     for (const auto& [context_id, head] : work) {
-      uint64_t pos = cursor(context_id);
+      auto cur = cursor(context_id);
+      if (!cur) return std::unexpected(cur.error());
+      uint64_t pos = *cur;
       bool full = false;
       while (pos < head && !full) {
         auto events = store.read_events(context_id, pos, std::min<uint64_t>(read_chunk, head - pos));
-        if (!events) throw std::runtime_error("reading context '" + context_id + "': " + events.error().message);
+        if (!events)
+          return fail(events.error().code, "reading context '" + context_id + "': " + events.error().message);
         if (events->empty()) break;
         for (const auto& ev : *events) {
           if (b.texts.size() == opts.batch_size) {
@@ -233,7 +239,7 @@ struct embedder::impl {
           const auto text = payload_text(unit, opts.max_input_bytes);
           if (!text) continue;  // binary or empty: nothing to embed
           auto existing = store.get_vector(unit.id());
-          if (!existing) throw std::runtime_error(existing.error().message);
+          if (!existing) return std::unexpected(existing.error());
           if (*existing) continue;  // the client supplied one
           b.unit_ids.push_back(unit.id());
           b.texts.emplace_back(*text);
@@ -263,9 +269,15 @@ struct embedder::impl {
         if (stopping) return;
         work = pending;
       }
+      // Errors are values here; the catch is for allocation failures and the like,
+      // which must not end the thread.
       try {
         if (!scanned) {
-          scan();
+          if (auto ok = scan(); !ok) {
+            spdlog::error("search: embedder: {}", ok.error().message);
+            ++failures;
+            continue;
+          }
           scanned = true;
           continue;
         }
@@ -280,7 +292,12 @@ struct embedder::impl {
 
   // One batch: embed, store with the new positions. False on failure (retried).
   bool step(client::http_connection& conn, const std::unordered_map<std::string, uint64_t>& work) {
-    auto b = collect(work);
+    auto collected = collect(work);
+    if (!collected) {
+      spdlog::error("search: embedder: {}", collected.error().message);
+      return false;
+    }
+    auto& b = *collected;
     storage::vector_write write;
     write.cursor_model = opts.model;
     if (!b.texts.empty()) {

@@ -1,18 +1,9 @@
 #pragma once
 // Embeddings computed by an OpenAI-compatible endpoint (POST /v1/embeddings:
-// llama.cpp's server, Ollama, vLLM, TEI, or a hosted API behind a key).
-//
-// A background thread tails the context logs like the keyword indexer: for every
-// work unit with a UTF-8 text payload and no vector, it asks the endpoint for one
-// (in batches) and stores it through storage's put_vectors, together with its read
-// position per context, so a restart resumes where the last stored batch ended and
-// nothing is embedded twice. Never on the write path: appends do not wait for it.
-// When the endpoint fails, the batch is retried with exponential backoff; the
-// embedder reports itself down (metrics, log, status) and search falls back to
-// keyword results; once the endpoint answers again the backlog is filled.
-//
-// Query text is embedded on demand (embed_query) with a shorter timeout.
-// Thread-safe.
+// llama.cpp's server, Ollama, vLLM, TEI, or a hosted API behind a key), for units
+// that have text and no vector, and for query text (embed_query). Owned by
+// search::index; one background thread tails the logs, embed_query runs on the
+// caller's thread (README.md). Never on the write path. Thread-safe.
 
 #include <chrono>
 #include <cstdint>

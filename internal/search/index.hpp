@@ -1,23 +1,9 @@
 #pragma once
-// The keyword index over all history (DESIGN.md §7), on Xapian.
-//
-// An indexer thread tails the committed context logs: the store's publisher tells
-// it which contexts grew, and it reads the new events back from storage (the same
-// path whether it is following live writes, catching up after a restart or
-// rebuilding from nothing), turns work units into documents and commits the index
-// in batches. The index records, per context, the last seq it holds (Xapian
-// metadata written in the same commit as the documents), so after a crash it
-// resumes where its last commit ended; documents are keyed by unit id, so indexing
-// a unit twice replaces it. A missing, corrupt or foreign index (other store,
-// other schema or language) is rebuilt from the logs in the background.
-//
-// Queries run on their own threads, each on a reader reopened to the latest
-// commit. Thread-safe: every public method may be called from any thread.
-//
-// The index also owns semantic search: the vector index (vectors.hpp) and, when an
-// endpoint is configured, the embedder (embedder.hpp). A query in semantic or
-// hybrid mode takes its filters from Xapian (one definition of what a filter
-// means), its neighbours from the vector index, and fuses rankings (fusion.hpp).
+// The search index over all history (DESIGN.md §7): keyword search on Xapian, and
+// semantic and hybrid search over the vector index and the embedder it owns.
+// Owned by the engine; fed by the store's publisher (committer thread); its own
+// indexer, merge and query threads do the work (README.md). Thread-safe: every
+// public method may be called from any thread.
 
 #include <functional>
 #include <memory>

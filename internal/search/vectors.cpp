@@ -26,6 +26,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <queue>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
@@ -310,7 +311,12 @@ model::result<std::vector<neighbour>> vector_index::nearest(const std::string& m
   if (sp->graph.cur_element_count == 0) return out;
   // hnswlib searches with max(ef, k) candidates; asking for ef_search and keeping
   // the best k avoids its shared (racy) setEf.
-  auto found = sp->graph.searchKnn(q->data(), std::max(k, impl_->opts.ef_search));
+  std::priority_queue<std::pair<float, hnswlib::labeltype>> found;
+  try {
+    found = sp->graph.searchKnn(q->data(), std::max(k, impl_->opts.ef_search));
+  } catch (const std::exception& e) {  // hnswlib reports a damaged graph with std::runtime_error
+    return fail(errc::internal, std::string("search: vector index: ") + e.what());
+  }
   std::vector<std::pair<float, hnswlib::labeltype>> ranked;
   ranked.reserve(found.size());
   for (; !found.empty(); found.pop()) ranked.push_back(found.top());

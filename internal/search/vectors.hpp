@@ -1,18 +1,9 @@
 #pragma once
 // The vector index (DESIGN.md §7, semantic search): one HNSW graph (hnswlib) per
-// embedding model, over cosine similarity.
-//
-// Vectors live in RocksDB (storage's `vectors` column family, in commit order);
-// this index follows that order like the keyword indexer follows the logs: the
-// store's publisher says how far vectors are committed, and a follower thread
-// reads them back and inserts them. At start-up the graphs are rebuilt from
-// RocksDB (so a crash can never leave them inconsistent with the store); searches
-// meanwhile see the vectors inserted so far, and status() reports the lag.
-//
-// hnswlib allows parallel searches or parallel inserts, never both at once, so
-// each graph has a shared mutex: searches share it, inserts take it exclusively in
-// small batches (bounded pause for searches). Thread-safe: every public method may
-// be called from any thread.
+// embedding model, over cosine similarity, rebuilt from storage's `vectors` column
+// family at start-up and then following it. Owned by search::index; a follower
+// thread inserts, searches run on the callers' threads (README.md). Thread-safe:
+// every public method may be called from any thread.
 
 #include <cstdint>
 #include <memory>

@@ -19,11 +19,9 @@
 // is one contiguous key range: listing never scans another context, and ids such as
 // "a" and "a:b" can never collide.
 //
-// Writes go through one committer thread that assigns seqs, stages many requests in
-// one WriteBatch and commits them with a single WAL write (and fsync in `sync` mode):
-// group commit. Completions run on the executor given to open(), never on the
-// committer thread; the publisher is told about committed events in commit order.
-// Reads are thread-safe and never wait for the committer.
+// Owned by the app's wiring. One committer thread orders and commits every write
+// (group commit: README.md); completions run on the executor given to open(), never
+// on the committer thread. Reads are thread-safe and never wait for the committer.
 
 #include <functional>
 #include <memory>

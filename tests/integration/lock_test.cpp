@@ -178,20 +178,19 @@ TEST_F(LockTest, RandomMultiResourceWorkloadsNeverOverlapNorDeadlock) {
   EXPECT_EQ(call(*http_, "GET", "/locks").body["locks"].size(), 0u);
 }
 
+// Lease timing itself runs on a manual clock in unit/lock_manager_test.cpp; this is
+// the same over HTTP on real time, with margins wide enough that only the outcome,
+// never a pause, is observed.
 TEST_F(LockTest, ExpiryRenewalAndHandOverToAWaiter) {
-  auto a = acquire({{"resource_path", "short"}, {"agent_id", "a"}, {"ttl_ms", 1000}});
+  auto a = acquire({{"resource_path", "short"}, {"agent_id", "a"}, {"ttl_ms", 60000}});
   ASSERT_EQ(a.status, 200u);
   const std::string id = a.body["lock"]["lock_id"];
-  // Renewing keeps it well past its first deadline (a wide TTL margin: a loaded
-  // machine may pause this thread).
-  const auto until = std::chrono::steady_clock::now() + 2500ms;
-  while (std::chrono::steady_clock::now() < until) {
-    auto r = call(*http_, "POST", "/locks/short/renew", json({{"agent_id", "a"}, {"lock_id", id}, {"ttl_ms", 1000}}).dump());
-    ASSERT_EQ(r.status, 200u) << r.raw;
-    wait_until([] { return false; }, 100ms);  // pace the renewals
-  }
-  // A waiter gets it when the holder stops renewing and the lease expires.
-  auto w = acquire({{"resource_path", "short"}, {"agent_id", "b"}, {"wait_ms", 5000}});
+  // Renewing with a short TTL: the holder then stops renewing.
+  auto r = call(*http_, "POST", "/locks/short/renew", json({{"agent_id", "a"}, {"lock_id", id}, {"ttl_ms", 200}}).dump());
+  ASSERT_EQ(r.status, 200u) << r.raw;
+  EXPECT_EQ(r.body["lock"]["lock_id"], id);
+  // A waiter gets it when the lease expires.
+  auto w = acquire({{"resource_path", "short"}, {"agent_id", "b"}, {"wait_ms", 10000}});
   ASSERT_EQ(w.status, 200u) << w.raw;
   EXPECT_EQ(w.body["lock"]["holder_agent"], "b");
   EXPECT_GT(w.body["lock"]["fencing_token"].get<uint64_t>(), a.body["lock"]["fencing_token"].get<uint64_t>());

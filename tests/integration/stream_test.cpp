@@ -17,8 +17,9 @@ using namespace std::chrono_literals;
 // A WebSocket subscriber that separates units (integer "type") from control messages.
 class ws_sub {
  public:
-  ws_sub(uint16_t port, const std::string& target, const client::header_list& headers = {}) {
-    auto ok = ws_.connect("127.0.0.1", port, target, headers);
+  ws_sub(uint16_t port, const std::string& target, const client::header_list& headers = {},
+         std::chrono::milliseconds connect_timeout = 10s) {
+    auto ok = ws_.connect("127.0.0.1", port, target, headers, connect_timeout);
     EXPECT_TRUE(ok) << ok.error().message;
     connected_ = bool(ok);
   }
@@ -55,6 +56,19 @@ class ws_sub {
       else controls_.push_back(*m);
     }
     return units_;
+  }
+  // Reads until the server ends the connection (a close frame or a dropped
+  // connection), keeping what arrived before; false if it is still open when the
+  // hang guard expires.
+  bool read_until_closed(std::chrono::milliseconds guard) {
+    const auto deadline = std::chrono::steady_clock::now() + guard;
+    while (!ws_.closed() && std::chrono::steady_clock::now() < deadline) {
+      auto m = next(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+      if (!m) continue;  // closed (the loop ends) or the deadline passed
+      if ((*m)["type"].is_number_integer()) units_.push_back(*m);
+      else controls_.push_back(*m);
+    }
+    return ws_.closed().has_value();
   }
   std::vector<json>& units() { return units_; }
   std::vector<json>& controls() { return controls_; }
@@ -441,43 +455,58 @@ TEST_F(StreamTest, StalledSubscriberLosesNothingAndDelaysNoOne) {
   EXPECT_EQ(diverges(seqs(slow.units_until(total, 300s)), 1, total), "");
 }
 
+// The server closes a subscriber that fell max_lag events behind; it resumes from
+// its cursor. Every wait here is for the server to act, bounded only by hang_guard:
+// how fast this machine writes or reads decides nothing.
 TEST_F(StreamTest, LaggingSubscriberIsClosedAndResumesWithItsCursor) {
   start([](config::config& c) {
     c.engine.stream.queue_bytes = 16 * 1024;
     c.engine.stream.max_lag = 500;
     c.server.write_timeout = 500ms;
     c.server.stream_heartbeat = 100ms;
+    // The subscribers send nothing, by design: on a slow machine the writes below
+    // may take longer than the default idle timeout, which would close the stream
+    // as idle (1008) instead of lagging.
+    c.server.stream_idle_timeout = 600s;
   });
-  auto sub = std::make_unique<ws_sub>(port(), "/stream?context=lag&since=0");
-  ASSERT_TRUE(sub->next());
-  ASSERT_TRUE(sub->next_control());
+  auto sub = std::make_unique<ws_sub>(port(), "/stream?context=lag&since=0", client::header_list{}, hang_guard);
+  ASSERT_TRUE(sub->next(hang_guard));                // connected
+  ASSERT_TRUE(sub->next_control(true, hang_guard));  // subscribe_ack
   // ~27 MB of events: more than loopback socket buffers hold, so the server's
   // writes to this non-reading subscriber stall and it falls behind.
   constexpr size_t total = 10'000, batch = 250;
   const std::string payload(2000, 'p');
   auto c = server_->connect();
+  c.set_timeout(hang_guard);
   for (size_t b = 0; b < total / batch; ++b) {
     json units = json::array();
     for (size_t i = 0; i < batch; ++i) units.push_back({{"text", payload}});
     ASSERT_EQ(call(c, "POST", "/workunits", json({{"context_id", "lag"}, {"agent_id", "a"}, {"work_units", units}}).dump()).status, 201u);
   }
-  EXPECT_TRUE(wait_until([&] { return metric("engram_stream_lag_closes_total") >= 1; }, 20s));
-  // Drain what arrived before the close; the close is resumable.
-  std::vector<uint64_t> got = seqs(sub->units_until(total, 5s));
+  // The server decides to close before we read anything: reading earlier could let
+  // the subscriber catch up, and then nothing would lag.
+  ASSERT_TRUE(wait_until([&] { return metric("engram_stream_lag_closes_total") >= 1; }, hang_guard))
+      << "the lagging subscriber was never closed";
+  // Read what the server sent before the close, until the close itself (what the
+  // socket buffers hold can take a while to parse on a slow machine).
+  ASSERT_TRUE(sub->read_until_closed(hang_guard)) << "the server did not end the lagging stream";
+  std::vector<uint64_t> got = seqs(sub->units());
   const uint64_t cursor = got.empty() ? 0 : got.back();
   EXPECT_LT(got.size(), total);
-  ASSERT_TRUE(sub->raw().closed());
   const auto code = sub->raw().closed()->code;
   EXPECT_TRUE(code == 4000 || code == 0) << code;  // 0: dropped while our write was stuck
   // Like any client: reconnect with the cursor until complete. (With a 500 ms write
   // timeout a slow reader, e.g. under a sanitizer, may be dropped again: each time it
-  // resumes where it stopped.)
-  const auto deadline = std::chrono::steady_clock::now() + 300s;
+  // resumes where it stopped, and each connection delivers at least what the socket
+  // buffers held, so this ends.)
+  const auto deadline = std::chrono::steady_clock::now() + hang_guard;
   int reconnects = 0;
   while (got.size() < total && std::chrono::steady_clock::now() < deadline) {
-    ws_sub again(port(), "/stream?context=lag&since=" + std::to_string(got.empty() ? 0 : got.back()));
+    ws_sub again(port(), "/stream?context=lag&since=" + std::to_string(got.empty() ? 0 : got.back()),
+                 client::header_list{}, hang_guard);
     ++reconnects;
-    auto rest = seqs(again.units_until(total - got.size(), 60s));
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto rest = seqs(again.units_until(total - got.size(), left));
     got.insert(got.end(), rest.begin(), rest.end());
   }
   EXPECT_EQ(diverges(got, 1, total), "") << "first cursor " << cursor << ", reconnects " << reconnects;

@@ -50,7 +50,9 @@ class server_process {
     ASSERT_EQ(posix_spawn(&pid_, ENGRAM_BINARY, &fa, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&fa);
     static const std::regex listening(R"(http: listening on 127\.0\.0\.1:(\d+))");
+    // The waits are hang guards; a server that exits at start-up ends them at once.
     ASSERT_TRUE(wait_until([&] {
+      if (!running()) return true;
       std::ifstream in(log_path_);
       std::stringstream ss;
       ss << in.rdbuf();
@@ -59,17 +61,21 @@ class server_process {
       if (!std::regex_search(text, m, listening)) return false;
       port_ = uint16_t(std::stoi(m[1]));
       return true;
-    }, std::chrono::seconds(30))) << "server did not start; see " << log_path_;
+    }, hang_guard)) << "server did not start; see " << log_path_;
+    ASSERT_TRUE(running()) << "server exited at start-up; see " << log_path_;
     ASSERT_TRUE(wait_until([&] {
+      if (!running()) return true;
       client::http_connection c("127.0.0.1", port_, std::chrono::seconds(2));
       auto r = c.request("GET", "/readyz");
       return r && r->status == 200;
-    }, std::chrono::seconds(60))) << "server not ready; see " << log_path_;
+    }, hang_guard)) << "server not ready; see " << log_path_;
+    ASSERT_TRUE(running()) << "server exited before it was ready; see " << log_path_;
   }
 
   void restart() { start(port_); }
 
   void kill9() {
+    if (pid_ <= 0) return;  // already exited and reaped (never kill(-1, …))
     ::kill(pid_, SIGKILL);
     int status = 0;
     ::waitpid(pid_, &status, 0);
@@ -78,6 +84,7 @@ class server_process {
 
   // SIGTERM; returns the exit code, or -1 if it did not exit normally.
   int terminate() {
+    if (pid_ <= 0) return -1;  // already exited and reaped (never kill(-1, …))
     ::kill(pid_, SIGTERM);
     int status = 0;
     ::waitpid(pid_, &status, 0);
@@ -96,6 +103,14 @@ class server_process {
   }
 
  private:
+  // False once the process has exited (reaped here, so its pid is not reused).
+  bool running() {
+    int status = 0;
+    if (pid_ <= 0 || ::waitpid(pid_, &status, WNOHANG) != pid_) return pid_ > 0;
+    pid_ = -1;
+    return false;
+  }
+
   std::string data_dir_, durability_, log_dir_, log_path_;
   std::vector<std::string> extra_args_;
   pid_t pid_ = -1;

@@ -48,6 +48,15 @@ inline constexpr bool sanitized_build = true;
 inline constexpr bool sanitized_build = false;
 #endif
 
+// How long a test waits for something that must happen (an index to catch up, a
+// server to end a stream), or sees no progress towards it, before it calls it a
+// hang. Only a guard: a verdict must not depend on the machine's speed, so this is
+// far beyond any healthy run on a loaded machine. Slow tests scale their work down
+// in sanitizer builds rather than wait longer; their CTest TIMEOUT
+// (tests/CMakeLists.txt) is above the guards they may spend, so a hang fails with
+// the test's own message.
+inline constexpr std::chrono::seconds hang_guard{300};
+
 // Polls `cond` until it holds or the deadline passes (no sleeps as synchronisation).
 inline bool wait_until(const std::function<bool()>& cond,
                        std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
@@ -57,6 +66,32 @@ inline bool wait_until(const std::function<bool()>& cond,
     std::this_thread::sleep_for(std::chrono::milliseconds(2));  // poll interval
   }
   return cond();
+}
+
+// Polls `observe` until `done` holds for what it returns. Work that is merely slow on
+// a loaded machine (merging an index at low priority, say) may take long: only
+// `guard` without any change in what `observe` returns counts as a hang, and ends
+// the wait with false. `last` receives the last observation, for the message.
+inline bool wait_while_progressing(const std::function<json()>& observe, const std::function<bool(const json&)>& done,
+                                   json* last = nullptr, std::chrono::milliseconds guard = hang_guard) {
+  json seen = observe();
+  auto changed = std::chrono::steady_clock::now();
+  bool ok = true;
+  while (!done(seen)) {
+    if (std::chrono::steady_clock::now() - changed > guard) {
+      ok = false;
+      break;
+    }
+    // Slower than wait_until: polling a server must not take the CPU from the work.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    json now = observe();
+    if (now != seen) {
+      seen = std::move(now);
+      changed = std::chrono::steady_clock::now();
+    }
+  }
+  if (last) *last = std::move(seen);
+  return ok;
 }
 
 inline config::config test_config(const std::string& data_dir) {

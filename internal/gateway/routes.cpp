@@ -1,0 +1,182 @@
+#include "gateway/routes.hpp"
+
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+#include "model/codec.hpp"
+
+namespace engram::gateway {
+
+using model::errc;
+
+namespace {
+
+constexpr auto read = auth::read;
+constexpr auto write = auth::write;
+constexpr auto lock = auth::lock;
+constexpr auto writes = limit_class::writes;
+constexpr auto searches = limit_class::searches;
+constexpr auto locks = limit_class::locks;
+
+// DESIGN.md §5 plus extensions. Where two patterns match one path, the first wins
+// for its method: POST …/renew before the resource routes (a resource may itself
+// end in "/renew", and GET or DELETE on it reaches the lease).
+constexpr auto unlimited = limit_class::none;
+constexpr bool is_public = true, authenticated = false;
+constexpr std::optional<subject_rule> no_subject;
+
+//  method    pattern                     route          limit      access         subject
+const route table[] = {
+    {"GET",    "/healthz",                 healthz,       unlimited, is_public,     no_subject},
+    {"GET",    "/readyz",                  readyz,        unlimited, is_public,     no_subject},
+    {"GET",    "/metrics",                 metrics,       unlimited, authenticated, no_subject},
+    {"GET",    "/ui/live",                 ui_live,       unlimited, is_public,     no_subject},
+    {"POST",   "/workunit",                append_unit,   writes,    authenticated, no_subject},
+    {"GET",    "/workunit/{id*}",          get_unit,      unlimited, authenticated, subject_rule{"id", "work unit id", {}}},
+    {"POST",   "/workunits",               append_units,  writes,    authenticated, no_subject},
+    {"GET",    "/workunits/{contextId*}",  list_units,    unlimited, authenticated, subject_rule{"contextId", "context id", read}},
+    {"GET",    "/contexts",                list_contexts, unlimited, authenticated, no_subject},
+    {"GET",    "/contexts/{id*}",          get_context,   unlimited, authenticated, subject_rule{"id", "context id", read}},
+    {"PATCH",  "/contexts/{id*}",          patch_context, writes,    authenticated, subject_rule{"id", "context id", write}},
+    {"GET",    "/search",                  search,        searches,  authenticated, no_subject},
+    {"POST",   "/search",                  search,        searches,  authenticated, no_subject},
+    {"GET",    "/locks",                   list_locks,    unlimited, authenticated, no_subject},
+    {"POST",   "/locks",                   acquire_locks, locks,     authenticated, no_subject},
+    {"POST",   "/locks/{resource*}/renew", renew_lock,    locks,     authenticated, subject_rule{"resource", "resource_path", lock}},
+    {"GET",    "/locks/{resource*}",       get_lock,      unlimited, authenticated, subject_rule{"resource", "resource_path", lock}},
+    {"DELETE", "/locks/{resource*}",       release_lock,  locks,     authenticated, subject_rule{"resource", "resource_path", lock}},
+};
+
+std::vector<std::string_view> split(std::string_view s) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  while (true) {
+    const size_t slash = s.find('/', start);
+    out.push_back(s.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
+    if (slash == std::string_view::npos) return out;
+    start = slash + 1;
+  }
+}
+
+// Matches `path` against `pattern`, capturing parameters (still percent-encoded).
+bool matches(std::string_view pattern, std::string_view path,
+             std::vector<std::pair<std::string_view, std::string>>& params) {
+  if (!path.starts_with('/')) return false;
+  const auto pat = split(pattern.substr(1));
+  const auto segs = split(path.substr(1));
+  params.clear();
+  size_t s = 0;
+  for (size_t p = 0; p < pat.size(); ++p) {
+    const auto seg = pat[p];
+    const bool param = seg.size() > 2 && seg.front() == '{' && seg.back() == '}';
+    if (!param) {
+      if (s >= segs.size() || segs[s] != seg) return false;
+      ++s;
+      continue;
+    }
+    auto name = seg.substr(1, seg.size() - 2);
+    if (name.ends_with('*')) {
+      // One or more segments: all but what the rest of the pattern needs.
+      name.remove_suffix(1);
+      const size_t rest = pat.size() - p - 1;
+      if (segs.size() < s + rest + 1) return false;
+      const size_t take = segs.size() - s - rest;
+      std::string value;
+      for (size_t i = 0; i < take; ++i) {
+        if (i) value.push_back('/');
+        value.append(segs[s + i]);
+      }
+      if (value.empty()) return false;
+      params.emplace_back(name, std::move(value));
+      s += take;
+    } else {
+      if (s >= segs.size() || segs[s].empty()) return false;
+      params.emplace_back(name, std::string(segs[s++]));
+    }
+  }
+  return s == segs.size();
+}
+
+std::string label_of(std::string_view pattern) {
+  std::string out(pattern);
+  std::erase(out, '*');
+  return out;
+}
+
+}  // namespace
+
+std::span<const route> routes() { return table; }
+
+route_match match_route(std::span<const route> table, std::string_view method, std::string_view encoded_path) {
+  route_match m;
+  std::vector<std::pair<std::string_view, std::string>> params;
+  for (const auto& r : table) {
+    if (!matches(r.pattern, encoded_path, params)) continue;
+    if (m.allow.empty()) m.label = label_of(r.pattern);
+    if (m.allow.find(r.method) == std::string::npos) {
+      if (!m.allow.empty()) m.allow.append(", ");
+      m.allow.append(r.method);
+    }
+    if (!m.hit && r.method == method) {
+      m.hit = &r;
+      m.label = label_of(r.pattern);
+      m.params = std::move(params);
+    }
+  }
+  return m;
+}
+
+response json_response(unsigned status, const nlohmann::json& body) {
+  response r;
+  r.status = status;
+  r.body = model::dump(body);
+  return r;
+}
+
+response bad_request(std::string message) { return error_response({errc::invalid_argument, std::move(message)}); }
+
+response forbidden(auth::capability cap, std::string_view id) {
+  const std::string quoted = "'" + std::string(id) + "'";
+  switch (cap) {
+    case auth::read: return error_response({errc::forbidden, "not allowed to read context " + quoted});
+    case auth::write: return error_response({errc::forbidden, "not allowed to write to context " + quoted});
+    case auth::lock: break;
+  }
+  return error_response({errc::forbidden, "not allowed to lock " + quoted});
+}
+
+model::result<nlohmann::json> parse_body(const request& req) {
+  if (req.body.empty()) return model::fail(errc::invalid_argument, "request body is empty; send a JSON object");
+  auto parsed = model::parse_json(req.body);
+  if (!parsed)
+    return model::fail(errc::invalid_argument,
+                       "request body is not valid JSON (check syntax and that strings are UTF-8)");
+  if (!parsed->is_object()) return model::fail(errc::invalid_argument, "request body must be a JSON object");
+  return std::move(*parsed);
+}
+
+model::result<std::optional<uint64_t>> uint_param(const query_params& q, std::string_view key) {
+  const auto* v = q.get(key);
+  if (!v || v->empty()) return std::optional<uint64_t>();
+  uint64_t n = 0;
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+  if (ec != std::errc() || p != v->data() + v->size())
+    return model::fail(errc::invalid_argument, std::string(key) + " must be a non-negative integer, got '" + *v + "'");
+  return std::optional<uint64_t>(n);
+}
+
+model::result<bool> bool_param(const query_params& q, std::string_view key) {
+  const auto* v = q.get(key);
+  if (!v || v->empty() || *v == "false" || *v == "0") return false;
+  if (*v == "true" || *v == "1") return true;
+  return model::fail(errc::invalid_argument, std::string(key) + " must be true or false, got '" + *v + "'");
+}
+
+model::status acting_as(const caller& who, std::string_view agent) {
+  if (who.principal && agent != who.principal->agent)
+    return model::fail(errc::forbidden, "agent_id '" + std::string(agent.substr(0, 256)) +
+                                            "' is not the token's subject '" + who.principal->agent + "'");
+  return {};
+}
+
+}  // namespace engram::gateway

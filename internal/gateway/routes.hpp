@@ -1,0 +1,125 @@
+#pragma once
+// Private to the gateway: the route table and what a route is given. A new
+// resource is one routes_<resource>.cpp plus its rows in routes.cpp.
+
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "auth/auth.hpp"
+#include "engine/engine.hpp"
+#include "gateway/access.hpp"
+#include "gateway/errors.hpp"
+#include "gateway/http.hpp"
+#include "gateway/options.hpp"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace engram::gateway {
+
+struct query_params {
+  std::vector<std::pair<std::string, std::string>> items;
+  const std::string* get(std::string_view key) const {
+    for (const auto& [k, v] : items)
+      if (k == key) return &v;
+    return nullptr;
+  }
+};
+
+// What every route may use; owned by api_handler.
+struct services {
+  engine::engine& eng;
+  const options& opts;
+  prometheus::Registry& metrics;
+};
+
+// One request as its route sees it: authenticated, within its rate limit, and
+// holding the route's grant on its subject.
+struct call {
+  request req;
+  std::string path;     // the encoded path, without the query
+  std::string subject;  // the route's path parameter, decoded and validated; empty if none
+  query_params query;
+  caller who;
+};
+
+using route_fn = void (*)(services&, call&, responder);
+
+enum class limit_class { none, writes, searches, locks };
+
+// The path parameter a route acts on: percent-decoded once, validated as an
+// identifier (named `what` in messages) and, when `need` is set, checked against
+// the caller's grants before the route runs. Routes whose subject is in the body
+// (or found by reading) check grants themselves.
+struct subject_rule {
+  std::string_view param;  // the pattern's parameter name
+  std::string_view what;   // "context id"
+  std::optional<auth::capability> need;
+};
+
+struct route {
+  std::string_view method;
+  // Segments are literals, "{name}" (one segment) or "{name*}" (one or more
+  // segments, '/' included; at most one per pattern). Doubles as the metric
+  // label, without the '*'.
+  std::string_view pattern;
+  route_fn fn;
+  limit_class limit = limit_class::none;
+  bool is_public = false;  // served without authentication
+  std::optional<subject_rule> subject;
+};
+
+// The table, in match order.
+std::span<const route> routes();
+
+struct route_match {
+  const route* hit = nullptr;  // the route for this method; null: none
+  std::string allow;           // methods of every route whose pattern matches ("" if none)
+  std::string label = "unmatched";
+  std::vector<std::pair<std::string_view, std::string>> params;  // of `hit`, still encoded
+};
+route_match match_route(std::span<const route> table, std::string_view method, std::string_view encoded_path);
+
+// ---- helpers shared by routes ------------------------------------------------------
+response json_response(unsigned status, const nlohmann::json& body);
+response bad_request(std::string message);
+// Refuses a missing grant: "not allowed to read context 'x'", "… to lock 'x'".
+response forbidden(auth::capability cap, std::string_view id);
+// A non-empty JSON object body.
+model::result<nlohmann::json> parse_body(const request& req);
+model::result<std::optional<uint64_t>> uint_param(const query_params& q, std::string_view key);
+model::result<bool> bool_param(const query_params& q, std::string_view key);
+// A request acts as the token's subject and no one else.
+model::status acting_as(const caller& who, std::string_view agent);
+
+// ---- the routes, one file per resource ---------------------------------------------
+// routes_units.cpp
+void append_unit(services&, call&, responder);
+void append_units(services&, call&, responder);
+void get_unit(services&, call&, responder);
+void list_units(services&, call&, responder);
+// routes_contexts.cpp
+void list_contexts(services&, call&, responder);
+void get_context(services&, call&, responder);
+void patch_context(services&, call&, responder);
+// routes_locks.cpp
+void list_locks(services&, call&, responder);
+void acquire_locks(services&, call&, responder);
+void get_lock(services&, call&, responder);
+void release_lock(services&, call&, responder);
+void renew_lock(services&, call&, responder);
+// routes_search.cpp
+void search(services&, call&, responder);
+// routes_ops.cpp
+void healthz(services&, call&, responder);
+void readyz(services&, call&, responder);
+void metrics(services&, call&, responder);
+void ui_live(services&, call&, responder);
+
+}  // namespace engram::gateway

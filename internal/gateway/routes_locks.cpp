@@ -1,0 +1,83 @@
+// /locks: leases with fencing tokens (DESIGN.md §6), through the engine. Locks
+// are authorized by the `lock` grant on the resource path (the same pattern
+// language as contexts); a lock's context_id also needs `write` there.
+#include <nlohmann/json.hpp>
+
+#include "gateway/lock_params.hpp"
+#include "gateway/routes.hpp"
+#include "model/codec.hpp"
+
+namespace engram::gateway {
+
+using nlohmann::json;
+
+void list_locks(services& s, call& c, responder respond) {
+  const auto* agent = c.query.get("agent_id");
+  const auto* prefix = c.query.get("prefix");
+  auto held = s.eng.list_locks(agent ? *agent : "", prefix ? *prefix : "");
+  if (!held) return respond(error_response(held.error()));
+  json list = json::array();
+  for (const auto& l : *held)
+    if (c.who.can(auth::lock, l.resource_path())) list.push_back(model::to_json(l));
+  respond(json_response(200, json{{"locks", std::move(list)}}));
+}
+
+void acquire_locks(services& s, call& c, responder respond) {
+  auto body = parse_body(c.req);
+  if (!body) return respond(error_response(body.error()));
+  auto parsed = parse_acquire_body(*body, c.req.header("x-agent-id"));
+  if (!parsed) return respond(error_response(parsed.error()));
+  auto& ar = parsed->request;
+  const bool multi = parsed->multi;
+  if (auto ok = acting_as(c.who, ar.agent); !ok) return respond(error_response(ok.error()));
+  for (const auto& r : ar.resources)
+    if (!c.who.can(auth::lock, r)) return respond(forbidden(auth::lock, r));
+  if (!ar.context_id.empty() && !c.who.can(auth::write, ar.context_id))
+    return respond(forbidden(auth::write, ar.context_id));
+  s.eng.acquire_locks(std::move(ar), [respond = std::move(respond), multi](auto r) {
+    if (!r) return respond(error_response(r.error()));
+    if (!multi) return respond(json_response(200, json{{"lock", model::to_json(r->front())}}));
+    json list = json::array();
+    for (const auto& l : *r) list.push_back(model::to_json(l));
+    respond(json_response(200, json{{"locks", std::move(list)}}));
+  });
+}
+
+void get_lock(services& s, call& c, responder respond) {
+  auto l = s.eng.get_lock(c.subject);
+  if (!l) return respond(error_response(l.error()));
+  respond(json_response(200, json{{"lock", model::to_json(*l)}}));
+}
+
+void release_lock(services& s, call& c, responder respond) {
+  const auto* agent = c.query.get("agent_id");
+  const auto* lock_id = c.query.get("lock_id");
+  std::string holder = agent ? *agent : std::string(c.req.header("x-agent-id"));
+  if (holder.empty()) return respond(bad_request("agent_id is required (query or X-Agent-ID)"));
+  if (auto ok = acting_as(c.who, holder); !ok) return respond(error_response(ok.error()));
+  if (!lock_id || lock_id->empty()) return respond(bad_request("lock_id is required"));
+  s.eng.release_lock(std::move(c.subject), std::move(holder), *lock_id,
+                     [respond = std::move(respond)](model::status ok) {
+                       if (!ok) return respond(error_response(ok.error()));
+                       respond(json_response(200, json{{"released", true}}));
+                     });
+}
+
+void renew_lock(services& s, call& c, responder respond) {
+  json body = json::object();
+  if (!c.req.body.empty()) {
+    auto parsed = parse_body(c.req);
+    if (!parsed) return respond(error_response(parsed.error()));
+    body = std::move(*parsed);
+  }
+  auto renew = parse_renew_body(body, c.req.header("x-agent-id"));
+  if (!renew) return respond(error_response(renew.error()));
+  if (auto ok = acting_as(c.who, renew->agent); !ok) return respond(error_response(ok.error()));
+  s.eng.renew_lock(std::move(c.subject), std::move(renew->agent), std::move(renew->lock_id), renew->ttl,
+                   [respond = std::move(respond)](auto r) {
+                     if (!r) return respond(error_response(r.error()));
+                     respond(json_response(200, json{{"lock", model::to_json(*r)}}));
+                   });
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,65 @@
+// Operations: liveness, readiness, metrics and the live page.
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/process_metrics.hpp"
+#include "gateway/routes.hpp"
+
+namespace engram::gateway {
+
+std::string_view live_html();  // web_assets.cpp, generated from web/live.html
+
+void healthz(services&, call&, responder respond) {
+  response r;
+  r.body = "OK";
+  r.content_type = "text/plain; charset=utf-8";
+  respond(std::move(r));
+}
+
+// 200 once storage has recovered; the search index may still be catching up
+// (writes and reads do not wait for it), which the body reports.
+void readyz(services& s, call&, responder respond) {
+  using nlohmann::json;
+  if (!s.eng.ready()) return respond(json_response(503, json{{"status", "recovering"}}));
+  json body{{"status", "ready"}};
+  if (auto st = s.eng.search_status()) {
+    auto& search = body["search"];
+    search = {{"state", search::to_string(st->state)},
+              {"lag", st->lag},
+              {"documents", st->documents},
+              {"pending_merges", st->pending_merges}};
+    if (!st->error.empty()) search["error"] = st->error;
+    search["vectors"] = {{"count", st->vectors.vectors},
+                         {"lag", st->vectors.lag},
+                         {"state", st->vectors.catching_up ? "catching_up" : "ready"}};
+    if (st->embedder) {
+      search["embedder"] = {{"up", st->embedder->up}, {"backlog", st->embedder->backlog}};
+      if (!st->embedder->error.empty()) search["embedder"]["error"] = st->embedder->error;
+    }
+  }
+  respond(json_response(200, body));
+}
+
+void metrics(services& s, call&, responder respond) {
+  response r;
+  auto families = s.metrics.Collect();
+  for (auto& f : process_metric_families()) families.push_back(std::move(f));
+  r.body = prometheus::TextSerializer().Serialize(families);
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  respond(std::move(r));
+}
+
+void ui_live(services&, call&, responder respond) {
+  response r;
+  r.body = std::string(live_html());
+  r.content_type = "text/html; charset=utf-8";
+  r.headers.emplace_back("Content-Security-Policy",
+                         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                         "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'");
+  r.headers.emplace_back("X-Frame-Options", "DENY");
+  respond(std::move(r));
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,197 @@
+// /workunit and /workunits: append (single, batch; idempotent, optionally
+// fenced), fetch and page work units.
+#include <xxhash.h>
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/lock_params.hpp"
+#include "gateway/routes.hpp"
+#include "model/codec.hpp"
+#include "model/json_writer.hpp"
+
+namespace engram::gateway {
+
+namespace {
+
+using model::errc;
+
+// Idempotency-Key: 1-255 visible ASCII characters (as in the IETF draft's examples).
+model::result<std::string> idempotency_key_header(const request& req) {
+  const auto key = req.header("idempotency-key");
+  if (key.empty()) return std::string();
+  if (key.size() > 255) return model::fail(errc::invalid_argument, "Idempotency-Key is longer than 255 characters");
+  for (char c : key)
+    if (c < 0x21 || c > 0x7E)
+      return model::fail(errc::invalid_argument, "Idempotency-Key must be visible ASCII characters");
+  return std::string(key);
+}
+
+// Hash of everything that makes two requests "the same" for an idempotency key.
+std::string fingerprint(const request& req, std::string_view path) {
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_128bits_reset(st);
+  auto feed = [&](std::string_view s) {
+    XXH3_128bits_update(st, s.data(), s.size());
+    XXH3_128bits_update(st, "\0", 1);
+  };
+  feed(req.method);
+  feed(path);
+  feed(req.header("x-agent-id"));
+  feed(req.body);
+  const XXH128_hash_t h = XXH3_128bits_digest(st);
+  XXH3_freeState(st);
+  std::string out(16, '\0');
+  for (int i = 0; i < 8; ++i) {
+    out[i] = char(h.high64 >> (8 * i));
+    out[8 + i] = char(h.low64 >> (8 * i));
+  }
+  return out;
+}
+
+// `"<key>":[unit,…]` as a member of `obj`.
+void units_member(model::json_object& obj, std::string_view key, const std::vector<api::WorkUnit>& units) {
+  auto& out = obj.member(key);
+  size_t estimate = 32;
+  for (const auto& u : units) estimate += 256 + u.payload().size() * 4 / 3;
+  out.reserve(out.size() + estimate);
+  out.push_back('[');
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (i) out.push_back(',');
+    model::append_unit_json(out, units[i]);
+  }
+  out.push_back(']');
+}
+
+void respond_appended(const responder& respond, model::result<storage::append_result> r, bool single) {
+  if (!r) return respond(error_response(r.error()));
+  response resp;
+  resp.status = 201;
+  model::json_object body(resp.body);
+  if (single) model::append_unit_json(body.member("work_unit"), r->units.front());
+  else units_member(body, "work_units", r->units);
+  body.close();
+  if (r->replayed) resp.headers.emplace_back("Idempotent-Replayed", "true");
+  respond(std::move(resp));
+}
+
+std::string item(size_t i) { return "work_units[" + std::to_string(i) + "]: "; }
+
+}  // namespace
+
+void append_unit(services& s, call& c, responder respond) {
+  auto body = parse_body(c.req);
+  if (!body) return respond(error_response(body.error()));
+  auto unit = model::unit_from_json(*body, {"", c.req.header("x-agent-id")});
+  if (!unit) return respond(error_response(unit.error()));
+  if (auto ok = acting_as(c.who, unit->agent_id()); !ok) return respond(error_response(ok.error()));
+  if (!c.who.can(auth::write, unit->context_id())) return respond(forbidden(auth::write, unit->context_id()));
+  auto key = idempotency_key_header(c.req);
+  if (!key) return respond(error_response(key.error()));
+  std::vector<storage::fence> fences;
+  if (auto ok = parse_fence(*body, fences); !ok) return respond(error_response(ok.error()));
+  std::string ctx = unit->context_id();
+  std::vector<api::WorkUnit> units;
+  units.push_back(std::move(*unit));
+  s.eng.append(std::move(ctx), std::move(units), {std::move(*key), fingerprint(c.req, c.path)},
+               [respond = std::move(respond)](auto r) { respond_appended(respond, std::move(r), true); },
+               std::move(fences));
+}
+
+// {"context_id":"…","agent_id"?:"…","work_units":[{…},…]}: one context, all or none.
+// The engine bounds the batch size.
+void append_units(services& s, call& c, responder respond) {
+  auto body = parse_body(c.req);
+  if (!body) return respond(error_response(body.error()));
+  const auto ctx_it = body->find("context_id");
+  if (ctx_it == body->end() || !ctx_it->is_string())
+    return respond(bad_request("context_id is required and must be a string"));
+  const std::string ctx = ctx_it->get<std::string>();
+  if (auto bad = model::check_identifier("context_id", ctx, model::max_id_bytes)) return respond(bad_request(*bad));
+  std::string agent(c.req.header("x-agent-id"));
+  if (auto a = body->find("agent_id"); a != body->end() && !a->is_null()) {
+    if (!a->is_string()) return respond(bad_request("agent_id must be a string"));
+    if (!a->get_ref<const std::string&>().empty()) agent = a->get<std::string>();
+  }
+  if (auto ok = acting_as(c.who, agent); !ok) return respond(error_response(ok.error()));
+  if (!c.who.can(auth::write, ctx)) return respond(forbidden(auth::write, ctx));
+  const auto list = body->find("work_units");
+  if (list == body->end() || !list->is_array())
+    return respond(bad_request("work_units is required and must be an array of work units"));
+  if (list->empty()) return respond(bad_request("work_units must not be empty"));
+  std::vector<api::WorkUnit> units;
+  units.reserve(list->size());
+  std::vector<storage::fence> fences;
+  if (auto ok = parse_fence(*body, fences); !ok) return respond(error_response(ok.error()));
+  for (size_t i = 0; i < list->size(); ++i) {
+    if ((*list)[i].is_object())
+      if (auto ok = parse_fence((*list)[i], fences); !ok) return respond(bad_request(item(i) + ok.error().message));
+    auto unit = model::unit_from_json((*list)[i], {ctx, agent});
+    if (!unit) return respond(bad_request(item(i) + unit.error().message));
+    if (unit->context_id() != ctx) return respond(bad_request(item(i) + "context_id differs from the batch's context_id"));
+    if (auto ok = acting_as(c.who, unit->agent_id()); !ok)
+      return respond(error_response({errc::forbidden, item(i) + ok.error().message}));
+    units.push_back(std::move(*unit));
+  }
+  auto key = idempotency_key_header(c.req);
+  if (!key) return respond(error_response(key.error()));
+  s.eng.append(ctx, std::move(units), {std::move(*key), fingerprint(c.req, c.path)},
+               [respond = std::move(respond)](auto r) { respond_appended(respond, std::move(r), false); },
+               std::move(fences));
+}
+
+void get_unit(services& s, call& c, responder respond) {
+  bool with_embedding = false;
+  if (const auto* include = c.query.get("include")) {
+    if (*include == "embedding") with_embedding = true;
+    else if (!include->empty()) return respond(bad_request("include must be \"embedding\""));
+  }
+  s.eng.get_unit(std::move(c.subject), with_embedding,
+                 [who = c.who, with_embedding, respond = std::move(respond)](model::result<engine::unit_read> r) {
+                   if (!r) return respond(error_response(r.error()));
+                   // Indistinguishable from a unit that does not exist: ids do not reveal contexts.
+                   if (!who.can(auth::read, r->unit.context_id()))
+                     return respond(error_response({errc::not_found, "Work unit not found"}));
+                   response resp;
+                   model::json_object body(resp.body);
+                   auto& unit = body.member("work_unit");
+                   if (!with_embedding) {
+                     model::append_unit_json(unit, r->unit);
+                   } else if (r->embedding) {
+                     model::append_unit_json(unit, r->unit, [&](std::string& out) {
+                       model::append_embedding_json(out, *r->embedding);
+                     });
+                   } else {
+                     model::append_unit_json(unit, r->unit, [](std::string& out) {
+                       out.append(",\"embedding\":null,\"embedding_model\":null");
+                     });
+                   }
+                   body.close();
+                   respond(std::move(resp));
+                 });
+}
+
+void list_units(services& s, call& c, responder respond) {
+  engine::list_request lr;
+  auto limit = uint_param(c.query, "limit");
+  auto reverse = bool_param(c.query, "reverse");
+  auto after = uint_param(c.query, "after_seq");
+  if (!limit) return respond(error_response(limit.error()));
+  if (!reverse) return respond(error_response(reverse.error()));
+  if (!after) return respond(error_response(after.error()));
+  lr.limit = *limit;
+  lr.reverse = *reverse;
+  lr.after_seq = after->value_or(0);
+  if (const auto* cursor = c.query.get("cursor")) lr.cursor = *cursor;
+  s.eng.list_units(std::move(c.subject), std::move(lr),
+                   [respond = std::move(respond)](model::result<engine::units_page> page) {
+                     if (!page) return respond(error_response(page.error()));
+                     response r;
+                     model::json_object body(r.body);
+                     units_member(body, "work_units", page->units);
+                     body.string("next_cursor", page->next_cursor);
+                     body.close();
+                     respond(std::move(r));
+                   });
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,236 @@
+#pragma once
+// Private to search: the state shared by the parts of search::index, and which
+// part does what (README.md describes the design). Only search's .cpp files
+// include this header.
+//
+//   index.cpp     the public surface: open, publisher hooks, status, close
+//   shards.cpp    the shards: opening, start-up checks, rebuild, sealing, merging,
+//                 the published view (indexer thread, and the merge thread)
+//   indexer.cpp   the indexer thread: scan the logs, index, commit
+//   searcher.cpp  queries: readers over the view, keyword, semantic and hybrid
+//                 (query threads, or the caller's thread for search_now)
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <xapian.h>
+
+#include <atomic>
+#include <boost/asio/thread_pool.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "search/embedder.hpp"
+#include "search/index.hpp"
+#include "search/vectors.hpp"
+
+namespace engram::search {
+
+namespace detail {
+
+// Bumped whenever the document layout (terms.hpp) changes: an index with another
+// schema is rebuilt.
+constexpr std::string_view schema_version = "1";
+constexpr std::string_view meta_schema = "engram.schema";
+constexpr std::string_view meta_store = "engram.store";
+constexpr std::string_view meta_language = "engram.language";
+// Boot id of the last session that wrote without fsync and did not close cleanly.
+constexpr std::string_view meta_unsynced = "engram.unsynced_boot";
+constexpr size_t read_chunk = 512;  // events read from a log at a time
+constexpr size_t max_sealed_shards = 8;
+
+inline std::string describe(const Xapian::Error& e) { return e.get_type() + std::string(": ") + e.get_msg(); }
+
+struct metrics_set {
+  std::shared_ptr<prometheus::Registry> own;  // when the caller gave none
+  prometheus::Counter* documents_indexed;
+  prometheus::Counter* commits;
+  prometheus::Gauge* lag;
+  prometheus::Gauge* documents;
+  prometheus::Histogram* delay;
+  prometheus::Histogram* commit_seconds;
+  prometheus::Histogram* latency;
+  prometheus::Counter* queries_ok;
+  prometheus::Counter* queries_invalid;
+  prometheus::Counter* queries_failed;
+
+  explicit metrics_set(prometheus::Registry* r);  // index.cpp
+};
+
+// One Xapian database directory of the index. A retired shard (merged into the
+// base) is deleted when the last view that still shows it is released.
+struct shard {
+  std::string dir;
+  uint64_t number = 0;  // 0: the base
+  std::atomic<bool> retired{false};
+  shard(std::string d, uint64_t n) : dir(std::move(d)), number(n) {}
+  ~shard() {
+    if (!retired) return;
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+};
+
+// The shards a query searches together, base first. Published as a whole, so a
+// query sees a merged unit either in the base or in its recent shard, never both.
+struct view {
+  uint64_t epoch = 0;
+  std::vector<std::shared_ptr<shard>> shards;
+};
+
+}  // namespace detail
+
+struct index::impl {
+  using steady = std::chrono::steady_clock;
+  using shard = detail::shard;
+  using view = detail::view;
+
+  options opts;
+  storage::store& store;
+  std::string store_identity;
+  std::string boot_id;
+  // Xapian objects are not thread-safe (not even their reference counts): every
+  // thread builds its own stemmer from the language.
+  detail::metrics_set metrics;
+
+  // ---- indexer thread only (after open) ----
+  std::shared_ptr<shard> base;
+  std::vector<std::shared_ptr<shard>> sealed;  // full recent shards, oldest first, awaiting merge
+  std::shared_ptr<shard> active;               // the recent shard being written
+  std::optional<Xapian::WritableDatabase> writer;  // on `active`
+  uint64_t documents_elsewhere = 0;                // in the base and sealed shards
+  std::unordered_map<std::string, uint64_t> positions;  // last seq indexed, per context
+  std::vector<Xapian::Database> position_sources;       // base and sealed shards, during scan()
+  std::vector<int64_t> uncommitted_ts;                  // commit times of units awaiting commit
+  uint64_t uncommitted_events = 0;
+  steady::time_point last_commit{};
+  steady::time_point last_progress_log{};
+  steady::time_point catch_up_started{};
+  std::thread indexer;
+
+  // ---- merging: one background merge at a time, started and joined by the indexer ----
+  std::thread merger;
+  std::shared_ptr<shard> merging;
+  std::atomic<bool> merge_done{false};
+  std::atomic<bool> abort_merge{false};
+  std::string merge_error;  // written by the merger before merge_done
+
+  // ---- shared with the committer thread (publisher) and status readers ----
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  std::unordered_map<std::string, uint64_t> heads;    // last committed seq, per context
+  std::unordered_map<std::string, uint64_t> pending;  // contexts with events to index
+  std::string failure;
+  std::atomic<uint64_t> committed_events{0};  // Σ heads
+  std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
+  std::atomic<uint64_t> documents{0};
+  std::atomic<size_t> sealed_count{0};  // recent shards waiting to be merged
+  // Queries that lost their revision to index commits more than once. While any
+  // is retrying, the indexer holds its commits (up to max_commit_hold): a reader
+  // survives one commit, not two, so under a steady write load a query slower than
+  // two commit intervals would otherwise never finish (seen in the soak test).
+  std::atomic<int> starved_queries{0};
+  static constexpr auto max_commit_hold = std::chrono::seconds(1);
+  std::atomic<index_state> state{index_state::catching_up};
+
+  // ---- queries ----
+  // Readers take the view and reopen under the shared lock; a merge commits the
+  // base and publishes the view without the merged shard under the exclusive lock.
+  std::shared_mutex view_mu;
+  std::shared_ptr<const view> current_view;
+  struct reader {
+    std::unique_ptr<Xapian::Database> db;
+    std::shared_ptr<const view> v;
+  };
+  std::mutex readers_mu;
+  std::vector<reader> idle_readers;
+  std::optional<boost::asio::thread_pool> pool;
+  std::atomic<size_t> queued_queries{0};
+  std::atomic<bool> closed{false};
+
+  // ---- semantic search ----
+  std::unique_ptr<vector_index> vectors;
+  std::unique_ptr<search::embedder> embedder;  // null: no endpoint configured
+
+  // index::open checks the language before (Xapian::Stem throws for an unknown one).
+  impl(const options& o, storage::store& s, prometheus::Registry* r);
+
+  int sync_flag() const { return opts.fsync ? 0 : Xapian::DB_NO_SYNC; }
+  std::string base_dir() const { return opts.index_dir + "/base"; }
+  std::string recent_dir(uint64_t n) const { return opts.index_dir + "/recent." + std::to_string(n); }
+
+  // ---- shards.cpp ----------------------------------------------------------------
+  // Xapian exceptions from these functions reach the indexer's boundary
+  // (guarded_indexing), except where they say otherwise.
+
+  // Opens the index, replacing one that is unreadable, was built for another store,
+  // schema or language, or may have lost unsynced writes to an OS crash. Fails only
+  // when the directory cannot be used at all. Catches Xapian errors.
+  model::status open_index();
+  void start_writing(const std::vector<uint64_t>& recents);
+  // Replaces the published view (exclusive lock held by the caller or here).
+  template <class Change>
+  void publish(Change&& change, bool locked = false);
+  void finish_writing();
+  // Deletes the index and starts an empty one. Catches Xapian errors.
+  model::status recreate();
+  // After a commit: seal a full active shard, collect a finished merge, start the next.
+  model::status manage_tiers();
+  void merge(const std::shared_ptr<shard>& src);  // the merge thread; catches Xapian errors
+  void finish_merge();
+  void stop_merge();
+
+  // ---- indexer.cpp ---------------------------------------------------------------
+  void run_indexer();  // the indexer thread's body
+  model::status guarded_indexing();
+  bool restart_after_error(int rebuilds, const std::string& why);
+  bool give_up(const std::string& why);
+  bool stopping_now();
+  uint64_t position(const std::string& context_id);
+  model::status scan();
+  uint64_t lag() const {
+    const uint64_t c = committed_events.load(), i = indexed_events.load();
+    return c > i ? c - i : 0;
+  }
+  void update_lag_metric() { metrics.lag->Set(double(lag())); }
+  model::status follow();
+  bool index_some(const std::unordered_map<std::string, uint64_t>& work);
+  model::status commit();
+
+  // ---- searcher.cpp --------------------------------------------------------------
+  struct plan {
+    search_mode mode = search_mode::keyword;
+    std::string model;
+    std::vector<float> vector;
+    std::string degraded;
+  };
+  model::result<reader> acquire_reader();
+  void release_reader(reader r);
+  std::string snippet(const Xapian::MSet& mset, const api::WorkUnit& head, const Xapian::Stem& stemmer) const;
+  model::result<std::optional<Xapian::Query>> full_query(Xapian::Database& db, const query& q,
+                                                         const Xapian::Stem& stemmer) const;
+  model::result<results> keyword(Xapian::Database& db, const query& q) const;
+  model::result<plan> resolve(const query& q) const;
+  model::result<std::vector<neighbour>> nearest(Xapian::Database& db, const query& q, const plan& p, size_t depth,
+                                                bool& complete) const;
+  std::optional<hit> unit_hit(const std::string& id, bool with_snippet) const;
+  model::result<results> vector_search(Xapian::Database& db, const query& q, const plan& p) const;
+  model::result<results> execute(Xapian::Database& db, const query& q, const plan& p) const;
+  // Runs a query on the calling thread; the boundary for Xapian's and hnswlib's
+  // exceptions on the query path.
+  model::result<results> run_query(const query& q);
+  model::result<results> run_measured(const query& q);
+};
+
+}  // namespace engram::search

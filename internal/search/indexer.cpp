@@ -1,0 +1,230 @@
+// The indexer thread: compares the logs with the index at start-up (scan), then
+// follows them (follow): reads new events back from storage, writes documents
+// into the active shard and commits in batches. The only thread that writes the
+// index; it starts and joins merges (shards.cpp).
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "search/index_impl.hpp"
+#include "search/terms.hpp"
+#include "storage/store.hpp"
+
+namespace engram::search {
+namespace {
+
+using model::errc;
+using model::fail;
+using detail::describe;
+
+std::string position_key(std::string_view context_id) { return bool_term("p:", context_id); }
+
+}  // namespace
+
+void index::impl::run_indexer() {
+  int rebuilds = 0;
+  for (;;) {
+    auto ok = guarded_indexing();
+    if (ok) return;  // closed
+    spdlog::error("search: index error: {}", ok.error().message);
+    if (!restart_after_error(++rebuilds, ok.error().message)) return;
+  }
+}
+
+// scan() then follow() until close(). The indexer's boundary with Xapian: its
+// exceptions (and allocation failures) become errors here.
+model::status index::impl::guarded_indexing() {
+  try {
+    if (auto ok = scan(); !ok) return ok;
+    return follow();
+  } catch (const Xapian::Error& e) {
+    return fail(errc::internal, describe(e));
+  } catch (const std::exception& e) {
+    return fail(errc::internal, e.what());
+  }
+}
+
+bool index::impl::restart_after_error(int rebuilds, const std::string& why) {
+  if (rebuilds > 3) return give_up("gave up after repeated index errors; last: " + why);
+  spdlog::warn("search: rebuilding the index from the logs");
+  if (auto ok = recreate(); !ok) return give_up(ok.error().message);
+  return !stopping_now();
+}
+
+bool index::impl::give_up(const std::string& why) {
+  spdlog::critical("search: {}; searches answer 503 until a restart", why);
+  std::lock_guard lock(mu);
+  failure = why;
+  state = index_state::failed;
+  return false;
+}
+
+bool index::impl::stopping_now() {
+  std::lock_guard lock(mu);
+  return stopping;
+}
+
+// The last seq indexed for a context: the highest any shard records (shards are
+// newer than the base, and a merge carries positions into the base).
+uint64_t index::impl::position(const std::string& context_id) {
+  auto it = positions.find(context_id);
+  if (it != positions.end()) return it->second;
+  const auto key = position_key(context_id);
+  uint64_t pos = read_sortable_u64(writer->get_metadata(key));
+  for (const auto& db : position_sources) pos = std::max(pos, read_sortable_u64(db.get_metadata(key)));
+  indexed_events += pos;
+  positions.emplace(context_id, pos);
+  return pos;
+}
+
+// Compares every context's head with the index's position: what the index lacks
+// becomes pending work. Runs at start and after a rebuild.
+model::status index::impl::scan() {
+  state = index_state::catching_up;
+  catch_up_started = last_progress_log = steady::now();
+  position_sources.clear();
+  position_sources.emplace_back(base->dir);
+  for (const auto& sh : sealed) position_sources.emplace_back(sh->dir);
+  std::string after;
+  for (;;) {
+    auto page = store.list_contexts(after, 1000);
+    if (!page) return fail(page.error().code, "listing contexts: " + page.error().message);
+    for (const auto& c : page->contexts) {
+      const uint64_t pos = position(c.id());
+      std::lock_guard lock(mu);
+      auto& known = heads[c.id()];
+      if (c.head_seq() > known) {
+        committed_events += c.head_seq() - known;
+        known = c.head_seq();
+      }
+      if (pos < known) {
+        auto& p = pending[c.id()];
+        p = std::max(p, known);
+      }
+    }
+    if (!page->more || page->contexts.empty()) break;
+    after = page->contexts.back().id();
+  }
+  position_sources.clear();  // contexts seen later are new: only the active shard can know them
+  const uint64_t backlog = lag();
+  spdlog::info("search: index at {} holds {} units; {} log events to index", opts.index_dir,
+               documents.load(), backlog);
+  update_lag_metric();
+  if (backlog == 0) state = index_state::ready;
+  return {};
+}
+
+// Follows the logs until close(): index whatever is pending, commit at most every
+// commit_interval (sooner when a batch is full), sleep when there is nothing.
+model::status index::impl::follow() {
+  for (;;) {
+    std::unordered_map<std::string, uint64_t> work;
+    {
+      std::unique_lock lock(mu);
+      // A finished merge wakes the indexer too: the next one starts even when
+      // no writes arrive.
+      auto has_work = [&] { return stopping || !pending.empty() || merge_done; };
+      if (uncommitted_events == 0) cv.wait(lock, has_work);
+      else cv.wait_until(lock, last_commit + (starved_queries > 0 ? max_commit_hold : opts.commit_interval), has_work);
+      if (stopping) break;
+      work.swap(pending);
+    }
+    const bool read_error = !work.empty() && !index_some(work);
+    const bool held = starved_queries > 0 && steady::now() < last_commit + max_commit_hold;
+    if (uncommitted_events > 0 && !held &&
+        (steady::now() >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units)) {
+      if (auto ok = commit(); !ok) return ok;  // manages the tiers too
+    } else if (merge_done) {
+      if (auto ok = manage_tiers(); !ok) return ok;
+    }
+    if (read_error) {
+      std::unique_lock lock(mu);  // storage refused a read: retry later
+      cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping; });
+    }
+  }
+  if (uncommitted_events > 0) return commit();
+  return {};
+}
+
+// Indexes up to max_batch_units units of the work; what is left goes back to
+// `pending`. False when a storage read failed.
+bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& work) {
+  Xapian::TermGenerator generator;
+  generator.set_stemmer(Xapian::Stem(opts.language));
+  generator.set_flags(Xapian::TermGenerator::FLAG_CJK_NGRAM);
+  size_t budget = opts.max_batch_units;
+  bool ok = true;
+  std::vector<std::pair<std::string, uint64_t>> leftover;
+  for (const auto& [context_id, head] : work) {
+    uint64_t pos = position(context_id);
+    const uint64_t start = pos;
+    while (pos < head && budget > 0 && ok) {
+      auto events =
+          store.read_events(context_id, pos, std::min<uint64_t>({detail::read_chunk, budget, head - pos}));
+      if (!events) {
+        spdlog::error("search: reading context '{}' after seq {}: {}", context_id, pos, events.error().message);
+        ok = false;
+        break;
+      }
+      if (events->empty()) break;  // cannot happen while head is a committed seq
+      for (const auto& ev : *events) {
+        if (ev.has_work_unit()) {
+          const auto& unit = ev.work_unit();
+          writer->replace_document(unique_term(unit.id()), make_document(unit, generator, opts.max_text_bytes));
+          uncommitted_ts.push_back(unit.ts_ns());
+          --budget;
+        }
+        pos = ev.seq();
+      }
+    }
+    if (pos != start) {
+      positions[context_id] = pos;
+      writer->set_metadata(position_key(context_id), sortable_u64(pos));
+      uncommitted_events += pos - start;
+    }
+    if (pos < head) leftover.emplace_back(context_id, head);
+  }
+  if (!leftover.empty()) {
+    std::lock_guard lock(mu);
+    for (auto& [context_id, head] : leftover) {
+      auto& p = pending[context_id];
+      p = std::max(p, head);
+    }
+  }
+  return ok;
+}
+
+model::status index::impl::commit() {
+  const auto t0 = steady::now();
+  writer->commit();
+  last_commit = steady::now();
+  metrics.commit_seconds->Observe(std::chrono::duration<double>(last_commit - t0).count());
+  const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::system_clock::now().time_since_epoch()).count();
+  for (const int64_t ts : uncommitted_ts) metrics.delay->Observe(double(std::max<int64_t>(0, now_ns - ts)) / 1e9);
+  metrics.documents_indexed->Increment(double(uncommitted_ts.size()));
+  metrics.commits->Increment();
+  indexed_events += uncommitted_events;
+  uncommitted_ts.clear();
+  uncommitted_events = 0;
+  documents = documents_elsewhere + writer->get_doccount();
+  metrics.documents->Set(double(documents));
+  update_lag_metric();
+  if (auto ok = manage_tiers(); !ok) return ok;
+  if (state == index_state::catching_up) {
+    const uint64_t remaining = lag();
+    const auto now = steady::now();
+    if (remaining == 0) {
+      state = index_state::ready;
+      spdlog::info("search: index caught up in {:.1f} s ({} units)",
+                   std::chrono::duration<double>(now - catch_up_started).count(), documents.load());
+    } else if (now - last_progress_log >= std::chrono::seconds(2)) {
+      last_progress_log = now;
+      spdlog::info("search: catching up: {} units indexed, {} log events to go", documents.load(), remaining);
+    }
+  }
+  return {};
+}
+
+}  // namespace engram::search
