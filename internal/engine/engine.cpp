@@ -3,11 +3,13 @@
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <charconv>
+#include <shared_mutex>
 
 #include "model/text.hpp"
 
@@ -33,13 +35,16 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
 
 }  // namespace
 
-// Storage reads, off the I/O threads (DESIGN.md §3). Bounded by a count of queued
-// jobs rather than inside Asio, which has no bounded queue.
+// Storage reads, off the I/O threads (DESIGN.md §3). Asio's pool has no bounded
+// queue, so REST reads are counted here; stream polls are not (one per stream).
+// `mu` orders submissions against drain_reads(): nothing is posted to a pool that
+// is being joined.
 struct engine::read_pool {
   explicit read_pool(size_t threads) : pool(threads) {}
   boost::asio::thread_pool pool;
-  std::atomic<size_t> queued{0};
-  std::atomic<bool> draining{false};
+  std::atomic<size_t> queued_rest{0};
+  std::shared_mutex mu;
+  bool draining = false;  // guarded by mu
 };
 
 engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::router* router,
@@ -59,34 +64,38 @@ engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::
 engine::~engine() { drain_reads(); }
 
 void engine::drain_reads() {
-  reads_->draining = true;
+  {
+    std::unique_lock lock(reads_->mu);
+    reads_->draining = true;
+  }
   reads_->pool.join();
 }
 
-bool engine::submit_read(std::function<void()> job, bool bounded) const {
+model::status engine::submit_read(std::function<void()> job, bool bounded) const {
   auto& r = *reads_;
-  if (r.draining.load()) return false;
-  if (r.queued.fetch_add(1) >= opts_.max_queued_reads && bounded) {
-    r.queued.fetch_sub(1);
-    return false;
+  std::shared_lock lock(r.mu);
+  if (r.draining) return fail(errc::unavailable, "the server is shutting down");
+  if (bounded && r.queued_rest.fetch_add(1) >= opts_.max_queued_reads) {
+    r.queued_rest.fetch_sub(1);
+    return fail(errc::unavailable, "too many reads in progress; retry shortly");
   }
-  boost::asio::post(r.pool, [&r, job = std::move(job)] {
-    r.queued.fetch_sub(1);
-    job();
+  boost::asio::post(r.pool, [&r, bounded, job = std::move(job)] {
+    if (bounded) r.queued_rest.fetch_sub(1);
+    // Backstop: an exception must not end the pool thread (and the process).
+    // Completions answer with values; reaching this is a bug, so it is loud.
+    try {
+      job();
+    } catch (const std::exception& e) {
+      spdlog::error("engine: a read completion threw: {}", e.what());
+    }
   });
-  return true;
+  return {};
 }
-
-namespace {
-model::error busy() {
-  return {errc::unavailable, "too many reads in progress; retry shortly"};
-}
-}  // namespace
 
 void engine::poll_stream(std::shared_ptr<stream> s, size_t max_bytes,
                          reply<std::vector<router::event_ptr>> done) const {
   auto job = [s = std::move(s), max_bytes, done] { done(s->poll(max_bytes)); };
-  if (!submit_read(std::move(job), false)) done(fail(errc::unavailable, "the server is shutting down"));
+  if (auto ok = submit_read(std::move(job), false); !ok) done(std::unexpected(ok.error()));
 }
 
 model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, std::function<void()> notify) {
@@ -188,14 +197,17 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
                std::move(done));
 }
 
-void engine::get_unit(std::string id, bool with_embedding, reply<unit_read> done) const {
-  auto job = [this, id = std::move(id), with_embedding, done] { done(read_unit(id, with_embedding)); };
-  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+void engine::get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
+                      reply<unit_read> done) const {
+  auto job = [this, id = std::move(id), with_embedding, readable = std::move(readable), done] {
+    done(read_unit(id, with_embedding, readable));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
 void engine::list_units(std::string context_id, list_request req, reply<units_page> done) const {
   auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
-  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
 void engine::get_context(std::string id, reply<api::Context> done) const {
@@ -207,20 +219,23 @@ void engine::get_context(std::string id, reply<api::Context> done) const {
     if (!*ctx) return done(fail(errc::not_found, "Context not found"));
     done(std::move(**ctx));
   };
-  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
 void engine::list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const {
   auto job = [this, cursor = std::move(cursor), limit, done] { done(read_contexts(cursor, limit)); };
-  if (!submit_read(std::move(job), true)) done(std::unexpected(busy()));
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
-model::result<unit_read> engine::read_unit(std::string_view id, bool with_embedding) const {
+model::result<unit_read> engine::read_unit(std::string_view id, bool with_embedding,
+                                           const std::function<bool(std::string_view)>& readable) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto unit = (*s)->get_unit(id);
   if (!unit) return std::unexpected(unit.error());
-  if (!*unit) return fail(errc::not_found, "Work unit not found");
+  // A unit the caller may not read is indistinguishable from one that does not
+  // exist: ids do not reveal contexts.
+  if (!*unit || (readable && !readable((*unit)->context_id()))) return fail(errc::not_found, "Work unit not found");
   unit_read out{std::move(**unit), std::nullopt};
   if (with_embedding) {
     auto vector = (*s)->get_vector(id);

@@ -86,8 +86,11 @@ class engine {
   void append(std::string context_id, std::vector<api::WorkUnit> units, idempotency idem,
               append_done done, std::vector<storage::fence> fences = {});
 
-  // Reads run on the read pool; `done` runs on a read thread.
-  void get_unit(std::string id, bool with_embedding, reply<unit_read> done) const;
+  // Reads run on the read pool; `done` runs on a read thread. `readable`, when
+  // set, answers whether the caller may read a context: a unit in another is
+  // reported as not found (before its embedding is read).
+  void get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
+                reply<unit_read> done) const;
   void list_units(std::string context_id, list_request req, reply<units_page> done) const;
 
   // ---- contexts -----------------------------------------------------------------
@@ -126,11 +129,12 @@ class engine {
   model::result<storage::store*> store() const;
   model::result<locks::manager*> locks() const;
   model::result<size_t> page_limit(std::optional<size_t> requested) const;
-  // Runs `job` on the read pool; false (and `job` not run) when `bounded` and the
-  // queue is full, or after drain_reads().
-  bool submit_read(std::function<void()> job, bool bounded) const;
+  // Runs `job` on the read pool; `unavailable` (and `job` not run) when `bounded`
+  // and max_queued_reads REST reads wait already, or once drain_reads() began.
+  model::status submit_read(std::function<void()> job, bool bounded) const;
 
-  model::result<unit_read> read_unit(std::string_view id, bool with_embedding) const;
+  model::result<unit_read> read_unit(std::string_view id, bool with_embedding,
+                                     const std::function<bool(std::string_view)>& readable) const;
   model::result<units_page> read_units(std::string_view context_id, const list_request& req) const;
   model::result<contexts_page> read_contexts(std::string_view cursor, std::optional<size_t> limit) const;
 

@@ -145,12 +145,10 @@ void get_unit(services& s, call& c, responder respond) {
     if (*include == "embedding") with_embedding = true;
     else if (!include->empty()) return respond(bad_request("include must be \"embedding\""));
   }
-  s.eng.get_unit(std::move(c.subject), with_embedding,
-                 [who = c.who, with_embedding, respond = std::move(respond)](model::result<engine::unit_read> r) {
+  auto readable = [who = c.who](std::string_view context) { return who.can(auth::read, context); };
+  s.eng.get_unit(std::move(c.subject), with_embedding, std::move(readable),
+                 [with_embedding, respond = std::move(respond)](model::result<engine::unit_read> r) {
                    if (!r) return respond(error_response(r.error()));
-                   // Indistinguishable from a unit that does not exist: ids do not reveal contexts.
-                   if (!who.can(auth::read, r->unit.context_id()))
-                     return respond(error_response({errc::not_found, "Work unit not found"}));
                    response resp;
                    model::json_object body(resp.body);
                    auto& unit = body.member("work_unit");

@@ -189,6 +189,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     if (closing_) return;
     if (sub != subscription_) return pump();  // read for a replaced subscription
     if (!next) {
+      if (srv_->shutting_down)
+        return close_with(websocket::close_code::going_away,
+                          "server shutting down; reconnect and resume from your last seq");
       spdlog::error("stream: catch-up read failed: {}", next.error().message);
       return close_with(websocket::close_code::try_again_later, "temporary storage error; resume from your last seq");
     }
@@ -341,7 +344,10 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   // The stream could not open: an ordinary HTTP error answer, then close.
   void refuse(unsigned version, std::vector<std::pair<std::string, std::string>> headers, const model::error& why) {
     ending_ = true;
-    auto r = error_response(why);
+    // Bad parameters are the client's; anything else (storage) is worth a retry.
+    auto r = error_response(why.code == model::errc::invalid_argument
+                                ? why
+                                : model::error{model::errc::unavailable, why.message});
     for (auto& h : headers) r.headers.push_back(std::move(h));
     auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version, false));
     lowest().expires_after(srv_->opts.write_timeout);
@@ -396,6 +402,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
       net::post(self->stream_.get_executor(), [self, next = std::move(next)]() mutable {
         self->reading_ = false;
         if (self->ending_) return self->pump();
+        if (!next && self->srv_->shutting_down)
+          return self->end("shutdown", "server shutting down; reconnect with Last-Event-ID to resume");
         if (!next) return self->end("error", "temporary storage error; reconnect with Last-Event-ID to resume");
         self->take(std::move(*next));
         self->pump();

@@ -37,6 +37,7 @@ class json_object {
     append_json_string(out, clean);
   }
   template <std::integral T>
+    requires(!std::same_as<T, bool>)
   void number(std::string_view key, T value) {
     auto& out = member(key);
     char buf[24];

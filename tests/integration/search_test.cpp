@@ -55,11 +55,8 @@ class SearchTest : public ::testing::Test {
   // there at this machine's pace: only a status that stops changing is a hang.
   void wait_indexed() {
     json status;
-    ASSERT_TRUE(wait_while_progressing(
-        [&] {
-          auto r = call(*http_, "GET", "/readyz");
-          return r.status == 200 ? r.body : json();
-        },
+    ASSERT_TRUE(wait_readyz(
+        *http_,
         [](const json& r) {
           return r.contains("search") && r["search"].value("lag", -1) == 0 && r["search"].value("state", "") == "ready";
         },

@@ -60,11 +60,8 @@ class SemanticTest : public ::testing::Test {
   // machine's pace: only a status that stops changing is a hang.
   void wait_indexed() {
     json status;
-    ASSERT_TRUE(wait_while_progressing(
-        [&] {
-          auto r = call(*http_, "GET", "/readyz");
-          return r.status == 200 ? r.body : json();
-        },
+    ASSERT_TRUE(wait_readyz(
+        *http_,
         [](const json& r) {
           if (!r.contains("search") || !r["search"].contains("vectors")) return false;
           const auto& s = r["search"];

@@ -16,6 +16,7 @@
 #include "app/app.hpp"
 #include "config/config.hpp"
 #include "engram/http_connection.hpp"
+#include "storage/store.hpp"
 
 namespace engram::test {
 
@@ -94,6 +95,17 @@ inline bool wait_while_progressing(const std::function<json()>& observe, const s
   return ok;
 }
 
+// A real store in `dir`/db with small caches. No completion executor: completions
+// run on the committer thread (or at once, on a refusal).
+inline model::result<std::unique_ptr<storage::store>> open_test_store(
+    const temp_dir& dir, std::shared_ptr<const model::clock> clock = nullptr) {
+  storage::options o;
+  o.data_dir = dir.str() + "/db";
+  o.block_cache_bytes = 8 << 20;
+  o.write_buffer_bytes = 8 << 20;
+  return storage::store::open(o, nullptr, std::move(clock), nullptr);
+}
+
 inline config::config test_config(const std::string& data_dir) {
   config::config cfg;
   cfg.server.host = "127.0.0.1";
@@ -158,6 +170,18 @@ inline reply call(client::http_connection& c, std::string_view method, std::stri
 }
 
 // The value of an unlabelled metric from GET /metrics; -1 when absent.
+// Waits until /readyz's body satisfies `done` (an index catching up, say) at the
+// machine's pace (see wait_while_progressing); `last` receives the last body seen.
+inline bool wait_readyz(client::http_connection& c, const std::function<bool(const json&)>& done,
+                        json* last = nullptr) {
+  return wait_while_progressing(
+      [&] {
+        auto r = call(c, "GET", "/readyz");
+        return r.status == 200 ? r.body : json();
+      },
+      done, last);
+}
+
 inline double metric(client::http_connection& c, const std::string& name) {
   auto r = call(c, "GET", "/metrics");
   const auto pos = r.raw.find("\n" + name + " ");

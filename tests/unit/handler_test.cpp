@@ -43,11 +43,7 @@ class HandlerTest : public ::testing::Test {
     opts_.limits.writes = {writes_per_second, 1};
     eng_ = std::make_unique<engine::engine>(engine::options{}, nullptr, nullptr, nullptr);
     if (with_store) {
-      storage::options so;
-      so.data_dir = dir_.str() + "/db";
-      so.block_cache_bytes = 8 << 20;
-      so.write_buffer_bytes = 4 << 20;
-      auto s = storage::store::open(so, nullptr, nullptr, nullptr);
+      auto s = open_test_store(dir_);
       ASSERT_TRUE(s) << s.error().message;
       store_ = std::move(*s);
       eng_->attach(store_.get());

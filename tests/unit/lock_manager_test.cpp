@@ -45,11 +45,7 @@ class LockManagerTest : public ::testing::Test {
   // calling thread when it refuses a write): the harshest executor for a caller
   // that holds a lock while calling it.
   void open() {
-    storage::options so;
-    so.data_dir = dir_.str() + "/db";
-    so.block_cache_bytes = 8 << 20;
-    so.write_buffer_bytes = 4 << 20;
-    auto s = storage::store::open(so, nullptr, clock_, nullptr);
+    auto s = test::open_test_store(dir_, clock_);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
     registry_ = std::make_unique<prometheus::Registry>();

@@ -22,11 +22,7 @@ class VectorStoreTest : public ::testing::Test {
  protected:
   void SetUp() override { open(); }
   void open() {
-    storage::options o;
-    o.data_dir = dir_.str() + "/db";
-    o.block_cache_bytes = 8 << 20;
-    o.write_buffer_bytes = 8 << 20;
-    auto s = storage::store::open(o, nullptr, nullptr, nullptr);
+    auto s = test::open_test_store(dir_);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
   }
