@@ -58,12 +58,11 @@ std::vector<std::string_view> split(std::string_view s) {
   }
 }
 
-// Matches `path` against `pattern`, capturing parameters (still percent-encoded).
-bool matches(std::string_view pattern, std::string_view path,
+// Matches the path's segments against `pattern`, capturing parameters (still
+// percent-encoded).
+bool matches(std::string_view pattern, const std::vector<std::string_view>& segs,
              std::vector<std::pair<std::string_view, std::string>>& params) {
-  if (!path.starts_with('/')) return false;
   const auto pat = split(pattern.substr(1));
-  const auto segs = split(path.substr(1));
   params.clear();
   size_t s = 0;
   for (size_t p = 0; p < pat.size(); ++p) {
@@ -109,9 +108,11 @@ std::span<const route> routes() { return table; }
 
 route_match match_route(std::span<const route> table, std::string_view method, std::string_view encoded_path) {
   route_match m;
+  if (!encoded_path.starts_with('/')) return m;
+  const auto segs = split(encoded_path.substr(1));  // once per request, not per route
   std::vector<std::pair<std::string_view, std::string>> params;
   for (const auto& r : table) {
-    if (!matches(r.pattern, encoded_path, params)) continue;
+    if (!matches(r.pattern, segs, params)) continue;
     if (m.allow.empty()) m.label = label_of(r.pattern);
     if (m.allow.find(r.method) == std::string::npos) {
       if (!m.allow.empty()) m.allow.append(", ");
