@@ -23,7 +23,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_ARGS ?=
 PREFIX ?= /usr/local
 
-DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl \
+DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl jq \
   libboost1.81-dev libboost-url1.81-dev \
   librocksdb-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev \
   libxapian-dev libhnswlib-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \

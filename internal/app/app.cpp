@@ -132,6 +132,17 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
       shared_authn, p->registry.get(), p->eng.get());
   if (auto ok = p->http->start(); !ok) return std::unexpected(ok.error());
   spdlog::info("http: listening on {}:{}", cfg.server.host, p->http->port());
+  {
+    // Where a person goes next: the API, the page, the metrics (IPv6 hosts in brackets).
+    const auto& host = cfg.server.host;
+    const std::string shown = host == "0.0.0.0" || host == "::" ? "127.0.0.1"
+                              : host.find(':') != std::string::npos ? "[" + host + "]"
+                                                                    : host;
+    const std::string base =
+        fmt::format("{}://{}:{}", cfg.server.tls_cert_file.empty() ? "http" : "https", shown, p->http->port());
+    spdlog::info("http: API {}/ (described at {}/openapi.yaml), page {}/ui/live, metrics {}/metrics", base, base,
+                 base, base);
+  }
   if (cfg.server.auth.enabled) {
     spdlog::info("auth: enabled ({} bearer tokens)", auth::to_string(cfg.server.auth.alg));
   } else {

@@ -9,7 +9,8 @@
 
 namespace engram::gateway {
 
-std::string_view live_html();  // web_assets.cpp, generated from web/live.html
+std::string_view live_html();     // web_assets.cpp, generated from web/live.html
+std::string_view openapi_yaml();  // web_assets.cpp, generated from api/openapi.yaml
 
 void healthz(services&, call&, responder respond) {
   response r;
@@ -59,6 +60,25 @@ void ui_live(services&, call&, responder respond) {
                          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                          "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'");
   r.headers.emplace_back("X-Frame-Options", "DENY");
+  respond(std::move(r));
+}
+
+// A browser pointed at the server lands on the page rather than on a 404.
+void root(services&, call&, responder respond) {
+  response r;
+  r.status = 302;
+  r.headers.emplace_back("Location", "/ui/live");
+  r.content_type = "text/plain; charset=utf-8";
+  r.body = "see /ui/live\n";
+  respond(std::move(r));
+}
+
+// The API description this binary implements (api/openapi.yaml), for tools that
+// generate clients or browse the API.
+void openapi(services&, call&, responder respond) {
+  response r;
+  r.body = std::string(openapi_yaml());
+  r.content_type = "application/yaml; charset=utf-8";
   respond(std::move(r));
 }
 

@@ -1,6 +1,7 @@
 // The real server on 127.0.0.1:0 with a real HTTP client: every route and error.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -55,6 +56,21 @@ TEST_F(ServerTest, HealthReadyAndMetrics) {
                            "engram_storage_units_written_total 1", "engram_storage_commit_group_units_bucket",
                            "engram_storage_wal_write_seconds_count", "engram_http_connections_active"})
     EXPECT_NE(m.raw.find(name), std::string::npos) << name;
+}
+
+TEST_F(ServerTest, RootRedirectsToThePageAndTheApiDescriptionIsServed) {
+  auto root = get("/");
+  EXPECT_EQ(root.status, 302u);
+  EXPECT_EQ(root.http.header("location"), "/ui/live");
+  auto spec = get("/openapi.yaml");
+  ASSERT_EQ(spec.status, 200u);
+  EXPECT_NE(spec.http.header("content-type").find("yaml"), std::string::npos);
+  // The served description is the repository's file, byte for byte.
+  std::ifstream file(std::string(ENGRAM_SOURCE_DIR) + "/api/openapi.yaml", std::ios::binary);
+  const std::string expected((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(expected.empty());
+  EXPECT_EQ(spec.raw, expected);
+  EXPECT_EQ(get("/nope").status, 404u);
 }
 
 TEST_F(ServerTest, AppendThenFetchInV3Format) {
@@ -378,7 +394,7 @@ TEST_F(ServerTest, OpenApiDocumentsRoutesTheServerServes) {
       ++checked;
     }
   }
-  EXPECT_GE(checked, 17u);  // 18 documented operations, less the SSE stream
+  EXPECT_GE(checked, 19u);  // 20 documented operations, less the SSE stream
 }
 
 TEST(ServerRecovery, NotReadyUntilStorageOpens) {
