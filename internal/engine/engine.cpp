@@ -269,6 +269,11 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
   units_page out;
   if (page->more && !page->units.empty())
     out.next_cursor = make_cursor('u', std::to_string(page->units.back().seq()));
+  if (page->units.empty()) {  // only then can the context be missing: one more point read
+    auto ctx = (*s)->get_context(context_id);
+    if (!ctx) return std::unexpected(ctx.error());
+    out.context_exists = ctx->has_value();
+  }
   out.units = std::move(page->units);
   return out;
 }

@@ -43,6 +43,9 @@ struct list_request {
 struct units_page {
   std::vector<api::WorkUnit> units;
   std::string next_cursor;  // empty on the last page
+  // False when no context has this id (v3 answers such a listing with 200 and an
+  // empty page; the marker lets a client tell a misspelt id from a quiet context).
+  bool context_exists = true;
 };
 
 struct contexts_page {

@@ -187,6 +187,7 @@ void list_units(services& s, call& c, responder respond) {
                      model::json_object body(r.body);
                      units_member(body, "work_units", page->units);
                      body.string("next_cursor", page->next_cursor);
+                     body.boolean("context_exists", page->context_exists);
                      body.close();
                      respond(std::move(r));
                    });

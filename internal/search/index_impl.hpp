@@ -222,6 +222,7 @@ struct index::impl {
                                                          const Xapian::Stem& stemmer) const;
   model::result<results> keyword(Xapian::Database& db, const query& q) const;
   model::result<plan> resolve(const query& q) const;
+  void note_empty_space(plan& p) const;
   model::result<std::vector<neighbour>> nearest(Xapian::Database& db, const query& q, const plan& p, size_t depth,
                                                 bool& complete) const;
   std::optional<hit> unit_hit(const std::string& id, bool with_snippet) const;

@@ -184,6 +184,7 @@ model::result<index::impl::plan> index::impl::resolve(const query& q) const {
       return fail(errc::invalid_argument, "mode \"hybrid\" needs query text as well as a vector");
     p.mode = wants == search_mode::automatic ? (has_text ? search_mode::hybrid : search_mode::semantic) : wants;
     p.vector = q.vector;
+    note_empty_space(p);
     return p;
   }
   if (wants == search_mode::automatic) {
@@ -202,7 +203,18 @@ model::result<index::impl::plan> index::impl::resolve(const query& q) const {
   }
   p.mode = wants == search_mode::automatic ? search_mode::hybrid : wants;
   p.vector = std::move(*v);
+  note_empty_space(p);
   return p;
+}
+
+// A vector search in a space with no vectors finds nothing, and usually means the
+// model name is wrong (a vector written with "embedding_model":"m" searched without it lands
+// in "default"): the response says so instead of answering zero hits silently.
+void index::impl::note_empty_space(plan& p) const {
+  if (vectors->size(p.model) != 0) return;
+  p.degraded = "no vectors are stored for embedding model '" + p.model +
+               "' (yet), so only keyword results can match; name the model the vectors were written with "
+               "(\"embedding_model\" in a body, model= in a query string)";
 }
 
 // The `depth` nearest units that pass the query's filters. A selective filter

@@ -281,6 +281,29 @@ TEST_F(SemanticTest, HybridRanksUnitsMatchingBothSignalsFirst) {
   EXPECT_EQ(page1.body["results"][0], both);
   EXPECT_EQ(page2.body["results"][0], hits[2]["id"]);
   EXPECT_EQ(search({{"vector", query}, {"limit", 100}, {"offset", 9950}}).status, 400u);
+  EXPECT_FALSE(page1.body.contains("degraded")) << page1.raw;
+}
+
+// A vector searched in a space that has none (here: a model name left out) answers
+// the keyword hits with a reason, not zero vector hits in silence.
+TEST_F(SemanticTest, VectorSearchInAModelWithNoVectorsSaysSo) {
+  const std::vector<float> v = {1, 0, 0};
+  const auto id = put_ok({{"context_id", "m"}, {"agent_id", "a"}, {"text", "rollout stalled"}, {"embedding", v},
+                          {"embedding_model", "mini"}});
+  wait_indexed();
+  auto named = search({{"query", "rollout"}, {"vector", v}, {"embedding_model", "mini"}});
+  ASSERT_EQ(named.status, 200u) << named.raw;
+  EXPECT_FALSE(named.body.contains("degraded")) << named.raw;
+  EXPECT_FALSE(named.body["hits"][0]["vector_rank"].is_null()) << named.raw;
+
+  auto unnamed = search({{"query", "rollout"}, {"vector", v}});
+  ASSERT_EQ(unnamed.status, 200u) << unnamed.raw;
+  EXPECT_NE(unnamed.body.value("degraded", "").find("no vectors are stored for embedding model 'default'"),
+            std::string::npos) << unnamed.raw;
+  ASSERT_EQ(unnamed.body["results"], json::array({id})) << unnamed.raw;  // the keyword hit still comes back
+  auto semantic = call(*http_, "GET", "/search?mode=semantic&vector=1,0,0&model=nope");
+  ASSERT_EQ(semantic.status, 200u) << semantic.raw;
+  EXPECT_NE(semantic.body.value("degraded", "").find("'nope'"), std::string::npos) << semantic.raw;
 }
 
 TEST_F(SemanticTest, EndpointEmbedsUnitsDegradesWhenDownAndFillsTheGapAfter) {

@@ -193,7 +193,14 @@ TEST_F(ServerTest, PagesThrough2500UnitsBothDirections) {
   EXPECT_EQ(after.body["next_cursor"], "");
   auto clamped = get("/workunits/big?limit=5000");
   EXPECT_EQ(clamped.body["work_units"].size(), 1000u);
-  EXPECT_EQ(get("/workunits/empty-context").body, json({{"work_units", json::array()}, {"next_cursor", ""}}));
+  // v3's 200 and empty page for a context that does not exist, with an additive marker
+  // that tells it from a context with nothing (more) to show.
+  EXPECT_EQ(get("/workunits/empty-context").body,
+            json({{"work_units", json::array()}, {"next_cursor", ""}, {"context_exists", false}}));
+  EXPECT_EQ(get("/workunits/big?after_seq=2500").body["context_exists"], true);
+  EXPECT_EQ(after.body["context_exists"], true);
+  ASSERT_EQ(call(http_, "PATCH", "/contexts/only-named", R"({"display_name":"no units yet"})").status, 200u);
+  EXPECT_EQ(get("/workunits/only-named").body["context_exists"], true);
 }
 
 TEST_F(ServerTest, ListParametersAreValidated) {
