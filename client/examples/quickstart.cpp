@@ -43,6 +43,13 @@ int main(int argc, char** argv) {
       seen.count_down();
     }
   });
+  // Live from now: units committed before the server acknowledges the subscription
+  // are not part of it, so wait for that before appending.
+  if (!sub.wait_live(std::chrono::seconds(10))) {
+    const auto why = sub.running() ? std::nullopt : sub.wait();
+    std::cerr << "subscribe: not live after 10 s" << (why ? ": " + why->describe() : "") << "\n";
+    return 1;
+  }
 
   // 2. Append: retried on transient failures under one Idempotency-Key.
   auto first = c.append({.context_id = ctx, .payload = "hello from the C++ SDK", .meta = {{"lang", "c++"}}});

@@ -58,6 +58,12 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
     return !finished_;
   }
 
+  bool wait_live(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return acked_once_ || finished_; });
+    return acked_once_ && !finished_;
+  }
+
   std::map<std::string, uint64_t> cursors() const {
     std::lock_guard lock(mu_);
     return cursors_;
@@ -225,6 +231,7 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
           cursors_.try_emplace(p["context_id"].get<std::string>(), from > 0 ? from - 1 : 0);
         }
     }
+    cv_.notify_all();  // wait_live
     if (opts_.on_connected) opts_.on_connected();
   }
 
@@ -273,6 +280,9 @@ std::optional<error> subscription::wait() {
   return state_ ? state_->wait() : std::optional<error>();
 }
 bool subscription::running() const { return state_ && state_->running(); }
+bool subscription::wait_live(std::chrono::milliseconds timeout) {
+  return state_ && state_->wait_live(timeout);
+}
 std::map<std::string, uint64_t> subscription::cursors() const {
   return state_ ? state_->cursors() : std::map<std::string, uint64_t>();
 }

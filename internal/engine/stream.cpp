@@ -3,6 +3,8 @@
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 
+#include <set>
+
 #include "storage/store.hpp"
 
 namespace engram::engine {
@@ -25,10 +27,12 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
   // 1. Where each matched context starts: read heads *before* registering, so any
   //    event committed from here on is either read by catch-up or delivered live.
   std::map<std::string, uint64_t> heads;
+  std::set<std::string> missing;  // named contexts that do not exist (yet)
   for (const auto& id : req.contexts) {
     auto ctx = store.get_context(id);
     if (!ctx) return std::unexpected(ctx.error());
     heads[id] = *ctx ? (*ctx)->head_seq() : 0;
+    if (!*ctx) missing.insert(id);
   }
   for (const auto& prefix : req.prefixes) {
     auto found = store.context_heads(prefix, opts.max_pattern_contexts + 1);
@@ -37,8 +41,14 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
       return model::fail(model::errc::invalid_argument,
                          "the pattern '" + prefix + "*' matches more than " +
                              std::to_string(opts.max_pattern_contexts) + " contexts; narrow it");
+    bool matched = false;
     for (auto& [id, head] : *found)
-      if (!req.permit || req.permit(id)) heads[id] = head;
+      if (!req.permit || req.permit(id)) {
+        heads[id] = head;
+        missing.erase(id);
+        matched = true;
+      }
+    if (!matched) s->unmatched_patterns_.push_back(prefix + "*");
   }
   for (const auto& [id, head] : heads) {
     uint64_t after = head;  // no cursor: live from the current head
@@ -46,7 +56,7 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
     else if (req.since) after = *req.since;
     s->cursors_[id] = cursor{after + 1, head};
     s->stale_[id] = 0;
-    s->positions_.push_back({id, after + 1, head});
+    s->positions_.push_back({id, after + 1, head, !missing.contains(id)});
   }
   // 2. Register; until the first poll finds every context caught up, live events
   //    only mark their context stale (catching_up_ starts true).

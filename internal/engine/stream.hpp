@@ -68,6 +68,7 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
     std::string context_id;
     uint64_t from_seq;  // first seq this stream will deliver
     uint64_t head_seq;  // the context's head when the stream started
+    bool exists = true;  // false: no such context yet (its first event will be streamed)
   };
 
   // `notify` is called (from any thread, at most once until the next poll) when
@@ -79,6 +80,8 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   ~stream() override;
 
   const std::vector<position>& positions() const { return positions_; }
+  // The patterns ("p/*") that matched no readable context when the stream opened.
+  const std::vector<std::string>& unmatched_patterns() const { return unmatched_patterns_; }
 
   // Transport side: the next events to write, oldest first per context, up to about
   // max_bytes. Reads storage when catching up (so call it on a read thread:
@@ -119,6 +122,7 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   const std::function<void()> notify_;
   const stream_counters* counters_;
   std::vector<position> positions_;
+  std::vector<std::string> unmatched_patterns_;
   std::optional<router::router::subscription_id> subscription_;
 
   mutable std::mutex mu_;

@@ -45,8 +45,17 @@ std::atomic<uint64_t> next_client_id{1};
 json positions_json(const engine::stream& s) {
   json list = json::array();
   for (const auto& p : s.positions())
-    list.push_back({{"context_id", p.context_id}, {"from_seq", p.from_seq}, {"head_seq", p.head_seq}});
+    list.push_back(
+        {{"context_id", p.context_id}, {"from_seq", p.from_seq}, {"head_seq", p.head_seq}, {"exists", p.exists}});
   return list;
+}
+
+// {"type":"subscribe_ack","contexts":[…]} plus, when a pattern matched nothing,
+// "unmatched_patterns":[…], so a client can warn about a misspelt id or pattern.
+json subscribe_ack(const engine::stream& s) {
+  json ack{{"type", "subscribe_ack"}, {"contexts", positions_json(s)}};
+  if (!s.unmatched_patterns().empty()) ack["unmatched_patterns"] = s.unmatched_patterns();
+  return ack;
 }
 
 void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
@@ -123,7 +132,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       return;
     }
     stream_ = std::move(*opened);
-    control(json{{"type", "subscribe_ack"}, {"contexts", positions_json(*stream_)}});
+    control(subscribe_ack(*stream_));
   }
 
   void control(const json& msg) {
@@ -335,7 +344,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
            "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\nX-Content-Type-Options: nosniff\r\n";
     for (const auto& [k, v] : headers) out_ += k + ": " + v + "\r\n";
     out_ += "\r\nretry: 2000\n";
-    event("subscribed", model::dump(json{{"type", "subscribe_ack"}, {"contexts", positions_json(*sub_)}}), "");
+    event("subscribed", model::dump(subscribe_ack(*sub_)), "");
     watch_for_close();
     arm_heartbeat();
     pump();

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "support/server_process.hpp"
 #include "support/test_support.hpp"
@@ -31,7 +32,7 @@ std::string slurp(const std::string& path) {
 class ctl_process {
  public:
   ctl_process(const temp_dir& dir, std::vector<std::string> args, const std::string& input = {},
-              const std::vector<std::string>& extra_env = {}) {
+              const std::vector<std::string>& extra_env = {}, const char* binary = ENGRAMCTL_BINARY) {
     static int n = 0;
     const std::string base = dir.str() + "/ctl-" + std::to_string(n++);
     in_ = base + ".in", out_ = base + ".out", err_ = base + ".err";
@@ -41,7 +42,7 @@ class ctl_process {
     posix_spawn_file_actions_addopen(&fa, 0, in_.c_str(), O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    args.insert(args.begin(), ENGRAMCTL_BINARY);
+    args.insert(args.begin(), binary);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -51,7 +52,7 @@ class ctl_process {
     std::vector<char*> envp;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
-    if (posix_spawn(&pid_, ENGRAMCTL_BINARY, &fa, nullptr, argv.data(), envp.data()) != 0) pid_ = -1;
+    if (posix_spawn(&pid_, binary, &fa, nullptr, argv.data(), envp.data()) != 0) pid_ = -1;
     posix_spawn_file_actions_destroy(&fa);
   }
   ~ctl_process() {
@@ -63,6 +64,18 @@ class ctl_process {
   int wait() {
     int status = 0;
     ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  // The exit code, or nullopt if the process is still running after `limit` (it is
+  // then killed).
+  std::optional<int> wait_for(std::chrono::milliseconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) return std::nullopt;  // the destructor kills it
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     pid_ = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
@@ -322,6 +335,23 @@ TEST(EngramctlAuthTest, IssuedTokensWorkAgainstAnAuthServer) {
                 {"ENGRAM_AUTH_SECRET=" + secret}).code, 2);
   EXPECT_EQ(run({"token", "issue", "--agent", "a", "--contexts", "a*b"}, {"ENGRAM_AUTH_SECRET=" + secret}).code, 2);
   EXPECT_EQ(run({"token", "issue", "--agent", "a", "--contexts", "x"}, {"ENGRAM_AUTH_SECRET=short"}).code, 2);
+}
+
+// The SDK quickstart subscribes live-from-now and then appends: it used to hang in
+// about one run of three when its units committed before the subscription was
+// live. It now waits for the subscription (subscription::wait_live); run it many
+// times, each bounded, to show it always finishes.
+TEST_F(EngramctlTest, SdkQuickstartExampleAlwaysFinishes) {
+  constexpr int runs = 25;
+  for (int i = 0; i < runs; ++i) {
+    ctl_process example(dir_, {url()}, "", {}, ENGRAM_EXAMPLE_BINARY);
+    const auto code = example.wait_for(std::chrono::seconds(60));  // a run takes ~1 s; a hang is forever
+    ASSERT_TRUE(code.has_value()) << "run " << i << " hung; output so far:\n" << example.out() << example.err();
+    ASSERT_EQ(*code, 0) << "run " << i << ":\n" << example.out() << example.err();
+    const auto out = example.out();
+    EXPECT_NE(out.find("live #"), std::string::npos) << out;
+    EXPECT_NE(out.find("edited under lease: yes"), std::string::npos) << out;
+  }
 }
 
 }  // namespace

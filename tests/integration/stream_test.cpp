@@ -130,6 +130,28 @@ class StreamTest : public ::testing::Test {
   std::unique_ptr<client::http_connection> http_;
 };
 
+// A misspelt context or a pattern that matches nothing still streams (the context
+// may be created later), but the ack says so, on both transports.
+TEST_F(StreamTest, AckMarksContextsThatDoNotExistAndPatternsThatMatchNothing) {
+  start();
+  append("real", "x");
+  ws_sub sub(port(), "/stream?context=real,typo&since=0");
+  ASSERT_TRUE(sub.next());  // connected
+  auto ack = sub.next_control();
+  ASSERT_TRUE(ack);
+  EXPECT_EQ((*ack)["contexts"], json::parse(R"([{"context_id":"real","from_seq":1,"head_seq":1,"exists":true},
+                                               {"context_id":"typo","from_seq":1,"head_seq":0,"exists":false}])"));
+  ws_sub pattern(port(), "/stream?context=nothing/*,real");
+  ASSERT_TRUE(pattern.next());
+  auto pack = pattern.next_control();
+  ASSERT_TRUE(pack);
+  EXPECT_EQ((*pack)["unmatched_patterns"], json::array({"nothing/*"})) << pack->dump();
+  // The missing context is streamed once it is created.
+  append("typo", "late");
+  const auto& units = sub.units_until(2);
+  EXPECT_EQ(units.back()["context_id"], "typo");
+}
+
 TEST_F(StreamTest, WebSocketReplaysThenDeliversLive) {
   start();
   for (int i = 1; i <= 3; ++i) append("ctx", "u" + std::to_string(i));
@@ -141,7 +163,8 @@ TEST_F(StreamTest, WebSocketReplaysThenDeliversLive) {
   auto ack = sub.next_control();
   ASSERT_TRUE(ack);
   EXPECT_EQ((*ack)["type"], "subscribe_ack");
-  EXPECT_EQ((*ack)["contexts"], json::parse(R"([{"context_id":"ctx","from_seq":1,"head_seq":3}])"));
+  EXPECT_EQ((*ack)["contexts"], json::parse(R"([{"context_id":"ctx","from_seq":1,"head_seq":3,"exists":true}])"));
+  EXPECT_FALSE(ack->contains("unmatched_patterns"));
   append("ctx", "u4");
   append("ctx", "u5");
   const auto& units = sub.units_until(5);
@@ -285,8 +308,9 @@ TEST_F(StreamTest, PatternsMatchLaterContextsAndContextUpdates) {
   auto ack = sub.next_control();
   ASSERT_TRUE(ack);
   // proj/existing matched the pattern; solo is listed though it does not exist yet.
-  EXPECT_EQ((*ack)["contexts"], json::parse(R"([{"context_id":"proj/existing","from_seq":2,"head_seq":1},
-                                                  {"context_id":"solo","from_seq":1,"head_seq":0}])"));
+  EXPECT_EQ((*ack)["contexts"],
+            json::parse(R"([{"context_id":"proj/existing","from_seq":2,"head_seq":1,"exists":true},
+                            {"context_id":"solo","from_seq":1,"head_seq":0,"exists":false}])"));
   append("proj/new", "n1");
   append("unrelated", "x");
   append("solo", "s1");

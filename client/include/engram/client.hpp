@@ -169,6 +169,13 @@ class subscription {
   // fix (400/403/404 on subscribe), which is returned.
   std::optional<error> wait();
   bool running() const;
+  // Blocks until the server has acknowledged the subscription (it is live: every
+  // event committed from now on will be delivered), for at most `timeout`. False on
+  // timeout or when the subscription ended. subscribe() returns before that moment,
+  // so a caller that appends and expects to see its own units live (with `since`
+  // unset: live from now) waits for it first. Later reconnects resume from the
+  // cursors and lose nothing either way; on_connected reports each of them.
+  bool wait_live(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   // The last seq delivered per context (with the starting points of quiet contexts).
   std::map<std::string, uint64_t> cursors() const;
 
