@@ -56,6 +56,9 @@ struct options {
   std::string tls_key_file;
 
   bool access_log = true;  // one line per request (log.access)
+  // A request body member no route knows is a 400 naming it (and the closest known
+  // name); false accepts and ignores such members.
+  bool reject_unknown_fields = true;
 
   auth::options auth;
   limit_options limits;

@@ -158,6 +158,18 @@ model::result<nlohmann::json> parse_body(const request& req) {
   return std::move(*parsed);
 }
 
+model::result<nlohmann::json> parse_body(const services& s, const request& req, field_names known,
+                                         std::string_view what) {
+  auto body = parse_body(req);
+  if (!body || !s.opts.reject_unknown_fields) return body;
+  if (auto ok = check_fields(*body, known, what); !ok) return std::unexpected(ok.error());
+  return body;
+}
+
+model::status check_unit(const services& s, const nlohmann::json& unit, std::string_view what) {
+  return s.opts.reject_unknown_fields ? check_unit_fields(unit, what) : model::status{};
+}
+
 model::result<std::optional<uint64_t>> uint_param(const query_params& q, std::string_view key) {
   const auto* v = q.get(key);
   if (!v || v->empty()) return std::optional<uint64_t>();

@@ -14,6 +14,7 @@
 #include "engine/engine.hpp"
 #include "gateway/access.hpp"
 #include "gateway/errors.hpp"
+#include "gateway/fields.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
 
@@ -93,6 +94,12 @@ response bad_request(std::string message);
 response forbidden(auth::capability cap, std::string_view id);
 // A non-empty JSON object body.
 model::result<nlohmann::json> parse_body(const request& req);
+// parse_body, then each member must be one of `known` (unless
+// server.reject_unknown_fields is off): a typo is a 400 naming the closest field.
+model::result<nlohmann::json> parse_body(const services& s, const request& req, field_names known,
+                                         std::string_view what);
+// A work unit object's members (and its relationships' and fence's), unless off.
+model::status check_unit(const services& s, const nlohmann::json& unit, std::string_view what);
 model::result<std::optional<uint64_t>> uint_param(const query_params& q, std::string_view key);
 model::result<bool> bool_param(const query_params& q, std::string_view key);
 // A request acts as the token's subject and no one else.

@@ -16,7 +16,7 @@ void get_context(services& s, call& c, responder respond) {
 }
 
 void patch_context(services& s, call& c, responder respond) {
-  auto body = parse_body(c.req);
+  auto body = parse_body(s, c.req, fields::context_patch, "the context patch");
   if (!body) return respond(error_response(body.error()));
   auto patch = model::patch_from_json(*body);
   if (!patch) return respond(error_response(patch.error()));

@@ -23,7 +23,7 @@ void list_locks(services& s, call& c, responder respond) {
 }
 
 void acquire_locks(services& s, call& c, responder respond) {
-  auto body = parse_body(c.req);
+  auto body = parse_body(s, c.req, fields::acquire, "the lock request");
   if (!body) return respond(error_response(body.error()));
   auto parsed = parse_acquire_body(*body, c.req.header("x-agent-id"));
   if (!parsed) return respond(error_response(parsed.error()));
@@ -66,7 +66,7 @@ void release_lock(services& s, call& c, responder respond) {
 void renew_lock(services& s, call& c, responder respond) {
   json body = json::object();
   if (!c.req.body.empty()) {
-    auto parsed = parse_body(c.req);
+    auto parsed = parse_body(s, c.req, fields::renew, "the renewal");
     if (!parsed) return respond(error_response(parsed.error()));
     body = std::move(*parsed);
   }

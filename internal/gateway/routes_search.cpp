@@ -47,8 +47,13 @@ response search_response(const search::results& r, size_t offset) {
 void search(services& s, call& c, responder respond) {
   model::result<search_request> parsed = [&]() -> model::result<search_request> {
     if (c.req.method == "GET") return parse_search_params(c.query.items);
-    auto body = parse_body(c.req);
+    auto body = parse_body(s, c.req, fields::search, "the search");
     if (!body) return std::unexpected(body.error());
+    if (s.opts.reject_unknown_fields)
+      if (auto rels = body->find("relationships"); rels != body->end() && rels->is_array())
+        for (const auto& r : *rels)
+          if (auto ok = check_fields(r, fields::search_relationship, "the search's relationships[]"); !ok)
+            return std::unexpected(ok.error());
     return parse_search_body(*body);
   }();
   if (!parsed) return respond(error_response(parsed.error()));

@@ -81,6 +81,7 @@ std::string item(size_t i) { return "work_units[" + std::to_string(i) + "]: "; }
 void append_unit(services& s, call& c, responder respond) {
   auto body = parse_body(c.req);
   if (!body) return respond(error_response(body.error()));
+  if (auto ok = check_unit(s, *body, "the work unit"); !ok) return respond(error_response(ok.error()));
   auto unit = model::unit_from_json(*body, {"", c.req.header("x-agent-id")});
   if (!unit) return respond(error_response(unit.error()));
   if (auto ok = acting_as(c.who, unit->agent_id()); !ok) return respond(error_response(ok.error()));
@@ -100,8 +101,10 @@ void append_unit(services& s, call& c, responder respond) {
 // {"context_id":"…","agent_id"?:"…","work_units":[{…},…]}: one context, all or none.
 // The engine bounds the batch size.
 void append_units(services& s, call& c, responder respond) {
-  auto body = parse_body(c.req);
+  auto body = parse_body(s, c.req, fields::batch, "the batch");
   if (!body) return respond(error_response(body.error()));
+  if (auto f = body->find("fence"); f != body->end() && s.opts.reject_unknown_fields)
+    if (auto ok = check_fields(*f, fields::fence, "the batch's fence"); !ok) return respond(error_response(ok.error()));
   const auto ctx_it = body->find("context_id");
   if (ctx_it == body->end() || !ctx_it->is_string())
     return respond(bad_request("context_id is required and must be a string"));
@@ -123,6 +126,8 @@ void append_units(services& s, call& c, responder respond) {
   std::vector<storage::fence> fences;
   if (auto ok = parse_fence(*body, fences); !ok) return respond(error_response(ok.error()));
   for (size_t i = 0; i < list->size(); ++i) {
+    if (auto ok = check_unit(s, (*list)[i], "the work unit"); !ok)
+      return respond(bad_request(item(i) + ok.error().message));
     if ((*list)[i].is_object())
       if (auto ok = parse_fence((*list)[i], fences); !ok) return respond(bad_request(item(i) + ok.error().message));
     auto unit = model::unit_from_json((*list)[i], {ctx, agent});

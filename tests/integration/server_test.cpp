@@ -73,6 +73,58 @@ TEST_F(ServerTest, RootRedirectsToThePageAndTheApiDescriptionIsServed) {
   EXPECT_EQ(get("/nope").status, 404u);
 }
 
+// A misspelt field is a 400 that names it and suggests the closest known one, and
+// nothing is written; every field an Engram v3 client sends is still accepted.
+TEST_F(ServerTest, UnknownBodyFieldsAreRefusedWithTheClosestKnownName) {
+  struct bad_case {
+    const char* method;
+    const char* target;
+    const char* body;
+    const char* says;
+  };
+  for (const auto& c : std::vector<bad_case>{
+           {"POST", "/workunit", R"({"context_id":"typo","agent_id":"a","txt":"hi"})",
+            "unknown field 'txt' in the work unit; did you mean 'text'?"},
+           {"POST", "/workunit", R"({"context_id":"typo","agent_id":"a","text":"x","relationships":[{"target":"u"}]})",
+            "unknown field 'target' in the work unit relationships[]; did you mean 'target_id'?"},
+           {"POST", "/workunit",
+            R"({"context_id":"typo","agent_id":"a","text":"x","fence":{"resource":"r","tokn":1}})",
+            "did you mean 'token'?"},
+           {"POST", "/workunits", R"({"context_id":"typo","agent_id":"a","work_unit":[{"text":"x"}]})",
+            "unknown field 'work_unit' in the batch; did you mean 'work_units'?"},
+           {"POST", "/workunits", R"({"context_id":"typo","agent_id":"a","work_units":[{"text":"x"},{"paylod":"eA=="}]})",
+            "work_units[1]: unknown field 'paylod' in the work unit; did you mean 'payload'?"},
+           {"PATCH", "/contexts/typo", R"({"display":"x"})", "unknown field 'display' in the context patch"},
+           {"POST", "/search", R"({"qeury":"x"})", "did you mean 'query'?"},
+           {"POST", "/locks", R"({"resource_path":"r","agent_id":"a","zzz":1})",
+            "unknown field 'zzz' in the lock request (known: resource_path, "},
+       }) {
+    auto r = call(http_, c.method, c.target, c.body);
+    EXPECT_EQ(r.status, 400u) << c.body << " -> " << r.raw;
+    EXPECT_NE(r.body.value("error", "").find(c.says), std::string::npos) << c.body << " -> " << r.raw;
+  }
+  EXPECT_EQ(get("/workunits/typo").body["context_exists"], false);  // nothing was written
+  EXPECT_EQ(get("/locks/r").status, 404u);
+
+  // What a v3 client sends: server-assigned unit fields echoed back, the context's id
+  // in a PATCH body.
+  auto v3 = post_unit({{"id", "ignored"}, {"context_id", "v3"}, {"seq", 9}, {"agent_id", "a"}, {"type", 1},
+                       {"ts", {{"seconds", 1}, {"nanos", 0}}}, {"meta", json::object()}, {"payload", "eA=="},
+                       {"relationships", json::array()}, {"idempotency_key", ""}});
+  EXPECT_EQ(v3.status, 201u) << v3.raw;
+  EXPECT_EQ(call(http_, "PATCH", "/contexts/v3", R"({"id":"v3","display_name":"V3"})").status, 200u);
+}
+
+TEST(ServerConfig, UnknownBodyFieldsCanBeAcceptedByConfiguration) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.server.reject_unknown_fields = false;
+  test_server server(cfg);
+  auto http = server.connect();
+  auto r = call(http, "POST", "/workunit", R"({"context_id":"c","agent_id":"a","text":"x","extra":{"k":1}})");
+  EXPECT_EQ(r.status, 201u) << r.raw;
+}
+
 TEST_F(ServerTest, AppendThenFetchInV3Format) {
   auto r = post_unit({{"context_id", "ctx-1"}, {"agent_id", "alice"}, {"type", "MESSAGE"},
                       {"payload", model::base64_encode("hello")}, {"meta", {{"lang", "en"}}},

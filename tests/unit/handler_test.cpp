@@ -11,6 +11,7 @@
 #include "auth/auth.hpp"
 #include "engine/engine.hpp"
 #include "gateway/errors.hpp"
+#include "gateway/fields.hpp"
 #include "gateway/handler.hpp"
 #include "storage/store.hpp"
 #include "support/test_support.hpp"
@@ -231,6 +232,30 @@ TEST_F(HandlerTest, WriteRoutesShareTheWritesLimiter) {
   EXPECT_GE(std::stoi(header(limited, "Retry-After")), 1);
   // Reads and searches are other classes.
   EXPECT_EQ(send("GET", "/workunits/a").status, 200u);
+}
+
+TEST(FieldCheck, SuggestsTheNameATypoMeant) {
+  using gateway::closest_field;
+  namespace f = gateway::fields;
+  EXPECT_EQ(closest_field("txt", f::unit), "text");
+  EXPECT_EQ(closest_field("paylaod", f::unit), "payload");           // swapped neighbours: one edit
+  EXPECT_EQ(closest_field("context", f::unit), "context_id");        // truncated
+  EXPECT_EQ(closest_field("embedding_models", f::unit), "embedding_model");
+  EXPECT_EQ(closest_field("ttl", f::renew), "ttl_ms");               // the prefix nearest in length
+  EXPECT_EQ(closest_field("zzzz", f::unit), "");                     // nothing near: no guess
+  EXPECT_EQ(closest_field("", f::unit), "");
+  EXPECT_EQ(closest_field(std::string(300, 'a'), f::unit), "");
+
+  const auto object = nlohmann::json::parse(R"({"text":"x","contxt_id":"c"})");
+  auto bad = gateway::check_fields(object, f::unit, "the work unit");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message, "unknown field 'contxt_id' in the work unit; did you mean 'context_id'?");
+  EXPECT_TRUE(gateway::check_fields(nlohmann::json::parse(R"({"text":"x"})"), f::unit, "the work unit"));
+  EXPECT_TRUE(gateway::check_fields(nlohmann::json::array(), f::unit, "the work unit"));  // not an object: not ours
+  // A long unknown key is echoed bounded.
+  auto long_key = gateway::check_fields(nlohmann::json{{std::string(1000, 'k'), 1}}, f::unit, "the work unit");
+  ASSERT_FALSE(long_key);
+  EXPECT_LT(long_key.error().message.size(), 400u);
 }
 
 }  // namespace
