@@ -48,8 +48,10 @@ std::string fingerprint(const request& req, std::string_view path) {
   return out;
 }
 
-// `"<key>":[unit,…]` as a member of `obj`.
-void units_member(model::json_object& obj, std::string_view key, const std::vector<api::WorkUnit>& units) {
+// `"<key>":[unit,…]` as a member of `obj`; with `text`, each unit also carries its
+// payload as text (?text=1).
+void units_member(model::json_object& obj, std::string_view key, const std::vector<api::WorkUnit>& units,
+                  bool text = false) {
   auto& out = obj.member(key);
   size_t estimate = 32;
   for (const auto& u : units) estimate += 256 + u.payload().size() * 4 / 3;
@@ -57,7 +59,9 @@ void units_member(model::json_object& obj, std::string_view key, const std::vect
   out.push_back('[');
   for (size_t i = 0; i < units.size(); ++i) {
     if (i) out.push_back(',');
-    model::append_unit_json(out, units[i]);
+    if (!text) model::append_unit_json(out, units[i]);
+    else
+      model::append_unit_json(out, units[i], [&](std::string& o) { model::append_text_json(o, units[i].payload()); });
   }
   out.push_back(']');
 }
@@ -150,24 +154,20 @@ void get_unit(services& s, call& c, responder respond) {
     if (*include == "embedding") with_embedding = true;
     else if (!include->empty()) return respond(bad_request("include must be \"embedding\""));
   }
+  auto text = bool_param(c.query, "text");
+  if (!text) return respond(error_response(text.error()));
   auto readable = [who = c.who](std::string_view context) { return who.can(auth::read, context); };
   s.eng.get_unit(std::move(c.subject), with_embedding, std::move(readable),
-                 [with_embedding, respond = std::move(respond)](model::result<engine::unit_read> r) {
+                 [with_embedding, with_text = *text, respond = std::move(respond)](model::result<engine::unit_read> r) {
                    if (!r) return respond(error_response(r.error()));
                    response resp;
                    model::json_object body(resp.body);
-                   auto& unit = body.member("work_unit");
-                   if (!with_embedding) {
-                     model::append_unit_json(unit, r->unit);
-                   } else if (r->embedding) {
-                     model::append_unit_json(unit, r->unit, [&](std::string& out) {
-                       model::append_embedding_json(out, *r->embedding);
-                     });
-                   } else {
-                     model::append_unit_json(unit, r->unit, [](std::string& out) {
-                       out.append(",\"embedding\":null,\"embedding_model\":null");
-                     });
-                   }
+                   model::append_unit_json(body.member("work_unit"), r->unit, [&](std::string& out) {
+                     if (with_text) model::append_text_json(out, r->unit.payload());
+                     if (!with_embedding) return;
+                     if (r->embedding) model::append_embedding_json(out, *r->embedding);
+                     else out.append(",\"embedding\":null,\"embedding_model\":null");
+                   });
                    body.close();
                    respond(std::move(resp));
                  });
@@ -178,7 +178,9 @@ void list_units(services& s, call& c, responder respond) {
   auto limit = uint_param(c.query, "limit");
   auto reverse = bool_param(c.query, "reverse");
   auto after = uint_param(c.query, "after_seq");
+  auto text = bool_param(c.query, "text");
   if (!limit) return respond(error_response(limit.error()));
+  if (!text) return respond(error_response(text.error()));
   if (!reverse) return respond(error_response(reverse.error()));
   if (!after) return respond(error_response(after.error()));
   lr.limit = *limit;
@@ -186,11 +188,11 @@ void list_units(services& s, call& c, responder respond) {
   lr.after_seq = after->value_or(0);
   if (const auto* cursor = c.query.get("cursor")) lr.cursor = *cursor;
   s.eng.list_units(std::move(c.subject), std::move(lr),
-                   [respond = std::move(respond)](model::result<engine::units_page> page) {
+                   [with_text = *text, respond = std::move(respond)](model::result<engine::units_page> page) {
                      if (!page) return respond(error_response(page.error()));
                      response r;
                      model::json_object body(r.body);
-                     units_member(body, "work_units", page->units);
+                     units_member(body, "work_units", page->units, with_text);
                      body.string("next_cursor", page->next_cursor);
                      body.boolean("context_exists", page->context_exists);
                      body.close();

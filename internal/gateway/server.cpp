@@ -262,10 +262,12 @@ class session : public session_base, public std::enable_shared_from_this<session
     if (!who) return send(error_response(who.error()));
     auto sub = parse_stream_query(req, sse);
     if (!sub) return send(error_response(sub.error()));
+    auto text = parse_stream_text(req);
+    if (!text) return send(error_response(text.error()));
     if (auto ok = authorize_stream(*sub, *who); !ok) return send(error_response(ok.error()));
     auto slot = srv_->streams_open.acquire(who->limit_key());
     if (!slot) return send(error_response(slot.error()));
-    stream_start start{std::move(*sub), std::move(*who), std::move(*slot), request_id_};
+    stream_start start{std::move(*sub), std::move(*who), std::move(*slot), request_id_, *text};
     if (!sse) {
       if (!boost::beast::websocket::is_upgrade(msg))
         return reject(model::errc::invalid_argument,

@@ -39,6 +39,8 @@ class session_base {
   // Posts to the session's strand: close idle HTTP connections, end streams with a
   // resumable "going away".
   virtual void shutdown() = 0;
+  // Stream sessions: ?text=1 (work units carry their payload as "text"); set before start.
+  bool with_text = false;
 };
 
 struct stream_metrics {
@@ -95,6 +97,7 @@ struct stream_start {
   caller who;
   stream_slots::slot slot;
   std::string request_id;
+  bool with_text = false;  // ?text=1: units carry their payload as "text"
 };
 // Defined (and instantiated for plain_stream and tls_stream) in stream_sessions.cpp.
 template <class Stream>

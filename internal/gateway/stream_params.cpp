@@ -98,6 +98,19 @@ model::result<engine::stream_request> parse_stream_query(const request& req, boo
   return out;
 }
 
+model::result<bool> parse_stream_text(const request& req) {
+  auto parsed = boost::urls::parse_origin_form(req.target);
+  if (!parsed) return fail(errc::invalid_argument, "malformed request target");
+  bool text = false;
+  for (auto p : parsed->params()) {
+    if (p.key != "text") continue;
+    if (p.value == "1" || p.value == "true") text = true;
+    else if (p.value == "0" || p.value == "false" || p.value.empty()) text = false;
+    else return fail(errc::invalid_argument, "text must be true or false, got '" + p.value.substr(0, 64) + "'");
+  }
+  return text;
+}
+
 model::result<engine::stream_request> parse_subscribe_message(const model::json& msg) {
   engine::stream_request out;
   const auto contexts = msg.find("contexts");

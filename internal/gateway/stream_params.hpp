@@ -23,6 +23,9 @@ inline constexpr size_t max_stream_contexts = 100;
 // From the query string (and, for SSE, Last-Event-ID). Errors are 400s.
 model::result<engine::stream_request> parse_stream_query(const request& req, bool sse);
 
+// ?text=1 (or true): work units also carry their payload as a "text" member.
+model::result<bool> parse_stream_text(const request& req);
+
 // From a WS message {"type":"subscribe","contexts":[…],"since":N|{"ctx":N},
 // "cursors":{"ctx":N}} (cursors override since for the contexts they name).
 model::result<engine::stream_request> parse_subscribe_message(const model::json& msg);

@@ -58,6 +58,17 @@ json subscribe_ack(const engine::stream& s) {
   return ack;
 }
 
+// ?text=1: each work unit gets its payload as "text", in a copy for this subscriber
+// (the shared wire form stays what v3 clients read). Other events pass unchanged.
+void add_text(std::vector<router::event_ptr>& events) {
+  for (auto& ev : events) {
+    if (!ev->sse_event.empty()) continue;
+    auto copy = std::make_shared<router::wire_event>(*ev);
+    copy->json = model::with_text_json(ev->json);
+    ev = std::move(copy);
+  }
+}
+
 void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
   if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
 }
@@ -165,6 +176,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       auto queued = stream_->poll_queued(poll_bytes);
       if (!queued) return read_from_storage();
       batch_ = std::move(*queued);
+      if (with_text) add_text(batch_);
       batch_pos_ = 0;
       if (batch_.empty()) return;  // the stream notifies when there is more
     }
@@ -205,6 +217,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       return close_with(websocket::close_code::try_again_later, "temporary storage error; resume from your last seq");
     }
     batch_ = std::move(*next);
+    if (with_text) add_text(batch_);
     batch_pos_ = 0;
     pump();
   }
@@ -397,6 +410,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
   // Frames events into out_; they are counted as sent with its next write.
   void take(std::vector<router::event_ptr> events) {
+    if (with_text) add_text(events);
     for (auto& ev : events) {
       cursors_[ev->context_id] = ev->seq;
       event(ev->sse_event, ev->json, single_ ? std::to_string(ev->seq) : resume_token(cursors_));
@@ -503,6 +517,7 @@ void start_websocket(Stream stream, http::request<http::string_body> req, stream
                      std::shared_ptr<server::impl> srv) {
   beast::get_lowest_layer(stream).expires_never();
   auto s = std::make_shared<ws_session<Stream>>(std::move(stream), std::move(srv), std::move(start.who), std::move(start.slot));
+  s->with_text = start.with_text;
   s->start(std::move(req), std::move(start.sub), std::move(start.request_id));
 }
 
@@ -513,6 +528,7 @@ void start_sse(Stream stream, unsigned version, std::vector<std::pair<std::strin
   auto s = std::make_shared<sse_session<Stream>>(std::move(stream), std::move(srv), single_context, std::move(start.who),
                                          std::move(start.slot));
   if (!start.request_id.empty()) headers.emplace_back("X-Request-Id", std::move(start.request_id));
+  s->with_text = start.with_text;
   s->start(version, std::move(headers), std::move(start.sub));
 }
 

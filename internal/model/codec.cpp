@@ -425,6 +425,26 @@ result<std::vector<float>> vector_from_json(const json& value, std::string_view 
   return out;
 }
 
+void append_text_json(std::string& out, std::string_view payload) {
+  out.append(",\"text\":");
+  if (!valid_utf8(payload)) return out.append("null"), void();
+  append_json_string(out, payload);
+}
+
+std::string with_text_json(std::string_view unit_object) {
+  std::string out(unit_object);
+  auto parsed = parse_json(unit_object);
+  if (!parsed || !parsed->is_object() || unit_object.empty() || unit_object.back() != '}') return out;
+  const auto payload = parsed->find("payload");
+  if (payload == parsed->end() || !payload->is_string()) return out;
+  auto bytes = wire::base64_decode(payload->get_ref<const std::string&>());
+  if (!bytes) return out;
+  out.pop_back();
+  append_text_json(out, *bytes);
+  out.push_back('}');
+  return out;
+}
+
 void append_embedding_json(std::string& out, const api::Embedding& embedding) {
   out.append(",\"embedding\":[");
   char buf[32];

@@ -73,6 +73,12 @@ result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& de
 // A vector from a JSON array of 1..max_embedding_dimension finite numbers, not all
 // zero (its direction is what is compared).
 result<std::vector<float>> vector_from_json(const json& value, std::string_view field);
+// `,"text":"…"`: the payload as a JSON string when it is valid UTF-8, else
+// `,"text":null` (?text=1 on unit reads and streams; the base64 `payload` stays).
+void append_text_json(std::string& out, std::string_view payload);
+// A rendered unit object (`unit_json`, or a stream event of a unit) with that
+// member added before its closing brace; unchanged if it is not a unit object.
+std::string with_text_json(std::string_view unit_object);
 // `"embedding":[…],"embedding_model":"…"` members (leading comma included).
 void append_embedding_json(std::string& out, const api::Embedding& embedding);
 

@@ -125,6 +125,29 @@ TEST(ServerConfig, UnknownBodyFieldsCanBeAcceptedByConfiguration) {
   EXPECT_EQ(r.status, 201u) << r.raw;
 }
 
+// ?text=1 on unit reads adds the payload as "text" (null when it is not UTF-8);
+// without it, units are exactly v3's.
+TEST_F(ServerTest, TextParameterAddsThePayloadAsText) {
+  auto utf8 = post_unit({{"context_id", "txt"}, {"agent_id", "a"}, {"text", "héllo \"agents\"\n"}});
+  auto binary = post_unit({{"context_id", "txt"}, {"agent_id", "a"}, {"payload", "//79"}});  // ff fe fd
+  ASSERT_EQ(utf8.status, 201u);
+  ASSERT_EQ(binary.status, 201u);
+  const std::string id = utf8.body["work_unit"]["id"];
+  auto one = get("/workunit/" + id + "?text=1");
+  EXPECT_EQ(one.body["work_unit"]["text"], "héllo \"agents\"\n") << one.raw;
+  EXPECT_EQ(one.body["work_unit"]["payload"], utf8.body["work_unit"]["payload"]);
+  EXPECT_FALSE(get("/workunit/" + id).body["work_unit"].contains("text"));
+  auto both = get("/workunit/" + id + "?text=true&include=embedding");
+  EXPECT_EQ(both.body["work_unit"]["text"], "héllo \"agents\"\n");
+  EXPECT_TRUE(both.body["work_unit"]["embedding"].is_null());
+  auto page = get("/workunits/txt?text=1");
+  ASSERT_EQ(page.body["work_units"].size(), 2u);
+  EXPECT_EQ(page.body["work_units"][0]["text"], "héllo \"agents\"\n");
+  EXPECT_TRUE(page.body["work_units"][1]["text"].is_null()) << page.raw;
+  EXPECT_FALSE(get("/workunits/txt").body["work_units"][0].contains("text"));
+  EXPECT_EQ(get("/workunits/txt?text=maybe").status, 400u);
+}
+
 TEST_F(ServerTest, AppendThenFetchInV3Format) {
   auto r = post_unit({{"context_id", "ctx-1"}, {"agent_id", "alice"}, {"type", "MESSAGE"},
                       {"payload", model::base64_encode("hello")}, {"meta", {{"lang", "en"}}},

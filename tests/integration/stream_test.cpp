@@ -181,6 +181,35 @@ TEST_F(StreamTest, WebSocketReplaysThenDeliversLive) {
   EXPECT_EQ(seqs(live.units_until(1)), range(6, 6));
 }
 
+// ?text=1 adds each unit's payload as "text" on both transports, replayed and live;
+// without it the units are v3's, unchanged.
+TEST_F(StreamTest, TextParameterAddsThePayloadAsText) {
+  start();
+  append("t", "replayed");
+  ws_sub sub(port(), "/stream?context=t&since=0&text=1");
+  ws_sub plain(port(), "/stream?context=t&since=0");
+  append("t", "live");
+  const auto& units = sub.units_until(2);
+  EXPECT_EQ(units[0]["text"], "replayed");
+  EXPECT_EQ(units[1]["text"], "live");
+  EXPECT_EQ(units[1]["payload"], "bGl2ZQ==");  // the base64 payload stays
+  EXPECT_FALSE(plain.units_until(2)[1].contains("text"));
+
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=t&since=0&text=true"));
+  ASSERT_FALSE(sse.refused());
+  auto subscribed = sse.next(5s);
+  ASSERT_TRUE(subscribed && *subscribed);
+  auto first = sse.next(5s);
+  ASSERT_TRUE(first && *first);
+  EXPECT_EQ(json::parse((*first)->data)["text"], "replayed");
+
+  client::sse_connection bad;
+  ASSERT_TRUE(bad.connect("127.0.0.1", port(), "/stream-sse?context=t&text=maybe"));
+  ASSERT_TRUE(bad.refused());
+  EXPECT_EQ(bad.refused()->status, 400u);
+}
+
 TEST_F(StreamTest, SseReplaysResumesWithLastEventIdAndSendsIds) {
   start();
   for (int i = 1; i <= 3; ++i) append("s", "u" + std::to_string(i));
