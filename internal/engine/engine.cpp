@@ -210,6 +210,28 @@ void engine::list_units(std::string context_id, list_request req, reply<units_pa
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
+void engine::list_events(std::string context_id, uint64_t after_seq, std::optional<size_t> limit,
+                         reply<events_page> done) const {
+  auto job = [this, ctx = std::move(context_id), after_seq, limit, done]() -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    auto n = page_limit(limit);
+    if (!n) return done(std::unexpected(n.error()));
+    auto context = (*s)->get_context(ctx);
+    if (!context) return done(std::unexpected(context.error()));
+    if (!*context) return done(fail(errc::not_found, "Context not found"));
+    auto events = (*s)->read_events(ctx, after_seq, *n + 1);  // one more says whether a next page exists
+    if (!events) return done(std::unexpected(events.error()));
+    events_page out;
+    out.head_seq = (**context).head_seq();
+    out.more = events->size() > *n;
+    if (out.more) events->resize(*n);
+    out.events = std::move(*events);
+    done(std::move(out));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
+}
+
 void engine::get_context(std::string id, reply<api::Context> done) const {
   auto job = [this, id = std::move(id), done]() -> void {
     auto s = store();

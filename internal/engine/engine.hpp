@@ -48,6 +48,14 @@ struct units_page {
   bool context_exists = true;
 };
 
+// A slice of one context's log: every kind of event (units, context updates,
+// lease events) in seq order.
+struct events_page {
+  std::vector<api::Event> events;
+  uint64_t head_seq = 0;  // of the context when the page was read
+  bool more = false;      // events after the last one on this page existed
+};
+
 struct contexts_page {
   std::vector<api::Context> contexts;
   std::string next_cursor;
@@ -95,6 +103,9 @@ class engine {
   void get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
                 reply<unit_read> done) const;
   void list_units(std::string context_id, list_request req, reply<units_page> done) const;
+  // Events with seq > after_seq; not_found when the context does not exist.
+  void list_events(std::string context_id, uint64_t after_seq, std::optional<size_t> limit,
+                   reply<events_page> done) const;
 
   // ---- contexts -----------------------------------------------------------------
   void get_context(std::string id, reply<api::Context> done) const;

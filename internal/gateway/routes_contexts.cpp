@@ -3,6 +3,8 @@
 
 #include "gateway/routes.hpp"
 #include "model/codec.hpp"
+#include "model/json_writer.hpp"
+#include "router/router.hpp"
 
 namespace engram::gateway {
 
@@ -25,6 +27,38 @@ void patch_context(services& s, call& c, responder respond) {
                         if (!r) return respond(error_response(r.error()));
                         respond(json_response(200, json{{"context", model::to_json(*r)}}));
                       });
+}
+
+// The context's whole log, every kind of event, each in the form the streams
+// deliver it; 404 for a context that does not exist (unlike v3's GET /workunits).
+void list_events(services& s, call& c, responder respond) {
+  auto limit = uint_param(c.query, "limit");
+  auto after = uint_param(c.query, "after_seq");
+  auto text = bool_param(c.query, "text");
+  if (!limit) return respond(error_response(limit.error()));
+  if (!after) return respond(error_response(after.error()));
+  if (!text) return respond(error_response(text.error()));
+  const uint64_t from = after->value_or(0);
+  s.eng.list_events(std::move(c.subject), from, *limit,
+                    [from, with_text = *text, respond = std::move(respond)](model::result<engine::events_page> page) {
+                      if (!page) return respond(error_response(page.error()));
+                      response r;
+                      r.body.reserve(256 * page->events.size() + 64);
+                      model::json_object body(r.body);
+                      auto& list = body.member("events");
+                      list.push_back('[');
+                      for (size_t i = 0; i < page->events.size(); ++i) {
+                        if (i) list.push_back(',');
+                        auto w = router::to_wire(page->events[i]);
+                        list.append(with_text && w->sse_event.empty() ? model::with_text_json(w->json) : w->json);
+                      }
+                      list.push_back(']');
+                      body.number("head_seq", page->head_seq);
+                      body.number("next_after_seq", page->events.empty() ? from : page->events.back().seq());
+                      body.boolean("more", page->more);
+                      body.close();
+                      respond(std::move(r));
+                    });
 }
 
 // Lists only readable contexts; a page may hold fewer than `limit` (next_cursor

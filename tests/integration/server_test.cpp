@@ -148,6 +148,47 @@ TEST_F(ServerTest, TextParameterAddsThePayloadAsText) {
   EXPECT_EQ(get("/workunits/txt?text=maybe").status, 400u);
 }
 
+// GET /contexts/{id}/events: the whole log (units, context updates, lease events)
+// as the streams deliver it, paged by seq; 404 for a context that does not exist.
+TEST_F(ServerTest, ContextEventsListEveryKindOfEventAndRefuseUnknownContexts) {
+  ASSERT_EQ(post_unit({{"context_id", "ev/a"}, {"agent_id", "a"}, {"text", "one"}}).status, 201u);
+  ASSERT_EQ(call(http_, "PATCH", "/contexts/ev/a", R"({"display_name":"Events"})").status, 200u);
+  auto lock = call(http_, "POST", "/locks", R"({"resource_path":"f","agent_id":"a","context_id":"ev/a"})");
+  ASSERT_EQ(lock.status, 200u) << lock.raw;
+  ASSERT_EQ(post_unit({{"context_id", "ev/a"}, {"agent_id", "b"}, {"text", "two"}}).status, 201u);
+
+  auto all = get("/contexts/ev/a/events?text=1");
+  ASSERT_EQ(all.status, 200u) << all.raw;
+  std::vector<std::string> kinds;
+  uint64_t seq = 0;
+  for (const auto& e : all.body["events"]) {
+    EXPECT_EQ(e["seq"], ++seq) << all.raw;
+    kinds.push_back(e["type"].is_string() ? e["type"].get<std::string>() : "unit:" + e.value("text", ""));
+  }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"unit:one", "context_updated", "lock_acquired", "unit:two"}));
+  EXPECT_EQ(all.body["head_seq"], 4);
+  EXPECT_EQ(all.body["more"], false);
+  EXPECT_EQ(all.body["next_after_seq"], 4);
+
+  auto first = get("/contexts/ev/a/events?limit=2");
+  ASSERT_EQ(first.body["events"].size(), 2u);
+  EXPECT_FALSE(first.body["events"][0].contains("text"));  // v3's unit form unless asked
+  EXPECT_EQ(first.body["more"], true);
+  auto rest = get("/contexts/ev%2Fa/events?after_seq=" + std::to_string(first.body["next_after_seq"].get<int>()));
+  ASSERT_EQ(rest.body["events"].size(), 2u);
+  EXPECT_EQ(rest.body["events"][0]["seq"], 3);
+  EXPECT_EQ(rest.body["more"], false);
+  EXPECT_EQ(get("/contexts/ev/a/events?after_seq=4").body["events"], json::array());
+
+  auto missing = get("/contexts/ev/typo/events");
+  EXPECT_EQ(missing.status, 404u);
+  EXPECT_EQ(missing.body["error"], "Context not found");
+  EXPECT_EQ(get("/contexts/ev/a/events?after_seq=x").status, 400u);
+  EXPECT_EQ(get("/contexts/ev/a/events?limit=-1").status, 400u);
+  EXPECT_EQ(call(http_, "POST", "/contexts/ev/a/events", "{}").status, 405u);
+  EXPECT_EQ(get("/contexts/ev/a").body["context"]["display_name"], "Events");  // still the context
+}
+
 TEST_F(ServerTest, AppendThenFetchInV3Format) {
   auto r = post_unit({{"context_id", "ctx-1"}, {"agent_id", "alice"}, {"type", "MESSAGE"},
                       {"payload", model::base64_encode("hello")}, {"meta", {{"lang", "en"}}},
@@ -476,7 +517,7 @@ TEST_F(ServerTest, OpenApiDocumentsRoutesTheServerServes) {
       ++checked;
     }
   }
-  EXPECT_GE(checked, 19u);  // 20 documented operations, less the SSE stream
+  EXPECT_GE(checked, 20u);  // 21 documented operations, less the SSE stream
 }
 
 TEST(ServerRecovery, NotReadyUntilStorageOpens) {
