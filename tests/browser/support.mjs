@@ -1,0 +1,75 @@
+// What the browser tests share: failing loudly, polling with a deadline, a free
+// loopback port, starting the real engram binary, and launching Debian's chromium.
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { chromium } from 'playwright-core';
+
+export const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+
+export function fail(message) {
+  console.error(`FAIL: ${message}`);
+  process.exitCode = 1;
+  throw new Error(message);
+}
+
+export async function waitFor(what, check, ms = 20000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));  // poll interval
+  }
+  fail(`timed out waiting for ${what}`);
+}
+
+// A free loopback port: a restarted server must keep the page's origin.
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+// The engram binary on 127.0.0.1:port with its data in dataDir; `proc.log()` is
+// what it wrote to stderr.
+export function startServer(binary, port, dataDir, extraArgs = []) {
+  const proc = spawn(binary, ['--addr', `127.0.0.1:${port}`, '--data-dir', dataDir,
+    '--set', 'server.stream_heartbeat_ms=500', ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr.on('data', (d) => { log += d; });
+  proc.log = () => log;
+  return proc;
+}
+
+export async function ready(base) {
+  await waitFor('the server to be ready', async () => {
+    try { return (await fetch(`${base}/readyz`)).status === 200; } catch { return false; }
+  });
+}
+
+// Chromium, or exit code 77 (skipped) when it cannot start at all.
+export async function launchBrowser() {
+  try {
+    return await chromium.launch({
+      executablePath: chromiumPath,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+             '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+  } catch (e) {
+    console.log(`SKIP: chromium cannot start (${chromiumPath}): ${e.message.split('\n')[0]}`);
+    process.exitCode = 77;
+    throw e;
+  }
+}
+
+// Ends a test: reports an unexpected exception as a failure, with the server's log.
+export function reportFailure(e, server) {
+  if (!process.exitCode) {
+    console.error(e);
+    process.exitCode = 1;
+  }
+  if (process.exitCode === 1 && server) console.error(`server log:\n${server.log()}`);
+}
