@@ -99,6 +99,9 @@ struct embedder::impl {
   std::string last_error;
   steady::time_point last_failure{};
   std::atomic<uint64_t> embedded{0};
+  // The model's dimension, fixed by the first vector stored in its space (by the
+  // embedder or a client); 0 while none is.
+  std::atomic<uint32_t> dimension{0};
   std::thread worker;
 
   std::mutex pool_mu;  // idle connections for query embedding
@@ -139,7 +142,33 @@ struct embedder::impl {
       if (it == item.end()) return fail(errc::unavailable, "embedding endpoint: data[] without \"embedding\"");
       if (auto v = model::vector_from_json(*it, "embedding")) out[at] = std::move(*v);
     }
+    if (auto ok = check_dimension(out); !ok) return std::unexpected(ok.error());
     return out;
+  }
+
+  // Vectors of another dimension than the model's mean another model is answering
+  // behind the URL: the endpoint is as good as down (searches degrade to keyword,
+  // /readyz and the metric say so) rather than every query failing as a client error.
+  model::status check_dimension(const std::vector<std::vector<float>>& vectors) {
+    uint32_t want = known_dimension();
+    for (const auto& v : vectors) {
+      if (v.empty()) continue;
+      if (want == 0) want = uint32_t(v.size());  // a first batch must agree with itself
+      if (v.size() != want)
+        return fail(errc::unavailable, "embedding endpoint returned vectors of dimension " + std::to_string(v.size()) +
+                                           " but model '" + opts.model + "' has dimension " + std::to_string(want) +
+                                           " (is another model answering at " + opts.url + "?)");
+    }
+    return {};
+  }
+
+  uint32_t known_dimension() {
+    if (const uint32_t d = dimension.load()) return d;
+    auto models = store.vector_models();  // a handful of records; read until one exists
+    if (!models) return 0;
+    for (const auto& [name, dim] : *models)
+      if (name == opts.model) dimension = dim;
+    return dimension.load();
   }
 
   void record_outcome(const model::status& outcome) {

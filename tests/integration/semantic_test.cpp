@@ -10,6 +10,9 @@
 #include <map>
 #include <random>
 #include <set>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <sstream>
 
 #include "support/fake_embedder.hpp"
 #include "support/test_support.hpp"
@@ -381,6 +384,72 @@ TEST_F(SemanticTest, EndpointEmbedsUnitsDegradesWhenDownAndFillsTheGapAfter) {
   const auto late = put_ok({{"context_id", "ci"}, {"agent_id", "a"}, {"text", "after restart"}});
   ASSERT_TRUE(wait_until([&] { return !embedding_of(late).is_null(); }, 30s));
   EXPECT_EQ(endpoint.inputs, inputs + 1);
+}
+
+// An endpoint that starts answering with vectors of another dimension (a model swapped
+// behind the URL) is treated as down: searches degrade to keyword with a reason,
+// /readyz and the metric show it, and the log says so once, not at every retry.
+TEST(SemanticEndpoint, VectorsOfTheWrongDimensionCountAsTheEndpointBeingDown) {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  spdlog::default_logger()->sinks().push_back(sink);  // no server runs yet
+  struct remove_sink {
+    ~remove_sink() { spdlog::default_logger()->sinks().pop_back(); }
+  } remove;
+  fake_embedder endpoint(16);
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.search.embeddings.url = endpoint.url();
+  cfg.search.embeddings.model = "bow";
+  cfg.search.embeddings.min_backoff = 10ms;
+  cfg.search.embeddings.max_backoff = 50ms;
+  {
+    test_server server(cfg);
+    auto http = server.connect();
+    auto put = [&](const std::string& text) {
+      auto r = call(http, "POST", "/workunit", json({{"context_id", "dim"}, {"agent_id", "a"}, {"text", text}}).dump());
+      EXPECT_EQ(r.status, 201u) << r.raw;
+      return r.body["work_unit"].value("id", "");
+    };
+    const auto first = put("flaky integration tests");
+    ASSERT_TRUE(wait_until([&] {
+      return !call(http, "GET", "/workunit/" + first + "?include=embedding").body["work_unit"]["embedding"].is_null();
+    }, 30s));
+
+    endpoint.set_dim(24);
+    const auto later = put("flaky builds after the swap");
+    ASSERT_TRUE(wait_until([&] { return call(http, "GET", "/readyz").body["search"]["embedder"]["up"] == false; }, 30s))
+        << call(http, "GET", "/readyz").raw;
+    auto ready = call(http, "GET", "/readyz");
+    EXPECT_EQ(ready.status, 200u);  // degraded, not down
+    EXPECT_NE(ready.body["search"]["embedder"].value("error", "").find("dimension 24"), std::string::npos) << ready.raw;
+    EXPECT_EQ(metric(http, "engram_search_embedder_up"), 0);
+    for (const char* mode : {"auto", "semantic", "hybrid"}) {
+      auto r = call(http, "POST", "/search", json({{"query", "flaky"}, {"mode", mode}}).dump());
+      EXPECT_EQ(r.status, 200u) << mode << ": " << r.raw;  // not a 400 blaming the client
+      EXPECT_EQ(r.body["mode"], "keyword") << r.raw;
+      EXPECT_NE(r.body.value("degraded", "").find("dimension"), std::string::npos) << r.raw;
+    }
+    EXPECT_TRUE(call(http, "GET", "/workunit/" + later + "?include=embedding").body["work_unit"]["embedding"].is_null());
+    const double failed = metric(http, "engram_search_embedder_requests_total{outcome=\"error\"}");
+    ASSERT_TRUE(wait_until([&] {  // several retries happen while it stays down
+      return metric(http, "engram_search_embedder_requests_total{outcome=\"error\"}") >= failed + 3;
+    }, 30s));
+
+    // The right model again: the unit written meanwhile gets its vector.
+    endpoint.set_dim(16);
+    ASSERT_TRUE(wait_until([&] {
+      return !call(http, "GET", "/workunit/" + later + "?include=embedding").body["work_unit"]["embedding"].is_null();
+    }, 30s));
+    EXPECT_EQ(call(http, "GET", "/readyz").body["search"]["embedder"]["up"], true);
+  }
+  const auto text = log.str();
+  size_t said = 0;
+  for (size_t at = text.find("embedding endpoint failing"); at != std::string::npos;
+       at = text.find("embedding endpoint failing", at + 1))
+    ++said;
+  EXPECT_EQ(said, 1u) << text;
+  EXPECT_NE(text.find("answers again"), std::string::npos);
 }
 
 }  // namespace

@@ -81,6 +81,8 @@ class fake_embedder {
   uint16_t port() const { return port_; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1/embeddings"; }
   size_t dim() const { return dim_; }
+  // Another model behind the same URL: vectors of another dimension from now on.
+  void set_dim(size_t dim) { dim_ = dim; }
 
   std::atomic<size_t> requests{0};
   std::atomic<size_t> inputs{0};
@@ -144,7 +146,7 @@ class fake_embedder {
     });
   }
 
-  size_t dim_;
+  std::atomic<size_t> dim_;
   uint16_t port_ = 0;
   std::unique_ptr<boost::asio::io_context> ioc_;
   std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor_;
