@@ -123,14 +123,25 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
   p->locks = std::make_unique<locks::manager>(cfg.locks, p->clock, p->registry.get());
   // One authenticator (it holds the verification key) for REST and streams.
   auto authn = gateway::authenticator::create(cfg.server.auth, p->clock);
-  if (!authn) return model::fail(model::errc::invalid_argument, "auth: " + authn.error().message);
+  if (!authn) {
+    const auto& a = cfg.server.auth;
+    const char* key = a.alg != auth::algorithm::hs256 ? "auth.public_key_file" : "auth.secret";
+    return model::fail(model::errc::invalid_argument, "auth: " + cfg.explain(key, authn.error().message));
+  }
   auto shared_authn = std::make_shared<const gateway::authenticator>(std::move(*authn));
   p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, shared_authn);
   auto* h = p->handler.get();
   p->http = std::make_unique<gateway::server>(
       cfg.server, [h](gateway::request req, gateway::responder r) { h->handle(std::move(req), std::move(r)); },
       shared_authn, p->registry.get(), p->eng.get());
-  if (auto ok = p->http->start(); !ok) return std::unexpected(ok.error());
+  if (auto ok = p->http->start(); !ok) {
+    // Its errors are about server.addr or the TLS files: say where those came from.
+    const auto& m = ok.error().message;
+    const char* key = m.starts_with("server.tls.cert") ? "server.tls.cert"
+                      : m.starts_with("server.tls.key") ? "server.tls.key"
+                                                        : "server.addr";
+    return model::fail(ok.error().code, cfg.explain(key, m));
+  }
   spdlog::info("http: listening on {}:{}", cfg.server.host, p->http->port());
   {
     // Where a person goes next: the API, the page, the metrics (IPv6 hosts in brackets).

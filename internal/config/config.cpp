@@ -404,6 +404,9 @@ model::status apply(config& c, std::string_view key, const std::string& value,
                                               (secret ? std::string("the value") : "'" + value + "'") + " " +
                                               *problem);
     }
+    c.origins[std::string(key)] = origin;
+    // The secret itself comes from the file: errors about it name both.
+    if (key == "auth.secret_file") c.origins["auth.secret"] = "read from auth.secret_file, " + std::string(origin);
     return {};
   }
   return fail(errc::invalid_argument,
@@ -437,6 +440,17 @@ model::status apply_yaml(config& c, const YAML::Node& node, const std::string& p
 }
 
 }  // namespace
+
+std::string config::explain(std::string_view key, std::string_view problem) const {
+  const auto it = origins.find(key);
+  // "auth.secret must be …" reads better without its key repeated after the prefix.
+  if (problem.starts_with(key) && problem.size() > key.size() && (problem[key.size()] == ' ' || problem[key.size()] == ':')) {
+    problem.remove_prefix(key.size());
+    while (!problem.empty() && (problem.front() == ' ' || problem.front() == ':')) problem.remove_prefix(1);
+  }
+  return "config key '" + std::string(key) + "' (" + (it != origins.end() ? it->second : std::string("default")) +
+         "): " + std::string(problem);
+}
 
 std::string env_name(std::string_view key) {
   std::string out = "ENGRAM_";
@@ -483,8 +497,12 @@ model::result<config> load(const sources& in) {
   for (const auto& [key, value] : in.flags) {
     if (auto ok = apply(c, key, value, "command line"); !ok) return std::unexpected(ok.error());
   }
-  if (c.server.tls_cert_file.empty() != c.server.tls_key_file.empty())
-    return fail(errc::invalid_argument, "server.tls.cert and server.tls.key must be set together");
+  if (c.server.tls_cert_file.empty() != c.server.tls_key_file.empty()) {
+    const bool cert = !c.server.tls_cert_file.empty();
+    return fail(errc::invalid_argument, c.explain(cert ? "server.tls.cert" : "server.tls.key",
+                                                  cert ? "is set without server.tls.key; set both or neither"
+                                                       : "is set without server.tls.cert; set both or neither"));
+  }
   // The auth key is read and checked once, when app builds the authenticator.
   return c;
 }

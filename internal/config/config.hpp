@@ -30,6 +30,14 @@ struct config {
   search::options search;
   log_options log;
   std::chrono::milliseconds shutdown_timeout{10'000};
+
+  // Where each key that is not at its default was set: the config file's path,
+  // "environment ENGRAM_…" or "command line".
+  std::map<std::string, std::string, std::less<>> origins;
+  // An error about `key`'s value found after loading (a secret too short, a
+  // certificate file that does not load, an address in use), naming where the value
+  // came from: "config key 'auth.secret' (environment ENGRAM_AUTH_SECRET): …".
+  std::string explain(std::string_view key, std::string_view problem) const;
 };
 
 // Everything that can feed the configuration, as plain data so tests can build it.

@@ -125,6 +125,49 @@ TEST(ServerConfig, UnknownBodyFieldsCanBeAcceptedByConfiguration) {
   EXPECT_EQ(r.status, 201u) << r.raw;
 }
 
+// Errors found only when the server starts (a secret too short, an address in use,
+// a certificate that does not load) name the key and where its value came from.
+TEST(ServerConfig, ErrorsFoundAtStartNameWhereTheValueCameFrom) {
+  temp_dir dir;
+  auto start_with = [&](config::sources src) -> std::string {
+    src.flags.insert(src.flags.begin(), {"storage.data_dir", dir.str() + "/data"});
+    src.env.emplace("ENGRAM_SERVER_ADDR", "127.0.0.1:0");  // unless the case sets it
+    auto cfg = config::load(src);
+    if (!cfg) return cfg.error().message;
+    auto started = app::app::start(*cfg);
+    return started ? std::string("started") : started.error().message;
+  };
+  auto short_secret = start_with({.env = {{"ENGRAM_AUTH_SECRET", "too-short"}}, .flags = {{"auth.enabled", "true"}}});
+  EXPECT_NE(short_secret.find("config key 'auth.secret' (environment ENGRAM_AUTH_SECRET): must be at least 32 bytes"),
+            std::string::npos) << short_secret;
+  EXPECT_EQ(short_secret.find("too-short"), std::string::npos) << "a secret was echoed: " << short_secret;
+
+  const std::string secret_file = dir.str() + "/secret";
+  std::ofstream(secret_file) << "short\n";
+  auto from_file = start_with({.flags = {{"auth.enabled", "true"}, {"auth.secret_file", secret_file}}});
+  EXPECT_NE(from_file.find("config key 'auth.secret' (read from auth.secret_file, command line)"), std::string::npos)
+      << from_file;
+
+  auto no_secret = start_with({.flags = {{"auth.enabled", "true"}}});
+  EXPECT_NE(no_secret.find("config key 'auth.secret' (default)"), std::string::npos) << no_secret;
+
+  test_server running(test_config(dir.str() + "/other"));
+  const std::string taken = "127.0.0.1:" + std::to_string(running.port());
+  auto in_use = start_with({.env = {{"ENGRAM_SERVER_ADDR", taken}}});
+  EXPECT_NE(in_use.find("config key 'server.addr' (environment ENGRAM_SERVER_ADDR): cannot listen on " + taken),
+            std::string::npos) << in_use;
+
+  const std::string yaml = dir.str() + "/engram.yaml";
+  std::ofstream(yaml) << "server:\n  tls:\n    cert: " << dir.str() << "/missing.pem\n    key: " << dir.str()
+                      << "/missing.key\n";
+  auto bad_cert = start_with({.file = yaml});
+  EXPECT_NE(bad_cert.find("config key 'server.tls.cert' (" + yaml + ")"), std::string::npos) << bad_cert;
+  std::ofstream(dir.str() + "/c.pem") << "not checked before the pair is\n";
+  auto half_tls = start_with({.flags = {{"server.tls.cert", dir.str() + "/c.pem"}}});
+  EXPECT_NE(half_tls.find("config key 'server.tls.cert' (command line): is set without server.tls.key"),
+            std::string::npos) << half_tls;
+}
+
 // ?text=1 on unit reads adds the payload as "text" (null when it is not UTF-8);
 // without it, units are exactly v3's.
 TEST_F(ServerTest, TextParameterAddsThePayloadAsText) {
