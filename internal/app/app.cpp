@@ -13,6 +13,7 @@
 #include "engine/engine.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
+#include "gateway/stream_registry.hpp"
 #include "locks/manager.hpp"
 #include "model/codec.hpp"
 #include "model/log_context.hpp"
@@ -50,6 +51,7 @@ struct app::impl {
   std::unique_ptr<log_publisher> publisher;
   std::unique_ptr<engine::engine> eng;
   std::unique_ptr<locks::manager> locks;
+  std::unique_ptr<gateway::stream_registry> stream_log;  // outlives the sessions that register in it
   std::unique_ptr<gateway::api_handler> handler;
   std::unique_ptr<gateway::server> http;
   std::unique_ptr<storage::store> store;
@@ -129,11 +131,13 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
     return model::fail(model::errc::invalid_argument, "auth: " + cfg.explain(key, authn.error().message));
   }
   auto shared_authn = std::make_shared<const gateway::authenticator>(std::move(*authn));
-  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, shared_authn);
+  p->stream_log = std::make_unique<gateway::stream_registry>(p->registry.get());
+  p->handler = std::make_unique<gateway::api_handler>(*p->eng, cfg.server, p->registry, shared_authn,
+                                                      p->stream_log.get());
   auto* h = p->handler.get();
   p->http = std::make_unique<gateway::server>(
       cfg.server, [h](gateway::request req, gateway::responder r) { h->handle(std::move(req), std::move(r)); },
-      shared_authn, p->registry.get(), p->eng.get());
+      shared_authn, p->registry.get(), p->eng.get(), p->stream_log.get());
   if (auto ok = p->http->start(); !ok) {
     // Its errors are about server.addr or the TLS files: say where those came from.
     const auto& m = ok.error().message;
@@ -274,15 +278,19 @@ class fields_flag final : public spdlog::custom_flag_formatter {
 
 }  // namespace
 
-void setup_logging(const config::log_options& opts) {
-  auto logger = spdlog::stderr_logger_mt("engram");
-  const bool json = opts.format == "json";
+std::unique_ptr<spdlog::formatter> log_formatter(std::string_view format) {
+  const bool json = format == "json";
   auto formatter = std::make_unique<spdlog::pattern_formatter>(json ? spdlog::pattern_time_type::utc
                                                                      : spdlog::pattern_time_type::local);
   formatter->add_flag<json_message_flag>('*').add_flag<fields_flag>('+', json);
   formatter->set_pattern(json ? R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","msg":%*%+})"
                               : "%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v%+");
-  logger->set_formatter(std::move(formatter));
+  return formatter;
+}
+
+void setup_logging(const config::log_options& opts) {
+  auto logger = spdlog::stderr_logger_mt("engram");
+  logger->set_formatter(log_formatter(opts.format));
   logger->set_level(spdlog::level::from_str(opts.level));
   spdlog::set_default_logger(logger);
 }

@@ -12,6 +12,10 @@
 #include "model/clock.hpp"
 #include "model/error.hpp"
 
+namespace spdlog {
+class formatter;
+}
+
 namespace engram::app {
 
 class app {
@@ -45,5 +49,10 @@ class app {
 
 // Configures the global spdlog logger from log options.
 void setup_logging(const config::log_options& opts);
+
+// The formatter setup_logging installs ("text" or "json"): the message followed by
+// the fields in scope (request_id, the access log's fields, …). Tests that read the
+// log give it to their own sink.
+std::unique_ptr<spdlog::formatter> log_formatter(std::string_view format);
 
 }  // namespace engram::app

@@ -3,6 +3,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 
+#include <algorithm>
 #include <set>
 
 #include "storage/store.hpp"
@@ -191,6 +192,28 @@ std::map<std::string, uint64_t> stream::cursors() const {
   std::map<std::string, uint64_t> out;
   for (const auto& [id, c] : cursors_) out[id] = c.next_seq - 1;
   return out;
+}
+
+std::vector<stream::progress_entry> stream::progress() const {
+  std::lock_guard lock(mu_);
+  std::unordered_map<std::string_view, uint64_t> queued;
+  for (const auto& ev : queue_) ++queued[ev->context_id];
+  std::vector<progress_entry> out;
+  out.reserve(cursors_.size());
+  for (const auto& [id, c] : cursors_) {
+    const auto it = queued.find(id);
+    const uint64_t waiting = it == queued.end() ? 0 : it->second;
+    const uint64_t handed = c.next_seq - 1 - waiting;  // queued events are not handed over yet
+    const uint64_t head = std::max(c.seen_head, c.next_seq - 1);
+    out.push_back({id, handed, head, head - handed});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.context_id < b.context_id; });
+  return out;
+}
+
+bool stream::catching_up() const {
+  std::lock_guard lock(mu_);
+  return catching_up_;
 }
 
 }  // namespace engram::engine

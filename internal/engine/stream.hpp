@@ -98,6 +98,18 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   // The last seq delivered per context (for resume tokens).
   std::map<std::string, uint64_t> cursors() const;
 
+  // Per context: the last seq handed to the transport, the highest seq seen
+  // published, and the lag between them (events published and not yet handed over,
+  // queued ones included). For operators; a snapshot.
+  struct progress_entry {
+    std::string context_id;
+    uint64_t delivered = 0;
+    uint64_t head = 0;
+    uint64_t lag = 0;
+  };
+  std::vector<progress_entry> progress() const;
+  bool catching_up() const;
+
   // Stops delivery (also done by the destructor).
   void close();
 

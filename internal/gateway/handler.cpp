@@ -9,6 +9,7 @@
 #include <boost/url/url_view.hpp>
 #include <chrono>
 
+#include "gateway/access_log.hpp"
 #include "gateway/routes.hpp"
 #include "model/log_context.hpp"
 #include "model/text.hpp"
@@ -31,7 +32,8 @@ struct api_handler::impl {
   engine::engine& eng;
   options opts;
   std::shared_ptr<prometheus::Registry> registry;
-  services svc{eng, opts, *registry};
+  stream_registry* streams;
+  services svc{eng, opts, *registry, streams};
   prometheus::Family<prometheus::Counter>* requests;
   prometheus::Family<prometheus::Histogram>* latency;
   prometheus::Family<prometheus::Counter>* refusals;
@@ -39,8 +41,8 @@ struct api_handler::impl {
   rate_limiter write_limit, search_limit, lock_limit;
 
   impl(engine::engine& e, const options& o, std::shared_ptr<prometheus::Registry> r,
-       std::shared_ptr<const authenticator> a)
-      : eng(e), opts(o), registry(std::move(r)), authn(std::move(a)),
+       std::shared_ptr<const authenticator> a, stream_registry* st)
+      : eng(e), opts(o), registry(std::move(r)), streams(st), authn(std::move(a)),
         write_limit(o.limits.writes, "writes"),
         search_limit(o.limits.searches, "searches"),
         lock_limit(o.limits.locks, "lock operations") {
@@ -96,18 +98,16 @@ struct api_handler::impl {
       const double seconds = std::chrono::duration<double>(steady::now() - start).count();
       latency->Add({{"route", label}, {"status", status}}, buckets).Observe(seconds);
       if (opts.access_log) {
-        char ms[32];
-        std::snprintf(ms, sizeof ms, "%.3f", seconds * 1000);
-        model::log_scope fields({{"request_id", record->request_id},
-                                 {"method", record->method},
-                                 {"path", record->path},
-                                 {"status", status, false},
-                                 {"bytes", std::to_string(r.body.size()), false},
-                                 {"duration_ms", ms, false},
-                                 {"agent", record->agent},
-                                 {"ip", record->ip}},
-                                model::log_scope::outer_fields::hide);  // the request's scope has the id too
-        spdlog::info("access");
+        access_line line;
+        line.request_id = record->request_id;
+        line.method = record->method;
+        line.path = record->path;
+        line.status = r.status;
+        line.bytes = r.body.size();
+        line.seconds = seconds;
+        line.agent = record->agent;
+        line.ip = record->ip;
+        log_access(line);
       }
       respond(std::move(r));
     };
@@ -195,8 +195,8 @@ struct api_handler::impl {
 };
 
 api_handler::api_handler(engine::engine& engine, const options& opts, std::shared_ptr<prometheus::Registry> metrics,
-                         std::shared_ptr<const authenticator> authn)
-    : impl_(std::make_unique<impl>(engine, opts, std::move(metrics), std::move(authn))) {}
+                         std::shared_ptr<const authenticator> authn, stream_registry* streams)
+    : impl_(std::make_unique<impl>(engine, opts, std::move(metrics), std::move(authn), streams)) {}
 api_handler::~api_handler() = default;
 
 void api_handler::handle(request req, responder respond) {

@@ -16,11 +16,14 @@ class Registry;
 
 namespace engram::gateway {
 
+class stream_registry;
+
 class api_handler {
  public:
   // `metrics` is also what /metrics exposes; it must outlive the handler.
+  // `streams` (optional) answers GET /contexts/{id}/subscribers and feeds /metrics.
   api_handler(engine::engine& engine, const options& opts, std::shared_ptr<prometheus::Registry> metrics,
-              std::shared_ptr<const authenticator> authn);
+              std::shared_ptr<const authenticator> authn, stream_registry* streams = nullptr);
   ~api_handler();
 
   // `respond` is called exactly once, from any thread.

@@ -39,6 +39,7 @@ const route table[] = {
     {"GET",    "/workunits/{contextId*}",  list_units,    unlimited, authenticated, subject_rule{"contextId", "context id", read}},
     {"GET",    "/contexts",                list_contexts, unlimited, authenticated, no_subject},
     {"GET",    "/contexts/{id*}/events",   list_events,   unlimited, authenticated, subject_rule{"id", "context id", read}},
+    {"GET",    "/contexts/{id*}/subscribers", list_subscribers, unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"GET",    "/contexts/{id*}",          get_context,   unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"PATCH",  "/contexts/{id*}",          patch_context, writes,    authenticated, subject_rule{"id", "context id", write}},
     {"GET",    "/search",                  search,        searches,  authenticated, no_subject},

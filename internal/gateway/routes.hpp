@@ -24,6 +24,8 @@ class Registry;
 
 namespace engram::gateway {
 
+class stream_registry;
+
 struct query_params {
   std::vector<std::pair<std::string, std::string>> items;
   const std::string* get(std::string_view key) const {
@@ -38,6 +40,7 @@ struct services {
   engine::engine& eng;
   const options& opts;
   prometheus::Registry& metrics;
+  stream_registry* streams = nullptr;  // open streams, when the server has them
 };
 
 // One request as its route sees it: authenticated, within its rate limit, and
@@ -115,6 +118,7 @@ void list_units(services&, call&, responder);
 void list_contexts(services&, call&, responder);
 void get_context(services&, call&, responder);
 void list_events(services&, call&, responder);
+void list_subscribers(services&, call&, responder);
 void patch_context(services&, call&, responder);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);

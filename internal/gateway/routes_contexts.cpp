@@ -4,6 +4,7 @@
 #include "gateway/routes.hpp"
 #include "model/codec.hpp"
 #include "model/json_writer.hpp"
+#include "gateway/stream_registry.hpp"
 #include "router/router.hpp"
 
 namespace engram::gateway {
@@ -59,6 +60,35 @@ void list_events(services& s, call& c, responder respond) {
                       body.close();
                       respond(std::move(r));
                     });
+}
+
+// Open streams that receive this context, with how far behind each one is; 404 for
+// a context that does not exist.
+void list_subscribers(services& s, call& c, responder respond) {
+  auto* streams = s.streams;
+  s.eng.get_context(c.subject, [streams, id = c.subject, respond = std::move(respond)](model::result<api::Context> ctx) {
+    if (!ctx) return respond(error_response(ctx.error()));
+    json list = json::array();
+    if (streams) {
+      for (const auto& sub : streams->subscribers_of(id)) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(sub.opened.time_since_epoch()).count();
+        list.push_back({{"stream_id", sub.id},
+                        {"transport", sub.transport},
+                        {"agent_id", sub.agent},
+                        {"ip", sub.ip},
+                        {"request_id", sub.request_id},
+                        {"opened_at", model::timestamp_json(ns)},
+                        {"subscribed_as", sub.subscribed_as},
+                        {"delivered_seq", sub.delivered},
+                        {"head_seq", sub.head},
+                        {"lag", sub.lag},
+                        {"catching_up", sub.catching_up},
+                        {"events_sent", sub.events},
+                        {"bytes_sent", sub.bytes}});
+      }
+    }
+    respond(json_response(200, json{{"context_id", id}, {"head_seq", ctx->head_seq()}, {"subscribers", std::move(list)}}));
+  });
 }
 
 // Lists only readable contexts; a page may hold fewer than `limit` (next_cursor

@@ -6,6 +6,7 @@
 
 #include "gateway/process_metrics.hpp"
 #include "gateway/routes.hpp"
+#include "gateway/stream_registry.hpp"
 
 namespace engram::gateway {
 
@@ -44,6 +45,7 @@ void readyz(services& s, call&, responder respond) {
 }
 
 void metrics(services& s, call&, responder respond) {
+  if (s.streams) s.streams->refresh_metrics();
   response r;
   auto families = s.metrics.Collect();
   for (auto& f : process_metric_families()) families.push_back(std::move(f));

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/errors.hpp"
+#include "gateway/access_log.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
 
@@ -248,25 +249,44 @@ class session : public session_base, public std::enable_shared_from_this<session
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
     request_id_ = req.request_id;
-    auto reject = [&](model::errc code, std::string message) { send(error_response({code, std::move(message)})); };
+    // A refused stream is an ordinary answer, logged like one (with the transport).
+    const auto started = std::chrono::steady_clock::now();
+    auto refuse = [&](response r) {
+      if (opts().access_log) {
+        access_line line;
+        line.request_id = req.request_id;
+        line.method = req.method;
+        line.path = std::string_view(req.target).substr(0, req.target.find('?')).substr(0, 200);
+        line.status = r.status;
+        line.bytes = r.body.size();
+        line.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        line.agent = req.header("x-agent-id").substr(0, 256);
+        line.ip = req.remote_ip;
+        line.stream = sse ? "sse" : "websocket";
+        line.ended_by = "refused";
+        log_access(line);
+      }
+      send(std::move(r));
+    };
+    auto reject = [&](model::errc code, std::string message) { refuse(error_response({code, std::move(message)})); };
     if (msg.method() != http::verb::get) {
       auto r = error_response(405, "use GET");
       r.headers.emplace_back("Allow", "GET");
-      return send(std::move(r));
+      return refuse(std::move(r));
     }
     if (!origin_allowed(req.header("origin")))
       return reject(model::errc::forbidden, "origin not allowed; add it to server.cors_origins");
     if (srv_->shutting_down) return reject(model::errc::unavailable, "the server is shutting down");
     if (!srv_->eng->ready()) return reject(model::errc::unavailable, "the server is recovering its data; retry shortly");
     auto who = srv_->authn->authenticate(req, cookie_allowed(req));
-    if (!who) return send(error_response(who.error()));
+    if (!who) return refuse(error_response(who.error()));
     auto sub = parse_stream_query(req, sse);
-    if (!sub) return send(error_response(sub.error()));
+    if (!sub) return refuse(error_response(sub.error()));
     auto text = parse_stream_text(req);
-    if (!text) return send(error_response(text.error()));
-    if (auto ok = authorize_stream(*sub, *who); !ok) return send(error_response(ok.error()));
+    if (!text) return refuse(error_response(text.error()));
+    if (auto ok = authorize_stream(*sub, *who); !ok) return refuse(error_response(ok.error()));
     auto slot = srv_->streams_open.acquire(who->limit_key());
-    if (!slot) return send(error_response(slot.error()));
+    if (!slot) return refuse(error_response(slot.error()));
     stream_start start{std::move(*sub), std::move(*who), std::move(*slot), request_id_, *text};
     if (!sse) {
       if (!boost::beast::websocket::is_upgrade(msg))
@@ -431,11 +451,12 @@ void server::io::serve(std::shared_ptr<Session> s, const std::string& ip) {
 }
 
 server::server(options opts, handler_fn handler, std::shared_ptr<const authenticator> authn,
-               prometheus::Registry* metrics, engine::engine* streams)
+               prometheus::Registry* metrics, engine::engine* streams, stream_registry* stream_log)
     : io_(std::make_unique<io>()) {
   impl_ = std::make_shared<impl>(std::move(opts), std::move(handler), std::move(authn));
   io_->state = impl_;
   impl_->eng = streams;
+  impl_->stream_log = stream_log;
   if (metrics) {
     impl_->active = &prometheus::BuildGauge().Name("engram_http_connections_active")
                          .Help("Open HTTP connections").Register(*metrics).Add({});

@@ -22,12 +22,15 @@ class engine;
 
 namespace engram::gateway {
 
+class stream_registry;
+
 class server {
  public:
   // `streams` serves /stream and /stream-sse; null leaves them to `handler`.
   // `authn` is shared with the handler (app builds it once).
+  // `stream_log` (optional) lists open streams for operators.
   server(options opts, handler_fn handler, std::shared_ptr<const authenticator> authn,
-         prometheus::Registry* metrics, engine::engine* streams = nullptr);
+         prometheus::Registry* metrics, engine::engine* streams = nullptr, stream_registry* stream_log = nullptr);
   ~server();  // stop()s if needed
 
   // Binds, listens and starts the I/O threads.

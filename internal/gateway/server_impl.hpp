@@ -20,6 +20,7 @@
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
 #include "gateway/server.hpp"
+#include "gateway/stream_registry.hpp"
 
 namespace prometheus {
 class Counter;
@@ -41,6 +42,9 @@ class session_base {
   virtual void shutdown() = 0;
   // Stream sessions: ?text=1 (work units carry their payload as "text"); set before start.
   bool with_text = false;
+  // Stream sessions: the operator's view (stream_registry), and what ended the stream.
+  std::shared_ptr<stream_registry::entry> entry;
+  std::string ended_by = "client";
 };
 
 struct stream_metrics {
@@ -68,6 +72,7 @@ struct server::impl {
   prometheus::Counter* rejected = nullptr;
   prometheus::Counter* rate_limited = nullptr;
   stream_metrics streams;
+  stream_registry* stream_log = nullptr;  // may be null (no subscriber listing)
 
   std::shared_ptr<boost::asio::ssl::context> tls;  // set when server.tls.cert is configured
   std::shared_ptr<const authenticator> authn;

@@ -69,6 +69,28 @@ void add_text(std::vector<router::event_ptr>& events) {
   }
 }
 
+// Registers the stream for operators (GET /contexts/{id}/subscribers, gauges, the
+// access log's line when it ends).
+std::shared_ptr<stream_registry::entry> register_stream(server::impl& srv, std::string_view transport,
+                                                        const caller& who, std::string request_id) {
+  auto e = std::make_shared<stream_registry::entry>();
+  e->transport = transport;
+  e->agent = who.principal ? who.principal->agent : std::string();
+  e->ip = who.ip;
+  e->request_id = std::move(request_id);
+  if (srv.stream_log) srv.stream_log->register_stream(e);
+  return e;
+}
+
+void deregister_stream(server::impl& srv, const session_base& s, unsigned status) {
+  if (srv.stream_log && s.entry) srv.stream_log->close_stream(s.entry, status, s.ended_by, srv.opts.access_log);
+}
+
+void note_subscription(const session_base& s, const std::shared_ptr<engine::stream>& stream,
+                       std::vector<std::string> contexts, std::vector<std::string> prefixes) {
+  if (s.entry) s.entry->subscribe(stream, std::move(contexts), std::move(prefixes));
+}
+
 void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
   if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
 }
@@ -84,6 +106,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         timer_(ws_.get_executor()) {}
   ~ws_session() override {
     if (stream_) stream_->close();
+    if (!accepted_) ended_by = "handshake failed";
+    deregister_stream(*srv_, *this, accepted_ ? 101 : 400);
     if (counted_ && srv_->streams.ws_subscribers) srv_->streams.ws_subscribers->Decrement();
     srv_->forget(id_);
   }
@@ -133,16 +157,19 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     batch_pos_ = 0;
     ++subscription_;
     std::weak_ptr<ws_session> weak = this->shared_from_this();
+    auto asked_contexts = sub.contexts, asked_prefixes = sub.prefixes;
     auto opened = srv_->eng->open_stream(std::move(sub), [weak, exec = ws_.get_executor()] {
       net::post(exec, [weak] {
         if (auto self = weak.lock()) self->pump();
       });
     });
     if (!opened) {
+      if (entry) entry->unsubscribe();
       control(json{{"type", "error"}, {"error", opened.error().message}});
       return;
     }
     stream_ = std::move(*opened);
+    note_subscription(*this, stream_, std::move(asked_contexts), std::move(asked_prefixes));
     control(subscribe_ack(*stream_));
   }
 
@@ -190,6 +217,10 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       if (self->close_deferred_) return self->do_close();
       observe_latency(self->srv_->streams.publish_to_write, ev);
       if (self->srv_->streams.ws_delivered) self->srv_->streams.ws_delivered->Increment();
+      if (self->entry) {
+        ++self->entry->events;
+        self->entry->bytes += ev->json.size();
+      }
       if (sub == self->subscription_) ++self->batch_pos_;
       self->pump();
     });
@@ -282,6 +313,12 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     if (stream_) stream_->close();
     close_reason_.code = code;
     close_reason_.reason = reason;
+    ended_by = code == close_lagging                                  ? "lagging"
+               : code == close_token_expired                          ? "expired"
+               : code == websocket::close_code::going_away            ? "shutdown"
+               : code == websocket::close_code::policy_error          ? "idle"
+               : code == websocket::close_code::try_again_later       ? "error"
+                                                                      : "server";
     if (!accepted_ || writing_) {
       close_deferred_ = true;  // done when the handshake or the current write completes
       return;
@@ -335,6 +372,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
         slot_(std::move(slot)), timer_(stream_.get_executor()) {}
   ~sse_session() override {
     if (sub_) sub_->close();
+    deregister_stream(*srv_, *this, refused_status_ ? refused_status_ : 200);
     if (counted_ && srv_->streams.sse_subscribers) srv_->streams.sse_subscribers->Decrement();
     srv_->forget(id_);
   }
@@ -342,6 +380,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   void start(unsigned version, std::vector<std::pair<std::string, std::string>> headers, engine::stream_request req) {
     id_ = srv_->add(shared_from_this());
     std::weak_ptr<sse_session> weak = this->shared_from_this();
+    auto asked_contexts = req.contexts, asked_prefixes = req.prefixes;
     auto opened = srv_->eng->open_stream(std::move(req), [weak, exec = stream_.get_executor()] {
       net::post(exec, [weak] {
         if (auto self = weak.lock()) self->pump();
@@ -349,6 +388,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     });
     if (!opened) return refuse(version, std::move(headers), opened.error());
     sub_ = std::move(*opened);
+    note_subscription(*this, sub_, std::move(asked_contexts), std::move(asked_prefixes));
     if (srv_->streams.sse_subscribers) srv_->streams.sse_subscribers->Increment();
     counted_ = true;
     // No Content-Length and no chunking: the body is the rest of the connection.
@@ -370,6 +410,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     auto r = error_response(why.code == model::errc::invalid_argument
                                 ? why
                                 : model::error{model::errc::unavailable, why.message});
+    refused_status_ = r.status;
+    ended_by = "refused";
     for (auto& h : headers) r.headers.push_back(std::move(h));
     auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version, false));
     lowest().expires_after(srv_->opts.write_timeout);
@@ -447,6 +489,10 @@ class sse_session final : public session_base, public std::enable_shared_from_th
       self->lowest().expires_never();  // the deadline was for this write only
       for (const auto& ev : sent) observe_latency(self->srv_->streams.publish_to_write, ev);
       if (self->srv_->streams.sse_delivered) self->srv_->streams.sse_delivered->Increment(double(sent.size()));
+      if (self->entry) {
+        self->entry->events += sent.size();
+        self->entry->bytes += self->sending_.size();
+      }
       self->pump();
     });
   }
@@ -474,6 +520,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   // Ends the stream with a final named event; EventSource reconnects by itself.
   void end(std::string_view name, std::string_view why) {
     if (ending_) return;
+    ended_by = name;
     if (sub_) sub_->close();
     event(name, model::dump(json{{"type", name}, {"reason", why}}), "");
     ending_ = true;
@@ -508,6 +555,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   bool reading_ = false;  // a catch-up read is on the read pool
   bool ending_ = false;
   bool counted_ = false;
+  unsigned refused_status_ = 0;  // the error answered instead of a stream
 };
 
 }  // namespace
@@ -516,8 +564,10 @@ template <class Stream>
 void start_websocket(Stream stream, http::request<http::string_body> req, stream_start start,
                      std::shared_ptr<server::impl> srv) {
   beast::get_lowest_layer(stream).expires_never();
+  auto entry = register_stream(*srv, "websocket", start.who, start.request_id);
   auto s = std::make_shared<ws_session<Stream>>(std::move(stream), std::move(srv), std::move(start.who), std::move(start.slot));
   s->with_text = start.with_text;
+  s->entry = std::move(entry);
   s->start(std::move(req), std::move(start.sub), std::move(start.request_id));
 }
 
@@ -525,8 +575,10 @@ template <class Stream>
 void start_sse(Stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
                stream_start start, bool single_context, std::shared_ptr<server::impl> srv) {
   beast::get_lowest_layer(stream).expires_never();
+  auto entry = register_stream(*srv, "sse", start.who, start.request_id);
   auto s = std::make_shared<sse_session<Stream>>(std::move(stream), std::move(srv), single_context, std::move(start.who),
                                          std::move(start.slot));
+  s->entry = std::move(entry);
   if (!start.request_id.empty()) headers.emplace_back("X-Request-Id", std::move(start.request_id));
   s->with_text = start.with_text;
   s->start(version, std::move(headers), std::move(start.sub));

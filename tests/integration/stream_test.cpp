@@ -1,5 +1,8 @@
 // Streams over real WebSocket and SSE clients against the real server.
 #include <gtest/gtest.h>
+#include <sstream>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <random>
 #include <set>
@@ -208,6 +211,86 @@ TEST_F(StreamTest, TextParameterAddsThePayloadAsText) {
   ASSERT_TRUE(bad.connect("127.0.0.1", port(), "/stream-sse?context=t&text=maybe"));
   ASSERT_TRUE(bad.refused());
   EXPECT_EQ(bad.refused()->status, 400u);
+}
+
+// Operators see who watches a context and how far behind each subscriber is
+// (GET /contexts/{id}/subscribers and per-context gauges), and every stream, refused
+// or served, gets an access-log line.
+TEST_F(StreamTest, SubscribersAreListedCountedAndLogged) {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  sink->set_formatter(app::log_formatter("text"));  // with the access log's fields
+  spdlog::default_logger()->sinks().push_back(sink);  // before the server starts
+  struct remove_sink {
+    ~remove_sink() { spdlog::default_logger()->sinks().pop_back(); }
+  } remove;
+  start();
+  for (int i = 1; i <= 3; ++i) append("ops/a", "u" + std::to_string(i));
+  EXPECT_EQ(call(*http_, "GET", "/contexts/ops/a/subscribers").body["subscribers"], json::array());
+
+  auto ws = std::make_unique<ws_sub>(port(), "/stream?context=ops/a&since=0");
+  ASSERT_TRUE(ws->connected());
+  ASSERT_EQ(seqs(ws->units_until(3)), range(1, 3));
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=ops/*&since=0", {{"X-Request-Id", "sse-ops-1"}}));
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(sse.next(5s));  // subscribed, then seqs 1..3
+  append("ops/a", "u4");
+  ASSERT_EQ(ws->units_until(4).size(), 4u);
+  ASSERT_TRUE(sse.next(5s));
+
+  json subs;
+  ASSERT_TRUE(wait_until([&] {  // the SSE write completes after the client read it
+    subs = call(*http_, "GET", "/contexts/ops/a/subscribers").body;
+    if (subs["subscribers"].size() != 2) return false;
+    for (const auto& s : subs["subscribers"])
+      if (s["delivered_seq"] != 4 || s["events_sent"] != 4) return false;
+    return true;
+  }, 10s)) << subs.dump();
+  EXPECT_EQ(subs["head_seq"], 4);
+  std::map<std::string, json> by_transport;
+  for (const auto& s : subs["subscribers"]) by_transport[s["transport"]] = s;
+  ASSERT_EQ(by_transport.size(), 2u) << subs.dump();
+  EXPECT_EQ(by_transport["websocket"]["subscribed_as"], "ops/a");
+  EXPECT_EQ(by_transport["sse"]["subscribed_as"], "ops/*");
+  EXPECT_EQ(by_transport["sse"]["request_id"], "sse-ops-1");
+  EXPECT_EQ(by_transport["sse"]["ip"], "127.0.0.1");
+  for (const auto& [t, s] : by_transport) {
+    EXPECT_EQ(s["head_seq"], 4) << t;
+    EXPECT_EQ(s["lag"], 0) << t;
+    EXPECT_EQ(s["catching_up"], false) << t;
+    EXPECT_GT(s["bytes_sent"].get<uint64_t>(), 0u) << t;
+    EXPECT_GT(s["opened_at"]["seconds"].get<int64_t>(), 0) << t;
+  }
+  EXPECT_EQ(metric("engram_stream_context_subscribers{context=\"ops/a\"}"), 2);
+  EXPECT_EQ(metric("engram_stream_context_max_lag_events{context=\"ops/a\"}"), 0);
+
+  EXPECT_EQ(call(*http_, "GET", "/contexts/ops/missing/subscribers").status, 404u);
+  client::ws_connection refused;
+  EXPECT_FALSE(refused.connect("127.0.0.1", port(), "/stream?since=0", {{"X-Request-Id", "ws-refused-1"}}, 5s));
+
+  ws.reset();  // the client goes away
+  ASSERT_TRUE(wait_until([&] { return call(*http_, "GET", "/contexts/ops/a/subscribers").body["subscribers"].size() == 1; }, 10s));
+  EXPECT_EQ(metric("engram_stream_context_subscribers{context=\"ops/a\"}"), 1);
+  sse.abort();
+  ASSERT_TRUE(wait_until([&] { return call(*http_, "GET", "/contexts/ops/a/subscribers").body["subscribers"].empty(); }, 10s));
+  EXPECT_EQ(metric("engram_stream_context_subscribers{context=\"ops/a\"}"), -1);  // the series is gone
+  server_.reset();
+
+  // One line per stream: the refused upgrade, and each served stream when it ended.
+  std::vector<std::string> lines;
+  std::istringstream in(log.str());
+  for (std::string line; std::getline(in, line);)
+    if (line.find("access") != std::string::npos && line.find("stream=") != std::string::npos) lines.push_back(line);
+  auto has = [&](std::initializer_list<const char*> parts) {
+    return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
+      return std::all_of(parts.begin(), parts.end(), [&](const char* p) { return l.find(p) != std::string::npos; });
+    });
+  };
+  std::string all;
+  for (const auto& l : lines) all += l + "\n";
+  EXPECT_TRUE(has({"request_id=ws-refused-1", "path=/stream", "status=400", "stream=websocket", "ended_by=refused"})) << all;
+  EXPECT_TRUE(has({"path=/stream", "status=101", "stream=websocket", "events=4", "ended_by=client"})) << all;
+  EXPECT_TRUE(has({"request_id=sse-ops-1", "path=/stream-sse", "status=200", "stream=sse", "events=4"})) << all;
 }
 
 TEST_F(StreamTest, SseReplaysResumesWithLastEventIdAndSendsIds) {

@@ -1,0 +1,33 @@
+#include "gateway/access_log.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <string>
+
+#include "model/log_context.hpp"
+
+namespace engram::gateway {
+
+void log_access(const access_line& a) {
+  char ms[32];
+  std::snprintf(ms, sizeof ms, "%.3f", a.seconds * 1000);
+  std::vector<model::log_field> fields{{"request_id", std::string(a.request_id)},
+                                       {"method", std::string(a.method)},
+                                       {"path", std::string(a.path)},
+                                       {"status", std::to_string(a.status), false},
+                                       {"bytes", std::to_string(a.bytes), false},
+                                       {"duration_ms", ms, false},
+                                       {"agent", std::string(a.agent)},
+                                       {"ip", std::string(a.ip)}};
+  if (!a.stream.empty()) {
+    fields.push_back({"stream", std::string(a.stream)});
+    if (a.events) fields.push_back({"events", std::to_string(*a.events), false});
+    if (!a.ended_by.empty()) fields.push_back({"ended_by", std::string(a.ended_by)});
+  }
+  // The request's own scope has the id too.
+  model::log_scope scope(std::move(fields), model::log_scope::outer_fields::hide);
+  spdlog::info("access");
+}
+
+}  // namespace engram::gateway
