@@ -265,6 +265,12 @@ result<search_result> search_from(const json& j) {
         hit.vector_score = hr.opt_num("vector_score");
         hit.ts = hr.ts("ts");
         hit.snippet = hr.str("snippet");
+        hit.agent_id = hr.str("agent_id");
+        if (const json* t = hr.find("type")) {  // as in units (an integer), or a name
+          if (t->is_number_unsigned()) hit.type = unit_type(t->get<int>());
+          else if (t->is_string()) hit.type = parse_unit_type(t->get_ref<const std::string&>());
+          if (!hit.type) hr.wrong("type", "a unit type");
+        }
         if (hr.bad()) r.fail(*hr.bad());
         out.hits.push_back(std::move(hit));
       }
@@ -396,6 +402,8 @@ json to_wire(const search_result& r) {
     if (h.keyword_score) one["keyword_score"] = *h.keyword_score;
     if (h.vector_score) one["vector_score"] = *h.vector_score;
     if (!h.snippet.empty()) one["snippet"] = h.snippet;
+    if (!h.agent_id.empty()) one["agent_id"] = h.agent_id;
+    if (h.type) one["type"] = int(*h.type);
     hits.push_back(std::move(one));
   }
   json out{{"results", r.ids},  {"total_count", r.total_count}, {"total_count_exact", r.total_count_exact},

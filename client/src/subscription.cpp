@@ -9,6 +9,8 @@
 //   ← subscribe_ack #2                 our subscription: every event after it counts
 // On reconnect, `cursors` holds every context seen (the ack lists all that matched),
 // and since 0 covers contexts a pattern matches that were created while away.
+// With until_head, the first ack's head_seq per context is where it ends.
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -69,6 +71,11 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
     return cursors_;
   }
 
+  std::vector<stream_position> positions() const {
+    std::lock_guard lock(mu_);
+    return positions_;
+  }
+
   ~subscription_state() {
     if (thread_.joinable()) thread_.detach();  // only reached from the thread itself
   }
@@ -102,13 +109,53 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
   }
 
   void run() {
+    {
+      std::lock_guard lock(mu_);
+      acked_at_ = steady::now();
+    }
     while (!stopping()) {
       error why;
       if (auto done = connect_and_follow(why); done == outcome::finish) return;
       if (opts_.on_disconnected) opts_.on_disconnected(why);
+      // A bounded read ends like any other call once the retry policy is spent;
+      // following (the default) never gives up.
+      if (opts_.until_head && retries_spent()) {
+        finish(std::move(why));
+        return;
+      }
       if (!back_off()) break;
     }
     finish(std::nullopt);
+  }
+
+  // client_options::retry, counted from the start or the last acknowledged
+  // (re)subscription: a read that makes progress keeps going.
+  bool retries_spent() const {
+    std::lock_guard lock(mu_);
+    const auto& retry = client_->opts.retry;
+    return failures_ + 1 >= retry.max_attempts || steady::now() - acked_at_ >= retry.max_elapsed;
+  }
+
+  // until_head: true once every context of the first ack has delivered its head.
+  bool reached_heads() const {
+    std::lock_guard lock(mu_);
+    return std::all_of(stop_at_.begin(), stop_at_.end(), [&](const auto& ctx_head) {
+      const auto it = cursors_.find(ctx_head.first);
+      return it != cursors_.end() && it->second >= ctx_head.second;
+    });
+  }
+
+  // until_head: an event after its context's head (or of a context matched later).
+  bool beyond_heads(const event& ev) const {
+    std::lock_guard lock(mu_);
+    const auto it = stop_at_.find(ev.context_id);
+    return it == stop_at_.end() || ev.seq > it->second;
+  }
+
+  outcome end_at_heads(ws_connection& ws) {
+    ws.close();
+    finish(std::nullopt);
+    return outcome::finish;
   }
 
   json subscribe_message() {
@@ -185,7 +232,10 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
       if (control) {
         const auto& t = type->get_ref<const std::string&>();
         if (t == "subscribe_ack") {
-          if (++acks == 2) on_ack(j);
+          if (++acks == 2) {
+            on_ack(j);
+            if (opts_.until_head && reached_heads()) return end_at_heads(ws);
+          }
           continue;
         }
         if (t == "error" && acks < 2) {  // our subscribe message was refused
@@ -199,6 +249,7 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
         why = ev.error();
         return outcome::reconnect;
       }
+      if (opts_.until_head && beyond_heads(*ev)) continue;
       if (auto verdict = admit(*ev); verdict == admission::duplicate) {
         continue;
       } else if (verdict == admission::gap) {
@@ -212,23 +263,36 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
         finish(error{error::kind::stopped, 0, std::string("the handler threw: ") + e.what(), {}});
         return outcome::finish;
       }
-      std::lock_guard lock(mu_);
-      cursors_[ev->context_id] = ev->seq;
+      {
+        std::lock_guard lock(mu_);
+        cursors_[ev->context_id] = ev->seq;
+      }
+      if (opts_.until_head && reached_heads()) return end_at_heads(ws);
     }
   }
 
   void on_ack(const json& ack) {
     {
       std::lock_guard lock(mu_);
+      const bool first = !acked_once_;
       acked_once_ = true;
       failures_ = 0;
+      acked_at_ = steady::now();
       if (auto list = ack.find("contexts"); list != ack.end() && list->is_array())
         for (const auto& p : *list) {
           if (!p.is_object() || !p.contains("context_id") || !p["context_id"].is_string() ||
               !p.contains("from_seq") || !p["from_seq"].is_number_unsigned())
             continue;
-          const auto from = p["from_seq"].get<uint64_t>();
-          cursors_.try_emplace(p["context_id"].get<std::string>(), from > 0 ? from - 1 : 0);
+          stream_position pos;
+          pos.context_id = p["context_id"].get<std::string>();
+          pos.from_seq = p["from_seq"].get<uint64_t>();
+          if (auto head = p.find("head_seq"); head != p.end() && head->is_number_unsigned())
+            pos.head_seq = head->get<uint64_t>();
+          if (auto exists = p.find("exists"); exists != p.end() && exists->is_boolean()) pos.exists = exists->get<bool>();
+          cursors_.try_emplace(pos.context_id, pos.from_seq > 0 ? pos.from_seq - 1 : 0);
+          if (!first) continue;
+          if (opts_.until_head) stop_at_[pos.context_id] = pos.head_seq;
+          positions_.push_back(std::move(pos));
         }
     }
     cv_.notify_all();  // wait_live
@@ -258,8 +322,11 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
   bool finished_ = false;
   bool acked_once_ = false;
   int failures_ = 0;
+  steady::time_point acked_at_;  // start, then the latest subscribe_ack
   std::optional<error> final_;
   std::map<std::string, uint64_t> cursors_;  // last delivered seq per context
+  std::vector<stream_position> positions_;   // the first ack's
+  std::map<std::string, uint64_t> stop_at_;  // until_head: the first ack's head per context
 };
 
 subscription::subscription(std::shared_ptr<subscription_state> s) : state_(std::move(s)) {}
@@ -285,6 +352,9 @@ bool subscription::wait_live(std::chrono::milliseconds timeout) {
 }
 std::map<std::string, uint64_t> subscription::cursors() const {
   return state_ ? state_->cursors() : std::map<std::string, uint64_t>();
+}
+std::vector<stream_position> subscription::positions() const {
+  return state_ ? state_->positions() : std::vector<stream_position>();
 }
 
 subscription client::subscribe(std::vector<std::string> contexts, std::optional<uint64_t> since,

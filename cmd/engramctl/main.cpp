@@ -6,12 +6,19 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cmath>
+#include <deque>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <iterator>
 #include <map>
 #include <memory>
+#include <set>
+#include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -50,6 +57,43 @@ const auto unit_type_name = CLI::Validator(
       return ec::parse_unit_type(s) ? std::string() : "unknown type '" + s + "' (MESSAGE, REASONING, TOOL_CALL, …, or 0-8)";
     },
     "TYPE");
+// The kinds of events besides work units that a context log holds (README, Leases
+// and fencing: Events); `tail --type` takes them beside the unit types.
+constexpr std::string_view event_kinds[] = {"context_updated", "lock_acquired", "lock_renewed", "lock_released",
+                                            "lock_expired"};
+bool is_event_kind(std::string_view s) { return std::ranges::find(event_kinds, s) != std::end(event_kinds); }
+const auto unit_or_event_type = CLI::Validator(
+    [](std::string& s) {
+      if (ec::parse_unit_type(s) || is_event_kind(s)) return std::string();
+      return "unknown type '" + s + "' (a unit type: MESSAGE, REASONING, TOOL_CALL, …, or 0-8; or an event: "
+             "context_updated, lock_acquired, lock_renewed, lock_released, lock_expired)";
+    },
+    "TYPE");
+
+// "0.1,-0.2,3e-2": a search vector. Empty on any malformed or non-finite element.
+std::vector<float> parse_vector(std::string_view s) {
+  std::vector<float> out;
+  while (true) {
+    const auto comma = s.find(',');
+    auto item = s.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (!item.empty() && item.front() == '+') item.remove_prefix(1);  // from_chars takes no '+'
+    float v = 0;
+    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (item.empty() || ec != std::errc() || end != item.data() + item.size() || !std::isfinite(v)) return {};
+    out.push_back(v);
+    if (comma == std::string_view::npos) return out;
+    s.remove_prefix(comma + 1);
+  }
+}
+const auto vector_list = CLI::Validator(
+    [](std::string& s) {
+      return parse_vector(s).empty() ? "expected comma-separated numbers such as 0.12,-0.03,0.5, got '" + s + "'"
+                                     : std::string();
+    },
+    "X,Y,…");
+
 // Durations with a unit: 500ms, 30s, 5m, 1h (stored as milliseconds).
 CLI::Validator duration() {
   return CLI::AsNumberWithUnit(std::map<std::string, int64_t>{{"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}},
@@ -62,16 +106,38 @@ std::string default_agent() {
   return "engramctl";
 }
 
-bool is_pattern(const std::string& ctx) { return ctx.ends_with('*') || ctx.find(',') != std::string::npos; }
+using event_fn = std::function<void(const ec::event&)>;
+using cursor_map = std::map<std::string, uint64_t>;
+
+// Which events tail prints (--agent, --type). The stream has no server-side filter
+// by agent or type, so this runs here on every event received.
+struct event_filter {
+  std::set<std::string> agents;          // a unit's author, a lease's holder
+  std::set<ec::unit_type> unit_types;    // MESSAGE, …
+  std::set<std::string> event_kinds;     // context_updated, lock_acquired, …
+
+  bool matches(const ec::event& ev) const {
+    if (!agents.empty()) {
+      const std::string* agent = ev.unit ? &ev.unit->agent_id : ev.lock ? &ev.lock->holder_agent : nullptr;
+      if (!agent || !agents.contains(*agent)) return false;  // context updates name no agent
+    }
+    if (unit_types.empty() && event_kinds.empty()) return true;
+    return ev.unit ? unit_types.contains(ev.unit->type) : event_kinds.contains(ev.type);
+  }
+};
 
 // Follows contexts until SIGINT/SIGTERM or a refusal; 0 when stopped by a signal.
-int follow(ec::client& c, std::vector<std::string> contexts, std::optional<uint64_t> since, bool json) {
+// Contexts in `cursors` start after their cursor, the others after `since`
+// (nullopt: from now on).
+int follow(ec::client& c, std::vector<std::string> contexts, std::optional<uint64_t> since, cursor_map cursors,
+           event_fn on_event) {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before the subscription thread starts
   ec::subscribe_options opts;
+  opts.cursors = std::move(cursors);
   bool connected_once = false;
   opts.on_connected = [&] {
     if (connected_once) std::cerr << "engramctl: resumed\n";
@@ -80,8 +146,7 @@ int follow(ec::client& c, std::vector<std::string> contexts, std::optional<uint6
   opts.on_disconnected = [](const ec::error& e) {
     std::cerr << "engramctl: " << e.describe() << "; reconnecting\n";
   };
-  auto sub = c.subscribe(std::move(contexts), since, [&](const ec::event& ev) { print_event(std::cout, ev, json); },
-                         std::move(opts));
+  auto sub = c.subscribe(std::move(contexts), since, std::move(on_event), std::move(opts));
   const timespec tick{0, 200'000'000};
   while (sub.running()) {
     if (sigtimedwait(&signals, nullptr, &tick) > 0) {
@@ -91,6 +156,67 @@ int follow(ec::client& c, std::vector<std::string> contexts, std::optional<uint6
   }
   if (auto why = sub.wait()) return report(*why);
   return exit_ok;
+}
+
+// Reads the contexts' logs through the stream, the same events in the same form
+// as `tail -f`, up to each context's head when the server acknowledged the read:
+// contexts in `cursors` after their cursor, the others after `since` (nullopt: not
+// at all). Returns where each context started and its head.
+ec::result<std::vector<ec::stream_position>> read_to_head(ec::client& c, const std::vector<std::string>& contexts,
+                                                          cursor_map cursors, std::optional<uint64_t> since,
+                                                          event_fn on_event) {
+  ec::subscribe_options opts;
+  opts.cursors = std::move(cursors);
+  opts.until_head = true;
+  auto sub = c.subscribe(contexts, since, std::move(on_event), std::move(opts));
+  if (auto why = sub.wait()) return std::unexpected(std::move(*why));
+  return sub.positions();
+}
+
+// What tail shows of one context before following it: its last matching events,
+// oldest first, and the seq they were read up to.
+struct recent_events {
+  std::deque<ec::event> events;
+  uint64_t read_to = 0;
+};
+
+// The last `n` events of each context that pass `filter`. Reads back from the
+// head in windows of n, 4n, 16n, … events until n pass or the log's start is
+// reached, so an unfiltered tail reads n events and a filtered one reads about as
+// far back as its matches go.
+ec::result<std::map<std::string, recent_events>> last_events(ec::client& c, const std::vector<std::string>& contexts,
+                                                             size_t n, const event_filter& filter) {
+  // An empty read from now: the heads of the contexts (patterns resolved).
+  auto probe = read_to_head(c, contexts, {}, std::nullopt, [](const ec::event&) {});
+  if (!probe) return std::unexpected(std::move(probe.error()));
+  std::map<std::string, recent_events> out;
+  std::set<std::string> pending;  // contexts still short of n matches
+  for (const auto& p : *probe) {
+    out[p.context_id].read_to = p.head_seq;
+    if (n > 0 && p.head_seq > 0) pending.insert(p.context_id);
+  }
+  for (uint64_t window = n; !pending.empty(); window = window > UINT64_MAX / 4 ? UINT64_MAX : window * 4) {
+    cursor_map starts;
+    for (const auto& id : pending) starts[id] = out[id].read_to > window ? out[id].read_to - window : 0;
+    std::map<std::string, std::deque<ec::event>> got;
+    // Contexts not in `starts` (done, or matched since the probe) are not read.
+    auto read = read_to_head(c, contexts, starts, std::nullopt, [&](const ec::event& ev) {
+      if (!filter.matches(ev)) return;
+      auto& list = got[ev.context_id];
+      list.push_back(ev);
+      if (list.size() > n) list.pop_front();
+    });
+    if (!read) return std::unexpected(std::move(read.error()));
+    std::map<std::string, uint64_t> heads;
+    for (const auto& p : *read) heads[p.context_id] = p.head_seq;
+    for (const auto& [id, start] : starts) {
+      auto& r = out[id];
+      r.events = std::move(got[id]);
+      if (auto head = heads.find(id); head != heads.end()) r.read_to = std::max(r.read_to, head->second);
+      if (r.events.size() >= n || start == 0 || !heads.contains(id)) pending.erase(id);
+    }
+  }
+  return out;
 }
 
 // The HS256 secret from a file (trailing newline dropped) or $ENGRAM_AUTH_SECRET.
@@ -140,10 +266,12 @@ void add_put(CLI::App& app, globals& g) {
   struct args {
     std::string context, text, type = "MESSAGE", key;
     std::vector<std::string> meta;
+    bool raw = false;
   };
   auto a = std::make_shared<args>();
   put->add_option("context", a->context, "Context id")->required();
-  put->add_option("text", a->text, "Text payload (default: read stdin)");
+  put->add_option("text", a->text, "Text payload (default: read stdin, without one trailing newline)");
+  put->add_flag("--raw", a->raw, "Store stdin byte for byte, keeping a trailing newline (for binary payloads)");
   put->add_option("--type", a->type, "Unit type")->check(unit_type_name)->capture_default_str();
   put->add_option("--meta", a->meta, "Metadata key=value (repeatable)")->check(key_value);
   put->add_option("--idempotency-key", a->key, "Key that makes retries of this put commit once");
@@ -154,8 +282,17 @@ void add_put(CLI::App& app, globals& g) {
       u.context_id = a->context;
       u.type = *ec::parse_unit_type(a->type);
       u.meta = pairs(a->meta);
-      u.payload = have_text ? a->text
-                            : std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+      if (have_text) {
+        u.payload = a->text;
+      } else {
+        u.payload.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+        // `echo hi | engramctl put ctx` stores "hi", as $(…) in a shell would: one
+        // line ending (LF or CRLF) goes, the rest of the text stays as it is.
+        if (!a->raw && u.payload.ends_with('\n')) {
+          u.payload.pop_back();
+          if (u.payload.ends_with('\r')) u.payload.pop_back();
+        }
+      }
       auto r = c.append(u, {.idempotency_key = a->key});
       if (!r) return report(r.error());
       if (g.json) print_unit(std::cout, *r, true);
@@ -186,7 +323,7 @@ void add_get(CLI::App& app, globals& g) {
 }
 
 void add_ls(CLI::App& app, globals& g) {
-  auto* ls = app.add_subcommand("ls", "List a context's work units, oldest first");
+  auto* ls = app.add_subcommand("ls", "List a context's work units, oldest first (each line starts with the unit id)");
   struct args {
     std::string context;
     size_t limit = 100;
@@ -207,7 +344,7 @@ void add_ls(CLI::App& app, globals& g) {
       size_t printed = 0;
       for (const auto& u : c.units(a->context, opts)) {
         if (!u) return report(u.error());
-        print_unit(std::cout, *u, g.json);
+        print_unit(std::cout, *u, g.json, /*with_id=*/true);
         if (++printed == a->limit) break;
       }
       return exit_ok;
@@ -216,19 +353,30 @@ void add_ls(CLI::App& app, globals& g) {
 }
 
 void add_tail(CLI::App& app, globals& g) {
-  auto* tail = app.add_subcommand("tail", "Show the last units of a context; -f follows it (or a pattern) live");
+  auto* tail = app.add_subcommand(
+      "tail", "Show the last events of contexts (units, context updates, lease events); -f follows them live");
   struct args {
     std::string target;
     bool follow = false;
     std::optional<uint64_t> since;
     size_t lines = 10;
+    std::vector<std::string> agents, types;
   };
   auto a = std::make_shared<args>();
   tail->add_option("context", a->target, "Context id, comma-separated ids, or a pattern such as 'project-7/*'")
       ->required();
   tail->add_flag("-f,--follow", a->follow, "Keep following live; resumes across disconnects and restarts");
-  tail->add_option("--since", a->since, "Start after this seq (0: from the beginning)");
-  tail->add_option("-n,--lines", a->lines, "How many recent units to show first")->capture_default_str();
+  tail->add_option("--since", a->since, "Everything after this seq (0: from the beginning) instead of the last -n");
+  tail->add_option("-n,--lines", a->lines, "How many recent events of each context to show first")
+      ->capture_default_str();
+  tail->add_option("--agent", a->agents,
+                   "Only events by these agents: units they wrote, leases they hold (repeatable or a,b)")
+      ->delimiter(',');
+  tail->add_option("--type", a->types,
+                   "Only these unit types (MESSAGE, …) or events (context_updated, lock_acquired, …) "
+                   "(repeatable or a,b)")
+      ->delimiter(',')
+      ->check(unit_or_event_type);
   tail->callback([a, &g] {
     g.run = [a, &g](ec::client& c) -> int {
       std::vector<std::string> contexts;
@@ -237,27 +385,33 @@ void add_tail(CLI::App& app, globals& g) {
         if (auto one = s.substr(0, comma); !one.empty()) contexts.emplace_back(one);
         s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
       }
-      std::optional<uint64_t> since = a->since;
-      if (!since && !is_pattern(a->target)) {
-        // The last n units, oldest first, then (with -f) everything after them.
-        ec::list_options opts;
-        opts.limit = std::clamp<size_t>(a->lines, 1, 1000);
-        opts.reverse = true;
-        auto recent = c.list_units_page(a->target, opts);
-        if (!recent) return report(recent.error());
-        auto& items = recent->items;
-        if (items.size() > a->lines) items.resize(a->lines);
-        for (auto it = items.rbegin(); it != items.rend(); ++it) print_unit(std::cout, *it, g.json);
-        std::cout.flush();
-        if (!a->follow) return exit_ok;
-        auto ctx = c.get_context(a->target);
-        if (!ctx && !ctx.error().is_not_found()) return report(ctx.error());
-        since = items.empty() ? (ctx ? ctx->head_seq : 0) : items.front().seq;
-      } else if (!a->follow) {
-        std::cerr << "engramctl: tail of a pattern or several contexts needs -f\n";
-        return exit_usage;
+      event_filter filter;
+      filter.agents.insert(a->agents.begin(), a->agents.end());
+      for (const auto& t : a->types) {
+        if (auto unit = ec::parse_unit_type(t)) filter.unit_types.insert(*unit);
+        else filter.event_kinds.insert(t);
       }
-      return follow(c, std::move(contexts), since, g.json);
+      auto print = [filter, json = g.json](const ec::event& ev) {
+        if (filter.matches(ev)) print_event(std::cout, ev, json);
+      };
+      // Both modes read the stream, so tail and tail -f show the same events: the
+      // REST listing (/workunits) holds work units only.
+      if (a->since) {
+        if (a->follow) return follow(c, std::move(contexts), a->since, {}, print);
+        auto read = read_to_head(c, contexts, {}, a->since, print);
+        return read ? exit_ok : report(read.error());
+      }
+      auto recent = last_events(c, contexts, a->lines, filter);
+      if (!recent) return report(recent.error());
+      cursor_map cursors;
+      for (const auto& [id, r] : *recent) {
+        for (const auto& ev : r.events) print_event(std::cout, ev, g.json);
+        cursors[id] = r.read_to;
+      }
+      std::cout.flush();
+      if (!a->follow) return exit_ok;
+      // A context that a pattern comes to match later is new: it is followed from 0.
+      return follow(c, std::move(contexts), 0, std::move(cursors), print);
     };
   });
 }
@@ -451,10 +605,29 @@ void add_lock(CLI::App& app, globals& g) {
   add_lock_ls(*lock, g);
 }
 
+// Search hits carry id, context and seq; the server does not send who wrote the
+// unit or its type yet, so they come from the units themselves, fetched 8 at a time
+// (only for hits that lack them). A hit whose unit cannot be read prints "?".
+void fill_hit_authors(ec::client& c, ec::search_result& r) {
+  std::vector<ec::search_hit*> missing;
+  for (auto& h : r.hits)
+    if (h.agent_id.empty() || !h.type) missing.push_back(&h);
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next++) < missing.size();)
+      if (auto u = c.get_unit(missing[i]->id)) {
+        missing[i]->agent_id = u->agent_id;
+        missing[i]->type = u->type;
+      }
+  };
+  std::vector<std::jthread> workers;
+  for (size_t k = 0; k < std::min<size_t>(8, missing.size()); ++k) workers.emplace_back(work);
+}
+
 void add_search(CLI::App& app, globals& g) {
   auto* search = app.add_subcommand("search", "Search all history (keyword, semantic, hybrid)");
   struct args {
-    std::string query, context, mode;
+    std::string query, context, mode, vector, model;
     std::vector<std::string> agents, types, meta;
     size_t limit = 20, offset = 0;
   };
@@ -466,6 +639,10 @@ void add_search(CLI::App& app, globals& g) {
   search->add_option("--meta", a->meta, "Only units with meta key=value (repeatable, all of)")->check(key_value);
   search->add_option("--mode", a->mode, "keyword, semantic or hybrid (default: the server decides)")
       ->check(CLI::IsMember({"keyword", "semantic", "hybrid"}));
+  search->add_option("--vector", a->vector,
+                     "Query embedding for semantic search, e.g. 0.12,-0.03,0.5 (with query text: hybrid)")
+      ->check(vector_list);
+  search->add_option("--model", a->model, "Embedding model (space) of --vector (default: the server's \"default\")");
   search->add_option("--limit", a->limit, "Hits per page")->capture_default_str();
   search->add_option("--offset", a->offset, "Skip this many hits");
   search->callback([a, &g] {
@@ -479,8 +656,11 @@ void add_search(CLI::App& app, globals& g) {
       req.mode = a->mode;
       req.limit = a->limit;
       req.offset = a->offset;
+      req.vector = parse_vector(a->vector);
+      req.embedding_model = a->model;
       auto r = c.search(req);
       if (!r) return report(r.error());
+      if (!g.json) fill_hit_authors(c, *r);
       print_search(std::cout, *r, g.json);
       return exit_ok;
     };
@@ -575,6 +755,7 @@ int run_command(globals& g) {
 
 int main(int argc, char** argv) {
   CLI::App app{"engramctl: append to, read, follow, lock and search an Engram server"};
+  app.set_version_flag("--version", "engramctl " ENGRAM_VERSION);
   app.require_subcommand(1);
   app.fallthrough();  // global options may follow the command
   globals g;

@@ -70,11 +70,12 @@ std::string payload_text(const std::string& payload) {
   return "<" + std::to_string(payload.size()) + " bytes>";
 }
 
-void print_unit(std::ostream& out, const ec::work_unit& u, bool json) {
+void print_unit(std::ostream& out, const ec::work_unit& u, bool json, bool with_id) {
   if (json) {
     out << ec::to_json(u) << "\n";
     return;
   }
+  if (with_id) out << u.id << "  ";
   out << format_time(u.ts) << "  " << u.context_id << " #" << u.seq << "  " << u.agent_id << "  "
       << ec::to_string(u.type) << "  " << indent(payload_text(u.payload)) << "\n";
 }
@@ -136,8 +137,9 @@ void print_search(std::ostream& out, const ec::search_result& r, bool json) {
       << (r.mode.empty() ? "" : ", " + r.mode) << (r.degraded.empty() ? "" : " (degraded: " + r.degraded + ")")
       << "\n";
   for (const auto& h : r.hits) {
-    out << format_time(h.ts) << "  " << h.context_id << " #" << h.seq << "  " << h.id << "  score "
-        << std::setprecision(4) << h.score << "\n";
+    out << format_time(h.ts) << "  " << h.context_id << " #" << h.seq << "  "
+        << (h.agent_id.empty() ? "?" : h.agent_id) << "  " << (h.type ? ec::to_string(*h.type) : "?") << "  "
+        << h.id << "  score " << std::setprecision(4) << h.score << "\n";
     if (!h.snippet.empty()) out << "    " << indent(h.snippet) << "\n";
   }
 }

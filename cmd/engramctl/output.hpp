@@ -16,7 +16,9 @@ std::string format_time(ec::timestamp t);
 // The payload as text when it is printable UTF-8, else "<N bytes>".
 std::string payload_text(const std::string& payload);
 
-void print_unit(std::ostream& out, const ec::work_unit& u, bool json);
+// One line: time, context and seq, agent, type, text; `with_id` puts the unit id
+// first (ls, whose ids `get` takes).
+void print_unit(std::ostream& out, const ec::work_unit& u, bool json, bool with_id = false);
 void print_event(std::ostream& out, const ec::event& ev, bool json);
 void print_context(std::ostream& out, const ec::context& c, bool json, bool detailed);
 void print_lock(std::ostream& out, const ec::lock& l, bool json);

@@ -91,6 +91,8 @@ std::optional<capability> parse_capability(std::string_view name) {
   if (name == "read") return capability::read;
   if (name == "write") return capability::write;
   if (name == "lock") return capability::lock;
+  if (name == "delete") return capability::erase;
+  if (name == "admin") return capability::admin;
   return std::nullopt;
 }
 
@@ -128,7 +130,8 @@ model::result<std::vector<grant>> parse_grants(const json& claim) {
       auto cap = c.is_string() ? parse_capability(c.get<std::string>()) : std::nullopt;
       if (!cap)
         return model::fail(errc::invalid_argument,
-                           "contexts['" + pattern + "']: capabilities are \"read\", \"write\" and \"lock\"");
+                           "contexts['" + pattern +
+                               "']: capabilities are \"read\", \"write\", \"lock\", \"delete\" and \"admin\"");
       g.caps |= *cap;
     }
     out.push_back(std::move(g));
@@ -140,7 +143,7 @@ json grants_json(const std::vector<grant>& grants) {
   json out = json::object();
   for (const auto& g : grants) {
     json caps = json::array();
-    for (auto [c, name] : {std::pair{read, "read"}, {write, "write"}, {lock, "lock"}})
+    for (auto [c, name] : {std::pair{read, "read"}, {write, "write"}, {lock, "lock"}, {erase, "delete"}, {admin, "admin"}})
       if (g.caps & c) caps.push_back(name);
     out[g.pattern] = std::move(caps);
   }

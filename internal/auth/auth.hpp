@@ -34,7 +34,10 @@ struct options {
   std::string cookie_name = "engram_token";
 };
 
-enum capability : uint8_t { read = 1, write = 2, lock = 4 };
+// read, write and lock are what a plain pattern list grants. erase ("delete" in a
+// claim: delete a context and everything of it) and admin (backups and imports,
+// granted on "*") are only ever granted by name.
+enum capability : uint8_t { read = 1, write = 2, lock = 4, erase = 8, admin = 16 };
 constexpr uint8_t all_capabilities = read | write | lock;
 std::optional<capability> parse_capability(std::string_view name);
 

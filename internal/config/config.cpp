@@ -280,6 +280,11 @@ const std::vector<key_spec>& key_table() {
          c.storage.data_dir = raw;
          return std::nullopt;
        }},
+      {"storage.backup_dir",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.storage.backup_dir = raw;
+         return std::nullopt;
+       }},
       {"storage.durability",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
          if (raw == "sync") c.storage.mode = storage::durability::sync;

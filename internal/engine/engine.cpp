@@ -232,6 +232,15 @@ void engine::list_events(std::string context_id, uint64_t after_seq, std::option
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
+void engine::backup(std::string dir, reply<std::string> done) const {
+  auto job = [this, dir = std::move(dir), done]() -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    done((*s)->backup(dir));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
+}
+
 void engine::get_context(std::string id, reply<api::Context> done) const {
   auto job = [this, id = std::move(id), done]() -> void {
     auto s = store();

@@ -109,6 +109,8 @@ class engine {
 
   // ---- contexts -----------------------------------------------------------------
   void get_context(std::string id, reply<api::Context> done) const;
+  // storage::store::backup on the read pool; `done` gets the backup's absolute path.
+  void backup(std::string dir, reply<std::string> done) const;
   void patch_context(std::string context_id, model::context_patch patch, reply<api::Context> done);
   void list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const;
 

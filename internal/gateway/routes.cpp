@@ -33,6 +33,7 @@ const route table[] = {
     {"GET",    "/",                        root,          unlimited, is_public,     no_subject},
     {"GET",    "/ui/live",                 ui_live,       unlimited, is_public,     no_subject},
     {"GET",    "/openapi.yaml",            openapi,       unlimited, is_public,     no_subject},
+    {"POST",   "/admin/backup",            backup,        writes,    authenticated, no_subject},
     {"POST",   "/workunit",                append_unit,   writes,    authenticated, no_subject},
     {"GET",    "/workunit/{id*}",          get_unit,      unlimited, authenticated, subject_rule{"id", "work unit id", {}}},
     {"POST",   "/workunits",               append_units,  writes,    authenticated, no_subject},
@@ -145,6 +146,8 @@ response forbidden(auth::capability cap, std::string_view id) {
   switch (cap) {
     case auth::read: return error_response({errc::forbidden, "not allowed to read context " + quoted});
     case auth::write: return error_response({errc::forbidden, "not allowed to write to context " + quoted});
+    case auth::erase: return error_response({errc::forbidden, "not allowed to delete context " + quoted});
+    case auth::admin: return error_response({errc::forbidden, "this needs the \"admin\" capability on " + quoted});
     case auth::lock: break;
   }
   return error_response({errc::forbidden, "not allowed to lock " + quoted});

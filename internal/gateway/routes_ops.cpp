@@ -13,6 +13,23 @@ namespace engram::gateway {
 std::string_view live_html();     // web_assets.cpp, generated from web/live.html
 std::string_view openapi_yaml();  // web_assets.cpp, generated from api/openapi.yaml
 
+// A consistent copy of the database while serving (storage::store::backup). Needs
+// the admin capability on "*" when auth is on: it writes to the server's disk.
+void backup(services& s, call& c, responder respond) {
+  if (!c.who.can(auth::admin, "*")) return respond(forbidden(auth::admin, "*"));
+  auto body = parse_body(s, c.req, fields::backup, "the backup request");
+  if (!body) return respond(error_response(body.error()));
+  const auto dir = body->find("dir");
+  if (dir == body->end() || !dir->is_string() || dir->get<std::string>().empty())
+    return respond(bad_request("\"dir\" must name the backup's directory (a new one, inside storage.backup_dir)"));
+  const auto started = std::chrono::steady_clock::now();
+  s.eng.backup(dir->get<std::string>(), [started, respond = std::move(respond)](model::result<std::string> path) {
+    if (!path) return respond(error_response(path.error()));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    respond(json_response(201, nlohmann::json{{"backup", {{"dir", *path}, {"seconds", seconds}}}}));
+  });
+}
+
 void healthz(services&, call&, responder respond) {
   response r;
   r.body = "OK";

@@ -20,6 +20,8 @@ response search_response(const search::results& r, size_t offset) {
     json hit{{"id", h.id},
              {"context_id", h.context_id},
              {"seq", h.seq},
+             {"agent_id", h.agent_id},
+             {"type", h.type},
              {"score", h.score},
              {"ts", model::timestamp_json(h.ts_ns)},
              {"snippet", h.snippet}};

@@ -225,6 +225,7 @@ struct index::impl {
   void note_empty_space(plan& p) const;
   model::result<std::vector<neighbour>> nearest(Xapian::Database& db, const query& q, const plan& p, size_t depth,
                                                 bool& complete) const;
+  void fill_author(hit& h, const api::WorkUnit& head) const;
   std::optional<hit> unit_hit(const std::string& id, bool with_snippet) const;
   model::result<results> vector_search(Xapian::Database& db, const query& q, const plan& p) const;
   model::result<results> execute(Xapian::Database& db, const query& q, const plan& p) const;

@@ -49,6 +49,8 @@ struct hit {
   std::string context_id;
   uint64_t seq = 0;
   int64_t ts_ns = 0;
+  std::string agent_id;
+  int type = 0;  // api::WorkUnitType
   // keyword: BM25 weight (0 when ranked by time); semantic: cosine similarity;
   // hybrid: the reciprocal-rank-fusion score.
   double score = 0;

@@ -161,6 +161,7 @@ model::result<results> index::impl::keyword(Xapian::Database& db, const query& q
     h.context_id = head.context_id();
     h.seq = head.seq();
     h.ts_ns = head.ts_ns();
+    fill_author(h, head);
     h.score = has_text ? it.get_weight() : 0;
     if (q.snippets) h.snippet = snippet(mset, head, stemmer);
     out.hits.push_back(std::move(h));
@@ -259,6 +260,20 @@ model::result<std::vector<neighbour>> index::impl::nearest(Xapian::Database& db,
 }
 
 // A result row for a unit found by its vector (the keyword side did not load it).
+// Agent and type from the document; documents indexed before they were stored
+// there (an index built by an older version) read them from the unit.
+void index::impl::fill_author(hit& h, const api::WorkUnit& head) const {
+  if (!head.agent_id().empty()) {
+    h.agent_id = head.agent_id();
+    h.type = head.type();
+    return;
+  }
+  if (auto unit = store.get_unit(h.id); unit && *unit) {
+    h.agent_id = (*unit)->agent_id();
+    h.type = (*unit)->type();
+  }
+}
+
 std::optional<hit> index::impl::unit_hit(const std::string& id, bool with_snippet) const {
   auto unit = store.get_unit(id);
   if (!unit || !*unit) return std::nullopt;
@@ -267,6 +282,8 @@ std::optional<hit> index::impl::unit_hit(const std::string& id, bool with_snippe
   h.context_id = (*unit)->context_id();
   h.seq = (*unit)->seq();
   h.ts_ns = (*unit)->ts_ns();
+  h.agent_id = (*unit)->agent_id();
+  h.type = (*unit)->type();
   if (with_snippet)
     if (auto text = payload_text(**unit, opts.snippet_bytes * 2)) {
       h.snippet = std::string(cut_utf8(*text, opts.snippet_bytes));
@@ -322,6 +339,7 @@ model::result<results> index::impl::vector_search(Xapian::Database& db, const qu
       h->context_id = it->second.context_id();
       h->seq = it->second.seq();
       h->ts_ns = it->second.ts_ns();
+      fill_author(*h, it->second);
       if (q.snippets) h->snippet = snippet(*kw, it->second, stemmer);
     } else {
       h = unit_hit(f.id, q.snippets);

@@ -96,6 +96,8 @@ Xapian::Document make_document(const api::WorkUnit& unit, Xapian::TermGenerator&
   head.set_context_id(unit.context_id());
   head.set_seq(unit.seq());
   head.set_ts_ns(unit.ts_ns());
+  head.set_agent_id(unit.agent_id());
+  head.set_type(unit.type());
   doc.set_data(head.SerializeAsString());
   return doc;
 }

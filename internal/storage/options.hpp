@@ -14,6 +14,8 @@ enum class durability {
 
 struct options {
   std::string data_dir = "./data";
+  // Where POST /admin/backup writes; empty: <data_dir>-backups beside the data.
+  std::string backup_dir;
   durability mode = durability::sync;
   std::chrono::milliseconds relaxed_sync_interval{100};
   size_t block_cache_bytes = size_t(256) << 20;

@@ -8,6 +8,7 @@
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
+#include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/utilities/options_util.h>
 #include <spdlog/spdlog.h>
 
@@ -967,6 +968,37 @@ model::result<std::optional<api::Embedding>> store::get_vector(std::string_view 
   VectorRecord rec;
   if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt vector record");
   return std::optional<api::Embedding>(std::move(*rec.mutable_embedding()));
+}
+
+std::string store::backup_root() const {
+  if (!impl_->opts.backup_dir.empty()) return impl_->opts.backup_dir;
+  std::filesystem::path data(impl_->opts.data_dir);
+  if (!data.has_filename()) data = data.parent_path();  // "./data/" names "./data"
+  return data.string() + "-backups";
+}
+
+model::result<std::string> store::backup(std::string_view dir) const {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path root = fs::weakly_canonical(fs::absolute(backup_root(), ec), ec);
+  if (ec) return fail(errc::internal, "backup directory " + backup_root() + ": " + ec.message());
+  const fs::path asked(dir);
+  const fs::path target = fs::weakly_canonical(asked.is_absolute() ? asked : root / asked, ec);
+  if (ec) return fail(errc::invalid_argument, "backup dir '" + std::string(dir) + "': " + ec.message());
+  const auto [r, t] = std::mismatch(root.begin(), root.end(), target.begin(), target.end());
+  if (r != root.end() || t == target.end())
+    return fail(errc::invalid_argument, "backup dir '" + std::string(dir) + "' must lie inside the backup directory " +
+                                            root.string() + " (storage.backup_dir)");
+  if (fs::exists(target, ec))
+    return fail(errc::conflict, "backup dir " + target.string() + " already exists; name a new one");
+  fs::create_directories(target.parent_path(), ec);
+  if (ec) return fail(errc::internal, "creating " + target.parent_path().string() + ": " + ec.message());
+  rocksdb::Checkpoint* raw = nullptr;
+  auto s = rocksdb::Checkpoint::Create(impl_->db.get(), &raw);
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  if (s.ok()) s = checkpoint->CreateCheckpoint(target.string());
+  if (!s.ok()) return std::unexpected(storage_error(s, "creating a backup in " + target.string()));
+  return target.string();
 }
 
 model::result<std::vector<std::pair<std::string, uint32_t>>> store::vector_models() const {

@@ -180,6 +180,16 @@ class store {
   model::result<uint64_t> last_vector_seq() const;
   // The unit's vector (its first model's, should it have several); nullopt: none.
   model::result<std::optional<api::Embedding>> get_vector(std::string_view unit_id) const;
+  // A consistent copy of the whole database (every column family, as of one point
+  // in the commit order) in a new directory `dir`, resolved inside the backup
+  // directory (options::backup_dir); a relative path is taken from there and an
+  // absolute one must lie within it. Hard links where the filesystem allows, so it is
+  // fast and small; writes go on meanwhile. Returns the absolute path. A server
+  // started on that directory is the restore (the search index rebuilds itself).
+  model::result<std::string> backup(std::string_view dir) const;
+  // The resolved backup directory.
+  std::string backup_root() const;
+
   // Every embedding model with its dimension.
   model::result<std::vector<std::pair<std::string, uint32_t>>> vector_models() const;
   // The embedder's position in a context for a model (0: nothing read yet).

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engram/client.hpp"
 #include "support/server_process.hpp"
 #include "support/test_support.hpp"
 
@@ -20,6 +21,13 @@ namespace engram::test {
 namespace {
 
 using namespace std::chrono_literals;
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -102,6 +110,12 @@ class EngramctlTest : public ::testing::Test {
     return {code, p.out(), p.err()};
   }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(server_.port()); }
+  // engramctl acting as another agent.
+  int ctl_as(const std::string& agent, std::vector<std::string> args) {
+    args.insert(args.begin(), {"--server", url(), "--agent", agent});
+    ctl_process p(dir_, std::move(args));
+    return p.wait();
+  }
 
   temp_dir dir_;
   test_server server_{dir_};
@@ -126,8 +140,8 @@ TEST_F(EngramctlTest, PutGetAndListPrintReadableLines) {
   EXPECT_NE(ls.out.find("#1  cli-agent  MESSAGE  hello world\n"), std::string::npos) << ls.out;
   EXPECT_NE(ls.out.find("#2  cli-agent  REASONING  line one\n    line two\n"), std::string::npos) << ls.out;
   EXPECT_LT(ls.out.find("#1 "), ls.out.find("#2 "));
-  // Timestamps are UTC with milliseconds.
-  EXPECT_TRUE(std::regex_search(ls.out, std::regex(R"(^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z  cli/a #1)")))
+  // Each line starts with the unit id; timestamps are UTC with milliseconds.
+  EXPECT_TRUE(std::regex_search(ls.out, std::regex("^" + id + R"(  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z  cli/a #1)")))
       << ls.out;
 
   auto rev = ctl({"ls", "cli/a", "--reverse", "--limit", "1"});
@@ -259,7 +273,12 @@ TEST_F(EngramctlTest, TailShowsRecentUnitsAndFollowsLive) {
   EXPECT_EQ(out.find("old 4"), std::string::npos);
   EXPECT_EQ(out.find("live one"), out.rfind("live one")) << "printed once";
 
-  EXPECT_EQ(ctl({"tail", "cli/*"}).code, 2) << "a pattern needs -f";
+  // A pattern without -f: the last events of each context it matches.
+  auto of_pattern = ctl({"tail", "cli/*", "-n", "1"});
+  ASSERT_EQ(of_pattern.code, 0) << of_pattern.err;
+  EXPECT_NE(of_pattern.out.find("cli/t #6  cli-agent  MESSAGE  live one"), std::string::npos) << of_pattern.out;
+  EXPECT_NE(of_pattern.out.find("cli/t2 #1  cli-agent  MESSAGE  elsewhere"), std::string::npos) << of_pattern.out;
+  EXPECT_EQ(of_pattern.out.find("old 5"), std::string::npos) << of_pattern.out;
 }
 
 TEST(EngramctlRestartTest, TailFollowResumesAcrossAServerKill) {
@@ -351,6 +370,191 @@ TEST_F(EngramctlTest, SdkQuickstartExampleAlwaysFinishes) {
     const auto out = example.out();
     EXPECT_NE(out.find("live #"), std::string::npos) << out;
     EXPECT_NE(out.find("edited under lease: yes"), std::string::npos) << out;
+  }
+}
+
+// Issue 17: `ls` printed no ids, so the README's next step (`engramctl get 019a…`)
+// had nothing to take. Each line now starts with the unit id.
+TEST_F(EngramctlTest, LsStartsEachLineWithTheIdThatGetTakes) {
+  ASSERT_EQ(ctl({"put", "cli/ids", "first"}).code, 0);
+  ASSERT_EQ(ctl({"put", "cli/ids", "second"}).code, 0);
+  auto ls = ctl({"ls", "cli/ids", "--reverse", "--limit", "1"});
+  ASSERT_EQ(ls.code, 0) << ls.err;
+  const std::string id = ls.out.substr(0, ls.out.find(' '));
+  EXPECT_TRUE(std::regex_match(id, std::regex("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"))) << ls.out;
+  auto get = ctl({"get", id});
+  ASSERT_EQ(get.code, 0) << get.err;
+  EXPECT_NE(get.out.find("cli/ids #2  cli-agent  MESSAGE  second"), std::string::npos) << get.out;
+}
+
+// Issue 17: `echo hi | engramctl put ctx` stored "hi\n". One trailing line ending
+// is dropped from stdin (--raw keeps the bytes as they are); an argument is stored
+// as given.
+TEST_F(EngramctlTest, PutFromStdinDropsOneTrailingNewline) {
+  auto sdk = client::client::create({.url = url(), .agent_id = "reader"});
+  ASSERT_TRUE(sdk) << sdk.error().describe();
+  auto stored = [&](const std::string& input, std::vector<std::string> args) -> std::string {
+    args.insert(args.begin(), {"--json", "put", "cli/nl"});
+    auto put = ctl(args, input);
+    if (put.code != 0) return "exit " + std::to_string(put.code) + ": " + put.err;
+    auto unit = sdk->get_unit(json::parse(put.out)["id"].get<std::string>());
+    return unit ? unit->payload : unit.error().describe();
+  };
+  EXPECT_EQ(stored("hi\n", {}), "hi");
+  EXPECT_EQ(stored("two lines\nand a blank one\n\n", {}), "two lines\nand a blank one\n") << "one newline only";
+  EXPECT_EQ(stored("crlf\r\n", {}), "crlf");
+  EXPECT_EQ(stored("no newline", {}), "no newline");
+  EXPECT_EQ(stored("kept\n", {"--raw"}), "kept\n");
+  EXPECT_EQ(stored("", {"argument\n"}), "argument\n");
+}
+
+// Issue 17: `tail` (from REST /workunits) showed work units only, while `tail -f`
+// (the stream) also showed context updates and lease events. Both read the stream
+// now, so they print the same lines.
+TEST_F(EngramctlTest, TailShowsTheSameEventsAsTailFollow) {
+  ASSERT_EQ(ctl({"put", "cli/ev", "one"}).code, 0);
+  ASSERT_EQ(ctl({"ctx", "set", "cli/ev", "--name", "Events"}).code, 0);
+  auto acquired = ctl({"--json", "lock", "acquire", "cli/ev-res", "--context", "cli/ev"});
+  ASSERT_EQ(acquired.code, 0) << acquired.err;
+  const std::string lock_id = json::parse(acquired.out)["lock_id"];
+  ASSERT_EQ(ctl({"lock", "release", "cli/ev-res", "--lock-id", lock_id}).code, 0);
+  ASSERT_EQ(ctl({"put", "cli/ev", "two"}).code, 0);
+
+  ctl_process follow(dir_, {"--server", url(), "tail", "-f", "cli/ev", "--since", "0"});
+  ASSERT_TRUE(wait_until([&] { return follow.out().find("MESSAGE  two") != std::string::npos; })) << follow.out();
+  follow.signal(SIGINT);
+  ASSERT_EQ(follow.wait(), 0);
+  const std::string followed = follow.out();
+  for (const char* kind : {"  context_updated", "  lock_acquired  cli/ev-res by cli-agent", "  lock_released"})
+    EXPECT_NE(followed.find(kind), std::string::npos) << kind << " in\n" << followed;
+
+  auto tail = ctl({"tail", "cli/ev", "-n", "100"});
+  ASSERT_EQ(tail.code, 0) << tail.err;
+  EXPECT_EQ(tail.out, followed);
+  auto since = ctl({"tail", "cli/ev", "--since", "0"});
+  ASSERT_EQ(since.code, 0) << since.err;
+  EXPECT_EQ(since.out, followed);
+  // -n counts events, the newest last.
+  const auto all = lines_of(followed);
+  ASSERT_GE(all.size(), 5u);
+  auto last_two = ctl({"tail", "cli/ev", "-n", "2"});
+  ASSERT_EQ(last_two.code, 0) << last_two.err;
+  EXPECT_EQ(lines_of(last_two.out), std::vector<std::string>(all.end() - 2, all.end())) << last_two.out;
+  // --json: the stream's objects, one per line.
+  auto as_json = ctl({"--json", "tail", "cli/ev", "-n", "100"});
+  ASSERT_EQ(as_json.code, 0) << as_json.err;
+  std::vector<std::string> types;
+  for (const auto& line : lines_of(as_json.out)) {
+    const auto j = json::parse(line);
+    types.push_back(j["type"].is_string() ? j["type"].get<std::string>() : "unit");
+  }
+  EXPECT_EQ(types.size(), all.size());
+  EXPECT_NE(std::find(types.begin(), types.end(), "lock_released"), types.end()) << as_json.out;
+  // A context that does not exist has nothing to show.
+  auto none = ctl({"tail", "cli/no-such-context"});
+  EXPECT_EQ(none.code, 0) << none.err;
+  EXPECT_EQ(none.out, "");
+  // A bounded read gives up on an unreachable server like every other command.
+  ctl_process unreachable(dir_, {"--server", "http://127.0.0.1:1", "tail", "cli/ev"});
+  const auto code = unreachable.wait_for(std::chrono::seconds(60));
+  ASSERT_TRUE(code.has_value()) << "tail kept retrying";
+  EXPECT_EQ(*code, 3) << unreachable.err();
+  EXPECT_NE(unreachable.err().find("network"), std::string::npos) << unreachable.err();
+}
+
+// Issue 17: tail and tail -f filter by agent and type (client-side: the stream has
+// no such filter), --agent/--type repeated or comma-separated.
+TEST_F(EngramctlTest, TailFiltersByAgentAndType) {
+  ASSERT_EQ(ctl_as("a1", {"put", "cli/flt", "a1 says"}), 0);
+  for (int i = 0; i < 30; ++i)
+    ASSERT_EQ(ctl_as("a2", {"put", "cli/flt", "a2 thinks " + std::to_string(i), "--type", "REASONING"}), 0);
+  ASSERT_EQ(ctl_as("a1", {"lock", "acquire", "cli/flt-res", "--context", "cli/flt"}), 0);
+
+  auto by_a1 = ctl({"tail", "cli/flt", "--agent", "a1"});
+  ASSERT_EQ(by_a1.code, 0) << by_a1.err;
+  EXPECT_NE(by_a1.out.find("a1  MESSAGE  a1 says"), std::string::npos) << by_a1.out;
+  EXPECT_NE(by_a1.out.find("lock_acquired  cli/flt-res by a1"), std::string::npos) << by_a1.out;
+  EXPECT_EQ(by_a1.out.find("a2 thinks"), std::string::npos) << by_a1.out;
+  // The one MESSAGE is 31 events back: tail reads back until it has -n matches.
+  auto message = ctl({"tail", "cli/flt", "-n", "1", "--type", "message"});
+  ASSERT_EQ(message.code, 0) << message.err;
+  EXPECT_EQ(lines_of(message.out).size(), 1u) << message.out;
+  EXPECT_NE(message.out.find("a1 says"), std::string::npos) << message.out;
+  auto two_kinds = ctl({"tail", "cli/flt", "-n", "2", "--type", "REASONING,lock_acquired"});
+  ASSERT_EQ(two_kinds.code, 0) << two_kinds.err;
+  const auto kinds = lines_of(two_kinds.out);
+  ASSERT_EQ(kinds.size(), 2u) << two_kinds.out;
+  EXPECT_NE(kinds[0].find("a2 thinks 29"), std::string::npos) << two_kinds.out;
+  EXPECT_NE(kinds[1].find("lock_acquired"), std::string::npos) << two_kinds.out;
+  auto repeated = ctl({"tail", "cli/flt", "--agent", "nobody", "--agent", "a1", "--type", "MESSAGE"});
+  ASSERT_EQ(repeated.code, 0) << repeated.err;
+  EXPECT_EQ(lines_of(repeated.out).size(), 1u) << repeated.out;
+
+  auto bad = ctl({"tail", "cli/flt", "--type", "MESSAGE,bogus"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("unknown type 'bogus'"), std::string::npos) << bad.err;
+
+  // Live, from the current head: only a2's messages.
+  auto head = ctl({"--json", "ctx", "show", "cli/flt"});
+  ASSERT_EQ(head.code, 0) << head.err;
+  const std::string since = std::to_string(json::parse(head.out)["head_seq"].get<uint64_t>());
+  ctl_process follow(dir_, {"--server", url(), "tail", "-f", "cli/flt", "--since", since, "--agent", "a2", "--type",
+                            "MESSAGE"});
+  ASSERT_EQ(ctl_as("a1", {"put", "cli/flt", "a1 live"}), 0);
+  ASSERT_EQ(ctl_as("a2", {"put", "cli/flt", "a2 thinks live", "--type", "REASONING"}), 0);
+  ASSERT_EQ(ctl_as("a2", {"put", "cli/flt", "a2 live"}), 0);
+  ASSERT_TRUE(wait_until([&] { return follow.out().find("a2 live") != std::string::npos; })) << follow.out();
+  follow.signal(SIGINT);
+  EXPECT_EQ(follow.wait(), 0);
+  EXPECT_EQ(lines_of(follow.out()).size(), 1u) << follow.out();
+}
+
+// Issue 17: --version was an unknown option (exit 2).
+TEST(EngramctlVersionTest, VersionPrintsTheProjectVersion) {
+  temp_dir dir;
+  ctl_process version(dir, {"--version"});
+  EXPECT_EQ(version.wait(), 0) << version.err();
+  EXPECT_EQ(version.out(), "engramctl " ENGRAM_VERSION "\n");
+}
+
+// Issue 17: search takes a query vector (--vector, --model) for semantic and hybrid
+// search, and each hit shows who wrote the unit and its type.
+TEST_F(EngramctlTest, SearchByVectorAndHitsShowAgentAndType) {
+  auto sdk = client::client::create({.url = url(), .agent_id = "vec-agent"});
+  ASSERT_TRUE(sdk) << sdk.error().describe();
+  auto near = sdk->append({.context_id = "cli/vec", .type = client::unit_type::reasoning, .payload = "close to x",
+                           .embedding = {1, 0, 0}, .embedding_model = "cli-model"});
+  ASSERT_TRUE(near) << near.error().describe();
+  auto far = sdk->append({.context_id = "cli/vec", .type = client::unit_type::tool_call, .payload = "far from x",
+                          .embedding = {0, 1, 0}, .embedding_model = "cli-model"});
+  ASSERT_TRUE(far) << far.error().describe();
+
+  ctl_result semantic;
+  ASSERT_TRUE(wait_until([&] {
+    semantic = ctl({"search", "--vector", "0.9,0.1,+0", "--model", "cli-model", "--mode", "semantic", "--limit", "1"});
+    return semantic.code == 0 && semantic.out.find("cli/vec #") != std::string::npos;
+  })) << semantic.code << " " << semantic.out << semantic.err;
+  EXPECT_TRUE(std::regex_search(semantic.out, std::regex(R"(^\d+\+? match\(es\), semantic\n)"))) << semantic.out;
+  EXPECT_NE(semantic.out.find("cli/vec #1  vec-agent  REASONING  " + near->id + "  score "), std::string::npos)
+      << semantic.out;
+  EXPECT_EQ(semantic.out.find(far->id), std::string::npos) << semantic.out;
+
+  ctl_result hybrid;
+  ASSERT_TRUE(wait_until([&] {
+    hybrid = ctl({"search", "far", "--vector", "0,1,0", "--model", "cli-model"});
+    return hybrid.code == 0 && hybrid.out.find(far->id) != std::string::npos;
+  })) << hybrid.code << " " << hybrid.out << hybrid.err;
+  EXPECT_NE(hybrid.out.find(", hybrid"), std::string::npos) << hybrid.out;
+  EXPECT_NE(hybrid.out.find("cli/vec #2  vec-agent  TOOL_CALL  " + far->id), std::string::npos) << hybrid.out;
+
+  auto as_json = ctl({"--json", "search", "--vector", "1,0,0", "--model", "cli-model", "--mode", "semantic"});
+  ASSERT_EQ(as_json.code, 0) << as_json.err;
+  EXPECT_EQ(json::parse(as_json.out)["hits"][0]["id"], near->id) << as_json.out;
+
+  for (const char* bad : {"", "1,,2", "1,x", "1,nan", "0.5 0.5"}) {
+    auto r = ctl({"search", "--vector", bad});
+    EXPECT_EQ(r.code, 2) << "'" << bad << "': " << r.out;
+    EXPECT_NE(r.err.find("--vector: expected comma-separated numbers"), std::string::npos) << r.err;
   }
 }
 

@@ -2,6 +2,7 @@
 // server over real HTTP, WebSocket and SSE.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <set>
 
 #include "auth/auth.hpp"
@@ -393,6 +394,29 @@ TEST(RateLimitTest, StreamCapPerAgent) {
     client::ws_connection d;
     return bool(d.connect("127.0.0.1", server.port(), "/stream?context=x"));
   }, 5s));
+}
+
+// Backups write to the server's disk: only a token with "admin" on "*" may ask,
+// and a plain pattern list (read, write, lock) never grants it.
+TEST_F(AuthTest, BackupNeedsTheAdminCapability) {
+  start([&](config::config& c) { c.storage.backup_dir = dir_.str() + "/backups"; });
+  const auto everything = token("ops", {{"*", auth::all_capabilities}});
+  auto r = as(everything, "POST", "/admin/backup", {{"dir", "b"}});
+  EXPECT_EQ(r.status, 403u) << r.raw;
+  EXPECT_NE(r.body.value("error", "").find("\"admin\""), std::string::npos) << r.raw;
+  EXPECT_FALSE(std::filesystem::exists(dir_.str() + "/backups/b"));
+  const auto narrow_admin = token("ops", {{"team/*", auth::admin}});
+  EXPECT_EQ(as(narrow_admin, "POST", "/admin/backup", {{"dir", "b"}}).status, 403u);
+  EXPECT_EQ(call(*http_, "POST", "/admin/backup", R"({"dir":"b"})").status, 401u);
+  const auto admin = token("ops", {{"*", auth::admin}});
+  r = as(admin, "POST", "/admin/backup", {{"dir", "b"}});
+  EXPECT_EQ(r.status, 201u) << r.raw;
+  EXPECT_TRUE(std::filesystem::exists(dir_.str() + "/backups/b/CURRENT"));
+  // The claim's names: "delete" and "admin" parse, and are not in a plain list.
+  auto grants = auth::parse_grants(json{{"*", {"admin", "delete"}}});
+  ASSERT_TRUE(grants);
+  EXPECT_EQ((*grants)[0].caps, auth::admin | auth::erase);
+  EXPECT_EQ((*auth::parse_grants(json::array({"*"})))[0].caps & (auth::admin | auth::erase), 0);
 }
 
 }  // namespace

@@ -135,9 +135,24 @@ class pager {
   std::optional<result<T>> current_;
 };
 
+// One context of a subscription, as the server acknowledged it (subscribe_ack).
+struct stream_position {
+  std::string context_id;
+  uint64_t from_seq = 0;  // the first seq the subscription delivers
+  uint64_t head_seq = 0;  // the context's last seq when the subscription was acknowledged
+  bool exists = true;     // false: no such context yet (it is delivered once created)
+};
+
 struct subscribe_options {
   // Per-context resume points (the last seq you have); they override `since`.
   std::map<std::string, uint64_t> cursors;
+  // Read history instead of following: deliver each context up to the head_seq of
+  // the first subscribe_ack, then end (running() turns false, wait() returns no
+  // error). Later events, and contexts a pattern matches only later, are not
+  // delivered. Such a bounded read gives up on network failures as
+  // client_options::retry says (attempts and max_elapsed, counted afresh after each
+  // acknowledged reconnect), and wait() then returns the last one.
+  bool until_head = false;
   std::chrono::milliseconds min_backoff{100};
   std::chrono::milliseconds max_backoff{5'000};
   std::chrono::milliseconds heartbeat{15'000};   // keeps the server's idle timer from firing
@@ -178,6 +193,9 @@ class subscription {
   bool wait_live(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   // The last seq delivered per context (with the starting points of quiet contexts).
   std::map<std::string, uint64_t> cursors() const;
+  // The contexts of the first subscribe_ack: where delivery started and each
+  // context's head at that moment. Empty until then (wait_live() waits for it).
+  std::vector<stream_position> positions() const;
 
  private:
   std::shared_ptr<subscription_state> state_;

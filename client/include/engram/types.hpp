@@ -151,6 +151,10 @@ struct search_hit {
   std::optional<double> keyword_score, vector_score;
   timestamp ts{};
   std::string snippet;
+  // The unit's author and type, when the server includes them in hits; empty and
+  // nullopt otherwise (get_unit(id) has them).
+  std::string agent_id;
+  std::optional<unit_type> type;
 };
 
 struct search_result {
