@@ -292,7 +292,7 @@ TEST(AuthTest, GrantsClaimForms) {
   EXPECT_TRUE(p.can(auth::read, "p/1"));
   EXPECT_FALSE(p.can(auth::write, "p/1"));
   EXPECT_TRUE(p.can(auth::lock, "q"));
-  EXPECT_FALSE(auth::parse_grants(json{{"p", {"admin"}}}));
+  EXPECT_FALSE(auth::parse_grants(json{{"p", {"superuser"}}}));  // "admin" and "delete" exist (named only)
   EXPECT_FALSE(auth::parse_grants(json::array({"a*b"})));
   EXPECT_FALSE(auth::parse_grants(json::array({""})));
   EXPECT_FALSE(auth::parse_grants(json::array({1})));
