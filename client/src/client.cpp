@@ -323,6 +323,15 @@ result<search_result> client::search(const search_request& req) {
   return codec::search_from(*j);
 }
 
+result<backup_info> client::backup(const std::string& dir) {
+  return decode_field(impl_->send("POST", "/admin/backup", json{{"dir", dir}}.dump(), retry_mode::none), "backup",
+                      [](const json& j) -> result<backup_info> {
+                        if (!j.is_object() || !j.contains("dir") || !j["dir"].is_string())
+                          return std::unexpected(error{error::kind::protocol, 0, "backup answer has no \"dir\"", {}});
+                        return backup_info{j["dir"].get<std::string>(), j.value("seconds", 0.0)};
+                      });
+}
+
 result<health_status> client::health() {
   health_status out;
   auto live = impl_->send("GET", "/healthz", {}, retry_mode::none);

@@ -722,6 +722,22 @@ void add_token(CLI::App& app, globals& g) {
   });
 }
 
+void add_backup(CLI::App& app, globals& g) {
+  auto* backup = app.add_subcommand(
+      "backup", "Back up the whole server while it serves, into a new directory inside its storage.backup_dir");
+  auto dir = std::make_shared<std::string>();
+  backup->add_option("dir", *dir, "The backup's directory, relative to the server's storage.backup_dir")->required();
+  backup->callback([dir, &g] {
+    g.run = [dir, &g](ec::client& c) {
+      auto r = c.backup(*dir);
+      if (!r) return report(r.error());
+      if (g.json) std::cout << nlohmann::json{{"dir", r->dir}, {"seconds", r->seconds}}.dump() << "\n";
+      else std::cout << r->dir << "\n";
+      return exit_ok;
+    };
+  });
+}
+
 void add_health(CLI::App& app, globals& g) {
   auto* health = app.add_subcommand("health", "Is the server up and ready? (exit 0 ready, 1 not ready, 3 unreachable)");
   health->callback([&g] {
@@ -768,6 +784,7 @@ int main(int argc, char** argv) {
   add_lock(app, g);
   add_search(app, g);
   add_token(app, g);
+  add_backup(app, g);
   add_health(app, g);
   try {
     app.parse(argc, argv);

@@ -2,6 +2,8 @@
 // checking output and exit codes (0 ok, 1 refused, 2 usage, 3 unreachable), and
 // `tail -f` receiving live units and resuming across a server restart.
 #include <gtest/gtest.h>
+
+#include <filesystem>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -279,6 +281,29 @@ TEST_F(EngramctlTest, TailShowsRecentUnitsAndFollowsLive) {
   EXPECT_NE(of_pattern.out.find("cli/t #6  cli-agent  MESSAGE  live one"), std::string::npos) << of_pattern.out;
   EXPECT_NE(of_pattern.out.find("cli/t2 #1  cli-agent  MESSAGE  elsewhere"), std::string::npos) << of_pattern.out;
   EXPECT_EQ(of_pattern.out.find("old 5"), std::string::npos) << of_pattern.out;
+}
+
+// engramctl backup asks the server for a consistent copy (into its backup
+// directory); a server started on the copy is the restore.
+TEST_F(EngramctlTest, BackupWritesACopyAServerCanStartFrom) {
+  ASSERT_EQ(ctl({"put", "cli/b", "kept by the backup"}).code, 0);
+  auto made = ctl({"backup", "nightly/1"});
+  ASSERT_EQ(made.code, 0) << made.err;
+  std::string path = made.out.substr(0, made.out.find('\n'));
+  EXPECT_TRUE(path.ends_with("/data-backups/nightly/1")) << made.out;
+  EXPECT_TRUE(std::filesystem::exists(path + "/CURRENT")) << path;
+  auto again = ctl({"backup", "nightly/1"});
+  EXPECT_EQ(again.code, 1);
+  EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+  auto outside = ctl({"backup", "../elsewhere"});
+  EXPECT_EQ(outside.code, 1);
+  EXPECT_NE(outside.err.find("inside the backup directory"), std::string::npos) << outside.err;
+  EXPECT_EQ(ctl({"backup"}).code, 2);  // the directory is required
+
+  test_server restored(test_config(path));
+  ctl_process ls(dir_, {"--server", "http://127.0.0.1:" + std::to_string(restored.port()), "ls", "cli/b"});
+  EXPECT_EQ(ls.wait(), 0);
+  EXPECT_NE(ls.out().find("kept by the backup"), std::string::npos) << ls.out();
 }
 
 TEST(EngramctlRestartTest, TailFollowResumesAcrossAServerKill) {

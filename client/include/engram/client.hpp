@@ -303,6 +303,11 @@ class client {
 
   result<health_status> health();
 
+  // A consistent backup of the whole server while it serves, written by the server
+  // into `dir` inside its storage.backup_dir (a new directory). Needs the "admin"
+  // capability on "*" when auth is on. Not retried: a retry would find `dir` taken.
+  result<backup_info> backup(const std::string& dir);
+
   // Follows contexts (ids and prefix patterns like "project-7/*") over WebSocket,
   // from `since` (the last seq you have; nullopt: from now on), reconnecting with
   // backoff and resuming from the last delivered seq.

@@ -167,6 +167,12 @@ struct search_result {
   std::string degraded;  // why a vector search fell back to keyword, if it did
 };
 
+// POST /admin/backup: where the server wrote the backup (on its own disk).
+struct backup_info {
+  std::string dir;  // absolute path; start a server with --data-dir on it to restore
+  double seconds = 0;
+};
+
 // /healthz and /readyz.
 struct health_status {
   bool live = false;   // /healthz answered 200
