@@ -9,7 +9,7 @@ import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fail, freePort, launchBrowser, ready, reportFailure, startServer, waitFor } from './support.mjs';
+import { fail, freePort, launchBrowser, openPage, ready, reportFailure, startServer, waitFor } from './support.mjs';
 
 const binary = process.argv[2];
 const work = mkdtempSync(join(tmpdir(), 'engram-browser-auth-'));
@@ -30,10 +30,7 @@ let browser;
 try {
   await ready(base);
   browser = await launchBrowser();
-  const page = await browser.newPage();
-  const pageErrors = [];
-  page.on('pageerror', (e) => pageErrors.push(e.message));
-  const state = () => page.evaluate(() => window.engram);
+  const { page, errors: pageErrors, state } = await openPage(browser);
   const problem = () => page.locator('#problem-text').textContent();
 
   // No token: a 401 with the server's message, the token form, and no more attempts.

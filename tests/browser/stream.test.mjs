@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fail, freePort, launchBrowser, ready, reportFailure, startServer, waitFor } from './support.mjs';
+import { fail, freePort, launchBrowser, openPage, ready, reportFailure, startServer, waitFor } from './support.mjs';
 
 const binary = process.argv[2];
 const work = mkdtempSync(join(tmpdir(), 'engram-browser-'));
@@ -31,11 +31,8 @@ let browser;
 try {
   await ready(base);
   browser = await launchBrowser();
-  const page = await browser.newPage();
-  const pageErrors = [];
-  page.on('pageerror', (e) => pageErrors.push(e.message));
+  const { page, errors: pageErrors, state } = await openPage(browser);
   await page.goto(`${base}/ui/live?context=browser/demo&since=0`);
-  const state = () => page.evaluate(() => window.engram);
   await waitFor('both transports to connect', async () => {
     const s = await state();
     return s.wsOpens >= 1 && s.sseOpens >= 1;

@@ -65,6 +65,15 @@ export async function launchBrowser() {
   }
 }
 
+// A new page that records uncaught page errors; `state()` reads window.engram, what
+// the live page exposes for tests.
+export async function openPage(browser) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  return { page, errors, state: () => page.evaluate(() => window.engram) };
+}
+
 // Ends a test: reports an unexpected exception as a failure, with the server's log.
 export function reportFailure(e, server) {
   if (!process.exitCode) {
