@@ -4,6 +4,7 @@
 #include <prometheus/gauge.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 #include "storage/store.hpp"
@@ -55,6 +56,8 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
     uint64_t after = head;  // no cursor: live from the current head
     if (auto it = req.since_by_context.find(id); it != req.since_by_context.end()) after = it->second;
     else if (req.since) after = *req.since;
+    if (after == std::numeric_limits<uint64_t>::max())
+      return model::fail(model::errc::invalid_argument, "since is out of range");
     s->cursors_[id] = cursor{after + 1, head};
     s->stale_[id] = 0;
     s->positions_.push_back({id, after + 1, head, !missing.contains(id)});

@@ -66,11 +66,15 @@ void list_events(services& s, call& c, responder respond) {
 // a context that does not exist.
 void list_subscribers(services& s, call& c, responder respond) {
   auto* streams = s.streams;
-  s.eng.get_context(c.subject, [streams, id = c.subject, respond = std::move(respond)](model::result<api::Context> ctx) {
+  // Where a subscriber connects from is for operators (admin) and the agent itself.
+  const bool admin = c.who.can(auth::admin, "*");
+  const std::string me = c.who.principal ? c.who.principal->agent : std::string();
+  s.eng.get_context(c.subject, [streams, admin, me, id = c.subject, respond = std::move(respond)](model::result<api::Context> ctx) {
     if (!ctx) return respond(error_response(ctx.error()));
     json list = json::array();
     if (streams) {
-      for (const auto& sub : streams->subscribers_of(id)) {
+      for (auto sub : streams->subscribers_of(id)) {
+        if (!admin && sub.agent != me) sub.ip = sub.request_id = "";
         const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(sub.opened.time_since_epoch()).count();
         list.push_back({{"stream_id", sub.id},
                         {"transport", sub.transport},

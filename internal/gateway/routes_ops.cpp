@@ -61,10 +61,13 @@ void readyz(services& s, call&, responder respond) {
   respond(json_response(200, body));
 }
 
-void metrics(services& s, call&, responder respond) {
+void metrics(services& s, call& c, responder respond) {
   if (s.streams) s.streams->refresh_metrics();
   response r;
   auto families = s.metrics.Collect();
+  // Per-context gauges name contexts: only for a caller who may read them all.
+  if (!c.who.can(auth::read, "*"))
+    std::erase_if(families, [](const prometheus::MetricFamily& f) { return f.name.starts_with("engram_stream_context_"); });
   for (auto& f : process_metric_families()) families.push_back(std::move(f));
   r.body = prometheus::TextSerializer().Serialize(families);
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";

@@ -106,12 +106,17 @@ std::vector<stream_registry::subscriber> stream_registry::subscribers_of(std::st
     }
     if (as.empty() || !s) continue;
     subscriber sub{e->id, e->transport, e->agent, e->ip, e->request_id, e->opened, as};
+    bool receives = false;
     for (const auto& p : s->progress()) {
       if (p.context_id != context_id) continue;
+      receives = true;
       sub.delivered = p.delivered;
       sub.head = p.head;
       sub.lag = p.lag;
     }
+    // A pattern counts once the stream follows the context (its grants may exclude
+    // it); a context named exactly is followed from the start.
+    if (!receives && as.ends_with('*')) continue;
     sub.catching_up = s->catching_up();
     sub.events = e->events.load();
     sub.bytes = e->bytes.load();

@@ -289,6 +289,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
                              (self->stream_ && self->stream_->lagging()))) {
         if (self->srv_->streams.lag_closes) self->srv_->streams.lag_closes->Increment();
         self->closing_ = true;
+        self->ended_by = "lagging";
         if (self->stream_) self->stream_->close();
         beast::get_lowest_layer(self->ws_).close();
         return;

@@ -980,10 +980,12 @@ std::string store::backup_root() const {
 model::result<std::string> store::backup(std::string_view dir) const {
   namespace fs = std::filesystem;
   std::error_code ec;
-  const fs::path root = fs::weakly_canonical(fs::absolute(backup_root(), ec), ec);
+  // Paths that do not exist yet keep a trailing separator through weakly_canonical.
+  auto clean = [](fs::path p) { return p.has_filename() || !p.has_parent_path() ? p : p.parent_path(); };
+  const fs::path root = clean(fs::weakly_canonical(fs::absolute(backup_root(), ec), ec));
   if (ec) return fail(errc::internal, "backup directory " + backup_root() + ": " + ec.message());
   const fs::path asked(dir);
-  const fs::path target = fs::weakly_canonical(asked.is_absolute() ? asked : root / asked, ec);
+  const fs::path target = clean(fs::weakly_canonical(asked.is_absolute() ? asked : root / asked, ec));
   if (ec) return fail(errc::invalid_argument, "backup dir '" + std::string(dir) + "': " + ec.message());
   const auto [r, t] = std::mismatch(root.begin(), root.end(), target.begin(), target.end());
   if (r != root.end() || t == target.end())
@@ -997,6 +999,8 @@ model::result<std::string> store::backup(std::string_view dir) const {
   auto s = rocksdb::Checkpoint::Create(impl_->db.get(), &raw);
   std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
   if (s.ok()) s = checkpoint->CreateCheckpoint(target.string());
+  if (!s.ok() && fs::exists(target, ec))  // another backup took the name meanwhile
+    return fail(errc::conflict, "backup dir " + target.string() + " already exists; name a new one");
   if (!s.ok()) return std::unexpected(storage_error(s, "creating a backup in " + target.string()));
   return target.string();
 }

@@ -419,5 +419,30 @@ TEST_F(AuthTest, BackupNeedsTheAdminCapability) {
   EXPECT_EQ((*auth::parse_grants(json::array({"*"})))[0].caps & (auth::admin | auth::erase), 0);
 }
 
+// Who watches a context is visible to its readers, but where they connect from only
+// to admins and to the agent itself; per-context gauges only to who reads everything.
+TEST_F(AuthTest, SubscriberDetailsAndContextGaugesAreForOperators) {
+  start();
+  const auto alice = token("alice", {{"team/*", auth::read | auth::write}});
+  const auto bob = token("bob", {{"team/*", auth::read}});
+  append(alice, "team/a", "x");
+  client::ws_connection ws;
+  ASSERT_TRUE(ws.connect("127.0.0.1", server_->port(), "/stream?context=team/a", bearer(alice), 10s));
+  json subs;
+  ASSERT_TRUE(wait_until([&] {
+    subs = as(bob, "GET", "/contexts/team/a/subscribers").body;
+    return subs["subscribers"].size() == 1;
+  }, 10s)) << subs.dump();
+  EXPECT_EQ(subs["subscribers"][0]["agent_id"], "alice");
+  EXPECT_EQ(subs["subscribers"][0]["ip"], "") << "another agent's address";
+  EXPECT_EQ(as(alice, "GET", "/contexts/team/a/subscribers").body["subscribers"][0]["ip"], "127.0.0.1");
+  const auto ops = token("ops", {{"*", auth::read | auth::admin}});
+  EXPECT_EQ(as(ops, "GET", "/contexts/team/a/subscribers").body["subscribers"][0]["ip"], "127.0.0.1");
+  EXPECT_EQ(as(bob, "GET", "/metrics").raw.find("engram_stream_context_subscribers"), std::string::npos);
+  EXPECT_NE(as(ops, "GET", "/metrics").raw.find("engram_stream_context_subscribers{context=\"team/a\"} 1"),
+            std::string::npos);
+  EXPECT_EQ(as(token("eve", {{"other/*", auth::read}}), "GET", "/contexts/team/a/subscribers").status, 403u);
+}
+
 }  // namespace
 }  // namespace engram::test

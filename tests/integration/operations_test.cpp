@@ -89,6 +89,9 @@ TEST(Backup, TakenWhileWritingRestoresEveryContextConsistently) {
     EXPECT_EQ(r.status, status) << body << " -> " << r.raw;
   }
   EXPECT_FALSE(std::filesystem::exists(dir.str() + "/escape"));
+  auto slash = call(http, "POST", "/admin/backup", R"({"dir":"trailing/"})");  // a trailing separator is the same dir
+  EXPECT_EQ(slash.status, 201u) << slash.raw;
+  EXPECT_EQ(call(http, "POST", "/admin/backup", R"({"dir":"trailing"})").status, 409u);
 
   // Restore: a second server on the backup. Every context it has is a gap-free
   // prefix of the original's log (a consistent cut), and the log kept going after.

@@ -330,7 +330,8 @@ TEST_F(StreamTest, SseReplaysResumesWithLastEventIdAndSendsIds) {
 TEST_F(StreamTest, BadParametersAreRefusedBeforeUpgrade) {
   start([](config::config& c) { c.server.cors_origins = {"https://good.example"}; });
   for (const char* target : {"/stream-sse", "/stream-sse?context=", "/stream-sse?context=a&since=x",
-                             "/stream-sse?context=a*b*", "/stream-sse?context=%FF", "/stream-sse?context=*x*"}) {
+                             "/stream-sse?context=a*b*", "/stream-sse?context=%FF", "/stream-sse?context=*x*",
+                             "/stream-sse?context=a&since=18446744073709551615"}) {
     auto r = call(*http_, "GET", target);
     EXPECT_EQ(r.status, 400u) << target << " " << r.raw;
     EXPECT_TRUE(r.body.contains("error")) << r.raw;
