@@ -323,6 +323,25 @@ result<search_result> client::search(const search_request& req) {
   return codec::search_from(*j);
 }
 
+result<events_page> client::list_events(const std::string& context_id, uint64_t after_seq, size_t limit) {
+  auto r = impl_->send("GET",
+                       "/contexts/" + encode_component(context_id) + "/events?after_seq=" + std::to_string(after_seq) +
+                           "&limit=" + std::to_string(limit),
+                       {}, retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  const auto list = j->find("events");
+  if (list == j->end() || !list->is_array())
+    return std::unexpected(error{error::kind::protocol, r->status, "answer has no \"events\" array", {}});
+  events_page out;
+  for (const auto& e : *list) out.events.push_back(e.dump());
+  out.head_seq = j->value("head_seq", uint64_t(0));
+  out.next_after_seq = j->value("next_after_seq", after_seq);
+  out.more = j->value("more", false);
+  return out;
+}
+
 result<backup_info> client::backup(const std::string& dir) {
   return decode_field(impl_->send("POST", "/admin/backup", json{{"dir", dir}}.dump(), retry_mode::none), "backup",
                       [](const json& j) -> result<backup_info> {

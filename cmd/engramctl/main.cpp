@@ -722,6 +722,41 @@ void add_token(CLI::App& app, globals& g) {
   });
 }
 
+// JSON Lines on stdout: every event of each matching context, in seq order, as the
+// server gives them (units keep their ids, seqs and timestamps).
+void add_export(CLI::App& app, globals& g) {
+  auto* exp = app.add_subcommand("export", "Write contexts as JSON Lines (every event, in seq order) to stdout");
+  auto patterns = std::make_shared<std::vector<std::string>>();
+  exp->add_option("contexts", *patterns, "Context ids or patterns (p/*); all contexts when none");
+  exp->callback([patterns, &g] {
+    g.run = [patterns](ec::client& c) {
+      std::vector<std::string> ids;
+      for (const auto& ctx : c.contexts(1000)) {
+        if (!ctx) return report(ctx.error());
+        const auto& id = ctx->id;
+        if (patterns->empty() || std::any_of(patterns->begin(), patterns->end(),
+                                             [&](const auto& p) { return engram::auth::pattern_matches(p, id); }))
+          ids.push_back(id);
+      }
+      size_t events = 0;
+      for (const auto& id : ids) {
+        uint64_t after = 0;
+        for (bool more = true; more;) {
+          auto page = c.list_events(id, after);
+          if (!page) return report(page.error());
+          for (const auto& e : page->events) std::cout << e << "\n";
+          events += page->events.size();
+          after = page->next_after_seq;
+          more = page->more;
+        }
+      }
+      std::cout.flush();
+      std::cerr << "exported " << events << " events of " << ids.size() << " contexts\n";
+      return std::cout ? exit_ok : exit_refused;
+    };
+  });
+}
+
 void add_backup(CLI::App& app, globals& g) {
   auto* backup = app.add_subcommand(
       "backup", "Back up the whole server while it serves, into a new directory inside its storage.backup_dir");
@@ -785,6 +820,7 @@ int main(int argc, char** argv) {
   add_search(app, g);
   add_token(app, g);
   add_backup(app, g);
+  add_export(app, g);
   add_health(app, g);
   try {
     app.parse(argc, argv);

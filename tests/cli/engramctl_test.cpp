@@ -306,6 +306,32 @@ TEST_F(EngramctlTest, BackupWritesACopyAServerCanStartFrom) {
   EXPECT_NE(ls.out().find("kept by the backup"), std::string::npos) << ls.out();
 }
 
+// engramctl export writes every event of the matching contexts as JSON Lines, in
+// seq order, exactly as GET /contexts/{id}/events gives them.
+TEST_F(EngramctlTest, ExportWritesEveryEventAsJsonLines) {
+  ASSERT_EQ(ctl({"put", "cli/x/a", "first"}).code, 0);
+  ASSERT_EQ(ctl({"ctx", "set", "cli/x/a", "--name", "Exported"}).code, 0);
+  ASSERT_EQ(ctl({"lock", "acquire", "cli/x/file", "--context", "cli/x/a", "--ttl", "30s"}).code, 0);
+  ASSERT_EQ(ctl({"put", "cli/x/b", "other context"}).code, 0);
+  ASSERT_EQ(ctl({"put", "cli/y", "not exported"}).code, 0);
+  auto exported = ctl({"export", "cli/x/*"});
+  ASSERT_EQ(exported.code, 0) << exported.err;
+  std::vector<json> lines;
+  std::istringstream in(exported.out);
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 4u) << exported.out;
+  auto http = server_.connect();
+  const auto a = call(http, "GET", "/contexts/cli/x/a/events").body["events"];
+  const auto b = call(http, "GET", "/contexts/cli/x/b/events").body["events"];
+  EXPECT_EQ(json(std::vector<json>(lines.begin(), lines.begin() + 3)), a);
+  EXPECT_EQ(lines[3], b[0]);
+  EXPECT_EQ(lines[1]["type"], "context_updated");
+  EXPECT_EQ(lines[2]["type"], "lock_acquired");
+  EXPECT_NE(exported.err.find("exported 4 events of 2 contexts"), std::string::npos) << exported.err;
+  EXPECT_NE(ctl({"export"}).out.find("\"context_id\":\"cli/y\""), std::string::npos);  // all contexts by default
+  EXPECT_EQ(ctl({"export", "cli/none"}).out, "");
+}
+
 TEST(EngramctlRestartTest, TailFollowResumesAcrossAServerKill) {
   temp_dir dir;
   server_process proc(dir.str() + "/data", "sync", dir.str());

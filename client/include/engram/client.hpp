@@ -303,6 +303,10 @@ class client {
 
   result<health_status> health();
 
+  // Every kind of event of one context (units, context updates, lease events) with
+  // seq > after_seq, at most `limit`; a missing context is an error (404).
+  result<events_page> list_events(const std::string& context_id, uint64_t after_seq, size_t limit = 1000);
+
   // A consistent backup of the whole server while it serves, written by the server
   // into `dir` inside its storage.backup_dir (a new directory). Needs the "admin"
   // capability on "*" when auth is on. Not retried: a retry would find `dir` taken.

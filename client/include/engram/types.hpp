@@ -167,6 +167,15 @@ struct search_result {
   std::string degraded;  // why a vector search fell back to keyword, if it did
 };
 
+// A page of GET /contexts/{id}/events: each event as the server's JSON text (the
+// form the streams deliver), for tools that pass events through unchanged.
+struct events_page {
+  std::vector<std::string> events;
+  uint64_t head_seq = 0;
+  uint64_t next_after_seq = 0;
+  bool more = false;
+};
+
 // POST /admin/backup: where the server wrote the backup (on its own disk).
 struct backup_info {
   std::string dir;  // absolute path; start a server with --data-dir on it to restore
