@@ -83,18 +83,22 @@ void stream_registry::close_stream(const std::shared_ptr<entry>& e, unsigned sta
   log_access(line);
 }
 
+std::vector<std::shared_ptr<stream_registry::entry>> stream_registry::live_entries() const {
+  std::vector<std::shared_ptr<entry>> out;
+  std::lock_guard lock(mu_);
+  out.reserve(open_.size());
+  for (const auto& [id, weak] : open_)
+    if (auto e = weak.lock()) out.push_back(std::move(e));
+  return out;
+}
+
 size_t stream_registry::open_streams() const {
   std::lock_guard lock(mu_);
   return open_.size();
 }
 
 std::vector<stream_registry::subscriber> stream_registry::subscribers_of(std::string_view context_id) const {
-  std::vector<std::shared_ptr<entry>> entries;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& [id, weak] : open_)
-      if (auto e = weak.lock()) entries.push_back(std::move(e));
-  }
+  const auto entries = live_entries();
   std::vector<subscriber> out;
   for (const auto& e : entries) {
     std::shared_ptr<engine::stream> s;
@@ -127,12 +131,7 @@ std::vector<stream_registry::subscriber> stream_registry::subscribers_of(std::st
 
 void stream_registry::refresh_metrics() {
   if (!subscribers_) return;
-  std::vector<std::shared_ptr<entry>> entries;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& [id, weak] : open_)
-      if (auto e = weak.lock()) entries.push_back(std::move(e));
-  }
+  const auto entries = live_entries();
   // Per context: subscribers and the largest lag. A context a stream asked for by
   // name counts from the start; one matched by a pattern once it has events.
   std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> by_context;

@@ -88,6 +88,9 @@ class stream_registry {
   static constexpr size_t max_labelled_contexts = 500;
 
  private:
+  // The open streams, taken under mu_ and then read without it.
+  std::vector<std::shared_ptr<entry>> live_entries() const;
+
   mutable std::mutex mu_;
   uint64_t next_id_ = 0;
   std::map<uint64_t, std::weak_ptr<entry>> open_;
