@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine/engine.hpp"
+#include "engine/retention.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
 #include "gateway/stream_registry.hpp"
@@ -35,6 +36,9 @@ class log_publisher final : public storage::publisher {
   void vectors_committed(uint64_t last_vseq) override {
     if (index_) index_->on_vectors(last_vseq);
   }
+  void removed(const std::string& context_id, uint64_t first_seq, const std::vector<std::string>& unit_ids) override {
+    if (index_) index_->on_removed(context_id, first_seq, unit_ids);
+  }
 
  private:
   router::router& router_;
@@ -56,6 +60,7 @@ struct app::impl {
   std::unique_ptr<gateway::server> http;
   std::unique_ptr<storage::store> store;
   std::unique_ptr<search::index> index;  // null when search is disabled
+  std::unique_ptr<engine::retention> retention;
   std::thread recovery;
 
   std::mutex mu;
@@ -108,6 +113,8 @@ struct app::impl {
     eng->attach_search(index.get());
     eng->attach_locks(locks.get());
     eng->attach(store.get());
+    retention = std::make_unique<engine::retention>(cfg.retention, *store, clock, registry.get());
+    retention->start();
     return {};
   }
 };
@@ -220,6 +227,8 @@ void app::stop() {
   }
   // Recovery must be finished before the HTTP side stops, since it posts to it.
   if (s.recovery.joinable()) s.recovery.join();
+  // Before the HTTP side: a trim's completion runs on its I/O threads.
+  if (s.retention) s.retention->stop();
   s.http->stop(s.cfg.shutdown_timeout);
   s.eng->attach(nullptr);
   s.eng->attach_search(nullptr);

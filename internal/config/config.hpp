@@ -26,6 +26,7 @@ struct config {
   gateway::options server;
   storage::options storage;
   engine::options engine;
+  engine::retention_options retention;
   locks::options locks;
   search::options search;
   log_options log;

@@ -319,6 +319,12 @@ void engine::patch_context(std::string context_id, model::context_patch patch, r
       std::move(done));
 }
 
+void engine::delete_context(std::string context_id, std::string deleted_by, reply<storage::trim_result> done) {
+  auto s = store();
+  if (!s) return done(std::unexpected(s.error()));
+  (*s)->delete_context(std::move(context_id), std::move(deleted_by), std::move(done));
+}
+
 model::result<contexts_page> engine::read_contexts(std::string_view cursor, std::optional<size_t> limit) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());

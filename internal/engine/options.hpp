@@ -1,6 +1,7 @@
 #pragma once
 // Use-case limits, filled in by config.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -15,6 +16,14 @@ struct stream_options {
   // Fault injection for tests: runs after a catch-up read, before its result is
   // applied (the window in which a live event may arrive).
   std::function<void()> after_catch_up_read;
+};
+
+// Retention (README, Retention): the default for contexts without a policy of their
+// own, and how often the sweeper looks. 0: no limit of that kind.
+struct retention_options {
+  std::chrono::seconds max_age{0};
+  uint64_t max_events = 0;
+  std::chrono::milliseconds interval{60'000};
 };
 
 struct options {

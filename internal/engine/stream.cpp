@@ -168,8 +168,12 @@ model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
   if (closed_) return out;
   for (auto& [id, events, gen] : reads) {
     auto& c = cursors_[id];
-    for (const auto& e : events) {
-      if (e.seq() != c.next_seq) break;  // defensive: only contiguous seqs are delivered
+    for (size_t i = 0; i < events.size(); ++i) {
+      const auto& e = events[i];
+      // Only contiguous seqs are delivered, except that the first one read may lie
+      // beyond the cursor: the events between were removed (retention), and the log
+      // is gap-free from its first_seq on.
+      if (e.seq() != c.next_seq && !(i == 0 && e.seq() > c.next_seq)) break;
       out.push_back(router::to_wire(e));
       c.next_seq = e.seq() + 1;
     }

@@ -36,8 +36,8 @@ inline constexpr std::string_view relationship[] = {"target_id", "type", "meta"}
 inline constexpr std::string_view search_relationship[] = {"target_id", "type"};
 inline constexpr std::string_view fence[] = {"resource", "token"};
 inline constexpr std::string_view batch[] = {"context_id", "agent_id", "work_units", "fence", "idempotency_key"};
-inline constexpr std::string_view context_patch[] = {"id",        "display_name", "add_agents", "remove_agents",
-                                                     "pin_units", "unpin_units",  "meta"};
+inline constexpr std::string_view context_patch[] = {"id",          "display_name", "add_agents", "remove_agents",
+                                                     "pin_units",   "unpin_units",  "meta",       "retention"};
 inline constexpr std::string_view search[] = {
     "query", "context_id", "agent_ids", "types", "meta_filters", "relationships",   "from",
     "to",    "limit",      "offset",    "mode",  "vector",       "embedding_model", "snippets"};

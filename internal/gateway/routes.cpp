@@ -14,6 +14,7 @@ namespace {
 constexpr auto read = auth::read;
 constexpr auto write = auth::write;
 constexpr auto lock = auth::lock;
+constexpr auto erase = auth::erase;
 constexpr auto writes = limit_class::writes;
 constexpr auto searches = limit_class::searches;
 constexpr auto locks = limit_class::locks;
@@ -43,6 +44,7 @@ const route table[] = {
     {"GET",    "/contexts/{id*}/subscribers", list_subscribers, unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"GET",    "/contexts/{id*}",          get_context,   unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"PATCH",  "/contexts/{id*}",          patch_context, writes,    authenticated, subject_rule{"id", "context id", write}},
+    {"DELETE", "/contexts/{id*}",          delete_context, writes,   authenticated, subject_rule{"id", "context id", erase}},
     {"GET",    "/search",                  search,        searches,  authenticated, no_subject},
     {"POST",   "/search",                  search,        searches,  authenticated, no_subject},
     {"GET",    "/locks",                   list_locks,    unlimited, authenticated, no_subject},
@@ -146,7 +148,8 @@ response forbidden(auth::capability cap, std::string_view id) {
   switch (cap) {
     case auth::read: return error_response({errc::forbidden, "not allowed to read context " + quoted});
     case auth::write: return error_response({errc::forbidden, "not allowed to write to context " + quoted});
-    case auth::erase: return error_response({errc::forbidden, "not allowed to delete context " + quoted});
+    case auth::erase:
+      return error_response({errc::forbidden, "not allowed to delete context " + quoted + " (needs the \"delete\" grant)"});
     case auth::admin: return error_response({errc::forbidden, "this needs the \"admin\" capability on " + quoted});
     case auth::lock: break;
   }

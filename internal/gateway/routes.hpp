@@ -121,6 +121,7 @@ void list_events(services&, call&, responder);
 void list_subscribers(services&, call&, responder);
 void backup(services&, call&, responder);
 void patch_context(services&, call&, responder);
+void delete_context(services&, call&, responder);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);
 void acquire_locks(services&, call&, responder);

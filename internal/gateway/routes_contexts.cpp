@@ -30,6 +30,19 @@ void patch_context(services& s, call& c, responder respond) {
                       });
 }
 
+// Deletes the context and everything of it (storage::store::delete_context).
+void delete_context(services& s, call& c, responder respond) {
+  std::string by = c.who.principal ? c.who.principal->agent : std::string();
+  s.eng.delete_context(c.subject, std::move(by),
+                       [id = c.subject, respond = std::move(respond)](model::result<storage::trim_result> r) {
+                         if (!r) return respond(error_response(r.error()));
+                         respond(json_response(200, json{{"context_id", id},
+                                                         {"deleted", true},
+                                                         {"removed_events", r->removed_events},
+                                                         {"seq", r->first_seq}}));
+                       });
+}
+
 // The context's whole log, every kind of event, each in the form the streams
 // deliver it; 404 for a context that does not exist (unlike v3's GET /workunits).
 void list_events(services& s, call& c, responder respond) {

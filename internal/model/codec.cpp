@@ -270,7 +270,7 @@ result<int64_t> timestamp_from_json(const json& value, std::string_view field) {
 }
 
 json to_json(const api::Context& c) {
-  return json{{"id", c.id()},
+  json out{{"id", c.id()},
               {"display_name", c.display_name()},
               {"agent_ids", json(std::vector<std::string>(c.agent_ids().begin(), c.agent_ids().end()))},
               {"pinned_units",
@@ -279,6 +279,15 @@ json to_json(const api::Context& c) {
               {"created_at", timestamp_json(c.created_at_ns())},
               {"updated_at", timestamp_json(c.updated_at_ns())},
               {"head_seq", c.head_seq()}};
+  // Additions to the v3 form, present only when they say something.
+  if (c.first_seq() > 1) out["first_seq"] = c.first_seq();
+  if (c.has_retention()) {
+    json r = json::object();
+    if (c.retention().max_age_seconds() > 0) r["max_age_seconds"] = c.retention().max_age_seconds();
+    if (c.retention().max_events() > 0) r["max_events"] = c.retention().max_events();
+    out["retention"] = std::move(r);
+  }
+  return out;
 }
 
 json to_json(const api::Lock& l) {
@@ -498,11 +507,43 @@ result<context_patch> patch_from_json(const json& object) {
       }
     }
   }
+  if (auto it = object.find("retention"); it != object.end()) {
+    auto r = retention_from_json(*it);
+    if (!r) return std::unexpected(r.error());
+    patch.retention = std::move(*r);
+  }
   return patch;
+}
+
+result<std::optional<api::Retention>> retention_from_json(const json& value) {
+  if (value.is_null()) return std::optional<api::Retention>();
+  constexpr std::string_view shape =
+      "retention must be null or an object {\"max_age_seconds\": n, \"max_events\": n} (0: no limit)";
+  if (!value.is_object()) return fail(errc::invalid_argument, std::string(shape));
+  api::Retention r;
+  for (const auto& [key, v] : value.items()) {
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+      return fail(errc::invalid_argument, "retention." + key + " must be a non-negative integer");
+    if (key == "max_age_seconds") {
+      const auto n = v.get<uint64_t>();
+      constexpr uint64_t century = 100ull * 366 * 24 * 3600;
+      if (n > century) return fail(errc::invalid_argument, "retention.max_age_seconds is more than 100 years");
+      r.set_max_age_seconds(int64_t(n));
+    } else if (key == "max_events") {
+      r.set_max_events(v.get<uint64_t>());
+    } else {
+      return fail(errc::invalid_argument, "unknown field retention." + key + "; " + std::string(shape));
+    }
+  }
+  return std::optional<api::Retention>(std::move(r));
 }
 
 void apply_patch(api::Context& context, const context_patch& patch) {
   if (patch.display_name) context.set_display_name(*patch.display_name);
+  if (patch.retention) {
+    if (*patch.retention) *context.mutable_retention() = **patch.retention;
+    else context.clear_retention();
+  }
   add_unique(*context.mutable_agent_ids(), patch.add_agents);
   remove_all(*context.mutable_agent_ids(), patch.remove_agents);
   add_unique(*context.mutable_pinned_units(), patch.pin_units);

@@ -94,8 +94,12 @@ struct context_patch {
   std::optional<std::string> display_name;
   std::vector<std::string> add_agents, remove_agents, pin_units, unpin_units;
   std::vector<std::pair<std::string, std::optional<std::string>>> meta;
+  // "retention": {"max_age_seconds", "max_events"} sets it; null returns the context
+  // to the server's default.
+  std::optional<std::optional<api::Retention>> retention;
 };
 result<context_patch> patch_from_json(const json& object);
+result<std::optional<api::Retention>> retention_from_json(const json& value);
 void apply_patch(api::Context& context, const context_patch& patch);
 
 }  // namespace engram::model

@@ -62,6 +62,14 @@ event_ptr to_wire(const api::Event& ev) {
                                         {"seq", ev.seq()},
                                         {"lock", model::to_json(ev.lock_event().lock())}});
       break;
+    case api::Event::kContextDeleted:
+      w->sse_event = "context_deleted";
+      w->json = model::dump(model::json{{"type", "context_deleted"},
+                                        {"context_id", ev.context_id()},
+                                        {"seq", ev.seq()},
+                                        {"deleted_by", ev.context_deleted().deleted_by()},
+                                        {"removed_events", ev.context_deleted().removed_events()}});
+      break;
     case api::Event::KIND_NOT_SET:
       w->sse_event = "unknown";
       w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});

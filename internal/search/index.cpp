@@ -119,6 +119,18 @@ model::result<std::unique_ptr<index>> index::open(const options& opts, storage::
 
 void index::on_vectors(uint64_t last_vseq) { impl_->vectors->on_committed(last_vseq); }
 
+void index::on_removed(const std::string& context_id, uint64_t first_seq, const std::vector<std::string>& unit_ids) {
+  auto& s = *impl_;
+  s.vectors->on_removed(unit_ids);
+  {
+    std::lock_guard lock(s.mu);
+    if (s.stopping) return;
+    auto& cut = s.purges[context_id];
+    cut = std::max(cut, first_seq);
+  }
+  s.cv.notify_all();
+}
+
 void index::on_committed(const std::vector<std::shared_ptr<const api::Event>>& events) {
   auto& s = *impl_;
   if (s.embedder) s.embedder->on_committed(events);

@@ -57,6 +57,10 @@ class index {
   // `last_vseq` (cheap; never block on indexing).
   void on_committed(const std::vector<std::shared_ptr<const api::Event>>& events);
   void on_vectors(uint64_t last_vseq);
+  // Storage removed the context's events before `first_seq` and these units: their
+  // documents and vectors leave the index soon after (the indexer and the vector
+  // follower do it; a restart finishes what a crash interrupted).
+  void on_removed(const std::string& context_id, uint64_t first_seq, const std::vector<std::string>& unit_ids);
 
   // Runs `q` on a query thread; `done` is called there. Overload answers
   // `unavailable` at once.

@@ -131,6 +131,7 @@ struct index::impl {
   bool stopping = false;
   std::unordered_map<std::string, uint64_t> heads;    // last committed seq, per context
   std::unordered_map<std::string, uint64_t> pending;  // contexts with events to index
+  std::unordered_map<std::string, uint64_t> purges;   // contexts whose documents before a seq must go
   std::string failure;
   std::atomic<uint64_t> committed_events{0};  // Σ heads
   std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
@@ -206,6 +207,11 @@ struct index::impl {
   void update_lag_metric() { metrics.lag->Set(double(lag())); }
   model::status follow();
   bool index_some(const std::unordered_map<std::string, uint64_t>& work);
+  // Deletes every document of each context with a seq before its cut, in every
+  // shard, then records the cuts in the base (what scan() compares with storage).
+  model::status purge(const std::unordered_map<std::string, uint64_t>& cuts);
+  // Queues the purges a crash may have left undone.
+  model::status check_purges();
   model::status commit();
 
   // ---- searcher.cpp --------------------------------------------------------------

@@ -19,6 +19,23 @@ using model::fail;
 using detail::describe;
 
 std::string position_key(std::string_view context_id) { return bool_term("p:", context_id); }
+// In the base: the context's documents before this seq are gone from every shard.
+std::string purge_key(std::string_view context_id) { return bool_term("x:", context_id); }
+
+// Deletes the context's documents with a seq before `first_seq` from one shard.
+uint64_t delete_before(Xapian::WritableDatabase& db, const std::string& context_id, uint64_t first_seq) {
+  if (first_seq <= 1 || db.get_doccount() == 0) return 0;
+  Xapian::Enquire enquire(db);
+  enquire.set_weighting_scheme(Xapian::BoolWeight());
+  enquire.set_query(Xapian::Query(Xapian::Query::OP_FILTER, Xapian::Query(context_term(context_id)),
+                                  Xapian::Query(Xapian::Query::OP_VALUE_LE, seq_slot, sortable_u64(first_seq - 1))));
+  const auto found = enquire.get_mset(0, db.get_doccount());
+  std::vector<Xapian::docid> gone;
+  gone.reserve(found.size());
+  for (auto it = found.begin(); it != found.end(); ++it) gone.push_back(*it);
+  for (const auto id : gone) db.delete_document(id);
+  return gone.size();
+}
 
 }  // namespace
 
@@ -107,6 +124,7 @@ model::status index::impl::scan() {
     after = page->contexts.back().id();
   }
   position_sources.clear();  // contexts seen later are new: only the active shard can know them
+  if (auto ok = check_purges(); !ok) return ok;
   const uint64_t backlog = lag();
   spdlog::info("search: index at {} holds {} units; {} log events to index", opts.index_dir,
                documents.load(), backlog);
@@ -118,19 +136,26 @@ model::status index::impl::scan() {
 // Follows the logs until close(): index whatever is pending, commit at most every
 // commit_interval (sooner when a batch is full), sleep when there is nothing.
 model::status index::impl::follow() {
+  std::unordered_map<std::string, uint64_t> cuts;
   for (;;) {
     std::unordered_map<std::string, uint64_t> work;
     {
       std::unique_lock lock(mu);
       // A finished merge wakes the indexer too: the next one starts even when
       // no writes arrive.
-      auto has_work = [&] { return stopping || !pending.empty() || merge_done; };
+      auto has_work = [&] { return stopping || !pending.empty() || !purges.empty() || merge_done; };
       if (uncommitted_events == 0) cv.wait(lock, has_work);
       else cv.wait_until(lock, last_commit + (starved_queries > 0 ? max_commit_hold : opts.commit_interval), has_work);
       if (stopping) break;
       work.swap(pending);
+      cuts.swap(purges);
     }
     const bool read_error = !work.empty() && !index_some(work);
+    // After indexing: documents read from the logs before a removal go too.
+    if (!cuts.empty()) {
+      if (auto ok = purge(cuts); !ok) return ok;
+      cuts.clear();
+    }
     const bool held = starved_queries > 0 && steady::now() < last_commit + max_commit_hold;
     if (uncommitted_events > 0 && !held &&
         (steady::now() >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units)) {
@@ -193,6 +218,62 @@ bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& wo
     }
   }
   return ok;
+}
+
+model::status index::impl::check_purges() {
+  auto trimmed = store.trimmed_contexts();
+  if (!trimmed) return fail(trimmed.error().code, "listing trimmed contexts: " + trimmed.error().message);
+  if (trimmed->empty()) return {};
+  Xapian::Database b(base->dir);
+  std::lock_guard lock(mu);
+  for (const auto& [context_id, first_seq] : *trimmed)
+    if (read_sortable_u64(b.get_metadata(purge_key(context_id))) < first_seq) {
+      auto& cut = purges[context_id];
+      cut = std::max(cut, first_seq);
+    }
+  return {};
+}
+
+// Order matters for crashes: the documents leave the sealed shards, the active
+// shard and the base, each committed, before the base records the cut; a crash
+// before that record repeats the purge at start-up (it is idempotent).
+model::status index::impl::purge(const std::unordered_map<std::string, uint64_t>& cuts) {
+  if (uncommitted_events > 0)
+    if (auto ok = commit(); !ok) return ok;
+  // The merger writes the base and reads the oldest sealed shard: let it finish or
+  // stop it, and account for a merge that completed.
+  abort_merge = true;
+  if (merger.joinable()) merger.join();
+  abort_merge = false;
+  if (merging) {
+    const bool merged = merging->retired;
+    merging.reset();
+    merge_done = false;
+    if (!merge_error.empty()) return fail(errc::internal, "merging into the base: " + merge_error);
+    if (merged) sealed.erase(sealed.begin());
+  }
+  uint64_t removed = 0, removed_elsewhere = 0;
+  for (const auto& sh : sealed) {
+    Xapian::WritableDatabase db(sh->dir, Xapian::DB_OPEN | sync_flag());
+    for (const auto& [context_id, first_seq] : cuts) removed_elsewhere += delete_before(db, context_id, first_seq);
+    db.commit();
+  }
+  for (const auto& [context_id, first_seq] : cuts) removed += delete_before(*writer, context_id, first_seq);
+  writer->commit();
+  {
+    Xapian::WritableDatabase b(base->dir, Xapian::DB_OPEN | sync_flag());
+    for (const auto& [context_id, first_seq] : cuts) {
+      removed_elsewhere += delete_before(b, context_id, first_seq);
+      b.set_metadata(purge_key(context_id), sortable_u64(first_seq));
+    }
+    b.commit();
+  }
+  documents_elsewhere -= std::min(documents_elsewhere, removed_elsewhere);
+  documents = documents_elsewhere + writer->get_doccount();
+  metrics.documents->Set(double(documents));
+  if (removed + removed_elsewhere > 0)
+    spdlog::debug("search: removed {} documents of {} contexts", removed + removed_elsewhere, cuts.size());
+  return manage_tiers();
 }
 
 model::status index::impl::commit() {

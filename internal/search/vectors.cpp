@@ -127,6 +127,7 @@ struct vector_index::impl {
   std::atomic<uint64_t> applied{0};    // highest vseq inserted
   std::atomic<uint64_t> count{0};
   std::atomic<bool> catching_up{true};
+  std::vector<std::string> removals;  // units whose vectors storage removed (guarded by mu)
   std::thread follower;
 
   impl(const vector_options& o, storage::store& s, prometheus::Registry* r) : opts(o), store(s), metrics(r) {}
@@ -149,11 +150,18 @@ struct vector_index::impl {
     const auto started = steady::now();
     auto last_log = started;
     for (;;) {
+      std::vector<std::string> removed;
       {
         std::unique_lock lock(mu);
-        cv.wait(lock, [&] { return stopping || committed > applied; });
+        cv.wait(lock, [&] { return stopping || committed > applied || !removals.empty(); });
         if (stopping) return;
+        removed.swap(removals);
       }
+      // Removals are applied here, after every vector read before the removal was
+      // committed has been inserted, so a removed vector cannot come back.
+      if (!removed.empty()) remove(removed);
+      if (committed <= applied) continue;
+      const uint64_t target = committed;
       auto batch = store.read_vectors(applied, read_chunk);
       if (!batch) {
         spdlog::error("search: reading vectors after {}: {}", applied.load(), batch.error().message);
@@ -162,9 +170,10 @@ struct vector_index::impl {
         continue;
       }
       if (batch->empty()) {
-        // Nothing readable yet beyond `applied` (cannot happen for committed vseqs).
-        std::unique_lock lock(mu);
-        cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping; });
+        // Every vector up to `target` is committed and readable, so the rest were
+        // removed (retention, a deleted context).
+        applied = std::max<uint64_t>(applied, target);
+        metrics.lag->Set(double(lag()));
         continue;
       }
       insert(*batch);
@@ -179,6 +188,29 @@ struct vector_index::impl {
         spdlog::info("search: loading vectors: {} in the index, {} to go", count.load(), lag());
       }
     }
+  }
+
+  // Marks the units' vectors deleted in every model's graph (hnswlib keeps the slot;
+  // searches skip it).
+  void remove(const std::vector<std::string>& unit_ids) {
+    std::shared_lock spaces_lock(spaces_mu);
+    for (auto& [model, sp] : spaces) {
+      std::unique_lock lock(sp->mu);
+      for (const auto& id : unit_ids) {
+        const auto key = key_of(id);
+        if (!key) continue;
+        const auto it = sp->labels.find(*key);
+        if (it == sp->labels.end()) continue;
+        try {
+          sp->graph.markDelete(it->second);
+        } catch (const std::exception& e) {
+          spdlog::warn("search: removing the vector of unit {}: {}", id, e.what());
+        }
+        sp->labels.erase(it);
+        --count;
+      }
+    }
+    metrics.vectors->Set(double(count.load()));
   }
 
   uint64_t lag() const {
@@ -287,6 +319,16 @@ void vector_index::on_committed(uint64_t last_vseq) {
   s.cv.notify_one();
 }
 
+void vector_index::on_removed(const std::vector<std::string>& unit_ids) {
+  if (unit_ids.empty()) return;
+  auto& s = *impl_;
+  {
+    std::lock_guard lock(s.mu);
+    s.removals.insert(s.removals.end(), unit_ids.begin(), unit_ids.end());
+  }
+  s.cv.notify_one();
+}
+
 std::optional<uint32_t> vector_index::dimension(const std::string& model) const {
   const auto* sp = impl_->find(model);
   if (!sp) return std::nullopt;
@@ -297,7 +339,7 @@ size_t vector_index::size(const std::string& model) const {
   const auto* sp = impl_->find(model);
   if (!sp) return 0;
   std::shared_lock lock(sp->mu);
-  return sp->ids.size();
+  return sp->labels.size();
 }
 
 model::result<std::vector<neighbour>> vector_index::nearest(const std::string& model, std::span<const float> query,

@@ -58,6 +58,9 @@ class vector_index {
 
   // Publisher hook: vectors up to `last_vseq` are committed (cheap).
   void on_committed(uint64_t last_vseq);
+  // Publisher hook: storage removed these units' vectors (cheap; the follower
+  // takes them out of the graphs).
+  void on_removed(const std::vector<std::string>& unit_ids);
 
   // The model's dimension; nullopt while it has no vector in the index.
   std::optional<uint32_t> dimension(const std::string& model) const;

@@ -207,7 +207,16 @@ struct store::impl {
     vector_write write;
     std::function<void(model::status)> done;
   };
-  using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors>;
+  // One step of a trim or deletion; an unfinished one goes back to the queue.
+  struct pending_trim {
+    std::string context_id;
+    uint64_t below_seq = 0;
+    bool erase = false;      // delete the context
+    std::string deleted_by;  // for the ContextDeleted event
+    trim_result progress;
+    std::function<void(model::result<trim_result>)> done;
+  };
+  using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim>;
   fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
@@ -220,6 +229,7 @@ struct store::impl {
   struct context_state {
     uint64_t handle = 0;
     api::Context context;
+    bool deleted = false;  // a tombstone (records.proto)
   };
   std::unordered_map<std::string, context_state> contexts;
   uint64_t next_handle = 1;
@@ -278,9 +288,15 @@ struct store::impl {
           cv.wait(lock, [&] { return !queue.empty() || stopping; });
         }
         if (queue.empty() && stopping) break;
+        // A trim step is committed in a group of its own: it reads what it removes
+        // (unit ids, vector keys) from the database, which must not miss writes
+        // staged beside it.
         while (!queue.empty() && group.size() < opts.max_commit_group) {
+          const bool trim = std::holds_alternative<pending_trim>(queue.front());
+          if (trim && !group.empty()) break;
           group.push_back(std::move(queue.front()));
           queue.pop_front();
+          if (trim) break;
         }
         if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
       }
@@ -319,7 +335,7 @@ struct store::impl {
     auto rec = read_record(id);
     if (!rec) return std::unexpected(rec.error());
     if (!*rec) return std::optional<context_state>();
-    context_state st{(*rec)->handle(), std::move(*(*rec)->mutable_context())};
+    context_state st{(*rec)->handle(), std::move(*(*rec)->mutable_context()), (*rec)->deleted()};
     // The record and its log entries are written in one batch, so they agree; check
     // anyway, since a wrong head would break gap-freedom for good. On disagreement
     // refuse writes to this context rather than guess.
@@ -375,10 +391,29 @@ struct store::impl {
     std::vector<std::function<void(const model::error&)>> on_failure;
     std::vector<std::function<void()>> immediate;  // outcomes independent of the write
     bool has_plain_writes = false;  // writes outside any context (lease records, vectors)
+    struct removal {
+      std::string context_id;
+      uint64_t first_seq;
+      std::vector<std::string> unit_ids;
+    };
+    std::vector<removal> removals;         // trim steps, for the publisher
+    std::vector<pending_trim> unfinished;  // trim steps to queue again after the commit
     std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
     std::unordered_set<std::string> vector_units;          // units given a vector in this group
     uint64_t next_vseq = 0;
   };
+
+  // A context found for a write, or a new one. A deleted context written to again
+  // comes back empty, with its handle and its seqs continuing after the deletion.
+  context_state existing_or_new(std::optional<context_state>& found, const std::string& id, group_state& g) {
+    if (!found) return new_context(id, g.now, g.next_handle);
+    context_state st = std::move(*found);
+    if (st.deleted) {
+      st.deleted = false;
+      st.context.set_created_at_ns(g.now);
+    }
+    return st;
+  }
 
   uint32_t model_dimension(const group_state& g, const std::string& model) const {
     if (auto it = g.new_models.find(model); it != g.new_models.end()) return it->second;
@@ -459,8 +494,8 @@ struct store::impl {
     auto lookup = find_context(req.context_id, g.staged);
     if (!lookup) return fail_now(g, p.done, lookup.error());
     auto& found = *lookup;
-    const bool is_new = !found;
-    context_state st = is_new ? new_context(req.context_id, g.now, g.next_handle) : std::move(*found);
+    const bool is_new = !found || found->deleted;
+    context_state st = existing_or_new(found, req.context_id, g);
 
     std::string idem_key;
     if (!req.idempotency_key.empty()) {
@@ -476,6 +511,9 @@ struct store::impl {
             rec.created_at_ns() + std::chrono::nanoseconds(opts.idempotency_ttl).count() >= g.now) {
           if (rec.fingerprint() != req.fingerprint)
             return fail_now(g, p.done, {errc::unprocessable, "this Idempotency-Key was already used with a different request"});
+          if (rec.first_seq() < st.context.first_seq())
+            return fail_now(g, p.done, {errc::conflict, "the units committed by the earlier request with this "
+                                                        "Idempotency-Key were removed by retention"});
           auto units = read_units(st.handle, rec.first_seq(), rec.count());
           g.immediate.push_back([done = std::move(p.done), units = std::move(units)]() mutable {
             if (!units) return done(std::unexpected(units.error()));
@@ -540,8 +578,7 @@ struct store::impl {
   void stage(group_state& g, pending_update& p) {
     auto lookup = find_context(p.req.context_id, g.staged);
     if (!lookup) return fail_now(g, p.done, lookup.error());
-    auto& found = *lookup;
-    context_state st = found ? std::move(*found) : new_context(p.req.context_id, g.now, g.next_handle);
+    context_state st = existing_or_new(*lookup, p.req.context_id, g);
     p.req.mutate(st.context);
     st.context.set_id(p.req.context_id);  // the mutator cannot rename a context
     st.context.set_updated_at_ns(g.now);
@@ -567,7 +604,7 @@ struct store::impl {
       if (ctx.empty()) continue;
       auto lookup = find_context(ctx, g.staged);
       if (!lookup) return fail_now(g, p.done, lookup.error());
-      context_state st = *lookup ? std::move(**lookup) : new_context(ctx, g.now, g.next_handle);
+      context_state st = existing_or_new(*lookup, ctx, g);
       api::Event e;
       *e.mutable_lock_event() = ev;
       put_event(g, st, std::move(e));
@@ -599,11 +636,14 @@ struct store::impl {
       if (!id) return fail_now(g, p.done, {errc::invalid_argument, "vector for an invalid unit id"});
       auto has = has_vector(g, *id);
       if (!has) return fail_now(g, p.done, has.error());
-      if (!*has) fresh.emplace_back(*id, &v);
+      auto exists = unit_exists(*id);  // removed since it was embedded: no vector
+      if (!exists) return fail_now(g, p.done, exists.error());
+      if (!*has && *exists) fresh.emplace_back(*id, &v);
     }
     stage_models(g, introduced);
     for (auto& [id, v] : fresh) put_vector(g, id, v->unit_id, std::move(v->embedding));
     for (const auto& [context_id, seq] : w.cursors) {
+      if (auto st = find_context(context_id, g.staged); st && *st && (*st)->deleted) continue;
       std::string v;
       put_be64(v, seq);
       g.batch.Put(h(cf_embed_cursors), cursor_key(w.cursor_model, context_id), v);
@@ -628,6 +668,7 @@ struct store::impl {
         ContextRecord rec;
         rec.set_handle(st.handle);
         *rec.mutable_context() = st.context;
+        rec.set_deleted(st.deleted);
         g.batch.Put(h(cf_contexts), id, rec.SerializeAsString());
       }
       if (g.next_handle != next_handle) {
@@ -661,16 +702,120 @@ struct store::impl {
       // Publish before completing: a client that hears its 201 and subscribes at once
       // must find the router already knows the event.
       auto* p = pub.load(std::memory_order_acquire);
+      if (p)
+        for (const auto& r : g.removals) p->removed(r.context_id, r.first_seq, r.unit_ids);
       if (p && !g.events.empty()) p->publish(g.events);
       if (g.next_vseq != next_vseq) {
         next_vseq = g.next_vseq;
         if (p) p->vectors_committed(next_vseq - 1);
       }
       for (auto& f : g.on_success) completions(std::move(f));
+      for (auto& t : g.unfinished) requeue(std::move(t));
     } else {
       for (auto& f : g.on_failure) completions([f = std::move(f), failure] { f(failure); });
+      for (auto& t : g.unfinished) completions([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
     }
     for (auto& f : g.immediate) completions(std::move(f));
+  }
+
+  // The next step of a trim: behind what is queued, past the queue limit (it was
+  // admitted once), unless the store is closing.
+  void requeue(pending_trim t) {
+    {
+      std::lock_guard lock(mu);
+      if (!stopping) {
+        queue.emplace_back(std::move(t));
+        cv.notify_one();
+        return;
+      }
+    }
+    const auto at = t.progress.first_seq;
+    completions([done = std::move(t.done), at] {
+      done(std::unexpected(model::error{errc::unavailable, "the server is shutting down; events before seq " +
+                                                               std::to_string(at) +
+                                                               " were removed, send the request again"}));
+    });
+  }
+
+  model::result<bool> unit_exists(const model::uuid& id) const {
+    std::string loc;
+    auto s = db->Get(rocksdb::ReadOptions(), h(cf_unit_ids), uuid_bytes(id), &loc);
+    if (s.IsNotFound()) return false;
+    if (!s.ok()) return std::unexpected(storage_error(s, "reading unit ids"));
+    return true;
+  }
+
+  static constexpr uint64_t trim_step = 4096;  // events removed per commit
+
+  void stage(group_state& g, pending_trim& p) {
+    auto lookup = find_context(p.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!*lookup || (*lookup)->deleted) {
+      if (p.erase && p.progress.removed_events == 0)
+        return fail_now(g, p.done, {errc::not_found, "context '" + p.context_id + "' does not exist"});
+      g.immediate.push_back([done = std::move(p.done), r = p.progress] { done(r); });
+      return;
+    }
+    context_state st = std::move(**lookup);
+    const uint64_t first = std::max<uint64_t>(st.context.first_seq(), 1);
+    const uint64_t head = st.context.head_seq();
+    // Retention keeps the newest event; a deletion removes everything.
+    const uint64_t target = p.erase ? head + 1 : std::min(p.below_seq, head);
+    const uint64_t end = std::max(first, std::min(target, first + trim_step));
+
+    g.removals.push_back({p.context_id, end, {}});
+    auto& unit_ids = g.removals.back().unit_ids;
+    std::unique_ptr<rocksdb::Iterator> keys(db->NewIterator(rocksdb::ReadOptions(), h(cf_vector_keys)));
+    log_range it(*db, h(cf_log), st.handle, first, st.handle, end);
+    api::Event ev;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (!ev.ParseFromArray(it->value().data(), int(it->value().size())))
+        return fail_now(g, p.done, {errc::internal, "corrupt log entry in context '" + p.context_id + "'"});
+      if (!ev.has_work_unit()) continue;
+      const auto id = model::uuid::parse(ev.work_unit().id());
+      if (!id) continue;
+      const auto key = uuid_bytes(*id);
+      g.batch.Delete(h(cf_unit_ids), key);
+      for (keys->Seek(key); keys->Valid() && keys->key().starts_with(key); keys->Next()) {
+        g.batch.Delete(h(cf_vectors), keys->value());
+        g.batch.Delete(h(cf_vector_keys), keys->key());
+      }
+      if (!keys->status().ok()) return fail_now(g, p.done, storage_error(keys->status(), "reading vector keys"));
+      unit_ids.push_back(ev.work_unit().id());
+    }
+    if (!it->status().ok()) return fail_now(g, p.done, storage_error(it->status(), "reading a context log"));
+    if (end > first) g.batch.DeleteRange(h(cf_log), log_key(st.handle, first), log_key(st.handle, end));
+    p.progress.removed_events += end - first;
+    st.context.set_first_seq(end);
+    p.progress.first_seq = end;
+
+    const bool finished = end >= target;
+    if (finished && p.erase) {
+      g.batch.DeleteRange(h(cf_idempotency), idempotency_key(st.handle, ""), idempotency_key(st.handle + 1, ""));
+      for (const auto& [model, _] : model_dims) g.batch.Delete(h(cf_embed_cursors), cursor_key(model, p.context_id));
+      api::Context kept;  // the tombstone keeps no display name, members or meta
+      kept.set_id(p.context_id);
+      kept.set_head_seq(head);
+      kept.set_created_at_ns(st.context.created_at_ns());
+      kept.set_updated_at_ns(g.now);
+      st.context = std::move(kept);
+      api::Event deleted;
+      deleted.mutable_context_deleted()->set_deleted_by(p.deleted_by);
+      deleted.mutable_context_deleted()->set_removed_events(p.progress.removed_events);
+      put_event(g, st, std::move(deleted));
+      st.context.set_first_seq(st.context.head_seq());
+      st.deleted = true;
+      p.progress.first_seq = st.context.head_seq();
+      g.removals.back().first_seq = p.progress.first_seq;
+    }
+    g.staged[p.context_id] = std::move(st);
+    if (!finished) {
+      g.unfinished.push_back(std::move(p));
+      return;
+    }
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done, r = p.progress] { (*done)(r); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
   }
 
   // -------------------------------------------------------------------------------
@@ -814,6 +959,38 @@ void store::update_context(update_context_request req,
   impl_->enqueue(impl::pending_update{std::move(req), done}, done);
 }
 
+void store::trim(std::string context_id, uint64_t below_seq, std::function<void(model::result<trim_result>)> done) {
+  impl::pending_trim t;
+  t.context_id = std::move(context_id);
+  t.below_seq = below_seq;
+  t.done = done;
+  impl_->enqueue(std::move(t), done);
+}
+
+void store::delete_context(std::string context_id, std::string deleted_by,
+                           std::function<void(model::result<trim_result>)> done) {
+  impl::pending_trim t;
+  t.context_id = std::move(context_id);
+  t.below_seq = UINT64_MAX;
+  t.erase = true;
+  t.deleted_by = std::move(deleted_by);
+  t.done = done;
+  impl_->enqueue(std::move(t), done);
+}
+
+model::result<std::vector<std::pair<std::string, uint64_t>>> store::trimmed_contexts() const {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_contexts)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    ContextRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt context record");
+    if (rec.context().first_seq() > 1) out.emplace_back(it->key().ToString(), rec.context().first_seq());
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
+  return out;
+}
+
 model::result<std::optional<api::WorkUnit>> store::get_unit(std::string_view id) const {
   const auto parsed = model::uuid::parse(id);
   if (!parsed) return std::optional<api::WorkUnit>();
@@ -886,6 +1063,7 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
     ContextRecord rec;
     if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
       return fail(errc::internal, "corrupt context record");
+    if (rec.deleted()) continue;
     out.emplace_back(it->key().ToString(), rec.context().head_seq());
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
@@ -895,7 +1073,7 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
 model::result<std::optional<api::Context>> store::get_context(std::string_view id) const {
   auto rec = impl_->read_record(id);
   if (!rec) return std::unexpected(rec.error());
-  if (!*rec) return std::optional<api::Context>();
+  if (!*rec || (*rec)->deleted()) return std::optional<api::Context>();
   return std::optional<api::Context>(std::move(*(*rec)->mutable_context()));
 }
 
@@ -912,13 +1090,14 @@ model::result<context_page> store::list_contexts(std::string_view after_id, size
   it->Seek(after_id);
   if (it->Valid() && !after_id.empty() && it->key() == rocksdb::Slice(after_id)) it->Next();
   for (; it->Valid(); it->Next()) {
+    ContextRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt context record");
+    if (rec.deleted()) continue;
     if (page.contexts.size() == limit) {
       page.more = true;
       break;
     }
-    ContextRecord rec;
-    if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
-      return fail(errc::internal, "corrupt context record");
     page.contexts.push_back(std::move(*rec.mutable_context()));
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));

@@ -4,6 +4,7 @@
 // Column families and keys (all integers big-endian, so byte order = numeric order):
 //
 //   log          [handle:8][seq:8]      → api::Event      one gap-free log per context
+//                                                        (from its first_seq to head_seq)
 //   unit_ids     [uuid:16]              → [handle:8][seq:8]
 //   contexts     <context id bytes>     → ContextRecord   (handle, Context with head_seq)
 //   idempotency  [handle:8][key bytes]  → IdempotencyRecord
@@ -50,6 +51,11 @@ class publisher {
   virtual void publish(const std::vector<std::shared_ptr<const api::Event>>& events) = 0;
   // Embeddings were committed; `last_vseq` is the newest (see read_vectors).
   virtual void vectors_committed(uint64_t last_vseq) { (void)last_vseq; }
+  // Events of `context_id` before `first_seq` were removed (retention or deletion),
+  // with these units (their ids, vectors and idempotency records are gone too).
+  virtual void removed(const std::string& context_id, uint64_t first_seq, const std::vector<std::string>& unit_ids) {
+    (void)context_id, (void)first_seq, (void)unit_ids;
+  }
 };
 
 // A lease the writer claims to hold ("fence" on a work unit): the append commits only
@@ -106,6 +112,12 @@ struct vector_write {
   std::vector<std::pair<std::string, uint64_t>> cursors;  // context → last seq considered
 };
 
+// Removal of a context's oldest events (retention) or of the whole context.
+struct trim_result {
+  uint64_t removed_events = 0;
+  uint64_t first_seq = 0;  // the oldest event left (for a deletion: the ContextDeleted event)
+};
+
 struct stored_vector {
   uint64_t vseq = 0;  // position in the global order of stored vectors (from 1, gap-free)
   std::string unit_id;
@@ -159,6 +171,23 @@ class store {
   void update_context(update_context_request req,
                       std::function<void(model::result<api::Context>)> done);
 
+  // Removes the context's events with seq < below_seq, keeping at least the newest
+  // event, and their units' ids, vectors and idempotency replays. Large removals are
+  // committed in steps of a few thousand events (each step atomic, oldest first), so
+  // other writes are never held up for long; `done` runs after the last step. A
+  // context that does not exist (or is deleted) removes nothing.
+  void trim(std::string context_id, uint64_t below_seq, std::function<void(model::result<trim_result>)> done);
+  // Deletes the context: removes every event (in steps, like trim, including
+  // events appended while it runs), then its idempotency records and embedder
+  // cursors, and logs a ContextDeleted event; the record stays as a tombstone so
+  // the id's seqs never restart. not_found when the context does not exist.
+  void delete_context(std::string context_id, std::string deleted_by,
+                      std::function<void(model::result<trim_result>)> done);
+
+  // Every context whose first events were removed (deleted ones included), with its
+  // first_seq: what derived indexes check at start-up.
+  model::result<std::vector<std::pair<std::string, uint64_t>>> trimmed_contexts() const;
+
   model::result<std::optional<api::WorkUnit>> get_unit(std::string_view id) const;
   model::result<unit_page> list_units(std::string_view context_id, const list_query& q) const;
   // Every event (any kind) of one context with seq > after_seq, oldest first, at most
@@ -167,7 +196,8 @@ class store {
                                                      size_t limit) const;
 
   // Ids and head seqs of the contexts whose id starts with `prefix` (all when
-  // empty), in id order, at most `limit`.
+  // empty), in id order, at most `limit`. Deleted contexts are left out here, in
+  // get_context and in list_contexts; read_events still reads their log.
   model::result<std::vector<std::pair<std::string, uint64_t>>> context_heads(std::string_view prefix,
                                                                               size_t limit) const;
 
