@@ -419,6 +419,38 @@ TEST_F(AuthTest, BackupNeedsTheAdminCapability) {
   EXPECT_EQ((*auth::parse_grants(json::array({"*"})))[0].caps & (auth::admin | auth::erase), 0);
 }
 
+// Deleting a context is its own grant: reading and writing everything is not enough.
+TEST_F(AuthTest, DeletingAContextNeedsTheDeleteGrant) {
+  start();
+  const auto writer = token("alice", {{"*", auth::read | auth::write | auth::lock}});
+  append(writer, "team/a", "x");
+  auto r = as(writer, "DELETE", "/contexts/team/a");
+  EXPECT_EQ(r.status, 403u) << r.raw;
+  EXPECT_NE(r.body.value("error", "").find("\"delete\""), std::string::npos) << r.raw;
+  const auto elsewhere = token("ops", {{"other/*", auth::erase}});
+  EXPECT_EQ(as(elsewhere, "DELETE", "/contexts/team/a").status, 403u);
+  EXPECT_EQ(call(*http_, "DELETE", "/contexts/team/a").status, 401u);
+  EXPECT_EQ(as(writer, "GET", "/contexts/team/a").status, 200u);  // refusals touched nothing
+  const auto deleter = token("ops", {{"team/*", auth::erase}});
+  r = as(deleter, "DELETE", "/contexts/team/a");
+  ASSERT_EQ(r.status, 200u) << r.raw;
+  EXPECT_EQ(as(writer, "GET", "/contexts/team/a").status, 404u);
+  // The event names who deleted it.
+  auto events = as(writer, "GET", "/contexts/team/a/events").status;
+  EXPECT_EQ(events, 404u);
+  client::ws_connection ws;
+  ASSERT_TRUE(ws.connect("127.0.0.1", server_->port(), "/stream?context=team/a&since=0", bearer(writer), 10s));
+  std::optional<json> deleted;
+  for (int i = 0; i < 5 && !deleted; ++i) {
+    auto m = ws.read(10s);
+    if (!m || !*m) break;
+    auto j = json::parse(**m);
+    if (j["type"] == "context_deleted") deleted = j;
+  }
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ((*deleted)["deleted_by"], "ops");
+}
+
 // Who watches a context is visible to its readers, but where they connect from only
 // to admins and to the agent itself; per-context gauges only to who reads everything.
 TEST_F(AuthTest, SubscriberDetailsAndContextGaugesAreForOperators) {
