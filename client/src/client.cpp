@@ -342,6 +342,23 @@ result<events_page> client::list_events(const std::string& context_id, uint64_t 
   return out;
 }
 
+result<uint64_t> client::import_events(const std::string& context_id, const std::vector<std::string>& events) {
+  std::string body = "{\"events\":[";
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (i) body.push_back(',');
+    body.append(events[i]);
+  }
+  body.append("]}");
+  auto r = impl_->send("POST", "/contexts/" + encode_component(context_id) + "/import", body, retry_mode::none);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  const auto head = j->find("head_seq");
+  if (head == j->end() || !head->is_number_unsigned())
+    return std::unexpected(error{error::kind::protocol, r->status, "import answer has no \"head_seq\"", {}});
+  return head->get<uint64_t>();
+}
+
 result<backup_info> client::backup(const std::string& dir) {
   return decode_field(impl_->send("POST", "/admin/backup", json{{"dir", dir}}.dump(), retry_mode::none), "backup",
                       [](const json& j) -> result<backup_info> {

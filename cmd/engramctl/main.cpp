@@ -757,6 +757,77 @@ void add_export(CLI::App& app, globals& g) {
   });
 }
 
+// Reads JSON Lines as `export` writes them (one context after another, each in seq
+// order) and appends each context's events to the server in chunks, keeping seqs,
+// ids and times. Events a context already has (seq <= its head) are skipped, so an
+// interrupted import can simply be run again.
+void add_import(CLI::App& app, globals& g) {
+  auto* imp = app.add_subcommand("import", "Load JSON Lines written by export (seqs, ids and times kept)");
+  auto file = std::make_shared<std::string>("-");
+  imp->add_option("file", *file, "The export to read ('-' or none: stdin)");
+  imp->callback([file, &g] {
+    g.run = [file](ec::client& c) {
+      std::ifstream opened;
+      if (*file != "-") {
+        opened.open(*file);
+        if (!opened) {
+          std::cerr << "engramctl: cannot read " << *file << "\n";
+          return exit_usage;
+        }
+      }
+      std::istream& in = *file == "-" ? std::cin : opened;
+      constexpr size_t max_events = 1000, max_bytes = 512 * 1024;  // a request stays under the body limit
+      std::string context;     // the context being imported
+      uint64_t head = 0;       // its head_seq on the server
+      std::vector<std::string> chunk;
+      size_t chunk_bytes = 0, imported = 0, skipped = 0, contexts = 0, line_no = 0;
+      auto flush = [&]() -> std::optional<int> {
+        if (chunk.empty()) return std::nullopt;
+        auto r = c.import_events(context, chunk);
+        if (!r) return report(r.error());
+        imported += chunk.size();
+        head = *r;
+        chunk.clear();
+        chunk_bytes = 0;
+        return std::nullopt;
+      };
+      for (std::string line; std::getline(in, line);) {
+        ++line_no;
+        if (line.empty()) continue;
+        const auto ev = nlohmann::json::parse(line, nullptr, false);
+        if (!ev.is_object() || !ev.contains("context_id") || !ev["context_id"].is_string() ||
+            !ev.contains("seq") || !ev["seq"].is_number_unsigned()) {
+          std::cerr << "engramctl: line " << line_no << " is not an exported event (JSON with context_id and seq)\n";
+          return exit_usage;
+        }
+        const auto& id = ev["context_id"].get_ref<const std::string&>();
+        if (id != context) {
+          if (auto failed = flush()) return *failed;
+          context = id;
+          ++contexts;
+          auto existing = c.get_context(context);
+          if (existing) head = existing->head_seq;
+          else if (existing.error().status == 404) head = 0;
+          else return report(existing.error());
+        }
+        if (ev["seq"].get<uint64_t>() <= head) {
+          ++skipped;
+          continue;
+        }
+        if (chunk.size() == max_events || (chunk_bytes + line.size() > max_bytes && !chunk.empty()))
+          if (auto failed = flush()) return *failed;
+        chunk_bytes += line.size() + 1;
+        chunk.push_back(std::move(line));
+      }
+      if (auto failed = flush()) return *failed;
+      std::cerr << "imported " << imported << " events into " << contexts << " contexts";
+      if (skipped) std::cerr << " (" << skipped << " already there, skipped)";
+      std::cerr << "\n";
+      return exit_ok;
+    };
+  });
+}
+
 void add_backup(CLI::App& app, globals& g) {
   auto* backup = app.add_subcommand(
       "backup", "Back up the whole server while it serves, into a new directory inside its storage.backup_dir");
@@ -821,6 +892,7 @@ int main(int argc, char** argv) {
   add_token(app, g);
   add_backup(app, g);
   add_export(app, g);
+  add_import(app, g);
   add_health(app, g);
   try {
     app.parse(argc, argv);

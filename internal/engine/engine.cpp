@@ -319,6 +319,12 @@ void engine::patch_context(std::string context_id, model::context_patch patch, r
       std::move(done));
 }
 
+void engine::import_events(std::string context_id, std::vector<api::Event> events, reply<api::Context> done) {
+  auto s = store();
+  if (!s) return done(std::unexpected(s.error()));
+  (*s)->import_events(std::move(context_id), std::move(events), std::move(done));
+}
+
 void engine::delete_context(std::string context_id, std::string deleted_by, reply<storage::trim_result> done) {
   auto s = store();
   if (!s) return done(std::unexpected(s.error()));

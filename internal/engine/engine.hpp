@@ -112,6 +112,9 @@ class engine {
   // storage::store::backup on the read pool; `done` gets the backup's absolute path.
   void backup(std::string dir, reply<std::string> done) const;
   void patch_context(std::string context_id, model::context_patch patch, reply<api::Context> done);
+  // storage::store::import_events (events already parsed and checked to be
+  // consecutive); `done` gets the context after the import.
+  void import_events(std::string context_id, std::vector<api::Event> events, reply<api::Context> done);
   // storage::store::delete_context; `done` runs once every event is gone.
   void delete_context(std::string context_id, std::string deleted_by, reply<storage::trim_result> done);
   void list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const;

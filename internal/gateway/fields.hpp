@@ -45,6 +45,7 @@ inline constexpr std::string_view acquire[] = {"resource_path", "resource_paths"
                                                "ttl_ms",        "wait_ms",        "context_id"};
 inline constexpr std::string_view renew[] = {"lock_id", "agent_id", "ttl_seconds", "ttl_ms"};
 inline constexpr std::string_view backup[] = {"dir"};
+inline constexpr std::string_view import[] = {"events"};
 }  // namespace fields
 
 // A work unit object: its members, its relationships' and its fence's.

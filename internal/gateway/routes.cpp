@@ -15,6 +15,7 @@ constexpr auto read = auth::read;
 constexpr auto write = auth::write;
 constexpr auto lock = auth::lock;
 constexpr auto erase = auth::erase;
+constexpr auto admin = auth::admin;
 constexpr auto writes = limit_class::writes;
 constexpr auto searches = limit_class::searches;
 constexpr auto locks = limit_class::locks;
@@ -45,6 +46,7 @@ const route table[] = {
     {"GET",    "/contexts/{id*}",          get_context,   unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"PATCH",  "/contexts/{id*}",          patch_context, writes,    authenticated, subject_rule{"id", "context id", write}},
     {"DELETE", "/contexts/{id*}",          delete_context, writes,   authenticated, subject_rule{"id", "context id", erase}},
+    {"POST",   "/contexts/{id*}/import",   import_events, writes,    authenticated, subject_rule{"id", "context id", admin}},
     {"GET",    "/search",                  search,        searches,  authenticated, no_subject},
     {"POST",   "/search",                  search,        searches,  authenticated, no_subject},
     {"GET",    "/locks",                   list_locks,    unlimited, authenticated, no_subject},

@@ -122,6 +122,7 @@ void list_subscribers(services&, call&, responder);
 void backup(services&, call&, responder);
 void patch_context(services&, call&, responder);
 void delete_context(services&, call&, responder);
+void import_events(services&, call&, responder);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);
 void acquire_locks(services&, call&, responder);

@@ -43,6 +43,34 @@ void delete_context(services& s, call& c, responder respond) {
                        });
 }
 
+// Events exported from another server, appended with their seqs, ids and times
+// (storage::store::import_events): `engramctl import` sends an export in chunks.
+void import_events(services& s, call& c, responder respond) {
+  constexpr size_t max_events = 10'000;
+  auto body = parse_body(s, c.req, fields::import, "the import");
+  if (!body) return respond(error_response(body.error()));
+  const auto list = body->find("events");
+  if (list == body->end() || !list->is_array() || list->empty() || list->size() > max_events)
+    return respond(bad_request("events must be an array of 1-" + std::to_string(max_events) +
+                               " events as GET /contexts/{id}/events gives them"));
+  std::vector<api::Event> events;
+  events.reserve(list->size());
+  for (const auto& e : *list) {
+    auto ev = model::event_from_json(e, c.subject);
+    if (!ev) return respond(bad_request("events[" + std::to_string(events.size()) + "]: " + ev.error().message));
+    if (!events.empty() && ev->seq() != events.back().seq() + 1)
+      return respond(bad_request("events[" + std::to_string(events.size()) + "]: seq " + std::to_string(ev->seq()) +
+                                 " does not follow " + std::to_string(events.back().seq()) +
+                                 " (an import is consecutive events of one context)"));
+    events.push_back(std::move(*ev));
+  }
+  const size_t n = events.size();
+  s.eng.import_events(c.subject, std::move(events), [n, respond = std::move(respond)](model::result<api::Context> r) {
+    if (!r) return respond(error_response(r.error()));
+    respond(json_response(200, json{{"context_id", r->id()}, {"imported", n}, {"head_seq", r->head_seq()}}));
+  });
+}
+
 // The context's whole log, every kind of event, each in the form the streams
 // deliver it; 404 for a context that does not exist (unlike v3's GET /workunits).
 void list_events(services& s, call& c, responder respond) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <span>
 
+#include "model/ids.hpp"
 #include "model/text.hpp"
 #include "wire/enums.hpp"
 #include "wire/timestamp.hpp"
@@ -555,6 +556,160 @@ void apply_patch(api::Context& context, const context_patch& patch) {
     else
       meta.erase(key);
   }
+}
+
+// ---- events (import): the inverse of the form GET /contexts/{id}/events gives ----
+
+namespace {
+
+result<uint64_t> uint_member(const json& object, std::string_view field, bool required) {
+  const auto it = object.find(field);
+  if (it == object.end() || it->is_null()) {
+    if (required) return fail(errc::invalid_argument, std::string(field) + " is missing");
+    return uint64_t(0);
+  }
+  if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0))
+    return fail(errc::invalid_argument, std::string(field) + " must be a non-negative integer");
+  return it->get<uint64_t>();
+}
+
+result<int64_t> optional_timestamp(const json& object, std::string_view field) {
+  const auto it = object.find(field);
+  if (it == object.end() || it->is_null()) return int64_t(0);
+  return timestamp_from_json(*it, field);
+}
+
+result<api::Context> context_from_json(const json& value, std::string_view context_id) {
+  if (!value.is_object()) return fail(errc::invalid_argument, "context must be an object");
+  api::Context c;
+  auto id = string_field(value, "id", context_id);
+  if (!id) return std::unexpected(id.error());
+  if (*id != context_id)
+    return fail(errc::invalid_argument, "context.id '" + *id + "' is not the context imported into");
+  c.set_id(*id);
+  auto name = string_field(value, "display_name", "");
+  if (!name) return std::unexpected(name.error());
+  c.set_display_name(std::move(*name));
+  for (auto [field, target] : {std::pair{"agent_ids", c.mutable_agent_ids()}, std::pair{"pinned_units", c.mutable_pinned_units()}}) {
+    auto ids = id_list(value, field);
+    if (!ids) return std::unexpected(ids.error());
+    for (auto& v : *ids) *target->Add() = std::move(v);
+  }
+  if (auto m = value.find("meta"); m != value.end())
+    if (auto ok = meta_from_json(*m, "context.meta", *c.mutable_meta()); !ok) return std::unexpected(ok.error());
+  auto created = optional_timestamp(value, "created_at");
+  auto updated = optional_timestamp(value, "updated_at");
+  if (!created) return std::unexpected(created.error());
+  if (!updated) return std::unexpected(updated.error());
+  c.set_created_at_ns(*created);
+  c.set_updated_at_ns(*updated);
+  auto first = uint_member(value, "first_seq", false);
+  if (!first) return std::unexpected(first.error());
+  c.set_first_seq(*first);
+  if (auto r = value.find("retention"); r != value.end() && !r->is_null()) {
+    auto ret = retention_from_json(*r);
+    if (!ret) return std::unexpected(ret.error());
+    *c.mutable_retention() = **ret;
+  }
+  return c;
+}
+
+result<api::Lock> lock_from_json(const json& value) {
+  if (!value.is_object()) return fail(errc::invalid_argument, "lock must be an object");
+  api::Lock l;
+  std::string fields[4];
+  const char* names[4] = {"resource_path", "holder_agent", "lock_id", "context_id"};
+  for (int i = 0; i < 4; ++i) {
+    auto v = string_field(value, names[i], "");
+    if (!v) return std::unexpected(v.error());
+    fields[i] = std::move(*v);
+  }
+  l.set_resource_path(std::move(fields[0]));
+  l.set_holder_agent(std::move(fields[1]));
+  l.set_lock_id(std::move(fields[2]));
+  l.set_context_id(std::move(fields[3]));
+  if (l.resource_path().empty()) return fail(errc::invalid_argument, "lock.resource_path is missing");
+  auto token = uint_member(value, "fencing_token", false);
+  auto expires = optional_timestamp(value, "expires_at");
+  auto acquired = optional_timestamp(value, "acquired_at");
+  if (!token) return std::unexpected(token.error());
+  if (!expires) return std::unexpected(expires.error());
+  if (!acquired) return std::unexpected(acquired.error());
+  l.set_fencing_token(*token);
+  l.set_expires_at_ns(*expires);
+  l.set_acquired_at_ns(*acquired);
+  return l;
+}
+
+}  // namespace
+
+result<api::Event> event_from_json(const json& object, std::string_view context_id) {
+  if (!object.is_object()) return fail(errc::invalid_argument, "an event must be a JSON object");
+  api::Event ev;
+  auto seq = uint_member(object, "seq", true);
+  if (!seq) return std::unexpected(seq.error());
+  if (*seq == 0) return fail(errc::invalid_argument, "seq must be at least 1");
+  auto ctx = string_field(object, "context_id", context_id);
+  if (!ctx) return std::unexpected(ctx.error());
+  if (*ctx != context_id)
+    return fail(errc::invalid_argument, "an event of context '" + *ctx + "' in an import into '" +
+                                            std::string(context_id) + "'");
+  ev.set_context_id(std::string(context_id));
+  ev.set_seq(*seq);
+  auto ts = optional_timestamp(object, "ts");
+  if (!ts) return std::unexpected(ts.error());
+  ev.set_ts_ns(*ts);
+
+  const auto type = object.find("type");
+  if (type == object.end() || !type->is_string()) {  // a work unit: integer (or named) "type"
+    if (object.contains("embedding")) return fail(errc::invalid_argument, "embeddings are not imported");
+    auto unit = unit_from_json(object, unit_defaults{context_id, ""});
+    if (!unit) return std::unexpected(unit.error());
+    auto id = string_field(object, "id", "");
+    if (!id) return std::unexpected(id.error());
+    if (!uuid::parse(*id)) return fail(errc::invalid_argument, "id must be a work unit id (a UUID)");
+    if (!object.contains("ts")) return fail(errc::invalid_argument, "ts is missing");
+    auto key = string_field(object, "idempotency_key", "");
+    if (!key) return std::unexpected(key.error());
+    unit->set_id(std::move(*id));
+    unit->set_seq(*seq);
+    unit->set_ts_ns(*ts);
+    unit->set_idempotency_key(std::move(*key));
+    *ev.mutable_work_unit() = std::move(*unit);
+    return ev;
+  }
+  const auto& kind = type->get_ref<const std::string&>();
+  if (kind == "context_updated") {
+    const auto c = object.find("context");
+    if (c == object.end()) return fail(errc::invalid_argument, "context is missing");
+    auto parsed = context_from_json(*c, context_id);
+    if (!parsed) return std::unexpected(parsed.error());
+    parsed->set_head_seq(*seq);  // the state the event carries includes itself
+    if (!object.contains("ts")) ev.set_ts_ns(parsed->updated_at_ns());
+    *ev.mutable_context_updated()->mutable_context() = std::move(*parsed);
+    return ev;
+  }
+  if (kind == "context_deleted") {
+    auto by = string_field(object, "deleted_by", "");
+    auto removed = uint_member(object, "removed_events", false);
+    if (!by) return std::unexpected(by.error());
+    if (!removed) return std::unexpected(removed.error());
+    ev.mutable_context_deleted()->set_deleted_by(std::move(*by));
+    ev.mutable_context_deleted()->set_removed_events(*removed);
+    return ev;
+  }
+  for (std::string_view known : {"acquired", "renewed", "released", "expired"}) {
+    if (kind != "lock_" + std::string(known)) continue;
+    const auto l = object.find("lock");
+    if (l == object.end()) return fail(errc::invalid_argument, "lock is missing");
+    auto lock = lock_from_json(*l);
+    if (!lock) return std::unexpected(lock.error());
+    ev.mutable_lock_event()->set_kind(std::string(known));
+    *ev.mutable_lock_event()->mutable_lock() = std::move(*lock);
+    return ev;
+  }
+  return fail(errc::invalid_argument, "unknown event type '" + kind +
+                                          "' (expected a work unit, context_updated, context_deleted or lock_*)");
 }
 
 }  // namespace engram::model

@@ -100,6 +100,13 @@ struct context_patch {
 };
 result<context_patch> patch_from_json(const json& object);
 result<std::optional<api::Retention>> retention_from_json(const json& value);
+
+// One event of a context's log as GET /contexts/{id}/events and the streams give
+// it (what `engramctl export` writes), for an import into `context_id`: a work unit
+// (with its id, seq and ts), context_updated, context_deleted or a lock_* event.
+// Control events without "ts" take their context's updated_at (context_updated) or
+// 0 (the importer then uses the previous event's time).
+result<api::Event> event_from_json(const json& object, std::string_view context_id);
 void apply_patch(api::Context& context, const context_patch& patch);
 
 }  // namespace engram::model

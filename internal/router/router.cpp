@@ -53,6 +53,7 @@ event_ptr to_wire(const api::Event& ev) {
       w->json = model::dump(model::json{{"type", "context_updated"},
                                         {"context_id", ev.context_id()},
                                         {"seq", ev.seq()},
+                                        {"ts", model::timestamp_json(ev.ts_ns())},
                                         {"context", model::to_json(ev.context_updated().context())}});
       break;
     case api::Event::kLockEvent:
@@ -60,6 +61,7 @@ event_ptr to_wire(const api::Event& ev) {
       w->json = model::dump(model::json{{"type", w->sse_event},
                                         {"context_id", ev.context_id()},
                                         {"seq", ev.seq()},
+                                        {"ts", model::timestamp_json(ev.ts_ns())},
                                         {"lock", model::to_json(ev.lock_event().lock())}});
       break;
     case api::Event::kContextDeleted:
@@ -67,6 +69,7 @@ event_ptr to_wire(const api::Event& ev) {
       w->json = model::dump(model::json{{"type", "context_deleted"},
                                         {"context_id", ev.context_id()},
                                         {"seq", ev.seq()},
+                                        {"ts", model::timestamp_json(ev.ts_ns())},
                                         {"deleted_by", ev.context_deleted().deleted_by()},
                                         {"removed_events", ev.context_deleted().removed_events()}});
       break;

@@ -216,7 +216,13 @@ struct store::impl {
     trim_result progress;
     std::function<void(model::result<trim_result>)> done;
   };
-  using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim>;
+  struct pending_import {
+    std::string context_id;
+    std::vector<api::Event> events;
+    std::function<void(model::result<api::Context>)> done;
+  };
+  using pending =
+      std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim, pending_import>;
   fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
@@ -398,6 +404,7 @@ struct store::impl {
     };
     std::vector<removal> removals;         // trim steps, for the publisher
     std::vector<pending_trim> unfinished;  // trim steps to queue again after the commit
+    std::unordered_set<std::string> imported_ids;  // unit ids imported by this group
     std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
     std::unordered_set<std::string> vector_units;          // units given a vector in this group
     uint64_t next_vseq = 0;
@@ -718,6 +725,65 @@ struct store::impl {
     for (auto& f : g.immediate) completions(std::move(f));
   }
 
+  void stage(group_state& g, pending_import& p) {
+    auto lookup = find_context(p.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    auto& found = *lookup;
+    const uint64_t first = p.events.front().seq();
+    if (found && first != found->context.head_seq() + 1)
+      return fail_now(g, p.done, {errc::conflict, "context '" + p.context_id + "' ends at seq " +
+                                                      std::to_string(found->context.head_seq()) +
+                                                      ": an import must continue at seq " +
+                                                      std::to_string(found->context.head_seq() + 1) +
+                                                      ", this one starts at " + std::to_string(first)});
+    std::unordered_set<std::string> ids;
+    for (const auto& ev : p.events) {
+      if (!ev.has_work_unit()) continue;
+      const auto id = model::uuid::parse(ev.work_unit().id());
+      ENGRAM_ASSERT(id.has_value(), "imported unit without a valid id reached storage");
+      const auto key = uuid_bytes(*id);
+      auto exists = unit_exists(*id);
+      if (!exists) return fail_now(g, p.done, exists.error());
+      if (*exists || g.imported_ids.contains(key) || !ids.insert(key).second)
+        return fail_now(g, p.done, {errc::conflict, "work unit " + ev.work_unit().id() + " (seq " +
+                                                        std::to_string(ev.seq()) + ") already exists"});
+    }
+    const bool is_new = !found;
+    context_state st = existing_or_new(found, p.context_id, g);
+    if (is_new) {
+      st.context.set_head_seq(first - 1);
+      if (first > 1) st.context.set_first_seq(first);
+      st.context.set_created_at_ns(p.events.front().ts_ns());
+    }
+    int64_t ts = p.events.front().ts_ns();
+    for (auto& ev : p.events) {
+      ts = ev.ts_ns() ? ev.ts_ns() : ts;  // control events exported without a time
+      ev.set_ts_ns(ts);
+      if (ev.has_work_unit()) {
+        const auto id = model::uuid::parse(ev.work_unit().id());
+        g.batch.Put(h(cf_unit_ids), uuid_bytes(*id), log_key(st.handle, ev.seq()));
+        g.imported_ids.insert(uuid_bytes(*id));
+        inc(metrics.units_written);
+      }
+      if (ev.has_context_updated()) {
+        const uint64_t kept_first = st.context.first_seq();
+        st.context = ev.context_updated().context();
+        st.context.set_id(p.context_id);
+        st.context.set_first_seq(kept_first);
+      } else {
+        st.context.set_updated_at_ns(ts);
+      }
+      st.context.set_head_seq(ev.seq());
+      g.batch.Put(h(cf_log), log_key(st.handle, ev.seq()), ev.SerializeAsString());
+      g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
+    }
+    auto result = std::make_shared<api::Context>(st.context);
+    g.staged[p.context_id] = std::move(st);
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done, result] { (*done)(std::move(*result)); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
   // The next step of a trim: behind what is queued, past the queue limit (it was
   // admitted once), unless the store is closing.
   void requeue(pending_trim t) {
@@ -976,6 +1042,14 @@ void store::delete_context(std::string context_id, std::string deleted_by,
   t.deleted_by = std::move(deleted_by);
   t.done = done;
   impl_->enqueue(std::move(t), done);
+}
+
+void store::import_events(std::string context_id, std::vector<api::Event> events,
+                          std::function<void(model::result<api::Context>)> done) {
+  ENGRAM_ASSERT(!events.empty(), "empty import");
+  for (size_t i = 1; i < events.size(); ++i)
+    ENGRAM_ASSERT(events[i].seq() == events[i - 1].seq() + 1, "import with non-consecutive seqs reached storage");
+  impl_->enqueue(impl::pending_import{std::move(context_id), std::move(events), done}, done);
 }
 
 model::result<std::vector<std::pair<std::string, uint64_t>>> store::trimmed_contexts() const {

@@ -184,6 +184,16 @@ class store {
   void delete_context(std::string context_id, std::string deleted_by,
                       std::function<void(model::result<trim_result>)> done);
 
+  // Appends events exported from another server (GET /contexts/{id}/events) to the
+  // context's log as they were: their seqs, unit ids and times. The events must
+  // have consecutive seqs, all of this context; the first must be the context's
+  // head_seq + 1 (conflict otherwise), except for a context that does not exist,
+  // which starts at the first event's seq (first_seq, when it is not 1). A unit id
+  // that exists already is a conflict; nothing is written then. The context's state
+  // becomes that of its last context_updated event. `done` gets the context.
+  void import_events(std::string context_id, std::vector<api::Event> events,
+                     std::function<void(model::result<api::Context>)> done);
+
   // Every context whose first events were removed (deleted ones included), with its
   // first_seq: what derived indexes check at start-up.
   model::result<std::vector<std::pair<std::string, uint64_t>>> trimmed_contexts() const;

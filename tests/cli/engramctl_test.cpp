@@ -332,6 +332,67 @@ TEST_F(EngramctlTest, ExportWritesEveryEventAsJsonLines) {
   EXPECT_EQ(ctl({"export", "cli/none"}).out, "");
 }
 
+// export, then import into an empty server: every event comes back at its seq, with
+// its id and time; contexts, search and later appends work on the copy.
+TEST_F(EngramctlTest, ImportReloadsAnExportIntoAnEmptyServer) {
+  auto http = server_.connect();
+  ASSERT_EQ(ctl({"put", "cli/i/a", "first line\nsecond line"}).code, 0);
+  ASSERT_EQ(ctl({"ctx", "set", "cli/i/a", "--name", "Imported", "--meta", "k=v"}).code, 0);
+  ASSERT_EQ(ctl({"lock", "acquire", "cli/i/file", "--context", "cli/i/a", "--ttl", "30s"}).code, 0);
+  ASSERT_EQ(ctl({"put", "cli/i/a", "after the lease", "--type", "reasoning"}).code, 0);
+  for (int b = 0; b < 3; ++b) {  // 1500 events: more than one request
+    json units = json::array();
+    for (int i = 0; i < 500; ++i) units.push_back({{"text", "osprey " + std::to_string(b * 500 + i)}, {"meta", {{"n", "x"}}}});
+    ASSERT_EQ(call(http, "POST", "/workunits", json({{"context_id", "cli/i/b"}, {"agent_id", "w"}, {"work_units", units}}).dump()).status,
+              201u);
+  }
+  auto exported = ctl({"export", "cli/i/*"});
+  ASSERT_EQ(exported.code, 0) << exported.err;
+  const std::string file = dir_.str() + "/export.jsonl";
+  std::ofstream(file) << exported.out;
+
+  temp_dir other;
+  test_server copy(other);
+  const std::string copy_url = "http://127.0.0.1:" + std::to_string(copy.port());
+  ctl_process imp(dir_, {"--server", copy_url, "import", file});
+  ASSERT_EQ(imp.wait(), 0) << imp.err();
+  EXPECT_NE(imp.err().find("imported 1504 events into 2 contexts"), std::string::npos) << imp.err();
+
+  auto copy_http = copy.connect();
+  for (const std::string ctx : {"cli/i/a", "cli/i/b"}) {
+    std::vector<json> original, imported;
+    for (auto* h : {&http, &copy_http}) {
+      auto& out = h == &http ? original : imported;
+      for (uint64_t after = 0;;) {
+        auto r = call(*h, "GET", "/contexts/" + ctx + "/events?limit=1000&after_seq=" + std::to_string(after));
+        ASSERT_EQ(r.status, 200u) << r.raw;
+        for (auto& e : r.body["events"]) out.push_back(e);
+        after = r.body["next_after_seq"];
+        if (!r.body["more"].get<bool>()) break;
+      }
+    }
+    EXPECT_EQ(original, imported) << ctx;
+    EXPECT_EQ(call(http, "GET", "/contexts/" + ctx).body, call(copy_http, "GET", "/contexts/" + ctx).body) << ctx;
+  }
+  const std::string some_id = json::parse(exported.out.substr(0, exported.out.find('\n')))["id"];
+  EXPECT_EQ(call(http, "GET", "/workunit/" + some_id).body, call(copy_http, "GET", "/workunit/" + some_id).body);
+  EXPECT_TRUE(wait_until([&] { return call(copy_http, "GET", "/search?q=osprey&limit=1").body["total_count"] == 1500; }, 30s));
+
+  // Running it again adds nothing; the copy goes on from the imported head.
+  ctl_process again(dir_, {"--server", copy_url, "import", file});
+  ASSERT_EQ(again.wait(), 0) << again.err();
+  EXPECT_NE(again.err().find("imported 0 events into 2 contexts (1504 already there, skipped)"), std::string::npos)
+      << again.err();
+  auto next = call(copy_http, "POST", "/workunit", R"({"context_id":"cli/i/a","agent_id":"a","text":"next"})");
+  EXPECT_EQ(next.body["work_unit"]["seq"], 5);
+
+  // Lines that are not exported events are refused before anything is sent.
+  ctl_process bad(dir_, {"--server", copy_url, "import", "-"}, "{\"context_id\":\"cli/i/c\",\"seq\":1}\nnot json\n");
+  EXPECT_EQ(bad.wait(), 2);
+  EXPECT_NE(bad.err().find("line 2"), std::string::npos) << bad.err();
+  EXPECT_EQ(call(copy_http, "GET", "/contexts/cli/i/c").status, 404u);
+}
+
 TEST(EngramctlRestartTest, TailFollowResumesAcrossAServerKill) {
   temp_dir dir;
   server_process proc(dir.str() + "/data", "sync", dir.str());

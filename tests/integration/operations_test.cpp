@@ -136,3 +136,76 @@ TEST(Backup, TakenWhileWritingRestoresEveryContextConsistently) {
 
 }  // namespace
 }  // namespace engram::test
+
+namespace engram::test {
+namespace {
+
+// POST /contexts/{id}/import: events keep their seqs, ids and times; anything that
+// would break a log (a gap, a foreign event, a unit id that exists) is refused and
+// writes nothing.
+TEST(Import, AppendsExportedEventsAsTheyWereAndRefusesWhatBreaksTheLog) {
+  temp_dir dir;
+  test_server server(dir);
+  auto http = server.connect();
+  const std::string id1 = "019a0000-0000-7000-8000-000000000001", id2 = "019a0000-0000-7000-8000-000000000002";
+  auto unit = [](const std::string& id, uint64_t seq, const std::string& ctx = "imp") {
+    return json{{"id", id}, {"context_id", ctx}, {"seq", seq}, {"agent_id", "a"}, {"type", 1},
+                {"ts", {{"seconds", 1700000000 + seq}, {"nanos", 5}}}, {"meta", json::object()},
+                {"payload", "aGk="}, {"relationships", json::array()}};
+  };
+  // A context that does not exist starts where the export starts (retention had
+  // removed its first events there).
+  auto r = call(http, "POST", "/contexts/imp/import", json({{"events", {unit(id1, 5)}}}).dump());
+  ASSERT_EQ(r.status, 200u) << r.raw;
+  EXPECT_EQ(r.body["head_seq"], 5);
+  auto ctx = call(http, "GET", "/contexts/imp").body["context"];
+  EXPECT_EQ(ctx["first_seq"], 5);
+  EXPECT_EQ(ctx["created_at"], json({{"seconds", 1700000005}, {"nanos", 5}}));
+  auto got = call(http, "GET", "/workunit/" + id1);
+  EXPECT_EQ(got.body["work_unit"], unit(id1, 5));
+
+  json untimed = unit(id2, 6);
+  untimed.erase("ts");
+  const std::vector<std::pair<json, unsigned>> refused = {
+      {json{{"events", {unit(id2, 5)}}}, 409u},                         // does not continue the log
+      {json{{"events", {unit(id1, 6)}}}, 409u},                         // the unit id exists
+      {json{{"events", {unit(id2, 6), unit(id2, 7)}}}, 409u},           // twice in one import
+      {json{{"events", {unit(id2, 6), unit(id1, 8)}}}, 400u},           // a gap
+      {json{{"events", {unit(id2, 6, "other")}}}, 400u},                // another context's event
+      {json{{"events", json::array()}}, 400u},
+      {json{{"events", {{{"type", "mystery"}, {"seq", 6}}}}}, 400u},
+      {json{{"events", {untimed}}}, 400u},                              // a unit without its time
+      {json{{"events", {0}}}, 400u},
+      {json{{"event", {unit(id2, 6)}}}, 400u},                          // unknown field
+  };
+  for (const auto& [body, status] : refused) {
+    auto bad = call(http, "POST", "/contexts/imp/import", body.dump());
+    EXPECT_EQ(bad.status, status) << body.dump() << " → " << bad.raw;
+  }
+  EXPECT_EQ(call(http, "GET", "/contexts/imp").body["context"]["head_seq"], 5) << "a refused import wrote something";
+  EXPECT_EQ(call(http, "GET", "/workunit/" + id2).status, 404u);
+
+  // Control events too; the context takes the state of the last context_updated.
+  json updated{{"type", "context_updated"}, {"context_id", "imp"}, {"seq", 6},
+               {"context", {{"id", "imp"}, {"display_name", "From elsewhere"}, {"meta", {{"k", "v"}}}}}};
+  json lock{{"type", "lock_released"}, {"context_id", "imp"}, {"seq", 7},
+            {"ts", {{"seconds", 1700000009}, {"nanos", 0}}},
+            {"lock", {{"resource_path", "f"}, {"holder_agent", "a"}, {"lock_id", "l"}, {"fencing_token", 3}}}};
+  r = call(http, "POST", "/contexts/imp/import", json({{"events", {updated, lock, unit(id2, 8)}}}).dump());
+  ASSERT_EQ(r.status, 200u) << r.raw;
+  ctx = call(http, "GET", "/contexts/imp").body["context"];
+  EXPECT_EQ(ctx["display_name"], "From elsewhere");
+  EXPECT_EQ(ctx["head_seq"], 8);
+  EXPECT_EQ(ctx["first_seq"], 5);
+  auto events = call(http, "GET", "/contexts/imp/events").body["events"];
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[1]["type"], "context_updated");
+  EXPECT_EQ(events[2]["lock"]["fencing_token"], 3);
+  EXPECT_EQ(events[2]["ts"], json({{"seconds", 1700000009}, {"nanos", 0}}));
+  // Appends go on after the imported head, and search found the imported units.
+  auto next = call(http, "POST", "/workunit", R"({"context_id":"imp","agent_id":"a","text":"local"})");
+  EXPECT_EQ(next.body["work_unit"]["seq"], 9);
+}
+
+}  // namespace
+}  // namespace engram::test

@@ -140,7 +140,7 @@ TEST_F(HandlerTest, UnknownPathIs404AndWrongMethodIs405WithAllow) {
   EXPECT_EQ(wrong.status, 405u);
   EXPECT_EQ(header(wrong, "Allow"), "GET, POST, OPTIONS");
   EXPECT_EQ(send("PUT", "/contexts/a").status, 405u);
-  EXPECT_EQ(header(send("PUT", "/contexts/a"), "Allow"), "GET, PATCH, OPTIONS");
+  EXPECT_EQ(header(send("PUT", "/contexts/a"), "Allow"), "GET, PATCH, DELETE, OPTIONS");
   // Both the renew pattern and the resource patterns match this path.
   EXPECT_EQ(header(send("PUT", "/locks/a/renew"), "Allow"), "POST, GET, DELETE, OPTIONS");
 

@@ -307,6 +307,14 @@ class client {
   // seq > after_seq, at most `limit`; a missing context is an error (404).
   result<events_page> list_events(const std::string& context_id, uint64_t after_seq, size_t limit = 1000);
 
+  // Appends events exported from another server (list_events' texts, or the lines of
+  // `engramctl export`) to `context_id` with their seqs, ids and times; they must be
+  // consecutive and continue the context's log (a context that does not exist starts
+  // at the first one's seq). Needs the "admin" capability on the context when auth
+  // is on. Returns the context's head_seq afterwards. Not retried: after a lost
+  // answer, read the context's head_seq and send what follows it.
+  result<uint64_t> import_events(const std::string& context_id, const std::vector<std::string>& events);
+
   // A consistent backup of the whole server while it serves, written by the server
   // into `dir` inside its storage.backup_dir (a new directory). Needs the "admin"
   // capability on "*" when auth is on. Not retried: a retry would find `dir` taken.
