@@ -779,6 +779,7 @@ void add_import(CLI::App& app, globals& g) {
       constexpr size_t max_events = 1000, max_bytes = 512 * 1024;  // a request stays under the body limit
       std::string context;     // the context being imported
       uint64_t head = 0;       // its head_seq on the server
+      bool verified = false;   // its events the server has are the export's
       std::vector<std::string> chunk;
       size_t chunk_bytes = 0, imported = 0, skipped = 0, contexts = 0, line_no = 0;
       auto flush = [&]() -> std::optional<int> {
@@ -804,13 +805,29 @@ void add_import(CLI::App& app, globals& g) {
         if (id != context) {
           if (auto failed = flush()) return *failed;
           context = id;
+          verified = false;
           ++contexts;
           auto existing = c.get_context(context);
           if (existing) head = existing->head_seq;
           else if (existing.error().status == 404) head = 0;
           else return report(existing.error());
         }
-        if (ev["seq"].get<uint64_t>() <= head) {
+        const uint64_t seq = ev["seq"].get<uint64_t>();
+        if (seq <= head) {
+          // Skip only the same history: the first event skipped must be the server's.
+          if (!verified) {
+            auto there = c.list_events(context, seq - 1, 1);
+            if (!there) return report(there.error());
+            const auto theirs = there->events.empty() ? nlohmann::json() : nlohmann::json::parse(there->events[0]);
+            const bool same = theirs.is_object() && theirs.value("seq", uint64_t(0)) == seq &&
+                              (ev.contains("id") ? theirs.value("id", "") == ev["id"] : theirs["type"] == ev["type"]);
+            if (!same) {
+              std::cerr << "engramctl: context " << context << " on the server holds another event at seq " << seq
+                        << " than the export (a different history); nothing of it was imported\n";
+              return exit_refused;
+            }
+            verified = true;
+          }
           ++skipped;
           continue;
         }

@@ -42,7 +42,7 @@ class retention {
   model::result<uint64_t> sweep();
 
  private:
-  // The first seq to keep in a context under `policy` (0: nothing to remove).
+  // The first seq to keep in a context under these limits (0: nothing to remove).
   model::result<uint64_t> cut(const std::string& id, uint64_t first, uint64_t head, int64_t max_age_s,
                               uint64_t max_events) const;
   void run();

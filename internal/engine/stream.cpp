@@ -33,8 +33,10 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
   for (const auto& id : req.contexts) {
     auto ctx = store.get_context(id);
     if (!ctx) return std::unexpected(ctx.error());
-    heads[id] = *ctx ? (*ctx)->head_seq() : 0;
     if (!*ctx) missing.insert(id);
+    auto head = store.log_head(id);  // a deleted context's log goes on after its tombstone
+    if (!head) return std::unexpected(head.error());
+    heads[id] = *head;
   }
   for (const auto& prefix : req.prefixes) {
     auto found = store.context_heads(prefix, opts.max_pattern_contexts + 1);

@@ -648,7 +648,9 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
   api::Event ev;
   auto seq = uint_member(object, "seq", true);
   if (!seq) return std::unexpected(seq.error());
-  if (*seq == 0) return fail(errc::invalid_argument, "seq must be at least 1");
+  constexpr uint64_t max_seq = uint64_t(1) << 53;  // far beyond any log; exact in JavaScript
+  if (*seq == 0 || *seq > max_seq)
+    return fail(errc::invalid_argument, "seq must be between 1 and 2^53");
   auto ctx = string_field(object, "context_id", context_id);
   if (!ctx) return std::unexpected(ctx.error());
   if (*ctx != context_id)

@@ -240,11 +240,9 @@ model::status index::impl::check_purges() {
 model::status index::impl::purge(const std::unordered_map<std::string, uint64_t>& cuts) {
   if (uncommitted_events > 0)
     if (auto ok = commit(); !ok) return ok;
-  // The merger writes the base and reads the oldest sealed shard: let it finish or
-  // stop it, and account for a merge that completed.
-  abort_merge = true;
+  // The merger writes the base and reads the oldest sealed shard: let it finish (an
+  // aborted merge starts over, and frequent purges would then starve it).
   if (merger.joinable()) merger.join();
-  abort_merge = false;
   if (merging) {
     const bool merged = merging->retired;
     merging.reset();

@@ -611,6 +611,8 @@ struct store::impl {
       if (ctx.empty()) continue;
       auto lookup = find_context(ctx, g.staged);
       if (!lookup) return fail_now(g, p.done, lookup.error());
+      // A lease outliving its deleted context does not bring the context back.
+      if (*lookup && (*lookup)->deleted) continue;
       context_state st = existing_or_new(*lookup, ctx, g);
       api::Event e;
       *e.mutable_lock_event() = ev;
@@ -819,6 +821,8 @@ struct store::impl {
     if (!*lookup || (*lookup)->deleted) {
       if (p.erase && p.progress.removed_events == 0)
         return fail_now(g, p.done, {errc::not_found, "context '" + p.context_id + "' does not exist"});
+      // A concurrent deletion finished it: answer with its context_deleted event.
+      if (*lookup) p.progress.first_seq = (*lookup)->context.head_seq();
       g.immediate.push_back([done = std::move(p.done), r = p.progress] { done(r); });
       return;
     }
@@ -829,8 +833,9 @@ struct store::impl {
     const uint64_t target = p.erase ? head + 1 : std::min(p.below_seq, head);
     const uint64_t end = std::max(first, std::min(target, first + trim_step));
 
-    g.removals.push_back({p.context_id, end, {}});
-    auto& unit_ids = g.removals.back().unit_ids;
+    // Staging may fail below after deletes are in the batch: safe only because a trim
+    // step commits in a group of its own (run_committer), so nothing else is lost.
+    std::vector<std::string> unit_ids;
     std::unique_ptr<rocksdb::Iterator> keys(db->NewIterator(rocksdb::ReadOptions(), h(cf_vector_keys)));
     log_range it(*db, h(cf_log), st.handle, first, st.handle, end);
     api::Event ev;
@@ -850,7 +855,10 @@ struct store::impl {
       unit_ids.push_back(ev.work_unit().id());
     }
     if (!it->status().ok()) return fail_now(g, p.done, storage_error(it->status(), "reading a context log"));
-    if (end > first) g.batch.DeleteRange(h(cf_log), log_key(st.handle, first), log_key(st.handle, end));
+    if (end > first) {
+      g.batch.DeleteRange(h(cf_log), log_key(st.handle, first), log_key(st.handle, end));
+      g.removals.push_back({p.context_id, end, std::move(unit_ids)});
+    }
     p.progress.removed_events += end - first;
     st.context.set_first_seq(end);
     p.progress.first_seq = end;
@@ -872,7 +880,7 @@ struct store::impl {
       st.context.set_first_seq(st.context.head_seq());
       st.deleted = true;
       p.progress.first_seq = st.context.head_seq();
-      g.removals.back().first_seq = p.progress.first_seq;
+      g.removals.push_back({p.context_id, p.progress.first_seq, {}});  // the cut the index records
     }
     g.staged[p.context_id] = std::move(st);
     if (!finished) {
@@ -1076,6 +1084,7 @@ model::result<std::optional<api::WorkUnit>> store::get_unit(std::string_view id)
   if (!s.ok()) return std::unexpected(storage_error(s, "reading a work unit"));
   std::string raw;
   s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_log), loc, &raw);
+  if (s.IsNotFound()) return std::optional<api::WorkUnit>();  // removed (retention) since the id was read
   if (!s.ok()) return std::unexpected(storage_error(s, "reading a work unit"));
   api::Event ev;
   if (!ev.ParseFromString(raw) || !ev.has_work_unit())
@@ -1142,6 +1151,12 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
   return out;
+}
+
+model::result<uint64_t> store::log_head(std::string_view id) const {
+  auto rec = impl_->read_record(id);
+  if (!rec) return std::unexpected(rec.error());
+  return *rec ? (*rec)->context().head_seq() : 0;
 }
 
 model::result<std::optional<api::Context>> store::get_context(std::string_view id) const {

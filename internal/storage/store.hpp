@@ -119,7 +119,7 @@ struct trim_result {
 };
 
 struct stored_vector {
-  uint64_t vseq = 0;  // position in the global order of stored vectors (from 1, gap-free)
+  uint64_t vseq = 0;  // position in the global order of stored vectors (from 1; removals leave gaps)
   std::string unit_id;
   api::Embedding embedding;
 };
@@ -172,7 +172,8 @@ class store {
                       std::function<void(model::result<api::Context>)> done);
 
   // Removes the context's events with seq < below_seq, keeping at least the newest
-  // event, and their units' ids, vectors and idempotency replays. Large removals are
+  // event, and their units' ids and vectors (an idempotent retry of a request whose
+  // units were removed is refused: its record stays until its TTL). Large removals are
   // committed in steps of a few thousand events (each step atomic, oldest first), so
   // other writes are never held up for long; `done` runs after the last step. A
   // context that does not exist (or is deleted) removes nothing.
@@ -212,6 +213,9 @@ class store {
                                                                               size_t limit) const;
 
   model::result<std::optional<api::Context>> get_context(std::string_view id) const;
+  // The last seq of the context's log, a deleted context's included (0: no log):
+  // where a stream without a cursor starts.
+  model::result<uint64_t> log_head(std::string_view id) const;
 
   void put_vectors(vector_write write, std::function<void(model::status)> done);
   // Stored vectors with vseq > after_vseq, oldest first, at most `limit`.

@@ -386,6 +386,16 @@ TEST_F(EngramctlTest, ImportReloadsAnExportIntoAnEmptyServer) {
   auto next = call(copy_http, "POST", "/workunit", R"({"context_id":"cli/i/a","agent_id":"a","text":"next"})");
   EXPECT_EQ(next.body["work_unit"]["seq"], 5);
 
+  // A context holding another history under the same id is refused, not merged.
+  temp_dir third;
+  test_server elsewhere(third);
+  auto elsewhere_http = elsewhere.connect();
+  ASSERT_EQ(call(elsewhere_http, "POST", "/workunit", R"({"context_id":"cli/i/a","agent_id":"z","text":"mine"})").status, 201u);
+  ctl_process clash(dir_, {"--server", "http://127.0.0.1:" + std::to_string(elsewhere.port()), "import", file});
+  EXPECT_EQ(clash.wait(), 1);
+  EXPECT_NE(clash.err().find("another event at seq 1"), std::string::npos) << clash.err();
+  EXPECT_EQ(call(elsewhere_http, "GET", "/contexts/cli/i/a").body["context"]["head_seq"], 1);
+
   // Lines that are not exported events are refused before anything is sent.
   ctl_process bad(dir_, {"--server", copy_url, "import", "-"}, "{\"context_id\":\"cli/i/c\",\"seq\":1}\nnot json\n");
   EXPECT_EQ(bad.wait(), 2);

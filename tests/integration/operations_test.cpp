@@ -176,6 +176,7 @@ TEST(Import, AppendsExportedEventsAsTheyWereAndRefusesWhatBreaksTheLog) {
       {json{{"events", {{{"type", "mystery"}, {"seq", 6}}}}}, 400u},
       {json{{"events", {untimed}}}, 400u},                              // a unit without its time
       {json{{"events", {0}}}, 400u},
+      {json{{"events", {unit(id2, uint64_t(1) << 60)}}}, 400u},        // a seq no log reaches
       {json{{"event", {unit(id2, 6)}}}, 400u},                          // unknown field
   };
   for (const auto& [body, status] : refused) {

@@ -65,21 +65,36 @@ TEST(ContextDeletion, RemovesEverythingOfTheContextAndNothingElse) {
   };
   ASSERT_TRUE(wait_until([&] { return semantic().size() == 2; }, 30s));
 
+  auto lease = call(http, "POST", "/locks", R"({"resource_path":"doomed.txt","agent_id":"a","context_id":"doomed"})");
+  ASSERT_EQ(lease.status, 200u) << lease.raw;
+  const uint64_t head_before = call(http, "GET", "/contexts/doomed").body["context"]["head_seq"];
+
   client::ws_connection live;
   ASSERT_TRUE(live.connect("127.0.0.1", server.port(), "/stream?context=doomed", {}, 10s));
   ASSERT_TRUE(next_of_type(live, "subscribe_ack"));
 
   auto del = call(http, "DELETE", "/contexts/doomed");
   ASSERT_EQ(del.status, 200u) << del.raw;
-  EXPECT_EQ(del.body["removed_events"], 4);  // three units and the PATCH
-  EXPECT_EQ(del.body["seq"], 5);             // the context_deleted event
+  EXPECT_EQ(del.body["removed_events"], head_before);  // three units, the PATCH, the lease
+  EXPECT_EQ(del.body["seq"], head_before + 1);         // the context_deleted event
+  const uint64_t tomb = head_before + 1;
 
   // Subscribers hear it as an event of the log.
   auto notice = next_of_type(live, "context_deleted");
   ASSERT_TRUE(notice);
   EXPECT_EQ((*notice)["context_id"], "doomed");
-  EXPECT_EQ((*notice)["seq"], 5);
-  EXPECT_EQ((*notice)["removed_events"], 4);
+  EXPECT_EQ((*notice)["seq"], tomb);
+  EXPECT_EQ((*notice)["removed_events"], head_before);
+  // A lease that outlives the context does not bring it back.
+  ASSERT_EQ(call(http, "DELETE", "/locks/doomed.txt?agent_id=a&lock_id=" + lease.body["lock"]["lock_id"].get<std::string>())
+                .status,
+            200u);
+  // A new subscriber without a cursor starts live, after the deletion.
+  client::ws_connection late;
+  ASSERT_TRUE(late.connect("127.0.0.1", server.port(), "/stream?context=doomed", {}, 10s));
+  auto late_ack = next_of_type(late, "subscribe_ack");
+  ASSERT_TRUE(late_ack);
+  EXPECT_EQ((*late_ack)["contexts"][0]["exists"], false) << *late_ack;
 
   // The units, the context and its listing are gone; the other context is not.
   for (const auto& id : doomed) EXPECT_EQ(call(http, "GET", "/workunit/" + id).status, 404u) << id;
@@ -104,12 +119,12 @@ TEST(ContextDeletion, RemovesEverythingOfTheContextAndNothingElse) {
                     json({{"context_id", "doomed"}, {"agent_id", "a"}, {"text", "zebra crossing 0"}}).dump(),
                     {{"Idempotency-Key", "op-0"}});
   ASSERT_EQ(again.status, 201u) << again.raw;
-  EXPECT_EQ(again.body["work_unit"]["seq"], 6);
+  EXPECT_EQ(again.body["work_unit"]["seq"], tomb + 1);
   EXPECT_NE(again.body["work_unit"]["id"], doomed[0]);
   auto ctx = call(http, "GET", "/contexts/doomed");
   ASSERT_EQ(ctx.status, 200u);
-  EXPECT_EQ(ctx.body["context"]["head_seq"], 6);
-  EXPECT_EQ(ctx.body["context"]["first_seq"], 5);
+  EXPECT_EQ(ctx.body["context"]["head_seq"], tomb + 1);
+  EXPECT_EQ(ctx.body["context"]["first_seq"], tomb);
   EXPECT_EQ(ctx.body["context"]["display_name"], "");
   EXPECT_TRUE(ctx.body["context"]["meta"].empty());
 
@@ -119,16 +134,21 @@ TEST(ContextDeletion, RemovesEverythingOfTheContextAndNothingElse) {
   ASSERT_EQ(resumed.size(), 2u);
   EXPECT_EQ(resumed[0]["type"], "context_deleted");
   EXPECT_EQ(resumed[1]["id"], again.body["work_unit"]["id"]);
-  // The live stream stays subscribed and receives the new unit.
-  auto m = live.read(10s);
-  ASSERT_TRUE(m && *m);
-  EXPECT_EQ(json::parse(**m)["id"], again.body["work_unit"]["id"]);
+  // The live streams stay subscribed and receive the new unit (the late one: only it).
+  for (auto* ws : {&live, &late}) {
+    auto m = ws->read(10s);
+    while (m && *m && !json::parse(**m)["type"].is_number_integer()) m = ws->read(10s);
+    ASSERT_TRUE(m && *m);
+    EXPECT_EQ(json::parse(**m)["id"], again.body["work_unit"]["id"]);
+  }
 
   // After a restart: still deleted, search still clean.
+  live.close();
+  late.close();
   server.restart();
   http = server.connect();
   for (const auto& id : doomed) EXPECT_EQ(call(http, "GET", "/workunit/" + id).status, 404u) << id;
-  EXPECT_EQ(call(http, "GET", "/contexts/doomed").body["context"]["head_seq"], 6);
+  EXPECT_EQ(call(http, "GET", "/contexts/doomed").body["context"]["head_seq"], tomb + 1);
   EXPECT_TRUE(wait_until([&] { return keyword_hits(http, "zebra").size() == 2; }, 30s));
 }
 
