@@ -319,6 +319,18 @@ void engine::patch_context(std::string context_id, model::context_patch patch, r
       std::move(done));
 }
 
+void engine::get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const {
+  auto job = [this, context_id = std::move(context_id), call_id = std::move(call_id), done]() -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    auto call = (*s)->get_tool_call(context_id, call_id);
+    if (!call) return done(std::unexpected(call.error()));
+    if (!*call) return done(fail(errc::not_found, "no tool call '" + call_id + "' in context '" + context_id + "'"));
+    done(std::move(**call));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
+}
+
 void engine::import_events(std::string context_id, std::vector<api::Event> events, reply<api::Context> done) {
   auto s = store();
   if (!s) return done(std::unexpected(s.error()));

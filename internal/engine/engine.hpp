@@ -107,6 +107,10 @@ class engine {
   void list_events(std::string context_id, uint64_t after_seq, std::optional<size_t> limit,
                    reply<events_page> done) const;
 
+  // A tool call and its result (storage::store::get_tool_call); not_found when the
+  // context has no such call.
+  void get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const;
+
   // ---- contexts -----------------------------------------------------------------
   void get_context(std::string id, reply<api::Context> done) const;
   // storage::store::backup on the read pool; `done` gets the backup's absolute path.

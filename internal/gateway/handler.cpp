@@ -175,13 +175,16 @@ struct api_handler::impl {
                                       std::chrono::seconds(seconds)));
       }
     }
+    for (const auto& [name, encoded] : m.params) {
+      auto pv = boost::urls::make_pct_string_view(encoded);
+      const bool is_subject = rt.subject && name == rt.subject->param;
+      if (!pv)
+        return respond(bad_request((is_subject ? std::string(rt.subject->what) : "the path's " + std::string(name)) +
+                                   " has invalid percent-encoding"));
+      c.params.emplace_back(name, pv->decode());
+      if (is_subject) c.subject = c.params.back().second;
+    }
     if (rt.subject) {
-      for (const auto& [name, encoded] : m.params) {
-        if (name != rt.subject->param) continue;
-        auto pv = boost::urls::make_pct_string_view(encoded);
-        if (!pv) return respond(bad_request(std::string(rt.subject->what) + " has invalid percent-encoding"));
-        c.subject = pv->decode();
-      }
       if (auto bad = model::check_identifier(rt.subject->what, c.subject, model::max_id_bytes))
         return respond(bad_request(*bad));
       if (rt.subject->need && !c.who.can(*rt.subject->need, c.subject))

@@ -43,6 +43,7 @@ const route table[] = {
     {"GET",    "/contexts",                list_contexts, unlimited, authenticated, no_subject},
     {"GET",    "/contexts/{id*}/events",   list_events,   unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"GET",    "/contexts/{id*}/subscribers", list_subscribers, unlimited, authenticated, subject_rule{"id", "context id", read}},
+    {"GET",    "/contexts/{id*}/tool-calls/{call_id}", get_tool_call, unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"GET",    "/contexts/{id*}",          get_context,   unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"PATCH",  "/contexts/{id*}",          patch_context, writes,    authenticated, subject_rule{"id", "context id", write}},
     {"DELETE", "/contexts/{id*}",          delete_context, writes,   authenticated, subject_rule{"id", "context id", erase}},

@@ -49,8 +49,16 @@ struct call {
   request req;
   std::string path;     // the encoded path, without the query
   std::string subject;  // the route's path parameter, decoded and validated; empty if none
+  // Every path parameter, percent-decoded (the subject's among them); not validated.
+  std::vector<std::pair<std::string_view, std::string>> params;
   query_params query;
   caller who;
+
+  const std::string* param(std::string_view name) const {
+    for (const auto& [n, v] : params)
+      if (n == name) return &v;
+    return nullptr;
+  }
 };
 
 using route_fn = void (*)(services&, call&, responder);
@@ -123,6 +131,7 @@ void backup(services&, call&, responder);
 void patch_context(services&, call&, responder);
 void delete_context(services&, call&, responder);
 void import_events(services&, call&, responder);
+void get_tool_call(services&, call&, responder);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);
 void acquire_locks(services&, call&, responder);

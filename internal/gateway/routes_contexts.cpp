@@ -43,6 +43,28 @@ void delete_context(services& s, call& c, responder respond) {
                        });
 }
 
+// A tool call of the ledger with its result; who holds the lease "call:<call_id>"
+// (the README's run-exactly-once pattern) is `claimed_by`.
+void get_tool_call(services& s, call& c, responder respond) {
+  const std::string call_id = *c.param("call_id");
+  if (auto bad = model::check_identifier("call_id", call_id, model::max_id_bytes)) return respond(bad_request(*bad));
+  std::string claimed_by;
+  if (auto lease = s.eng.get_lock("call:" + call_id)) claimed_by = lease->holder_agent();
+  s.eng.get_tool_call(c.subject, call_id,
+                      [claimed_by, respond = std::move(respond)](model::result<storage::tool_call> r) {
+                        if (!r) return respond(error_response(r.error()));
+                        response out;
+                        model::json_object body(out.body);
+                        body.member("call").append(model::unit_json(r->call));
+                        if (r->result) body.member("result").append(model::unit_json(*r->result));
+                        else body.member("result").append("null");
+                        body.string("status", r->result ? "done" : "pending");
+                        if (!claimed_by.empty()) body.string("claimed_by", claimed_by);
+                        body.close();
+                        respond(std::move(out));
+                      });
+}
+
 // Events exported from another server, appended with their seqs, ids and times
 // (storage::store::import_events): `engramctl import` sends an export in chunks.
 void import_events(services& s, call& c, responder respond) {

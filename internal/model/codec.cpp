@@ -185,6 +185,10 @@ void append_unit_json(std::string& out, const api::WorkUnit& u, const unit_extra
     out.append(",\"idempotency_key\":");
     append_json_string(out, u.idempotency_key());
   }
+  if (!u.call_id().empty()) {
+    out.append(",\"call_id\":");
+    append_json_string(out, u.call_id());
+  }
   if (extras) extras(out);
   out.push_back('}');
 }
@@ -353,6 +357,15 @@ result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& de
   if (auto it = object.find("meta"); it != object.end()) {
     if (auto ok = meta_from_json(*it, "meta", *unit.mutable_meta()); !ok)
       return std::unexpected(ok.error());
+  }
+
+  auto call_id = string_field(object, "call_id", "");
+  if (!call_id) return std::unexpected(call_id.error());
+  if (!call_id->empty()) {
+    if (unit.type() != api::WORK_UNIT_TYPE_TOOL_CALL && unit.type() != api::WORK_UNIT_TYPE_TOOL_RESULT)
+      return fail(errc::invalid_argument, "call_id is only for TOOL_CALL (3) and TOOL_RESULT (4) units");
+    if (auto bad = check_identifier("call_id", *call_id, max_id_bytes)) return fail(errc::invalid_argument, *bad);
+    unit.set_call_id(std::move(*call_id));
   }
 
   const auto payload = object.find("payload");

@@ -4,6 +4,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
@@ -36,11 +37,11 @@ using steady = std::chrono::steady_clock;
 // Column family indexes in the handle vector, in open order.
 enum cf : size_t {
   cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks,
-  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_count
+  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_count
 };
 constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids",      "contexts",
                                             "idempotency", "counters", "locks",         "vectors",
-                                            "vector_keys", "vector_models", "embed_cursors"};
+                                            "vector_keys", "vector_models", "embed_cursors", "calls"};
 constexpr std::string_view next_handle_key = "next_context_handle";
 constexpr std::string_view fencing_key = "fencing_token";
 
@@ -68,6 +69,21 @@ std::string idempotency_key(uint64_t handle, std::string_view key) {
   put_be64(k, handle);
   k.append(key);
   return k;
+}
+
+// [handle:8][call id]: a context's tool calls, in one key range per context.
+std::string call_key(uint64_t handle, std::string_view call_id) { return idempotency_key(handle, call_id); }
+
+// Two units say the same (an identical retry): everything but what the server assigned.
+bool same_content(api::WorkUnit a, api::WorkUnit b) {
+  for (auto* u : {&a, &b}) {
+    u->clear_id();
+    u->clear_seq();
+    u->clear_ts_ns();
+    u->clear_idempotency_key();
+    u->clear_embedding();
+  }
+  return google::protobuf::util::MessageDifferencer::Equals(a, b);
 }
 
 std::string uuid_bytes(const model::uuid& id) {
@@ -371,7 +387,7 @@ struct store::impl {
   }
 
   // Reads the units an earlier request committed (for an idempotent replay).
-  model::result<std::vector<api::WorkUnit>> read_units(uint64_t handle, uint64_t first, uint32_t count) {
+  model::result<std::vector<api::WorkUnit>> read_units(uint64_t handle, uint64_t first, uint32_t count) const {
     std::vector<api::WorkUnit> out;
     for (uint64_t seq = first; seq < first + count; ++seq) {
       std::string raw;
@@ -405,10 +421,85 @@ struct store::impl {
     std::vector<removal> removals;         // trim steps, for the publisher
     std::vector<pending_trim> unfinished;  // trim steps to queue again after the commit
     std::unordered_set<std::string> imported_ids;  // unit ids imported by this group
+    std::unordered_map<std::string, CallRecord> calls;     // tool-call records written by this group
+    std::unordered_map<std::string, api::WorkUnit> call_units;  // their units, by log key
     std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
     std::unordered_set<std::string> vector_units;          // units given a vector in this group
     uint64_t next_vseq = 0;
   };
+
+  // ---- the tool-call ledger ----
+
+  // The context's record of a call: this request's, this group's, or stored.
+  model::result<std::optional<CallRecord>> find_call(const group_state& g, const std::string& key, bool stored,
+                                                     const std::unordered_map<std::string, CallRecord>& local) const {
+    if (auto it = local.find(key); it != local.end()) return std::optional<CallRecord>(it->second);
+    if (auto it = g.calls.find(key); it != g.calls.end()) return std::optional<CallRecord>(it->second);
+    if (!stored) return std::optional<CallRecord>();
+    std::string raw;
+    auto s = db->Get(rocksdb::ReadOptions(), h(cf_calls), key, &raw);
+    if (s.IsNotFound()) return std::optional<CallRecord>();
+    if (!s.ok()) return std::unexpected(storage_error(s, "reading the tool-call ledger"));
+    CallRecord rec;
+    if (!rec.ParseFromString(raw)) return fail(errc::internal, "corrupt tool-call record");
+    return std::optional<CallRecord>(std::move(rec));
+  }
+
+  // The unit at a seq of a context's log, staged by this group or stored.
+  model::result<api::WorkUnit> unit_at(const group_state& g, uint64_t handle, uint64_t seq) {
+    if (auto it = g.call_units.find(log_key(handle, seq)); it != g.call_units.end()) return it->second;
+    auto units = read_units(handle, seq, 1);
+    if (!units) return std::unexpected(units.error());
+    return std::move(units->front());
+  }
+
+  // Checks a request's units against the ledger: a call id once per context, a
+  // result only for a call that exists and has none. `records` receives what the
+  // request will write. An identical retry of a one-unit request returns the stored
+  // unit instead (replay).
+  model::result<std::optional<api::WorkUnit>> check_calls(const group_state& g, const context_state& st, bool stored,
+                                                          const std::vector<api::WorkUnit>& units,
+                                                          std::unordered_map<std::string, CallRecord>& records) {
+    uint64_t seq = st.context.head_seq();
+    for (const auto& unit : units) {
+      ++seq;
+      if (unit.call_id().empty()) continue;
+      const auto key = call_key(st.handle, unit.call_id());
+      auto rec = find_call(g, key, stored, records);
+      if (!rec) return std::unexpected(rec.error());
+      const std::string quoted = "tool call '" + unit.call_id() + "'";
+      auto replay_or_refuse = [&](uint64_t at, std::string what) -> model::result<std::optional<api::WorkUnit>> {
+        auto existing = unit_at(g, st.handle, at);
+        if (!existing) return std::unexpected(existing.error());
+        if (units.size() == 1 && same_content(*existing, unit)) return std::optional<api::WorkUnit>(std::move(*existing));
+        return fail(errc::conflict, quoted + " " + what + " (unit " + existing->id() + ", seq " + std::to_string(at) + ")");
+      };
+      if (unit.type() == api::WORK_UNIT_TYPE_TOOL_CALL) {
+        if (*rec && (*rec)->call_seq()) return replay_or_refuse((*rec)->call_seq(), "exists already in this context");
+        CallRecord fresh;
+        fresh.set_call_seq(seq);
+        records[key] = fresh;
+      } else {
+        if (!*rec || !(*rec)->call_seq())
+          return fail(errc::conflict, "no " + quoted + " in context '" + st.context.id() +
+                                          "': append its TOOL_CALL first");
+        if ((*rec)->result_seq()) return replay_or_refuse((*rec)->result_seq(), "has a result already");
+        (*rec)->set_result_seq(seq);
+        records[key] = **rec;
+      }
+    }
+    return std::optional<api::WorkUnit>();
+  }
+
+  void stage_calls(group_state& g, uint64_t handle, const std::unordered_map<std::string, CallRecord>& records,
+                   const std::vector<api::WorkUnit>& units) {
+    for (const auto& [key, rec] : records) {
+      g.batch.Put(h(cf_calls), key, rec.SerializeAsString());
+      g.calls[key] = rec;
+    }
+    for (const auto& u : units)
+      if (!u.call_id().empty()) g.call_units[log_key(handle, u.seq())] = u;
+  }
 
   // A context found for a write, or a new one. A deleted context written to again
   // comes back empty, with its handle and its seqs continuing after the deletion.
@@ -532,6 +623,20 @@ struct store::impl {
       g.idempotency_keys.insert(idem_key);
     }
 
+    std::unordered_map<std::string, CallRecord> calls;
+    auto replay = check_calls(g, st, !is_new, req.units, calls);
+    if (!replay) {
+      if (!idem_key.empty()) g.idempotency_keys.erase(idem_key);
+      return fail_now(g, p.done, replay.error());
+    }
+    if (*replay) {
+      if (!idem_key.empty()) g.idempotency_keys.erase(idem_key);
+      g.immediate.push_back([done = std::move(p.done), u = std::move(**replay)]() mutable {
+        done(append_result{{std::move(u)}, true});
+      });
+      return;
+    }
+
     // Nothing below can fail, so models a request introduces are staged only when
     // the request is.
     std::vector<const api::Embedding*> embeddings;
@@ -567,6 +672,7 @@ struct store::impl {
       put_event(g, st, std::move(ev));
     }
     st.context.set_updated_at_ns(g.now);
+    stage_calls(g, st.handle, calls, *committed);
     if (!idem_key.empty()) {
       IdempotencyRecord rec;
       rec.set_fingerprint(req.fingerprint);
@@ -751,7 +857,29 @@ struct store::impl {
                                                         std::to_string(ev.seq()) + ") already exists"});
     }
     const bool is_new = !found;
+    // The ledger, as appends would have built it (a result whose call is not in the
+    // log, removed by retention before the export, has no record).
+    std::unordered_map<std::string, CallRecord> calls;
+    const uint64_t handle = found ? found->handle : g.next_handle;
+    for (const auto& ev : p.events) {
+      const auto& u = ev.work_unit();
+      if (!ev.has_work_unit() || u.call_id().empty()) continue;
+      const auto key = call_key(handle, u.call_id());
+      auto rec = find_call(g, key, !is_new, calls);
+      if (!rec) return fail_now(g, p.done, rec.error());
+      const bool is_call = u.type() == api::WORK_UNIT_TYPE_TOOL_CALL;
+      if (*rec && (is_call || (*rec)->result_seq()))
+        return fail_now(g, p.done, {errc::conflict, "tool call '" + u.call_id() + "' at seq " + std::to_string(ev.seq()) +
+                                                        (is_call ? " exists already" : " has a result already")});
+      if (is_call) calls[key].set_call_seq(ev.seq());
+      else if (*rec) (calls[key] = **rec).set_result_seq(ev.seq());
+    }
     context_state st = existing_or_new(found, p.context_id, g);
+    ENGRAM_ASSERT(st.handle == handle, "an imported context's handle changed while staging");
+    for (const auto& [key, rec] : calls) {
+      g.batch.Put(h(cf_calls), key, rec.SerializeAsString());
+      g.calls[key] = rec;
+    }
     if (is_new) {
       st.context.set_head_seq(first - 1);
       if (first > 1) st.context.set_first_seq(first);
@@ -765,6 +893,7 @@ struct store::impl {
         const auto id = model::uuid::parse(ev.work_unit().id());
         g.batch.Put(h(cf_unit_ids), uuid_bytes(*id), log_key(st.handle, ev.seq()));
         g.imported_ids.insert(uuid_bytes(*id));
+        if (!ev.work_unit().call_id().empty()) g.call_units[log_key(st.handle, ev.seq())] = ev.work_unit();
         inc(metrics.units_written);
       }
       if (ev.has_context_updated()) {
@@ -847,6 +976,8 @@ struct store::impl {
       if (!id) continue;
       const auto key = uuid_bytes(*id);
       g.batch.Delete(h(cf_unit_ids), key);
+      if (ev.work_unit().type() == api::WORK_UNIT_TYPE_TOOL_CALL && !ev.work_unit().call_id().empty())
+        g.batch.Delete(h(cf_calls), call_key(st.handle, ev.work_unit().call_id()));
       for (keys->Seek(key); keys->Valid() && keys->key().starts_with(key); keys->Next()) {
         g.batch.Delete(h(cf_vectors), keys->value());
         g.batch.Delete(h(cf_vector_keys), keys->key());
@@ -866,6 +997,7 @@ struct store::impl {
     const bool finished = end >= target;
     if (finished && p.erase) {
       g.batch.DeleteRange(h(cf_idempotency), idempotency_key(st.handle, ""), idempotency_key(st.handle + 1, ""));
+      g.batch.DeleteRange(h(cf_calls), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       for (const auto& [model, _] : model_dims) g.batch.Delete(h(cf_embed_cursors), cursor_key(model, p.context_id));
       api::Context kept;  // the tombstone keeps no display name, members or meta
       kept.set_id(p.context_id);
@@ -1151,6 +1283,35 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
   return out;
+}
+
+model::result<std::optional<tool_call>> store::get_tool_call(std::string_view context_id,
+                                                             std::string_view call_id) const {
+  auto rec = impl_->read_record(context_id);
+  if (!rec) return std::unexpected(rec.error());
+  if (!*rec || (*rec)->deleted()) return std::optional<tool_call>();
+  const uint64_t handle = (*rec)->handle();
+  std::string raw;
+  auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_calls), call_key(handle, call_id), &raw);
+  if (s.IsNotFound()) return std::optional<tool_call>();
+  if (!s.ok()) return std::unexpected(storage_error(s, "reading the tool-call ledger"));
+  CallRecord calls;
+  if (!calls.ParseFromString(raw)) return fail(errc::internal, "corrupt tool-call record");
+  auto read = [&](uint64_t seq) -> model::result<api::WorkUnit> {
+    auto units = impl_->read_units(handle, seq, 1);
+    if (!units) return std::unexpected(units.error());
+    return std::move(units->front());
+  };
+  tool_call out;
+  auto call = read(calls.call_seq());
+  if (!call) return std::unexpected(call.error());
+  out.call = std::move(*call);
+  if (calls.result_seq()) {
+    auto result = read(calls.result_seq());
+    if (!result) return std::unexpected(result.error());
+    out.result = std::move(*result);
+  }
+  return std::optional<tool_call>(std::move(out));
 }
 
 model::result<uint64_t> store::log_head(std::string_view id) const {

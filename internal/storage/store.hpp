@@ -15,6 +15,7 @@
 //   vector_keys  [uuid:16][model bytes] → [vseq:8]
 //   vector_models <model name>          → VectorModel    the model's dimension
 //   embed_cursors <model>\0<context id> → [seq:8]        how far the embedder has read
+//   calls        [handle:8][call id]    → CallRecord     the tool-call ledger: call and result seqs
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -118,6 +119,12 @@ struct trim_result {
   uint64_t first_seq = 0;  // the oldest event left (for a deletion: the ContextDeleted event)
 };
 
+// A TOOL_CALL unit with a call_id and the TOOL_RESULT that answered it.
+struct tool_call {
+  api::WorkUnit call;
+  std::optional<api::WorkUnit> result;
+};
+
 struct stored_vector {
   uint64_t vseq = 0;  // position in the global order of stored vectors (from 1; removals leave gaps)
   std::string unit_id;
@@ -213,6 +220,9 @@ class store {
                                                                               size_t limit) const;
 
   model::result<std::optional<api::Context>> get_context(std::string_view id) const;
+  // A tool call of the context's ledger (README, Tool calls) and its result, if any;
+  // nullopt when the context has no call with that id.
+  model::result<std::optional<tool_call>> get_tool_call(std::string_view context_id, std::string_view call_id) const;
   // The last seq of the context's log, a deleted context's included (0: no log):
   // where a stream without a cursor starts.
   model::result<uint64_t> log_head(std::string_view id) const;
