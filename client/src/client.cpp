@@ -342,6 +342,25 @@ result<events_page> client::list_events(const std::string& context_id, uint64_t 
   return out;
 }
 
+result<tool_call> client::get_tool_call(const std::string& context_id, const std::string& call_id) {
+  auto r = impl_->send("GET", "/contexts/" + encode_component(context_id) + "/tool-calls/" + encode_component(call_id),
+                       {}, retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  tool_call out;
+  auto call = codec::unit_from(j->value("call", json()));
+  if (!call) return std::unexpected(call.error());
+  out.call = std::move(*call);
+  if (const auto it = j->find("result"); it != j->end() && !it->is_null()) {
+    auto result = codec::unit_from(*it);
+    if (!result) return std::unexpected(result.error());
+    out.result = std::move(*result);
+  }
+  out.claimed_by = j->value("claimed_by", "");
+  return out;
+}
+
 result<uint64_t> client::import_events(const std::string& context_id, const std::vector<std::string>& events) {
   std::string body = "{\"events\":[";
   for (size_t i = 0; i < events.size(); ++i) {

@@ -206,6 +206,7 @@ result<work_unit> unit_from(const json& j) {
       }
   }
   u.idempotency_key = r.str("idempotency_key");
+  u.call_id = r.str("call_id");
   if (r.bad()) return std::unexpected(protocol(*r.bad()));
   return u;
 }
@@ -319,6 +320,7 @@ json unit_input_json(const unit_input& u, bool with_context) {
   if (u.fence) out["fence"] = json{{"resource", u.fence->resource}, {"token", u.fence->token}};
   if (!u.embedding.empty()) out["embedding"] = u.embedding;
   if (!u.embedding_model.empty()) out["embedding_model"] = u.embedding_model;
+  if (!u.call_id.empty()) out["call_id"] = u.call_id;
   return out;
 }
 
@@ -371,6 +373,7 @@ json to_wire(const work_unit& u) {
            {"type", int(u.type)}, {"ts", ts_json(u.ts)},   {"meta", map_json(u.meta)}, {"payload", base64_encode(u.payload)},
            {"relationships", relationships_json(u.relationships)}};
   if (!u.idempotency_key.empty()) out["idempotency_key"] = u.idempotency_key;
+  if (!u.call_id.empty()) out["call_id"] = u.call_id;
   return out;
 }
 

@@ -264,7 +264,7 @@ void add_global_options(CLI::App& app, globals& g) {
 void add_put(CLI::App& app, globals& g) {
   auto* put = app.add_subcommand("put", "Append a work unit (text from the argument, or stdin)");
   struct args {
-    std::string context, text, type = "MESSAGE", key;
+    std::string context, text, type = "MESSAGE", key, call_id;
     std::vector<std::string> meta;
     bool raw = false;
   };
@@ -275,6 +275,7 @@ void add_put(CLI::App& app, globals& g) {
   put->add_option("--type", a->type, "Unit type")->check(unit_type_name)->capture_default_str();
   put->add_option("--meta", a->meta, "Metadata key=value (repeatable)")->check(key_value);
   put->add_option("--idempotency-key", a->key, "Key that makes retries of this put commit once");
+  put->add_option("--call-id", a->call_id, "TOOL_CALL: the call's id; TOOL_RESULT: the call it answers");
   put->callback([put, a, &g] {
     const bool have_text = put->count("text") > 0;
     g.run = [a, have_text, &g](ec::client& c) {
@@ -282,6 +283,7 @@ void add_put(CLI::App& app, globals& g) {
       u.context_id = a->context;
       u.type = *ec::parse_unit_type(a->type);
       u.meta = pairs(a->meta);
+      u.call_id = a->call_id;
       if (have_text) {
         u.payload = a->text;
       } else {
@@ -318,6 +320,33 @@ void add_get(CLI::App& app, globals& g) {
           std::cout << "  relationship " << int(rel.type) << " -> " << rel.target_id << "\n";
       }
       return exit_ok;
+    };
+  });
+}
+
+// The tool-call ledger: a call, its result and who holds its lease.
+void add_calls(CLI::App& app, globals& g) {
+  auto* calls = app.add_subcommand("calls", "The tool-call ledger");
+  calls->require_subcommand(1);
+  auto* show = calls->add_subcommand("show", "Show a tool call and its result (exit 1 while it is pending)");
+  auto args = std::make_shared<std::pair<std::string, std::string>>();
+  show->add_option("context", args->first, "Context id")->required();
+  show->add_option("call_id", args->second, "The call's id")->required();
+  show->callback([args, &g] {
+    g.run = [args, &g](ec::client& c) {
+      auto r = c.get_tool_call(args->first, args->second);
+      if (!r) return report(r.error());
+      if (g.json) {
+        print_unit(std::cout, r->call, true);
+        if (r->result) print_unit(std::cout, *r->result, true);
+      } else {
+        std::cout << "call    ";
+        print_unit(std::cout, r->call, false, true);
+        std::cout << "result  ";
+        if (r->result) print_unit(std::cout, *r->result, false, true);
+        else std::cout << "pending" << (r->claimed_by.empty() ? "" : " (claimed by " + r->claimed_by + ")") << "\n";
+      }
+      return r->result ? exit_ok : exit_refused;
     };
   });
 }
@@ -905,6 +934,7 @@ int main(int argc, char** argv) {
   add_tail(app, g);
   add_ctx(app, g);
   add_lock(app, g);
+  add_calls(app, g);
   add_search(app, g);
   add_token(app, g);
   add_backup(app, g);

@@ -332,6 +332,25 @@ TEST_F(EngramctlTest, ExportWritesEveryEventAsJsonLines) {
   EXPECT_EQ(ctl({"export", "cli/none"}).out, "");
 }
 
+// The tool-call ledger from the command line: put --call-id, calls show.
+TEST_F(EngramctlTest, CallsShowTheLedger) {
+  ASSERT_EQ(ctl({"put", "cli/t", "run(x)", "--type", "TOOL_CALL", "--call-id", "k1"}).code, 0);
+  auto pending = ctl({"calls", "show", "cli/t", "k1"});
+  EXPECT_EQ(pending.code, 1);
+  EXPECT_NE(pending.out.find("pending"), std::string::npos) << pending.out;
+  EXPECT_NE(pending.out.find("run(x)"), std::string::npos) << pending.out;
+  ASSERT_EQ(ctl({"put", "cli/t", "42", "--type", "TOOL_RESULT", "--call-id", "k1"}).code, 0);
+  auto second = ctl({"put", "cli/t", "43", "--type", "TOOL_RESULT", "--call-id", "k1"});
+  EXPECT_EQ(second.code, 1);
+  EXPECT_NE(second.err.find("has a result already"), std::string::npos) << second.err;
+  auto done = ctl({"calls", "show", "cli/t", "k1"});
+  EXPECT_EQ(done.code, 0) << done.err;
+  EXPECT_NE(done.out.find("42"), std::string::npos) << done.out;
+  auto missing = ctl({"calls", "show", "cli/t", "nope"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("no tool call 'nope'"), std::string::npos) << missing.err;
+}
+
 // export, then import into an empty server: every event comes back at its seq, with
 // its id and time; contexts, search and later appends work on the copy.
 TEST_F(EngramctlTest, ImportReloadsAnExportIntoAnEmptyServer) {

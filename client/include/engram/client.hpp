@@ -298,6 +298,10 @@ class client {
     }
   }
 
+  // A tool call of a context's ledger and its result (README, Tool calls); a call
+  // the context does not have is an error (404).
+  result<tool_call> get_tool_call(const std::string& context_id, const std::string& call_id);
+
   // Search (keyword, semantic, hybrid; see search_request).
   result<search_result> search(const search_request& req);
 

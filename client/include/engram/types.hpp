@@ -61,6 +61,7 @@ struct work_unit {
   std::string payload;  // raw bytes (base64 on the wire)
   std::vector<relationship> relationships;
   std::string idempotency_key;
+  std::string call_id;  // TOOL_CALL / TOOL_RESULT: the tool call (README, Tool calls)
 };
 
 // A write that names a lease: refused with 409 when a newer fencing token exists.
@@ -80,6 +81,15 @@ struct unit_input {
   std::optional<client::fence> fence;
   std::vector<float> embedding;  // optional vector for semantic search
   std::string embedding_model;   // empty: the server's default model
+  // TOOL_CALL: the call's id, unique in the context; TOOL_RESULT: the call it answers.
+  std::string call_id;
+};
+
+// GET /contexts/{id}/tool-calls/{call_id}.
+struct tool_call {
+  work_unit call;
+  std::optional<work_unit> result;  // nullopt: pending
+  std::string claimed_by;           // holder of the lease "call:<call_id>", if any
 };
 
 struct context {
