@@ -319,6 +319,39 @@ void engine::patch_context(std::string context_id, model::context_patch patch, r
       std::move(done));
 }
 
+void engine::put_checkpoint(storage::checkpoint_request req, reply<api::Event> done) {
+  auto s = store();
+  if (!s) return done(std::unexpected(s.error()));
+  req.keep = opts_.checkpoints.keep;
+  (*s)->put_checkpoint(std::move(req), std::move(done));
+}
+
+void engine::get_checkpoint(std::string context_id, std::string agent_id, std::optional<uint64_t> version,
+                            reply<api::Event> done) const {
+  auto job = [this, context_id = std::move(context_id), agent_id = std::move(agent_id), version, done]() -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    auto cp = (*s)->get_checkpoint(context_id, agent_id, version);
+    if (!cp) return done(std::unexpected(cp.error()));
+    if (!*cp)
+      return done(fail(errc::not_found, version ? "checkpoint version " + std::to_string(*version) + " of agent '" +
+                                                      agent_id + "' is not kept in context '" + context_id + "'"
+                                                : "agent '" + agent_id + "' has no checkpoint in context '" +
+                                                      context_id + "'"));
+    done(std::move(**cp));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
+}
+
+void engine::list_checkpoints(std::string context_id, std::string agent_id, reply<std::vector<api::Event>> done) const {
+  auto job = [this, context_id = std::move(context_id), agent_id = std::move(agent_id), done]() -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    done((*s)->list_checkpoints(context_id, agent_id));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
+}
+
 void engine::get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const {
   auto job = [this, context_id = std::move(context_id), call_id = std::move(call_id), done]() -> void {
     auto s = store();

@@ -107,6 +107,14 @@ class engine {
   void list_events(std::string context_id, uint64_t after_seq, std::optional<size_t> limit,
                    reply<events_page> done) const;
 
+  // ---- checkpoints (storage::store::put_checkpoint and friends) ----
+  // `keep` comes from the options; `done` gets the Checkpoint event.
+  void put_checkpoint(storage::checkpoint_request req, reply<api::Event> done);
+  // not_found when the agent has none (or that version is no longer kept).
+  void get_checkpoint(std::string context_id, std::string agent_id, std::optional<uint64_t> version,
+                      reply<api::Event> done) const;
+  void list_checkpoints(std::string context_id, std::string agent_id, reply<std::vector<api::Event>> done) const;
+
   // A tool call and its result (storage::store::get_tool_call); not_found when the
   // context has no such call.
   void get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const;

@@ -26,8 +26,15 @@ struct retention_options {
   std::chrono::milliseconds interval{60'000};
 };
 
+// Agents' checkpoints (README, Checkpoints).
+struct checkpoint_options {
+  size_t max_bytes = 256 * 1024;  // of the state, as JSON
+  size_t keep = 20;               // versions kept per agent and context
+};
+
 struct options {
   size_t max_batch_units = 1000;  // POST /workunits
+  checkpoint_options checkpoints;
   size_t default_page_limit = 100;
   size_t max_page_limit = 1000;
   size_t max_search_offset = 100'000;

@@ -17,6 +17,8 @@ unsigned http_status(errc code) {
     case errc::rate_limited: return 429;
     case errc::unprocessable: return 422;
     case errc::payload_too_large: return 413;
+    case errc::precondition_failed: return 412;
+    case errc::precondition_required: return 428;
     case errc::unavailable: return 503;
     case errc::internal: return 500;
   }

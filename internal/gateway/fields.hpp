@@ -46,6 +46,7 @@ inline constexpr std::string_view acquire[] = {"resource_path", "resource_paths"
 inline constexpr std::string_view renew[] = {"lock_id", "agent_id", "ttl_seconds", "ttl_ms"};
 inline constexpr std::string_view backup[] = {"dir"};
 inline constexpr std::string_view import[] = {"events"};
+inline constexpr std::string_view checkpoint[] = {"cursor_seq", "state"};
 }  // namespace fields
 
 // A work unit object: its members, its relationships' and its fence's.

@@ -132,6 +132,9 @@ void patch_context(services&, call&, responder);
 void delete_context(services&, call&, responder);
 void import_events(services&, call&, responder);
 void get_tool_call(services&, call&, responder);
+void put_checkpoint(services&, call&, responder);
+void get_checkpoint(services&, call&, responder);
+void list_checkpoints(services&, call&, responder);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);
 void acquire_locks(services&, call&, responder);

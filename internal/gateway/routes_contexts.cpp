@@ -1,6 +1,8 @@
 // /contexts: list, read and patch contexts.
 #include <nlohmann/json.hpp>
 
+#include <charconv>
+
 #include "gateway/routes.hpp"
 #include "model/codec.hpp"
 #include "model/json_writer.hpp"
@@ -173,6 +175,105 @@ void list_contexts(services& s, call& c, responder respond) {
                         respond(json_response(200, json{{"contexts", std::move(list)},
                                                         {"next_cursor", page->next_cursor}}));
                       });
+}
+
+}  // namespace engram::gateway
+
+// ---- checkpoints: where an agent left off in a context ----
+
+namespace engram::gateway {
+namespace {
+
+using model::errc;
+
+// The agent a checkpoint route names: valid, and the caller's own unless it is an
+// admin (auth on).
+model::result<std::string> checkpoint_agent(const call& c) {
+  std::string agent = *c.param("agent_id");
+  if (auto bad = model::check_identifier("agent_id", agent, model::max_id_bytes))
+    return model::fail(errc::invalid_argument, *bad);
+  if (c.who.principal && c.who.principal->agent != agent && !c.who.can(auth::admin, c.subject))
+    return model::fail(errc::forbidden, "checkpoints of agent '" + agent + "' belong to that agent (your token is '" +
+                                            c.who.principal->agent + "')");
+  return agent;
+}
+
+response checkpoint_response(const api::Event& ev) {
+  response out;
+  model::json_object body(out.body);
+  body.member("checkpoint").append(router::to_wire(ev)->json);
+  body.close();
+  out.headers.emplace_back("ETag", "\"" + std::to_string(ev.checkpoint().version()) + "\"");
+  return out;
+}
+
+}  // namespace
+
+void put_checkpoint(services& s, call& c, responder respond) {
+  auto agent = checkpoint_agent(c);
+  if (!agent) return respond(error_response(agent.error()));
+  auto body = parse_body(s, c.req, fields::checkpoint, "the checkpoint");
+  if (!body) return respond(error_response(body.error()));
+  storage::checkpoint_request req;
+  req.context_id = c.subject;
+  req.agent_id = std::move(*agent);
+  const auto cursor = body->find("cursor_seq");
+  if (cursor == body->end() || !cursor->is_number_unsigned())
+    return respond(bad_request("cursor_seq must be a non-negative integer: the last seq the agent has dealt with"));
+  req.cursor_seq = cursor->get<uint64_t>();
+  const auto state = body->find("state");
+  if (state != body->end() && !state->is_null() && !state->is_object())
+    return respond(bad_request("state must be a JSON object"));
+  req.state_json = state == body->end() || state->is_null() ? "{}" : model::dump(*state);
+  const auto max = s.eng.opts().checkpoints.max_bytes;
+  if (req.state_json.size() > max)
+    return respond(error_response({errc::payload_too_large, "state is " + std::to_string(req.state_json.size()) +
+                                                                " bytes as JSON; checkpoints.max_bytes is " +
+                                                                std::to_string(max)}));
+  if (auto m = c.req.header("if-match"); !m.empty()) {
+    std::string_view v = m;
+    if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+    uint64_t version = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), version);
+    if (ec != std::errc() || p != v.data() + v.size() || v.empty())
+      return respond(bad_request("If-Match must be a checkpoint version, e.g. \"3\" (0: there is none yet)"));
+    req.if_match = version;
+  }
+  s.eng.put_checkpoint(std::move(req), [respond = std::move(respond)](model::result<api::Event> r) {
+    if (!r) return respond(error_response(r.error()));
+    respond(checkpoint_response(*r));
+  });
+}
+
+void get_checkpoint(services& s, call& c, responder respond) {
+  auto agent = checkpoint_agent(c);
+  if (!agent) return respond(error_response(agent.error()));
+  auto version = uint_param(c.query, "version");
+  if (!version) return respond(error_response(version.error()));
+  s.eng.get_checkpoint(c.subject, std::move(*agent), *version, [respond = std::move(respond)](model::result<api::Event> r) {
+    if (!r) return respond(error_response(r.error()));
+    respond(checkpoint_response(*r));
+  });
+}
+
+void list_checkpoints(services& s, call& c, responder respond) {
+  auto agent = checkpoint_agent(c);
+  if (!agent) return respond(error_response(agent.error()));
+  s.eng.list_checkpoints(c.subject, std::move(*agent),
+                         [respond = std::move(respond)](model::result<std::vector<api::Event>> r) {
+                           if (!r) return respond(error_response(r.error()));
+                           response out;
+                           model::json_object body(out.body);
+                           auto& list = body.member("checkpoints");
+                           list.push_back('[');
+                           for (size_t i = 0; i < r->size(); ++i) {
+                             if (i) list.push_back(',');
+                             list.append(router::to_wire((*r)[i])->json);
+                           }
+                           list.push_back(']');
+                           body.close();
+                           respond(std::move(out));
+                         });
 }
 
 }  // namespace engram::gateway

@@ -19,6 +19,8 @@ enum class errc {
   forbidden,           // 403: the token does not grant this on this context
   unprocessable,       // 422: idempotency key reused with a different request
   payload_too_large,   // 413
+  precondition_failed,    // 412: If-Match names a version that is not the current one
+  precondition_required,  // 428: a version exists and the request did not say which it replaces
   rate_limited,        // 429 + Retry-After: a rate limit or a connection/stream cap
   unavailable,         // 503: recovering, overloaded, or storage refused the write
   internal,            // 500: a bug or an I/O failure we cannot attribute to the caller

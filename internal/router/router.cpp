@@ -73,6 +73,20 @@ event_ptr to_wire(const api::Event& ev) {
                                         {"deleted_by", ev.context_deleted().deleted_by()},
                                         {"removed_events", ev.context_deleted().removed_events()}});
       break;
+    case api::Event::kCheckpoint: {
+      const auto& cp = ev.checkpoint();
+      w->sse_event = "checkpoint_saved";
+      auto state = model::parse_json(cp.state_json());
+      w->json = model::dump(model::json{{"type", "checkpoint_saved"},
+                                        {"context_id", ev.context_id()},
+                                        {"seq", ev.seq()},
+                                        {"ts", model::timestamp_json(ev.ts_ns())},
+                                        {"agent_id", cp.agent_id()},
+                                        {"version", cp.version()},
+                                        {"cursor_seq", cp.cursor_seq()},
+                                        {"state", state ? std::move(*state) : model::json()}});
+      break;
+    }
     case api::Event::KIND_NOT_SET:
       w->sse_event = "unknown";
       w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});

@@ -37,11 +37,12 @@ using steady = std::chrono::steady_clock;
 // Column family indexes in the handle vector, in open order.
 enum cf : size_t {
   cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks,
-  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_count
+  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_count
 };
 constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids",      "contexts",
                                             "idempotency", "counters", "locks",         "vectors",
-                                            "vector_keys", "vector_models", "embed_cursors", "calls"};
+                                            "vector_keys", "vector_models", "embed_cursors", "calls",
+                                            "checkpoints"};
 constexpr std::string_view next_handle_key = "next_context_handle";
 constexpr std::string_view fencing_key = "fencing_token";
 
@@ -73,6 +74,19 @@ std::string idempotency_key(uint64_t handle, std::string_view key) {
 
 // [handle:8][call id]: a context's tool calls, in one key range per context.
 std::string call_key(uint64_t handle, std::string_view call_id) { return idempotency_key(handle, call_id); }
+
+// [handle:8][agent]\0: one agent's checkpoint versions in a context ([version:8] follows).
+std::string checkpoint_prefix(uint64_t handle, std::string_view agent) {
+  std::string k = idempotency_key(handle, agent);
+  k.push_back('\0');
+  return k;
+}
+
+std::string checkpoint_key(uint64_t handle, std::string_view agent, uint64_t version) {
+  std::string k = checkpoint_prefix(handle, agent);
+  put_be64(k, version);
+  return k;
+}
 
 // Two units say the same (an identical retry): everything but what the server assigned.
 bool same_content(api::WorkUnit a, api::WorkUnit b) {
@@ -237,8 +251,12 @@ struct store::impl {
     std::vector<api::Event> events;
     std::function<void(model::result<api::Context>)> done;
   };
-  using pending =
-      std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim, pending_import>;
+  struct pending_checkpoint {
+    checkpoint_request req;
+    std::function<void(model::result<api::Event>)> done;
+  };
+  using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim,
+                               pending_import, pending_checkpoint>;
   fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
@@ -423,6 +441,7 @@ struct store::impl {
     std::unordered_set<std::string> imported_ids;  // unit ids imported by this group
     std::unordered_map<std::string, CallRecord> calls;     // tool-call records written by this group
     std::unordered_map<std::string, api::WorkUnit> call_units;  // their units, by log key
+    std::unordered_map<std::string, uint64_t> checkpoint_versions;  // latest, by checkpoint_prefix
     std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
     std::unordered_set<std::string> vector_units;          // units given a vector in this group
     uint64_t next_vseq = 0;
@@ -905,6 +924,11 @@ struct store::impl {
         st.context.set_updated_at_ns(ts);
       }
       st.context.set_head_seq(ev.seq());
+      if (ev.has_checkpoint()) {
+        std::string seq;
+        put_be64(seq, ev.seq());
+        g.batch.Put(h(cf_checkpoints), checkpoint_key(st.handle, ev.checkpoint().agent_id(), ev.checkpoint().version()), seq);
+      }
       g.batch.Put(h(cf_log), log_key(st.handle, ev.seq()), ev.SerializeAsString());
       g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
     }
@@ -912,6 +936,69 @@ struct store::impl {
     g.staged[p.context_id] = std::move(st);
     auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
     g.on_success.push_back([done, result] { (*done)(std::move(*result)); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
+  // The newest kept version of an agent's checkpoint (0: none).
+  model::result<uint64_t> latest_checkpoint(const group_state& g, const std::string& prefix) const {
+    if (auto it = g.checkpoint_versions.find(prefix); it != g.checkpoint_versions.end()) return it->second;
+    std::string upper = prefix;
+    upper.back() = '\1';  // just past every [version:8] after the '\0'
+    rocksdb::Slice lo(prefix), hi(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_lower_bound = &lo;
+    ro.iterate_upper_bound = &hi;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_checkpoints)));
+    it->SeekToLast();
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading checkpoints"));
+    return it->Valid() ? get_be64(it->key().ToStringView().substr(prefix.size())) : 0;
+  }
+
+  void stage(group_state& g, pending_checkpoint& p) {
+    auto& req = p.req;
+    auto lookup = find_context(req.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    const bool exists = *lookup && !(*lookup)->deleted;
+    const uint64_t head = exists ? (*lookup)->context.head_seq() : 0;
+    if (req.cursor_seq > head)
+      return fail_now(g, p.done, {errc::invalid_argument, "cursor_seq " + std::to_string(req.cursor_seq) +
+                                                              " is beyond the context's head_seq " + std::to_string(head)});
+    const uint64_t handle = *lookup ? (*lookup)->handle : g.next_handle;
+    const auto prefix = checkpoint_prefix(handle, req.agent_id);
+    uint64_t latest = 0;
+    if (*lookup) {
+      auto found = latest_checkpoint(g, prefix);
+      if (!found) return fail_now(g, p.done, found.error());
+      latest = *found;
+    }
+    if (req.if_match && *req.if_match != latest)
+      return fail_now(g, p.done, {errc::precondition_failed, "If-Match names version " + std::to_string(*req.if_match) +
+                                                                 " but the latest is " + std::to_string(latest)});
+    if (!req.if_match && latest)
+      return fail_now(g, p.done, {errc::precondition_required, "agent '" + req.agent_id + "' has checkpoint version " +
+                                                                   std::to_string(latest) +
+                                                                   " here; send If-Match with the version this replaces"});
+    context_state st = existing_or_new(*lookup, req.context_id, g);
+    const uint64_t version = latest + 1;
+    api::Event ev;
+    auto* cp = ev.mutable_checkpoint();
+    cp->set_agent_id(req.agent_id);
+    cp->set_version(version);
+    cp->set_cursor_seq(req.cursor_seq);
+    cp->set_state_json(std::move(req.state_json));
+    put_event(g, st, std::move(ev));
+    st.context.set_updated_at_ns(g.now);
+    std::string seq;
+    put_be64(seq, st.context.head_seq());
+    g.batch.Put(h(cf_checkpoints), checkpoint_key(handle, req.agent_id, version), seq);
+    if (version > req.keep)
+      g.batch.DeleteRange(h(cf_checkpoints), checkpoint_key(handle, req.agent_id, 0),
+                          checkpoint_key(handle, req.agent_id, version - req.keep + 1));
+    g.checkpoint_versions[prefix] = version;
+    auto saved = std::make_shared<api::Event>(*g.events.back());
+    g.staged[req.context_id] = std::move(st);
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done, saved] { (*done)(std::move(*saved)); });
     g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
   }
 
@@ -971,6 +1058,8 @@ struct store::impl {
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       if (!ev.ParseFromArray(it->value().data(), int(it->value().size())))
         return fail_now(g, p.done, {errc::internal, "corrupt log entry in context '" + p.context_id + "'"});
+      if (ev.has_checkpoint())
+        g.batch.Delete(h(cf_checkpoints), checkpoint_key(st.handle, ev.checkpoint().agent_id(), ev.checkpoint().version()));
       if (!ev.has_work_unit()) continue;
       const auto id = model::uuid::parse(ev.work_unit().id());
       if (!id) continue;
@@ -998,6 +1087,7 @@ struct store::impl {
     if (finished && p.erase) {
       g.batch.DeleteRange(h(cf_idempotency), idempotency_key(st.handle, ""), idempotency_key(st.handle + 1, ""));
       g.batch.DeleteRange(h(cf_calls), call_key(st.handle, ""), call_key(st.handle + 1, ""));
+      g.batch.DeleteRange(h(cf_checkpoints), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       for (const auto& [model, _] : model_dims) g.batch.Delete(h(cf_embed_cursors), cursor_key(model, p.context_id));
       api::Context kept;  // the tombstone keeps no display name, members or meta
       kept.set_id(p.context_id);
@@ -1283,6 +1373,47 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
   return out;
+}
+
+void store::put_checkpoint(checkpoint_request req, std::function<void(model::result<api::Event>)> done) {
+  impl_->enqueue(impl::pending_checkpoint{std::move(req), done}, done);
+}
+
+model::result<std::vector<api::Event>> store::list_checkpoints(std::string_view context_id,
+                                                                std::string_view agent_id) const {
+  std::vector<api::Event> out;
+  auto rec = impl_->read_record(context_id);
+  if (!rec) return std::unexpected(rec.error());
+  if (!*rec || (*rec)->deleted()) return out;
+  const uint64_t handle = (*rec)->handle();
+  const std::string prefix = checkpoint_prefix(handle, agent_id);
+  std::string upper = prefix;
+  upper.back() = '\1';
+  rocksdb::Slice lo(prefix), hi(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_lower_bound = &lo;
+  ro.iterate_upper_bound = &hi;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->h(cf_checkpoints)));
+  for (it->SeekToLast(); it->Valid(); it->Prev()) {
+    std::string raw;
+    auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_log), log_key(handle, get_be64(it->value().ToStringView())), &raw);
+    if (s.IsNotFound()) continue;  // removed by retention with its event
+    if (!s.ok()) return std::unexpected(storage_error(s, "reading a checkpoint"));
+    api::Event ev;
+    if (!ev.ParseFromString(raw) || !ev.has_checkpoint()) return fail(errc::internal, "corrupt checkpoint event");
+    out.push_back(std::move(ev));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading checkpoints"));
+  return out;
+}
+
+model::result<std::optional<api::Event>> store::get_checkpoint(std::string_view context_id, std::string_view agent_id,
+                                                               std::optional<uint64_t> version) const {
+  auto all = list_checkpoints(context_id, agent_id);
+  if (!all) return std::unexpected(all.error());
+  for (auto& ev : *all)
+    if (!version || ev.checkpoint().version() == *version) return std::optional<api::Event>(std::move(ev));
+  return std::optional<api::Event>();
 }
 
 model::result<std::optional<tool_call>> store::get_tool_call(std::string_view context_id,

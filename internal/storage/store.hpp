@@ -16,6 +16,7 @@
 //   vector_models <model name>          → VectorModel    the model's dimension
 //   embed_cursors <model>\0<context id> → [seq:8]        how far the embedder has read
 //   calls        [handle:8][call id]    → CallRecord     the tool-call ledger: call and result seqs
+//   checkpoints  [handle:8][agent]\0[version:8] → [seq:8]  the kept versions of agents' checkpoints
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -125,6 +126,18 @@ struct tool_call {
   std::optional<api::WorkUnit> result;
 };
 
+// Saves an agent's checkpoint in a context as a new version (a Checkpoint event).
+struct checkpoint_request {
+  std::string context_id;
+  std::string agent_id;
+  uint64_t cursor_seq = 0;  // at most the context's head_seq
+  std::string state_json;
+  // The version this save replaces (If-Match): precondition_failed when it is not
+  // the latest; without it, precondition_required when a version exists.
+  std::optional<uint64_t> if_match;
+  size_t keep = 20;  // versions kept readable (older ones' index entries go)
+};
+
 struct stored_vector {
   uint64_t vseq = 0;  // position in the global order of stored vectors (from 1; removals leave gaps)
   std::string unit_id;
@@ -220,6 +233,14 @@ class store {
                                                                               size_t limit) const;
 
   model::result<std::optional<api::Context>> get_context(std::string_view id) const;
+  void put_checkpoint(checkpoint_request req, std::function<void(model::result<api::Event>)> done);
+  // The agent's checkpoint in the context (the latest, or `version`); nullopt when
+  // there is none (or that version is no longer kept).
+  model::result<std::optional<api::Event>> get_checkpoint(std::string_view context_id, std::string_view agent_id,
+                                                          std::optional<uint64_t> version) const;
+  // Every kept version, newest first.
+  model::result<std::vector<api::Event>> list_checkpoints(std::string_view context_id, std::string_view agent_id) const;
+
   // A tool call of the context's ledger (README, Tool calls) and its result, if any;
   // nullopt when the context has no call with that id.
   model::result<std::optional<tool_call>> get_tool_call(std::string_view context_id, std::string_view call_id) const;
