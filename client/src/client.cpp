@@ -342,6 +342,48 @@ result<events_page> client::list_events(const std::string& context_id, uint64_t 
   return out;
 }
 
+namespace {
+
+result<checkpoint> checkpoint_from(result<http_result> r) {
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  const auto cp = j->value("checkpoint", json());
+  if (!cp.is_object() || !cp.contains("version"))
+    return std::unexpected(error{error::kind::protocol, r->status, "answer has no \"checkpoint\"", {}});
+  checkpoint out;
+  out.context_id = cp.value("context_id", "");
+  out.agent_id = cp.value("agent_id", "");
+  out.version = cp.value("version", uint64_t(0));
+  out.cursor_seq = cp.value("cursor_seq", uint64_t(0));
+  out.seq = cp.value("seq", uint64_t(0));
+  out.state_json = cp.value("state", json::object()).dump();
+  return out;
+}
+
+}  // namespace
+
+result<checkpoint> client::save_checkpoint(const std::string& context_id, const std::string& agent_id,
+                                           uint64_t cursor_seq, const std::string& state_json, uint64_t replaces) {
+  auto state = json::parse(state_json, nullptr, false);
+  if (!state.is_object())
+    return std::unexpected(error{error::kind::protocol, 0, "checkpoint state must be a JSON object", {}});
+  const json body{{"cursor_seq", cursor_seq}, {"state", state}};
+  // A save is compare-and-set on `replaces`: a retry after a lost answer gets 412
+  // and can read the latest, so it is safe to resend once unsent only.
+  return checkpoint_from(impl_->send("PUT",
+                                     "/contexts/" + encode_component(context_id) + "/agents/" +
+                                         encode_component(agent_id) + "/checkpoint",
+                                     body.dump(), retry_mode::unsent, {{"If-Match", "\"" + std::to_string(replaces) + "\""}}));
+}
+
+result<checkpoint> client::get_checkpoint(const std::string& context_id, const std::string& agent_id,
+                                          std::optional<uint64_t> version) {
+  std::string target = "/contexts/" + encode_component(context_id) + "/agents/" + encode_component(agent_id) + "/checkpoint";
+  if (version) target += "?version=" + std::to_string(*version);
+  return checkpoint_from(impl_->send("GET", target, {}, retry_mode::safe));
+}
+
 result<tool_call> client::get_tool_call(const std::string& context_id, const std::string& call_id) {
   auto r = impl_->send("GET", "/contexts/" + encode_component(context_id) + "/tool-calls/" + encode_component(call_id),
                        {}, retry_mode::safe);

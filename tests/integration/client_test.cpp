@@ -134,6 +134,38 @@ TEST_F(ClientTest, AppendGetAndPageThroughAContext) {
   EXPECT_EQ(odd->items[0].context_id, "sdk/odd id?#&=%");
 }
 
+TEST_F(ClientTest, CheckpointsAndToolCalls) {
+  sdk::unit_input u;
+  u.context_id = "sdk/cp";
+  u.payload = "x";
+  ASSERT_TRUE(c_.append(u));
+  auto v1 = c_.save_checkpoint("sdk/cp", "agent-a", 1, R"({"step":1})", 0);
+  ASSERT_TRUE(v1) << v1.error().describe();
+  EXPECT_EQ(v1->version, 1u);
+  auto stale = c_.save_checkpoint("sdk/cp", "agent-a", 1, R"({"step":2})", 0);
+  ASSERT_FALSE(stale);
+  EXPECT_EQ(stale.error().status, 412u);
+  ASSERT_TRUE(c_.save_checkpoint("sdk/cp", "agent-a", 1, R"({"step":2})", 1));
+  auto latest = c_.get_checkpoint("sdk/cp", "agent-a");
+  ASSERT_TRUE(latest);
+  EXPECT_EQ(latest->version, 2u);
+  EXPECT_EQ(json::parse(latest->state_json), json({{"step", 2}}));
+  EXPECT_EQ(c_.get_checkpoint("sdk/cp", "agent-a", 1)->state_json, R"({"step":1})");
+  EXPECT_EQ(c_.get_checkpoint("sdk/cp", "nobody").error().status, 404u);
+
+  u.type = sdk::unit_type::tool_call;
+  u.call_id = "t1";
+  ASSERT_TRUE(c_.append(u));
+  EXPECT_FALSE(c_.get_tool_call("sdk/cp", "t1")->result);
+  u.type = sdk::unit_type::tool_result;
+  u.payload = "done";
+  ASSERT_TRUE(c_.append(u));
+  auto call = c_.get_tool_call("sdk/cp", "t1");
+  ASSERT_TRUE(call && call->result);
+  EXPECT_EQ(call->result->payload, "done");
+  EXPECT_EQ(call->call.call_id, "t1");
+}
+
 TEST_F(ClientTest, ServerRefusalsAreServerErrorsWithTheServersMessage) {
   auto missing = c_.get_unit("01900000-0000-7000-8000-000000000000");
   ASSERT_FALSE(missing);

@@ -298,6 +298,15 @@ class client {
     }
   }
 
+  // Saves the agent's checkpoint in a context as a new version. `replaces` is the
+  // version this save replaces (0: the first save): a save from a stale copy of the
+  // agent fails with status 412 (another version is the latest) or 428.
+  result<checkpoint> save_checkpoint(const std::string& context_id, const std::string& agent_id, uint64_t cursor_seq,
+                                     const std::string& state_json, uint64_t replaces);
+  // The latest checkpoint, or a kept `version`; 404 when there is none.
+  result<checkpoint> get_checkpoint(const std::string& context_id, const std::string& agent_id,
+                                    std::optional<uint64_t> version = std::nullopt);
+
   // A tool call of a context's ledger and its result (README, Tool calls); a call
   // the context does not have is an error (404).
   result<tool_call> get_tool_call(const std::string& context_id, const std::string& call_id);

@@ -187,6 +187,16 @@ struct events_page {
 };
 
 // POST /admin/backup: where the server wrote the backup (on its own disk).
+// An agent's checkpoint in a context (README, Checkpoints).
+struct checkpoint {
+  std::string context_id;
+  std::string agent_id;
+  uint64_t version = 0;     // 1, 2, 3 … per agent and context
+  uint64_t cursor_seq = 0;  // the last seq the agent had dealt with
+  std::string state_json;   // the saved JSON object, as text
+  uint64_t seq = 0;         // of its checkpoint_saved event
+};
+
 struct backup_info {
   std::string dir;  // absolute path; start a server with --data-dir on it to restore
   double seconds = 0;
