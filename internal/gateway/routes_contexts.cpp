@@ -45,13 +45,16 @@ void delete_context(services& s, call& c, responder respond) {
                        });
 }
 
-// A tool call of the ledger with its result; who holds the lease "call:<call_id>"
-// (the README's run-exactly-once pattern) is `claimed_by`.
+// A tool call of the ledger with its result; who holds the lease
+// "call:<context_id>/<call_id>" (the README's run-exactly-once pattern) is `claimed_by`.
 void get_tool_call(services& s, call& c, responder respond) {
   const std::string call_id = *c.param("call_id");
   if (auto bad = model::check_identifier("call_id", call_id, model::max_id_bytes)) return respond(bad_request(*bad));
+  // The lease's holder, for callers who may see leases on it.
+  const std::string lease_path = "call:" + c.subject + "/" + call_id;
   std::string claimed_by;
-  if (auto lease = s.eng.get_lock("call:" + call_id)) claimed_by = lease->holder_agent();
+  if (c.who.can(auth::lock, lease_path))
+    if (auto lease = s.eng.get_lock(lease_path)) claimed_by = lease->holder_agent();
   s.eng.get_tool_call(c.subject, call_id,
                       [claimed_by, respond = std::move(respond)](model::result<storage::tool_call> r) {
                         if (!r) return respond(error_response(r.error()));

@@ -704,6 +704,25 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
     *ev.mutable_context_updated()->mutable_context() = std::move(*parsed);
     return ev;
   }
+  if (kind == "checkpoint_saved") {
+    auto agent = string_field(object, "agent_id", "");
+    if (!agent) return std::unexpected(agent.error());
+    if (auto bad = check_identifier("agent_id", *agent, max_id_bytes)) return fail(errc::invalid_argument, *bad);
+    auto version = uint_member(object, "version", true);
+    auto cursor = uint_member(object, "cursor_seq", false);
+    if (!version) return std::unexpected(version.error());
+    if (!cursor) return std::unexpected(cursor.error());
+    if (*version == 0) return fail(errc::invalid_argument, "version must be at least 1");
+    const auto state = object.find("state");
+    if (state != object.end() && !state->is_null() && !state->is_object())
+      return fail(errc::invalid_argument, "state must be a JSON object");
+    auto* cp = ev.mutable_checkpoint();
+    cp->set_agent_id(std::move(*agent));
+    cp->set_version(*version);
+    cp->set_cursor_seq(*cursor);
+    cp->set_state_json(state == object.end() || state->is_null() ? "{}" : dump(*state));
+    return ev;
+  }
   if (kind == "context_deleted") {
     auto by = string_field(object, "deleted_by", "");
     auto removed = uint_member(object, "removed_events", false);

@@ -490,9 +490,19 @@ struct store::impl {
       auto replay_or_refuse = [&](uint64_t at, std::string what) -> model::result<std::optional<api::WorkUnit>> {
         auto existing = unit_at(g, st.handle, at);
         if (!existing) return std::unexpected(existing.error());
-        if (units.size() == 1 && same_content(*existing, unit)) return std::optional<api::WorkUnit>(std::move(*existing));
+        if (units.size() == 1 && same_content(*existing, unit)) {
+          // Staged by this group: its commit may still fail, so no replay yet.
+          if (g.call_units.contains(log_key(st.handle, at)))
+            return fail(errc::in_progress, "the same " + quoted + " unit is still being committed; retry shortly");
+          return std::optional<api::WorkUnit>(std::move(*existing));
+        }
         return fail(errc::conflict, quoted + " " + what + " (unit " + existing->id() + ", seq " + std::to_string(at) + ")");
       };
+      const auto mine = records.find(key);  // written by this request already
+      if (unit.type() == api::WORK_UNIT_TYPE_TOOL_CALL && mine != records.end())
+        return fail(errc::conflict, quoted + " is called twice in this request");
+      if (unit.type() == api::WORK_UNIT_TYPE_TOOL_RESULT && mine != records.end() && mine->second.result_seq())
+        return fail(errc::conflict, quoted + " is answered twice in this request");
       if (unit.type() == api::WORK_UNIT_TYPE_TOOL_CALL) {
         if (*rec && (*rec)->call_seq()) return replay_or_refuse((*rec)->call_seq(), "exists already in this context");
         CallRecord fresh;
@@ -925,9 +935,13 @@ struct store::impl {
       }
       st.context.set_head_seq(ev.seq());
       if (ev.has_checkpoint()) {
+        const auto& cp = ev.checkpoint();
         std::string seq;
         put_be64(seq, ev.seq());
-        g.batch.Put(h(cf_checkpoints), checkpoint_key(st.handle, ev.checkpoint().agent_id(), ev.checkpoint().version()), seq);
+        g.batch.Put(h(cf_checkpoints), checkpoint_key(st.handle, cp.agent_id(), cp.version()), seq);
+        const auto prefix = checkpoint_prefix(st.handle, cp.agent_id());
+        auto latest = latest_checkpoint(g, prefix);
+        if (latest && *latest < cp.version()) put_checkpoint_counter(g, prefix, cp.version());
       }
       g.batch.Put(h(cf_log), log_key(st.handle, ev.seq()), ev.SerializeAsString());
       g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
@@ -939,19 +953,22 @@ struct store::impl {
     g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
   }
 
-  // The newest kept version of an agent's checkpoint (0: none).
+  // The newest version of an agent's checkpoint (0: none), from its counter: the key
+  // `prefix` itself, which retention never removes, so versions never repeat.
   model::result<uint64_t> latest_checkpoint(const group_state& g, const std::string& prefix) const {
     if (auto it = g.checkpoint_versions.find(prefix); it != g.checkpoint_versions.end()) return it->second;
-    std::string upper = prefix;
-    upper.back() = '\1';  // just past every [version:8] after the '\0'
-    rocksdb::Slice lo(prefix), hi(upper);
-    rocksdb::ReadOptions ro;
-    ro.iterate_lower_bound = &lo;
-    ro.iterate_upper_bound = &hi;
-    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_checkpoints)));
-    it->SeekToLast();
-    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading checkpoints"));
-    return it->Valid() ? get_be64(it->key().ToStringView().substr(prefix.size())) : 0;
+    std::string v;
+    auto s = db->Get(rocksdb::ReadOptions(), h(cf_checkpoints), prefix, &v);
+    if (s.IsNotFound()) return uint64_t(0);
+    if (!s.ok() || v.size() != 8) return std::unexpected(storage_error(s, "reading a checkpoint counter"));
+    return get_be64(v);
+  }
+
+  void put_checkpoint_counter(group_state& g, const std::string& prefix, uint64_t version) {
+    std::string v;
+    put_be64(v, version);
+    g.batch.Put(h(cf_checkpoints), prefix, v);
+    g.checkpoint_versions[prefix] = version;
   }
 
   void stage(group_state& g, pending_checkpoint& p) {
@@ -994,12 +1011,44 @@ struct store::impl {
     if (version > req.keep)
       g.batch.DeleteRange(h(cf_checkpoints), checkpoint_key(handle, req.agent_id, 0),
                           checkpoint_key(handle, req.agent_id, version - req.keep + 1));
-    g.checkpoint_versions[prefix] = version;
+    put_checkpoint_counter(g, prefix, version);
     auto saved = std::make_shared<api::Event>(*g.events.back());
     g.staged[req.context_id] = std::move(st);
     auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
     g.on_success.push_back([done, saved] { (*done)(std::move(*saved)); });
     g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
+  // Kept checkpoint versions of an agent, newest first (only `version`, if given), at
+  // most `limit`. Versions whose events retention removed are skipped.
+  model::result<std::vector<api::Event>> checkpoints(std::string_view context_id, std::string_view agent_id,
+                                                     std::optional<uint64_t> version, size_t limit) const {
+    std::vector<api::Event> out;
+    auto rec = read_record(context_id);
+    if (!rec) return std::unexpected(rec.error());
+    if (!*rec || (*rec)->deleted()) return out;
+    const uint64_t handle = (*rec)->handle();
+    const std::string prefix = checkpoint_prefix(handle, agent_id);
+    std::string lower = version ? checkpoint_key(handle, agent_id, *version) : prefix;
+    std::string upper = version ? checkpoint_key(handle, agent_id, *version + 1) : prefix;
+    if (!version) upper.back() = '\1';  // just past every [version:8] after the '\0'
+    rocksdb::Slice lo(lower), hi(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_lower_bound = &lo;
+    ro.iterate_upper_bound = &hi;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_checkpoints)));
+    for (it->SeekToLast(); it->Valid() && out.size() < limit; it->Prev()) {
+      if (it->key().size() != prefix.size() + 8) continue;  // the counter
+      std::string raw;
+      auto s = db->Get(rocksdb::ReadOptions(), h(cf_log), log_key(handle, get_be64(it->value().ToStringView())), &raw);
+      if (s.IsNotFound()) continue;  // removed by retention with its event
+      if (!s.ok()) return std::unexpected(storage_error(s, "reading a checkpoint"));
+      api::Event ev;
+      if (!ev.ParseFromString(raw) || !ev.has_checkpoint()) return fail(errc::internal, "corrupt checkpoint event");
+      out.push_back(std::move(ev));
+    }
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading checkpoints"));
+    return out;
   }
 
   // The next step of a trim: behind what is queued, past the queue limit (it was
@@ -1381,39 +1430,15 @@ void store::put_checkpoint(checkpoint_request req, std::function<void(model::res
 
 model::result<std::vector<api::Event>> store::list_checkpoints(std::string_view context_id,
                                                                 std::string_view agent_id) const {
-  std::vector<api::Event> out;
-  auto rec = impl_->read_record(context_id);
-  if (!rec) return std::unexpected(rec.error());
-  if (!*rec || (*rec)->deleted()) return out;
-  const uint64_t handle = (*rec)->handle();
-  const std::string prefix = checkpoint_prefix(handle, agent_id);
-  std::string upper = prefix;
-  upper.back() = '\1';
-  rocksdb::Slice lo(prefix), hi(upper);
-  rocksdb::ReadOptions ro;
-  ro.iterate_lower_bound = &lo;
-  ro.iterate_upper_bound = &hi;
-  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->h(cf_checkpoints)));
-  for (it->SeekToLast(); it->Valid(); it->Prev()) {
-    std::string raw;
-    auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_log), log_key(handle, get_be64(it->value().ToStringView())), &raw);
-    if (s.IsNotFound()) continue;  // removed by retention with its event
-    if (!s.ok()) return std::unexpected(storage_error(s, "reading a checkpoint"));
-    api::Event ev;
-    if (!ev.ParseFromString(raw) || !ev.has_checkpoint()) return fail(errc::internal, "corrupt checkpoint event");
-    out.push_back(std::move(ev));
-  }
-  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading checkpoints"));
-  return out;
+  return impl_->checkpoints(context_id, agent_id, std::nullopt, SIZE_MAX);
 }
 
 model::result<std::optional<api::Event>> store::get_checkpoint(std::string_view context_id, std::string_view agent_id,
                                                                std::optional<uint64_t> version) const {
-  auto all = list_checkpoints(context_id, agent_id);
-  if (!all) return std::unexpected(all.error());
-  for (auto& ev : *all)
-    if (!version || ev.checkpoint().version() == *version) return std::optional<api::Event>(std::move(ev));
-  return std::optional<api::Event>();
+  auto found = impl_->checkpoints(context_id, agent_id, version, 1);
+  if (!found) return std::unexpected(found.error());
+  if (found->empty()) return std::optional<api::Event>();
+  return std::optional<api::Event>(std::move(found->front()));
 }
 
 model::result<std::optional<tool_call>> store::get_tool_call(std::string_view context_id,
@@ -1428,19 +1453,24 @@ model::result<std::optional<tool_call>> store::get_tool_call(std::string_view co
   if (!s.ok()) return std::unexpected(storage_error(s, "reading the tool-call ledger"));
   CallRecord calls;
   if (!calls.ParseFromString(raw)) return fail(errc::internal, "corrupt tool-call record");
-  auto read = [&](uint64_t seq) -> model::result<api::WorkUnit> {
-    auto units = impl_->read_units(handle, seq, 1);
-    if (!units) return std::unexpected(units.error());
-    return std::move(units->front());
+  auto read = [&](uint64_t seq) -> model::result<std::optional<api::WorkUnit>> {
+    std::string raw;
+    auto s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_log), log_key(handle, seq), &raw);
+    if (s.IsNotFound()) return std::optional<api::WorkUnit>();  // removed by retention meanwhile
+    if (!s.ok()) return std::unexpected(storage_error(s, "reading a tool call"));
+    api::Event ev;
+    if (!ev.ParseFromString(raw) || !ev.has_work_unit()) return fail(errc::internal, "corrupt tool-call unit");
+    return std::optional<api::WorkUnit>(std::move(*ev.mutable_work_unit()));
   };
   tool_call out;
   auto call = read(calls.call_seq());
   if (!call) return std::unexpected(call.error());
-  out.call = std::move(*call);
+  if (!*call) return std::optional<tool_call>();
+  out.call = std::move(**call);
   if (calls.result_seq()) {
     auto result = read(calls.result_seq());
     if (!result) return std::unexpected(result.error());
-    out.result = std::move(*result);
+    if (*result) out.result = std::move(**result);
   }
   return std::optional<tool_call>(std::move(out));
 }

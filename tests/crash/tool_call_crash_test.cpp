@@ -1,5 +1,5 @@
-// The tool-call ledger under SIGKILL: workers record calls and race duplicate
-// results; after a kill and restart every acknowledged call and result is in the
+// The tool-call ledger under SIGKILL: workers record calls, results and duplicate
+// results (refused); after a kill and restart every acknowledged call and result is in the
 // ledger, and no call has two calls or two results in the log.
 #include <gtest/gtest.h>
 
@@ -16,7 +16,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-TEST(ToolCallCrashTest, Sigkill_WhileResultsRace_KeepsOneResultPerCall) {
+TEST(ToolCallCrashTest, Sigkill_WithDuplicateResults_KeepsOneResultPerCall) {
   temp_dir dir;
   server_process proc(dir.str() + "/data", "sync", dir.str());
   proc.start();

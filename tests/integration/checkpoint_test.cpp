@@ -79,5 +79,39 @@ TEST(Checkpoints, VersionsWithCompareAndSet) {
   EXPECT_EQ(call(http, "PUT", path, R"({"cursor_seq":1})", {{"If-Match", "4"}}).body["checkpoint"]["version"], 5);
 }
 
+// Retention removes old checkpoint events, but versions go on from the last one, so
+// a stale copy of the agent can never start over at version 1; an export of the
+// context imports with its checkpoints.
+TEST(Checkpoints, VersionsOutliveRetentionAndTravelWithAnExport) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.retention.interval = 50ms;
+  test_server server(cfg);
+  auto http = server.connect();
+  const std::string path = "/contexts/cp/agents/alice/checkpoint";
+  ASSERT_EQ(call(http, "PATCH", "/contexts/cp", R"({"retention":{"max_events":2}})").status, 200u);
+  ASSERT_EQ(call(http, "PUT", path, R"({"cursor_seq":1,"state":{"n":1}})").status, 200u);
+  ASSERT_EQ(call(http, "PUT", path, R"({"cursor_seq":1,"state":{"n":2}})", {{"If-Match", "1"}}).status, 200u);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(call(http, "POST", "/workunit", R"({"context_id":"cp","agent_id":"a","text":"x"})").status, 201u);
+  ASSERT_TRUE(wait_until([&] { return call(http, "GET", path).status == 404; }, 30s));
+  EXPECT_EQ(call(http, "PUT", path, R"({"cursor_seq":1,"state":{}})").status, 428u);
+  EXPECT_EQ(call(http, "PUT", path, R"({"cursor_seq":1,"state":{}})", {{"If-Match", "0"}}).status, 412u);
+  auto v3 = call(http, "PUT", path, R"({"cursor_seq":5,"state":{"n":3}})", {{"If-Match", "2"}});
+  ASSERT_EQ(v3.status, 200u) << v3.raw;
+  EXPECT_EQ(v3.body["checkpoint"]["version"], 3);
+
+  // Export → import into another server: the checkpoint is readable there.
+  const auto exported = call(http, "GET", "/contexts/cp/events?limit=100");
+  const json events = exported.body["events"];
+  temp_dir other;
+  test_server copy(other);
+  auto copy_http = copy.connect();
+  auto imported = call(copy_http, "POST", "/contexts/cp/import", json({{"events", events}}).dump());
+  ASSERT_EQ(imported.status, 200u) << imported.raw;
+  EXPECT_EQ(call(copy_http, "GET", path).body["checkpoint"], call(http, "GET", path).body["checkpoint"]);
+  EXPECT_EQ(call(copy_http, "PUT", path, R"({"cursor_seq":5})", {{"If-Match", "3"}}).body["checkpoint"]["version"], 4);
+}
+
 }  // namespace
 }  // namespace engram::test

@@ -47,8 +47,11 @@ TEST(ToolCalls, OneCallAndAtMostOneResultPerCallId) {
   EXPECT_EQ(pending.body["call"]["id"], call_unit);
   EXPECT_TRUE(pending.body["result"].is_null());
   EXPECT_FALSE(pending.body.contains("claimed_by"));
-  // Whoever runs it holds the lease call:<call_id> (README, Tool calls).
-  ASSERT_EQ(test::call(http, "POST", "/locks", R"({"resource_path":"call:c1","agent_id":"runner"})").status, 200u);
+  // Whoever runs it holds the lease call:<context>/<call_id> (README, Tool calls);
+  // the same call id in another context is another lease.
+  ASSERT_EQ(test::call(http, "POST", "/locks", R"({"resource_path":"call:other/c1","agent_id":"elsewhere"})").status, 200u);
+  EXPECT_FALSE(test::call(http, "GET", "/contexts/tc/tool-calls/c1").body.contains("claimed_by"));
+  ASSERT_EQ(test::call(http, "POST", "/locks", R"({"resource_path":"call:tc/c1","agent_id":"runner"})").status, 200u);
   EXPECT_EQ(test::call(http, "GET", "/contexts/tc/tool-calls/c1").body["claimed_by"], "runner");
 
   // Racing results: exactly one is stored; the others are told which.
@@ -95,6 +98,15 @@ TEST(ToolCalls, OneCallAndAtMostOneResultPerCallId) {
                                   {"work_units", {{{"text", "fine"}}, {{"type", "TOOL_CALL"}, {"call_id", "c1"}, {"text", "z"}}}}})
                                 .dump());
   EXPECT_EQ(refused.status, 409u) << refused.raw;
+  EXPECT_EQ(test::call(http, "GET", "/contexts/tc").body["context"]["head_seq"], head);
+  for (const char* twice : {R"([{"type":"TOOL_CALL","call_id":"d","text":"1"},{"type":"TOOL_CALL","call_id":"d","text":"2"}])",
+                            R"([{"type":"TOOL_CALL","call_id":"e","text":"1"},{"type":"TOOL_RESULT","call_id":"e","text":"a"},
+                                {"type":"TOOL_RESULT","call_id":"e","text":"b"}])"}) {
+    auto r = test::call(http, "POST", "/workunits",
+                        json({{"context_id", "tc"}, {"agent_id", "a"}, {"work_units", json::parse(twice)}}).dump());
+    EXPECT_EQ(r.status, 409u) << r.raw;
+    EXPECT_NE(r.body.value("error", "").find("twice in this request"), std::string::npos) << r.raw;
+  }
   EXPECT_EQ(test::call(http, "GET", "/contexts/tc").body["context"]["head_seq"], head);
   EXPECT_EQ(test::call(http, "GET", "/contexts/tc/tool-calls/nope").status, 404u);
   EXPECT_EQ(test::call(http, "GET", "/contexts/elsewhere/tool-calls/c1").status, 404u);

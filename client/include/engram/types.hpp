@@ -89,7 +89,7 @@ struct unit_input {
 struct tool_call {
   work_unit call;
   std::optional<work_unit> result;  // nullopt: pending
-  std::string claimed_by;           // holder of the lease "call:<call_id>", if any
+  std::string claimed_by;           // holder of the lease "call:<context_id>/<call_id>", if any
 };
 
 struct context {
