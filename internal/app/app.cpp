@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine/engine.hpp"
+#include "engine/presence.hpp"
 #include "engine/retention.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
@@ -61,6 +62,7 @@ struct app::impl {
   std::unique_ptr<storage::store> store;
   std::unique_ptr<search::index> index;  // null when search is disabled
   std::unique_ptr<engine::retention> retention;
+  std::unique_ptr<engine::presence> presence;
   std::thread recovery;
 
   std::mutex mu;
@@ -112,9 +114,15 @@ struct app::impl {
     }
     eng->attach_search(index.get());
     eng->attach_locks(locks.get());
-    eng->attach(store.get());
+    presence = std::make_unique<engine::presence>(cfg.presence, *store, clock);
+    if (auto ok = presence->start(); !ok) {
+      spdlog::critical("presence: recovery failed: {}", ok.error().message);
+      return ok;
+    }
+    eng->attach_presence(presence.get());
     retention = std::make_unique<engine::retention>(cfg.retention, *store, clock, registry.get());
     retention->start();
+    eng->attach(store.get());  // last: the engine reports ready once everything is attached
     return {};
   }
 };
@@ -229,6 +237,8 @@ void app::stop() {
   if (s.recovery.joinable()) s.recovery.join();
   // Before the HTTP side: a trim's completion runs on its I/O threads.
   if (s.retention) s.retention->stop();
+  s.eng->attach_presence(nullptr);
+  if (s.presence) s.presence->stop();
   s.http->stop(s.cfg.shutdown_timeout);
   s.eng->attach(nullptr);
   s.eng->attach_search(nullptr);

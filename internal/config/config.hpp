@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/options.hpp"
+#include "engine/presence.hpp"
 #include "gateway/options.hpp"
 #include "locks/options.hpp"
 #include "model/error.hpp"
@@ -27,6 +28,7 @@ struct config {
   storage::options storage;
   engine::options engine;
   engine::retention_options retention;
+  engine::presence_options presence;
   locks::options locks;
   search::options search;
   log_options log;

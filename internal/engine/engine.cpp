@@ -109,6 +109,12 @@ void engine::attach(storage::store* s) { store_.store(s, std::memory_order_relea
 void engine::attach_search(search::index* index) { search_.store(index, std::memory_order_release); }
 void engine::attach_locks(locks::manager* m) { locks_.store(m, std::memory_order_release); }
 
+model::result<presence*> engine::presence_manager() const {
+  auto* p = presence_.load(std::memory_order_acquire);
+  if (!p) return fail(errc::unavailable, "the server is recovering its data; retry shortly");
+  return p;
+}
+
 model::result<locks::manager*> engine::locks() const {
   auto* m = locks_.load(std::memory_order_acquire);
   if (!m) {

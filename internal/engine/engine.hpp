@@ -28,6 +28,8 @@ class Registry;
 
 namespace engram::engine {
 
+class presence;
+
 struct idempotency {
   std::string key;          // empty: the request is not idempotent
   std::string fingerprint;  // identifies the request body for that key
@@ -88,6 +90,9 @@ class engine {
   std::optional<search::index_status> search_status() const;
   // The lease manager, once recovered (null: lock calls answer `unavailable`).
   void attach_locks(locks::manager* locks);
+  // Presence, once recovered (null: presence calls answer `unavailable`).
+  void attach_presence(presence* p) { presence_.store(p, std::memory_order_release); }
+  model::result<presence*> presence_manager() const;
   // Waits for every queued read to finish; later reads answer `unavailable`.
   void drain_reads();
 
@@ -178,6 +183,7 @@ class engine {
   std::atomic<storage::store*> store_{nullptr};
   std::atomic<search::index*> search_{nullptr};
   std::atomic<locks::manager*> locks_{nullptr};
+  std::atomic<presence*> presence_{nullptr};
   std::unique_ptr<read_pool> reads_;
   mutable model::uuid_v7_generator ids_;
 };

@@ -47,6 +47,7 @@ inline constexpr std::string_view renew[] = {"lock_id", "agent_id", "ttl_seconds
 inline constexpr std::string_view backup[] = {"dir"};
 inline constexpr std::string_view import[] = {"events"};
 inline constexpr std::string_view checkpoint[] = {"cursor_seq", "state"};
+inline constexpr std::string_view heartbeat[] = {"contexts", "status"};
 }  // namespace fields
 
 // A work unit object: its members, its relationships' and its fence's.

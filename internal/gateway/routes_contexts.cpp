@@ -3,6 +3,7 @@
 
 #include <charconv>
 
+#include "engine/presence.hpp"
 #include "gateway/routes.hpp"
 #include "model/codec.hpp"
 #include "model/json_writer.hpp"
@@ -277,6 +278,86 @@ void list_checkpoints(services& s, call& c, responder respond) {
                            body.close();
                            respond(std::move(out));
                          });
+}
+
+}  // namespace engram::gateway
+
+// ---- presence: which agents are in a context ----
+
+namespace engram::gateway {
+namespace {
+
+// The agent a presence route names: valid, and the caller's own unless it has admin
+// on everything (auth on).
+model::result<std::string> presence_agent(const call& c) {
+  std::string agent = *c.param("agent_id");
+  if (auto bad = model::check_identifier("agent_id", agent, model::max_id_bytes))
+    return model::fail(model::errc::invalid_argument, *bad);
+  if (c.who.principal && c.who.principal->agent != agent && !c.who.can(auth::admin, "*"))
+    return model::fail(model::errc::forbidden, "your token is agent '" + c.who.principal->agent +
+                                                   "'; it cannot speak for agent '" + agent + "'");
+  return agent;
+}
+
+}  // namespace
+
+void heartbeat(services& s, call& c, responder respond) {
+  auto agent = presence_agent(c);
+  if (!agent) return respond(error_response(agent.error()));
+  auto body = parse_body(s, c.req, fields::heartbeat, "the heartbeat");
+  if (!body) return respond(error_response(body.error()));
+  const auto list = body->find("contexts");
+  if (list == body->end() || !list->is_array() || list->empty() || list->size() > 100)
+    return respond(bad_request("contexts must be an array of 1-100 context ids"));
+  std::vector<std::string> contexts;
+  for (const auto& v : *list) {
+    if (!v.is_string()) return respond(bad_request("contexts must be an array of context ids (strings)"));
+    const auto& id = v.get_ref<const std::string&>();
+    if (auto bad = model::check_identifier("contexts[] entry", id, model::max_id_bytes)) return respond(bad_request(*bad));
+    if (!c.who.can(auth::write, id)) return respond(forbidden(auth::write, id));
+    contexts.push_back(id);
+  }
+  std::string status;
+  if (auto st = body->find("status"); st != body->end() && !st->is_null()) {
+    if (!st->is_string() || st->get_ref<const std::string&>().size() > 1024)
+      return respond(bad_request("status must be a string of at most 1024 bytes"));
+    status = st->get<std::string>();
+  }
+  auto p = s.eng.presence_manager();
+  if (!p) return respond(error_response(p.error()));
+  (*p)->heartbeat(*agent, contexts, status, [n = contexts.size(), respond = std::move(respond)](model::status ok) {
+    if (!ok) return respond(error_response(ok.error()));
+    respond(json_response(200, json{{"present_in", n}}));
+  });
+}
+
+void leave_context(services& s, call& c, responder respond) {
+  auto agent = presence_agent(c);
+  if (!agent) return respond(error_response(agent.error()));
+  const auto* ctx = c.query.get("context");
+  if (!ctx || ctx->empty()) return respond(bad_request("context is required: ?context=<id>"));
+  if (auto bad = model::check_identifier("context", *ctx, model::max_id_bytes)) return respond(bad_request(*bad));
+  if (!c.who.can(auth::write, *ctx)) return respond(forbidden(auth::write, *ctx));
+  auto p = s.eng.presence_manager();
+  if (!p) return respond(error_response(p.error()));
+  (*p)->leave(*agent, *ctx, [respond = std::move(respond)](model::result<bool> r) {
+    if (!r) return respond(error_response(r.error()));
+    respond(json_response(200, json{{"left", *r}}));
+  });
+}
+
+void list_presence(services& s, call& c, responder respond) {
+  auto p = s.eng.presence_manager();
+  if (!p) return respond(error_response(p.error()));
+  json agents = json::array();
+  for (const auto& a : (*p)->in_context(c.subject)) {
+    if (!a.joined_at_ns) continue;  // joining: not committed yet
+    agents.push_back({{"agent_id", a.agent_id},
+                      {"joined_at", model::timestamp_json(a.joined_at_ns)},
+                      {"last_seen", model::timestamp_json(a.last_seen_ns)},
+                      {"status", a.status}});
+  }
+  respond(json_response(200, json{{"context_id", c.subject}, {"agents", std::move(agents)}}));
 }
 
 }  // namespace engram::gateway

@@ -87,6 +87,16 @@ event_ptr to_wire(const api::Event& ev) {
                                         {"state", state ? std::move(*state) : model::json()}});
       break;
     }
+    case api::Event::kPresence: {
+      const auto& p = ev.presence();
+      w->sse_event = p.joined() ? "agent_joined" : "agent_left";
+      model::json j{{"type", w->sse_event}, {"context_id", ev.context_id()}, {"seq", ev.seq()},
+                    {"ts", model::timestamp_json(ev.ts_ns())}, {"agent_id", p.agent_id()}};
+      if (p.joined()) j["status"] = p.status();
+      else j["reason"] = p.reason();
+      w->json = model::dump(j);
+      break;
+    }
     case api::Event::KIND_NOT_SET:
       w->sse_event = "unknown";
       w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});

@@ -37,12 +37,12 @@ using steady = std::chrono::steady_clock;
 // Column family indexes in the handle vector, in open order.
 enum cf : size_t {
   cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks,
-  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_count
+  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_presence, cf_count
 };
 constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids",      "contexts",
                                             "idempotency", "counters", "locks",         "vectors",
                                             "vector_keys", "vector_models", "embed_cursors", "calls",
-                                            "checkpoints"};
+                                            "checkpoints", "presence"};
 constexpr std::string_view next_handle_key = "next_context_handle";
 constexpr std::string_view fencing_key = "fencing_token";
 
@@ -255,8 +255,12 @@ struct store::impl {
     checkpoint_request req;
     std::function<void(model::result<api::Event>)> done;
   };
+  struct pending_presence {
+    presence_change change;
+    std::function<void(model::result<bool>)> done;
+  };
   using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim,
-                               pending_import, pending_checkpoint>;
+                               pending_import, pending_checkpoint, pending_presence>;
   fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
@@ -442,6 +446,7 @@ struct store::impl {
     std::unordered_map<std::string, CallRecord> calls;     // tool-call records written by this group
     std::unordered_map<std::string, api::WorkUnit> call_units;  // their units, by log key
     std::unordered_map<std::string, uint64_t> checkpoint_versions;  // latest, by checkpoint_prefix
+    std::unordered_map<std::string, bool> present;                   // presence keys this group changed
     std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
     std::unordered_set<std::string> vector_units;          // units given a vector in this group
     uint64_t next_vseq = 0;
@@ -1051,6 +1056,52 @@ struct store::impl {
     return out;
   }
 
+  void stage(group_state& g, pending_presence& p) {
+    auto& ch = p.change;
+    auto lookup = find_context(ch.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    const bool exists = *lookup && !(*lookup)->deleted;
+    bool present = false;
+    if (exists) {
+      const auto key = call_key((*lookup)->handle, ch.agent_id);
+      if (auto it = g.present.find(key); it != g.present.end()) {
+        present = it->second;
+      } else {
+        std::string raw;
+        auto s = db->Get(rocksdb::ReadOptions(), h(cf_presence), key, &raw);
+        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p.done, storage_error(s, "reading presence"));
+        present = s.ok();
+      }
+    }
+    if (present == ch.join) {  // nothing changes
+      g.immediate.push_back([done = std::move(p.done)] { done(false); });
+      return;
+    }
+    context_state st = existing_or_new(*lookup, ch.context_id, g);
+    const auto key = call_key(st.handle, ch.agent_id);
+    api::Event ev;
+    auto* pe = ev.mutable_presence();
+    pe->set_agent_id(ch.agent_id);
+    pe->set_joined(ch.join);
+    if (ch.join) {
+      pe->set_status(ch.status);
+      PresenceRecord rec;
+      rec.set_joined_at_ns(g.now);
+      rec.set_status(ch.status);
+      g.batch.Put(h(cf_presence), key, rec.SerializeAsString());
+    } else {
+      pe->set_reason(ch.reason);
+      g.batch.Delete(h(cf_presence), key);
+    }
+    g.present[key] = ch.join;
+    put_event(g, st, std::move(ev));
+    st.context.set_updated_at_ns(g.now);
+    g.staged[ch.context_id] = std::move(st);
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done] { (*done)(true); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
   // The next step of a trim: behind what is queued, past the queue limit (it was
   // admitted once), unless the store is closing.
   void requeue(pending_trim t) {
@@ -1137,6 +1188,7 @@ struct store::impl {
       g.batch.DeleteRange(h(cf_idempotency), idempotency_key(st.handle, ""), idempotency_key(st.handle + 1, ""));
       g.batch.DeleteRange(h(cf_calls), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       g.batch.DeleteRange(h(cf_checkpoints), call_key(st.handle, ""), call_key(st.handle + 1, ""));
+      g.batch.DeleteRange(h(cf_presence), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       for (const auto& [model, _] : model_dims) g.batch.Delete(h(cf_embed_cursors), cursor_key(model, p.context_id));
       api::Context kept;  // the tombstone keeps no display name, members or meta
       kept.set_id(p.context_id);
@@ -1421,6 +1473,35 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::context_head
     out.emplace_back(it->key().ToString(), rec.context().head_seq());
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
+  return out;
+}
+
+void store::change_presence(presence_change change, std::function<void(model::result<bool>)> done) {
+  impl_->enqueue(impl::pending_presence{std::move(change), done}, done);
+}
+
+model::result<std::vector<present_agent>> store::load_presence() const {
+  std::vector<present_agent> out;
+  std::unordered_map<uint64_t, std::string> ids;  // handle → context id (live contexts)
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_contexts)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    ContextRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt context record");
+    if (!rec.deleted()) ids[rec.handle()] = it->key().ToString();
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing contexts"));
+  it.reset(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_presence)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const auto key = it->key().ToStringView();
+    PresenceRecord rec;
+    if (key.size() <= 8 || !rec.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt presence record");
+    auto ctx = ids.find(get_be64(key));
+    if (ctx == ids.end()) continue;
+    out.push_back({ctx->second, std::string(key.substr(8)), rec.joined_at_ns(), rec.status()});
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading presence"));
   return out;
 }
 

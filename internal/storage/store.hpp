@@ -17,6 +17,8 @@
 //   embed_cursors <model>\0<context id> → [seq:8]        how far the embedder has read
 //   calls        [handle:8][call id]    → CallRecord     the tool-call ledger: call and result seqs
 //   checkpoints  [handle:8][agent]\0[version:8] → [seq:8]  the kept versions of agents' checkpoints
+//                [handle:8][agent]\0   → [version:8]      the agent's latest version
+//   presence     [handle:8][agent]      → PresenceRecord the agents present (joined, not left)
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -138,6 +140,23 @@ struct checkpoint_request {
   size_t keep = 20;  // versions kept readable (older ones' index entries go)
 };
 
+// An agent joins (agent_joined) or leaves (agent_left) a context. A join of an agent
+// already present, or a leave of one absent, logs nothing.
+struct presence_change {
+  std::string context_id;
+  std::string agent_id;
+  bool join = true;
+  std::string reason;  // leave: "timeout" or "left"
+  std::string status;  // join
+};
+
+struct present_agent {
+  std::string context_id;
+  std::string agent_id;
+  int64_t joined_at_ns = 0;
+  std::string status;
+};
+
 struct stored_vector {
   uint64_t vseq = 0;  // position in the global order of stored vectors (from 1; removals leave gaps)
   std::string unit_id;
@@ -233,6 +252,11 @@ class store {
                                                                               size_t limit) const;
 
   model::result<std::optional<api::Context>> get_context(std::string_view id) const;
+  // `done` gets true when an event was logged.
+  void change_presence(presence_change change, std::function<void(model::result<bool>)> done);
+  // Every agent present in a context (at start-up: what the presence manager resumes).
+  model::result<std::vector<present_agent>> load_presence() const;
+
   void put_checkpoint(checkpoint_request req, std::function<void(model::result<api::Event>)> done);
   // The agent's checkpoint in the context (the latest, or `version`); nullopt when
   // there is none (or that version is no longer kept).

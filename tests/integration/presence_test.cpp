@@ -1,0 +1,103 @@
+// Presence against the real server: heartbeats join, silence and DELETE leave, each
+// as a durable event of the context's log; a restart resumes who was present.
+#include <gtest/gtest.h>
+
+#include "support/test_support.hpp"
+
+namespace engram::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::vector<json> presence_events(client::http_connection& http, const std::string& ctx) {
+  std::vector<json> out;
+  const auto r = call(http, "GET", "/contexts/" + ctx + "/events?limit=1000");
+  for (const auto& e : r.body["events"])
+    if (e["type"] == "agent_joined" || e["type"] == "agent_left") out.push_back(e);
+  return out;
+}
+
+std::vector<std::string> present(client::http_connection& http, const std::string& ctx) {
+  std::vector<std::string> out;
+  const auto r = call(http, "GET", "/contexts/" + ctx + "/presence");
+  EXPECT_EQ(r.status, 200u) << r.raw;
+  for (const auto& a : r.body["agents"]) out.push_back(a["agent_id"]);
+  return out;
+}
+
+TEST(Presence, HeartbeatsJoinSilenceAndDeleteLeave) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.presence.ttl = 400ms;
+  test_server server(cfg);
+  auto http = server.connect();
+  auto beat = [&](const std::string& agent, const json& contexts, const std::string& status = "") {
+    json body{{"contexts", contexts}};
+    if (!status.empty()) body["status"] = status;
+    return call(http, "POST", "/agents/" + agent + "/heartbeat", body.dump());
+  };
+  ASSERT_EQ(beat("alice", {"p/a", "p/b"}, "working").status, 200u);
+  ASSERT_EQ(beat("alice", {"p/a", "p/b"}, "still working").status, 200u);
+  ASSERT_EQ(beat("bob", {"p/a"}).status, 200u);
+  EXPECT_EQ(present(http, "p/a"), (std::vector<std::string>{"alice", "bob"}));
+  auto who = call(http, "GET", "/contexts/p/a/presence").body["agents"][0];
+  EXPECT_EQ(who["status"], "still working");
+  EXPECT_TRUE(who.contains("joined_at") && who.contains("last_seen"));
+  auto events = presence_events(http, "p/a");
+  ASSERT_EQ(events.size(), 2u);  // one join each, however many heartbeats
+  EXPECT_EQ(events[0]["type"], "agent_joined");
+  EXPECT_EQ(events[0]["agent_id"], "alice");
+  EXPECT_EQ(events[0]["status"], "working");
+
+  // Bob leaves explicitly; leaving again changes nothing.
+  auto left = call(http, "DELETE", "/agents/bob/presence?context=p/a");
+  EXPECT_EQ(left.body["left"], true) << left.raw;
+  EXPECT_EQ(call(http, "DELETE", "/agents/bob/presence?context=p/a").body["left"], false);
+  events = presence_events(http, "p/a");
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2]["type"], "agent_left");
+  EXPECT_EQ(events[2]["reason"], "left");
+
+  // Alice goes silent: she leaves both contexts by timeout.
+  ASSERT_TRUE(wait_until([&] { return present(http, "p/a").empty() && present(http, "p/b").empty(); }, 30s));
+  ASSERT_TRUE(wait_until([&] { return presence_events(http, "p/b").size() == 2; }, 30s));
+  EXPECT_EQ(presence_events(http, "p/b")[1]["reason"], "timeout");
+
+  // Bad heartbeats change nothing.
+  for (const char* bad : {R"({})", R"({"contexts":[]})", R"({"contexts":[1]})", R"({"contexts":"p/a"})",
+                          R"({"contexts":["p/a"],"status":5})", R"({"contexts":["p/a"],"progres":{}})"}) {
+    auto r = call(http, "POST", "/agents/carol/heartbeat", bad);
+    EXPECT_EQ(r.status, 400u) << bad << " → " << r.raw;
+  }
+  EXPECT_EQ(call(http, "DELETE", "/agents/carol/presence").status, 400u);
+  EXPECT_TRUE(present(http, "p/a").empty());
+}
+
+// A restart keeps who was present: each gets a full ttl from the restart to beat
+// again, without a second agent_joined; a silent one then leaves by timeout.
+TEST(Presence, ARestartResumesWhoWasPresent) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.presence.ttl = 1500ms;
+  test_server server(cfg);
+  auto http = server.connect();
+  ASSERT_EQ(call(http, "POST", "/agents/dave/heartbeat", R"({"contexts":["r"]})").status, 200u);
+  ASSERT_EQ(call(http, "POST", "/agents/erin/heartbeat", R"({"contexts":["r"]})").status, 200u);
+  server.restart();
+  http = server.connect();
+  EXPECT_EQ(present(http, "r"), (std::vector<std::string>{"dave", "erin"}));
+  ASSERT_EQ(call(http, "POST", "/agents/dave/heartbeat", R"({"contexts":["r"]})").status, 200u);
+  // Erin stays silent and leaves; Dave keeps beating and stays.
+  for (int i = 0; i < 40 && present(http, "r").size() == 2; ++i) {
+    ASSERT_EQ(call(http, "POST", "/agents/dave/heartbeat", R"({"contexts":["r"]})").status, 200u);
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(present(http, "r"), (std::vector<std::string>{"dave"}));
+  const auto events = presence_events(http, "r");
+  ASSERT_EQ(events.size(), 3u);  // two joins, then Erin's timeout; no join repeated after the restart
+  EXPECT_EQ(events[2]["agent_id"], "erin");
+  EXPECT_EQ(events[2]["reason"], "timeout");
+}
+
+}  // namespace
+}  // namespace engram::test
