@@ -190,17 +190,19 @@ namespace {
 
 using model::errc;
 
-// The agent a checkpoint route names: valid, and the caller's own unless it is an
-// admin (auth on).
-model::result<std::string> checkpoint_agent(const call& c) {
+// The agent a route names (its {agent_id}): valid, and the caller's own unless the
+// token has `admin` on `admin_scope` (auth on).
+model::result<std::string> own_agent(const call& c, std::string_view admin_scope, std::string_view what) {
   std::string agent = *c.param("agent_id");
   if (auto bad = model::check_identifier("agent_id", agent, model::max_id_bytes))
     return model::fail(errc::invalid_argument, *bad);
-  if (c.who.principal && c.who.principal->agent != agent && !c.who.can(auth::admin, c.subject))
-    return model::fail(errc::forbidden, "checkpoints of agent '" + agent + "' belong to that agent (your token is '" +
+  if (c.who.principal && c.who.principal->agent != agent && !c.who.can(auth::admin, admin_scope))
+    return model::fail(errc::forbidden, std::string(what) + " of agent '" + agent + "' belong to that agent (your token is '" +
                                             c.who.principal->agent + "')");
   return agent;
 }
+
+model::result<std::string> checkpoint_agent(const call& c) { return own_agent(c, c.subject, "checkpoints"); }
 
 response checkpoint_response(const api::Event& ev) {
   response out;
@@ -287,17 +289,8 @@ void list_checkpoints(services& s, call& c, responder respond) {
 namespace engram::gateway {
 namespace {
 
-// The agent a presence route names: valid, and the caller's own unless it has admin
-// on everything (auth on).
-model::result<std::string> presence_agent(const call& c) {
-  std::string agent = *c.param("agent_id");
-  if (auto bad = model::check_identifier("agent_id", agent, model::max_id_bytes))
-    return model::fail(model::errc::invalid_argument, *bad);
-  if (c.who.principal && c.who.principal->agent != agent && !c.who.can(auth::admin, "*"))
-    return model::fail(model::errc::forbidden, "your token is agent '" + c.who.principal->agent +
-                                                   "'; it cannot speak for agent '" + agent + "'");
-  return agent;
-}
+// Presence is about the agent itself: speaking for another needs admin on everything.
+model::result<std::string> presence_agent(const call& c) { return own_agent(c, "*", "heartbeats and presence"); }
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "engram/stream_connections.hpp"
+#include "support/manual_clock.hpp"
 #include "support/test_support.hpp"
 
 namespace engram::test {
@@ -252,21 +253,26 @@ TEST(Retention, RemovesEventsOlderThanTheContextsMaxAge) {
   temp_dir dir;
   auto cfg = test_config(dir.str() + "/data");
   cfg.retention.interval = 50ms;
-  test_server server(cfg);
+  auto clock = std::make_shared<manual_clock>();  // commit times and retention's "now"
+  test_server server(cfg, clock);
   auto http = server.connect();
   ASSERT_EQ(call(http, "PATCH", "/contexts/aging", R"({"retention":{"max_age_seconds":1}})").status, 200u);
   std::vector<std::string> old;
   for (int i = 0; i < 5; ++i)
     old.push_back(call(http, "POST", "/workunit", R"({"context_id":"aging","agent_id":"a","text":"old"})")
                       .body["work_unit"]["id"]);
-  std::this_thread::sleep_for(1100ms);
+  clock->advance(1100ms);
   auto young = call(http, "POST", "/workunit", R"({"context_id":"aging","agent_id":"a","text":"young"})");
   ASSERT_EQ(young.status, 201u);
   ASSERT_TRUE(wait_until([&] { return call(http, "GET", "/workunit/" + old.back()).status == 404; }, 30s));
   for (const auto& id : old) EXPECT_EQ(call(http, "GET", "/workunit/" + id).status, 404u);
   EXPECT_EQ(call(http, "GET", "/workunit/" + young.body["work_unit"]["id"].get<std::string>()).status, 200u);
-  // The newest event is always kept, however old.
-  std::this_thread::sleep_for(1100ms);
+  // The newest event is always kept, however old. A sweep that trims "probe" (after
+  // "aging" in id order) has visited "aging" since the clock moved.
+  clock->advance(1100ms);
+  ASSERT_EQ(call(http, "PATCH", "/contexts/probe", R"({"retention":{"max_events":1}})").status, 200u);
+  ASSERT_EQ(call(http, "POST", "/workunit", R"({"context_id":"probe","agent_id":"a","text":"p"})").status, 201u);
+  ASSERT_TRUE(wait_until([&] { return call(http, "GET", "/contexts/probe").body["context"].contains("first_seq"); }, 30s));
   EXPECT_EQ(call(http, "GET", "/workunit/" + young.body["work_unit"]["id"].get<std::string>()).status, 200u);
   EXPECT_EQ(call(http, "GET", "/contexts/aging").body["context"]["first_seq"], 7);
 }

@@ -121,11 +121,14 @@ inline config::config test_config(const std::string& data_dir) {
 // The real server in-process, listening on an ephemeral loopback port.
 class test_server {
  public:
-  explicit test_server(config::config cfg) : cfg_(std::move(cfg)) { start(); }
+  explicit test_server(config::config cfg, std::shared_ptr<const model::clock> clock = nullptr)
+      : cfg_(std::move(cfg)), clock_(std::move(clock)) {
+    start();
+  }
   explicit test_server(const temp_dir& dir) : test_server(test_config(dir.str() + "/data")) {}
 
   void start() {
-    auto started = app::app::start(cfg_);
+    auto started = app::app::start(cfg_, clock_);
     if (!started) throw std::runtime_error("server start failed: " + started.error().message);
     app_ = std::move(*started);
     if (auto ok = app_->wait_ready(std::chrono::seconds(30)); !ok)
@@ -143,6 +146,7 @@ class test_server {
 
  private:
   config::config cfg_;
+  std::shared_ptr<const model::clock> clock_;  // null: the real one
   std::unique_ptr<app::app> app_;
 };
 
