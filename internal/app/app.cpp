@@ -13,6 +13,7 @@
 #include "engine/engine.hpp"
 #include "engine/presence.hpp"
 #include "engine/retention.hpp"
+#include "engine/tasks.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
 #include "gateway/stream_registry.hpp"
@@ -63,6 +64,7 @@ struct app::impl {
   std::unique_ptr<search::index> index;  // null when search is disabled
   std::unique_ptr<engine::retention> retention;
   std::unique_ptr<engine::presence> presence;
+  std::unique_ptr<engine::tasks> tasks;  // the lock manager's observer: stopped with it
   std::thread recovery;
 
   std::mutex mu;
@@ -108,6 +110,11 @@ struct app::impl {
     }
     publisher = std::make_unique<log_publisher>(*router, index.get());
     store->set_publisher(publisher.get());
+    tasks = std::make_unique<engine::tasks>(cfg.tasks, *store, *locks, clock);
+    if (auto ok = tasks->start(); !ok) {  // before the leases: reaping one may strand a task
+      spdlog::critical("tasks: recovery failed: {}", ok.error().message);
+      return ok;
+    }
     if (auto ok = locks->attach(store.get()); !ok) {
       spdlog::critical("locks: recovery failed: {}", ok.error().message);
       return ok;
@@ -120,6 +127,7 @@ struct app::impl {
       return ok;
     }
     eng->attach_presence(presence.get());
+    eng->attach_tasks(tasks.get());
     retention = std::make_unique<engine::retention>(cfg.retention, *store, clock, registry.get());
     retention->start();
     eng->attach(store.get());  // last: the engine reports ready once everything is attached
@@ -243,6 +251,7 @@ void app::stop() {
   s.eng->attach(nullptr);
   s.eng->attach_search(nullptr);
   s.eng->attach_locks(nullptr);
+  s.eng->attach_tasks(nullptr);
   s.eng->drain_reads();  // reads in flight finish before the store closes
   s.locks->stop();
   // The indexer commits what it has; the rest is caught up from the logs at start.

@@ -10,6 +10,7 @@
 
 #include "engine/options.hpp"
 #include "engine/presence.hpp"
+#include "engine/tasks.hpp"
 #include "gateway/options.hpp"
 #include "locks/options.hpp"
 #include "model/error.hpp"
@@ -29,6 +30,7 @@ struct config {
   engine::options engine;
   engine::retention_options retention;
   engine::presence_options presence;
+  engine::tasks_options tasks;
   locks::options locks;
   search::options search;
   log_options log;

@@ -115,6 +115,12 @@ model::result<presence*> engine::presence_manager() const {
   return p;
 }
 
+model::result<tasks*> engine::task_manager() const {
+  auto* t = tasks_.load(std::memory_order_acquire);
+  if (!t) return fail(errc::unavailable, "the server is recovering its data; retry shortly");
+  return t;
+}
+
 model::result<locks::manager*> engine::locks() const {
   auto* m = locks_.load(std::memory_order_acquire);
   if (!m) {

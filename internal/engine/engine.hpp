@@ -29,6 +29,7 @@ class Registry;
 namespace engram::engine {
 
 class presence;
+class tasks;
 
 struct idempotency {
   std::string key;          // empty: the request is not idempotent
@@ -93,6 +94,9 @@ class engine {
   // Presence, once recovered (null: presence calls answer `unavailable`).
   void attach_presence(presence* p) { presence_.store(p, std::memory_order_release); }
   model::result<presence*> presence_manager() const;
+  // Tasks, once recovered (null: task calls answer `unavailable`).
+  void attach_tasks(tasks* t) { tasks_.store(t, std::memory_order_release); }
+  model::result<tasks*> task_manager() const;
   // Waits for every queued read to finish; later reads answer `unavailable`.
   void drain_reads();
 
@@ -184,6 +188,7 @@ class engine {
   std::atomic<search::index*> search_{nullptr};
   std::atomic<locks::manager*> locks_{nullptr};
   std::atomic<presence*> presence_{nullptr};
+  std::atomic<tasks*> tasks_{nullptr};
   std::unique_ptr<read_pool> reads_;
   mutable model::uuid_v7_generator ids_;
 };

@@ -47,7 +47,11 @@ inline constexpr std::string_view renew[] = {"lock_id", "agent_id", "ttl_seconds
 inline constexpr std::string_view backup[] = {"dir"};
 inline constexpr std::string_view import[] = {"events"};
 inline constexpr std::string_view checkpoint[] = {"cursor_seq", "state"};
-inline constexpr std::string_view heartbeat[] = {"contexts", "status"};
+inline constexpr std::string_view heartbeat[] = {"contexts", "status", "progress", "task_id"};
+inline constexpr std::string_view task_create[] = {"task_id", "title", "spec", "depends_on", "max_attempts", "agent_id"};
+inline constexpr std::string_view task_claim[] = {"agent_id", "ttl_seconds", "ttl_ms"};
+inline constexpr std::string_view task_complete[] = {"agent_id", "fence", "result"};
+inline constexpr std::string_view task_fail[] = {"agent_id", "fence", "error"};
 }  // namespace fields
 
 // A work unit object: its members, its relationships' and its fence's.

@@ -28,7 +28,8 @@ model::result<std::optional<milliseconds>> duration_field(const json& body, cons
   return std::optional<milliseconds>(milliseconds(int64_t(std::clamp(ms, -max_millis, max_millis))));
 }
 
-// ttl_ms wins over ttl_seconds; neither: 0 (the configured default).
+}  // namespace
+
 model::result<milliseconds> ttl_field(const json& body) {
   auto ms = duration_field(body, "ttl_ms", 1);
   if (!ms) return std::unexpected(ms.error());
@@ -37,7 +38,6 @@ model::result<milliseconds> ttl_field(const json& body) {
   return ms->value_or(s->value_or(milliseconds(0)));
 }
 
-// The body's agent_id when it names one, else the default (X-Agent-ID).
 model::result<std::string> agent_field(const json& body, std::string_view default_agent) {
   const auto a = body.find("agent_id");
   if (a == body.end() || a->is_null()) return std::string(default_agent);
@@ -45,8 +45,6 @@ model::result<std::string> agent_field(const json& body, std::string_view defaul
   const auto& s = a->get_ref<const std::string&>();
   return s.empty() ? std::string(default_agent) : s;
 }
-
-}  // namespace
 
 model::result<acquire_body> parse_acquire_body(const json& body, std::string_view default_agent) {
   acquire_body out;

@@ -33,6 +33,11 @@ struct renew_body {
 };
 model::result<renew_body> parse_renew_body(const model::json& body, std::string_view default_agent);
 
+// `ttl_ms`, else `ttl_seconds` (fractions allowed); neither: 0 (the configured default).
+model::result<std::chrono::milliseconds> ttl_field(const model::json& body);
+// The body's agent_id when it names one, else `default_agent` (X-Agent-ID).
+model::result<std::string> agent_field(const model::json& body, std::string_view default_agent);
+
 // Appends `object`'s fence, if it has one, to `out`.
 model::status parse_fence(const model::json& object, std::vector<storage::fence>& out);
 

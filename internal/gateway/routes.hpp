@@ -138,6 +138,16 @@ void list_presence(services&, call&, responder);
 void put_checkpoint(services&, call&, responder);
 void get_checkpoint(services&, call&, responder);
 void list_checkpoints(services&, call&, responder);
+// routes_tasks.cpp
+void create_task(services&, call&, responder);
+void list_tasks(services&, call&, responder);
+void get_task(services&, call&, responder);
+void claim_task(services&, call&, responder);
+void complete_task(services&, call&, responder);
+void fail_task(services&, call&, responder);
+// A task's JSON member (spec, progress, result) as JSON text ("" when absent or
+// null): an object of at most `max_bytes` (413 beyond).
+model::result<std::string> task_json_member(const nlohmann::json& body, const char* field, size_t max_bytes);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);
 void acquire_locks(services&, call&, responder);

@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "engine/presence.hpp"
+#include "engine/tasks.hpp"
 #include "gateway/routes.hpp"
 #include "model/codec.hpp"
 #include "model/json_writer.hpp"
@@ -299,16 +300,18 @@ void heartbeat(services& s, call& c, responder respond) {
   if (!agent) return respond(error_response(agent.error()));
   auto body = parse_body(s, c.req, fields::heartbeat, "the heartbeat");
   if (!body) return respond(error_response(body.error()));
-  const auto list = body->find("contexts");
-  if (list == body->end() || !list->is_array() || list->empty() || list->size() > 100)
-    return respond(bad_request("contexts must be an array of 1-100 context ids"));
   std::vector<std::string> contexts;
-  for (const auto& v : *list) {
-    if (!v.is_string()) return respond(bad_request("contexts must be an array of context ids (strings)"));
-    const auto& id = v.get_ref<const std::string&>();
-    if (auto bad = model::check_identifier("contexts[] entry", id, model::max_id_bytes)) return respond(bad_request(*bad));
-    if (!c.who.can(auth::write, id)) return respond(forbidden(auth::write, id));
-    contexts.push_back(id);
+  if (const auto list = body->find("contexts"); list != body->end() && !list->is_null()) {
+    if (!list->is_array() || list->size() > 100)
+      return respond(bad_request("contexts must be an array of at most 100 context ids"));
+    for (const auto& v : *list) {
+      if (!v.is_string()) return respond(bad_request("contexts must be an array of context ids (strings)"));
+      const auto& id = v.get_ref<const std::string&>();
+      if (auto bad = model::check_identifier("contexts[] entry", id, model::max_id_bytes))
+        return respond(bad_request(*bad));
+      if (!c.who.can(auth::write, id)) return respond(forbidden(auth::write, id));
+      contexts.push_back(id);
+    }
   }
   std::string status;
   if (auto st = body->find("status"); st != body->end() && !st->is_null()) {
@@ -318,10 +321,39 @@ void heartbeat(services& s, call& c, responder respond) {
   }
   auto p = s.eng.presence_manager();
   if (!p) return respond(error_response(p.error()));
-  (*p)->heartbeat(*agent, contexts, status, [n = contexts.size(), respond = std::move(respond)](model::status ok) {
-    if (!ok) return respond(error_response(ok.error()));
-    respond(json_response(200, json{{"present_in", n}}));
-  });
+  auto t = s.eng.task_manager();
+  if (!t) return respond(error_response(t.error()));
+  std::optional<std::string> progress;
+  if (body->contains("progress")) {
+    auto text = task_json_member(*body, "progress", (*t)->options().max_json_bytes);
+    if (!text) return respond(error_response(text.error()));
+    if (!text->empty()) progress = std::move(*text);
+  }
+  std::string only_task;
+  if (auto id = body->find("task_id"); id != body->end() && !id->is_null()) {
+    if (!id->is_string()) return respond(bad_request("task_id must be a string"));
+    only_task = id->get<std::string>();
+    if (auto bad = model::check_identifier("task_id", only_task, model::max_id_bytes))
+      return respond(bad_request(*bad));
+  }
+  // Presence first, then the claims; one answer for both.
+  (*p)->heartbeat(*agent, contexts, status,
+                  [tasks = *t, agent = *agent, progress = std::move(progress), only_task = std::move(only_task),
+                   n = contexts.size(), respond = std::move(respond)](model::status ok) mutable {
+                    if (!ok) return respond(error_response(ok.error()));
+                    tasks->renew_claims(
+                        agent, std::move(progress), std::move(only_task),
+                        [n, respond = std::move(respond)](model::result<std::vector<engine::claim_renewal>> r) {
+                          if (!r) return respond(error_response(r.error()));
+                          json claims = json::array();
+                          for (const auto& c : *r) {
+                            json one{{"task_id", c.task_id}, {"renewed", c.renewed}};
+                            if (c.renewed) one["expires_at"] = model::timestamp_json(c.expires_at_ns);
+                            claims.push_back(std::move(one));
+                          }
+                          respond(json_response(200, json{{"present_in", n}, {"claims", std::move(claims)}}));
+                        });
+                  });
 }
 
 void leave_context(services& s, call& c, responder respond) {

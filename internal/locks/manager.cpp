@@ -153,6 +153,7 @@ std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acq
         expired.set_kind("expired");
         *expired.mutable_lock() = it->second.lock;
         change.events.push_back(std::move(expired));
+        observe(change);
         if (metrics_->expiries) metrics_->expiries->Increment();
       }
       api::Lock l;
@@ -174,6 +175,7 @@ std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acq
     change.puts.push_back(l);
     *ev.mutable_lock() = l;
     change.events.push_back(std::move(ev));
+    observe(change);
   }
   if (metrics_->active) metrics_->active->Set(double(held_.size()));
   cv_.notify_all();  // a new earliest deadline, maybe
@@ -186,6 +188,10 @@ void manager::queue_grant(const acquire_request& req, locks_done done, time_poin
     if (!ok) return done(std::unexpected(ok.error()));
     done(granted);
   });
+}
+
+void manager::observe(storage::lock_change& change) {
+  if (observer_) observer_->changed(change.events.back(), change);
 }
 
 void manager::queue_persist(storage::lock_change change, std::function<void(model::status)> done) {
@@ -249,6 +255,12 @@ std::optional<model::error> manager::admit(acquire_request req, locks_done& done
     if (per_agent_[req.agent] + new_ones > opts_.max_locks_per_agent)
       return model::error{errc::conflict, "agent '" + req.agent + "' would hold more than " +
                                               std::to_string(opts_.max_locks_per_agent) + " locks"};
+    if (observer_)
+      for (const auto& r : req.resources) {
+        auto it = held_.find(r);
+        if (it != held_.end() && it->second.deadline > now && it->second.lock.holder_agent() == req.agent) continue;
+        if (auto refused = observer_->may_grant(r, req.agent)) return refused;
+      }
     queue_grant(req, std::move(done), now);
     return std::nullopt;
   }
@@ -298,6 +310,7 @@ void manager::renew(std::string resource, std::string agent, std::string lock_id
       ev.set_kind("renewed");
       *ev.mutable_lock() = it->second.lock;
       change.events.push_back(std::move(ev));
+      observe(change);
       queue_persist(std::move(change), [done = std::move(done), renewed = it->second.lock](model::status ok) {
         if (!ok) return done(std::unexpected(ok.error()));
         done(renewed);
@@ -332,6 +345,7 @@ void manager::release(std::string resource, std::string agent, std::string lock_
       ev.set_kind("released");
       *ev.mutable_lock() = it->second.lock;
       change.events.push_back(std::move(ev));
+      observe(change);
       --per_agent_[agent];
       held_.erase(it);
       if (metrics_->active) metrics_->active->Set(double(held_.size()));
@@ -387,6 +401,7 @@ void manager::expire_due() {
       ev.set_kind("expired");
       *ev.mutable_lock() = it->second.lock;
       change.events.push_back(std::move(ev));
+      observe(change);
       --per_agent_[it->second.lock.holder_agent()];
       if (metrics_->expiries) metrics_->expiries->Increment();
       it = held_.erase(it);

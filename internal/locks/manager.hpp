@@ -38,6 +38,21 @@ struct acquire_request {
   std::string context_id;             // optional: transitions enter this context's log
 };
 
+// Sees every lease transition as it is decided, under the manager's mutex, and may
+// add to what is committed with it (engine::tasks keeps task claims on `task:<id>`
+// leases this way, so a claim and its lease are one atomic write). Its methods must
+// return quickly and must not call the manager.
+class observer {
+ public:
+  virtual ~observer() = default;
+  // Before `agent` is granted, at once, a lease on `resource` that it does not hold
+  // (the manager found it free): an error refuses the whole acquire. A waiting
+  // acquire served later is not asked.
+  virtual std::optional<model::error> may_grant(const std::string& resource, const std::string& agent) = 0;
+  // After each transition ("acquired", "renewed", "released", "expired").
+  virtual void changed(const api::LockEvent& event, storage::lock_change& change) = 0;
+};
+
 class manager {
  public:
   using locks_done = std::function<void(model::result<std::vector<api::Lock>>)>;
@@ -50,6 +65,8 @@ class manager {
   // Loads persisted leases and the token counter, then serves. Until then every
   // call answers `unavailable`.
   model::status attach(storage::store* store);
+  // Before attach(); the observer must outlive the manager's use (stop()).
+  void set_observer(observer* o) { observer_ = o; }
 
   void acquire(acquire_request req, locks_done done);
   void renew(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
@@ -109,7 +126,11 @@ class manager {
   void flush();
   void run_timer();
 
+  // Tells the observer (if any) about the transition logged last in `change`.
+  void observe(storage::lock_change& change);
+
   const options opts_;
+  observer* observer_ = nullptr;
   std::shared_ptr<const model::clock> clock_;
   std::unique_ptr<metrics> metrics_;
   mutable model::uuid_v7_generator ids_;

@@ -306,6 +306,35 @@ json to_json(const api::Lock& l) {
   return out;
 }
 
+json to_json(const api::Task& t) {
+  const auto object_or_null = [](const std::string& text) -> json {
+    if (text.empty()) return nullptr;
+    auto parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    return parsed.is_discarded() ? json(nullptr) : parsed;
+  };
+  json out{{"task_id", t.task_id()},
+           {"context_id", t.context_id()},
+           {"title", t.title()},
+           {"spec", object_or_null(t.spec_json())},
+           {"depends_on", t.depends_on()},
+           {"status", t.status()},
+           {"attempts", t.attempts()},
+           {"max_attempts", t.max_attempts()},
+           {"progress", object_or_null(t.progress_json())},
+           {"created_by", t.created_by()},
+           {"created_at", timestamp_json(t.created_at_ns())},
+           {"updated_at", timestamp_json(t.updated_at_ns())}};
+  if (t.status() == "claimed") {
+    out["holder_agent"] = t.holder_agent();
+    out["fencing_token"] = t.fencing_token();
+    out["claim_expires_at"] = timestamp_json(t.claim_expires_at_ns());
+  }
+  if (!t.last_holder().empty()) out["last_holder"] = t.last_holder();
+  if (!t.result_json().empty()) out["result"] = object_or_null(t.result_json());
+  if (!t.error().empty()) out["error"] = t.error();
+  return out;
+}
+
 std::string dump(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }

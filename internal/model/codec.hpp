@@ -39,6 +39,9 @@ result<int64_t> timestamp_from_json(const json& value, std::string_view field);
 result<int64_t> parse_rfc3339(std::string_view text);
 json to_json(const api::Context& context);
 json to_json(const api::Lock& lock);
+// A task as the task routes and task_* events show it (lock_id is never shown:
+// the fencing token is what a holder presents).
+json to_json(const api::Task& task);
 
 // Work units are the hot path (every write response, every page of up to 1000), so
 // they are rendered by a direct writer rather than through nlohmann::json (measured

@@ -97,6 +97,20 @@ event_ptr to_wire(const api::Event& ev) {
       w->json = model::dump(j);
       break;
     }
+    case api::Event::kTaskEvent: {
+      // Kinds come from storage and name an SSE line: only the known ones pass.
+      const auto& kind = ev.task_event().kind();
+      bool known = false;
+      for (std::string_view k : {"created", "claimed", "progress", "completed", "failed", "stranded", "released"})
+        known = known || kind == k;
+      w->sse_event = known ? "task_" + kind : "task_event";
+      w->json = model::dump(model::json{{"type", w->sse_event},
+                                        {"context_id", ev.context_id()},
+                                        {"seq", ev.seq()},
+                                        {"ts", model::timestamp_json(ev.ts_ns())},
+                                        {"task", model::to_json(ev.task_event().task())}});
+      break;
+    }
     case api::Event::KIND_NOT_SET:
       w->sse_event = "unknown";
       w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});

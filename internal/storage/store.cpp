@@ -37,12 +37,12 @@ using steady = std::chrono::steady_clock;
 // Column family indexes in the handle vector, in open order.
 enum cf : size_t {
   cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks,
-  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_presence, cf_count
+  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_presence, cf_tasks, cf_count
 };
 constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids",      "contexts",
                                             "idempotency", "counters", "locks",         "vectors",
                                             "vector_keys", "vector_models", "embed_cursors", "calls",
-                                            "checkpoints", "presence"};
+                                            "checkpoints", "presence", "tasks"};
 constexpr std::string_view next_handle_key = "next_context_handle";
 constexpr std::string_view fencing_key = "fencing_token";
 
@@ -760,6 +760,23 @@ struct store::impl {
       st.context.set_updated_at_ns(g.now);
       g.staged[ctx] = std::move(st);
     }
+    // Task records change with their leases (engine::tasks); their events follow
+    // the lease events.
+    for (auto& tw : ch.tasks) {
+      const auto& ctx = tw.task.context_id();
+      g.batch.Put(h(cf_tasks), tw.task.task_id(), tw.task.SerializeAsString());
+      if (tw.event_kind.empty()) continue;
+      auto lookup = find_context(ctx, g.staged);
+      if (!lookup) return fail_now(g, p.done, lookup.error());
+      if (*lookup && (*lookup)->deleted && tw.event_kind != "created") continue;
+      context_state st = existing_or_new(*lookup, ctx, g);
+      api::Event e;
+      e.mutable_task_event()->set_kind(tw.event_kind);
+      *e.mutable_task_event()->mutable_task() = tw.task;
+      put_event(g, st, std::move(e));
+      st.context.set_updated_at_ns(g.now);
+      g.staged[ctx] = std::move(st);
+    }
     for (const auto& l : ch.puts) g.batch.Put(h(cf_locks), l.resource_path(), l.SerializeAsString());
     for (const auto& r : ch.deletes) g.batch.Delete(h(cf_locks), r);
     if (ch.fencing_high) {
@@ -1348,6 +1365,19 @@ model::result<std::pair<std::vector<api::Lock>, uint64_t>> store::load_locks() c
     out.first.push_back(std::move(l));
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading locks"));
+  return out;
+}
+
+model::result<std::vector<api::Task>> store::load_tasks() const {
+  std::vector<api::Task> out;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_tasks)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    api::Task t;
+    if (!t.ParseFromArray(it->value().data(), int(it->value().size())))
+      return fail(errc::internal, "corrupt task record");
+    out.push_back(std::move(t));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading tasks"));
   return out;
 }
 

@@ -19,6 +19,7 @@
 //   checkpoints  [handle:8][agent]\0[version:8] → [seq:8]  the kept versions of agents' checkpoints
 //                [handle:8][agent]\0   → [version:8]      the agent's latest version
 //   presence     [handle:8][agent]      → PresenceRecord the agents present (joined, not left)
+//   tasks        <task id bytes>        → api::Task      every task (engine::tasks)
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -82,6 +83,14 @@ struct append_request {
   std::vector<fence> fences;
 };
 
+// A task's new state, written with the lease change that caused it; `event_kind`
+// (created, claimed, …) logs a TaskEvent in the task's context, empty writes the
+// record only.
+struct task_write {
+  api::Task task;
+  std::string event_kind;
+};
+
 // Lease changes, committed atomically with the events they put into context logs.
 struct lock_change {
   std::vector<api::Lock> puts;        // live leases to write (by resource_path)
@@ -89,6 +98,7 @@ struct lock_change {
   uint64_t fencing_high = 0;          // persist the token counter when non-zero
   std::vector<api::LockEvent> events; // logged in their lock's context_id, else in default_context
   std::string default_context;        // empty: events of leases without a context are not logged
+  std::vector<task_write> tasks;      // in order; their events come after the lease events
 };
 
 struct append_result {
@@ -205,6 +215,8 @@ class store {
   using fence_checker = std::function<model::status(const fence&)>;
   void set_fence_checker(fence_checker check);
 
+  // Every task (recovery of engine::tasks).
+  model::result<std::vector<api::Task>> load_tasks() const;
   // Every persisted lease and the fencing counter (recovery of the lock manager).
   model::result<std::pair<std::vector<api::Lock>, uint64_t>> load_locks() const;
   void update_context(update_context_request req,

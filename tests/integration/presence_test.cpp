@@ -64,7 +64,7 @@ TEST(Presence, HeartbeatsJoinSilenceAndDeleteLeave) {
   EXPECT_EQ(presence_events(http, "p/b")[1]["reason"], "timeout");
 
   // Bad heartbeats change nothing.
-  for (const char* bad : {R"({})", R"({"contexts":[]})", R"({"contexts":[1]})", R"({"contexts":"p/a"})",
+  for (const char* bad : {R"({"contexts":[1]})", R"({"contexts":"p/a"})", R"({"progress":[]})",
                           R"({"contexts":["p/a"],"status":5})", R"({"contexts":["p/a"],"progres":{}})"}) {
     auto r = call(http, "POST", "/agents/carol/heartbeat", bad);
     EXPECT_EQ(r.status, 400u) << bad << " → " << r.raw;
