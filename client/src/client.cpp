@@ -403,6 +403,136 @@ result<tool_call> client::get_tool_call(const std::string& context_id, const std
   return out;
 }
 
+namespace {
+
+// {"task": {…}} from an answer.
+result<task> task_answer(result<http_result> r) {
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  return codec::task_from(j->value("task", json()));
+}
+
+std::string task_path(const std::string& task_id, std::string_view action = {}) {
+  std::string p = "/tasks/" + encode_component(task_id);
+  if (!action.empty()) p.append("/").append(action);
+  return p;
+}
+
+}  // namespace
+
+result<task> client::create_task(const task_input& t) {
+  json body{{"title", t.title}};
+  if (!t.task_id.empty()) body["task_id"] = t.task_id;
+  if (!t.spec_json.empty()) {
+    auto spec = json::parse(t.spec_json, nullptr, false);
+    if (!spec.is_object())
+      return std::unexpected(error{error::kind::protocol, 0, "a task's spec must be a JSON object", {}});
+    body["spec"] = std::move(spec);
+  }
+  if (!t.depends_on.empty()) body["depends_on"] = t.depends_on;
+  if (t.max_attempts) body["max_attempts"] = t.max_attempts;
+  if (!impl_->opts.agent_id.empty()) body["agent_id"] = impl_->opts.agent_id;
+  // Resent only when unsent: a resent create of a named task would find it (409).
+  return task_answer(impl_->send("POST", "/contexts/" + encode_component(t.context_id) + "/tasks", body.dump(),
+                                 retry_mode::unsent));
+}
+
+result<task> client::get_task(const std::string& task_id) {
+  return task_answer(impl_->send("GET", task_path(task_id), {}, retry_mode::safe));
+}
+
+result<std::vector<task>> client::list_tasks(const std::string& context_id, const std::string& status, size_t limit) {
+  std::string target = "/contexts/" + encode_component(context_id) + "/tasks?limit=" + std::to_string(limit);
+  if (!status.empty()) target += "&status=" + encode_component(status);
+  auto r = impl_->send("GET", target, {}, retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  return decode_list<task>(j->value("tasks", json::array()), codec::task_from);
+}
+
+result<task_claim> client::claim_task(const std::string& task_id, std::chrono::milliseconds ttl) {
+  json body = json::object();
+  if (!impl_->opts.agent_id.empty()) body["agent_id"] = impl_->opts.agent_id;
+  if (ttl.count() > 0) body["ttl_ms"] = ttl.count();
+  auto r = impl_->send("POST", task_path(task_id, "claim"), body.dump(), retry_mode::unsent);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  auto t = codec::task_from(j->value("task", json()));
+  if (!t) return std::unexpected(t.error());
+  auto l = codec::lock_from(j->value("lock", json()));
+  if (!l) return std::unexpected(l.error());
+  return task_claim{std::move(*t), std::move(*l)};
+}
+
+result<task> client::complete_task(const std::string& task_id, uint64_t fence, const std::string& result_json) {
+  json body{{"fence", fence}};
+  if (!impl_->opts.agent_id.empty()) body["agent_id"] = impl_->opts.agent_id;
+  if (!result_json.empty()) {
+    auto result = json::parse(result_json, nullptr, false);
+    if (!result.is_object())
+      return std::unexpected(error{error::kind::protocol, 0, "a task's result must be a JSON object", {}});
+    body["result"] = std::move(result);
+  }
+  return task_answer(impl_->send("POST", task_path(task_id, "complete"), body.dump(), retry_mode::unsent));
+}
+
+result<task> client::fail_task(const std::string& task_id, uint64_t fence, const std::string& why) {
+  json body{{"fence", fence}, {"error", why}};
+  if (!impl_->opts.agent_id.empty()) body["agent_id"] = impl_->opts.agent_id;
+  return task_answer(impl_->send("POST", task_path(task_id, "fail"), body.dump(), retry_mode::unsent));
+}
+
+result<std::vector<claim_renewal>> client::heartbeat(const std::vector<std::string>& contexts, const std::string& status,
+                                                     const std::string& progress_json, const std::string& task_id) {
+  if (impl_->opts.agent_id.empty())
+    return std::unexpected(error{error::kind::protocol, 0, "heartbeats need client_options::agent_id", {}});
+  json body{{"contexts", contexts}};
+  if (!status.empty()) body["status"] = status;
+  if (!task_id.empty()) body["task_id"] = task_id;
+  if (!progress_json.empty()) {
+    auto progress = json::parse(progress_json, nullptr, false);
+    if (!progress.is_object())
+      return std::unexpected(error{error::kind::protocol, 0, "progress must be a JSON object", {}});
+    body["progress"] = std::move(progress);
+  }
+  auto r = impl_->send("POST", "/agents/" + encode_component(impl_->opts.agent_id) + "/heartbeat", body.dump(),
+                       retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  std::vector<claim_renewal> out;
+  for (const auto& c : j->value("claims", json::array())) {
+    if (!c.is_object() || !c.value("task_id", json()).is_string())
+      return std::unexpected(error{error::kind::protocol, r->status, "a heartbeat claim is not an object with a task_id", {}});
+    out.push_back({c["task_id"].get<std::string>(), c.value("renewed", false)});
+  }
+  return out;
+}
+
+result<bool> client::leave(const std::string& context_id) {
+  if (impl_->opts.agent_id.empty())
+    return std::unexpected(error{error::kind::protocol, 0, "leaving needs client_options::agent_id", {}});
+  auto r = impl_->send("DELETE",
+                       "/agents/" + encode_component(impl_->opts.agent_id) + "/presence?context=" +
+                           encode_component(context_id),
+                       {}, retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  return j->value("left", false);
+}
+
+result<std::vector<present_agent>> client::presence(const std::string& context_id) {
+  auto r = impl_->send("GET", "/contexts/" + encode_component(context_id) + "/presence", {}, retry_mode::safe);
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  return decode_list<present_agent>(j->value("agents", json::array()), codec::present_agent_from);
+}
+
 result<uint64_t> client::import_events(const std::string& context_id, const std::vector<std::string>& events) {
   std::string body = "{\"events\":[";
   for (size_t i = 0; i < events.size(); ++i) {

@@ -240,6 +240,48 @@ result<lock> lock_from(const json& j) {
   return l;
 }
 
+result<task> task_from(const json& j) {
+  reader r(j, "task");
+  task t;
+  const auto object_text = [&](std::string_view k) -> std::string {
+    const json* v = r.find(k);
+    if (!v) return {};
+    if (!v->is_object()) return r.wrong(k, "an object"), std::string();
+    return v->dump();
+  };
+  t.task_id = r.str("task_id");
+  t.context_id = r.str("context_id");
+  t.title = r.str("title");
+  t.spec_json = object_text("spec");
+  t.depends_on = r.strings("depends_on");
+  t.status = r.str("status");
+  t.holder_agent = r.str("holder_agent");
+  t.fencing_token = r.u64("fencing_token");
+  t.claim_expires_at = r.ts("claim_expires_at");
+  t.progress_json = object_text("progress");
+  t.result_json = object_text("result");
+  t.error = r.str("error");
+  t.attempts = uint32_t(r.u64("attempts"));
+  t.max_attempts = uint32_t(r.u64("max_attempts"));
+  t.last_holder = r.str("last_holder");
+  t.created_by = r.str("created_by");
+  t.created_at = r.ts("created_at");
+  t.updated_at = r.ts("updated_at");
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  return t;
+}
+
+result<present_agent> present_agent_from(const json& j) {
+  reader r(j, "agent");
+  present_agent a;
+  a.agent_id = r.str("agent_id");
+  a.joined_at = r.ts("joined_at");
+  a.last_seen = r.ts("last_seen");
+  a.status = r.str("status");
+  if (r.bad()) return std::unexpected(protocol(*r.bad()));
+  return a;
+}
+
 result<search_result> search_from(const json& j) {
   reader r(j, "search");
   search_result out;
@@ -396,6 +438,23 @@ json to_wire(const lock& l) {
   return out;
 }
 
+json to_wire(const task& t) {
+  const auto object = [](const std::string& text) { return text.empty() ? json() : json::parse(text, nullptr, false); };
+  json out{{"task_id", t.task_id},        {"context_id", t.context_id},       {"title", t.title},
+           {"spec", object(t.spec_json)}, {"depends_on", t.depends_on},       {"status", t.status},
+           {"attempts", t.attempts},      {"max_attempts", t.max_attempts},   {"progress", object(t.progress_json)},
+           {"created_by", t.created_by},  {"created_at", ts_json(t.created_at)}, {"updated_at", ts_json(t.updated_at)}};
+  if (t.status == "claimed") {
+    out["holder_agent"] = t.holder_agent;
+    out["fencing_token"] = t.fencing_token;
+    out["claim_expires_at"] = ts_json(t.claim_expires_at);
+  }
+  if (!t.last_holder.empty()) out["last_holder"] = t.last_holder;
+  if (!t.result_json.empty()) out["result"] = object(t.result_json);
+  if (!t.error.empty()) out["error"] = t.error;
+  return out;
+}
+
 json to_wire(const search_result& r) {
   json hits = json::array();
   for (const auto& h : r.hits) {
@@ -426,5 +485,6 @@ std::string to_json(const work_unit& u) { return dump(codec::to_wire(u)); }
 std::string to_json(const context& c) { return dump(codec::to_wire(c)); }
 std::string to_json(const lock& l) { return dump(codec::to_wire(l)); }
 std::string to_json(const search_result& r) { return dump(codec::to_wire(r)); }
+std::string to_json(const task& t) { return dump(codec::to_wire(t)); }
 
 }  // namespace engram::client

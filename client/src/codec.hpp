@@ -29,6 +29,8 @@ std::string random_key();
 result<work_unit> unit_from(const json& j);
 result<context> context_from(const json& j);
 result<lock> lock_from(const json& j);
+result<task> task_from(const json& j);
+result<present_agent> present_agent_from(const json& j);
 result<search_result> search_from(const json& j);
 // A stream message that carries an event (it has context_id and seq).
 result<event> event_from(const json& j, std::string raw);
@@ -41,6 +43,7 @@ json to_wire(const work_unit& u);
 json to_wire(const context& c);
 json to_wire(const lock& l);
 json to_wire(const search_result& r);
+json to_wire(const task& t);
 
 // The body's JSON; a body that is not JSON (or not an object) is a protocol error.
 result<json> parse_object(std::string_view body, unsigned status);

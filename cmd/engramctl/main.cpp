@@ -3,6 +3,8 @@
 // Exit codes scripts can rely on: 0 ok, 1 the server refused (or answered
 // something unusable), 2 usage error, 3 server unreachable.
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -349,6 +351,190 @@ void add_calls(CLI::App& app, globals& g) {
       return r->result ? exit_ok : exit_refused;
     };
   });
+}
+
+void add_presence(CLI::App& app, globals& g) {
+  auto* presence = app.add_subcommand("presence", "List the agents present in a context");
+  auto ctx = std::make_shared<std::string>();
+  presence->add_option("context", *ctx, "Context id")->required();
+  presence->callback([ctx, &g] {
+    g.run = [ctx, &g](ec::client& c) {
+      auto r = c.presence(*ctx);
+      if (!r) return report(r.error());
+      for (const auto& a : *r) print_present(std::cout, a, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+// A JSON object option's text, checked before anything is sent.
+const auto json_object = CLI::Validator(
+    [](std::string& s) {
+      auto j = nlohmann::json::parse(s, nullptr, false);
+      return j.is_object() ? std::string() : "expected a JSON object such as '{\"k\":1}'";
+    },
+    "JSON");
+
+void add_task_ls(CLI::App& task, globals& g) {
+  auto* ls = task.add_subcommand("ls", "List a context's tasks in creation order");
+  struct args {
+    std::string context, status;
+  };
+  auto a = std::make_shared<args>();
+  ls->add_option("context", a->context, "Context id")->required();
+  ls->add_option("--status", a->status, "Only tasks in this state")
+      ->check(CLI::IsMember({"open", "claimed", "stranded", "done", "failed"}));
+  ls->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      auto r = c.list_tasks(a->context, a->status);
+      if (!r) return report(r.error());
+      for (const auto& t : *r) print_task(std::cout, t, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+void add_task_create(CLI::App& task, globals& g) {
+  auto* create = task.add_subcommand("create", "Create a task in a context");
+  auto a = std::make_shared<ec::task_input>();
+  create->add_option("context", a->context_id, "Context id")->required();
+  create->add_option("title", a->title, "What is to be done")->required();
+  create->add_option("--id", a->task_id, "The task's id (default: a new UUID)");
+  create->add_option("--spec", a->spec_json, "Details, as a JSON object")->check(json_object);
+  create->add_option("--depends-on", a->depends_on, "Tasks that must be done before this one can be claimed");
+  create->add_option("--max-attempts", a->max_attempts, "Claims before a stranding fails it (default: the server's)");
+  create->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      auto r = c.create_task(*a);
+      if (!r) return report(r.error());
+      print_task(std::cout, *r, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+void add_task_show(CLI::App& task, globals& g) {
+  auto* show = task.add_subcommand("show", "Show a task");
+  auto id = std::make_shared<std::string>();
+  show->add_option("task_id", *id, "Task id")->required();
+  show->callback([id, &g] {
+    g.run = [id, &g](ec::client& c) {
+      auto r = c.get_task(*id);
+      if (!r) return report(r.error());
+      print_task(std::cout, *r, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+void add_task_claim(CLI::App& task, globals& g) {
+  auto* claim = task.add_subcommand("claim", "Claim a task as --agent (prints its fencing token); keep it with "
+                                             "heartbeats, or use `task run`");
+  struct args {
+    std::string id;
+    int64_t ttl_ms = 0;
+  };
+  auto a = std::make_shared<args>();
+  claim->add_option("task_id", a->id, "Task id")->required();
+  claim->add_option("--ttl", a->ttl_ms, "How long the claim lasts without a heartbeat (e.g. 30s)")->transform(duration());
+  claim->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      auto r = c.claim_task(a->id, std::chrono::milliseconds(a->ttl_ms));
+      if (!r) return report(r.error());
+      print_task(std::cout, r->claimed, g.json);
+      if (!g.json) std::cout << "fence " << r->lease.fencing_token << "\n";
+      return exit_ok;
+    };
+  });
+}
+
+void add_task_end(CLI::App& task, globals& g, bool complete) {
+  auto* end = task.add_subcommand(complete ? "complete" : "fail",
+                                  complete ? "Complete a task you hold" : "Fail a task you hold (final)");
+  struct args {
+    std::string id, text;
+    uint64_t fence = 0;
+  };
+  auto a = std::make_shared<args>();
+  end->add_option("task_id", a->id, "Task id")->required();
+  end->add_option("--fence", a->fence, "The claim's fencing token")->required();
+  if (complete) end->add_option("--result", a->text, "The result, as a JSON object")->check(json_object);
+  else end->add_option("--error", a->text, "Why it failed")->required();
+  end->callback([a, complete, &g] {
+    g.run = [a, complete, &g](ec::client& c) {
+      auto r = complete ? c.complete_task(a->id, a->fence, a->text) : c.fail_task(a->id, a->fence, a->text);
+      if (!r) return report(r.error());
+      print_task(std::cout, *r, g.json);
+      return exit_ok;
+    };
+  });
+}
+
+// Runs argv as a child process while holding the claim: heartbeats keep the claim,
+// exit status 0 completes the task ({"exit_code":0}), anything else fails it. If the
+// claim is lost the child gets SIGTERM and nothing is ended.
+void add_task_run(CLI::App& task, globals& g) {
+  auto* run = task.add_subcommand("run", "Claim a task, run a command while heartbeating, then complete or fail it");
+  struct args {
+    std::string id;
+    int64_t ttl_ms = 30'000;
+    std::vector<std::string> command;
+  };
+  auto a = std::make_shared<args>();
+  run->add_option("task_id", a->id, "Task id")->required();
+  run->add_option("--ttl", a->ttl_ms, "How long the claim outlives a silent engramctl (e.g. 30s)")->transform(duration());
+  run->add_option("command", a->command, "The command (after --)")->required();
+  run->callback([a, &g] {
+    g.run = [a](ec::client& c) {
+      int code = -1;
+      pid_t child = -1;
+      std::optional<ec::result<ec::task>> ended;
+      try {
+      ended = c.with_task(a->id, std::chrono::milliseconds(a->ttl_ms), [&](ec::task_run& held) -> std::string {
+        std::vector<char*> argv;
+        for (auto& s : a->command) argv.push_back(s.data());
+        argv.push_back(nullptr);
+        const std::string fence = std::to_string(held.fencing_token());
+        setenv("ENGRAM_TASK_ID", a->id.c_str(), 1);
+        setenv("ENGRAM_TASK_FENCE", fence.c_str(), 1);
+        if (posix_spawnp(&child, argv[0], nullptr, nullptr, argv.data(), environ) != 0)
+          throw std::runtime_error("cannot run '" + a->command[0] + "'");
+        std::cerr << "engramctl: running task " << a->id << " (fence " << fence << ")\n";
+        int status = 0;
+        while (waitpid(child, &status, WNOHANG) == 0) {
+          if (held.lost()) {
+            kill(child, SIGTERM);
+            waitpid(child, &status, 0);
+            return {};
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the child and the claim
+        }
+        code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (code != 0) throw std::runtime_error("the command exited with status " + std::to_string(code));
+        return nlohmann::json{{"exit_code", 0}}.dump();
+      });
+      } catch (const std::exception& e) {  // the task was failed with this message
+        std::cerr << "engramctl: task " << a->id << " failed: " << e.what() << "\n";
+        return exit_refused;
+      }
+      const auto& r = *ended;
+      if (!r) return report(r.error());
+      std::cerr << "engramctl: task " << a->id << " done\n";
+      return exit_ok;
+    };
+  });
+}
+
+void add_task(CLI::App& app, globals& g) {
+  auto* task = app.add_subcommand("task", "Tasks: ls, create, show, claim, complete, fail, run");
+  task->require_subcommand(1);
+  add_task_ls(*task, g);
+  add_task_create(*task, g);
+  add_task_show(*task, g);
+  add_task_claim(*task, g);
+  add_task_end(*task, g, true);
+  add_task_end(*task, g, false);
+  add_task_run(*task, g);
 }
 
 void add_ls(CLI::App& app, globals& g) {
@@ -935,6 +1121,8 @@ int main(int argc, char** argv) {
   add_ctx(app, g);
   add_lock(app, g);
   add_calls(app, g);
+  add_presence(app, g);
+  add_task(app, g);
   add_search(app, g);
   add_token(app, g);
   add_backup(app, g);

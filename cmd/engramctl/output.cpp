@@ -2,6 +2,7 @@
 
 #include <ctime>
 #include <iomanip>
+#include <nlohmann/json.hpp>
 #include <ostream>
 
 namespace engramctl {
@@ -126,6 +127,37 @@ void print_lock(std::ostream& out, const ec::lock& l, bool json) {
   }
   out << l.resource_path << "  held by " << l.holder_agent << "  token " << l.fencing_token << "  lock_id "
       << l.lock_id << "  expires " << format_time(l.expires_at) << "\n";
+}
+
+void print_task(std::ostream& out, const ec::task& t, bool json) {
+  if (json) {
+    out << ec::to_json(t) << "\n";
+    return;
+  }
+  out << t.task_id << "  " << t.status;
+  if (t.status == "claimed")
+    out << " by " << t.holder_agent << " (token " << t.fencing_token << ", until " << format_time(t.claim_expires_at)
+        << ")";
+  else if (!t.last_holder.empty())
+    out << " (last held by " << t.last_holder << ")";
+  out << "  attempt " << t.attempts << "/" << t.max_attempts << "  " << t.title << "\n";
+  if (!t.progress_json.empty()) out << "    progress " << t.progress_json << "\n";
+  if (!t.result_json.empty()) out << "    result " << t.result_json << "\n";
+  if (!t.error.empty()) out << "    error " << indent(t.error) << "\n";
+}
+
+void print_present(std::ostream& out, const ec::present_agent& a, bool json) {
+  if (json) {
+    out << nlohmann::json{{"agent_id", a.agent_id},
+                          {"joined_at", format_time(a.joined_at)},
+                          {"last_seen", format_time(a.last_seen)},
+                          {"status", a.status}}
+               .dump()
+        << "\n";
+    return;
+  }
+  out << a.agent_id << "  joined " << format_time(a.joined_at) << "  last seen " << format_time(a.last_seen)
+      << (a.status.empty() ? "" : "  " + a.status) << "\n";
 }
 
 void print_search(std::ostream& out, const ec::search_result& r, bool json) {

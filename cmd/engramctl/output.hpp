@@ -22,6 +22,9 @@ void print_unit(std::ostream& out, const ec::work_unit& u, bool json, bool with_
 void print_event(std::ostream& out, const ec::event& ev, bool json);
 void print_context(std::ostream& out, const ec::context& c, bool json, bool detailed);
 void print_lock(std::ostream& out, const ec::lock& l, bool json);
+// id, status, holder or last holder, attempts, title
+void print_task(std::ostream& out, const ec::task& t, bool json);
+void print_present(std::ostream& out, const ec::present_agent& a, bool json);
 void print_search(std::ostream& out, const ec::search_result& r, bool json);
 void print_health(std::ostream& out, const ec::health_status& h, bool json);
 

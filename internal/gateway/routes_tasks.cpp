@@ -37,11 +37,12 @@ model::result<std::string> task_json_member(const json& body, const char* field,
 
 namespace {
 
-// The acting agent of a task request: the body's agent_id (or X-Agent-ID), valid,
-// and the token's subject when auth is on.
+// The acting agent of a task request: the body's agent_id (or X-Agent-ID, else the
+// token's subject), valid, and the token's subject when auth is on.
 model::result<std::string> task_agent(const call& c, const json& body) {
   auto agent = agent_field(body, c.req.header("x-agent-id"));
   if (!agent) return agent;
+  if (agent->empty() && c.who.principal) return c.who.principal->agent;
   if (agent->empty()) return model::fail(errc::invalid_argument, "agent_id is required (in the body or X-Agent-ID)");
   if (auto bad = model::check_identifier("agent_id", *agent, model::max_id_bytes))
     return model::fail(errc::invalid_argument, *bad);

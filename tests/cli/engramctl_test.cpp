@@ -351,6 +351,83 @@ TEST_F(EngramctlTest, CallsShowTheLedger) {
   EXPECT_NE(missing.err.find("no tool call 'nope'"), std::string::npos) << missing.err;
 }
 
+TEST_F(EngramctlTest, TasksAndPresence) {
+  auto created = ctl({"task", "create", "cli/w", "Write the docs", "--id", "docs", "--spec", R"({"pages":3})"});
+  ASSERT_EQ(created.code, 0) << created.err;
+  EXPECT_TRUE(created.out.starts_with("docs  open  attempt 0/3  Write the docs")) << created.out;
+  EXPECT_EQ(ctl({"task", "create", "cli/w", "x", "--spec", "[1]"}).code, 2);  // not an object: refused locally
+  auto claimed = ctl({"task", "claim", "docs", "--ttl", "30s"});
+  ASSERT_EQ(claimed.code, 0) << claimed.err;
+  EXPECT_NE(claimed.out.find("claimed by cli-agent"), std::string::npos) << claimed.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(claimed.out, m, std::regex(R"(fence (\d+))"))) << claimed.out;
+  const std::string fence = m[1];
+  EXPECT_EQ(ctl_as("other", {"task", "claim", "docs"}), 1);
+  auto stale = ctl({"task", "complete", "docs", "--fence", fence + "9"});
+  EXPECT_EQ(stale.code, 1);
+  EXPECT_NE(stale.err.find("stale fencing token"), std::string::npos) << stale.err;
+  auto done = ctl({"task", "complete", "docs", "--fence", fence, "--result", R"({"pages":3})"});
+  ASSERT_EQ(done.code, 0) << done.err;
+  EXPECT_NE(done.out.find("docs  done (last held by cli-agent)"), std::string::npos) << done.out;
+  auto ls = ctl({"task", "ls", "cli/w", "--status", "done", "--json"});
+  ASSERT_EQ(ls.code, 0) << ls.err;
+  ASSERT_EQ(lines_of(ls.out).size(), 1u) << ls.out;
+  EXPECT_EQ(json::parse(ls.out)["result"]["pages"], 3);
+  EXPECT_EQ(ctl({"task", "ls", "cli/w", "--status", "busy"}).code, 2);
+
+  // task run: the command's exit status completes or fails the task.
+  ASSERT_EQ(ctl({"task", "create", "cli/w", "Succeeds", "--id", "ok"}).code, 0);
+  ASSERT_EQ(ctl({"task", "create", "cli/w", "Fails", "--id", "bad"}).code, 0);
+  auto ran = ctl({"task", "run", "ok", "--", "sh", "-c", "test -n \"$ENGRAM_TASK_FENCE\""});
+  EXPECT_EQ(ran.code, 0) << ran.err;
+  EXPECT_NE(ctl({"task", "show", "ok"}).out.find("ok  done"), std::string::npos);
+  auto failed = ctl({"task", "run", "bad", "--", "false"});
+  EXPECT_EQ(failed.code, 1);
+  EXPECT_NE(failed.err.find("exited with status 1"), std::string::npos) << failed.err;
+  auto shown = ctl({"task", "show", "bad"});
+  EXPECT_NE(shown.out.find("bad  failed"), std::string::npos) << shown.out;
+  EXPECT_NE(shown.out.find("error the command exited with status 1"), std::string::npos) << shown.out;
+
+  // presence lists who heartbeats into a context.
+  auto c = *client::client::create({.url = url(), .agent_id = "beater"});
+  ASSERT_TRUE(c.heartbeat({"cli/w"}, "reviewing"));
+  auto present = ctl({"presence", "cli/w"});
+  ASSERT_EQ(present.code, 0) << present.err;
+  EXPECT_TRUE(present.out.starts_with("beater  joined ")) << present.out;
+  EXPECT_NE(present.out.find("reviewing"), std::string::npos) << present.out;
+}
+
+// A holder paused (SIGSTOP) past its claim's TTL is declared dead: the task is
+// stranded and claimed by another agent. Resumed, the old holder cannot complete it
+// (409), and the new holder can.
+TEST_F(EngramctlTest, TaskRunPausedPastItsTtlCannotComplete) {
+  ASSERT_EQ(ctl({"task", "create", "cli/p", "Long job", "--id", "long"}).code, 0);
+  const std::string flag = dir_.str() + "/finish";
+  ctl_process holder(dir_, {"--server", url(), "--agent", "sleepy", "task", "run", "long", "--ttl", "1s", "--", "sh",
+                            "-c", "while [ ! -e " + flag + " ]; do sleep 0.05; done"});
+  auto c = *client::client::create({.url = url(), .agent_id = "fresh"});
+  auto status = [&] {
+    auto t = c.get_task("long");
+    return t ? t->status + "/" + t->holder_agent : t.error().describe();
+  };
+  ASSERT_TRUE(wait_until([&] { return status() == "claimed/sleepy"; }, 30s)) << status();
+  holder.signal(SIGSTOP);
+  ASSERT_TRUE(wait_until([&] { return status() == "stranded/"; }, 30s)) << status();
+  auto taken = c.claim_task("long", 30s);
+  ASSERT_TRUE(taken) << taken.error().describe();
+  EXPECT_EQ(taken->claimed.last_holder, "sleepy");
+  std::ofstream(flag) << "go";  // the old holder's command finishes…
+  holder.signal(SIGCONT);       // …and its engramctl wakes up
+  const auto code = holder.wait_for(60s);
+  ASSERT_TRUE(code.has_value()) << holder.err();
+  EXPECT_EQ(*code, 1) << holder.err();
+  EXPECT_NE(holder.err().find("409"), std::string::npos) << holder.err();
+  EXPECT_EQ(status(), "claimed/fresh");
+  auto done = c.complete_task("long", taken->lease.fencing_token);
+  ASSERT_TRUE(done) << done.error().describe();
+  EXPECT_EQ(done->status, "done");
+}
+
 // export, then import into an empty server: every event comes back at its seq, with
 // its id and time; contexts, search and later appends work on the copy.
 TEST_F(EngramctlTest, ImportReloadsAnExportIntoAnEmptyServer) {

@@ -17,6 +17,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -233,6 +234,38 @@ class lease {
   std::atomic<bool> released_{false};
 };
 
+// The claim with_task() holds while its function runs. Thread-safe.
+class task_run {
+ public:
+  task_run(client& c, task_claim claim, std::chrono::milliseconds ttl);
+  ~task_run();  // stops the heartbeats
+  task_run(const task_run&) = delete;
+  task_run& operator=(const task_run&) = delete;
+
+  const task& info() const { return claim_.claimed; }  // as claimed (with the last progress, if resumed)
+  uint64_t fencing_token() const { return claim_.lease.fencing_token; }
+  engram::client::fence fence() const { return claim_.lease.fence(); }
+  // Progress (a JSON object text) sent with the next heartbeat and stored with the
+  // task, so whoever claims it after a crash can resume.
+  void progress(std::string json_object);
+  // True once a heartbeat found the claim gone, or none succeeded before it ran out.
+  bool lost() const { return lost_.stop_requested(); }
+  std::stop_token stop_token() const { return lost_.get_token(); }
+  // Stops the heartbeats (with_task calls it before completing or failing).
+  void stop();
+
+ private:
+  void beat_loop(std::stop_token stop);
+
+  client& client_;
+  task_claim claim_;
+  std::chrono::milliseconds ttl_;
+  std::mutex mu_;
+  std::optional<std::string> progress_;  // not yet sent
+  std::stop_source lost_;
+  std::jthread beater_;
+};
+
 struct with_lock_options {
   std::chrono::milliseconds wait{0};  // how long to wait for a held resource
   std::string context_id;             // log the lock's transitions in this context
@@ -296,6 +329,55 @@ class client {
     } else {
       return fn(held);
     }
+  }
+
+  // Tasks (README, Tasks). Claims, completions and failures act as the client's
+  // agent; a claim held by another agent, a dependency not done and a stale fencing
+  // token are 409s.
+  result<task> create_task(const task_input& t);
+  result<task> get_task(const std::string& task_id);
+  // The context's tasks in creation order (`status` empty: any), at most `limit`.
+  result<std::vector<task>> list_tasks(const std::string& context_id, const std::string& status = {},
+                                       size_t limit = 1000);
+  result<task_claim> claim_task(const std::string& task_id, std::chrono::milliseconds ttl = {});
+  result<task> complete_task(const std::string& task_id, uint64_t fence, const std::string& result_json = {});
+  result<task> fail_task(const std::string& task_id, uint64_t fence, const std::string& error);
+
+  // Presence: marks the client's agent present in `contexts` and renews its task
+  // claims (only `task_id`'s, when set), storing `progress_json` with them.
+  result<std::vector<claim_renewal>> heartbeat(const std::vector<std::string>& contexts,
+                                               const std::string& status = {},
+                                               const std::string& progress_json = {},
+                                               const std::string& task_id = {});
+  result<bool> leave(const std::string& context_id);  // false: the agent was not present
+  result<std::vector<present_agent>> presence(const std::string& context_id);
+
+  // Runs fn(task_run&) while holding a claim on `task_id`: claims it, heartbeats at
+  // a third of the TTL (with the progress fn reports), and when fn returns
+  // completes the task with fn's result (a JSON object text; "" or void for none),
+  // or when fn throws fails it with the exception's message and rethrows. If the
+  // claim was lost meanwhile (run.lost(), run.stop_token()) nothing is ended and the
+  // answer is a 409 error: someone else may hold the task now.
+  template <class Fn>
+    requires std::invocable<Fn&, task_run&>
+  result<task> with_task(const std::string& task_id, std::chrono::milliseconds ttl, Fn&& fn) {
+    auto claimed = claim_task(task_id, ttl);
+    if (!claimed) return std::unexpected(std::move(claimed.error()));
+    const uint64_t fence = claimed->lease.fencing_token;
+    task_run run(*this, std::move(*claimed), ttl);
+    std::string result_json;
+    try {
+      if constexpr (std::is_void_v<std::invoke_result_t<Fn&, task_run&>>) fn(run);
+      else result_json = fn(run);
+    } catch (const std::exception& e) {
+      run.stop();
+      if (!run.lost()) (void)fail_task(task_id, fence, e.what()[0] ? e.what() : "the work threw");
+      throw;
+    }
+    run.stop();
+    if (run.lost())
+      return std::unexpected(error{error::kind::server, 409, "the claim on task '" + task_id + "' was lost", {}});
+    return complete_task(task_id, fence, result_json);
   }
 
   // Saves the agent's checkpoint in a context as a new version. `replaces` is the

@@ -197,6 +197,57 @@ struct checkpoint {
   uint64_t seq = 0;         // of its checkpoint_saved event
 };
 
+// A task (README, Tasks): work one agent does at a time, claimed through the lease
+// task:<task_id>.
+struct task {
+  std::string task_id;
+  std::string context_id;
+  std::string title;
+  std::string spec_json;      // JSON object text ("" when none)
+  std::vector<std::string> depends_on;
+  std::string status;         // open, claimed, stranded, done, failed
+  std::string holder_agent;   // claimed
+  uint64_t fencing_token = 0; // claimed
+  timestamp claim_expires_at{};
+  std::string progress_json;  // the last progress reported ("" when none)
+  std::string result_json;    // done
+  std::string error;          // failed
+  uint32_t attempts = 0;
+  uint32_t max_attempts = 0;
+  std::string last_holder;
+  std::string created_by;
+  timestamp created_at{};
+  timestamp updated_at{};
+};
+
+struct task_input {
+  std::string context_id;
+  std::string task_id;  // empty: the server makes one
+  std::string title;
+  std::string spec_json;  // a JSON object, or empty
+  std::vector<std::string> depends_on;
+  uint32_t max_attempts = 0;  // 0: the server's default
+};
+
+struct task_claim {
+  task claimed;  // as claimed: with the last progress, when another agent's claim had stranded it
+  lock lease;    // task:<task_id>; its fencing token guards the holder's writes
+};
+
+// What a heartbeat did to one of the agent's claims.
+struct claim_renewal {
+  std::string task_id;
+  bool renewed = false;  // false: the claim is lost
+};
+
+// An agent present in a context (README, Presence).
+struct present_agent {
+  std::string agent_id;
+  timestamp joined_at{};
+  timestamp last_seen{};
+  std::string status;
+};
+
 struct backup_info {
   std::string dir;  // absolute path; start a server with --data-dir on it to restore
   double seconds = 0;
@@ -229,5 +280,6 @@ std::string to_json(const work_unit& u);
 std::string to_json(const context& c);
 std::string to_json(const lock& l);
 std::string to_json(const search_result& r);
+std::string to_json(const task& t);
 
 }  // namespace engram::client
