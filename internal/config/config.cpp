@@ -275,6 +275,7 @@ const std::vector<key_spec>& key_table() {
       {"checkpoints.max_bytes", ranged([](config& c) -> auto& { return c.engine.checkpoints.max_bytes; }, 2, 64ull << 20)},
       {"checkpoints.keep", ranged([](config& c) -> auto& { return c.engine.checkpoints.keep; }, 1, 100'000)},
       {"presence.ttl_ms", ranged([](config& c) -> auto& { return c.presence.ttl; }, 20, 86'400'000)},
+      {"presence.ws_grace_ms", ranged([](config& c) -> auto& { return c.presence.grace; }, 0, 86'400'000)},
       {"tasks.max_attempts", ranged([](config& c) -> auto& { return c.tasks.max_attempts; }, 1, 1'000'000)},
       {"tasks.max_json_bytes", ranged([](config& c) -> auto& { return c.tasks.max_json_bytes; }, 2, 16ull << 20)},
       {"retention.max_age_seconds",

@@ -21,7 +21,7 @@ model::status presence::start() {
     std::lock_guard lock(mu_);
     const auto now = std::chrono::steady_clock::now();
     for (auto& a : *loaded)
-      contexts_[a.context_id][a.agent_id] = entry{a.joined_at_ns, std::move(a.status), now, clock_->now_ns()};
+      contexts_[a.context_id][a.agent_id] = entry{a.joined_at_ns, std::move(a.status), now + opts_.ttl, clock_->now_ns()};
   }
   if (!loaded->empty())
     spdlog::info("presence: {} agents were present; each has {} ms to send a heartbeat", loaded->size(), opts_.ttl.count());
@@ -40,18 +40,44 @@ void presence::stop() {
 
 void presence::heartbeat(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
                          std::function<void(model::status)> done) {
+  touch(agent, contexts, status, false, std::move(done));
+}
+
+void presence::connect(const std::string& agent, const std::vector<std::string>& contexts,
+                       std::function<void(model::status)> done) {
+  touch(agent, contexts, "", true, std::move(done));
+}
+
+void presence::disconnect(const std::string& agent, const std::vector<std::string>& contexts) {
+  std::lock_guard lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& ctx : contexts) {
+    auto h = holds_.find({ctx, agent});
+    if (h == holds_.end() || --h->second > 0) continue;
+    holds_.erase(h);
+    if (auto c = contexts_.find(ctx); c != contexts_.end())
+      if (auto e = c->second.find(agent); e != c->second.end()) {
+        e->second.deadline = now + opts_.grace;
+        e->second.last_seen_ns = clock_->now_ns();
+      }
+  }
+}
+
+void presence::touch(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
+                     bool hold, std::function<void(model::status)> done) {
   std::vector<std::string> joins;
   {
     std::lock_guard lock(mu_);
     const auto now = std::chrono::steady_clock::now();
     for (const auto& ctx : contexts) {
+      if (hold) ++holds_[{ctx, agent}];
       auto& agents = contexts_[ctx];
       auto it = agents.find(agent);
       if (it == agents.end()) {
         joins.push_back(ctx);
         continue;
       }
-      it->second.last_seen = now;
+      it->second.deadline = std::max(it->second.deadline, now + opts_.ttl);
       it->second.last_seen_ns = clock_->now_ns();
       if (!status.empty()) it->second.status = status;
     }
@@ -74,7 +100,7 @@ void presence::heartbeat(const std::string& agent, const std::vector<std::string
                                auto& e = contexts_[ctx][agent];
                                if (!e.joined_at_ns) e.joined_at_ns = clock_->now_ns();
                                e.status = status;
-                               e.last_seen = std::chrono::steady_clock::now();
+                               e.deadline = std::chrono::steady_clock::now() + opts_.ttl;
                                e.last_seen_ns = clock_->now_ns();
                              } else {
                                std::lock_guard lock(p->mu);
@@ -92,6 +118,7 @@ void presence::leave(const std::string& agent, const std::string& context, std::
   {
     std::lock_guard lock(mu_);
     if (auto it = contexts_.find(context); it != contexts_.end()) it->second.erase(agent);
+    holds_.erase({context, agent});  // its connections no longer keep it
   }
   store_.change_presence(storage::presence_change{context, agent, false, "left", ""}, std::move(done));
 }
@@ -106,16 +133,16 @@ std::vector<present> presence::in_context(const std::string& context) const {
 }
 
 void presence::run() {
-  const auto tick = std::max(std::chrono::milliseconds(10), opts_.ttl / 4);
+  const auto tick = std::max(std::chrono::milliseconds(10), std::min(opts_.ttl, opts_.grace) / 4);
   for (;;) {
     std::vector<std::pair<std::string, std::string>> expired;
     {
       std::unique_lock lock(mu_);
       if (cv_.wait_for(lock, tick, [&] { return stopping_; })) return;
-      const auto cutoff = std::chrono::steady_clock::now() - opts_.ttl;
+      const auto now = std::chrono::steady_clock::now();
       for (auto& [ctx, agents] : contexts_)
         for (auto it = agents.begin(); it != agents.end();) {
-          if (it->second.last_seen < cutoff) {
+          if (it->second.deadline < now && !holds_.contains({ctx, it->first})) {
             expired.emplace_back(ctx, it->first);
             it = agents.erase(it);
           } else {

@@ -27,6 +27,9 @@ namespace engram::engine {
 
 struct presence_options {
   std::chrono::milliseconds ttl{30'000};
+  // A WebSocket subscriber present through its connection leaves this long after
+  // the connection drops (unless it reconnects or heartbeats meanwhile).
+  std::chrono::milliseconds grace{5'000};
 };
 
 struct present {
@@ -51,18 +54,31 @@ class presence {
   // needed is committed (on a storage completion thread, or here).
   void heartbeat(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
                  std::function<void(model::status)> done);
+  // A connection (a WebSocket subscriber with presence) holds the agent present in
+  // these contexts until disconnect(); it joins them like a heartbeat. Holds count:
+  // an agent with two connections stays while either is open.
+  void connect(const std::string& agent, const std::vector<std::string>& contexts,
+               std::function<void(model::status)> done);
+  // Ends a connect()'s hold; the agent leaves `grace` later unless held or heard
+  // from again.
+  void disconnect(const std::string& agent, const std::vector<std::string>& contexts);
   // The agent leaves the context (agent_left, reason "left"); `done` gets whether
   // it was present.
   void leave(const std::string& agent, const std::string& context, std::function<void(model::result<bool>)> done);
   std::vector<present> in_context(const std::string& context) const;
 
  private:
+  using time_point = std::chrono::steady_clock::time_point;
   struct entry {
     int64_t joined_at_ns = 0;
     std::string status;
-    std::chrono::steady_clock::time_point last_seen;
+    time_point deadline;  // when it leaves, unless held by a connection
     int64_t last_seen_ns = 0;
   };
+  // heartbeat() and connect(): marks the agent seen in each context, joining where
+  // needed; `hold` also takes a connection's hold on each.
+  void touch(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status, bool hold,
+             std::function<void(model::status)> done);
   void run();
 
   presence_options opts_;
@@ -70,6 +86,7 @@ class presence {
   std::shared_ptr<const model::clock> clock_;
   mutable std::mutex mu_;
   std::map<std::string, std::map<std::string, entry>> contexts_;  // context → agent → entry
+  std::map<std::pair<std::string, std::string>, int> holds_;      // (context, agent) → open connections
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread thread_;

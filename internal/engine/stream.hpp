@@ -54,6 +54,11 @@ struct stream_request {
   // When set, only contexts it accepts are streamed (the caller's read grants);
   // a pattern silently skips the others.
   std::function<bool(std::string_view)> permit;
+  // A WebSocket subscriber that declares itself present: `agent_id` is present in
+  // the exact contexts while the connection lasts (README, Presence). The stream
+  // itself ignores these.
+  std::string agent_id;
+  bool presence = false;
 };
 
 // Shared by all streams; null members are not recorded.

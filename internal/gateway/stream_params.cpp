@@ -77,6 +77,14 @@ model::result<engine::stream_request> parse_stream_query(const request& req, boo
         if (comma == std::string_view::npos) break;
         list.remove_prefix(comma + 1);
       }
+    } else if (p.key == "agent_id") {
+      if (auto bad = model::check_identifier("agent_id", p.value, model::max_id_bytes))
+        return fail(errc::invalid_argument, *bad);
+      out.agent_id = p.value;
+    } else if (p.key == "presence") {
+      if (p.value == "1" || p.value == "true") out.presence = true;
+      else if (p.value == "0" || p.value == "false" || p.value.empty()) out.presence = false;
+      else return fail(errc::invalid_argument, "presence must be true or false, got '" + p.value.substr(0, 64) + "'");
     } else if (p.key == "since") {
       auto v = to_u64(p.value);
       if (!v) return fail(errc::invalid_argument, "since must be a non-negative integer, got '" + p.value + "'");
@@ -85,6 +93,9 @@ model::result<engine::stream_request> parse_stream_query(const request& req, boo
   }
   if (!have_context || (out.contexts.empty() && out.prefixes.empty()))
     return fail(errc::invalid_argument, "context is required: ?context=<id>[,<id>…] (a trailing * matches a prefix)");
+  if (sse && out.presence)
+    return fail(errc::invalid_argument, "presence is for WebSocket subscribers; SSE clients send heartbeats "
+                                        "(POST /agents/{agent_id}/heartbeat)");
   if (sse) {
     const auto last = req.header("last-event-id");
     if (!last.empty()) {
@@ -133,6 +144,16 @@ model::result<engine::stream_request> parse_subscribe_message(const model::json&
       return fail(errc::invalid_argument, "since must be a seq or an object of {context: seq}");
     }
   }
+  if (auto agent = msg.find("agent_id"); agent != msg.end() && !agent->is_null()) {
+    if (!agent->is_string()) return fail(errc::invalid_argument, "agent_id must be a string");
+    if (auto bad = model::check_identifier("agent_id", agent->get_ref<const std::string&>(), model::max_id_bytes))
+      return fail(errc::invalid_argument, *bad);
+    out.agent_id = agent->get<std::string>();
+  }
+  if (auto presence = msg.find("presence"); presence != msg.end() && !presence->is_null()) {
+    if (!presence->is_boolean()) return fail(errc::invalid_argument, "presence must be true or false");
+    out.presence = presence->get<bool>();
+  }
   // "cursors" sets per-context resume points next to a numeric "since", which then
   // covers only the contexts not listed (a resuming pattern subscriber sends
   // since 0 so that contexts created while it was away are replayed whole).
@@ -158,6 +179,19 @@ std::string resume_token(const std::map<std::string, uint64_t>& cursors) {
 }
 
 model::status authorize_stream(engine::stream_request& sub, const caller& who) {
+  if (sub.presence) {
+    if (sub.agent_id.empty() && who.principal) sub.agent_id = who.principal->agent;
+    if (sub.agent_id.empty())
+      return fail(errc::invalid_argument, "presence needs agent_id: the agent that is present while connected");
+    if (sub.contexts.empty())
+      return fail(errc::invalid_argument, "presence needs exact contexts (a pattern names no context to be present in)");
+    if (who.principal && who.principal->agent != sub.agent_id && !who.can(auth::admin, "*"))
+      return fail(errc::forbidden, "agent_id '" + sub.agent_id + "' is not the token's subject '" +
+                                       who.principal->agent + "'");
+    for (const auto& c : sub.contexts)
+      if (!who.can(auth::write, c))
+        return fail(errc::forbidden, "presence in context '" + c + "' needs the write grant there");
+  }
   if (!who.principal) return {};
   for (const auto& c : sub.contexts)
     if (!who.can(auth::read, c)) return model::fail(model::errc::forbidden, "not allowed to read context '" + c + "'");

@@ -4,6 +4,7 @@
 //
 //   ?context=a,b,project-7/*     exact ids and prefix patterns (a trailing '*')
 //   ?since=N                     resume after seq N in every matched context
+//   ?agent_id=A&presence=true    WS: A is present in the exact contexts while connected
 //   Last-Event-ID: N             SSE: same as since=N (single-context streams)
 //   Last-Event-ID: <token>       SSE: per-context cursors from resume_token()
 
@@ -31,7 +32,9 @@ model::result<bool> parse_stream_text(const request& req);
 model::result<engine::stream_request> parse_subscribe_message(const model::json& msg);
 
 // Authorization of a subscription: every exact context must be readable (else
-// errc::forbidden), and patterns deliver only readable contexts.
+// errc::forbidden), and patterns deliver only readable contexts. A subscription
+// with presence needs an agent_id (the token's subject by default; another agent's
+// needs admin on "*") and `write` on its exact contexts.
 model::status authorize_stream(engine::stream_request& sub, const caller& who);
 
 // The SSE `id:` of an event: the plain seq when the stream is one exact context

@@ -20,6 +20,7 @@
 #include <deque>
 #include <nlohmann/json.hpp>
 
+#include "engine/presence.hpp"
 #include "gateway/errors.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
@@ -106,6 +107,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         timer_(ws_.get_executor()) {}
   ~ws_session() override {
     if (stream_) stream_->close();
+    release_presence();
     if (!accepted_) ended_by = "handshake failed";
     deregister_stream(*srv_, *this, accepted_ ? 101 : 400);
     if (counted_ && srv_->streams.ws_subscribers) srv_->streams.ws_subscribers->Decrement();
@@ -151,6 +153,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   void subscribe(engine::stream_request sub) {
     if (stream_) stream_->close();
     stream_.reset();
+    hold_presence(sub);
     // An event of the old subscription may still be being written; its completion
     // must not advance the new subscription's batch.
     batch_.clear();
@@ -273,7 +276,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       auto sub = parse_subscribe_message(*msg);
       if (!sub) return control(json{{"type", "error"}, {"error", sub.error().message}});
       if (auto ok = authorize_stream(*sub, who_); !ok)
-        return control(json{{"type", "error"}, {"error", ok.error().message}, {"status", 403}});
+        return control(json{{"type", "error"},
+                            {"error", ok.error().message},
+                            {"status", ok.error().code == model::errc::forbidden ? 403 : 400}});
       return subscribe(std::move(*sub));
     }
     control(json{{"type", "error"}, {"error", "unknown message type '" + type.substr(0, 64) + "'"}});
@@ -336,6 +341,32 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     closing_ = true;
     timer_.cancel();
     if (stream_) stream_->close();
+    release_presence();
+  }
+
+  // Presence through the connection (README, Presence): the subscription's agent
+  // is held present in its exact contexts until the subscription is replaced or the
+  // connection ends, then leaves after presence.ws_grace_ms.
+  void hold_presence(const engine::stream_request& sub) {
+    release_presence();
+    if (!sub.presence) return;
+    auto p = srv_->eng->presence_manager();
+    if (!p) return control(json{{"type", "error"}, {"error", p.error().message}, {"status", 503}});
+    present_agent_ = sub.agent_id;
+    present_in_ = sub.contexts;
+    std::weak_ptr<ws_session> weak = this->shared_from_this();
+    (*p)->connect(present_agent_, present_in_, [weak, exec = ws_.get_executor()](model::status ok) {
+      if (ok) return;
+      net::post(exec, [weak, msg = ok.error().message] {
+        if (auto self = weak.lock()) self->control(json{{"type", "error"}, {"error", "presence: " + msg}, {"status", 503}});
+      });
+    });
+  }
+
+  void release_presence() {
+    if (present_in_.empty()) return;
+    if (auto p = srv_->eng->presence_manager()) (*p)->disconnect(present_agent_, present_in_);
+    present_in_.clear();
   }
 
   websocket::stream<Stream> ws_;
@@ -343,6 +374,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   caller who_;
   stream_slots::slot slot_;
   uint64_t id_ = 0;
+  std::string present_agent_;              // presence held by this connection, if any
+  std::vector<std::string> present_in_;
   net::steady_timer timer_;
   beast::flat_buffer in_;
   std::shared_ptr<engine::stream> stream_;

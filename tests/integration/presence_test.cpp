@@ -2,6 +2,7 @@
 // as a durable event of the context's log; a restart resumes who was present.
 #include <gtest/gtest.h>
 
+#include "engram/stream_connections.hpp"
 #include "support/test_support.hpp"
 
 namespace engram::test {
@@ -71,6 +72,69 @@ TEST(Presence, HeartbeatsJoinSilenceAndDeleteLeave) {
   }
   EXPECT_EQ(call(http, "DELETE", "/agents/carol/presence").status, 400u);
   EXPECT_TRUE(present(http, "p/a").empty());
+}
+
+// A WebSocket subscriber with presence is present while connected, however long it
+// stays silent; a second connection of the same agent keeps it present when the
+// first drops; the last drop makes it leave after the grace, once. Reconnecting
+// within the grace neither leaves nor joins again.
+TEST(Presence, WebSocketSubscribersArePresentWhileConnected) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.presence.ttl = 300ms;     // far shorter than the connections last: only the holds keep it
+  cfg.presence.grace = 600ms;
+  test_server server(cfg);
+  auto http = server.connect();
+  auto open = [&](const std::string& target) {
+    auto ws = std::make_unique<client::ws_connection>();
+    auto ok = ws->connect("127.0.0.1", server.port(), target);
+    EXPECT_TRUE(ok) << ok.error().message;
+    return ws;
+  };
+  auto first = open("/stream?context=w/a&agent_id=ann&presence=true");
+  ASSERT_TRUE(wait_until([&] { return present(http, "w/a") == std::vector<std::string>{"ann"}; }, 30s));
+  // A subscribe message can declare it too, on a second connection.
+  auto second = open("/stream?context=w/other");
+  ASSERT_TRUE(second->send(R"({"type":"subscribe","contexts":["w/a"],"agent_id":"ann","presence":true})"));
+  // Well past the ttl: still present, held by the connections.
+  const auto held_until = std::chrono::steady_clock::now() + 1200ms;
+  while (std::chrono::steady_clock::now() < held_until) {
+    ASSERT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
+    std::this_thread::sleep_for(50ms);  // sampling, not synchronisation
+  }
+  first->abort();  // dropped without a close frame; the second connection still holds
+  std::this_thread::sleep_for(1200ms);  // twice the grace: she must not have left
+  EXPECT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
+  second->close();
+  // Reconnecting within the grace keeps her, without a second join.
+  auto third = open("/stream?context=w/a&agent_id=ann&presence=true");
+  std::this_thread::sleep_for(1200ms);
+  EXPECT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
+  third->close();
+  ASSERT_TRUE(wait_until([&] { return present(http, "w/a").empty(); }, 30s));
+  ASSERT_TRUE(wait_until([&] { return presence_events(http, "w/a").size() == 2; }, 30s));
+  const auto events = presence_events(http, "w/a");
+  EXPECT_EQ(events[0]["type"], "agent_joined");
+  EXPECT_EQ(events[1]["type"], "agent_left");
+  EXPECT_EQ(events[1]["reason"], "timeout");
+
+  // Presence needs an agent and exact contexts; SSE has no presence.
+  client::ws_connection refused;
+  EXPECT_FALSE(refused.connect("127.0.0.1", server.port(), "/stream?context=w/a&presence=true"));
+  EXPECT_FALSE(refused.connect("127.0.0.1", server.port(), "/stream?context=w/*&agent_id=x&presence=true"));
+  EXPECT_EQ(call(http, "GET", "/stream-sse?context=w/a&agent_id=x&presence=true").status, 400u);
+  auto ws = open("/stream?context=w/b");
+  ASSERT_TRUE(ws->send(R"({"type":"subscribe","contexts":["w/b"],"presence":"yes"})"));
+  ASSERT_TRUE(ws->send(R"({"type":"subscribe","contexts":["w/b"],"presence":true})"));
+  std::vector<std::string> errors;
+  while (errors.size() < 2) {
+    auto msg = ws->read(30s);
+    ASSERT_TRUE(msg && *msg) << "no error message";
+    const auto j = json::parse(**msg);
+    if (j.value("type", "") == "error") errors.push_back(j.value("error", ""));
+  }
+  EXPECT_EQ(errors[0], "presence must be true or false");
+  EXPECT_EQ(errors[1], "presence needs agent_id: the agent that is present while connected");
 }
 
 // A restart keeps who was present: each gets a full ttl from the restart to beat
