@@ -2,7 +2,7 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams locks search vectors sdk micro
+#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams locks agents search vectors sdk micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
@@ -11,7 +11,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read isolation streams locks search vectors sdk micro}
+SECTIONS=${*:-write read isolation streams locks agents search vectors sdk micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -115,6 +115,16 @@ start_server sync "$WORK/locks"
 "$BIN/engram-load" locks  --port "$PORT" --connections 64 --resources 100 --seconds "$SECS" --label contended-100
 "$BIN/engram-load" write  --port "$PORT" --connections 1  --seconds "$SECS" --label plain
 "$BIN/engram-load" fenced --port "$PORT" --connections 1  --seconds "$SECS" --label fenced
+stop_server
+fi
+
+if has agents; then
+echo "## agent runtime: tasks and presence (sync durability)"
+start_server sync "$WORK/agents"
+"$BIN/engram-agents" tasks      --port "$PORT" --connections 1 --seconds "$SECS"
+"$BIN/engram-agents" tasks      --port "$PORT" --connections 16 --seconds "$SECS"
+"$BIN/engram-agents" stranding  --port "$PORT" --tasks 40 --ttl-ms 1000
+"$BIN/engram-agents" heartbeats --port "$PORT" --pid "$PID" --agents 1000 --interval-ms 5000 --seconds 30 --connections 8
 stop_server
 fi
 
