@@ -42,7 +42,10 @@ model::status tasks::start() {
   {
     std::lock_guard lock(mu_);
     for (auto& t : *loaded) {
-      claimed += t.status() == "claimed";
+      if (t.status() == "claimed") {
+        ++claimed;
+        claims_[t.holder_agent()].insert(t.task_id());
+      }
       by_context_[t.context_id()].emplace(t.created_at_ns(), t.task_id());
       auto id = t.task_id();
       tasks_.emplace(std::move(id), std::move(t));
@@ -254,14 +257,13 @@ void tasks::renew_claims(std::string agent, std::optional<std::string> progress_
   std::vector<claim_ref> held;
   {
     std::lock_guard lock(mu_);
-    // A linear scan: heartbeats are every few seconds per agent, and an index by
-    // holder would have to follow every transition.
-    for (const auto& [id, t] : tasks_) {
-      if (t.status() != "claimed" || t.holder_agent() != agent) continue;
-      if (!only_task.empty() && id != only_task) continue;
-      held.push_back({id, t.lock_id(), std::chrono::milliseconds(t.claim_ttl_ms())});
-      if (progress_json) progress_[id] = *progress_json;
-    }
+    if (auto mine = claims_.find(agent); mine != claims_.end())
+      for (const auto& id : mine->second) {
+        if (!only_task.empty() && id != only_task) continue;
+        const auto& t = tasks_.at(id);
+        held.push_back({id, t.lock_id(), std::chrono::milliseconds(t.claim_ttl_ms())});
+        if (progress_json) progress_[id] = *progress_json;
+      }
   }
   if (held.empty()) {
     if (!only_task.empty())
@@ -326,6 +328,7 @@ void tasks::changed(const api::LockEvent& ev, storage::lock_change& change) {
     t->set_claim_expires_at_ns(l.expires_at_ns());
     t->set_claim_ttl_ms(std::max<int64_t>(1, (l.expires_at_ns() - l.acquired_at_ns()) / 1'000'000));
     t->set_attempts(t->attempts() + 1);
+    claims_[l.holder_agent()].insert(t->task_id());
     write(change, *t, "claimed");
     claimed_[l.fencing_token()] = *t;
     return;
@@ -333,6 +336,10 @@ void tasks::changed(const api::LockEvent& ev, storage::lock_change& change) {
   // The rest concern the lease the task is claimed with.
   if (t->status() != "claimed" || t->fencing_token() != l.fencing_token()) return;
   const auto let_go = [&](const char* status) {
+    if (auto mine = claims_.find(t->holder_agent()); mine != claims_.end()) {
+      mine->second.erase(t->task_id());
+      if (mine->second.empty()) claims_.erase(mine);
+    }
     t->set_status(status);
     t->set_last_holder(t->holder_agent());
     t->clear_holder_agent();

@@ -130,6 +130,7 @@ class tasks final : public locks::observer {
   std::map<std::string, api::Task, std::less<>> tasks_;
   // context → (created_at, task id): listing in creation order.
   std::map<std::string, std::set<std::pair<int64_t, std::string>>, std::less<>> by_context_;
+  std::map<std::string, std::set<std::string>, std::less<>> claims_;  // agent → tasks it holds (heartbeats)
   std::set<std::string, std::less<>> creating_;           // created in memory, not yet committed
   std::map<std::string, ending, std::less<>> ending_;     // completions waiting for their release
   std::map<std::string, std::string, std::less<>> progress_;  // progress waiting for its renewal

@@ -82,7 +82,7 @@ TEST(Presence, WebSocketSubscribersArePresentWhileConnected) {
   temp_dir dir;
   auto cfg = test_config(dir.str() + "/data");
   cfg.presence.ttl = 300ms;     // far shorter than the connections last: only the holds keep it
-  cfg.presence.grace = 600ms;
+  cfg.presence.grace = 1000ms;  // reconnecting takes far less, even on a slow machine
   test_server server(cfg);
   auto http = server.connect();
   auto open = [&](const std::string& target) {
@@ -103,12 +103,12 @@ TEST(Presence, WebSocketSubscribersArePresentWhileConnected) {
     std::this_thread::sleep_for(50ms);  // sampling, not synchronisation
   }
   first->abort();  // dropped without a close frame; the second connection still holds
-  std::this_thread::sleep_for(1200ms);  // twice the grace: she must not have left
+  std::this_thread::sleep_for(1600ms);  // past the grace: she must not have left
   EXPECT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
   second->close();
   // Reconnecting within the grace keeps her, without a second join.
   auto third = open("/stream?context=w/a&agent_id=ann&presence=true");
-  std::this_thread::sleep_for(1200ms);
+  std::this_thread::sleep_for(1600ms);
   EXPECT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
   third->close();
   ASSERT_TRUE(wait_until([&] { return present(http, "w/a").empty(); }, 30s));

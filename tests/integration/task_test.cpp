@@ -185,18 +185,19 @@ TEST(Tasks, HeartbeatsRenewAndSilenceStrands) {
   auto http = server.connect();
   ASSERT_EQ(call(http, "POST", "/contexts/s/tasks", R"({"task_id":"index","title":"Index","max_attempts":2})").status,
             201u);
-  auto claim = call(http, "POST", "/tasks/index/claim", R"({"agent_id":"w1","ttl_ms":600})");
+  // A ttl long enough that a slow machine's stalls cannot expire it between beats.
+  auto claim = call(http, "POST", "/tasks/index/claim", R"({"agent_id":"w1","ttl_ms":2000})");
   ASSERT_EQ(claim.status, 200u) << claim.raw;
   const uint64_t first = claim.body["lock"]["fencing_token"];
-  // Beating for three ttls keeps the claim.
-  const auto until = std::chrono::steady_clock::now() + 1800ms;
+  // Beating for two and a half ttls keeps the claim.
+  const auto until = std::chrono::steady_clock::now() + 5000ms;
   int step = 0;
   while (std::chrono::steady_clock::now() < until) {
     auto beat = call(http, "POST", "/agents/w1/heartbeat", json({{"progress", {{"done", ++step}}}}).dump());
     ASSERT_EQ(beat.status, 200u) << beat.raw;
     ASSERT_EQ(beat.body["claims"].size(), 1u) << beat.raw;
     ASSERT_EQ(beat.body["claims"][0]["renewed"], true) << beat.raw;
-    std::this_thread::sleep_for(100ms);  // the agent's heartbeat interval, not synchronisation
+    std::this_thread::sleep_for(250ms);  // the agent's heartbeat interval, not synchronisation
   }
   auto held = task(http, "index");
   EXPECT_EQ(held["status"], "claimed");
