@@ -621,6 +621,54 @@ result<int64_t> optional_timestamp(const json& object, std::string_view field) {
   return timestamp_from_json(*it, field);
 }
 
+// A task as to_json(api::Task) writes it, in a task_* event of `context_id`.
+result<api::Task> task_from_json(const json& value, std::string_view context_id) {
+  if (!value.is_object()) return fail(errc::invalid_argument, "task must be an object");
+  api::Task t;
+  t.set_context_id(std::string(context_id));
+  for (auto [field, set] : std::initializer_list<std::pair<const char*, void (api::Task::*)(const std::string&)>>{
+           {"task_id", &api::Task::set_task_id},
+           {"title", &api::Task::set_title},
+           {"status", &api::Task::set_status},
+           {"holder_agent", &api::Task::set_holder_agent},
+           {"error", &api::Task::set_error},
+           {"last_holder", &api::Task::set_last_holder},
+           {"created_by", &api::Task::set_created_by}}) {
+    auto v = string_field(value, field, "");
+    if (!v) return std::unexpected(v.error());
+    (t.*set)(*v);
+  }
+  if (auto bad = check_identifier("task.task_id", t.task_id(), max_id_bytes)) return fail(errc::invalid_argument, *bad);
+  for (auto [field, set] : std::initializer_list<std::pair<const char*, void (api::Task::*)(const std::string&)>>{
+           {"spec", &api::Task::set_spec_json}, {"progress", &api::Task::set_progress_json},
+           {"result", &api::Task::set_result_json}}) {
+    const auto it = value.find(field);
+    if (it == value.end() || it->is_null()) continue;
+    if (!it->is_object()) return fail(errc::invalid_argument, "task." + std::string(field) + " must be an object");
+    (t.*set)(dump(*it));
+  }
+  auto deps = id_list(value, "depends_on");
+  if (!deps) return std::unexpected(deps.error());
+  for (auto& d : *deps) t.add_depends_on(std::move(d));
+  auto token = uint_member(value, "fencing_token", false);
+  auto attempts = uint_member(value, "attempts", false);
+  auto max_attempts = uint_member(value, "max_attempts", false);
+  auto expires = optional_timestamp(value, "claim_expires_at");
+  auto created = optional_timestamp(value, "created_at");
+  auto updated = optional_timestamp(value, "updated_at");
+  for (const auto* r : {&token, &attempts, &max_attempts})
+    if (!*r) return std::unexpected(r->error());
+  for (const auto* r : {&expires, &created, &updated})
+    if (!*r) return std::unexpected(r->error());
+  t.set_fencing_token(*token);
+  t.set_attempts(uint32_t(std::min<uint64_t>(*attempts, UINT32_MAX)));
+  t.set_max_attempts(uint32_t(std::min<uint64_t>(*max_attempts, UINT32_MAX)));
+  t.set_claim_expires_at_ns(*expires);
+  t.set_created_at_ns(*created);
+  t.set_updated_at_ns(*updated);
+  return t;
+}
+
 result<api::Context> context_from_json(const json& value, std::string_view context_id) {
   if (!value.is_object()) return fail(errc::invalid_argument, "context must be an object");
   api::Context c;
@@ -761,6 +809,29 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
     ev.mutable_context_deleted()->set_removed_events(*removed);
     return ev;
   }
+  if (kind == "agent_joined" || kind == "agent_left") {
+    auto agent = string_field(object, "agent_id", "");
+    auto text = string_field(object, kind == "agent_joined" ? "status" : "reason", "");
+    if (!agent) return std::unexpected(agent.error());
+    if (!text) return std::unexpected(text.error());
+    if (auto bad = check_identifier("agent_id", *agent, max_id_bytes)) return fail(errc::invalid_argument, *bad);
+    auto* p = ev.mutable_presence();
+    p->set_agent_id(std::move(*agent));
+    p->set_joined(kind == "agent_joined");
+    if (p->joined()) p->set_status(std::move(*text));
+    else p->set_reason(std::move(*text));
+    return ev;
+  }
+  for (std::string_view known : {"created", "claimed", "progress", "completed", "failed", "stranded", "released"}) {
+    if (kind != "task_" + std::string(known)) continue;
+    const auto t = object.find("task");
+    if (t == object.end()) return fail(errc::invalid_argument, "task is missing");
+    auto task = task_from_json(*t, context_id);
+    if (!task) return std::unexpected(task.error());
+    ev.mutable_task_event()->set_kind(std::string(known));
+    *ev.mutable_task_event()->mutable_task() = std::move(*task);
+    return ev;
+  }
   for (std::string_view known : {"acquired", "renewed", "released", "expired"}) {
     if (kind != "lock_" + std::string(known)) continue;
     const auto l = object.find("lock");
@@ -772,7 +843,8 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
     return ev;
   }
   return fail(errc::invalid_argument, "unknown event type '" + kind +
-                                          "' (expected a work unit, context_updated, context_deleted or lock_*)");
+                                          "' (expected a work unit, context_updated, context_deleted, checkpoint_saved, "
+                                          "agent_joined, agent_left, lock_* or task_*)");
 }
 
 }  // namespace engram::model

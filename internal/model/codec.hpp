@@ -106,7 +106,10 @@ result<std::optional<api::Retention>> retention_from_json(const json& value);
 
 // One event of a context's log as GET /contexts/{id}/events and the streams give
 // it (what `engramctl export` writes), for an import into `context_id`: a work unit
-// (with its id, seq and ts), context_updated, context_deleted or a lock_* event.
+// (with its id, seq and ts), context_updated, context_deleted, checkpoint_saved,
+// agent_joined / agent_left, a lock_* or a task_* event. Presence and task events
+// are history in the log: importing them does not make anyone present or create
+// the task.
 // Control events without "ts" take their context's updated_at (context_updated) or
 // 0 (the importer then uses the previous event's time).
 result<api::Event> event_from_json(const json& object, std::string_view context_id);

@@ -203,7 +203,10 @@ TEST(Tasks, HeartbeatsRenewAndSilenceStrands) {
   EXPECT_EQ(held["status"], "claimed");
   EXPECT_EQ(held["progress"]["done"], step);
   // Silence: stranded, with who held it and how far it got.
-  ASSERT_TRUE(wait_until([&] { return task(http, "index")["status"] == "stranded"; }, 30s));
+  // (A task's state changes as the lease's does, before its event commits: wait for
+  // the event.)
+  ASSERT_TRUE(wait_until([&] { return task_events(http, "s").back()["type"] == "task_stranded"; }, 30s));
+  EXPECT_EQ(task(http, "index")["status"], "stranded");
   auto stranded = task_events(http, "s").back();
   EXPECT_EQ(stranded["type"], "task_stranded");
   EXPECT_EQ(stranded["task"]["last_holder"], "w1");
@@ -226,6 +229,43 @@ TEST(Tasks, HeartbeatsRenewAndSilenceStrands) {
   EXPECT_EQ(t["status"], "failed");
   EXPECT_NE(t["error"].get<std::string>().find("attempt 2 of 2"), std::string::npos) << t.dump();
   EXPECT_EQ(call(http, "POST", "/tasks/index/claim", R"({"agent_id":"w3"})").status, 409u);
+}
+
+// An export of a context with task and presence events imports into another server
+// as the same log (history only: the tasks and who is present are not recreated).
+TEST(Tasks, TaskAndPresenceEventsExportAndImport) {
+  temp_dir dir;
+  test_server server(test_config(dir.str() + "/data"));
+  auto http = server.connect();
+  ASSERT_EQ(call(http, "POST", "/agents/w/heartbeat", R"({"contexts":["ex"],"status":"on it"})").status, 200u);
+  ASSERT_EQ(call(http, "POST", "/contexts/ex/tasks", R"({"task_id":"ex-1","title":"T","spec":{"a":1}})").status, 201u);
+  auto claim = call(http, "POST", "/tasks/ex-1/claim", R"({"agent_id":"w"})");
+  ASSERT_EQ(claim.status, 200u);
+  ASSERT_EQ(call(http, "POST", "/agents/w/heartbeat", R"({"progress":{"p":1}})").status, 200u);
+  ASSERT_EQ(call(http, "POST", "/tasks/ex-1/complete",
+                 json({{"agent_id", "w"}, {"fence", claim.body["lock"]["fencing_token"]}, {"result", {{"ok", true}}}}).dump())
+                .status,
+            200u);
+  ASSERT_EQ(call(http, "DELETE", "/agents/w/presence?context=ex").status, 200u);
+  const json events = call(http, "GET", "/contexts/ex/events?limit=100").body["events"];
+  std::vector<std::string> kinds;
+  for (const auto& e : events) kinds.push_back(e["type"]);
+  EXPECT_EQ(kinds, (std::vector<std::string>{"agent_joined", "task_created", "task_claimed", "task_progress",
+                                             "task_completed", "agent_left"}));
+  temp_dir other;
+  test_server copy(other);
+  auto copy_http = copy.connect();
+  auto imported = call(copy_http, "POST", "/contexts/ex/import", json({{"events", events}}).dump());
+  ASSERT_EQ(imported.status, 200u) << imported.raw;
+  EXPECT_EQ(call(copy_http, "GET", "/contexts/ex/events?limit=100").body["events"], events);
+  EXPECT_EQ(call(copy_http, "GET", "/tasks/ex-1").status, 404u);  // history, not a live task
+  // A task event that is not one is refused, naming the field.
+  json bad = events[1];
+  bad["task"]["task_id"] = 5;
+  bad["seq"] = events.size() + 1;
+  auto refused = call(copy_http, "POST", "/contexts/ex/import", json({{"events", {bad}}}).dump());
+  EXPECT_EQ(refused.status, 400u);
+  EXPECT_NE(refused.body["error"].get<std::string>().find("task_id must be a string"), std::string::npos) << refused.raw;
 }
 
 // Two agents race for each of 1000 tasks: exactly one wins each, and the task names
