@@ -443,20 +443,34 @@ result<task> client::get_task(const std::string& task_id) {
 }
 
 result<std::vector<task>> client::list_tasks(const std::string& context_id, const std::string& status, size_t limit) {
-  std::string target = "/contexts/" + encode_component(context_id) + "/tasks?limit=" + std::to_string(limit);
-  if (!status.empty()) target += "&status=" + encode_component(status);
-  auto r = impl_->send("GET", target, {}, retry_mode::safe);
-  if (!r) return std::unexpected(r.error());
-  auto j = codec::parse_object(r->body, r->status);
-  if (!j) return std::unexpected(j.error());
-  return decode_list<task>(j->value("tasks", json::array()), codec::task_from);
+  std::vector<task> out;
+  std::string after;
+  while (out.size() < limit) {
+    std::string target = "/contexts/" + encode_component(context_id) +
+                         "/tasks?limit=" + std::to_string(std::min<size_t>(1000, limit - out.size()));
+    if (!status.empty()) target += "&status=" + encode_component(status);
+    if (!after.empty()) target += "&after=" + encode_component(after);
+    auto r = impl_->send("GET", target, {}, retry_mode::safe);
+    if (!r) return std::unexpected(r.error());
+    auto j = codec::parse_object(r->body, r->status);
+    if (!j) return std::unexpected(j.error());
+    auto page = decode_list<task>(j->value("tasks", json::array()), codec::task_from);
+    if (!page) return std::unexpected(page.error());
+    for (auto& t : *page) out.push_back(std::move(t));
+    const auto next = j->find("next_after");
+    if (!j->value("more", false) || next == j->end() || !next->is_string()) break;
+    after = next->get<std::string>();
+  }
+  return out;
 }
 
 result<task_claim> client::claim_task(const std::string& task_id, std::chrono::milliseconds ttl) {
   json body = json::object();
   if (!impl_->opts.agent_id.empty()) body["agent_id"] = impl_->opts.agent_id;
   if (ttl.count() > 0) body["ttl_ms"] = ttl.count();
-  auto r = impl_->send("POST", task_path(task_id, "claim"), body.dump(), retry_mode::unsent);
+  // Safe to resend: the holder claiming again gets its claim back (same token), so a
+  // claim whose answer was lost is not left held unknown to its agent.
+  auto r = impl_->send("POST", task_path(task_id, "claim"), body.dump(), retry_mode::safe);
   if (!r) return std::unexpected(r.error());
   auto j = codec::parse_object(r->body, r->status);
   if (!j) return std::unexpected(j.error());

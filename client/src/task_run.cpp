@@ -4,10 +4,10 @@
 
 namespace engram::client {
 
-task_run::task_run(client& c, task_claim claim, std::chrono::milliseconds ttl)
-    : client_(c), claim_(std::move(claim)), ttl_(ttl) {
-  if (ttl_.count() <= 0)  // the server's default TTL: read it off the grant
-    ttl_ = std::chrono::duration_cast<std::chrono::milliseconds>(claim_.lease.expires_at - claim_.lease.acquired_at);
+task_run::task_run(client& c, task_claim claim) : client_(c), claim_(std::move(claim)) {
+  // What the server granted (its default when none was asked, clamped to its
+  // maximum), read off the lease: heartbeats must come within it.
+  ttl_ = std::chrono::duration_cast<std::chrono::milliseconds>(claim_.lease.expires_at - claim_.lease.acquired_at);
   ttl_ = std::max(ttl_, std::chrono::milliseconds(30));
   beater_ = std::jthread([this](std::stop_token stop) { beat_loop(stop); });
 }

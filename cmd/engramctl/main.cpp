@@ -470,6 +470,65 @@ void add_task_end(CLI::App& task, globals& g, bool complete) {
   });
 }
 
+// Whether `cmd` names an executable file (itself when it has a '/', else on $PATH).
+bool on_path(const std::string& cmd) {
+  if (cmd.find('/') != std::string::npos) return access(cmd.c_str(), X_OK) == 0;
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path ? path : "/usr/bin:/bin";
+  while (true) {
+    const auto colon = dirs.find(':');
+    const std::string dir(dirs.substr(0, colon));
+    if (access(((dir.empty() ? "." : dir) + "/" + cmd).c_str(), X_OK) == 0) return true;
+    if (colon == std::string_view::npos) return false;
+    dirs.remove_prefix(colon + 1);
+  }
+}
+
+// Runs `command` while `held` lasts, with ENGRAM_TASK_ID and ENGRAM_TASK_FENCE in its
+// environment (built here: setenv would race the heartbeat thread's getenv). The
+// task's result on exit 0; throws (failing the task) on any other exit. If the claim
+// is lost the command gets SIGTERM, then SIGKILL after 5 s, and nothing is returned.
+std::string run_child(const std::vector<std::string>& command, const std::string& task_id, ec::task_run& held) {
+  std::vector<std::string> args = command;
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    std::string_view kv = *e;
+    if (!kv.starts_with("ENGRAM_TASK_ID=") && !kv.starts_with("ENGRAM_TASK_FENCE=")) env_strings.emplace_back(kv);
+  }
+  const std::string fence = std::to_string(held.fencing_token());
+  env_strings.push_back("ENGRAM_TASK_ID=" + task_id);
+  env_strings.push_back("ENGRAM_TASK_FENCE=" + fence);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  pid_t child = -1;
+  if (posix_spawnp(&child, argv[0], nullptr, nullptr, argv.data(), envp.data()) != 0)
+    throw std::runtime_error("cannot run '" + command[0] + "'");
+  std::cerr << "engramctl: running task " << task_id << " (fence " << fence << ")\n";
+  int status = 0;
+  std::optional<std::chrono::steady_clock::time_point> killed_at;
+  while (waitpid(child, &status, WNOHANG) == 0) {
+    if (held.lost()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (!killed_at) {
+        std::cerr << "engramctl: the claim on task " << task_id << " was lost; stopping the command\n";
+        kill(child, SIGTERM);
+        killed_at = now;
+      } else if (now - *killed_at > std::chrono::seconds(5)) {
+        kill(child, SIGKILL);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the child and the claim
+  }
+  if (killed_at) return {};  // with_task answers 409: the claim was lost
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  if (code != 0) throw std::runtime_error("the command exited with status " + std::to_string(code));
+  return nlohmann::json{{"exit_code", 0}}.dump();
+}
+
 // Runs argv as a child process while holding the claim: heartbeats keep the claim,
 // exit status 0 completes the task ({"exit_code":0}), anything else fails it. If the
 // claim is lost the child gets SIGTERM and nothing is ended.
@@ -486,33 +545,16 @@ void add_task_run(CLI::App& task, globals& g) {
   run->add_option("command", a->command, "The command (after --)")->required();
   run->callback([a, &g] {
     g.run = [a](ec::client& c) {
-      int code = -1;
-      pid_t child = -1;
+      // A command that cannot start must not cost the task an attempt or fail it.
+      if (!on_path(a->command[0])) {
+        std::cerr << "engramctl: cannot run '" << a->command[0] << "': not found or not executable\n";
+        return exit_usage;
+      }
       std::optional<ec::result<ec::task>> ended;
       try {
-      ended = c.with_task(a->id, std::chrono::milliseconds(a->ttl_ms), [&](ec::task_run& held) -> std::string {
-        std::vector<char*> argv;
-        for (auto& s : a->command) argv.push_back(s.data());
-        argv.push_back(nullptr);
-        const std::string fence = std::to_string(held.fencing_token());
-        setenv("ENGRAM_TASK_ID", a->id.c_str(), 1);
-        setenv("ENGRAM_TASK_FENCE", fence.c_str(), 1);
-        if (posix_spawnp(&child, argv[0], nullptr, nullptr, argv.data(), environ) != 0)
-          throw std::runtime_error("cannot run '" + a->command[0] + "'");
-        std::cerr << "engramctl: running task " << a->id << " (fence " << fence << ")\n";
-        int status = 0;
-        while (waitpid(child, &status, WNOHANG) == 0) {
-          if (held.lost()) {
-            kill(child, SIGTERM);
-            waitpid(child, &status, 0);
-            return {};
-          }
-          std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the child and the claim
-        }
-        code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (code != 0) throw std::runtime_error("the command exited with status " + std::to_string(code));
-        return nlohmann::json{{"exit_code", 0}}.dump();
-      });
+        ended = c.with_task(a->id, std::chrono::milliseconds(a->ttl_ms), [&](ec::task_run& held) -> std::string {
+          return run_child(a->command, a->id, held);
+        });
       } catch (const std::exception& e) {  // the task was failed with this message
         std::cerr << "engramctl: task " << a->id << " failed: " << e.what() << "\n";
         return exit_refused;

@@ -21,7 +21,7 @@ model::status presence::start() {
     std::lock_guard lock(mu_);
     const auto now = std::chrono::steady_clock::now();
     for (auto& a : *loaded)
-      contexts_[a.context_id][a.agent_id] = entry{a.joined_at_ns, std::move(a.status), now + opts_.ttl, clock_->now_ns()};
+      contexts_[a.context_id][a.agent_id] = entry{a.joined_at_ns, std::move(a.status), now + opts_.ttl, {}, clock_->now_ns()};
   }
   if (!loaded->empty())
     spdlog::info("presence: {} agents were present; each has {} ms to send a heartbeat", loaded->size(), opts_.ttl.count());
@@ -40,44 +40,44 @@ void presence::stop() {
 
 void presence::heartbeat(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
                          std::function<void(model::status)> done) {
-  touch(agent, contexts, status, false, std::move(done));
+  touch(agent, contexts, status, std::nullopt, std::move(done));
 }
 
-void presence::connect(const std::string& agent, const std::vector<std::string>& contexts,
+void presence::connect(uint64_t conn, const std::string& agent, const std::vector<std::string>& contexts,
                        std::function<void(model::status)> done) {
-  touch(agent, contexts, "", true, std::move(done));
+  touch(agent, contexts, "", conn, std::move(done));
 }
 
-void presence::disconnect(const std::string& agent, const std::vector<std::string>& contexts) {
+void presence::disconnect(uint64_t conn, const std::string& agent, const std::vector<std::string>& contexts) {
   std::lock_guard lock(mu_);
   const auto now = std::chrono::steady_clock::now();
   for (const auto& ctx : contexts) {
     auto h = holds_.find({ctx, agent});
-    if (h == holds_.end() || --h->second > 0) continue;
+    if (h == holds_.end() || !h->second.erase(conn) || !h->second.empty()) continue;
     holds_.erase(h);
     if (auto c = contexts_.find(ctx); c != contexts_.end())
       if (auto e = c->second.find(agent); e != c->second.end()) {
-        e->second.deadline = now + opts_.grace;
+        e->second.grace_deadline = now + opts_.grace;
         e->second.last_seen_ns = clock_->now_ns();
       }
   }
 }
 
 void presence::touch(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
-                     bool hold, std::function<void(model::status)> done) {
+                     std::optional<uint64_t> conn, std::function<void(model::status)> done) {
   std::vector<std::string> joins;
   {
     std::lock_guard lock(mu_);
     const auto now = std::chrono::steady_clock::now();
     for (const auto& ctx : contexts) {
-      if (hold) ++holds_[{ctx, agent}];
+      if (conn) holds_[{ctx, agent}].insert(*conn);
       auto& agents = contexts_[ctx];
       auto it = agents.find(agent);
       if (it == agents.end()) {
         joins.push_back(ctx);
         continue;
       }
-      it->second.deadline = std::max(it->second.deadline, now + opts_.ttl);
+      if (!conn) it->second.beat_deadline = now + opts_.ttl;
       it->second.last_seen_ns = clock_->now_ns();
       if (!status.empty()) it->second.status = status;
     }
@@ -94,13 +94,17 @@ void presence::touch(const std::string& agent, const std::vector<std::string>& c
   p->done = std::move(done);
   for (const auto& ctx : joins) {
     store_.change_presence(storage::presence_change{ctx, agent, true, "", status},
-                           [this, p, ctx, agent, status](model::result<bool> r) {
+                           [this, p, ctx, agent, status, conn](model::result<bool> r) {
                              if (r) {
                                std::lock_guard lock(mu_);
                                auto& e = contexts_[ctx][agent];
                                if (!e.joined_at_ns) e.joined_at_ns = clock_->now_ns();
                                e.status = status;
-                               e.deadline = std::chrono::steady_clock::now() + opts_.ttl;
+                               // A connection that ended before its join committed
+                               // leaves after the grace.
+                               const auto now = std::chrono::steady_clock::now();
+                               if (conn) e.grace_deadline = now + opts_.grace;
+                               else e.beat_deadline = now + opts_.ttl;
                                e.last_seen_ns = clock_->now_ns();
                              } else {
                                std::lock_guard lock(p->mu);
@@ -118,7 +122,7 @@ void presence::leave(const std::string& agent, const std::string& context, std::
   {
     std::lock_guard lock(mu_);
     if (auto it = contexts_.find(context); it != contexts_.end()) it->second.erase(agent);
-    holds_.erase({context, agent});  // its connections no longer keep it
+    holds_.erase({context, agent});  // its connections no longer keep it (their disconnects then find nothing)
   }
   store_.change_presence(storage::presence_change{context, agent, false, "left", ""}, std::move(done));
 }
@@ -142,7 +146,8 @@ void presence::run() {
       const auto now = std::chrono::steady_clock::now();
       for (auto& [ctx, agents] : contexts_)
         for (auto it = agents.begin(); it != agents.end();) {
-          if (it->second.deadline < now && !holds_.contains({ctx, it->first})) {
+          const auto leaves_at = std::max(it->second.beat_deadline, it->second.grace_deadline);
+          if (leaves_at < now && !holds_.contains({ctx, it->first})) {
             expired.emplace_back(ctx, it->first);
             it = agents.erase(it);
           } else {

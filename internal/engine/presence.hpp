@@ -12,6 +12,8 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -54,14 +56,15 @@ class presence {
   // needed is committed (on a storage completion thread, or here).
   void heartbeat(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
                  std::function<void(model::status)> done);
-  // A connection (a WebSocket subscriber with presence) holds the agent present in
-  // these contexts until disconnect(); it joins them like a heartbeat. Holds count:
-  // an agent with two connections stays while either is open.
-  void connect(const std::string& agent, const std::vector<std::string>& contexts,
+  // Connection `conn` (a WebSocket subscriber with presence; any id unique among
+  // open connections) holds the agent present in these contexts until
+  // disconnect(); it joins them like a heartbeat. An agent with two connections
+  // stays while either is open.
+  void connect(uint64_t conn, const std::string& agent, const std::vector<std::string>& contexts,
                std::function<void(model::status)> done);
-  // Ends a connect()'s hold; the agent leaves `grace` later unless held or heard
-  // from again.
-  void disconnect(const std::string& agent, const std::vector<std::string>& contexts);
+  // Ends the connection's holds; the agent leaves `grace` later unless held, or
+  // heard from by heartbeat within the ttl.
+  void disconnect(uint64_t conn, const std::string& agent, const std::vector<std::string>& contexts);
   // The agent leaves the context (agent_left, reason "left"); `done` gets whether
   // it was present.
   void leave(const std::string& agent, const std::string& context, std::function<void(model::result<bool>)> done);
@@ -69,16 +72,19 @@ class presence {
 
  private:
   using time_point = std::chrono::steady_clock::time_point;
+  // Unless a connection holds it, the agent leaves at the later of its last
+  // heartbeat + ttl and its last connection's end + grace.
   struct entry {
     int64_t joined_at_ns = 0;
     std::string status;
-    time_point deadline;  // when it leaves, unless held by a connection
+    time_point beat_deadline{};
+    time_point grace_deadline{};
     int64_t last_seen_ns = 0;
   };
   // heartbeat() and connect(): marks the agent seen in each context, joining where
-  // needed; `hold` also takes a connection's hold on each.
-  void touch(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status, bool hold,
-             std::function<void(model::status)> done);
+  // needed; a connection (`conn`) also takes its hold on each.
+  void touch(const std::string& agent, const std::vector<std::string>& contexts, const std::string& status,
+             std::optional<uint64_t> conn, std::function<void(model::status)> done);
   void run();
 
   presence_options opts_;
@@ -86,7 +92,7 @@ class presence {
   std::shared_ptr<const model::clock> clock_;
   mutable std::mutex mu_;
   std::map<std::string, std::map<std::string, entry>> contexts_;  // context → agent → entry
-  std::map<std::pair<std::string, std::string>, int> holds_;      // (context, agent) → open connections
+  std::map<std::pair<std::string, std::string>, std::set<uint64_t>> holds_;  // (context, agent) → connections
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread thread_;

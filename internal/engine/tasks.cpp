@@ -68,22 +68,33 @@ std::optional<api::Task> tasks::get(const std::string& task_id) const {
   return it->second;
 }
 
-tasks::page tasks::list(const std::string& context_id, std::string_view status, size_t limit) const {
+tasks::page tasks::list(const std::string& context_id, std::string_view status, std::string_view after,
+                        size_t limit) const {
   page out;
   std::lock_guard lock(mu_);
   auto ctx = by_context_.find(context_id);
   if (ctx == by_context_.end()) return out;
-  for (const auto& [created, id] : ctx->second) {
+  auto it = ctx->second.begin();
+  if (!after.empty()) {
+    auto a = tasks_.find(after);
+    if (a == tasks_.end() || a->second.context_id() != context_id) return out;
+    it = ctx->second.upper_bound({a->second.created_at_ns(), a->second.task_id()});
+  }
+  for (; it != ctx->second.end(); ++it) {
+    const auto& id = it->second;
     if (creating_.contains(id)) continue;
-    const auto& t = tasks_.at(id);
-    if (!status.empty() && t.status() != status) continue;
-    if (out.tasks.size() == limit) {
+    if (!status.empty() && tasks_.at(id).status() != status) continue;
+    if (out.task_ids.size() == limit) {
       out.more = true;
       break;
     }
-    out.tasks.push_back(t);
+    out.task_ids.push_back(id);
   }
   return out;
+}
+
+model::result<std::vector<api::Task>> tasks::read(const std::vector<std::string>& ids) const {
+  return store_.get_tasks(ids);
 }
 
 void tasks::write(storage::lock_change& change, api::Task& t, const char* event_kind) {
@@ -98,15 +109,18 @@ void tasks::create(task_create req, std::function<void(model::result<api::Task>)
                             "depends_on lists at most " + std::to_string(opts_.max_depends_on) + " tasks"));
   storage::lock_change change;
   api::Task t;
+  std::optional<model::error> refused;  // answered after the mutex is released
   {
     std::lock_guard lock(mu_);
     if (tasks_.contains(req.task_id))
-      return done(model::fail(errc::conflict, "task '" + req.task_id + "' exists already"));
+      refused = model::error{errc::conflict, "task '" + req.task_id + "' exists already"};
     for (const auto& dep : req.depends_on) {
-      if (dep == req.task_id) return done(model::fail(errc::invalid_argument, "a task cannot depend on itself"));
-      if (!tasks_.contains(dep) || creating_.contains(dep))
-        return done(model::fail(errc::invalid_argument, "depends_on names task '" + dep + "', which does not exist"));
+      if (refused) break;
+      if (dep == req.task_id) refused = model::error{errc::invalid_argument, "a task cannot depend on itself"};
+      else if (!tasks_.contains(dep) || creating_.contains(dep))
+        refused = model::error{errc::invalid_argument, "depends_on names task '" + dep + "', which does not exist"};
     }
+    if (!refused) {
     t.set_task_id(req.task_id);
     t.set_context_id(req.context_id);
     t.set_title(std::move(req.title));
@@ -120,7 +134,9 @@ void tasks::create(task_create req, std::function<void(model::result<api::Task>)
     tasks_[t.task_id()] = t;
     by_context_[t.context_id()].emplace(t.created_at_ns(), t.task_id());
     creating_.insert(t.task_id());
+    }
   }
+  if (refused) return done(std::unexpected(*refused));
   // Not through the lock manager: no lease changes. Until it commits the task is
   // invisible and cannot be claimed, so nothing about it can be ordered before it.
   store_.update_locks(std::move(change), [this, t, done = std::move(done)](model::status ok) {
@@ -154,13 +170,14 @@ std::optional<model::error> tasks::unclaimable(const api::Task& t) const {
 
 void tasks::claim(std::string task_id, std::string agent, std::chrono::milliseconds ttl,
                   std::function<void(model::result<task_claim>)> done) {
+  std::optional<model::error> refused;
   {
     std::lock_guard lock(mu_);
     auto* t = find(task_id);
-    if (!t || creating_.contains(task_id)) return done(model::fail(errc::not_found, "no task '" + task_id + "'"));
-    // Answered here for a clear message; may_grant decides under the lease's lock.
-    if (auto refused = unclaimable(*t)) return done(std::unexpected(*refused));
+    if (!t || creating_.contains(task_id)) refused = model::error{errc::not_found, "no task '" + task_id + "'"};
+    else refused = unclaimable(*t);  // answered here for a clear message; may_grant decides under the lease's lock
   }
+  if (refused) return done(std::unexpected(*refused));
   locks::acquire_request req;
   req.resources = {resource(task_id)};
   req.agent = agent;
@@ -213,25 +230,29 @@ void tasks::fail(std::string task_id, std::string agent, uint64_t fence, std::st
 void tasks::end(std::string task_id, std::string agent, uint64_t fence, ending how,
                 std::function<void(model::result<api::Task>)> done) {
   std::string lock_id;
+  std::optional<model::error> refused;
   {
     std::lock_guard lock(mu_);
     auto* t = find(task_id);
-    if (!t || creating_.contains(task_id)) return done(model::fail(errc::not_found, "no task '" + task_id + "'"));
-    if (t->status() != "claimed")
-      return done(std::unexpected(stale(task_id, fence, "the task is " + t->status() + ", not claimed")));
-    if (t->fencing_token() != fence || t->holder_agent() != agent)
-      return done(std::unexpected(stale(task_id, fence,
-                                        "the task is claimed by agent '" + t->holder_agent() + "' with token " +
-                                            std::to_string(t->fencing_token()))));
-    if (!ending_.emplace(task_id, std::move(how)).second)
-      return done(model::fail(errc::conflict, "task '" + task_id + "' is being completed or failed already"));
-    lock_id = t->lock_id();
+    if (!t || creating_.contains(task_id))
+      refused = model::error{errc::not_found, "no task '" + task_id + "'"};
+    else if (t->status() != "claimed")
+      refused = stale(task_id, fence, "the task is " + t->status() + ", not claimed");
+    else if (t->fencing_token() != fence || t->holder_agent() != agent)
+      refused = stale(task_id, fence,
+                      "the task is claimed by agent '" + t->holder_agent() + "' with token " +
+                          std::to_string(t->fencing_token()));
+    else if (!ending_.emplace(fence, std::move(how)).second)
+      refused = model::error{errc::conflict, "task '" + task_id + "' is being completed or failed already"};
+    else
+      lock_id = t->lock_id();
   }
+  if (refused) return done(std::unexpected(*refused));
   locks_.release(resource(task_id), agent, lock_id, [this, task_id, fence, done = std::move(done)](model::status ok) {
     std::optional<api::Task> ended;
     {
       std::lock_guard lock(mu_);
-      if (!ok) ending_.erase(task_id);  // else changed() consumed it
+      if (!ok) ending_.erase(fence);  // else changed() consumed it
       if (auto it = ended_.find(fence); it != ended_.end()) {
         ended = std::move(it->second);
         ended_.erase(it);
@@ -336,6 +357,7 @@ void tasks::changed(const api::LockEvent& ev, storage::lock_change& change) {
   // The rest concern the lease the task is claimed with.
   if (t->status() != "claimed" || t->fencing_token() != l.fencing_token()) return;
   const auto let_go = [&](const char* status) {
+    claimed_.erase(t->fencing_token());  // a claim whose answer never collected it
     if (auto mine = claims_.find(t->holder_agent()); mine != claims_.end()) {
       mine->second.erase(t->task_id());
       if (mine->second.empty()) claims_.erase(mine);
@@ -360,7 +382,7 @@ void tasks::changed(const api::LockEvent& ev, storage::lock_change& change) {
       write(change, *t, "");  // the new expiry, unlogged: the lease is logged
     }
   } else if (kind == "released") {
-    auto e = ending_.find(task_id);
+    auto e = ending_.find(l.fencing_token());
     if (e == ending_.end()) {  // released without ending it (DELETE /locks/task:…): open again
       let_go("open");
       write(change, *t, "released");
@@ -379,7 +401,7 @@ void tasks::changed(const api::LockEvent& ev, storage::lock_change& change) {
       t->set_error("stranded on attempt " + std::to_string(t->attempts()) + " of " +
                    std::to_string(t->max_attempts()) + " (claim by '" + t->last_holder() + "' expired at " +
                    rfc3339(l.expires_at_ns()) + ")");
-    write(change, *t, "stranded");
+    write(change, *t, exhausted ? "failed" : "stranded");
   }
 }
 

@@ -97,11 +97,15 @@ class tasks final : public locks::observer {
 
   std::optional<api::Task> get(const std::string& task_id) const;
   struct page {
-    std::vector<api::Task> tasks;
+    std::vector<std::string> task_ids;
     bool more = false;
   };
-  // The context's tasks in creation order; `status` empty: any.
-  page list(const std::string& context_id, std::string_view status, size_t limit) const;
+  // The context's tasks in creation order after task `after` (empty: from the
+  // first); `status` empty: any. Ids only, so that the mutex the lock manager waits
+  // on is held briefly: the records are read from storage (committed state).
+  page list(const std::string& context_id, std::string_view status, std::string_view after, size_t limit) const;
+  // The records of `ids` as committed.
+  model::result<std::vector<api::Task>> read(const std::vector<std::string>& ids) const;
 
   // locks::observer
   std::optional<model::error> may_grant(const std::string& resource, const std::string& agent) override;
@@ -132,7 +136,7 @@ class tasks final : public locks::observer {
   std::map<std::string, std::set<std::pair<int64_t, std::string>>, std::less<>> by_context_;
   std::map<std::string, std::set<std::string>, std::less<>> claims_;  // agent → tasks it holds (heartbeats)
   std::set<std::string, std::less<>> creating_;           // created in memory, not yet committed
-  std::map<std::string, ending, std::less<>> ending_;     // completions waiting for their release
+  std::map<uint64_t, ending> ending_;                     // by the claim's token: ends waiting for their release
   std::map<std::string, std::string, std::less<>> progress_;  // progress waiting for its renewal
   std::map<uint64_t, api::Task> claimed_;                 // by token: the task as its claim left it
   std::map<uint64_t, api::Task> ended_;                   // by token: the task as its end left it

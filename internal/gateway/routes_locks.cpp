@@ -30,8 +30,12 @@ void acquire_locks(services& s, call& c, responder respond) {
   auto& ar = parsed->request;
   const bool multi = parsed->multi;
   if (auto ok = acting_as(c.who, ar.agent); !ok) return respond(error_response(ok.error()));
-  for (const auto& r : ar.resources)
+  for (const auto& r : ar.resources) {
     if (!c.who.can(auth::lock, r)) return respond(forbidden(auth::lock, r));
+    // A task's lease is its claim: taken only through the task (grants, checks, events).
+    if (r.starts_with("task:"))
+      return respond(bad_request("'" + r + "' is a task's claim: use POST /tasks/" + r.substr(5) + "/claim"));
+  }
   if (!ar.context_id.empty() && !c.who.can(auth::write, ar.context_id))
     return respond(forbidden(auth::write, ar.context_id));
   s.eng.acquire_locks(std::move(ar), [respond = std::move(respond), multi](auto r) {

@@ -136,10 +136,17 @@ void list_tasks(services& s, call& c, responder respond) {
   const size_t max = s.eng.opts().max_page_limit;
   const size_t n = limit->value_or(s.eng.opts().default_page_limit);
   if (n < 1 || n > max) return respond(bad_request("limit must be between 1 and " + std::to_string(max)));
-  auto page = (*mgr)->list(c.subject, status, n);
+  const auto* after = c.query.get("after");
+  auto page = (*mgr)->list(c.subject, status, after ? *after : "", n);
+  // The records as committed; a status filter was applied to the state in memory,
+  // which may be a transition ahead of them.
+  auto records = (*mgr)->read(page.task_ids);
+  if (!records) return respond(error_response(records.error()));
   json list = json::array();
-  for (const auto& t : page.tasks) list.push_back(model::to_json(t));
-  respond(json_response(200, json{{"context_id", c.subject}, {"tasks", std::move(list)}, {"more", page.more}}));
+  for (const auto& t : *records) list.push_back(model::to_json(t));
+  json body{{"context_id", c.subject}, {"tasks", std::move(list)}, {"more", page.more}};
+  if (page.more && !page.task_ids.empty()) body["next_after"] = page.task_ids.back();
+  respond(json_response(200, body));
 }
 
 void get_task(services& s, call& c, responder respond) {

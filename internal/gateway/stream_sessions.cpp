@@ -153,7 +153,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   void subscribe(engine::stream_request sub) {
     if (stream_) stream_->close();
     stream_.reset();
-    hold_presence(sub);
+    release_presence();
+    const bool presence = sub.presence;
+    const std::string agent = sub.agent_id;
     // An event of the old subscription may still be being written; its completion
     // must not advance the new subscription's batch.
     batch_.clear();
@@ -172,6 +174,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       return;
     }
     stream_ = std::move(*opened);
+    if (presence) hold_presence(agent, asked_contexts);
     note_subscription(*this, stream_, std::move(asked_contexts), std::move(asked_prefixes));
     control(subscribe_ack(*stream_));
   }
@@ -347,15 +350,13 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   // Presence through the connection (README, Presence): the subscription's agent
   // is held present in its exact contexts until the subscription is replaced or the
   // connection ends, then leaves after presence.ws_grace_ms.
-  void hold_presence(const engine::stream_request& sub) {
-    release_presence();
-    if (!sub.presence) return;
+  void hold_presence(const std::string& agent, const std::vector<std::string>& contexts) {
     auto p = srv_->eng->presence_manager();
     if (!p) return control(json{{"type", "error"}, {"error", p.error().message}, {"status", 503}});
-    present_agent_ = sub.agent_id;
-    present_in_ = sub.contexts;
+    present_agent_ = agent;
+    present_in_ = contexts;
     std::weak_ptr<ws_session> weak = this->shared_from_this();
-    (*p)->connect(present_agent_, present_in_, [weak, exec = ws_.get_executor()](model::status ok) {
+    (*p)->connect(id_, present_agent_, present_in_, [weak, exec = ws_.get_executor()](model::status ok) {
       if (ok) return;
       net::post(exec, [weak, msg = ok.error().message] {
         if (auto self = weak.lock()) self->control(json{{"type", "error"}, {"error", "presence: " + msg}, {"status", 503}});
@@ -365,7 +366,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   void release_presence() {
     if (present_in_.empty()) return;
-    if (auto p = srv_->eng->presence_manager()) (*p)->disconnect(present_agent_, present_in_);
+    if (auto p = srv_->eng->presence_manager()) (*p)->disconnect(id_, present_agent_, present_in_);
     present_in_.clear();
   }
 

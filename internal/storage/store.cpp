@@ -1381,6 +1381,23 @@ model::result<std::vector<api::Task>> store::load_tasks() const {
   return out;
 }
 
+model::result<std::vector<api::Task>> store::get_tasks(const std::vector<std::string>& ids) const {
+  std::vector<rocksdb::Slice> keys(ids.begin(), ids.end());
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs(ids.size(), impl_->h(cf_tasks));
+  std::vector<std::string> values;
+  const auto statuses = impl_->db->MultiGet(rocksdb::ReadOptions(), cfs, keys, &values);
+  std::vector<api::Task> out;
+  out.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (statuses[i].IsNotFound()) continue;
+    if (!statuses[i].ok()) return std::unexpected(storage_error(statuses[i], "reading tasks"));
+    api::Task t;
+    if (!t.ParseFromString(values[i])) return fail(errc::internal, "corrupt task record");
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 void store::update_context(update_context_request req,
                            std::function<void(model::result<api::Context>)> done) {
   impl_->enqueue(impl::pending_update{std::move(req), done}, done);

@@ -217,6 +217,8 @@ class store {
 
   // Every task (recovery of engine::tasks).
   model::result<std::vector<api::Task>> load_tasks() const;
+  // These tasks as committed, in the order asked (missing ones are left out).
+  model::result<std::vector<api::Task>> get_tasks(const std::vector<std::string>& ids) const;
   // Every persisted lease and the fencing counter (recovery of the lock manager).
   model::result<std::pair<std::vector<api::Lock>, uint64_t>> load_locks() const;
   void update_context(update_context_request req,

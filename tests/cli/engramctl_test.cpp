@@ -426,6 +426,30 @@ TEST_F(EngramctlTest, TaskRunPausedPastItsTtlCannotComplete) {
   auto done = c.complete_task("long", taken->lease.fencing_token);
   ASSERT_TRUE(done) << done.error().describe();
   EXPECT_EQ(done->status, "done");
+
+  // A holder whose command never ends: woken, it finds the claim gone, stops the
+  // command and ends nothing.
+  ASSERT_EQ(ctl({"task", "create", "cli/p", "Endless job", "--id", "endless"}).code, 0);
+  const std::string pidfile = dir_.str() + "/endless.pid";
+  ctl_process endless(dir_, {"--server", url(), "--agent", "sleepy", "task", "run", "endless", "--ttl", "1s", "--",
+                             "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 600"});
+  auto endless_status = [&] {
+    auto t = c.get_task("endless");
+    return t ? t->status + "/" + t->holder_agent : t.error().describe();
+  };
+  ASSERT_TRUE(wait_until([&] { return endless_status() == "claimed/sleepy" && !slurp(pidfile).empty(); }, 30s));
+  const pid_t child = std::stoi(slurp(pidfile));
+  endless.signal(SIGSTOP);
+  ASSERT_TRUE(wait_until([&] { return endless_status() == "stranded/"; }, 30s)) << endless_status();
+  auto retaken = c.claim_task("endless", 30s);
+  ASSERT_TRUE(retaken) << retaken.error().describe();
+  endless.signal(SIGCONT);
+  const auto endless_code = endless.wait_for(60s);
+  ASSERT_TRUE(endless_code.has_value()) << endless.err();
+  EXPECT_EQ(*endless_code, 1) << endless.err();
+  EXPECT_NE(endless.err().find("was lost"), std::string::npos) << endless.err();
+  EXPECT_NE(::kill(child, 0), 0) << "the command outlived the lost claim";
+  EXPECT_EQ(endless_status(), "claimed/fresh");
 }
 
 // export, then import into an empty server: every event comes back at its seq, with

@@ -82,7 +82,7 @@ TEST(Presence, WebSocketSubscribersArePresentWhileConnected) {
   temp_dir dir;
   auto cfg = test_config(dir.str() + "/data");
   cfg.presence.ttl = 300ms;     // far shorter than the connections last: only the holds keep it
-  cfg.presence.grace = 1000ms;  // reconnecting takes far less, even on a slow machine
+  cfg.presence.grace = 3000ms;  // reconnecting takes far less, even on a slow machine
   test_server server(cfg);
   auto http = server.connect();
   auto open = [&](const std::string& target) {
@@ -103,12 +103,13 @@ TEST(Presence, WebSocketSubscribersArePresentWhileConnected) {
     std::this_thread::sleep_for(50ms);  // sampling, not synchronisation
   }
   first->abort();  // dropped without a close frame; the second connection still holds
-  std::this_thread::sleep_for(1600ms);  // past the grace: she must not have left
+  ASSERT_TRUE(wait_until([&] { return metric(http, R"(engram_stream_subscribers{transport="websocket"})") == 1; }, 30s));
+  std::this_thread::sleep_for(3600ms);  // past the grace: she must not have left
   EXPECT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
   second->close();
   // Reconnecting within the grace keeps her, without a second join.
   auto third = open("/stream?context=w/a&agent_id=ann&presence=true");
-  std::this_thread::sleep_for(1600ms);
+  std::this_thread::sleep_for(3600ms);
   EXPECT_EQ(present(http, "w/a"), std::vector<std::string>{"ann"});
   third->close();
   ASSERT_TRUE(wait_until([&] { return present(http, "w/a").empty(); }, 30s));
@@ -117,6 +118,19 @@ TEST(Presence, WebSocketSubscribersArePresentWhileConnected) {
   EXPECT_EQ(events[0]["type"], "agent_joined");
   EXPECT_EQ(events[1]["type"], "agent_left");
   EXPECT_EQ(events[1]["reason"], "timeout");
+
+  // Leaving explicitly while a connection holds her: she leaves, and that
+  // connection's end changes nothing more.
+  auto fourth = open("/stream?context=w/c&agent_id=bob&presence=true");
+  ASSERT_TRUE(wait_until([&] { return present(http, "w/c") == std::vector<std::string>{"bob"}; }, 30s));
+  EXPECT_EQ(call(http, "DELETE", "/agents/bob/presence?context=w/c").body["left"], true);
+  EXPECT_TRUE(present(http, "w/c").empty());
+  fourth->close();
+  auto fifth = open("/stream?context=w/c&agent_id=bob&presence=true");  // back again
+  ASSERT_TRUE(wait_until([&] { return present(http, "w/c") == std::vector<std::string>{"bob"}; }, 30s));
+  std::this_thread::sleep_for(3600ms);  // the fourth's end must not take the fifth's hold
+  EXPECT_EQ(present(http, "w/c"), std::vector<std::string>{"bob"});
+  fifth->close();
 
   // Presence needs an agent and exact contexts; SSE has no presence.
   client::ws_connection refused;

@@ -53,6 +53,10 @@ TEST(Tasks, CreateClaimCompleteWithFencing) {
   auto other = call(http, "POST", "/tasks/compile/claim", R"({"agent_id":"w2"})");
   EXPECT_EQ(other.status, 409u);
   EXPECT_NE(other.body["error"].get<std::string>().find("'w1'"), std::string::npos) << other.raw;
+  // The task's lease is taken only through the task.
+  auto direct = call(http, "POST", "/locks", R"({"resource_path":"task:compile","agent_id":"w2"})");
+  EXPECT_EQ(direct.status, 400u);
+  EXPECT_NE(direct.body["error"].get<std::string>().find("POST /tasks/compile/claim"), std::string::npos) << direct.raw;
   // The holder claiming again keeps its token.
   auto again = call(http, "POST", "/tasks/compile/claim", R"({"agent_id":"w1"})");
   ASSERT_EQ(again.status, 200u) << again.raw;
@@ -228,6 +232,7 @@ TEST(Tasks, HeartbeatsRenewAndSilenceStrands) {
   auto t = task(http, "index");
   EXPECT_EQ(t["status"], "failed");
   EXPECT_NE(t["error"].get<std::string>().find("attempt 2 of 2"), std::string::npos) << t.dump();
+  ASSERT_TRUE(wait_until([&] { return task_events(http, "s").back()["type"] == "task_failed"; }, 30s));
   EXPECT_EQ(call(http, "POST", "/tasks/index/claim", R"({"agent_id":"w3"})").status, 409u);
 }
 
@@ -288,7 +293,9 @@ TEST(Tasks, RacingClaimersHaveExactlyOneWinner) {
     ++ready;
     while (ready < 2) std::this_thread::yield();
     for (int i = 0; i < n; ++i) {
-      auto r = call(c, "POST", "/tasks/t" + std::to_string(i) + "/claim", json({{"agent_id", agent}}).dump());
+      // A ttl far beyond the test, so that no claim expires before it is checked.
+      auto r = call(c, "POST", "/tasks/t" + std::to_string(i) + "/claim",
+                    json({{"agent_id", agent}, {"ttl_ms", 3'600'000}}).dump());
       statuses[i][who] = r.status;
       if (r.status == 200) tokens[i][who] = r.body["lock"]["fencing_token"];
     }

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <concepts>
+#include <cstdint>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -237,7 +238,8 @@ class lease {
 // The claim with_task() holds while its function runs. Thread-safe.
 class task_run {
  public:
-  task_run(client& c, task_claim claim, std::chrono::milliseconds ttl);
+  // Heartbeats at a third of the TTL the server granted the claim.
+  task_run(client& c, task_claim claim);
   ~task_run();  // stops the heartbeats
   task_run(const task_run&) = delete;
   task_run& operator=(const task_run&) = delete;
@@ -336,9 +338,10 @@ class client {
   // token are 409s.
   result<task> create_task(const task_input& t);
   result<task> get_task(const std::string& task_id);
-  // The context's tasks in creation order (`status` empty: any), at most `limit`.
+  // The context's tasks in creation order (`status` empty: any), at most `limit`
+  // (fetched in pages of up to 1000).
   result<std::vector<task>> list_tasks(const std::string& context_id, const std::string& status = {},
-                                       size_t limit = 1000);
+                                       size_t limit = SIZE_MAX);
   result<task_claim> claim_task(const std::string& task_id, std::chrono::milliseconds ttl = {});
   result<task> complete_task(const std::string& task_id, uint64_t fence, const std::string& result_json = {});
   result<task> fail_task(const std::string& task_id, uint64_t fence, const std::string& error);
@@ -364,7 +367,7 @@ class client {
     auto claimed = claim_task(task_id, ttl);
     if (!claimed) return std::unexpected(std::move(claimed.error()));
     const uint64_t fence = claimed->lease.fencing_token;
-    task_run run(*this, std::move(*claimed), ttl);
+    task_run run(*this, std::move(*claimed));
     std::string result_json;
     try {
       if constexpr (std::is_void_v<std::invoke_result_t<Fn&, task_run&>>) fn(run);
