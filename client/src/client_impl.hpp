@@ -41,6 +41,11 @@ struct client::impl {
                            std::chrono::milliseconds timeout = {});
 };
 
+// A client for renewals (leases, task heartbeats) whose retries are bounded by the
+// renewal interval, so a partition is noticed while the lease can still be valid,
+// not 30 s later; acting as `agent` when given.
+client renewal_client(const client& c, std::chrono::milliseconds interval, const std::string& agent = {});
+
 // Percent-encodes everything but RFC 3986 unreserved characters (for one path
 // segment or query value; '/' in ids is encoded and the server decodes it once).
 std::string encode_component(std::string_view s);

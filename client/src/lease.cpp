@@ -1,24 +1,20 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "client_impl.hpp"
 #include "engram/client.hpp"
 
 namespace engram::client {
 
-namespace {
-
-// Renewals get their own client with retries bounded by the renewal interval, so a
-// partition is noticed while the lease can still be valid, not 30 s later.
-client renewal_client(const client& c, std::chrono::milliseconds interval) {
+client renewal_client(const client& c, std::chrono::milliseconds interval, const std::string& agent) {
   client_options opts = c.options();
+  if (!agent.empty()) opts.agent_id = agent;
   opts.retry.max_elapsed = interval;
   opts.retry.max_backoff = std::min(opts.retry.max_backoff, interval / 2 + std::chrono::milliseconds(1));
   opts.timeout = std::min(opts.timeout, interval + std::chrono::milliseconds(1));
   opts.max_idle_connections = 1;
   return std::move(*client::create(std::move(opts)));  // the URL already parsed once
 }
-
-}  // namespace
 
 lease::lease(client& c, lock granted, std::chrono::milliseconds ttl)
     : client_(c), granted_(std::move(granted)), ttl_(ttl) {

@@ -1,5 +1,6 @@
 #include <condition_variable>
 
+#include "client_impl.hpp"
 #include "engram/client.hpp"
 
 namespace engram::client {
@@ -29,13 +30,7 @@ void task_run::stop() {
 void task_run::beat_loop(std::stop_token stop) {
   using steady = std::chrono::steady_clock;
   const auto interval = ttl_ / 3;
-  client_options opts = client_.options();
-  opts.retry.max_elapsed = interval;
-  opts.retry.max_backoff = std::min(opts.retry.max_backoff, interval / 2 + std::chrono::milliseconds(1));
-  opts.timeout = std::min(opts.timeout, interval + std::chrono::milliseconds(1));
-  opts.max_idle_connections = 1;
-  opts.agent_id = claim_.lease.holder_agent;
-  auto beater = std::move(*client::create(std::move(opts)));  // the URL already parsed once
+  client beater = renewal_client(client_, interval, claim_.lease.holder_agent);
   auto valid_until = steady::now() + ttl_ - interval / 4;
   std::mutex mu;
   std::condition_variable_any cv;

@@ -15,14 +15,6 @@ namespace {
 
 using model::errc;
 
-std::string rfc3339(int64_t ns) {
-  const std::time_t secs = ns / 1'000'000'000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 model::error stale(std::string_view task_id, uint64_t fence, std::string_view why) {
   return {errc::conflict, "stale fencing token " + std::to_string(fence) + " for task '" + std::string(task_id) +
@@ -400,7 +392,7 @@ void tasks::changed(const api::LockEvent& ev, storage::lock_change& change) {
     if (exhausted)
       t->set_error("stranded on attempt " + std::to_string(t->attempts()) + " of " +
                    std::to_string(t->max_attempts()) + " (claim by '" + t->last_holder() + "' expired at " +
-                   rfc3339(l.expires_at_ns()) + ")");
+                   model::rfc3339_seconds(l.expires_at_ns()) + ")");
     write(change, *t, exhausted ? "failed" : "stranded");
   }
 }

@@ -17,14 +17,6 @@ namespace {
 using model::errc;
 using model::fail;
 
-std::string rfc3339(int64_t ns) {
-  const std::time_t secs = ns / 1'000'000'000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 }  // namespace
 
@@ -130,7 +122,7 @@ std::string manager::conflict_message(const std::string& resource) const {
   auto it = held_.find(resource);
   if (it == held_.end()) return "resource '" + resource + "' is wanted by an earlier waiting request";
   return "resource '" + resource + "' is locked by agent '" + it->second.lock.holder_agent() + "' until " +
-         rfc3339(it->second.lock.expires_at_ns());
+         model::rfc3339_seconds(it->second.lock.expires_at_ns());
 }
 
 std::pair<std::vector<api::Lock>, storage::lock_change> manager::grant(const acquire_request& req, time_point now) {

@@ -1,8 +1,18 @@
 #include "model/text.hpp"
 
 #include <cstdint>
+#include <ctime>
 
 namespace engram::model {
+
+std::string rfc3339_seconds(int64_t ns) {
+  const std::time_t secs = ns / 1'000'000'000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
 
 bool valid_utf8(std::string_view s) {
   size_t i = 0;

@@ -2,6 +2,7 @@
 // Byte/text helpers for the wire format. Hand-written because no Debian-packaged
 // library offers a plain UTF-8 validity check.
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,6 +18,10 @@ using wire::base64_encode;
 using wire::base64_encode_append;
 using wire::base64url_decode;
 using wire::base64url_encode;
+
+// "2026-11-21T20:40:00Z": a time (ns since the epoch) to the second, UTC, for
+// messages.
+std::string rfc3339_seconds(int64_t ns);
 
 // Well-formed UTF-8 (no overlongs, no surrogates, max U+10FFFF).
 bool valid_utf8(std::string_view text);
