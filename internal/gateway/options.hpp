@@ -46,8 +46,8 @@ struct options {
 
   // Streams (/stream WebSocket, /stream-sse).
   std::chrono::milliseconds stream_heartbeat{5'000};
-  // A WebSocket client that sends nothing (its heartbeats count, ours do not) for
-  // this long is closed.
+  // A WebSocket client not heard from (message or pong) for half of this is
+  // pinged, and dropped after all of it.
   std::chrono::milliseconds stream_idle_timeout{60'000};
   size_t ws_max_message_bytes = 64 * 1024;
 

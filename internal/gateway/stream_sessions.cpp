@@ -116,7 +116,11 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   void start(http::request<http::string_body> req, engine::stream_request sub, std::string request_id) {
     id_ = srv_->add(shared_from_this());
-    ws_.set_option(websocket::stream_base::timeout{std::chrono::seconds(30), websocket::stream_base::none(), false});
+    // Liveness: Beast pings a client it has heard nothing from (no message, no pong)
+    // for half of stream_idle_timeout and drops it after the whole. Every browser
+    // and WebSocket library answers pings, so a healthy client that never writes
+    // (an Engram v3 subscriber) stays; a dead peer is dropped.
+    ws_.set_option(websocket::stream_base::timeout{std::chrono::seconds(30), srv_->opts.stream_idle_timeout, true});
     ws_.set_option(websocket::stream_base::decorator([request_id = std::move(request_id)](websocket::response_type& res) {
       res.set(http::field::server, "engram");
       if (!request_id.empty()) res.set("X-Request-Id", request_id);
@@ -141,7 +145,6 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   void on_open(engine::stream_request sub) {
     if (srv_->streams.ws_subscribers) srv_->streams.ws_subscribers->Increment();
     counted_ = true;
-    last_client_activity_ = steady::now();
     control(json{{"event", "connected"}, {"client_id", "c" + std::to_string(next_client_id++)}});
     subscribe(std::move(sub));
     arm_heartbeat();
@@ -261,8 +264,10 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   void read() {
     ws_.async_read(in_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec) return self->on_closed();
-      self->last_client_activity_ = steady::now();
+      if (ec) {
+        if (ec == beast::error::timeout) self->ended_by = "idle";  // no message or pong for stream_idle_timeout
+        return self->on_closed();
+      }
       self->on_message(beast::buffers_to_string(self->in_.data()));
       self->in_.consume(self->in_.size());
       self->read();
@@ -304,9 +309,6 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       }
       if (self->srv_->authn->expired(self->who_))
         return self->close_with(close_token_expired, "token expired; reconnect with a fresh token and your last seq");
-      // Our own heartbeats are not client activity; only what the client sends is.
-      if (steady::now() - self->last_client_activity_ > self->srv_->opts.stream_idle_timeout)
-        return self->close_with(websocket::close_code::policy_error, "idle: no client messages; send heartbeats");
       self->control(json{{"type", "heartbeat"}});
       self->arm_heartbeat();
     });
@@ -391,7 +393,6 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   bool accepted_ = false;
   bool close_deferred_ = false;
   websocket::close_reason close_reason_;
-  steady::time_point last_client_activity_;
   steady::time_point write_started_;
 };
 

@@ -520,7 +520,9 @@ result<context_patch> patch_from_json(const json& object) {
     if (name.size() > max_display_name_bytes)
       return fail(errc::invalid_argument, "display_name is longer than " +
                                               std::to_string(max_display_name_bytes) + " bytes");
-    patch.display_name = name;
+    // As in Engram v3: an empty name leaves the current one (v3 clients send the
+    // field empty when they do not mean to change it).
+    if (!name.empty()) patch.display_name = name;
   }
   for (auto [field, target] :
        {std::pair{"add_agents", &patch.add_agents}, std::pair{"remove_agents", &patch.remove_agents},

@@ -113,6 +113,11 @@ TEST_F(ServerTest, UnknownBodyFieldsAreRefusedWithTheClosestKnownName) {
                        {"relationships", json::array()}, {"idempotency_key", ""}});
   EXPECT_EQ(v3.status, 201u) << v3.raw;
   EXPECT_EQ(call(http_, "PATCH", "/contexts/v3", R"({"id":"v3","display_name":"V3"})").status, 200u);
+  // A v3 client sends display_name "" when it does not mean to rename: the name stays.
+  auto kept = call(http_, "PATCH", "/contexts/v3", R"({"id":"v3","display_name":"","meta":{"k":"v"}})");
+  EXPECT_EQ(kept.status, 200u) << kept.raw;
+  EXPECT_EQ(kept.body["context"]["display_name"], "V3");
+  EXPECT_EQ(kept.body["context"]["meta"]["k"], "v");
 }
 
 TEST(ServerConfig, UnknownBodyFieldsCanBeAcceptedByConfiguration) {
