@@ -152,7 +152,7 @@ struct api_handler::impl {
     call c;
     c.who.ip = req.remote_ip;
     if (!rt.is_public) {
-      auto authenticated = authn->authenticate(req, false);
+      auto authenticated = authn->authenticate(req, req.cookie_ok);
       if (!authenticated) {
         refusals->Add({{"reason", "unauthenticated"}}).Increment();
         return respond(error_response(authenticated.error()));

@@ -17,6 +17,10 @@ struct request {
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
   std::string remote_ip;   // the TCP peer
   std::string request_id;  // X-Request-Id: the client's if sane, else generated
+  // Set only for requests a WebSocket session makes on its client's behalf (an
+  // append over the socket): the upgrade passed the Origin check, so the token may
+  // come from the cookie as it did for the upgrade. Never set from the wire.
+  bool cookie_ok = false;
 
   std::string_view header(std::string_view lower_name) const {
     for (const auto& [k, v] : headers)

@@ -116,6 +116,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   void start(http::request<http::string_body> req, engine::stream_request sub, std::string request_id) {
     id_ = srv_->add(shared_from_this());
+    // What appends over the socket present as credentials: the upgrade's.
+    for (std::string_view name : {"authorization", "cookie"})
+      if (auto v = req[name]; !v.empty()) auth_headers_.emplace_back(std::string(name), std::string(v));
     // Liveness: Beast pings a client it has heard nothing from (no message, no pong)
     // for half of stream_idle_timeout and drops it after the whole. Every browser
     // and WebSocket library answers pings, so a healthy client that never writes
@@ -280,6 +283,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       return control(json{{"type", "error"}, {"error", "messages must be JSON objects with a string \"type\""}});
     const auto type = (*msg)["type"].get<std::string>();
     if (type == "heartbeat") return control(json{{"type", "heartbeat_ack"}});
+    if (type == "append") return append(*msg);
     if (type == "subscribe") {
       auto sub = parse_subscribe_message(*msg);
       if (!sub) return control(json{{"type", "error"}, {"error", sub.error().message}});
@@ -290,6 +294,72 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       return subscribe(std::move(*sub));
     }
     control(json{{"type", "error"}, {"error", "unknown message type '" + type.substr(0, 64) + "'"}});
+  }
+
+  // {"type":"append","request_id","work_unit":{…}} or {…,"context_id","agent_id"?,
+  // "work_units":[…]}, with "idempotency_key"? and "fence"?: the same request as
+  // POST /workunit or /workunits, through the same route (validation, auth, rate
+  // limits, idempotency, durability), answered by append_ack once committed or
+  // append_error. Many may be in flight; their answers come as they complete.
+  void append(const json& msg) {
+    std::string request_id;
+    if (auto id = msg.find("request_id"); id != msg.end() && !id->is_null()) {
+      if (!id->is_string() || id->get_ref<const std::string&>().size() > 128)
+        return control(json{{"type", "append_error"}, {"status", 400}, {"error", "request_id must be a string of at most 128 bytes"}});
+      request_id = id->get<std::string>();
+    }
+    auto refuse = [&](unsigned status, std::string error) {
+      control(json{{"type", "append_error"}, {"request_id", request_id}, {"status", status}, {"error", std::move(error)}});
+    };
+    if (appends_in_flight_ >= max_appends_in_flight)
+      return refuse(429, "more than " + std::to_string(max_appends_in_flight) +
+                             " appends in flight on this connection; wait for their acks");
+    request req;
+    req.method = "POST";
+    req.remote_ip = who_.ip;
+    req.request_id = request_id_for("");
+    req.cookie_ok = true;
+    req.headers = auth_headers_;
+    req.set_header("content-type", "application/json");
+    if (auto key = msg.find("idempotency_key"); key != msg.end() && !key->is_null()) {
+      if (!key->is_string()) return refuse(400, "idempotency_key must be a string");
+      req.set_header("idempotency-key", key->get<std::string>());
+    }
+    const auto one = msg.find("work_unit");
+    const auto many = msg.find("work_units");
+    if ((one == msg.end()) == (many == msg.end()))
+      return refuse(400, "append needs \"work_unit\": {…} or \"work_units\": […] (one of them)");
+    if (one != msg.end()) {
+      if (!one->is_object()) return refuse(400, "work_unit must be an object");
+      json unit = *one;
+      if (auto f = msg.find("fence"); f != msg.end() && !unit.contains("fence")) unit["fence"] = *f;
+      req.target = "/workunit";
+      req.body = model::dump(unit);
+    } else {
+      json batch = json::object();
+      for (const char* k : {"context_id", "agent_id", "fence"})
+        if (auto v = msg.find(k); v != msg.end()) batch[k] = *v;
+      batch["work_units"] = *many;
+      req.target = "/workunits";
+      req.body = model::dump(batch);
+    }
+    ++appends_in_flight_;
+    std::weak_ptr<ws_session> weak = this->shared_from_this();
+    srv_->handler(std::move(req), [weak, exec = ws_.get_executor(), request_id](response r) {
+      net::post(exec, [weak, request_id, r = std::move(r)] {
+        auto self = weak.lock();
+        if (!self) return;
+        --self->appends_in_flight_;
+        // The route's JSON object, spliced into the ack: {"type":…,"request_id":…,<its members>}.
+        std::string out = r.status < 300 ? R"({"type":"append_ack","request_id":)" : R"({"type":"append_error","request_id":)";
+        model::append_json_string(out, request_id);
+        if (r.status >= 300) out += ",\"status\":" + std::to_string(r.status);
+        if (r.body.size() > 2 && r.body.front() == '{') out.append(",").append(r.body, 1);
+        else out.push_back('}');
+        self->control_.push_back(std::move(out));
+        self->pump();
+      });
+    });
   }
 
   void arm_heartbeat() {
@@ -377,6 +447,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   caller who_;
   stream_slots::slot slot_;
   uint64_t id_ = 0;
+  static constexpr size_t max_appends_in_flight = 1024;
+  size_t appends_in_flight_ = 0;
+  std::vector<std::pair<std::string, std::string>> auth_headers_;  // the upgrade's credentials, for appends
   std::string present_agent_;              // presence held by this connection, if any
   std::vector<std::string> present_in_;
   net::steady_timer timer_;
