@@ -744,6 +744,17 @@ struct store::impl {
 
   void stage(group_state& g, pending_locks& p) {
     auto& ch = p.change;
+    // Every context read first, before anything is staged: a refusal below must not
+    // leave half of this change in the shared batch.
+    for (const auto& ev : ch.events) {
+      const auto& ctx = ev.lock().context_id().empty() ? ch.default_context : ev.lock().context_id();
+      if (ctx.empty()) continue;
+      if (auto lookup = find_context(ctx, g.staged); !lookup) return fail_now(g, p.done, lookup.error());
+    }
+    for (const auto& tw : ch.tasks)
+      if (!tw.event_kind.empty())
+        if (auto lookup = find_context(tw.task.context_id(), g.staged); !lookup)
+          return fail_now(g, p.done, lookup.error());
     // Lock events enter their context's log like any other event (creating the
     // context if needed), in the same batch as the lease records.
     for (auto& ev : ch.events) {
