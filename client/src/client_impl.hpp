@@ -46,6 +46,20 @@ struct client::impl {
 // not 30 s later; acting as `agent` when given.
 client renewal_client(const client& c, std::chrono::milliseconds interval, const std::string& agent = {});
 
+// What one renewal (of a lease, or a task claim by heartbeat) came to.
+enum class renewal {
+  renewed,
+  refused,  // the server says the hold is gone (expired, released or taken)
+  failed,   // transient: unreachable, timed out, 503
+};
+// The outcome of a failed request: refused when the server answered (but a 503),
+// else failed.
+renewal failed_renewal(const error& e);
+// Calls `renew` every ttl/3 until `stop` is requested (returns false), or until the
+// hold is lost (returns true): a renewal refused, or none succeeding before the
+// ttl since the last success ran out (retried at a quarter interval meanwhile).
+bool keep_renewed(std::stop_token stop, std::chrono::milliseconds ttl, const std::function<renewal()>& renew);
+
 // Percent-encodes everything but RFC 3986 unreserved characters (for one path
 // segment or query value; '/' in ids is encoded and the server decodes it once).
 std::string encode_component(std::string_view s);

@@ -28,13 +28,16 @@ lease::~lease() { release(); }
 
 bool lease::lost() const { return lost_.stop_requested(); }
 
-void lease::renew_loop(std::stop_token stop) {
+renewal failed_renewal(const error& e) {
+  return e.is_server() && e.status != 503 ? renewal::refused : renewal::failed;
+}
+
+bool keep_renewed(std::stop_token stop, std::chrono::milliseconds ttl, const std::function<renewal()>& renew) {
   using steady = std::chrono::steady_clock;
-  const auto interval = ttl_ / 3;
-  client renewer = renewal_client(client_, interval);
-  // Until when the lease is surely held, by our clock: a grant or renewal sent at t
+  const auto interval = ttl / 3;
+  // Until when the hold is surely ours, by our clock: a grant or renewal sent at t
   // lasts at least until t + ttl on the server.
-  auto valid_until = steady::now() + ttl_ - interval / 4;
+  auto valid_until = steady::now() + ttl - interval / 4;
   std::mutex mu;
   std::condition_variable_any cv;
   auto next = steady::now() + interval;
@@ -42,22 +45,29 @@ void lease::renew_loop(std::stop_token stop) {
     {
       std::unique_lock lock(mu);
       cv.wait_until(lock, stop, next, [] { return false; });  // sleeps until `next` or stop
-      if (stop.stop_requested()) return;
+      if (stop.stop_requested()) return false;
     }
     const auto sent = steady::now();
-    auto r = renewer.renew(granted_, ttl_);
-    if (r) {
-      valid_until = sent + ttl_;
+    const auto outcome = renew();
+    if (outcome == renewal::renewed) {
+      valid_until = sent + ttl;
       next = sent + interval;
       continue;
     }
-    // Refused (409: expired, released or taken; 404): gone for good.
-    if (r.error().is_server() && r.error().status != 503) break;
-    if (steady::now() >= valid_until) break;  // unreachable for too long
+    if (outcome == renewal::refused) return true;   // gone for good
+    if (steady::now() >= valid_until) return true;  // unreachable for too long
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(valid_until - steady::now());
     next = steady::now() + std::min(interval / 4 + std::chrono::milliseconds(1), left);
   }
-  lost_.request_stop();
+}
+
+void lease::renew_loop(std::stop_token stop) {
+  client renewer = renewal_client(client_, ttl_ / 3);
+  const bool lost = keep_renewed(stop, ttl_, [&] {
+    auto r = renewer.renew(granted_, ttl_);
+    return r ? renewal::renewed : failed_renewal(r.error());
+  });
+  if (lost) lost_.request_stop();
 }
 
 std::optional<error> lease::release() {

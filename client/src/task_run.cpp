@@ -1,5 +1,3 @@
-#include <condition_variable>
-
 #include "client_impl.hpp"
 #include "engram/client.hpp"
 
@@ -25,44 +23,25 @@ void task_run::stop() {
   if (beater_.joinable()) beater_.join();
 }
 
-// Like lease::renew_loop, with the heartbeat as the renewal: a refusal (the claim
-// is gone) or no success before the claim would have run out ends it as lost.
+// The heartbeat is the renewal: one that does not renew the claim (it is gone) is a
+// refusal. Progress not delivered is sent again with the next one.
 void task_run::beat_loop(std::stop_token stop) {
-  using steady = std::chrono::steady_clock;
-  const auto interval = ttl_ / 3;
-  client beater = renewal_client(client_, interval, claim_.lease.holder_agent);
-  auto valid_until = steady::now() + ttl_ - interval / 4;
-  std::mutex mu;
-  std::condition_variable_any cv;
-  auto next = steady::now() + interval;
-  while (true) {
-    {
-      std::unique_lock lock(mu);
-      cv.wait_until(lock, stop, next, [] { return false; });
-      if (stop.stop_requested()) return;
-    }
+  client beater = renewal_client(client_, ttl_ / 3, claim_.lease.holder_agent);
+  const bool lost = keep_renewed(stop, ttl_, [&] {
     std::optional<std::string> progress;
     {
       std::lock_guard lock(mu_);
       progress = std::exchange(progress_, std::nullopt);
     }
-    const auto sent = steady::now();
     auto r = beater.heartbeat({}, {}, progress.value_or(""), claim_.claimed.task_id);
-    if (r && !r->empty() && r->front().renewed) {
-      valid_until = sent + ttl_;
-      next = sent + interval;
-      continue;
-    }
-    if (progress) {  // send it again next time
+    if (r && !r->empty() && r->front().renewed) return renewal::renewed;
+    if (progress) {
       std::lock_guard lock(mu_);
       if (!progress_) progress_ = std::move(progress);
     }
-    if (r || (r.error().is_server() && r.error().status != 503)) break;  // refused: the claim is gone
-    if (steady::now() >= valid_until) break;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(valid_until - steady::now());
-    next = steady::now() + std::min(interval / 4 + std::chrono::milliseconds(1), left);
-  }
-  lost_.request_stop();
+    return r ? renewal::refused : failed_renewal(r.error());
+  });
+  if (lost) lost_.request_stop();
 }
 
 }  // namespace engram::client
