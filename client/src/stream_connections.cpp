@@ -1,10 +1,12 @@
 #include "engram/stream_connections.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <poll.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -27,6 +29,7 @@ struct ws_connection::impl {
   bool reading = false;
   beast::error_code read_ec;
   bool read_done = false;
+  std::atomic<bool> interrupted{false};
 };
 
 ws_connection::ws_connection() : impl_(std::make_unique<impl>()) {}
@@ -105,7 +108,7 @@ std::expected<std::optional<std::string>, transport_error> ws_connection::read(s
   }
   s.ioc.restart();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!s.read_done && std::chrono::steady_clock::now() < deadline)
+  while (!s.read_done && !s.interrupted.exchange(false) && std::chrono::steady_clock::now() < deadline)
     s.ioc.run_one_until(deadline);
   if (!s.read_done) return std::optional<std::string>();  // the read stays pending for next time
   s.reading = false;
@@ -124,6 +127,11 @@ std::expected<std::optional<std::string>, transport_error> ws_connection::read(s
 }
 
 const std::optional<ws_close>& ws_connection::closed() const { return impl_->closed; }
+
+void ws_connection::interrupt() {
+  impl_->interrupted = true;
+  net::post(impl_->ioc, [] {});  // wakes run_one_until
+}
 
 void ws_connection::close() {
   if (!impl_->ws || impl_->closed) return;

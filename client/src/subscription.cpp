@@ -10,6 +10,12 @@
 // On reconnect, `cursors` holds every context seen (the ack lists all that matched),
 // and since 0 covers contexts a pattern matches that were created while away.
 // With until_head, the first ack's head_seq per context is where it ends.
+//
+// Appends over the same connection (subscription::append): the caller queues
+// {"type":"append","request_id",…} and interrupts the read; this thread sends it
+// and hands the append_ack / append_error back by request_id. An append not
+// answered when the connection drops is sent again on the next one with its
+// idempotency key, so it is stored once.
 #include <algorithm>
 #include <condition_variable>
 #include <mutex>
@@ -76,6 +82,31 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
     return positions_;
   }
 
+  result<work_unit> append(const unit_input& u, const append_options& opts, std::chrono::milliseconds timeout) {
+    json unit = codec::unit_input_json(u, true);
+    if (u.agent_id.empty() && !client_->opts.agent_id.empty()) unit["agent_id"] = client_->opts.agent_id;
+    auto p = std::make_shared<pending_append>();
+    std::unique_lock lock(mu_);
+    if (finished_ || stopping_) return std::unexpected(error{error::kind::stopped, 0, "the subscription has ended", {}});
+    const std::string id = "sdk-" + std::to_string(++next_request_);
+    p->message = json{{"type", "append"},
+                      {"request_id", id},
+                      {"idempotency_key", opts.idempotency_key.empty() ? codec::random_key() : opts.idempotency_key},
+                      {"work_unit", std::move(unit)}}
+                     .dump();
+    appends_[id] = p;
+    outbox_.push_back(id);
+    if (current_ws_) current_ws_->interrupt();
+    const bool answered = cv_.wait_for(lock, timeout, [&] { return p->answer.has_value(); });
+    appends_.erase(id);
+    std::erase(outbox_, id);
+    if (!answered)
+      return std::unexpected(error{error::kind::network, 0, "no append_ack within " + std::to_string(timeout.count()) +
+                                                                " ms (the append may still be stored; retry with "
+                                                                "the same idempotency_key to find out)", {}});
+    return std::move(*p->answer);
+  }
+
   ~subscription_state() {
     if (thread_.joinable()) thread_.detach();  // only reached from the thread itself
   }
@@ -93,6 +124,8 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
       std::lock_guard lock(mu_);
       finished_ = true;
       final_ = std::move(why);
+      for (auto& [id, p] : appends_)
+        if (!p->answer) p->answer = std::unexpected(error{error::kind::stopped, 0, "the subscription has ended", {}});
     }
     cv_.notify_all();
   }
@@ -186,6 +219,22 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
       why = error{error::kind::network, 0, ok.error().message, {}};
       return outcome::reconnect;
     }
+    // Appends may interrupt this connection's reads until it is gone; every one not
+    // answered yet goes (again) on this connection.
+    {
+      std::lock_guard lock(mu_);
+      current_ws_ = &ws;
+      outbox_.clear();
+      for (const auto& [id, p] : appends_)
+        if (!p->answer) outbox_.push_back(id);
+    }
+    struct forget_ws {
+      subscription_state& self;
+      ~forget_ws() {
+        std::lock_guard lock(self.mu_);
+        self.current_ws_ = nullptr;
+      }
+    } forget{*this};
     int acks = 0;
     auto last_rx = steady::now(), last_tx = steady::now();
     while (true) {
@@ -193,6 +242,10 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
         ws.close();
         finish(std::nullopt);
         return outcome::finish;
+      }
+      if (auto failed = send_appends(ws)) {
+        why = std::move(*failed);
+        return outcome::reconnect;
       }
       auto m = ws.read(std::chrono::milliseconds(100));
       const auto now = steady::now();
@@ -236,6 +289,10 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
             on_ack(j);
             if (opts_.until_head && reached_heads()) return end_at_heads(ws);
           }
+          continue;
+        }
+        if (t == "append_ack" || t == "append_error") {
+          answer_append(j);
           continue;
         }
         if (t == "error" && acks < 2) {  // our subscribe message was refused
@@ -299,6 +356,37 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
     if (opts_.on_connected) opts_.on_connected();
   }
 
+  // Sends the queued appends; the error when the connection failed.
+  std::optional<error> send_appends(ws_connection& ws) {
+    std::vector<std::string> messages;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& id : outbox_)
+        if (auto it = appends_.find(id); it != appends_.end()) messages.push_back(it->second->message);
+      outbox_.clear();
+    }
+    for (const auto& m : messages)
+      if (auto ok = ws.send(m); !ok) return error{error::kind::network, 0, ok.error().message, {}};
+    return std::nullopt;
+  }
+
+  void answer_append(const json& j) {
+    const auto id = j.find("request_id");
+    if (id == j.end() || !id->is_string()) return;
+    std::lock_guard lock(mu_);
+    auto it = appends_.find(id->get<std::string>());
+    if (it == appends_.end() || it->second->answer) return;  // given up on, or answered on a previous connection
+    if (j["type"] == "append_ack") {
+      auto unit = j.find("work_unit");
+      if (unit == j.end()) it->second->answer = std::unexpected(error{error::kind::protocol, 0, "append_ack without work_unit", {}});
+      else it->second->answer = codec::unit_from(*unit);
+    } else {
+      const unsigned status = j.value("status", 0u);
+      it->second->answer = std::unexpected(error{error::kind::server, status, j.value("error", std::string("append refused")), {}});
+    }
+    cv_.notify_all();
+  }
+
   enum class admission { deliver, duplicate, gap };
 
   admission admit(const event& ev) const {
@@ -327,6 +415,14 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
   std::map<std::string, uint64_t> cursors_;  // last delivered seq per context
   std::vector<stream_position> positions_;   // the first ack's
   std::map<std::string, uint64_t> stop_at_;  // until_head: the first ack's head per context
+  struct pending_append {
+    std::string message;                        // the append message, sent as is on every connection
+    std::optional<result<work_unit>> answer;
+  };
+  std::map<std::string, std::shared_ptr<pending_append>> appends_;  // by request_id, until answered or given up
+  std::vector<std::string> outbox_;  // request ids to send on the current connection
+  uint64_t next_request_ = 0;
+  ws_connection* current_ws_ = nullptr;  // while connected: only interrupt() is used from other threads
 };
 
 subscription::subscription(std::shared_ptr<subscription_state> s) : state_(std::move(s)) {}
@@ -352,6 +448,11 @@ bool subscription::wait_live(std::chrono::milliseconds timeout) {
 }
 std::map<std::string, uint64_t> subscription::cursors() const {
   return state_ ? state_->cursors() : std::map<std::string, uint64_t>();
+}
+result<work_unit> subscription::append(const unit_input& u, const append_options& opts,
+                                       std::chrono::milliseconds timeout) {
+  if (!state_) return std::unexpected(error{error::kind::stopped, 0, "no subscription", {}});
+  return state_->append(u, opts, timeout);
 }
 std::vector<stream_position> subscription::positions() const {
   return state_ ? state_->positions() : std::vector<stream_position>();

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <shared_mutex>
 
+#include "engine/drafts.hpp"
 #include "model/text.hpp"
 
 namespace engram::engine {
@@ -59,9 +60,15 @@ engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::
                                       .Help("Streams that fell back from live delivery to reading storage")
                                       .Register(*metrics).Add({});
   }
+  if (router_) drafts_ = std::make_unique<drafts>(opts_.drafts, *router_, clock_, metrics);
 }
 
 engine::~engine() { drain_reads(); }
+
+model::result<drafts*> engine::draft_registry() const {
+  if (!drafts_) return fail(errc::unavailable, "streaming is not enabled on this server");
+  return drafts_.get();
+}
 
 void engine::drain_reads() {
   {
@@ -102,7 +109,8 @@ model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, s
   auto s = store();
   if (!s) return std::unexpected(s.error());
   if (!router_) return fail(errc::unavailable, "streaming is not enabled on this server");
-  return stream::open(**s, *router_, std::move(req), opts_.stream, std::move(notify), &stream_counters_);
+  return stream::open(**s, *router_, std::move(req), opts_.stream, std::move(notify), &stream_counters_,
+                      drafts_.get());
 }
 
 void engine::attach(storage::store* s) { store_.store(s, std::memory_order_release); }

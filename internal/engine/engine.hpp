@@ -28,6 +28,7 @@ class Registry;
 
 namespace engram::engine {
 
+class drafts;
 class presence;
 class tasks;
 
@@ -97,6 +98,8 @@ class engine {
   // Tasks, once recovered (null: task calls answer `unavailable`).
   void attach_tasks(tasks* t) { tasks_.store(t, std::memory_order_release); }
   model::result<tasks*> task_manager() const;
+  // Drafts (partial output, in memory): there whenever streaming is (a router).
+  model::result<drafts*> draft_registry() const;
   // Waits for every queued read to finish; later reads answer `unavailable`.
   void drain_reads();
 
@@ -189,6 +192,7 @@ class engine {
   std::atomic<locks::manager*> locks_{nullptr};
   std::atomic<presence*> presence_{nullptr};
   std::atomic<tasks*> tasks_{nullptr};
+  std::unique_ptr<drafts> drafts_;  // with a router
   std::unique_ptr<read_pool> reads_;
   mutable model::uuid_v7_generator ids_;
 };

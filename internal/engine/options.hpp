@@ -32,6 +32,16 @@ struct checkpoint_options {
   size_t keep = 20;               // versions kept per agent and context
 };
 
+// Drafts (README "Drafts"): partial output shown live, never stored.
+struct draft_options {
+  std::chrono::milliseconds idle{30'000};     // a draft with no delta for this long expires
+  size_t max_bytes = size_t(1) << 20;         // one draft's content so far
+  size_t max_delta_bytes = 64 * 1024;         // one delta's content
+  size_t max_total_bytes = size_t(64) << 20;  // every open draft together
+  size_t max_per_owner = 16;                  // open drafts per WebSocket connection, or per agent over REST
+  size_t max_drafts = 10'000;                 // open drafts in all
+};
+
 struct options {
   size_t max_batch_units = 1000;  // POST /workunits
   checkpoint_options checkpoints;
@@ -45,6 +55,7 @@ struct options {
   size_t read_threads = 4;
   size_t max_queued_reads = 10'000;
   stream_options stream;
+  draft_options drafts;
 };
 
 }  // namespace engram::engine

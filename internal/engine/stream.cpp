@@ -7,13 +7,14 @@
 #include <limits>
 #include <set>
 
+#include "engine/drafts.hpp"
 #include "storage/store.hpp"
 
 namespace engram::engine {
 
 stream::stream(const storage::store& store, router::router& router, stream_options opts,
-               std::function<void()> notify, const stream_counters* counters)
-    : store_(store), router_(router), opts_(opts), notify_(std::move(notify)), counters_(counters) {}
+               std::function<void()> notify, const stream_counters* counters, const drafts* drafts)
+    : store_(store), router_(router), opts_(opts), notify_(std::move(notify)), counters_(counters), drafts_(drafts) {}
 
 void stream::account(int64_t bytes) {
   if (counters_ && counters_->queued_bytes) counters_->queued_bytes->Increment(double(bytes));
@@ -24,8 +25,8 @@ stream::~stream() { close(); }
 model::result<std::shared_ptr<stream>> stream::open(const storage::store& store, router::router& router,
                                                      stream_request req, stream_options opts,
                                                      std::function<void()> notify,
-                                                     const stream_counters* counters) {
-  auto s = std::shared_ptr<stream>(new stream(store, router, opts, std::move(notify), counters));
+                                                     const stream_counters* counters, const drafts* drafts) {
+  auto s = std::shared_ptr<stream>(new stream(store, router, opts, std::move(notify), counters, drafts));
   // 1. Where each matched context starts: read heads *before* registering, so any
   //    event committed from here on is either read by catch-up or delivered live.
   std::map<std::string, uint64_t> heads;
@@ -67,8 +68,16 @@ model::result<std::shared_ptr<stream>> stream::open(const storage::store& store,
   // 2. Register; until the first poll finds every context caught up, live events
   //    only mark their context stale (catching_up_ starts true).
   router::topic_filter filter{req.contexts, req.prefixes, req.permit};
-  s->subscription_ = router.subscribe(s, std::move(filter));
+  s->subscription_ = router.subscribe(s, filter);
   std::unique_lock lock(s->mu_);
+  // 3. The drafts open now, before any of their later deltas (deliver() waits for
+  //    the lock and drops what the snapshot already holds).
+  if (drafts)
+    for (auto& snap : drafts->snapshots(filter)) {
+      s->drafts_seen_[{snap->context_id, snap->draft->id}] = {snap->draft->index, false};
+      s->queue(snap);
+    }
+  s->drafts_primed_ = true;
   s->wake(lock);
   return s;
 }
@@ -94,9 +103,52 @@ void stream::wake(std::unique_lock<std::mutex>& lock) {
   if (notify_) notify_();
 }
 
+void stream::queue(const router::event_ptr& ev) {
+  queue_.push_back(ev);
+  queue_bytes_ += ev->json.size();
+  account(int64_t(ev->json.size()));
+}
+
+void stream::deliver_draft(const router::event_ptr& ev, std::unique_lock<std::mutex>& lock) {
+  if (!drafts_primed_) return;  // the opening snapshot includes it
+  const auto& tag = *ev->draft;
+  const std::pair<std::string, std::string> k{ev->context_id, tag.id};
+  if (tag.kind == router::wire_event::draft_tag::end) {
+    if (auto it = drafts_seen_.find(k); it != drafts_seen_.end()) {
+      if (it->second.resync) --resyncs_;
+      drafts_seen_.erase(it);
+    }
+    queue(ev);  // small, one per draft: never dropped
+    return wake(lock);
+  }
+  auto it = drafts_seen_.find(k);
+  if (it != drafts_seen_.end() && (it->second.resync || tag.index <= it->second.last)) return;
+  if (queue_bytes_ + ev->json.size() > opts_.queue_bytes) {
+    // No room: skip deltas until the next poll sends the draft whole, and drop the
+    // ones queued already (the snapshot holds them, and goes first).
+    auto& seen = drafts_seen_[k];
+    seen.resync = true;
+    ++resyncs_;
+    std::erase_if(queue_, [&](const router::event_ptr& q) {
+      const bool superseded = q->draft && q->draft->kind != router::wire_event::draft_tag::end &&
+                              q->draft->id == tag.id && q->context_id == ev->context_id;
+      if (superseded) {
+        queue_bytes_ -= q->json.size();
+        account(-int64_t(q->json.size()));
+      }
+      return superseded;
+    });
+    return wake(lock);
+  }
+  drafts_seen_[k].last = tag.index;
+  queue(ev);
+  wake(lock);
+}
+
 void stream::deliver(const router::event_ptr& ev) {
   std::unique_lock lock(mu_);
   if (closed_) return;
+  if (ev->draft) return deliver_draft(ev, lock);
   // A context this stream has not seen is one created after it started (a pattern
   // match, or a listed context that did not exist yet): deliver it from seq 1.
   auto& c = cursors_.try_emplace(ev->context_id).first->second;
@@ -104,9 +156,7 @@ void stream::deliver(const router::event_ptr& ev) {
   if (ev->seq < c.next_seq) return;  // already delivered (replay overlap)
   const size_t size = ev->json.size();
   if (!catching_up_ && ev->seq == c.next_seq && queue_bytes_ + size <= opts_.queue_bytes) {
-    queue_.push_back(ev);
-    queue_bytes_ += size;
-    account(int64_t(size));
+    queue(ev);
     c.next_seq = ev->seq + 1;
   } else {
     // A gap, or no room: fall back to reading this context from storage.
@@ -120,10 +170,29 @@ void stream::deliver(const router::event_ptr& ev) {
 
 std::vector<router::event_ptr> stream::take_queued(std::unique_lock<std::mutex>& lock, size_t max_bytes) {
   std::vector<router::event_ptr> out;
+  if (resyncs_) {
+    // Drafts whose deltas were dropped, whole as they stand now; later deltas carry
+    // higher indexes and are delivered after this (deliver() waits for the lock).
+    for (auto it = drafts_seen_.begin(); it != drafts_seen_.end();) {
+      if (!it->second.resync) {
+        ++it;
+        continue;
+      }
+      auto snap = drafts_ ? drafts_->snapshot(it->first.first, it->first.second) : nullptr;
+      if (!snap) {
+        it = drafts_seen_.erase(it);  // ended: its end is on its way
+        continue;
+      }
+      it->second = {snap->draft->index, false};
+      out.push_back(std::move(snap));
+      ++it;
+    }
+    resyncs_ = 0;
+  }
   size_t bytes = 0, n = 0;
   while (n < queue_.size() && (n == 0 || bytes + queue_[n]->json.size() <= max_bytes))
     bytes += queue_[n++]->json.size();
-  out.assign(queue_.begin(), queue_.begin() + long(n));
+  out.insert(out.end(), queue_.begin(), queue_.begin() + long(n));
   queue_.erase(queue_.begin(), queue_.begin() + long(n));
   queue_bytes_ -= bytes;
   account(-int64_t(bytes));
@@ -134,7 +203,7 @@ std::vector<router::event_ptr> stream::take_queued(std::unique_lock<std::mutex>&
 std::optional<std::vector<router::event_ptr>> stream::poll_queued(size_t max_bytes) {
   std::unique_lock lock(mu_);
   if (closed_) return std::vector<router::event_ptr>{};
-  if (!queue_.empty()) {
+  if (!queue_.empty() || resyncs_) {
     notified_ = false;
     return take_queued(lock, max_bytes);
   }
@@ -150,7 +219,7 @@ model::result<std::vector<router::event_ptr>> stream::poll(size_t max_bytes) {
     std::unique_lock lock(mu_);
     notified_ = false;
     if (closed_) return out;
-    if (!queue_.empty()) return take_queued(lock, max_bytes);
+    if (!queue_.empty() || resyncs_) return take_queued(lock, max_bytes);
     if (!catching_up_) return out;
     for (const auto& [id, gen] : stale_) to_read.emplace_back(id, cursors_[id].next_seq, gen);
   }
@@ -206,7 +275,8 @@ std::map<std::string, uint64_t> stream::cursors() const {
 std::vector<stream::progress_entry> stream::progress() const {
   std::lock_guard lock(mu_);
   std::unordered_map<std::string_view, uint64_t> queued;
-  for (const auto& ev : queue_) ++queued[ev->context_id];
+  for (const auto& ev : queue_)
+    if (!ev->draft) ++queued[ev->context_id];
   std::vector<progress_entry> out;
   out.reserve(cursors_.size());
   for (const auto& [id, c] : cursors_) {

@@ -19,6 +19,14 @@
 // slow subscriber costs at most its queue bound plus one chunk of memory: it falls
 // back to reading storage instead of holding events. If it falls more than
 // `max_lag` events behind it is told to go (lagging()), with its cursor intact.
+//
+// Draft messages (drafts.hpp) have no seq and bypass the cursor: they are queued in
+// either state. The stream starts with a snapshot of every open draft it matches
+// (taken under its mutex right after subscribing, so a delta is either in the
+// snapshot or delivered after it) and then takes each draft's deltas above the
+// index it has. A delta that finds the queue full is dropped and that draft is
+// owed a fresh snapshot, sent with the next poll: a slow subscriber sees every
+// draft whole, possibly in fewer, larger steps. A draft's end is always queued.
 
 #include <functional>
 #include <map>
@@ -42,6 +50,8 @@ class Gauge;
 }  // namespace prometheus
 
 namespace engram::engine {
+
+class drafts;
 
 struct stream_request {
   std::vector<std::string> contexts;  // exact ids
@@ -81,7 +91,8 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   static model::result<std::shared_ptr<stream>> open(const storage::store& store, router::router& router,
                                                      stream_request req, stream_options opts,
                                                      std::function<void()> notify,
-                                                     const stream_counters* counters = nullptr);
+                                                     const stream_counters* counters = nullptr,
+                                                     const drafts* drafts = nullptr);
   ~stream() override;
 
   const std::vector<position>& positions() const { return positions_; }
@@ -122,8 +133,10 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
 
  private:
   stream(const storage::store& store, router::router& router, stream_options opts,
-         std::function<void()> notify, const stream_counters* counters);
+         std::function<void()> notify, const stream_counters* counters, const drafts* drafts);
   void account(int64_t bytes);
+  void queue(const router::event_ptr& ev);
+  void deliver_draft(const router::event_ptr& ev, std::unique_lock<std::mutex>& lock);
 
   struct cursor {
     uint64_t next_seq = 1;  // the next seq to deliver
@@ -138,6 +151,7 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   const stream_options opts_;
   const std::function<void()> notify_;
   const stream_counters* counters_;
+  const drafts* drafts_;
   std::vector<position> positions_;
   std::vector<std::string> unmatched_patterns_;
   std::optional<router::router::subscription_id> subscription_;
@@ -151,6 +165,15 @@ class stream final : public router::sink, public std::enable_shared_from_this<st
   bool notified_ = false;
   bool lagging_ = false;
   bool closed_ = false;
+  // Drafts this stream is showing: (context, draft id) → the last index handed
+  // over, and whether a snapshot is owed instead of the next deltas.
+  struct draft_seen {
+    uint64_t last = 0;
+    bool resync = false;
+  };
+  std::map<std::pair<std::string, std::string>, draft_seen> drafts_seen_;
+  size_t resyncs_ = 0;          // entries of drafts_seen_ with resync set
+  bool drafts_primed_ = false;  // the opening snapshot is taken
 };
 
 }  // namespace engram::engine

@@ -3,7 +3,9 @@
 #include <charconv>
 #include <nlohmann/json.hpp>
 
+#include "gateway/lock_params.hpp"
 #include "model/codec.hpp"
+#include "model/text.hpp"
 
 namespace engram::gateway {
 
@@ -52,6 +54,11 @@ const route table[] = {
     {"POST",   "/tasks/{task_id}/claim",   claim_task,    writes,    authenticated, no_subject},
     {"POST",   "/tasks/{task_id}/complete", complete_task, writes,   authenticated, no_subject},
     {"POST",   "/tasks/{task_id}/fail",    fail_task,     writes,    authenticated, no_subject},
+    {"POST",   "/contexts/{id*}/drafts/{draft_id}/deltas", add_draft_delta, writes, authenticated, subject_rule{"id", "context id", write}},
+    {"POST",   "/contexts/{id*}/drafts/{draft_id}/commit", commit_draft, writes, authenticated, subject_rule{"id", "context id", write}},
+    {"GET",    "/contexts/{id*}/drafts/{draft_id}", get_draft, unlimited, authenticated, subject_rule{"id", "context id", read}},
+    {"DELETE", "/contexts/{id*}/drafts/{draft_id}", abort_draft, writes, authenticated, subject_rule{"id", "context id", write}},
+    {"GET",    "/contexts/{id*}/drafts",   list_drafts,   unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"GET",    "/contexts/{id*}/tool-calls/{call_id}", get_tool_call, unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"PUT",    "/contexts/{id*}/agents/{agent_id}/checkpoint", put_checkpoint, writes, authenticated, subject_rule{"id", "context id", write}},
     {"GET",    "/contexts/{id*}/agents/{agent_id}/checkpoint", get_checkpoint, unlimited, authenticated, subject_rule{"id", "context id", read}},
@@ -215,6 +222,17 @@ model::status acting_as(const caller& who, std::string_view agent) {
     return model::fail(errc::forbidden, "agent_id '" + std::string(agent.substr(0, 256)) +
                                             "' is not the token's subject '" + who.principal->agent + "'");
   return {};
+}
+
+model::result<std::string> acting_agent(const call& c, const nlohmann::json& body) {
+  auto agent = agent_field(body, c.req.header("x-agent-id"));
+  if (!agent) return agent;
+  if (agent->empty() && c.who.principal) return c.who.principal->agent;
+  if (agent->empty()) return model::fail(errc::invalid_argument, "agent_id is required (in the body or X-Agent-ID)");
+  if (auto bad = model::check_identifier("agent_id", *agent, model::max_id_bytes))
+    return model::fail(errc::invalid_argument, *bad);
+  if (auto ok = acting_as(c.who, *agent); !ok) return std::unexpected(ok.error());
+  return agent;
 }
 
 }  // namespace engram::gateway

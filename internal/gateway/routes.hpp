@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "auth/auth.hpp"
+#include "engine/drafts.hpp"
 #include "engine/engine.hpp"
 #include "gateway/access.hpp"
 #include "gateway/errors.hpp"
@@ -115,6 +116,9 @@ model::result<std::optional<uint64_t>> uint_param(const query_params& q, std::st
 model::result<bool> bool_param(const query_params& q, std::string_view key);
 // A request acts as the token's subject and no one else.
 model::status acting_as(const caller& who, std::string_view agent);
+// The acting agent of a request: the body's agent_id (or X-Agent-ID, else the
+// token's subject), a valid id, and the token's subject when auth is on.
+model::result<std::string> acting_agent(const call& c, const nlohmann::json& body);
 
 // ---- the routes, one file per resource ---------------------------------------------
 // routes_units.cpp
@@ -148,6 +152,19 @@ void fail_task(services&, call&, responder);
 // A task's JSON member (spec, progress, result) as JSON text ("" when absent or
 // null): an object of at most `max_bytes` (413 beyond).
 model::result<std::string> task_json_member(const nlohmann::json& body, const char* field, size_t max_bytes);
+// routes_drafts.cpp
+void add_draft_delta(services&, call&, responder);
+void commit_draft(services&, call&, responder);
+void abort_draft(services&, call&, responder);
+void list_drafts(services&, call&, responder);
+void get_draft(services&, call&, responder);
+// Shared with the WebSocket's delta and draft_abort messages.
+inline constexpr size_t max_draft_id_bytes = 128;
+model::status check_draft_id(std::string_view id);
+// A delta's index and content ("text", or base64 "payload") from a REST body or a
+// WebSocket message; the caller has checked the ids, the agent and its grants.
+model::result<engine::draft_delta> draft_delta_from(const nlohmann::json& body, std::string context_id,
+                                                    std::string draft_id, std::string agent);
 // routes_locks.cpp
 void list_locks(services&, call&, responder);
 void acquire_locks(services&, call&, responder);

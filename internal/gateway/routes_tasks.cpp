@@ -37,19 +37,6 @@ model::result<std::string> task_json_member(const json& body, const char* field,
 
 namespace {
 
-// The acting agent of a task request: the body's agent_id (or X-Agent-ID, else the
-// token's subject), valid, and the token's subject when auth is on.
-model::result<std::string> task_agent(const call& c, const json& body) {
-  auto agent = agent_field(body, c.req.header("x-agent-id"));
-  if (!agent) return agent;
-  if (agent->empty() && c.who.principal) return c.who.principal->agent;
-  if (agent->empty()) return model::fail(errc::invalid_argument, "agent_id is required (in the body or X-Agent-ID)");
-  if (auto bad = model::check_identifier("agent_id", *agent, model::max_id_bytes))
-    return model::fail(errc::invalid_argument, *bad);
-  if (auto ok = acting_as(c.who, *agent); !ok) return std::unexpected(ok.error());
-  return agent;
-}
-
 // The route's task, if the caller may see it (`need` on its context); a task in a
 // context the caller cannot read is reported as missing.
 model::result<api::Task> visible_task(services& s, const call& c, auth::capability need) {
@@ -160,7 +147,7 @@ void claim_task(services& s, call& c, responder respond) {
   if (!body) return respond(error_response(body.error()));
   auto t = visible_task(s, c, auth::write);
   if (!t) return respond(error_response(t.error()));
-  auto agent = task_agent(c, *body);
+  auto agent = acting_agent(c, *body);
   if (!agent) return respond(error_response(agent.error()));
   auto ttl = ttl_field(*body);
   if (!ttl) return respond(error_response(ttl.error()));
@@ -181,7 +168,7 @@ void end_task(services& s, call& c, responder respond, bool completed) {
   if (!body) return respond(error_response(body.error()));
   auto t = visible_task(s, c, auth::write);
   if (!t) return respond(error_response(t.error()));
-  auto agent = task_agent(c, *body);
+  auto agent = acting_agent(c, *body);
   if (!agent) return respond(error_response(agent.error()));
   auto fence = fence_member(*body);
   if (!fence) return respond(error_response(fence.error()));

@@ -17,13 +17,19 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
+#include <boost/url/encode.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
 #include <deque>
 #include <nlohmann/json.hpp>
 
+#include "engine/drafts.hpp"
 #include "engine/presence.hpp"
 #include "gateway/errors.hpp"
+#include "gateway/fields.hpp"
+#include "gateway/routes.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
+#include "model/text.hpp"
 
 namespace engram::gateway {
 namespace {
@@ -68,6 +74,13 @@ void add_text(std::vector<router::event_ptr>& events) {
     copy->json = model::with_text_json(ev->json);
     ev = std::move(copy);
   }
+}
+
+model::result<std::string> required_string(const json& msg, const char* field) {
+  auto v = msg.find(field);
+  if (v == msg.end() || !v->is_string())
+    return model::fail(model::errc::invalid_argument, std::string(field) + " is required and must be a string");
+  return v->get<std::string>();
 }
 
 // Registers the stream for operators (GET /contexts/{id}/subscribers, gauges, the
@@ -284,6 +297,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     const auto type = (*msg)["type"].get<std::string>();
     if (type == "heartbeat") return control(json{{"type", "heartbeat_ack"}});
     if (type == "append") return append(*msg);
+    if (type == "delta") return delta(*msg);
+    if (type == "draft_commit") return draft_commit(*msg);
+    if (type == "draft_abort") return draft_abort(*msg);
     if (type == "subscribe") {
       auto sub = parse_subscribe_message(*msg);
       if (!sub) return control(json{{"type", "error"}, {"error", sub.error().message}});
@@ -301,30 +317,22 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   // POST /workunit or /workunits, through the same route (validation, auth, rate
   // limits, idempotency, durability), answered by append_ack once committed or
   // append_error. Many may be in flight; their answers come as they complete.
+  // A client's request_id: echoed in the answer so it can match answers to
+  // messages (they may come in any order). nullopt: invalid, answered already.
+  std::optional<std::string> request_id_of(const json& msg, std::string_view error_type) {
+    auto id = msg.find("request_id");
+    if (id == msg.end() || id->is_null()) return std::string();
+    if (id->is_string() && id->get_ref<const std::string&>().size() <= 128) return id->get<std::string>();
+    control(json{{"type", error_type}, {"status", 400}, {"error", "request_id must be a string of at most 128 bytes"}});
+    return std::nullopt;
+  }
+
   void append(const json& msg) {
-    std::string request_id;
-    if (auto id = msg.find("request_id"); id != msg.end() && !id->is_null()) {
-      if (!id->is_string() || id->get_ref<const std::string&>().size() > 128)
-        return control(json{{"type", "append_error"}, {"status", 400}, {"error", "request_id must be a string of at most 128 bytes"}});
-      request_id = id->get<std::string>();
-    }
+    auto request_id = request_id_of(msg, "append_error");
+    if (!request_id) return;
     auto refuse = [&](unsigned status, std::string error) {
-      control(json{{"type", "append_error"}, {"request_id", request_id}, {"status", status}, {"error", std::move(error)}});
+      control(json{{"type", "append_error"}, {"request_id", *request_id}, {"status", status}, {"error", std::move(error)}});
     };
-    if (appends_in_flight_ >= max_appends_in_flight)
-      return refuse(429, "more than " + std::to_string(max_appends_in_flight) +
-                             " appends in flight on this connection; wait for their acks");
-    request req;
-    req.method = "POST";
-    req.remote_ip = who_.ip;
-    req.request_id = request_id_for("");
-    req.cookie_ok = true;
-    req.headers = auth_headers_;
-    req.set_header("content-type", "application/json");
-    if (auto key = msg.find("idempotency_key"); key != msg.end() && !key->is_null()) {
-      if (!key->is_string()) return refuse(400, "idempotency_key must be a string");
-      req.set_header("idempotency-key", key->get<std::string>());
-    }
     const auto one = msg.find("work_unit");
     const auto many = msg.find("work_units");
     if ((one == msg.end()) == (many == msg.end()))
@@ -333,15 +341,60 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       if (!one->is_object()) return refuse(400, "work_unit must be an object");
       json unit = *one;
       if (auto f = msg.find("fence"); f != msg.end() && !unit.contains("fence")) unit["fence"] = *f;
-      req.target = "/workunit";
-      req.body = model::dump(unit);
-    } else {
-      json batch = json::object();
-      for (const char* k : {"context_id", "agent_id", "fence"})
-        if (auto v = msg.find(k); v != msg.end()) batch[k] = *v;
-      batch["work_units"] = *many;
-      req.target = "/workunits";
-      req.body = model::dump(batch);
+      return forward(msg, *request_id, "/workunit", model::dump(unit));
+    }
+    json batch = json::object();
+    for (const char* k : {"context_id", "agent_id", "fence"})
+      if (auto v = msg.find(k); v != msg.end()) batch[k] = *v;
+    batch["work_units"] = *many;
+    forward(msg, *request_id, "/workunits", model::dump(batch));
+  }
+
+  // {"type":"draft_commit","request_id","draft_id","work_unit":{…},"idempotency_key"?,
+  // "fence"?}: POST /contexts/{ctx}/drafts/{draft_id}/commit, answered like an append.
+  void draft_commit(const json& msg) {
+    auto request_id = request_id_of(msg, "append_error");
+    if (!request_id) return;
+    auto refuse = [&](unsigned status, std::string error) {
+      control(json{{"type", "append_error"}, {"request_id", *request_id}, {"status", status}, {"error", std::move(error)}});
+    };
+    const auto draft = msg.find("draft_id");
+    if (draft == msg.end() || !draft->is_string()) return refuse(400, "draft_commit needs \"draft_id\" (a string)");
+    const auto unit = msg.find("work_unit");
+    if (unit == msg.end() || !unit->is_object()) return refuse(400, "draft_commit needs \"work_unit\": {…}, the final unit");
+    json body = *unit;
+    std::string ctx;
+    if (auto c = body.find("context_id"); c != body.end() && c->is_string()) ctx = c->get<std::string>();
+    else if (auto m = msg.find("context_id"); m != msg.end() && m->is_string()) ctx = m->get<std::string>();
+    if (ctx.empty()) return refuse(400, "draft_commit needs the draft's context_id (in work_unit or the message)");
+    if (auto f = msg.find("fence"); f != msg.end() && !body.contains("fence")) body["fence"] = *f;
+    auto encode = [](const std::string& v) { return boost::urls::encode(v, boost::urls::unreserved_chars); };
+    forward(msg, *request_id, "/contexts/" + encode(ctx) + "/drafts/" + encode(draft->get<std::string>()) + "/commit",
+            model::dump(body));
+  }
+
+  // Runs a POST through the route table as this connection's client (its upgrade's
+  // credentials, rate limits, idempotency) and answers append_ack once committed,
+  // or append_error. Many may be in flight; their answers come as they complete.
+  void forward(const json& msg, const std::string& request_id, std::string target, std::string body) {
+    if (appends_in_flight_ >= max_appends_in_flight)
+      return control(json{{"type", "append_error"}, {"request_id", request_id}, {"status", 429},
+                          {"error", "more than " + std::to_string(max_appends_in_flight) +
+                                        " appends in flight on this connection; wait for their acks"}});
+    request req;
+    req.method = "POST";
+    req.target = std::move(target);
+    req.body = std::move(body);
+    req.remote_ip = who_.ip;
+    req.request_id = request_id_for("");
+    req.cookie_ok = true;
+    req.headers = auth_headers_;
+    req.set_header("content-type", "application/json");
+    if (auto key = msg.find("idempotency_key"); key != msg.end() && !key->is_null()) {
+      if (!key->is_string())
+        return control(json{{"type", "append_error"}, {"request_id", request_id}, {"status", 400},
+                            {"error", "idempotency_key must be a string"}});
+      req.set_header("idempotency-key", key->get<std::string>());
     }
     ++appends_in_flight_;
     std::weak_ptr<ws_session> weak = this->shared_from_this();
@@ -360,6 +413,94 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         self->pump();
       });
     });
+  }
+
+  // The ids a draft message names, checked, with the acting agent (the message's
+  // agent_id, else the token's subject) and its write grant on the context.
+  struct draft_target {
+    std::string context_id, draft_id, agent;
+  };
+  model::result<draft_target> draft_target_of(const json& msg, field_names known) {
+    if (srv_->opts.reject_unknown_fields)
+      if (auto ok = check_fields(msg, known, "the message"); !ok) return std::unexpected(ok.error());
+    draft_target t;
+    for (auto [field, out] : {std::pair{"context_id", &t.context_id}, std::pair{"draft_id", &t.draft_id}}) {
+      auto v = required_string(msg, field);
+      if (!v) return std::unexpected(v.error());
+      *out = std::move(*v);
+    }
+    if (auto bad = model::check_identifier("context_id", t.context_id, model::max_id_bytes))
+      return model::fail(model::errc::invalid_argument, *bad);
+    if (auto ok = check_draft_id(t.draft_id); !ok) return std::unexpected(ok.error());
+    if (auto a = msg.find("agent_id"); a != msg.end() && !a->is_null()) {
+      if (!a->is_string()) return model::fail(model::errc::invalid_argument, "agent_id must be a string");
+      t.agent = a->get<std::string>();
+    }
+    if (t.agent.empty() && who_.principal) t.agent = who_.principal->agent;
+    if (t.agent.empty()) return model::fail(model::errc::invalid_argument, "agent_id is required (or a token naming the agent)");
+    if (auto bad = model::check_identifier("agent_id", t.agent, model::max_id_bytes))
+      return model::fail(model::errc::invalid_argument, *bad);
+    if (auto ok = acting_as(who_, t.agent); !ok) return std::unexpected(ok.error());
+    if (!who_.can(auth::write, t.context_id))
+      return model::fail(model::errc::forbidden, "not allowed to write context '" + t.context_id + "'");
+    return t;
+  }
+
+  // Answers a draft message: draft_error always, draft_ack only when the client
+  // sent a request_id (a token stream need not be acknowledged delta by delta).
+  void draft_answer(const json& msg, const std::string& request_id, const model::status& ok, json ack = json::object()) {
+    if (!ok) {
+      json err{{"type", "draft_error"}, {"status", http_status(ok.error().code)}, {"error", ok.error().message}};
+      if (!request_id.empty()) err["request_id"] = request_id;
+      for (const char* k : {"context_id", "draft_id", "index"})
+        if (auto v = msg.find(k); v != msg.end() && (v->is_string() || v->is_number_unsigned())) err[k] = *v;
+      return control(err);
+    }
+    if (request_id.empty()) return;
+    ack["type"] = "draft_ack";
+    ack["request_id"] = request_id;
+    control(ack);
+  }
+
+  // {"type":"delta","context_id","draft_id","agent_id"?,"index","text"|"payload",
+  // "request_id"?}: applied to the draft and shown to the context's subscribers.
+  void delta(const json& msg) {
+    auto request_id = request_id_of(msg, "draft_error");
+    if (!request_id) return;
+    auto apply = [&]() -> model::result<json> {
+      auto t = draft_target_of(msg, fields::ws_delta);
+      if (!t) return std::unexpected(t.error());
+      auto registry = srv_->eng->draft_registry();
+      if (!registry) return std::unexpected(registry.error());
+      auto d = draft_delta_from(msg, t->context_id, t->draft_id, t->agent);
+      if (!d) return std::unexpected(d.error());
+      d->owner = "ws:" + std::to_string(id_);
+      const uint64_t index = d->index;
+      auto applied = (*registry)->add(std::move(*d));
+      if (!applied) return std::unexpected(applied.error());
+      return json{{"draft_id", t->draft_id}, {"index", index}, {"duplicate", !*applied}};
+    };
+    auto r = apply();
+    draft_answer(msg, *request_id, r ? model::status{} : model::status{std::unexpected(r.error())}, r ? *r : json::object());
+  }
+
+  // {"type":"draft_abort","context_id","draft_id","agent_id"?,"request_id"?}.
+  void draft_abort(const json& msg) {
+    auto request_id = request_id_of(msg, "draft_error");
+    if (!request_id) return;
+    auto apply = [&]() -> model::result<json> {
+      auto t = draft_target_of(msg, fields::ws_draft_abort);
+      if (!t) return std::unexpected(t.error());
+      auto registry = srv_->eng->draft_registry();
+      if (!registry) return std::unexpected(registry.error());
+      auto ended = (*registry)->end(t->context_id, t->draft_id, t->agent, engine::draft_end::aborted);
+      if (!ended) return std::unexpected(ended.error());
+      if (!*ended)
+        return model::fail(model::errc::not_found, "no open draft '" + t->draft_id + "' in context '" + t->context_id + "'");
+      return json{{"draft_id", t->draft_id}, {"aborted", true}};
+    };
+    auto r = apply();
+    draft_answer(msg, *request_id, r ? model::status{} : model::status{std::unexpected(r.error())}, r ? *r : json::object());
   }
 
   void arm_heartbeat() {
@@ -563,8 +704,12 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   void take(std::vector<router::event_ptr> events) {
     if (with_text) add_text(events);
     for (auto& ev : events) {
-      cursors_[ev->context_id] = ev->seq;
-      event(ev->sse_event, ev->json, single_ ? std::to_string(ev->seq) : resume_token(cursors_));
+      if (ev->draft) {
+        event(ev->sse_event, ev->json, "");  // not in the log: no id, Last-Event-ID stays
+      } else {
+        cursors_[ev->context_id] = ev->seq;
+        event(ev->sse_event, ev->json, single_ ? std::to_string(ev->seq) : resume_token(cursors_));
+      }
       pending_.push_back(std::move(ev));
     }
   }

@@ -140,7 +140,13 @@ router::~router() {
 
 void router::publish(const std::vector<std::shared_ptr<const api::Event>>& events) {
   std::lock_guard lock(queue_mu_);
-  queue_.push_back(events);
+  queue_.push_back({events, nullptr});
+  queue_cv_.notify_one();
+}
+
+void router::publish_draft(event_ptr ev) {
+  std::lock_guard lock(queue_mu_);
+  queue_.push_back({{}, std::move(ev)});
   queue_cv_.notify_one();
 }
 
@@ -174,16 +180,21 @@ void router::unsubscribe(subscription_id id) {
 
 void router::run() {
   for (;;) {
-    std::vector<std::shared_ptr<const api::Event>> batch;
+    queued next;
     {
       std::unique_lock lock(queue_mu_);
       queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping
-      batch = std::move(queue_.front());
+      next = std::move(queue_.front());
       queue_.pop_front();
       busy_ = true;
     }
-    dispatch(batch);
+    if (next.draft) {
+      std::vector<std::shared_ptr<sink>> targets;
+      offer(next.draft, targets);
+    } else {
+      dispatch(next.events);
+    }
     std::lock_guard lock(queue_mu_);
     busy_ = false;
     if (queue_.empty()) idle_cv_.notify_all();
@@ -193,26 +204,30 @@ void router::run() {
 void router::dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch) {
   std::vector<std::shared_ptr<sink>> targets;
   for (const auto& ev : batch) {
-    const auto wire = to_wire(*ev);
-    targets.clear();
-    {
-      // Copy the matching sinks under the lock, deliver without it.
-      std::lock_guard lock(subs_mu_);
-      if (auto it = by_context_.find(ev->context_id()); it != by_context_.end())
-        for (const auto& e : it->second)
-          if (auto s = e.target.lock()) targets.push_back(std::move(s));
-      for (const auto& e : by_prefix_)
-        if (e.filter->matches(ev->context_id()))
-          if (auto s = e.target.lock()) targets.push_back(std::move(s));
-    }
-    // A subscription listing a context and a prefix that covers it must get the
-    // event once.
-    std::sort(targets.begin(), targets.end());
-    targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-    for (const auto& s : targets) s->deliver(wire);
+    const size_t n = offer(to_wire(*ev), targets);
     if (metrics_->published) metrics_->published->Increment();
-    if (metrics_->offered) metrics_->offered->Increment(double(targets.size()));
+    if (metrics_->offered) metrics_->offered->Increment(double(n));
   }
+}
+
+size_t router::offer(const event_ptr& wire, std::vector<std::shared_ptr<sink>>& targets) {
+  targets.clear();
+  {
+    // Copy the matching sinks under the lock, deliver without it.
+    std::lock_guard lock(subs_mu_);
+    if (auto it = by_context_.find(wire->context_id); it != by_context_.end())
+      for (const auto& e : it->second)
+        if (auto s = e.target.lock()) targets.push_back(std::move(s));
+    for (const auto& e : by_prefix_)
+      if (e.filter->matches(wire->context_id))
+        if (auto s = e.target.lock()) targets.push_back(std::move(s));
+  }
+  // A subscription listing a context and a prefix that covers it must get the
+  // event once.
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  for (const auto& s : targets) s->deliver(wire);
+  return targets.size();
 }
 
 }  // namespace engram::router

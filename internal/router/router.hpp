@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -33,6 +34,15 @@ struct wire_event {
   // {"type":"context_updated",…} and so on for other kinds.
   std::string json;
   std::chrono::steady_clock::time_point published;  // when the router received it
+
+  // Set on draft messages (partial output that is not in the log: README, Drafts).
+  // They have no seq and are never stored or replayed.
+  struct draft_tag {
+    enum kind_t { delta, snapshot, end } kind = delta;
+    std::string id;      // the draft's id (unique within its context)
+    uint64_t index = 0;  // delta: its index; snapshot: the last index it covers
+  };
+  std::optional<draft_tag> draft;
 };
 using event_ptr = std::shared_ptr<const wire_event>;
 
@@ -64,6 +74,9 @@ class router {
 
   // Called by the committer after each commit, in commit order. Never blocks.
   void publish(const std::vector<std::shared_ptr<const api::Event>>& events);
+  // A draft message (ev->draft set), offered to the sinks of its context in the
+  // order of these calls, interleaved with committed batches as published.
+  void publish_draft(event_ptr ev);
 
   using subscription_id = uint64_t;
   subscription_id subscribe(std::weak_ptr<sink> s, topic_filter filter);
@@ -78,12 +91,19 @@ class router {
     std::weak_ptr<sink> target;
     std::shared_ptr<const topic_filter> filter;
   };
+  // A committed batch, or one draft message.
+  struct queued {
+    std::vector<std::shared_ptr<const api::Event>> events;
+    event_ptr draft;
+  };
   void run();
   void dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch);
+  // Offers one wire event to every sink matching its context, once each.
+  size_t offer(const event_ptr& wire, std::vector<std::shared_ptr<sink>>& targets);
 
   std::mutex queue_mu_;
   std::condition_variable queue_cv_, idle_cv_;
-  std::deque<std::vector<std::shared_ptr<const api::Event>>> queue_;
+  std::deque<queued> queue_;
   bool stopping_ = false;
   bool busy_ = false;
 

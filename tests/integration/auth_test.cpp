@@ -241,6 +241,42 @@ TEST_F(AuthTest, StreamsEnforceReadGrants) {
   EXPECT_EQ(got, (std::vector<std::string>{"team/a", "team/b", "team/a"}));
 }
 
+// Drafts need write on their context and act as the token's subject, over REST
+// and on the socket (where the upgrade's token is the one that counts).
+TEST_F(AuthTest, DraftsNeedWriteAndActAsTheTokensSubject) {
+  start();
+  const auto reader = token("reader", {{"team/*", auth::read}});
+  const auto writer = token("writer", {{"team/*", auth::read | auth::write}});
+  const json body{{"index", 0}, {"text", "hi"}};
+  EXPECT_EQ(as(reader, "POST", "/contexts/team%2Fa/drafts/d/deltas", body).status, 403u);
+  EXPECT_EQ(as(writer, "POST", "/contexts/team%2Fa/drafts/d/deltas", json{{"index", 0}, {"text", "hi"}, {"agent_id", "someone"}}).status, 403u);
+  auto ok = as(writer, "POST", "/contexts/team%2Fa/drafts/d/deltas", body);
+  ASSERT_EQ(ok.status, 200u) << ok.raw;
+  auto listed = as(reader, "GET", "/contexts/team%2Fa/drafts");
+  ASSERT_EQ(listed.status, 200u);
+  EXPECT_EQ(listed.body["drafts"][0]["agent_id"], "writer");  // the token's subject
+  EXPECT_EQ(as(reader, "DELETE", "/contexts/team%2Fa/drafts/d").status, 403u);
+  EXPECT_EQ(as(reader, "POST", "/contexts/team%2Fa/drafts/d/commit", json{{"text", "x"}}).status, 403u);
+
+  client::ws_connection ws;
+  ASSERT_TRUE(ws.connect("127.0.0.1", server_->port(), "/stream?context=team/a", bearer(reader)));
+  ASSERT_TRUE(ws.send(R"({"type":"delta","context_id":"team/a","draft_id":"r","index":0,"text":"x"})"));
+  json refused;
+  ASSERT_TRUE(read_until(ws, [&](const json& j) { if (j.value("type", json()) == "draft_error") refused = j; },
+                         [&] { return !refused.is_null(); }));
+  EXPECT_EQ(refused["status"], 403) << refused.dump();
+
+  client::ws_connection as_writer;
+  ASSERT_TRUE(as_writer.connect("127.0.0.1", server_->port(), "/stream?context=team/a", bearer(writer)));
+  ASSERT_TRUE(as_writer.send(R"({"type":"draft_commit","request_id":"c","draft_id":"d","work_unit":{"context_id":"team/a","text":"done"}})"));
+  json ack;
+  ASSERT_TRUE(read_until(as_writer, [&](const json& j) { if (j.value("request_id", "") == "c") ack = j; },
+                         [&] { return !ack.is_null(); }));
+  EXPECT_EQ(ack["type"], "append_ack") << ack.dump();
+  EXPECT_EQ(ack["draft_ended"], true) << ack.dump();
+  EXPECT_EQ(ack["work_unit"]["agent_id"], "writer");
+}
+
 TEST_F(AuthTest, SseTakesTheTokenFromACookieButNotAcrossOrigins) {
   start([](config::config& c) { c.server.cors_origins = {"*"}; });
   const auto reader = token("reader", {{"team/*", auth::read}});

@@ -4,12 +4,14 @@
 
 #include <future>
 
+#include "engine/drafts.hpp"
 #include "engine/stream.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/stream_params.hpp"
 #include "model/ids.hpp"
 #include "router/router.hpp"
 #include "storage/store.hpp"
+#include "support/manual_clock.hpp"
 #include "support/test_support.hpp"
 
 namespace engram::engine {
@@ -152,6 +154,142 @@ TEST_F(StreamUnitTest, TooBroadPatternIsRefused) {
   auto s = stream::open(*store_, router_, {.prefixes = {"w/"}}, opts, [] {});
   ASSERT_FALSE(s);
   EXPECT_EQ(s.error().code, model::errc::invalid_argument);
+}
+
+// ---- drafts: partial output delivered through the same stream -------------------
+
+class DraftStreamTest : public StreamUnitTest {
+ protected:
+  // A text delta of `draft` in context "d" by agent "a".
+  model::result<bool> delta(const std::string& draft, uint64_t index, std::string text) {
+    auto r = drafts_.add({"d", draft, "a", "ws:1", index, std::move(text), false});
+    router_.flush();
+    return r;
+  }
+  // What a poll returns, as "<type>:<index or reason>:<text>" lines.
+  static std::vector<std::string> describe(const std::vector<router::event_ptr>& events) {
+    std::vector<std::string> out;
+    for (const auto& e : events) {
+      auto j = model::json::parse(e->json);
+      const std::string type = j["type"];
+      out.push_back(type + ":" + (type == "draft_end" ? j["reason"].get<std::string>() : std::to_string(j["index"].get<uint64_t>())) +
+                    ":" + j.value("text", ""));
+    }
+    return out;
+  }
+  std::vector<std::string> take(stream& s, size_t max_bytes = 1 << 20) {
+    auto got = s.poll(max_bytes);
+    EXPECT_TRUE(got);
+    return got ? describe(*got) : std::vector<std::string>{};
+  }
+
+  drafts drafts_{draft_options{}, router_, model::default_clock()};
+};
+
+TEST_F(DraftStreamTest, LateJoinerGetsTheDraftSoFarThenOnlyLaterDeltas) {
+  ASSERT_TRUE(delta("x", 0, "Hel"));
+  ASSERT_TRUE(delta("x", 1, "lo"));
+  auto s = stream::open(*store_, router_, {.contexts = {"d"}}, {}, [] {}, nullptr, &drafts_);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(take(**s), (std::vector<std::string>{"draft:1:Hello"}));
+  ASSERT_TRUE(delta("x", 2, ", world"));
+  EXPECT_EQ(take(**s), (std::vector<std::string>{"delta:2:, world"}));
+  // A retried delta is a duplicate: accepted, not shown again.
+  auto again = delta("x", 2, ", world");
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(*again);
+  EXPECT_TRUE(take(**s).empty());
+  ASSERT_TRUE(drafts_.end("d", "x", "a", draft_end::committed, 7, "u1"));
+  router_.flush();
+  EXPECT_EQ(take(**s), (std::vector<std::string>{"draft_end:committed:"}));
+  // Drafts are never stored: a stream opened now sees nothing of it.
+  auto late = stream::open(*store_, router_, {.contexts = {"d"}, .since = 0}, {}, [] {}, nullptr, &drafts_);
+  ASSERT_TRUE(late);
+  EXPECT_TRUE(take(**late).empty());
+}
+
+TEST_F(DraftStreamTest, ASubscriberWithAFullQueueGetsTheDraftWholeInstead) {
+  stream_options opts;
+  opts.queue_bytes = 4096;
+  auto s = stream::open(*store_, router_, {.contexts = {"d"}}, opts, [] {}, nullptr, &drafts_);
+  ASSERT_TRUE(s);
+  std::string expected;
+  for (uint64_t i = 0; i < 40; ++i) {  // ~40 x 250 bytes: far more than the queue holds
+    std::string text(200, char('a' + i % 26));
+    expected += text;
+    ASSERT_TRUE(delta("big", i, text));
+  }
+  auto got = (*s)->poll(1 << 20);
+  ASSERT_TRUE(got);
+  // The draft as it stands, covering every delta (the ones that had fitted are
+  // dropped from the queue: the snapshot holds them).
+  std::string seen;
+  uint64_t last = 0;
+  for (const auto& e : *got) {
+    auto j = model::json::parse(e->json);
+    if (j["type"] == "draft") seen = j["text"];  // whole so far: replaces what came before
+    else seen += j["text"].get<std::string>();
+    last = j["index"];
+  }
+  EXPECT_EQ(seen, expected);
+  EXPECT_EQ(last, 39u);
+  EXPECT_EQ(describe(*got).back().substr(0, 8), "draft:39");
+  ASSERT_TRUE(delta("big", 40, "!"));
+  EXPECT_EQ(take(**s), (std::vector<std::string>{"delta:40:!"}));
+  // The end is queued even when nothing else fits.
+  for (uint64_t i = 41; i < 80; ++i) ASSERT_TRUE(delta("big", i, std::string(200, 'z')));
+  ASSERT_TRUE(drafts_.end("d", "big", "", draft_end::aborted));
+  router_.flush();
+  auto rest = take(**s);
+  ASSERT_FALSE(rest.empty());
+  EXPECT_EQ(rest.back(), "draft_end:aborted:");
+}
+
+TEST_F(DraftStreamTest, RulesAndLimits) {
+  draft_options o;
+  o.max_delta_bytes = 10;
+  o.max_bytes = 15;
+  o.max_per_owner = 2;
+  o.max_total_bytes = 24;
+  drafts small(o, router_, model::default_clock());
+  auto add = [&](std::string id, uint64_t index, std::string text, std::string agent = "a", bool binary = false) {
+    return small.add({"d", std::move(id), std::move(agent), "ws:1", index, std::move(text), binary});
+  };
+  auto code = [](const model::result<bool>& r) { return r ? std::optional<model::errc>() : r.error().code; };
+  EXPECT_EQ(code(add("a", 1, "x")), model::errc::conflict);  // must start at 0
+  ASSERT_TRUE(add("a", 0, "0123456789"));
+  EXPECT_EQ(code(add("a", 1, "0123456789A")), model::errc::payload_too_large);  // one delta
+  EXPECT_EQ(code(add("a", 1, "0123456789")), model::errc::payload_too_large);   // the draft
+  EXPECT_EQ(code(add("a", 2, "x")), model::errc::conflict);                      // a gap
+  EXPECT_EQ(code(add("a", 1, "x", "b")), model::errc::conflict);                 // another agent's
+  EXPECT_EQ(code(add("a", 1, "x", "a", true)), model::errc::conflict);           // payload into text
+  ASSERT_TRUE(add("b", 0, "0123456789"));
+  EXPECT_EQ(code(add("c", 0, "x")), model::errc::rate_limited);  // two per owner
+  EXPECT_EQ(code(small.add({"d", "c", "a", "ws:2", 0, "01234", false})), model::errc::rate_limited);  // total bytes
+  ASSERT_TRUE(small.end("d", "b", "a", draft_end::aborted));
+  EXPECT_TRUE(add("c", 0, "x"));
+  auto other = small.end("d", "c", "someone-else", draft_end::aborted);
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code, model::errc::conflict);
+  EXPECT_EQ(small.in_context("d").size(), 2u);
+}
+
+TEST_F(DraftStreamTest, IdleDraftsExpireAndSubscribersAreTold) {
+  auto clock = std::make_shared<test::manual_clock>();
+  draft_options o;
+  o.idle = std::chrono::milliseconds(1000);
+  drafts timed(o, router_, clock);
+  auto s = stream::open(*store_, router_, {.contexts = {"d"}}, {}, [] {}, nullptr, &timed);
+  ASSERT_TRUE(s);
+  ASSERT_TRUE(timed.add({"d", "slow", "a", "ws:1", 0, "thinking", false}));
+  clock->advance(std::chrono::milliseconds(900));
+  ASSERT_TRUE(timed.add({"d", "slow", "a", "ws:1", 1, "…", false}));  // a delta keeps it open
+  clock->advance(std::chrono::milliseconds(900));
+  EXPECT_TRUE(timed.get("d", "slow"));
+  clock->advance(std::chrono::milliseconds(200));
+  ASSERT_TRUE(test::wait_until([&] { return !timed.get("d", "slow"); }));
+  router_.flush();
+  EXPECT_EQ(take(**s), (std::vector<std::string>{"delta:0:thinking", "delta:1:…", "draft_end:expired:"}));
 }
 
 // A resuming subscriber (the SDK) sends per-context cursors next to a numeric since.

@@ -195,6 +195,16 @@ class subscription {
   bool wait_live(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   // The last seq delivered per context (with the starting points of quiet contexts).
   std::map<std::string, uint64_t> cursors() const;
+  // Appends over this subscription's WebSocket instead of an HTTP request: the same
+  // request as client::append (validation, auth, idempotency), answered once
+  // committed. Thread-safe, and many may be in flight from several threads. An
+  // append not answered when the connection drops is sent again after the
+  // reconnect with the same idempotency key, so it is stored once. Waits at most
+  // `timeout`. A refusal (append_error) is returned as client::append returns one,
+  // without retrying even a 429 or 503: retry with the same idempotency_key.
+  // kind::stopped once the subscription has ended.
+  result<work_unit> append(const unit_input& u, const append_options& opts = {},
+                           std::chrono::milliseconds timeout = std::chrono::seconds(30));
   // The contexts of the first subscribe_ack: where delivery started and each
   // context's head at that moment. Empty until then (wait_live() waits for it).
   std::vector<stream_position> positions() const;

@@ -36,6 +36,9 @@ class ws_connection {
   // The next message; nullopt on timeout. After the peer closes, closed() says why.
   std::expected<std::optional<std::string>, transport_error> read(std::chrono::milliseconds timeout);
   const std::optional<ws_close>& closed() const;
+  // The one thread-safe member: makes a read() in progress (or the next one) return
+  // nullopt at once, so its thread can send something. The pending read stays.
+  void interrupt();
   void close();
   // Drops the TCP connection without a close frame (an abrupt disconnect).
   void abort();
