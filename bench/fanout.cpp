@@ -9,6 +9,12 @@
 //       opens idle subscriptions and reports the server's RSS growth per connection.
 //   engram-fanout replay --port P --units 100000
 //       seeds a context, then times one subscriber replaying it from since=0.
+//   engram-fanout drafts --port P --subscribers 100 --rate 200 --seconds 10
+//       N WebSocket subscribers of one context; a writer sends draft deltas over its
+//       own WebSocket at `rate`/s, each carrying its send time. Reports delta
+//       publish → receive over all subscribers, and → the first subscriber per
+//       delta (an LLM's "time to first token" as the team sees it). Nothing is
+//       stored: this is the router and the WebSocket path alone.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
@@ -54,8 +60,9 @@ struct settings {
 // One async WebSocket subscriber.
 class subscriber : public std::enable_shared_from_this<subscriber> {
  public:
-  subscriber(net::io_context& ioc, std::vector<uint64_t>& sink, std::atomic<size_t>& units, std::atomic<size_t>& ready)
-      : ws_(ioc), sink_(sink), units_(units), ready_(ready) {}
+  subscriber(net::io_context& ioc, std::vector<uint64_t>& sink, std::atomic<size_t>& units, std::atomic<size_t>& ready,
+             std::vector<uint64_t>* first = nullptr)
+      : ws_(ioc), sink_(sink), units_(units), ready_(ready), first_(first) {}
 
   void start(const tcp::endpoint& ep, std::string target) {
     target_ = std::move(target);
@@ -86,10 +93,22 @@ class subscriber : public std::enable_shared_from_this<subscriber> {
       ++ready_;
       return;
     }
+    if (first_) return on_delta(m);
     const auto pos = m.find("\"t\":\"");
     if (pos == std::string::npos) return;
     const int64_t sent = std::stoll(m.substr(pos + 5));
     sink_.push_back(uint64_t(now_ns() - sent));
+    ++units_;
+  }
+  // A delta's text is "<index>:<send time ns>".
+  void on_delta(const std::string& m) {
+    const auto pos = m.find("\"text\":\"");
+    if (pos == std::string::npos || m.find("\"type\":\"delta\"") == std::string::npos) return;
+    size_t colon = 0;
+    const size_t index = std::stoull(m.substr(pos + 8), &colon);
+    const uint64_t lat = uint64_t(now_ns() - std::stoll(m.substr(pos + 8 + colon + 1)));
+    sink_.push_back(lat);
+    if (index < first_->size()) (*first_)[index] = std::min((*first_)[index], lat);
     ++units_;
   }
 
@@ -99,6 +118,7 @@ class subscriber : public std::enable_shared_from_this<subscriber> {
   std::vector<uint64_t>& sink_;
   std::atomic<size_t>& units_;
   std::atomic<size_t>& ready_;
+  std::vector<uint64_t>* first_;  // drafts: the first receipt per delta index
 };
 
 long rss_kib(int pid) {
@@ -170,6 +190,85 @@ int run_latency(const settings& s) {
   print_latency(s, lat, elapsed);
   if (units < expect) std::printf("  WARNING: %zu of %zu deliveries arrived\n", units.load(), expect);
   return 0;
+}
+
+void print_percentiles(const char* what, std::vector<uint64_t>& lat) {
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double p) { return lat.empty() ? 0.0 : double(lat[std::min(lat.size() - 1, size_t(p * double(lat.size())))]) / 1000.0; };
+  std::printf("  %s: n=%zu p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n", what, lat.size(), pct(0.5), pct(0.99),
+              pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
+}
+
+int run_drafts(const settings& s) {
+  net::io_context ioc;
+  const tcp::endpoint ep(net::ip::make_address("127.0.0.1"), s.port);
+  const size_t total = size_t(s.rate * s.seconds) + 1;
+  std::vector<uint64_t> lat, first(total, UINT64_MAX);
+  lat.reserve(total * s.subscribers);
+  std::atomic<size_t> got{0}, ready{0};
+  std::vector<std::shared_ptr<subscriber>> subs;
+  const std::string ctx = "drafts-" + std::to_string(now_ns());
+  for (unsigned i = 0; i < s.subscribers; ++i) {
+    subs.push_back(std::make_shared<subscriber>(ioc, lat, got, ready, &first));
+    subs.back()->start(ep, "/stream?context=" + ctx);
+  }
+  std::thread io([&] {
+    auto guard = net::make_work_guard(ioc);
+    ioc.run();
+  });
+  const auto wait_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ready < s.subscribers && std::chrono::steady_clock::now() < wait_end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // connection set-up, not measured
+  if (ready < s.subscribers) {
+    std::fprintf(stderr, "only %zu of %u subscribers connected\n", ready.load(), s.subscribers);
+    ioc.stop();
+    io.join();
+    return 1;
+  }
+  // The writer: its own WebSocket, deltas without request_id (not acknowledged,
+  // as an LLM token stream sends them); errors would come back as draft_error.
+  net::io_context wioc;
+  websocket::stream<beast::tcp_stream> w(wioc);
+  beast::get_lowest_layer(w).connect(ep);
+  // An abort and a delta go back to back every 1000 deltas: without NODELAY the
+  // second waits for the server's delayed ACK (~40 ms), a client artefact.
+  beast::get_lowest_layer(w).socket().set_option(tcp::no_delay(true));
+  w.handshake("127.0.0.1", "/stream?context=" + ctx + "-writer");
+  const auto start = std::chrono::steady_clock::now();
+  const auto period = std::chrono::duration<double>(1.0 / s.rate);
+  size_t sent = 0;
+  for (; sent < total && std::chrono::steady_clock::now() - start < std::chrono::duration<double>(s.seconds); ++sent) {
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(period * double(sent)));
+    if (sent > 0 && sent % 1000 == 0) {  // a draft per 1000 deltas, under drafts.max_bytes
+      beast::error_code ec;
+      w.write(net::buffer(json({{"type", "draft_abort"}, {"context_id", ctx}, {"draft_id", "d" + std::to_string(sent / 1000 - 1)},
+                                {"agent_id", "bench"}}).dump()), ec);
+    }
+    const auto msg = json({{"type", "delta"}, {"context_id", ctx}, {"draft_id", "d" + std::to_string(sent / 1000)},
+                           {"agent_id", "bench"}, {"index", sent % 1000},
+                           {"text", std::to_string(sent) + ":" + std::to_string(now_ns())}}).dump();
+    beast::error_code ec;
+    w.write(net::buffer(msg), ec);
+    if (ec) {
+      std::fprintf(stderr, "delta send failed: %s\n", ec.message().c_str());
+      break;
+    }
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const size_t expect = sent * s.subscribers;
+  const auto drain_end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got < expect && std::chrono::steady_clock::now() < drain_end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  net::post(ioc, [&] { for (auto& s2 : subs) s2->close(); });
+  ioc.stop();
+  io.join();
+  first.resize(sent);
+  std::erase(first, UINT64_MAX);
+  std::printf("%sdrafts subscribers=%u rate=%.0f/s deltas=%zu in %.1fs, deliveries %zu of %zu\n",
+              s.label.empty() ? "" : (s.label + " ").c_str(), s.subscribers, s.rate, sent, elapsed, got.load(), expect);
+  print_percentiles("publish -> first subscriber", first);
+  print_percentiles("publish -> every subscriber", lat);
+  return got < expect ? 1 : 0;
 }
 
 int run_idle(const settings& s) {
@@ -246,9 +345,14 @@ int main(int argc, char** argv) {
   idle->add_option("--server-pid", s.server_pid)->required();
   auto* replay = app.add_subcommand("replay", "time to replay a context from since=0");
   replay->add_option("--units", s.units)->check(CLI::Range(size_t(1000), size_t(10'000'000)));
+  auto* drafts = app.add_subcommand("drafts", "draft delta publish-to-receive latency (nothing stored)");
+  drafts->add_option("--subscribers", s.subscribers)->check(CLI::Range(1u, 20000u));
+  drafts->add_option("--rate", s.rate, "deltas per second")->check(CLI::Range(1.0, 100000.0));
+  drafts->add_option("--seconds", s.seconds)->check(CLI::Range(0.5, 600.0));
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
   if (*lat) return run_latency(s);
   if (*idle) return run_idle(s);
+  if (*drafts) return run_drafts(s);
   return run_replay(s);
 }

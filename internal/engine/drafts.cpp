@@ -77,7 +77,8 @@ model::result<bool> drafts::add(draft_delta d) {
     return model::fail(errc::payload_too_large, "a delta carries at most " + std::to_string(opts_.max_delta_bytes) +
                                                     " bytes (drafts.max_delta_bytes); send smaller deltas");
   const auto now = clock_->steady_now();
-  std::lock_guard lock(mu_);
+  std::lock_guard publishing(publish_mu_);
+  std::unique_lock lock(mu_);
   auto it = open_.find(key{d.context_id, d.draft_id});
   if (it == open_.end()) {
     if (d.index != 0)
@@ -131,23 +132,30 @@ model::result<bool> drafts::add(draft_delta d) {
   auto body = draft_json("delta", dr.info);
   body["index"] = d.index;
   put_content(body, d.data, d.binary);
-  // Published under mu_, so the router's queue holds a draft's deltas in index order.
-  router_.publish_draft(message(dr.info, "delta", std::move(body), {router::wire_event::draft_tag::delta, d.draft_id, d.index}));
+  auto ev = message(dr.info, "delta", std::move(body), {router::wire_event::draft_tag::delta, d.draft_id, d.index});
+  lock.unlock();
+  router_.publish_draft(ev);  // still under publish_mu_: in index order
   return true;
 }
 
 model::result<bool> drafts::end(const std::string& context_id, const std::string& draft_id, const std::string& agent,
                                 draft_end reason, uint64_t seq, const std::string& unit_id) {
-  std::lock_guard lock(mu_);
-  auto it = open_.find(key{context_id, draft_id});
-  if (it == open_.end()) return false;
-  if (!agent.empty() && it->second.info.agent_id != agent)
-    return model::fail(errc::conflict, "draft '" + draft_id + "' belongs to agent '" + it->second.info.agent_id + "'");
-  finish(it, reason, seq, unit_id);
+  std::lock_guard publishing(publish_mu_);
+  router::event_ptr ended;
+  {
+    std::lock_guard lock(mu_);
+    auto it = open_.find(key{context_id, draft_id});
+    if (it == open_.end()) return false;
+    if (!agent.empty() && it->second.info.agent_id != agent)
+      return model::fail(errc::conflict, "draft '" + draft_id + "' belongs to agent '" + it->second.info.agent_id + "'");
+    ended = finish(it, reason, seq, unit_id);
+  }
+  router_.publish_draft(ended);
   return true;
 }
 
-void drafts::finish(std::map<key, draft>::iterator it, draft_end reason, uint64_t seq, const std::string& unit_id) {
+router::event_ptr drafts::finish(std::map<key, draft>::iterator it, draft_end reason, uint64_t seq,
+                                 const std::string& unit_id) {
   const draft_info info = it->second.info;
   total_bytes_ -= it->second.content.size();
   if (bytes_gauge_) bytes_gauge_->Decrement(double(it->second.content.size()));
@@ -161,8 +169,7 @@ void drafts::finish(std::map<key, draft>::iterator it, draft_end reason, uint64_
     body["seq"] = seq;
     body["unit_id"] = unit_id;
   }
-  router_.publish_draft(message(info, "draft_end", std::move(body),
-                                {router::wire_event::draft_tag::end, info.draft_id, info.next_index}));
+  return message(info, "draft_end", std::move(body), {router::wire_event::draft_tag::end, info.draft_id, info.next_index});
 }
 
 router::event_ptr drafts::snapshot_of(const draft& d) const {
@@ -207,14 +214,23 @@ std::vector<draft_info> drafts::in_context(const std::string& context_id) const 
 void drafts::run() {
   const auto tick = std::clamp<std::chrono::milliseconds>(opts_.idle / 4, std::chrono::milliseconds(10),
                                                            std::chrono::milliseconds(1000));
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, tick, [&] { return stopping_; })) {
-    const auto now = clock_->steady_now();
-    for (auto it = open_.begin(); it != open_.end();) {
-      auto next = std::next(it);
-      if (it->second.deadline <= now) finish(it, draft_end::expired, 0, {});
-      it = next;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, tick, [&] { return stopping_; })) return;
     }
+    std::lock_guard publishing(publish_mu_);
+    std::vector<router::event_ptr> ended;
+    {
+      std::lock_guard lock(mu_);
+      const auto now = clock_->steady_now();
+      for (auto it = open_.begin(); it != open_.end();) {
+        auto next = std::next(it);
+        if (it->second.deadline <= now) ended.push_back(finish(it, draft_end::expired, 0, {}));
+        it = next;
+      }
+    }
+    for (const auto& ev : ended) router_.publish_draft(ev);
   }
 }
 

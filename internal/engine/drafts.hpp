@@ -7,9 +7,11 @@
 // subscribers are told. A subscriber that joins mid-draft is first given the draft
 // so far (snapshots()), then its later deltas.
 //
-// Thread-safe. Lock order: a stream's mutex may be held while calling snapshot*()
-// (never the reverse: this class only hands events to the router's queue). A
-// sweeper thread ends idle drafts.
+// Thread-safe. Draft messages go to the router's sinks on the calling thread
+// (router::publish_draft). Locks, outermost first: publish_mu_ (one publisher at a
+// time, so a draft's messages arrive in order), then a stream's mutex (deliver);
+// separately, a stream's mutex, then mu_ (snapshots). mu_ is never held while
+// publishing, so the two orders cannot deadlock. A sweeper thread ends idle drafts.
 
 #include <chrono>
 #include <condition_variable>
@@ -99,13 +101,16 @@ class drafts {
   using key = std::pair<std::string, std::string>;  // context, draft id
 
   router::event_ptr snapshot_of(const draft& d) const;
-  // Removes the draft and publishes its end; mu_ held.
-  void finish(std::map<key, draft>::iterator it, draft_end reason, uint64_t seq, const std::string& unit_id);
+  // Removes the draft; mu_ held. Returns its draft_end message, to publish once mu_
+  // is released.
+  router::event_ptr finish(std::map<key, draft>::iterator it, draft_end reason, uint64_t seq,
+                           const std::string& unit_id);
   void run();
 
   const draft_options opts_;
   router::router& router_;
   const std::shared_ptr<const model::clock> clock_;
+  std::mutex publish_mu_;
   mutable std::mutex mu_;
   std::map<key, draft> open_;  // ordered: a context's drafts are adjacent
   std::unordered_map<std::string, size_t> per_owner_;

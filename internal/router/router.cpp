@@ -140,14 +140,13 @@ router::~router() {
 
 void router::publish(const std::vector<std::shared_ptr<const api::Event>>& events) {
   std::lock_guard lock(queue_mu_);
-  queue_.push_back({events, nullptr});
+  queue_.push_back(events);
   queue_cv_.notify_one();
 }
 
-void router::publish_draft(event_ptr ev) {
-  std::lock_guard lock(queue_mu_);
-  queue_.push_back({{}, std::move(ev)});
-  queue_cv_.notify_one();
+void router::publish_draft(const event_ptr& ev) {
+  std::vector<std::shared_ptr<sink>> targets;
+  offer(ev, targets);
 }
 
 void router::flush() {
@@ -180,21 +179,16 @@ void router::unsubscribe(subscription_id id) {
 
 void router::run() {
   for (;;) {
-    queued next;
+    std::vector<std::shared_ptr<const api::Event>> batch;
     {
       std::unique_lock lock(queue_mu_);
       queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping
-      next = std::move(queue_.front());
+      batch = std::move(queue_.front());
       queue_.pop_front();
       busy_ = true;
     }
-    if (next.draft) {
-      std::vector<std::shared_ptr<sink>> targets;
-      offer(next.draft, targets);
-    } else {
-      dispatch(next.events);
-    }
+    dispatch(batch);
     std::lock_guard lock(queue_mu_);
     busy_ = false;
     if (queue_.empty()) idle_cv_.notify_all();

@@ -74,9 +74,11 @@ class router {
 
   // Called by the committer after each commit, in commit order. Never blocks.
   void publish(const std::vector<std::shared_ptr<const api::Event>>& events);
-  // A draft message (ev->draft set), offered to the sinks of its context in the
-  // order of these calls, interleaved with committed batches as published.
-  void publish_draft(event_ptr ev);
+  // A draft message (ev->draft set), offered to the sinks of its context now, on
+  // the calling thread: draft messages are not part of the log's order, so they
+  // skip the dispatch queue and its thread hop. Callers serialise the calls that
+  // must arrive in order.
+  void publish_draft(const event_ptr& ev);
 
   using subscription_id = uint64_t;
   subscription_id subscribe(std::weak_ptr<sink> s, topic_filter filter);
@@ -91,11 +93,6 @@ class router {
     std::weak_ptr<sink> target;
     std::shared_ptr<const topic_filter> filter;
   };
-  // A committed batch, or one draft message.
-  struct queued {
-    std::vector<std::shared_ptr<const api::Event>> events;
-    event_ptr draft;
-  };
   void run();
   void dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch);
   // Offers one wire event to every sink matching its context, once each.
@@ -103,7 +100,7 @@ class router {
 
   std::mutex queue_mu_;
   std::condition_variable queue_cv_, idle_cv_;
-  std::deque<queued> queue_;
+  std::deque<std::vector<std::shared_ptr<const api::Event>>> queue_;
   bool stopping_ = false;
   bool busy_ = false;
 
