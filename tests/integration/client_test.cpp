@@ -9,6 +9,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <future>
+#include <map>
 #include <mutex>
 #include <set>
 
@@ -603,6 +604,60 @@ TEST_F(ClientTest, SubscribeResumesAfterDroppedConnectionsWithoutLossOrDuplicate
   for (size_t i = 0; i < 54; ++i) EXPECT_EQ(seqs["sdk/pat/a"][i], i + 2) << "no gap, no duplicate";
   EXPECT_EQ(seqs["sdk/pat/new"], (std::vector<uint64_t>{1, 2, 3})) << "a context created while away is replayed whole";
   EXPECT_GE(drops, 2);
+}
+
+// subscription::append: appends ride the subscription's own WebSocket, from
+// several threads at once, and a connection dropped with appends unanswered sends
+// them again with their keys: each is stored once and seen once by the handler.
+TEST_F(ClientTest, SubscriptionAppendsOverItsOwnConnectionAndSurvivesDrops) {
+  fault_proxy proxy(server_.port());
+  auto c = make_client(proxy.port());
+  collector got;
+  sdk::subscribe_options opts;
+  opts.min_backoff = 20ms;
+  opts.max_backoff = 100ms;
+  std::atomic<int> drops{0};
+  opts.on_disconnected = [&](const sdk::error&) { ++drops; };
+  auto sub = c.subscribe({"sdk/wsa"}, 0, std::ref(got), opts);
+  ASSERT_TRUE(sub.wait_live());
+  std::mutex mu;
+  std::map<std::string, uint64_t> acked;  // unit id → seq
+  auto writer = [&](int w) {
+    for (int i = 0; i < 50; ++i) {
+      auto u = sub.append(text_unit("sdk/wsa", "w" + std::to_string(w) + "-" + std::to_string(i)));
+      ASSERT_TRUE(u) << u.error().describe();
+      std::lock_guard lock(mu);
+      EXPECT_TRUE(acked.emplace(u->id, u->seq).second);
+    }
+  };
+  std::thread a(writer, 0), b(writer, 1);
+  ASSERT_TRUE(wait_until([&] { return got.size() >= 20; }));
+  proxy.drop_all();  // appends in flight now are sent again after the reconnect
+  a.join();
+  b.join();
+  EXPECT_GE(drops, 1);
+  ASSERT_EQ(acked.size(), 100u);
+  ASSERT_TRUE(wait_until([&] { return got.size() >= 100; }));
+  auto info = c_.get_context("sdk/wsa");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->head_seq, 100u) << "each append stored once";
+  std::set<uint64_t> seqs;
+  for (const auto& [id, seq] : acked) seqs.insert(seq);
+  EXPECT_EQ(seqs.size(), 100u);
+  EXPECT_EQ(*seqs.rbegin(), 100u);
+  for (const auto& ev : got.snapshot()) {
+    ASSERT_TRUE(ev.unit);
+    EXPECT_TRUE(acked.contains(ev.unit->id)) << ev.unit->id;
+  }
+
+  auto refused = sub.append(text_unit("", "no context"));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().what, sdk::error::kind::server);
+  EXPECT_EQ(refused.error().status, 400u);
+  sub.stop();
+  auto after = sub.append(text_unit("sdk/wsa", "too late"));
+  ASSERT_FALSE(after);
+  EXPECT_EQ(after.error().what, sdk::error::kind::stopped);
 }
 
 TEST_F(ClientTest, ASubscriptionTheServerRefusesEndsWithTheReason) {
