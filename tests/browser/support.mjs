@@ -40,6 +40,9 @@ export function startServer(binary, port, dataDir, extraArgs = []) {
     '--set', 'server.stream_heartbeat_ms=500', ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   proc.stderr.on('data', (d) => { log += d; });
+  // A binary that cannot be started (being relinked: EACCES) must fail the test, not
+  // crash node before its cleanup runs.
+  proc.on('error', (e) => { log += `could not start ${binary}: ${e.message}\n`; });
   proc.log = () => log;
   return proc;
 }
