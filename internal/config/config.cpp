@@ -274,6 +274,8 @@ const std::vector<key_spec>& key_table() {
        uint_key(&config::engine, &engine::options::max_batch_units, 1, 100'000)},
       {"checkpoints.max_bytes", ranged([](config& c) -> auto& { return c.engine.checkpoints.max_bytes; }, 2, 64ull << 20)},
       {"checkpoints.keep", ranged([](config& c) -> auto& { return c.engine.checkpoints.keep; }, 1, 100'000)},
+      {"facts.max_value_bytes", ranged([](config& c) -> auto& { return c.engine.facts.max_value_bytes; }, 2, 16ull << 20)},
+      {"facts.max_sources", ranged([](config& c) -> auto& { return c.engine.facts.max_sources; }, 0, 100'000)},
       {"drafts.idle_ms", ranged([](config& c) -> auto& { return c.engine.drafts.idle; }, 10, 86'400'000)},
       {"drafts.max_bytes", ranged([](config& c) -> auto& { return c.engine.drafts.max_bytes; }, 1, 1ull << 30)},
       {"drafts.max_delta_bytes", ranged([](config& c) -> auto& { return c.engine.drafts.max_delta_bytes; }, 1, 16ull << 20)},

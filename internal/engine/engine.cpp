@@ -372,6 +372,27 @@ void engine::list_checkpoints(std::string context_id, std::string agent_id, repl
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
+void engine::change_fact(storage::fact_change change, reply<api::Event> done) {
+  auto s = store();
+  if (!s) return done(std::unexpected(s.error()));
+  (*s)->change_fact(std::move(change), std::move(done));
+}
+
+void engine::read_facts(std::string context_id, storage::fact_query q, reply<facts_read> done) const {
+  auto job = [this, context_id = std::move(context_id), q = std::move(q), done]() mutable -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    // Pinned at the head read first: a change committed meanwhile is not half seen.
+    auto head = (*s)->log_head(context_id);
+    if (!head) return done(std::unexpected(head.error()));
+    if (!q.as_of_seq || *q.as_of_seq > *head) q.as_of_seq = std::min(q.as_of_seq.value_or(*head), *head);
+    auto found = (*s)->read_facts(context_id, q);
+    if (!found) return done(std::unexpected(found.error()));
+    done(facts_read{std::move(*found), *q.as_of_seq});
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
+}
+
 void engine::get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const {
   auto job = [this, context_id = std::move(context_id), call_id = std::move(call_id), done]() -> void {
     auto s = store();

@@ -127,6 +127,17 @@ class engine {
                       reply<api::Event> done) const;
   void list_checkpoints(std::string context_id, std::string agent_id, reply<std::vector<api::Event>> done) const;
 
+  // ---- facts (storage::store::change_fact and read_facts) ----
+  // `done` gets the fact_set / fact_retracted event.
+  void change_fact(storage::fact_change change, reply<api::Event> done);
+  // Fact versions as the log stood at `as_of_seq`: the query's, at most the head;
+  // the head when the query named none (so a repeated read at it gives the same).
+  struct facts_read {
+    std::vector<api::Fact> facts;
+    uint64_t as_of_seq = 0;
+  };
+  void read_facts(std::string context_id, storage::fact_query q, reply<facts_read> done) const;
+
   // A tool call and its result (storage::store::get_tool_call); not_found when the
   // context has no such call.
   void get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const;

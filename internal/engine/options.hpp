@@ -42,9 +42,16 @@ struct draft_options {
   size_t max_drafts = 10'000;                 // open drafts in all
 };
 
+// Facts (README, Facts).
+struct fact_options {
+  size_t max_value_bytes = 64 * 1024;  // of a value, as JSON
+  size_t max_sources = 256;            // seqs a fact may cite
+};
+
 struct options {
   size_t max_batch_units = 1000;  // POST /workunits
   checkpoint_options checkpoints;
+  fact_options facts;
   size_t default_page_limit = 100;
   size_t max_page_limit = 1000;
   size_t max_search_offset = 100'000;

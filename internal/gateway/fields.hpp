@@ -52,6 +52,7 @@ inline constexpr std::string_view task_create[] = {"task_id", "title", "spec", "
 inline constexpr std::string_view task_claim[] = {"agent_id", "ttl_seconds", "ttl_ms"};
 inline constexpr std::string_view task_complete[] = {"agent_id", "fence", "result"};
 inline constexpr std::string_view task_fail[] = {"agent_id", "fence", "error"};
+inline constexpr std::string_view fact[] = {"value", "valid_from", "valid_to", "sources", "confidence", "status", "agent_id"};
 inline constexpr std::string_view draft_delta[] = {"agent_id", "index", "text", "payload"};
 // WebSocket messages (the socket's own members besides the request's).
 inline constexpr std::string_view ws_delta[] = {"type", "request_id", "context_id", "draft_id",

@@ -152,6 +152,11 @@ void fail_task(services&, call&, responder);
 // A task's JSON member (spec, progress, result) as JSON text ("" when absent or
 // null): an object of at most `max_bytes` (413 beyond).
 model::result<std::string> task_json_member(const nlohmann::json& body, const char* field, size_t max_bytes);
+// routes_facts.cpp
+void set_fact(services&, call&, responder);
+void retract_fact(services&, call&, responder);
+void list_facts(services&, call&, responder);
+void get_fact(services&, call&, responder);
 // routes_drafts.cpp
 void add_draft_delta(services&, call&, responder);
 void commit_draft(services&, call&, responder);

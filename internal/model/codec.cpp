@@ -306,6 +306,44 @@ json to_json(const api::Lock& l) {
   return out;
 }
 
+json to_json(const api::Fact& f) {
+  auto value = json::parse(f.value_json(), nullptr, /*allow_exceptions=*/false);
+  json out{{"key", f.key()},
+           {"value", value.is_discarded() ? json(nullptr) : std::move(value)},
+           {"status", f.status()},
+           {"agent_id", f.agent_id()},
+           {"sources", f.sources()},
+           {"set_at_seq", f.set_at_seq()},
+           {"set_at", timestamp_json(f.set_at_ns())},
+           {"valid_from", f.valid_from_ns() ? timestamp_json(f.valid_from_ns()) : json(nullptr)},
+           {"valid_to", f.valid_to_ns() ? timestamp_json(f.valid_to_ns()) : json(nullptr)},
+           {"confidence", f.has_confidence() ? json(f.confidence()) : json(nullptr)}};
+  if (f.superseded_at_seq()) {
+    out["superseded_at_seq"] = f.superseded_at_seq();
+    out["ended_by"] = f.ended_by();
+  }
+  return out;
+}
+
+std::optional<std::string> check_fact_key(std::string_view field, std::string_view key) {
+  const std::string name(field);
+  if (key.empty() || key.size() > 256) return name + " must be 1-256 bytes";
+  bool segment_start = true;
+  for (char c : key) {
+    if (c == '.') {
+      if (segment_start) return name + " '" + std::string(key) + "' has an empty segment; use dotted names like repo.main_branch";
+      segment_start = true;
+      continue;
+    }
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    if (!ok)
+      return name + " may hold only letters, digits, '_', '-' and '.' between segments (like repo.main_branch)";
+    segment_start = false;
+  }
+  if (segment_start) return name + " '" + std::string(key) + "' ends with '.'";
+  return std::nullopt;
+}
+
 json to_json(const api::Task& t) {
   const auto object_or_null = [](const std::string& text) -> json {
     if (text.empty()) return nullptr;

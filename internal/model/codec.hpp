@@ -42,6 +42,11 @@ json to_json(const api::Lock& lock);
 // A task as the task routes and task_* events show it (lock_id is never shown:
 // the fencing token is what a holder presents).
 json to_json(const api::Task& task);
+// A fact version as the fact routes and fact_* events show it.
+json to_json(const api::Fact& fact);
+// A fact key: dotted segments of letters, digits, '_' and '-' ("repo.main_branch"),
+// at most 256 bytes. Returns a message naming `field` when invalid.
+std::optional<std::string> check_fact_key(std::string_view field, std::string_view key);
 
 // Work units are the hot path (every write response, every page of up to 1000), so
 // they are rendered by a direct writer rather than through nlohmann::json (measured

@@ -111,6 +111,15 @@ event_ptr to_wire(const api::Event& ev) {
                                         {"task", model::to_json(ev.task_event().task())}});
       break;
     }
+    case api::Event::kFactEvent: {
+      w->sse_event = ev.fact_event().kind() == "retracted" ? "fact_retracted" : "fact_set";
+      w->json = model::dump(model::json{{"type", w->sse_event},
+                                        {"context_id", ev.context_id()},
+                                        {"seq", ev.seq()},
+                                        {"ts", model::timestamp_json(ev.ts_ns())},
+                                        {"fact", model::to_json(ev.fact_event().fact())}});
+      break;
+    }
     case api::Event::KIND_NOT_SET:
       w->sse_event = "unknown";
       w->json = model::dump(model::json{{"type", "unknown"}, {"context_id", ev.context_id()}, {"seq", ev.seq()}});

@@ -37,12 +37,13 @@ using steady = std::chrono::steady_clock;
 // Column family indexes in the handle vector, in open order.
 enum cf : size_t {
   cf_default, cf_log, cf_unit_ids, cf_contexts, cf_idempotency, cf_counters, cf_locks,
-  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_presence, cf_tasks, cf_count
+  cf_vectors, cf_vector_keys, cf_vector_models, cf_embed_cursors, cf_calls, cf_checkpoints, cf_presence, cf_tasks,
+  cf_facts, cf_count
 };
 constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids",      "contexts",
                                             "idempotency", "counters", "locks",         "vectors",
                                             "vector_keys", "vector_models", "embed_cursors", "calls",
-                                            "checkpoints", "presence", "tasks"};
+                                            "checkpoints", "presence", "tasks", "facts"};
 constexpr std::string_view next_handle_key = "next_context_handle";
 constexpr std::string_view fencing_key = "fencing_token";
 
@@ -85,6 +86,15 @@ std::string checkpoint_prefix(uint64_t handle, std::string_view agent) {
 std::string checkpoint_key(uint64_t handle, std::string_view agent, uint64_t version) {
   std::string k = checkpoint_prefix(handle, agent);
   put_be64(k, version);
+  return k;
+}
+
+// [handle:8][key]\0: one fact key's versions in a context ([seq:8] follows).
+std::string fact_prefix(uint64_t handle, std::string_view key) { return checkpoint_prefix(handle, key); }
+
+std::string fact_key(uint64_t handle, std::string_view key, uint64_t seq) {
+  std::string k = fact_prefix(handle, key);
+  put_be64(k, seq);
   return k;
 }
 
@@ -259,8 +269,12 @@ struct store::impl {
     presence_change change;
     std::function<void(model::result<bool>)> done;
   };
+  struct pending_fact {
+    fact_change change;
+    std::function<void(model::result<api::Event>)> done;
+  };
   using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim,
-                               pending_import, pending_checkpoint, pending_presence>;
+                               pending_import, pending_checkpoint, pending_presence, pending_fact>;
   fence_checker check_fence;  // set before writes; called on the committer thread
   std::mutex mu;
   std::condition_variable cv;
@@ -447,6 +461,7 @@ struct store::impl {
     std::unordered_map<std::string, api::WorkUnit> call_units;  // their units, by log key
     std::unordered_map<std::string, uint64_t> checkpoint_versions;  // latest, by checkpoint_prefix
     std::unordered_map<std::string, bool> present;                   // presence keys this group changed
+    std::unordered_map<std::string, std::optional<api::Fact>> active_facts;  // by fact_prefix, as this group left them
     std::unordered_map<std::string, uint32_t> new_models;  // models first seen in this group
     std::unordered_set<std::string> vector_units;          // units given a vector in this group
     uint64_t next_vseq = 0;
@@ -1084,6 +1099,108 @@ struct store::impl {
     return out;
   }
 
+  // The active version of a fact key (nullopt: none): this group's, else the newest
+  // stored version when it has not ended.
+  model::result<std::optional<api::Fact>> active_fact(const group_state& g, const std::string& prefix) const {
+    if (auto it = g.active_facts.find(prefix); it != g.active_facts.end()) return it->second;
+    rocksdb::ReadOptions ro;
+    std::string upper = prefix;
+    put_be64(upper, UINT64_MAX);
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_facts)));
+    it->SeekForPrev(upper);
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading a fact"));
+    if (!it->Valid() || !it->key().starts_with(prefix)) return std::optional<api::Fact>();
+    api::Fact f;
+    if (!f.ParseFromArray(it->value().data(), int(it->value().size()))) return fail(errc::internal, "corrupt fact record");
+    if (f.superseded_at_seq()) return std::optional<api::Fact>();
+    return std::optional<api::Fact>(std::move(f));
+  }
+
+  void stage(group_state& g, pending_fact& p) {
+    auto& ch = p.change;
+    auto lookup = find_context(ch.context_id, g.staged);
+    if (!lookup) return fail_now(g, p.done, lookup.error());
+    const bool exists = *lookup && !(*lookup)->deleted;
+    const uint64_t head = exists ? (*lookup)->context.head_seq() : 0;
+    for (uint64_t src : ch.fact.sources())
+      if (src == 0 || src > head)
+        return fail_now(g, p.done, {errc::invalid_argument, "sources: seq " + std::to_string(src) +
+                                                                " is not in the context (its head_seq is " +
+                                                                std::to_string(head) + ")"});
+    const std::string& key = ch.fact.key();
+    std::optional<api::Fact> active;
+    if (exists) {
+      auto found = active_fact(g, fact_prefix((*lookup)->handle, key));
+      if (!found) return fail_now(g, p.done, found.error());
+      active = std::move(*found);
+    }
+    if (ch.retract && !active)
+      return fail_now(g, p.done, {errc::not_found, "no active fact '" + key + "' in context '" + ch.context_id + "'"});
+    context_state st = existing_or_new(*lookup, ch.context_id, g);
+    const std::string prefix = fact_prefix(st.handle, key);
+    const uint64_t seq = st.context.head_seq() + 1;  // put_event's
+    api::Event ev;
+    auto* fe = ev.mutable_fact_event();
+    if (active) {  // ends here: superseded by the new version, or retracted
+      active->set_superseded_at_seq(seq);
+      active->set_ended_by(ch.retract ? "retracted" : "superseded");
+      g.batch.Put(h(cf_facts), fact_key(st.handle, key, active->set_at_seq()), active->SerializeAsString());
+    }
+    if (ch.retract) {
+      fe->set_kind("retracted");
+      *fe->mutable_fact() = *active;
+      g.active_facts[prefix] = std::nullopt;
+    } else {
+      api::Fact f = std::move(ch.fact);
+      f.set_set_at_seq(seq);
+      f.set_set_at_ns(g.now);
+      f.set_superseded_at_seq(0);
+      f.clear_ended_by();
+      g.batch.Put(h(cf_facts), fact_key(st.handle, key, seq), f.SerializeAsString());
+      fe->set_kind("set");
+      *fe->mutable_fact() = f;
+      g.active_facts[prefix] = std::move(f);
+    }
+    put_event(g, st, std::move(ev));
+    st.context.set_updated_at_ns(g.now);
+    auto saved = std::make_shared<api::Event>(*g.events.back());
+    g.staged[ch.context_id] = std::move(st);
+    auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
+    g.on_success.push_back([done, saved] { (*done)(std::move(*saved)); });
+    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+  }
+
+  model::result<std::vector<api::Fact>> facts(std::string_view context_id, const fact_query& q) const {
+    auto rec = read_record(context_id);
+    if (!rec) return std::unexpected(rec.error());
+    if (!*rec || (*rec)->deleted()) return fail(errc::not_found, "no context '" + std::string(context_id) + "'");
+    const uint64_t handle = (*rec)->handle();
+    std::string lower = idempotency_key(handle, q.prefix);
+    std::string upper = idempotency_key(handle + 1, "");
+    rocksdb::Slice upper_slice(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_facts)));
+    std::vector<api::Fact> out;
+    for (it->Seek(lower); it->Valid() && it->key().starts_with(lower) && out.size() < q.limit; it->Next()) {
+      api::Fact f;
+      if (!f.ParseFromArray(it->value().data(), int(it->value().size()))) return fail(errc::internal, "corrupt fact record");
+      if (q.as_of_seq) {
+        if (f.set_at_seq() > *q.as_of_seq) continue;
+        if (f.superseded_at_seq() > *q.as_of_seq) {  // still current then
+          f.set_superseded_at_seq(0);
+          f.clear_ended_by();
+        }
+      }
+      if (!q.include_superseded && f.superseded_at_seq()) continue;
+      if (q.valid_at_ns && (*q.valid_at_ns < f.valid_from_ns() || (f.valid_to_ns() && *q.valid_at_ns >= f.valid_to_ns())))
+        continue;
+      out.push_back(std::move(f));
+    }
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading facts"));
+    return out;
+  }
+
   void stage(group_state& g, pending_presence& p) {
     auto& ch = p.change;
     auto lookup = find_context(ch.context_id, g.staged);
@@ -1217,6 +1334,7 @@ struct store::impl {
       g.batch.DeleteRange(h(cf_calls), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       g.batch.DeleteRange(h(cf_checkpoints), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       g.batch.DeleteRange(h(cf_presence), call_key(st.handle, ""), call_key(st.handle + 1, ""));
+      g.batch.DeleteRange(h(cf_facts), call_key(st.handle, ""), call_key(st.handle + 1, ""));
       for (const auto& [model, _] : model_dims) g.batch.Delete(h(cf_embed_cursors), cursor_key(model, p.context_id));
       api::Context kept;  // the tombstone keeps no display name, members or meta
       kept.set_id(p.context_id);
@@ -1561,6 +1679,14 @@ model::result<std::vector<present_agent>> store::load_presence() const {
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading presence"));
   return out;
+}
+
+void store::change_fact(fact_change change, std::function<void(model::result<api::Event>)> done) {
+  impl_->enqueue(impl::pending_fact{std::move(change), done}, done);
+}
+
+model::result<std::vector<api::Fact>> store::read_facts(std::string_view context_id, const fact_query& q) const {
+  return impl_->facts(context_id, q);
 }
 
 void store::put_checkpoint(checkpoint_request req, std::function<void(model::result<api::Event>)> done) {

@@ -20,6 +20,8 @@
 //                [handle:8][agent]\0   → [version:8]      the agent's latest version
 //   presence     [handle:8][agent]      → PresenceRecord the agents present (joined, not left)
 //   tasks        <task id bytes>        → api::Task      every task (engine::tasks)
+//   facts        [handle:8][key]\0[seq:8] → api::Fact     every version of every fact,
+//                                                        by key, then the seq that set it
 //
 // A context's numeric handle is assigned once when it is created, so a context's log
 // is one contiguous key range: listing never scans another context, and ids such as
@@ -160,6 +162,26 @@ struct presence_change {
   std::string status;  // join
 };
 
+// Sets a fact (a fact_set event; the active version of the key, if any, is
+// superseded in the same commit) or retracts the active one (fact_retracted;
+// not_found when there is none).
+struct fact_change {
+  std::string context_id;
+  api::Fact fact;  // key, and for a set: value_json, validity, sources, confidence, status, agent_id
+  bool retract = false;
+};
+
+// Which fact versions to read: by key prefix; as the log stood at `as_of_seq`
+// (versions set by then and not ended by then); valid at `valid_at_ns`; all
+// versions rather than the active ones.
+struct fact_query {
+  std::string prefix;
+  std::optional<uint64_t> as_of_seq;
+  std::optional<int64_t> valid_at_ns;
+  bool include_superseded = false;
+  size_t limit = 1000;
+};
+
 struct present_agent {
   std::string context_id;
   std::string agent_id;
@@ -270,6 +292,13 @@ class store {
   void change_presence(presence_change change, std::function<void(model::result<bool>)> done);
   // Every agent present in a context (at start-up: what the presence manager resumes).
   model::result<std::vector<present_agent>> load_presence() const;
+
+  // `done` gets the fact_set / fact_retracted event. A source seq beyond the head
+  // is invalid_argument.
+  void change_fact(fact_change change, std::function<void(model::result<api::Event>)> done);
+  // Fact versions by key, then seq; a version read as of a seq before it ended shows
+  // as current (superseded_at_seq 0). not_found for a context that does not exist.
+  model::result<std::vector<api::Fact>> read_facts(std::string_view context_id, const fact_query& q) const;
 
   void put_checkpoint(checkpoint_request req, std::function<void(model::result<api::Event>)> done);
   // The agent's checkpoint in the context (the latest, or `version`); nullopt when

@@ -277,6 +277,22 @@ TEST_F(AuthTest, DraftsNeedWriteAndActAsTheTokensSubject) {
   EXPECT_EQ(ack["work_unit"]["agent_id"], "writer");
 }
 
+TEST_F(AuthTest, FactsNeedWriteToChangeAndReadToSee) {
+  start();
+  const auto reader = token("reader", {{"team/*", auth::read}});
+  const auto writer = token("writer", {{"team/*", auth::read | auth::write}});
+  append(admin_, "team/a", "x");
+  EXPECT_EQ(as(reader, "PUT", "/contexts/team%2Fa/facts/repo.branch", json{{"value", "main"}}).status, 403u);
+  EXPECT_EQ(as(writer, "PUT", "/contexts/team%2Fa/facts/repo.branch", json{{"value", "main"}, {"agent_id", "other"}}).status, 403u);
+  auto ok = as(writer, "PUT", "/contexts/team%2Fa/facts/repo.branch", json{{"value", "main"}});
+  ASSERT_EQ(ok.status, 200u) << ok.raw;
+  EXPECT_EQ(ok.body["fact"]["agent_id"], "writer");
+  EXPECT_EQ(as(reader, "GET", "/contexts/team%2Fa/facts").body["facts"].size(), 1u);
+  EXPECT_EQ(as(reader, "DELETE", "/contexts/team%2Fa/facts/repo.branch").status, 403u);
+  append(admin_, "secret/x", "y");
+  EXPECT_EQ(as(reader, "GET", "/contexts/secret%2Fx/facts").status, 403u);
+}
+
 TEST_F(AuthTest, SseTakesTheTokenFromACookieButNotAcrossOrigins) {
   start([](config::config& c) { c.server.cors_origins = {"*"}; });
   const auto reader = token("reader", {{"team/*", auth::read}});
