@@ -539,6 +539,98 @@ result<bool> client::leave(const std::string& context_id) {
   return j->value("left", false);
 }
 
+namespace {
+
+fact fact_from(const json& j) {
+  fact f;
+  f.key = j.value("key", "");
+  f.value_json = j.contains("value") ? j["value"].dump() : "null";
+  f.status = j.value("status", "");
+  f.agent_id = j.value("agent_id", "");
+  if (auto src = j.find("sources"); src != j.end() && src->is_array())
+    for (const auto& v : *src)
+      if (v.is_number_unsigned()) f.sources.push_back(v.get<uint64_t>());
+  if (auto c = j.find("confidence"); c != j.end() && c->is_number()) f.confidence = c->get<double>();
+  f.set_at_seq = j.value("set_at_seq", uint64_t(0));
+  f.superseded_at_seq = j.value("superseded_at_seq", uint64_t(0));
+  f.ended_by = j.value("ended_by", "");
+  f.json = j.dump();
+  return f;
+}
+
+result<fact> fact_answer(result<http_result> r) {
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  const auto f = j->find("fact");
+  if (f == j->end() || !f->is_object())
+    return std::unexpected(error{error::kind::protocol, r->status, "answer has no \"fact\"", {}});
+  return fact_from(*f);
+}
+
+result<facts_read> facts_answer(result<http_result> r, const char* member) {
+  if (!r) return std::unexpected(r.error());
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  facts_read out;
+  out.as_of_seq = j->value("as_of_seq", uint64_t(0));
+  if (auto list = j->find(member); list != j->end() && list->is_array())
+    for (const auto& f : *list) out.facts.push_back(fact_from(f));
+  else if (auto one = j->find("fact"); one != j->end() && one->is_object())
+    out.facts.push_back(fact_from(*one));
+  return out;
+}
+
+std::string fact_query_string(const fact_query& q) {
+  std::string out;
+  auto add = [&](std::string_view k, const std::string& v) {
+    out += out.empty() ? "?" : "&";
+    out.append(k).append("=").append(encode_component(v));
+  };
+  if (!q.prefix.empty()) add("prefix", q.prefix);
+  if (q.as_of_seq) add("as_of_seq", std::to_string(*q.as_of_seq));
+  if (!q.valid_at.empty()) add("valid_at", q.valid_at);
+  if (q.include_superseded) add("include_superseded", "true");
+  return out;
+}
+
+}  // namespace
+
+result<fact> client::set_fact(const std::string& context_id, const std::string& key, const fact_input& in) {
+  auto value = json::parse(in.value_json, nullptr, false);
+  if (value.is_discarded())
+    return std::unexpected(error{error::kind::protocol, 0, "the fact's value is not JSON: " + in.value_json, {}});
+  json body{{"value", std::move(value)}};
+  if (!in.sources.empty()) body["sources"] = in.sources;
+  if (in.confidence) body["confidence"] = *in.confidence;
+  if (in.disputed) body["status"] = "disputed";
+  if (!in.valid_from.empty()) body["valid_from"] = in.valid_from;
+  if (!in.valid_to.empty()) body["valid_to"] = in.valid_to;
+  return fact_answer(impl_->send("PUT", "/contexts/" + encode_component(context_id) + "/facts/" + encode_component(key),
+                                 body.dump(), retry_mode::unsent));
+}
+
+result<fact> client::retract_fact(const std::string& context_id, const std::string& key) {
+  return fact_answer(impl_->send("DELETE", "/contexts/" + encode_component(context_id) + "/facts/" + encode_component(key),
+                                 {}, retry_mode::unsent));
+}
+
+result<facts_read> client::facts(const std::string& context_id, const fact_query& q) {
+  return facts_answer(impl_->send("GET", "/contexts/" + encode_component(context_id) + "/facts" + fact_query_string(q), {},
+                                  retry_mode::safe),
+                      "facts");
+}
+
+result<facts_read> client::fact_versions(const std::string& context_id, const std::string& key, const fact_query& q) {
+  fact_query one = q;
+  one.prefix.clear();
+  return facts_answer(impl_->send("GET",
+                                  "/contexts/" + encode_component(context_id) + "/facts/" + encode_component(key) +
+                                      fact_query_string(one),
+                                  {}, retry_mode::safe),
+                      "versions");
+}
+
 result<std::vector<present_agent>> client::presence(const std::string& context_id) {
   auto r = impl_->send("GET", "/contexts/" + encode_component(context_id) + "/presence", {}, retry_mode::safe);
   if (!r) return std::unexpected(r.error());

@@ -579,6 +579,100 @@ void add_task(CLI::App& app, globals& g) {
   add_task_run(*task, g);
 }
 
+// A fact as one line: key = value, with who set it at which seq (and how it ended).
+void print_fact(const ec::fact& f, bool json) {
+  if (json) {
+    std::cout << f.json << "\n";
+    return;
+  }
+  std::cout << f.key << " = " << f.value_json << "  (seq " << f.set_at_seq << ", " << f.agent_id;
+  if (f.status == "disputed") std::cout << ", disputed";
+  if (f.confidence) std::cout << ", confidence " << *f.confidence;
+  if (f.superseded_at_seq) std::cout << "; " << f.ended_by << " at seq " << f.superseded_at_seq;
+  std::cout << ")\n";
+}
+
+void add_fact(CLI::App& app, globals& g) {
+  auto* fact = app.add_subcommand("fact", "Facts: set, get, ls, rm (what the team currently believes, by key)");
+  fact->require_subcommand(1);
+
+  auto* set = fact->add_subcommand("set", "Set a fact as --agent (supersedes the key's active version)");
+  struct set_args {
+    std::string context, key;
+    ec::fact_input in;
+    std::optional<double> confidence;
+  };
+  auto sa = std::make_shared<set_args>();
+  set->add_option("context", sa->context, "Context id")->required();
+  set->add_option("key", sa->key, "Dotted key, e.g. repo.main_branch")->required();
+  set->add_option("value", sa->in.value_json, "The value as JSON (quote strings: '\"main\"')")->required();
+  set->add_option("--source", sa->in.sources, "Seq of a unit it rests on (repeatable)");
+  set->add_option("--confidence", sa->confidence, "0 to 1")->check(CLI::Range(0.0, 1.0));
+  set->add_flag("--disputed", sa->in.disputed, "Mark it disputed rather than active");
+  set->add_option("--valid-from", sa->in.valid_from, "RFC 3339 time it holds from");
+  set->add_option("--valid-to", sa->in.valid_to, "RFC 3339 time it holds until");
+  set->callback([sa, &g] {
+    g.run = [sa, &g](ec::client& c) {
+      sa->in.confidence = sa->confidence;
+      auto r = c.set_fact(sa->context, sa->key, sa->in);
+      if (!r) return report(r.error());
+      print_fact(*r, g.json);
+      return exit_ok;
+    };
+  });
+
+  struct read_args {
+    std::string context, key;
+    ec::fact_query q;
+  };
+  auto add_read_options = [](CLI::App* cmd, read_args& a) {
+    cmd->add_option("--as-of", a.q.as_of_seq, "As the log stood at this seq");
+    cmd->add_option("--valid-at", a.q.valid_at, "Only facts valid at this RFC 3339 time");
+    cmd->add_flag("--history", a.q.include_superseded, "Every version, superseded and retracted ones included");
+  };
+  auto* get = fact->add_subcommand("get", "Show a key's active fact (--history: every version)");
+  auto ga = std::make_shared<read_args>();
+  get->add_option("context", ga->context, "Context id")->required();
+  get->add_option("key", ga->key, "Fact key")->required();
+  add_read_options(get, *ga);
+  get->callback([ga, &g] {
+    g.run = [ga, &g](ec::client& c) {
+      auto r = c.fact_versions(ga->context, ga->key, ga->q);
+      if (!r) return report(r.error());
+      for (const auto& f : r->facts) print_fact(f, g.json);
+      return exit_ok;
+    };
+  });
+
+  auto* ls = fact->add_subcommand("ls", "List a context's active facts by key");
+  auto la = std::make_shared<read_args>();
+  ls->add_option("context", la->context, "Context id")->required();
+  ls->add_option("--prefix", la->q.prefix, "Only keys starting with this");
+  add_read_options(ls, *la);
+  ls->callback([la, &g] {
+    g.run = [la, &g](ec::client& c) {
+      auto r = c.facts(la->context, la->q);
+      if (!r) return report(r.error());
+      for (const auto& f : r->facts) print_fact(f, g.json);
+      if (!g.json) std::cerr << "as of seq " << r->as_of_seq << "\n";
+      return exit_ok;
+    };
+  });
+
+  auto* rm = fact->add_subcommand("rm", "Retract a key's active fact");
+  auto ra = std::make_shared<read_args>();
+  rm->add_option("context", ra->context, "Context id")->required();
+  rm->add_option("key", ra->key, "Fact key")->required();
+  rm->callback([ra, &g] {
+    g.run = [ra, &g](ec::client& c) {
+      auto r = c.retract_fact(ra->context, ra->key);
+      if (!r) return report(r.error());
+      print_fact(*r, g.json);
+      return exit_ok;
+    };
+  });
+}
+
 void add_ls(CLI::App& app, globals& g) {
   auto* ls = app.add_subcommand("ls", "List a context's work units, oldest first (each line starts with the unit id)");
   struct args {
@@ -1164,6 +1258,7 @@ int main(int argc, char** argv) {
   add_lock(app, g);
   add_calls(app, g);
   add_presence(app, g);
+  add_fact(app, g);
   add_task(app, g);
   add_search(app, g);
   add_token(app, g);

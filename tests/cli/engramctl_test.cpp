@@ -397,6 +397,38 @@ TEST_F(EngramctlTest, TasksAndPresence) {
   EXPECT_NE(present.out.find("reviewing"), std::string::npos) << present.out;
 }
 
+// fact set / ls / get --history / rm, through the SDK's fact calls; bad input
+// exits non-zero with the server's message.
+TEST_F(EngramctlTest, FactsSetListHistoryAndRetract) {
+  ASSERT_EQ(ctl({"put", "cli/f", "we branch from trunk"}).code, 0);
+  auto set = ctl({"fact", "set", "cli/f", "repo.branch", "\"trunk\"", "--source", "1", "--confidence", "0.5"});
+  ASSERT_EQ(set.code, 0) << set.err;
+  EXPECT_EQ(set.out, "repo.branch = \"trunk\"  (seq 2, cli-agent, confidence 0.5)\n");
+  ASSERT_EQ(ctl({"fact", "set", "cli/f", "repo.branch", "\"main\"", "--disputed"}).code, 0);
+  ASSERT_EQ(ctl({"fact", "set", "cli/f", "team.lead", "{\"name\":\"ana\"}"}).code, 0);
+  auto ls = ctl({"fact", "ls", "cli/f", "--prefix", "repo."});
+  ASSERT_EQ(ls.code, 0) << ls.err;
+  EXPECT_EQ(ls.out, "repo.branch = \"main\"  (seq 3, cli-agent, disputed)\n");
+  EXPECT_EQ(ls.err, "as of seq 4\n");
+  auto then = ctl({"fact", "ls", "cli/f", "--as-of", "2"});
+  EXPECT_EQ(then.out, "repo.branch = \"trunk\"  (seq 2, cli-agent, confidence 0.5)\n");
+  auto history = ctl({"fact", "get", "cli/f", "repo.branch", "--history"});
+  EXPECT_EQ(history.out,
+            "repo.branch = \"trunk\"  (seq 2, cli-agent, confidence 0.5; superseded at seq 3)\n"
+            "repo.branch = \"main\"  (seq 3, cli-agent, disputed)\n");
+  auto json_out = ctl({"--json", "fact", "get", "cli/f", "team.lead"});
+  ASSERT_EQ(json_out.code, 0) << json_out.err;
+  EXPECT_EQ(nlohmann::json::parse(json_out.out)["value"]["name"], "ana");
+  ASSERT_EQ(ctl({"fact", "rm", "cli/f", "team.lead"}).code, 0);
+  auto gone = ctl({"fact", "get", "cli/f", "team.lead"});
+  EXPECT_NE(gone.code, 0);
+  EXPECT_NE(gone.err.find("no active fact 'team.lead'"), std::string::npos) << gone.err;
+  auto bad = ctl({"fact", "set", "cli/f", "bad..key", "1"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("empty segment"), std::string::npos) << bad.err;
+  EXPECT_NE(ctl({"fact", "set", "cli/f", "k", "not json"}).code, 0);
+}
+
 // A holder paused (SIGSTOP) past its claim's TTL is declared dead: the task is
 // stranded and claimed by another agent. Resumed, the old holder cannot complete it
 // (409), and the new holder can.

@@ -415,6 +415,9 @@ TEST(SemanticEndpoint, VectorsOfTheWrongDimensionCountAsTheEndpointBeingDown) {
     ASSERT_TRUE(wait_until([&] {
       return !call(http, "GET", "/workunit/" + first + "?include=embedding").body["work_unit"]["embedding"].is_null();
     }, 30s));
+    // Stored is not yet searchable: "auto" looks at the vector index, which the
+    // insert threads fill after the store (an empty space means keyword, silently).
+    ASSERT_TRUE(wait_until([&] { return call(http, "GET", "/readyz").body["search"]["vectors"]["count"] == 1; }, 30s));
 
     endpoint.set_dim(24);
     const auto later = put("flaky builds after the swap");

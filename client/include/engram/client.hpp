@@ -402,6 +402,15 @@ class client {
   result<checkpoint> get_checkpoint(const std::string& context_id, const std::string& agent_id,
                                     std::optional<uint64_t> version = std::nullopt);
 
+  // Facts (README, Facts). A set supersedes the key's active version; sent again
+  // only when it surely did not reach the server (a second set is a new version).
+  result<fact> set_fact(const std::string& context_id, const std::string& key, const fact_input& in);
+  // Retracts the active version (404 when none); answers the version it ended.
+  result<fact> retract_fact(const std::string& context_id, const std::string& key);
+  result<facts_read> facts(const std::string& context_id, const fact_query& q = {});
+  // Every version of one key (include_superseded), or its active one only.
+  result<facts_read> fact_versions(const std::string& context_id, const std::string& key, const fact_query& q = {});
+
   // A tool call of a context's ledger and its result (README, Tool calls); a call
   // the context does not have is an error (404).
   result<tool_call> get_tool_call(const std::string& context_id, const std::string& call_id);

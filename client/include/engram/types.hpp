@@ -240,6 +240,40 @@ struct claim_renewal {
   bool renewed = false;  // false: the claim is lost
 };
 
+// A fact version (README, Facts): what the team believes about `key` in a context.
+struct fact {
+  std::string key;
+  std::string value_json;  // any JSON value, as text
+  std::string status;      // "active" or "disputed"
+  std::string agent_id;
+  std::vector<uint64_t> sources;
+  std::optional<double> confidence;
+  uint64_t set_at_seq = 0;
+  uint64_t superseded_at_seq = 0;  // 0 while current (as of the read)
+  std::string ended_by;            // "superseded" or "retracted" once ended
+  std::string json;                // the fact as the server sent it
+};
+
+struct fact_input {
+  std::string value_json = "null";  // any JSON value, as text
+  std::vector<uint64_t> sources;    // seqs of the context's units it rests on
+  std::optional<double> confidence;
+  bool disputed = false;
+  std::string valid_from, valid_to;  // RFC 3339, or empty for no bound
+};
+
+struct fact_query {
+  std::string prefix;
+  std::optional<uint64_t> as_of_seq;  // default: the head (named in the answer)
+  std::string valid_at;               // RFC 3339, or empty
+  bool include_superseded = false;
+};
+
+struct facts_read {
+  uint64_t as_of_seq = 0;
+  std::vector<fact> facts;
+};
+
 // An agent present in a context (README, Presence).
 struct present_agent {
   std::string agent_id;
