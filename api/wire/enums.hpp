@@ -11,9 +11,9 @@
 namespace engram::wire {
 
 // WorkUnitType: "WORK_UNIT_TYPE_" + name in engram.proto.
-inline constexpr std::array<std::string_view, 9> unit_type_names = {
+inline constexpr std::array<std::string_view, 10> unit_type_names = {
     "UNKNOWN",     "MESSAGE",     "REASONING", "TOOL_CALL", "TOOL_RESULT",
-    "FILE_CHANGE", "TASK_STATUS", "ERROR",     "SYSTEM"};
+    "FILE_CHANGE", "TASK_STATUS", "ERROR",     "SYSTEM",    "SUMMARY"};
 inline constexpr std::string_view unit_type_prefix = "WORK_UNIT_TYPE_";
 
 // RelationshipType: "RELATIONSHIP_TYPE_" + name in engram.proto.

@@ -11,7 +11,7 @@ namespace engram::client {
 
 // The SDK's enums mirror the wire's name tables (api/wire/enums.hpp), which the
 // server checks against engram.proto.
-static_assert(size_t(unit_type::system) + 1 == wire::unit_type_names.size());
+static_assert(size_t(unit_type::summary) + 1 == wire::unit_type_names.size());
 static_assert(size_t(relationship_type::replaces) + 1 == wire::relationship_type_names.size());
 
 std::string to_string(unit_type t) {
@@ -207,6 +207,7 @@ result<work_unit> unit_from(const json& j) {
   }
   u.idempotency_key = r.str("idempotency_key");
   u.call_id = r.str("call_id");
+  if (r.find("tokens")) u.tokens = uint32_t(r.u64("tokens"));
   if (r.bad()) return std::unexpected(protocol(*r.bad()));
   return u;
 }
@@ -363,6 +364,7 @@ json unit_input_json(const unit_input& u, bool with_context) {
   if (!u.embedding.empty()) out["embedding"] = u.embedding;
   if (!u.embedding_model.empty()) out["embedding_model"] = u.embedding_model;
   if (!u.call_id.empty()) out["call_id"] = u.call_id;
+  if (u.tokens) out["tokens"] = *u.tokens;
   return out;
 }
 
@@ -416,6 +418,7 @@ json to_wire(const work_unit& u) {
            {"relationships", relationships_json(u.relationships)}};
   if (!u.idempotency_key.empty()) out["idempotency_key"] = u.idempotency_key;
   if (!u.call_id.empty()) out["call_id"] = u.call_id;
+  out["tokens"] = u.tokens;
   return out;
 }
 

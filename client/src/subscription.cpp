@@ -102,8 +102,9 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
     std::erase(outbox_, id);
     if (!answered)
       return std::unexpected(error{error::kind::network, 0, "no append_ack within " + std::to_string(timeout.count()) +
-                                                                " ms (the append may still be stored; retry with "
-                                                                "the same idempotency_key to find out)", {}});
+                                                                " ms (the append may still be stored; to retry "
+                                                                "safely, set append_options::idempotency_key and "
+                                                                "send it again with the same key)", {}});
     return std::move(*p->answer);
   }
 
@@ -295,6 +296,7 @@ class subscription_state : public std::enable_shared_from_this<subscription_stat
           answer_append(j);
           continue;
         }
+        if (t == "delta" || t == "draft" || t == "draft_end") continue;  // drafts are not log events
         if (t == "error" && acks < 2) {  // our subscribe message was refused
           finish(error{error::kind::server, 400, j.value("error", std::string("subscribe refused")), {}});
           return outcome::finish;

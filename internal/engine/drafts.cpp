@@ -166,7 +166,7 @@ router::event_ptr drafts::finish(std::map<key, draft>::iterator it, draft_end re
   body["reason"] = reason_name(reason);
   body["deltas"] = info.next_index;
   if (reason == draft_end::committed) {
-    body["seq"] = seq;
+    body["unit_seq"] = seq;  // not "seq": draft messages are not log events, and clients key on "seq"
     body["unit_id"] = unit_id;
   }
   return message(info, "draft_end", std::move(body), {router::wire_event::draft_tag::end, info.draft_id, info.next_index});

@@ -31,7 +31,7 @@ model::status check_fields(const nlohmann::json& object, field_names known, std:
 namespace fields {
 inline constexpr std::string_view unit[] = {
     "id",      "context_id",    "seq",  "agent_id",  "type",           "ts",   "meta",
-    "payload", "relationships", "text", "embedding", "embedding_model", "fence", "idempotency_key", "call_id"};
+    "payload", "relationships", "text", "embedding", "embedding_model", "fence", "idempotency_key", "call_id", "tokens"};
 inline constexpr std::string_view relationship[] = {"target_id", "type", "meta"};
 inline constexpr std::string_view search_relationship[] = {"target_id", "type"};
 inline constexpr std::string_view fence[] = {"resource", "token"};

@@ -98,6 +98,10 @@ void retract_fact(services& s, call& c, responder respond) {
   change.context_id = c.subject;
   change.fact.set_key(*key);
   change.retract = true;
+  // Who retracts: the token's subject, else X-Agent-ID (recorded, not required).
+  change.retracted_by = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id").substr(0, 256));
+  if (auto bad = change.retracted_by.empty() ? std::nullopt : model::check_identifier("X-Agent-ID", change.retracted_by))
+    return respond(bad_request(*bad));
   s.eng.change_fact(std::move(change), [respond = std::move(respond)](model::result<api::Event> r) {
     if (!r) return respond(error_response(r.error()));
     respond(fact_event_response(*r));
@@ -137,11 +141,12 @@ void list_facts(services& s, call& c, responder respond) {
   if (!limit) return respond(error_response(limit.error()));
   q->limit = limit->value_or(1000);
   if (q->limit == 0 || q->limit > 10'000) return respond(bad_request("limit must be 1-10000"));
-  s.eng.read_facts(c.subject, *q, [respond = std::move(respond), ctx = c.subject](auto r) {
+  s.eng.read_facts(c.subject, *q, [respond = std::move(respond), ctx = c.subject, limit = q->limit](auto r) {
     if (!r) return respond(error_response(r.error()));
     json list = json::array();
-    for (const auto& f : r->facts) list.push_back(model::to_json(f));
-    respond(json_response(200, json{{"context_id", ctx}, {"as_of_seq", r->as_of_seq}, {"facts", std::move(list)}}));
+    const bool more = r->facts.size() > limit;
+    for (size_t i = 0; i < r->facts.size() && i < limit; ++i) list.push_back(model::to_json(r->facts[i]));
+    respond(json_response(200, json{{"context_id", ctx}, {"as_of_seq", r->as_of_seq}, {"facts", std::move(list)}, {"more", more}}));
   });
 }
 
@@ -153,6 +158,7 @@ void get_fact(services& s, call& c, responder respond) {
   auto q = fact_query_of(c);
   if (!q) return respond(error_response(q.error()));
   q->prefix = *key + std::string(1, '\0');  // the key's versions only, not longer keys it prefixes
+  q->limit = 100'000;  // every version of one key, as far as a reply should go
   const bool all = q->include_superseded;
   s.eng.read_facts(c.subject, *q, [respond = std::move(respond), key = *key, ctx = c.subject, all](auto r) {
     if (!r) return respond(error_response(r.error()));

@@ -189,8 +189,18 @@ void append_unit_json(std::string& out, const api::WorkUnit& u, const unit_extra
     out.append(",\"call_id\":");
     append_json_string(out, u.call_id());
   }
+  out.append(",\"tokens\":").append(std::to_string(unit_tokens(u)));
   if (extras) extras(out);
   out.push_back('}');
+}
+
+uint32_t estimate_tokens(std::string_view payload) {
+  size_t units = payload.size();
+  if (valid_utf8(payload)) {
+    units = 0;
+    for (unsigned char c : payload) units += (c & 0xC0) != 0x80;  // one per code point
+  }
+  return uint32_t(std::min<size_t>((units + 3) / 4, max_unit_tokens));
 }
 
 std::string unit_json(const api::WorkUnit& unit) {
@@ -321,6 +331,7 @@ json to_json(const api::Fact& f) {
   if (f.superseded_at_seq()) {
     out["superseded_at_seq"] = f.superseded_at_seq();
     out["ended_by"] = f.ended_by();
+    if (!f.retracted_by().empty()) out["retracted_by"] = f.retracted_by();
   }
   return out;
 }
@@ -450,6 +461,29 @@ result<api::WorkUnit> unit_from_json(const json& object, const unit_defaults& de
   } else if (has_text) {
     if (!text->is_string()) return fail(errc::invalid_argument, "text must be a string");
     unit.set_payload(text->get<std::string>());
+  }
+
+  if (auto it = object.find("tokens"); it != object.end() && !it->is_null()) {
+    const bool whole = it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0);
+    if (!whole || it->get<uint64_t>() > max_unit_tokens)
+      return fail(errc::invalid_argument, "tokens must be a whole number from 0 to " + std::to_string(max_unit_tokens) +
+                                              ": the unit's size by your tokenizer (or leave it out for the server's estimate)");
+    unit.set_tokens(uint32_t(it->get<uint64_t>()));
+  } else {
+    unit.set_tokens(estimate_tokens(unit.payload()));
+  }
+  if (unit.type() == api::WORK_UNIT_TYPE_SUMMARY) {
+    uint64_t span[2] = {0, 0};
+    const char* names[2] = {"covers_from_seq", "covers_to_seq"};
+    for (int i = 0; i < 2; ++i) {
+      auto m = unit.meta().find(names[i]);
+      const std::string v = m == unit.meta().end() ? std::string() : m->second;
+      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), span[i]);
+      if (v.empty() || ec != std::errc() || end != v.data() + v.size() || span[i] == 0)
+        return fail(errc::invalid_argument, std::string("a SUMMARY unit names the seqs it covers: meta.") + names[i] +
+                                                " must be a seq (a positive integer, as a string)");
+    }
+    if (span[0] > span[1]) return fail(errc::invalid_argument, "meta.covers_from_seq must not be after meta.covers_to_seq");
   }
 
   if (auto it = object.find("embedding"); it != object.end() && !it->is_null()) {

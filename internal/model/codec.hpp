@@ -42,6 +42,14 @@ json to_json(const api::Lock& lock);
 // A task as the task routes and task_* events show it (lock_id is never shown:
 // the fencing token is what a holder presents).
 json to_json(const api::Task& task);
+// The server's token estimate of a unit (README, Token counts): ⌈characters / 4⌉ of
+// a UTF-8 payload, ⌈bytes / 4⌉ of any other, and 0 for an empty one.
+uint32_t estimate_tokens(std::string_view payload);
+// A unit's token count: its stored one, or (units written before counts were
+// stored) the estimate.
+inline uint32_t unit_tokens(const api::WorkUnit& u) { return u.tokens() ? u.tokens() : estimate_tokens(u.payload()); }
+inline constexpr uint32_t max_unit_tokens = 100'000'000;
+
 // A fact version as the fact routes and fact_* events show it.
 json to_json(const api::Fact& fact);
 // A fact key: dotted segments of letters, digits, '_' and '-' ("repo.main_branch"),

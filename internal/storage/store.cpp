@@ -1144,6 +1144,7 @@ struct store::impl {
     if (active) {  // ends here: superseded by the new version, or retracted
       active->set_superseded_at_seq(seq);
       active->set_ended_by(ch.retract ? "retracted" : "superseded");
+      if (ch.retract) active->set_retracted_by(ch.retracted_by);
       g.batch.Put(h(cf_facts), fact_key(st.handle, key, active->set_at_seq()), active->SerializeAsString());
     }
     if (ch.retract) {
@@ -1182,7 +1183,7 @@ struct store::impl {
     ro.iterate_upper_bound = &upper_slice;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, h(cf_facts)));
     std::vector<api::Fact> out;
-    for (it->Seek(lower); it->Valid() && it->key().starts_with(lower) && out.size() < q.limit; it->Next()) {
+    for (it->Seek(lower); it->Valid() && it->key().starts_with(lower) && out.size() <= q.limit; it->Next()) {
       api::Fact f;
       if (!f.ParseFromArray(it->value().data(), int(it->value().size()))) return fail(errc::internal, "corrupt fact record");
       if (q.as_of_seq) {
@@ -1190,6 +1191,7 @@ struct store::impl {
         if (f.superseded_at_seq() > *q.as_of_seq) {  // still current then
           f.set_superseded_at_seq(0);
           f.clear_ended_by();
+          f.clear_retracted_by();
         }
       }
       if (!q.include_superseded && f.superseded_at_seq()) continue;

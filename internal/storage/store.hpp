@@ -169,6 +169,7 @@ struct fact_change {
   std::string context_id;
   api::Fact fact;  // key, and for a set: value_json, validity, sources, confidence, status, agent_id
   bool retract = false;
+  std::string retracted_by;  // a retract's agent
 };
 
 // Which fact versions to read: by key prefix; as the log stood at `as_of_seq`
@@ -296,8 +297,9 @@ class store {
   // `done` gets the fact_set / fact_retracted event. A source seq beyond the head
   // is invalid_argument.
   void change_fact(fact_change change, std::function<void(model::result<api::Event>)> done);
-  // Fact versions by key, then seq; a version read as of a seq before it ended shows
-  // as current (superseded_at_seq 0). not_found for a context that does not exist.
+  // Fact versions by key, then seq, at most q.limit + 1 (one more than asked: the
+  // caller can say that more exist); a version read as of a seq before it ended
+  // shows as current (superseded_at_seq 0). not_found for a context that does not exist.
   model::result<std::vector<api::Fact>> read_facts(std::string_view context_id, const fact_query& q) const;
 
   void put_checkpoint(checkpoint_request req, std::function<void(model::result<api::Event>)> done);

@@ -42,7 +42,7 @@ function recordWire() {
   const wire = window.__wire = { ws: [], sse: [] };
   const note = (transport, type, data) => {
     const m = JSON.parse(data);
-    wire[transport].push({ type, draft_id: m.draft_id, index: m.index, reason: m.reason, seq: m.seq });
+    wire[transport].push({ type, draft_id: m.draft_id, index: m.index, reason: m.reason, seq: m.unit_seq });
   };
   const NativeWebSocket = window.WebSocket;
   window.WebSocket = class extends NativeWebSocket {

@@ -660,6 +660,28 @@ TEST_F(ClientTest, SubscriptionAppendsOverItsOwnConnectionAndSurvivesDrops) {
   EXPECT_EQ(after.error().what, sdk::error::kind::stopped);
 }
 
+// Draft messages share the socket with log events but are not events: a committed
+// draft's draft_end (which names the unit's seq) must not count as the unit.
+TEST_F(ClientTest, SubscriptionsSkipDraftMessagesAndMissNoCommittedUnit) {
+  collector got;
+  auto sub = c_.subscribe({"sdk/drafts"}, std::nullopt, std::ref(got));
+  ASSERT_TRUE(sub.wait_live());
+  auto http = server_.connect();
+  for (int i = 0; i < 20; ++i) {
+    const std::string path = "/contexts/sdk%2Fdrafts/drafts/d" + std::to_string(i);
+    ASSERT_EQ(call(http, "POST", path + "/deltas", R"({"agent_id":"w","index":0,"text":"partial"})").status, 200u);
+    ASSERT_EQ(call(http, "POST", path + "/commit", R"({"agent_id":"w","text":"final"})").status, 201u);
+  }
+  ASSERT_TRUE(wait_until([&] { return got.size() >= 20; }));
+  sub.stop();
+  const auto events = got.snapshot();
+  ASSERT_EQ(events.size(), 20u);
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].type, "work_unit");
+    EXPECT_EQ(events[i].seq, i + 1);
+  }
+}
+
 TEST_F(ClientTest, ASubscriptionTheServerRefusesEndsWithTheReason) {
   auto sub = c_.subscribe({"bad*pattern*"}, 0, [](const sdk::event&) {});
   auto why = sub.wait();

@@ -34,6 +34,17 @@ json next_message(client::ws_connection& ws, std::chrono::milliseconds timeout =
   return {};
 }
 
+// Reads up to the subscribe_ack: from then on the stream sees every draft message
+// (before it, a draft shows up as the "draft" snapshot instead of its deltas).
+bool subscribed(client::ws_connection& ws) {
+  bool acked = false;
+  return wait_until([&] {
+    auto m = ws.read(100ms);
+    if (m && *m) acked = acked || json::parse(**m).value("type", json()) == "subscribe_ack";
+    return acked;
+  });
+}
+
 std::string type_of(const json& j) { return j["type"].is_string() ? j["type"].get<std::string>() : "unit"; }
 
 json delta(const std::string& ctx, const std::string& draft, uint64_t index, const std::string& text,
@@ -50,15 +61,7 @@ TEST(Drafts, DeltasReachEverySubscriberInOrderThenTheCommittedUnit) {
   for (auto& s : subs) ASSERT_TRUE(s.connect("127.0.0.1", server.port(), "/stream?context=dr"));
   client::sse_connection sse;
   ASSERT_TRUE(sse.connect("127.0.0.1", server.port(), "/stream-sse?context=dr"));
-  // Every subscription is registered once its ack is out.
-  for (auto& s : subs) {
-    bool acked = false;
-    ASSERT_TRUE(wait_until([&] {
-      auto m = s.read(100ms);
-      if (m && *m) acked = acked || json::parse(**m).value("type", "") == "subscribe_ack";
-      return acked;
-    }));
-  }
+  for (auto& s : subs) ASSERT_TRUE(subscribed(s));
   client::ws_connection writer;
   ASSERT_TRUE(writer.connect("127.0.0.1", server.port(), "/stream?context=elsewhere"));
   std::string full;
@@ -93,7 +96,8 @@ TEST(Drafts, DeltasReachEverySubscriberInOrderThenTheCommittedUnit) {
         EXPECT_EQ(m["agent_id"], "writer");
       } else if (type == "draft_end") {
         EXPECT_EQ(m["reason"], "committed");
-        EXPECT_EQ(m["seq"], seq);
+        EXPECT_EQ(m["unit_seq"], seq);
+        EXPECT_FALSE(m.contains("seq")) << "not a log event";
         ended = true;
       } else if (type == "unit") {
         EXPECT_EQ(m["seq"], seq);
@@ -218,6 +222,7 @@ TEST(Drafts, BadDeltasGetClearErrorsOnTheSocketAndOverRest) {
   auto http = server.connect();
   client::ws_connection ws;
   ASSERT_TRUE(ws.connect("127.0.0.1", server.port(), "/stream?context=errs"));
+  ASSERT_TRUE(subscribed(ws));
   auto answer_to = [&](const json& msg) {
     EXPECT_TRUE(ws.send(msg.dump()));
     for (;;) {
@@ -284,6 +289,7 @@ TEST(Drafts, AnIdleDraftExpiresAndSubscribersAreTold) {
   auto http = server.connect();
   client::ws_connection ws;
   ASSERT_TRUE(ws.connect("127.0.0.1", server.port(), "/stream?context=idle"));
+  ASSERT_TRUE(subscribed(ws));
   ASSERT_EQ(call(http, "POST", "/contexts/idle/drafts/q/deltas", R"({"agent_id":"w","index":0,"text":"hmm"})").status, 200u);
   EXPECT_EQ(type_of(next_message(ws)), "delta");
   clock->advance(1500ms);

@@ -151,7 +151,7 @@ TEST(Import, AppendsExportedEventsAsTheyWereAndRefusesWhatBreaksTheLog) {
   auto unit = [](const std::string& id, uint64_t seq, const std::string& ctx = "imp") {
     return json{{"id", id}, {"context_id", ctx}, {"seq", seq}, {"agent_id", "a"}, {"type", 1},
                 {"ts", {{"seconds", 1700000000 + seq}, {"nanos", 5}}}, {"meta", json::object()},
-                {"payload", "aGk="}, {"relationships", json::array()}};
+                {"payload", "aGk="}, {"relationships", json::array()}, {"tokens", 1}};
   };
   // A context that does not exist starts where the export starts (retention had
   // removed its first events there).

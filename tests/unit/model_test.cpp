@@ -136,16 +136,52 @@ TEST(Codec, UnitWriterEscapesAndMatchesNlohmann) {
   EXPECT_EQ(text, unit_json(u));
 }
 
+// Token counts: the client's own, or the server's estimate (characters / 4, rounded
+// up; bytes / 4 for a payload that is not UTF-8), fixed at write time.
+TEST(Codec, TokensAreTheClientsCountOrTheEstimate) {
+  EXPECT_EQ(estimate_tokens(""), 0u);
+  EXPECT_EQ(estimate_tokens("abcd"), 1u);
+  EXPECT_EQ(estimate_tokens("abcde"), 2u);
+  EXPECT_EQ(estimate_tokens("ééééé"), 2u);  // 5 characters in 10 bytes
+  EXPECT_EQ(estimate_tokens(std::string("\xff\xfe\xfd\xfc\xfb", 5)), 2u);
+  auto est = unit_from_json(json{{"context_id", "c"}, {"agent_id", "a"}, {"text", "twelve chars"}}, {});
+  ASSERT_TRUE(est) << est.error().message;
+  EXPECT_EQ(est->tokens(), 3u);
+  auto own = unit_from_json(json{{"context_id", "c"}, {"agent_id", "a"}, {"text", "x"}, {"tokens", 7}}, {});
+  ASSERT_TRUE(own);
+  EXPECT_EQ(own->tokens(), 7u);
+  for (const json& bad : {json(-1), json(1.5), json("7"), json(200'000'000)})
+    EXPECT_FALSE(unit_from_json(json{{"context_id", "c"}, {"agent_id", "a"}, {"tokens", bad}}, {})) << bad;
+}
+
+// A SUMMARY names the seqs it covers.
+TEST(Codec, SummariesNameTheSpanTheyCover) {
+  auto unit = [](json meta) {
+    return unit_from_json(json{{"context_id", "c"}, {"agent_id", "a"}, {"type", "SUMMARY"}, {"meta", meta}, {"text", "s"}}, {});
+  };
+  ASSERT_TRUE(unit({{"covers_from_seq", "3"}, {"covers_to_seq", "9"}}));
+  EXPECT_TRUE(unit({{"covers_from_seq", "4"}, {"covers_to_seq", "4"}}));
+  for (const json& bad : {json::object(), json{{"covers_from_seq", "3"}}, json{{"covers_from_seq", "0"}, {"covers_to_seq", "2"}},
+                          json{{"covers_from_seq", "x"}, {"covers_to_seq", "2"}}, json{{"covers_from_seq", "5"}, {"covers_to_seq", "2"}},
+                          json{{"covers_from_seq", "2 "}, {"covers_to_seq", "3"}}}) {
+    auto r = unit(bad);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_NE(r.error().message.find("covers_"), std::string::npos) << r.error().message;
+  }
+  // Other types take such meta as any other.
+  EXPECT_TRUE(unit_from_json(json{{"context_id", "c"}, {"agent_id", "a"}, {"meta", {{"covers_from_seq", "x"}}}}, {}));
+}
+
 TEST(Codec, AcceptsEveryTypeByNumberAndName) {
   const char* names[] = {"UNKNOWN", "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT",
-                         "FILE_CHANGE", "TASK_STATUS", "ERROR", "SYSTEM"};
-  for (int i = 0; i <= 8; ++i) {
+                         "FILE_CHANGE", "TASK_STATUS", "ERROR", "SYSTEM", "SUMMARY"};
+  for (int i = 0; i <= 9; ++i) {
     EXPECT_EQ(*unit_type_from_json(json(i), "type"), api::WorkUnitType(i));
     EXPECT_EQ(*unit_type_from_json(json(names[i]), "type"), api::WorkUnitType(i));
     EXPECT_EQ(*unit_type_from_json(json(std::string("work_unit_type_") + names[i]), "type"),
               api::WorkUnitType(i));
   }
-  EXPECT_FALSE(unit_type_from_json(json(9), "type"));
+  EXPECT_FALSE(unit_type_from_json(json(10), "type"));
   EXPECT_FALSE(unit_type_from_json(json(-1), "type"));
   EXPECT_FALSE(unit_type_from_json(json("NOPE"), "type"));
   EXPECT_FALSE(unit_type_from_json(json(1.5), "type"));

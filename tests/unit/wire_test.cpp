@@ -38,7 +38,8 @@ TEST(WireEnums, NamesMatchInAnyCaseAndThePrefixOnlyWhereAllowed) {
   EXPECT_FALSE(enum_from_name(unit_type_names, ""));
   EXPECT_FALSE(enum_from_name(unit_type_names, "MESSAGES"));
   EXPECT_EQ(enum_name(relationship_type_names, 2), "CAUSES");
-  EXPECT_EQ(enum_name(unit_type_names, 9), "");  // a newer peer's value
+  EXPECT_EQ(enum_name(unit_type_names, 9), "SUMMARY");
+  EXPECT_EQ(enum_name(unit_type_names, 10), "");  // a newer peer's value
   EXPECT_EQ(enum_name(unit_type_names, -1), "");
 }
 
@@ -95,7 +96,7 @@ TEST(WireUnit, ServerWritesTheV3BytesAndTheSdkTheSameValue) {
   EXPECT_EQ(text,
             R"({"id":"u","context_id":"c","seq":3,"agent_id":"a","type":1,"ts":{"seconds":-1,"nanos":999999999},)"
             R"("meta":{"k":"v"},"payload":"aABp/w==","relationships":[{"target_id":"t","type":2,"meta":{"m":"n"}}],)"
-            R"("idempotency_key":"key"})");
+            R"("idempotency_key":"key","tokens":1})");  // 4 bytes, not UTF-8: ⌈4 / 4⌉
 
   client::work_unit cu{.id = "u",
                        .context_id = "c",
@@ -106,7 +107,8 @@ TEST(WireUnit, ServerWritesTheV3BytesAndTheSdkTheSameValue) {
                        .meta = {{"k", "v"}},
                        .payload = std::string("h\0i\xff", 4),
                        .relationships = {{"t", client::relationship_type::causes, {{"m", "n"}}}},
-                       .idempotency_key = "key"};
+                       .idempotency_key = "key",
+                       .tokens = 1};
   EXPECT_EQ(json::parse(client::to_json(cu)), json::parse(text));
 }
 

@@ -26,10 +26,11 @@ enum class unit_type : int {
   task_status = 6,
   error = 7,
   system = 8,
+  summary = 9,  // meta covers_from_seq / covers_to_seq name the span it summarises
 };
 // "MESSAGE", …; a value outside the known set prints as its number.
 std::string to_string(unit_type t);
-// A name (any case: "message", "TOOL_CALL") or a number 0-8.
+// A name (any case: "message", "TOOL_CALL") or a number 0-9.
 std::optional<unit_type> parse_unit_type(std::string_view s);
 
 enum class relationship_type : int {
@@ -62,6 +63,7 @@ struct work_unit {
   std::vector<relationship> relationships;
   std::string idempotency_key;
   std::string call_id;  // TOOL_CALL / TOOL_RESULT: the tool call (README, Tool calls)
+  uint32_t tokens = 0;  // size in LLM tokens: the writer's count or the server's estimate
 };
 
 // A write that names a lease: refused with 409 when a newer fencing token exists.
@@ -83,6 +85,8 @@ struct unit_input {
   std::string embedding_model;   // empty: the server's default model
   // TOOL_CALL: the call's id, unique in the context; TOOL_RESULT: the call it answers.
   std::string call_id;
+  // The unit's size by your tokenizer; unset: the server estimates it.
+  std::optional<uint32_t> tokens;
 };
 
 // GET /contexts/{id}/tool-calls/{call_id}.
