@@ -129,12 +129,34 @@ long rss_kib(int pid) {
   return -1;
 }
 
+// The p-th percentile of sorted latencies (ns), in µs.
+double percentile_us(const std::vector<uint64_t>& sorted, double p) {
+  return sorted.empty() ? 0.0 : double(sorted[std::min(sorted.size() - 1, size_t(p * double(sorted.size())))]) / 1000.0;
+}
+
 void print_latency(const settings& s, std::vector<uint64_t>& lat, double elapsed) {
   std::sort(lat.begin(), lat.end());
-  auto pct = [&](double p) { return lat.empty() ? 0.0 : double(lat[std::min(lat.size() - 1, size_t(p * double(lat.size())))]) / 1000.0; };
+  auto pct = [&](double p) { return percentile_us(lat, p); };
   std::printf("%sfanout subscribers=%u contexts=%u rate=%.0f/s delivered=%zu (%.0f/s) p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
               s.label.empty() ? "" : (s.label + " ").c_str(), s.subscribers, s.contexts, s.rate, lat.size(),
               double(lat.size()) / elapsed, pct(0.5), pct(0.99), pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
+}
+
+// Runs `ioc` on a thread of its own and waits (bounded) until every subscriber has
+// its subscribe_ack; false, with `io` joined, when some never did.
+bool start_subscribers(net::io_context& ioc, std::thread& io, const std::atomic<size_t>& ready, unsigned want) {
+  io = std::thread([&ioc] {
+    auto guard = net::make_work_guard(ioc);
+    ioc.run();
+  });
+  const auto wait_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ready < want && std::chrono::steady_clock::now() < wait_end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // connection set-up, not measured
+  if (ready >= want) return true;
+  std::fprintf(stderr, "only %zu of %u subscribers connected\n", ready.load(), want);
+  ioc.stop();
+  io.join();
+  return false;
 }
 
 int run_latency(const settings& s) {
@@ -149,19 +171,8 @@ int run_latency(const settings& s) {
     subs.push_back(std::make_shared<subscriber>(ioc, lat, units, ready));
     subs.back()->start(ep, "/stream?context=fanout-" + run_id + "/" + std::to_string(i % s.contexts));
   }
-  std::thread io([&] {
-    auto guard = net::make_work_guard(ioc);
-    ioc.run();
-  });
-  const auto wait_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (ready < s.subscribers && std::chrono::steady_clock::now() < wait_end)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // connection set-up, not measured
-  if (ready < s.subscribers) {
-    std::fprintf(stderr, "only %zu of %u subscribers connected\n", ready.load(), s.subscribers);
-    ioc.stop();
-    io.join();
-    return 1;
-  }
+  std::thread io;
+  if (!start_subscribers(ioc, io, ready, s.subscribers)) return 1;
   // Writer: paced appends, round-robin over the contexts.
   engram::client::http_connection w("127.0.0.1", s.port);
   const auto start = std::chrono::steady_clock::now();
@@ -194,7 +205,7 @@ int run_latency(const settings& s) {
 
 void print_percentiles(const char* what, std::vector<uint64_t>& lat) {
   std::sort(lat.begin(), lat.end());
-  auto pct = [&](double p) { return lat.empty() ? 0.0 : double(lat[std::min(lat.size() - 1, size_t(p * double(lat.size())))]) / 1000.0; };
+  auto pct = [&](double p) { return percentile_us(lat, p); };
   std::printf("  %s: n=%zu p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n", what, lat.size(), pct(0.5), pct(0.99),
               pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
 }
@@ -212,19 +223,8 @@ int run_drafts(const settings& s) {
     subs.push_back(std::make_shared<subscriber>(ioc, lat, got, ready, &first));
     subs.back()->start(ep, "/stream?context=" + ctx);
   }
-  std::thread io([&] {
-    auto guard = net::make_work_guard(ioc);
-    ioc.run();
-  });
-  const auto wait_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (ready < s.subscribers && std::chrono::steady_clock::now() < wait_end)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // connection set-up, not measured
-  if (ready < s.subscribers) {
-    std::fprintf(stderr, "only %zu of %u subscribers connected\n", ready.load(), s.subscribers);
-    ioc.stop();
-    io.join();
-    return 1;
-  }
+  std::thread io;
+  if (!start_subscribers(ioc, io, ready, s.subscribers)) return 1;
   // The writer: its own WebSocket, deltas without request_id (not acknowledged,
   // as an LLM token stream sends them); errors would come back as draft_error.
   net::io_context wioc;

@@ -448,18 +448,18 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   // Answers a draft message: draft_error always, draft_ack only when the client
   // sent a request_id (a token stream need not be acknowledged delta by delta).
-  void draft_answer(const json& msg, const std::string& request_id, const model::status& ok, json ack = json::object()) {
-    if (!ok) {
-      json err{{"type", "draft_error"}, {"status", http_status(ok.error().code)}, {"error", ok.error().message}};
+  void draft_answer(const json& msg, const std::string& request_id, model::result<json> answer) {
+    if (!answer) {
+      json err{{"type", "draft_error"}, {"status", http_status(answer.error().code)}, {"error", answer.error().message}};
       if (!request_id.empty()) err["request_id"] = request_id;
       for (const char* k : {"context_id", "draft_id", "index"})
         if (auto v = msg.find(k); v != msg.end() && (v->is_string() || v->is_number_unsigned())) err[k] = *v;
       return control(err);
     }
     if (request_id.empty()) return;
-    ack["type"] = "draft_ack";
-    ack["request_id"] = request_id;
-    control(ack);
+    (*answer)["type"] = "draft_ack";
+    (*answer)["request_id"] = request_id;
+    control(*answer);
   }
 
   // {"type":"delta","context_id","draft_id","agent_id"?,"index","text"|"payload",
@@ -480,8 +480,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
       if (!applied) return std::unexpected(applied.error());
       return json{{"draft_id", t->draft_id}, {"index", index}, {"duplicate", !*applied}};
     };
-    auto r = apply();
-    draft_answer(msg, *request_id, r ? model::status{} : model::status{std::unexpected(r.error())}, r ? *r : json::object());
+    draft_answer(msg, *request_id, apply());
   }
 
   // {"type":"draft_abort","context_id","draft_id","agent_id"?,"request_id"?}.
@@ -499,8 +498,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         return model::fail(model::errc::not_found, "no open draft '" + t->draft_id + "' in context '" + t->context_id + "'");
       return json{{"draft_id", t->draft_id}, {"aborted", true}};
     };
-    auto r = apply();
-    draft_answer(msg, *request_id, r ? model::status{} : model::status{std::unexpected(r.error())}, r ? *r : json::object());
+    draft_answer(msg, *request_id, apply());
   }
 
   void arm_heartbeat() {
