@@ -805,6 +805,57 @@ result<api::Lock> lock_from_json(const json& value) {
   return l;
 }
 
+// A fact as to_json(api::Fact) writes it, in a fact_* event.
+result<api::Fact> fact_from_json(const json& value) {
+  if (!value.is_object()) return fail(errc::invalid_argument, "fact must be an object");
+  api::Fact f;
+  auto key = string_field(value, "key", "");
+  if (!key) return std::unexpected(key.error());
+  if (auto bad = check_fact_key("fact.key", *key)) return fail(errc::invalid_argument, *bad);
+  f.set_key(std::move(*key));
+  f.set_value_json(dump(value.contains("value") ? value["value"] : json(nullptr)));
+  std::string text[4];
+  const char* names[4] = {"status", "agent_id", "ended_by", "retracted_by"};
+  for (int i = 0; i < 4; ++i) {
+    auto v = string_field(value, names[i], "");
+    if (!v) return std::unexpected(v.error());
+    text[i] = std::move(*v);
+  }
+  f.set_status(std::move(text[0]));
+  f.set_agent_id(std::move(text[1]));
+  f.set_ended_by(std::move(text[2]));
+  f.set_retracted_by(std::move(text[3]));
+  if (f.status().empty()) f.set_status("active");
+  if (f.status() != "active" && f.status() != "disputed")
+    return fail(errc::invalid_argument, "fact.status must be \"active\" or \"disputed\"");
+  if (auto src = value.find("sources"); src != value.end() && !src->is_null()) {
+    if (!src->is_array()) return fail(errc::invalid_argument, "fact.sources must be an array of seqs");
+    for (const auto& s : *src) {
+      if (!s.is_number_unsigned()) return fail(errc::invalid_argument, "fact.sources must be an array of seqs");
+      f.add_sources(s.get<uint64_t>());
+    }
+  }
+  if (auto c = value.find("confidence"); c != value.end() && !c->is_null()) {
+    if (!c->is_number()) return fail(errc::invalid_argument, "fact.confidence must be a number");
+    f.set_confidence(c->get<double>());
+  }
+  auto from = optional_timestamp(value, "valid_from");
+  auto to = optional_timestamp(value, "valid_to");
+  auto set_at = optional_timestamp(value, "set_at");
+  auto set_seq = uint_member(value, "set_at_seq", false);
+  auto ended = uint_member(value, "superseded_at_seq", false);
+  for (const auto* r : {&from, &to, &set_at})
+    if (!*r) return std::unexpected(r->error());
+  if (!set_seq) return std::unexpected(set_seq.error());
+  if (!ended) return std::unexpected(ended.error());
+  f.set_valid_from_ns(*from);
+  f.set_valid_to_ns(*to);
+  f.set_set_at_ns(*set_at);
+  f.set_set_at_seq(*set_seq);
+  f.set_superseded_at_seq(*ended);
+  return f;
+}
+
 }  // namespace
 
 result<api::Event> event_from_json(const json& object, std::string_view context_id) {
@@ -906,6 +957,15 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
     *ev.mutable_task_event()->mutable_task() = std::move(*task);
     return ev;
   }
+  if (kind == "fact_set" || kind == "fact_retracted") {
+    const auto f = object.find("fact");
+    if (f == object.end()) return fail(errc::invalid_argument, "fact is missing");
+    auto fact = fact_from_json(*f);
+    if (!fact) return std::unexpected(fact.error());
+    ev.mutable_fact_event()->set_kind(kind == "fact_set" ? "set" : "retracted");
+    *ev.mutable_fact_event()->mutable_fact() = std::move(*fact);
+    return ev;
+  }
   for (std::string_view known : {"acquired", "renewed", "released", "expired"}) {
     if (kind != "lock_" + std::string(known)) continue;
     const auto l = object.find("lock");
@@ -918,7 +978,7 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
   }
   return fail(errc::invalid_argument, "unknown event type '" + kind +
                                           "' (expected a work unit, context_updated, context_deleted, checkpoint_saved, "
-                                          "agent_joined, agent_left, lock_* or task_*)");
+                                          "agent_joined, agent_left, lock_*, task_* or fact_*)");
 }
 
 }  // namespace engram::model

@@ -951,6 +951,21 @@ struct store::impl {
       if (is_call) calls[key].set_call_seq(ev.seq());
       else if (*rec) (calls[key] = **rec).set_result_seq(ev.seq());
     }
+    // Facts, as sets and retractions would have left them: the active version of
+    // every key the import touches, read before anything is staged.
+    std::unordered_map<std::string, std::optional<api::Fact>> facts;
+    for (const auto& ev : p.events) {
+      if (!ev.has_fact_event()) continue;
+      const auto prefix = fact_prefix(handle, ev.fact_event().fact().key());
+      if (facts.contains(prefix)) continue;
+      std::optional<api::Fact> active;
+      if (!is_new) {
+        auto stored = active_fact(g, prefix);
+        if (!stored) return fail_now(g, p.done, stored.error());
+        active = std::move(*stored);
+      }
+      facts[prefix] = std::move(active);
+    }
     context_state st = existing_or_new(found, p.context_id, g);
     ENGRAM_ASSERT(st.handle == handle, "an imported context's handle changed while staging");
     for (const auto& [key, rec] : calls) {
@@ -991,9 +1006,11 @@ struct store::impl {
         auto latest = latest_checkpoint(g, prefix);
         if (latest && *latest < cp.version()) put_checkpoint_counter(g, prefix, cp.version());
       }
+      if (ev.has_fact_event()) import_fact(g, st.handle, facts, *ev.mutable_fact_event(), ev.seq(), ts);
       g.batch.Put(h(cf_log), log_key(st.handle, ev.seq()), ev.SerializeAsString());
       g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
     }
+    for (auto& [prefix, active] : facts) g.active_facts[prefix] = std::move(active);
     auto result = std::make_shared<api::Context>(st.context);
     g.staged[p.context_id] = std::move(st);
     auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
@@ -1097,6 +1114,33 @@ struct store::impl {
     }
     if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading checkpoints"));
     return out;
+  }
+
+  // An imported fact event applied to the facts column family as change_fact would
+  // have: a set becomes the key's active version (ending the one before), a
+  // retraction ends the active one. `facts` holds the active versions by prefix.
+  void import_fact(group_state& g, uint64_t handle, std::unordered_map<std::string, std::optional<api::Fact>>& facts,
+                   api::FactEvent& fe, uint64_t seq, int64_t ts) {
+    auto& f = *fe.mutable_fact();
+    auto& active = facts[fact_prefix(handle, f.key())];
+    const bool set = fe.kind() == "set";
+    if (active) {
+      active->set_superseded_at_seq(seq);
+      active->set_ended_by(set ? "superseded" : "retracted");
+      if (!set) active->set_retracted_by(f.retracted_by());
+      g.batch.Put(h(cf_facts), fact_key(handle, f.key(), active->set_at_seq()), active->SerializeAsString());
+    }
+    if (!set) {
+      active.reset();
+      return;
+    }
+    f.set_set_at_seq(seq);
+    if (!f.set_at_ns()) f.set_set_at_ns(ts);
+    f.set_superseded_at_seq(0);
+    f.clear_ended_by();
+    f.clear_retracted_by();
+    g.batch.Put(h(cf_facts), fact_key(handle, f.key(), seq), f.SerializeAsString());
+    active = f;
   }
 
   // The active version of a fact key (nullopt: none): this group's, else the newest

@@ -87,6 +87,38 @@ TEST(Facts, SupersessionOnBothTimeAxes) {
   EXPECT_EQ(call(http, "GET", "/contexts/fx/facts?as_of_seq=4&include_superseded=true").raw, listed_before_restart);
 }
 
+// An export (GET …/events) imported elsewhere rebuilds the facts: the same versions,
+// supersessions and retractions, byte for byte.
+TEST(Facts, AnImportedExportRebuildsTheFacts) {
+  temp_dir dir, other;
+  test_server server(test_config(dir.str() + "/data"));
+  test_server copy(test_config(other.str() + "/data"));
+  auto http = server.connect();
+  auto copy_http = copy.connect();
+  ASSERT_EQ(call(http, "POST", "/workunit", R"({"context_id":"fx","agent_id":"a","text":"x"})").status, 201u);
+  ASSERT_EQ(put(http, "k.one", {{"agent_id", "a"}, {"value", 1}, {"sources", {1}}}).status, 200u);
+  ASSERT_EQ(put(http, "k.one", {{"agent_id", "b"}, {"value", 2}, {"confidence", 0.5}}).status, 200u);
+  ASSERT_EQ(put(http, "k.two", {{"agent_id", "a"}, {"value", "t"}, {"valid_to", "2030-01-01T00:00:00Z"}}).status, 200u);
+  ASSERT_EQ(call(http, "DELETE", "/contexts/fx/facts/k.two", "", {{"X-Agent-ID", "c"}}).status, 200u);
+  ASSERT_EQ(put(http, "k.two", {{"agent_id", "a"}, {"value", "again"}}).status, 200u);
+  auto events = call(http, "GET", "/contexts/fx/events?limit=1000");
+  ASSERT_EQ(events.status, 200u);
+  auto imported = call(copy_http, "POST", "/contexts/fx/import", json({{"events", events.body["events"]}}).dump());
+  ASSERT_EQ(imported.status, 200u) << imported.raw;
+  for (const char* q : {"", "?include_superseded=true", "?as_of_seq=4&include_superseded=true", "?as_of_seq=5"}) {
+    auto a = call(http, "GET", std::string("/contexts/fx/facts") + q);
+    auto b = call(copy_http, "GET", std::string("/contexts/fx/facts") + q);
+    EXPECT_EQ(a.raw, b.raw) << q;
+  }
+  EXPECT_EQ(call(copy_http, "GET", "/contexts/fx/facts/k.two?include_superseded=true").body["versions"][0]["retracted_by"], "c");
+  // The copy goes on from there: a set supersedes the imported active version.
+  ASSERT_EQ(put(copy_http, "k.one", {{"agent_id", "a"}, {"value", 3}}).status, 200u);
+  auto history = call(copy_http, "GET", "/contexts/fx/facts/k.one?include_superseded=true");
+  ASSERT_EQ(history.body["versions"].size(), 3u) << history.raw;
+  EXPECT_EQ(history.body["versions"][1]["ended_by"], "superseded");
+  EXPECT_EQ(history.body["versions"][2]["value"], 3);
+}
+
 TEST(Facts, BadInputIsA400NamingTheField) {
   temp_dir dir;
   test_server server(test_config(dir.str() + "/data"));
