@@ -77,7 +77,7 @@ model::result<bool> drafts::add(draft_delta d) {
     return model::fail(errc::payload_too_large, "a delta carries at most " + std::to_string(opts_.max_delta_bytes) +
                                                     " bytes (drafts.max_delta_bytes); send smaller deltas");
   const auto now = clock_->steady_now();
-  std::lock_guard publishing(publish_mu_);
+  std::lock_guard publishing(stripe(d.context_id, d.draft_id));
   std::unique_lock lock(mu_);
   auto it = open_.find(key{d.context_id, d.draft_id});
   if (it == open_.end()) {
@@ -134,13 +134,13 @@ model::result<bool> drafts::add(draft_delta d) {
   put_content(body, d.data, d.binary);
   auto ev = message(dr.info, "delta", std::move(body), {router::wire_event::draft_tag::delta, d.draft_id, d.index});
   lock.unlock();
-  router_.publish_draft(ev);  // still under publish_mu_: in index order
+  router_.publish_draft(ev);  // still under the draft's stripe: in index order
   return true;
 }
 
 model::result<bool> drafts::end(const std::string& context_id, const std::string& draft_id, const std::string& agent,
                                 draft_end reason, uint64_t seq, const std::string& unit_id) {
-  std::lock_guard publishing(publish_mu_);
+  std::lock_guard publishing(stripe(context_id, draft_id));
   router::event_ptr ended;
   {
     std::lock_guard lock(mu_);
@@ -215,23 +215,32 @@ void drafts::run() {
   const auto tick = std::clamp<std::chrono::milliseconds>(opts_.idle / 4, std::chrono::milliseconds(10),
                                                            std::chrono::milliseconds(1000));
   for (;;) {
+    std::vector<key> idle;
     {
       std::unique_lock lock(mu_);
       if (cv_.wait_for(lock, tick, [&] { return stopping_; })) return;
-    }
-    std::lock_guard publishing(publish_mu_);
-    std::vector<router::event_ptr> ended;
-    {
-      std::lock_guard lock(mu_);
       const auto now = clock_->steady_now();
-      for (auto it = open_.begin(); it != open_.end();) {
-        auto next = std::next(it);
-        if (it->second.deadline <= now) ended.push_back(finish(it, draft_end::expired, 0, {}));
-        it = next;
-      }
+      for (const auto& [k, d] : open_)
+        if (d.deadline <= now) idle.push_back(k);
     }
-    for (const auto& ev : ended) router_.publish_draft(ev);
+    // Each under its stripe, checked again: a delta may have come meanwhile.
+    for (const auto& k : idle) {
+      std::lock_guard publishing(stripe(k.first, k.second));
+      router::event_ptr ended;
+      {
+        std::lock_guard lock(mu_);
+        auto it = open_.find(k);
+        if (it == open_.end() || it->second.deadline > clock_->steady_now()) continue;
+        ended = finish(it, draft_end::expired, 0, {});
+      }
+      router_.publish_draft(ended);
+    }
   }
+}
+
+std::mutex& drafts::stripe(const std::string& context_id, const std::string& draft_id) {
+  const size_t h = std::hash<std::string>{}(context_id) * 31 + std::hash<std::string>{}(draft_id);
+  return publish_stripes_[h % publish_stripes_.size()];
 }
 
 }  // namespace engram::engine

@@ -8,11 +8,14 @@
 // so far (snapshots()), then its later deltas.
 //
 // Thread-safe. Draft messages go to the router's sinks on the calling thread
-// (router::publish_draft). Locks, outermost first: publish_mu_ (one publisher at a
-// time, so a draft's messages arrive in order), then a stream's mutex (deliver);
-// separately, a stream's mutex, then mu_ (snapshots). mu_ is never held while
-// publishing, so the two orders cannot deadlock. A sweeper thread ends idle drafts.
+// (router::publish_draft). Locks, outermost first: the draft's publish stripe (one
+// publisher per draft at a time, so its messages arrive in order; drafts hashed
+// to other stripes publish in parallel), then mu_ briefly, or a stream's mutex
+// (deliver); separately, a stream's mutex, then mu_ (snapshots). mu_ is never held
+// while publishing and no stripe is taken under a stream's mutex, so the orders
+// cannot deadlock. A sweeper thread ends idle drafts.
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -110,7 +113,8 @@ class drafts {
   const draft_options opts_;
   router::router& router_;
   const std::shared_ptr<const model::clock> clock_;
-  std::mutex publish_mu_;
+  std::mutex& stripe(const std::string& context_id, const std::string& draft_id);
+  std::array<std::mutex, 64> publish_stripes_;
   mutable std::mutex mu_;
   std::map<key, draft> open_;  // ordered: a context's drafts are adjacent
   std::unordered_map<std::string, size_t> per_owner_;
