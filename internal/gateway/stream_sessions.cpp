@@ -407,6 +407,11 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         std::string out = r.status < 300 ? R"({"type":"append_ack","request_id":)" : R"({"type":"append_error","request_id":)";
         model::append_json_string(out, request_id);
         if (r.status >= 300) out += ",\"status\":" + std::to_string(r.status);
+        // A 429 or 503 says when to retry, as its Retry-After header would.
+        for (const auto& [name, value] : r.headers)
+          if (beast::iequals(name, "retry-after") && !value.empty() &&
+              value.find_first_not_of("0123456789") == std::string::npos)
+            out += ",\"retry_after_s\":" + value;
         if (r.body.size() > 2 && r.body.front() == '{') out.append(",").append(r.body, 1);
         else out.push_back('}');
         self->control_.push_back(std::move(out));

@@ -72,6 +72,31 @@ TEST(WsAppend, AcksAfterCommitWithTheSameRulesAsRest) {
   EXPECT_EQ(call(http, "GET", "/contexts/wa").body["context"]["head_seq"], 4);
 }
 
+// The same rate limit as REST; a refused append says when to retry.
+TEST(WsAppend, RateLimitedAppendsSayWhenToRetry) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.server.limits.writes = {1, 2};  // 1/s, burst 2
+  test_server server(cfg);
+  client::ws_connection ws;
+  ASSERT_TRUE(ws.connect("127.0.0.1", server.port(), "/stream?context=rl"));
+  for (int i = 0; i < 4; ++i)
+    ASSERT_TRUE(ws.send(json({{"type", "append"}, {"request_id", "r" + std::to_string(i)},
+                              {"work_unit", {{"context_id", "rl"}, {"agent_id", "a"}, {"text", "x"}}}})
+                            .dump()));
+  auto got = answers(ws, 4);
+  ASSERT_EQ(got.size(), 4u);
+  int refused = 0;
+  for (const auto& [id, a] : got) {
+    if (a["type"] != "append_error") continue;
+    ++refused;
+    EXPECT_EQ(a["status"], 429) << a.dump();
+    ASSERT_TRUE(a.contains("retry_after_s")) << a.dump();
+    EXPECT_GE(a["retry_after_s"].get<int>(), 1);
+  }
+  EXPECT_EQ(refused, 2);
+}
+
 // 300 appends sent without waiting, from one connection into three contexts: every
 // one is acknowledged once, the acks carry distinct seqs that make each context's
 // log gap-free, and the subscriber on the same socket receives every unit.
