@@ -385,7 +385,7 @@ void engine::read_facts(std::string context_id, storage::fact_query q, reply<fac
     // Pinned at the head read first: a change committed meanwhile is not half seen.
     auto head = (*s)->log_head(context_id);
     if (!head) return done(std::unexpected(head.error()));
-    if (!q.as_of_seq || *q.as_of_seq > *head) q.as_of_seq = std::min(q.as_of_seq.value_or(*head), *head);
+    q.as_of_seq = std::min(q.as_of_seq.value_or(*head), *head);
     auto found = (*s)->read_facts(context_id, q);
     if (!found) return done(std::unexpected(found.error()));
     done(facts_read{std::move(*found), *q.as_of_seq});

@@ -112,14 +112,15 @@ void commit_draft(services& s, call& c, responder respond) {
   c.req.body = model::dump(*body);
   append_unit(s, c, [respond = std::move(respond), registry = *registry, ctx = c.subject, id = *id,
                      agent = *agent](response r) {
-    if (r.status != 201) return respond(std::move(r));
+    if (r.status != 201 || r.body.empty() || r.body.back() != '}') return respond(std::move(r));
     auto answer = model::parse_json(r.body);
     if (!answer || !answer->contains("work_unit")) return respond(std::move(r));
     const auto& unit = (*answer)["work_unit"];
     auto ended = registry->end(ctx, id, agent, engine::draft_end::committed, unit.value("seq", uint64_t(0)),
                                unit.value("id", std::string()));
-    (*answer)["draft_ended"] = ended && *ended;  // false: it had expired or was aborted; the unit is stored all the same
-    r.body = model::dump(*answer);
+    // Into the route's own bytes, so the unit reads exactly as POST /workunit's.
+    // false: the draft had expired or was aborted; the unit is stored all the same.
+    r.body.insert(r.body.size() - 1, ended && *ended ? ",\"draft_ended\":true" : ",\"draft_ended\":false");
     respond(std::move(r));
   });
 }
@@ -129,8 +130,9 @@ void abort_draft(services& s, call& c, responder respond) {
   if (!id) return respond(error_response(id.error()));
   auto registry = s.eng.draft_registry();
   if (!registry) return respond(error_response(registry.error()));
-  // The draft's own agent, or anyone with write access when no auth names one.
-  const std::string agent = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id"));
+  // The draft's own agent (X-Agent-ID, which the handler sets to the token's
+  // subject), or anyone with write access when neither names one.
+  const std::string agent(c.req.header("x-agent-id"));
   auto ended = (*registry)->end(c.subject, *id, agent, engine::draft_end::aborted);
   if (!ended) return respond(error_response(ended.error()));
   if (!*ended) return respond(error_response({errc::not_found, "no open draft '" + *id + "' in context '" + c.subject + "'"}));

@@ -98,8 +98,9 @@ void retract_fact(services& s, call& c, responder respond) {
   change.context_id = c.subject;
   change.fact.set_key(*key);
   change.retract = true;
-  // Who retracts: the token's subject, else X-Agent-ID (recorded, not required).
-  change.retracted_by = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id").substr(0, 256));
+  // Who retracts: X-Agent-ID, which the handler sets to the token's subject
+  // (recorded, not required).
+  change.retracted_by = c.req.header("x-agent-id");
   if (auto bad = change.retracted_by.empty() ? std::nullopt : model::check_identifier("X-Agent-ID", change.retracted_by))
     return respond(bad_request(*bad));
   s.eng.change_fact(std::move(change), [respond = std::move(respond)](model::result<api::Event> r) {
@@ -157,7 +158,7 @@ void get_fact(services& s, call& c, responder respond) {
   if (!key) return respond(error_response(key.error()));
   auto q = fact_query_of(c);
   if (!q) return respond(error_response(q.error()));
-  q->prefix = *key + std::string(1, '\0');  // the key's versions only, not longer keys it prefixes
+  q->key = *key;
   q->limit = 100'000;  // every version of one key, as far as a reply should go
   const bool all = q->include_superseded;
   s.eng.read_facts(c.subject, *q, [respond = std::move(respond), key = *key, ctx = c.subject, all](auto r) {

@@ -1220,7 +1220,7 @@ struct store::impl {
     if (!rec) return std::unexpected(rec.error());
     if (!*rec || (*rec)->deleted()) return fail(errc::not_found, "no context '" + std::string(context_id) + "'");
     const uint64_t handle = (*rec)->handle();
-    std::string lower = idempotency_key(handle, q.prefix);
+    std::string lower = q.key ? fact_prefix(handle, *q.key) : idempotency_key(handle, q.prefix);
     std::string upper = idempotency_key(handle + 1, "");
     rocksdb::Slice upper_slice(upper);
     rocksdb::ReadOptions ro;

@@ -177,6 +177,7 @@ struct fact_change {
 // versions rather than the active ones.
 struct fact_query {
   std::string prefix;
+  std::optional<std::string> key;  // exactly this key's versions (the prefix is then ignored)
   std::optional<uint64_t> as_of_seq;
   std::optional<int64_t> valid_at_ns;
   bool include_superseded = false;
