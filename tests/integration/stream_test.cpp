@@ -149,10 +149,13 @@ TEST_F(StreamTest, AckMarksContextsThatDoNotExistAndPatternsThatMatchNothing) {
   auto pack = pattern.next_control();
   ASSERT_TRUE(pack);
   EXPECT_EQ((*pack)["unmatched_patterns"], json::array({"nothing/*"})) << pack->dump();
-  // The missing context is streamed once it is created.
+  // The missing context is streamed once it is created. (Order holds per context
+  // only: under load the replay of "real" may come after the live "typo" unit.)
   append("typo", "late");
   const auto& units = sub.units_until(2);
-  EXPECT_EQ(units.back()["context_id"], "typo");
+  ASSERT_EQ(units.size(), 2u);
+  EXPECT_TRUE(std::any_of(units.begin(), units.end(), [](const json& u) { return u["context_id"] == "typo"; }))
+      << units.back().dump();
 }
 
 TEST_F(StreamTest, WebSocketReplaysThenDeliversLive) {
