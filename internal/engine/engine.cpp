@@ -12,6 +12,7 @@
 #include <shared_mutex>
 
 #include "engine/drafts.hpp"
+#include "engine/tasks.hpp"
 #include "model/text.hpp"
 
 namespace engram::engine {
@@ -435,6 +436,135 @@ model::result<contexts_page> engine::read_contexts(std::string_view cursor, std:
     out.next_cursor = make_cursor('c', page->contexts.back().id());
   out.contexts = std::move(page->contexts);
   return out;
+}
+
+
+void engine::packet(packet_request req, reply<packet_output> done) const {
+  auto job = [this, req = std::move(req), done]() mutable -> void {
+    auto s = store();
+    if (!s) return done(std::unexpected(s.error()));
+    auto st = *s;
+    const std::string& ctx = req.context_id;
+    auto in = std::make_unique<packet_inputs>();
+    // The context first: its head is the pin, so what commits meanwhile is not seen.
+    auto context = st->get_context(ctx);
+    if (!context) return done(std::unexpected(context.error()));
+    if (!*context) return done(fail(errc::not_found, "no context '" + ctx + "'"));
+    in->context = std::move(**context);
+    in->as_of_seq = std::min(req.as_of_seq.value_or(in->context.head_seq()), in->context.head_seq());
+    in->generated_at_ns = req.now_ns.value_or(clock_->now_ns());
+    const uint64_t as_of = in->as_of_seq;
+    if (as_of > 0) {
+      auto ev = st->read_events(ctx, as_of - 1, 1);
+      if (!ev) return done(std::unexpected(ev.error()));
+      // Removed by retention: the oldest time the log still knows is as good a "now".
+      in->log_time_ns = ev->empty() ? in->context.updated_at_ns() : ev->front().ts_ns();
+    }
+    const auto& policy = req.policy;
+
+    if (req.policy.recent_window > 0) {
+      storage::list_query q{.after_seq = req.since_seq.value_or(0), .before_seq = as_of + 1,
+                            .limit = policy.recent_window, .reverse = true};
+      auto page = st->list_units(ctx, q);
+      if (!page) return done(std::unexpected(page.error()));
+      in->recent = std::move(page->units);
+    }
+    for (const auto& id : in->context.pinned_units()) {
+      auto u = st->get_unit(id);
+      if (!u) return done(std::unexpected(u.error()));
+      if (*u && (*u)->context_id() == ctx && (*u)->seq() <= as_of) in->pinned.push_back(std::move(**u));
+    }
+    storage::fact_query fq;
+    fq.as_of_seq = as_of;
+    fq.include_superseded = true;
+    fq.limit = opts_.packet.max_fact_versions;
+    auto facts = st->read_facts(ctx, fq);
+    if (!facts) return done(std::unexpected(facts.error()));
+    if (facts->size() > fq.limit) facts->resize(fq.limit);
+    in->facts = std::move(*facts);
+    if (!req.agent_id.empty()) {
+      auto cps = st->list_checkpoints(ctx, req.agent_id);
+      if (!cps) return done(std::unexpected(cps.error()));
+      for (auto& e : *cps)
+        if (e.seq() <= as_of) in->checkpoints.push_back(std::move(e));
+    }
+    if (auto* t = tasks_.load(std::memory_order_acquire)) {
+      auto page = t->list(ctx, "", "", opts_.packet.max_tasks);
+      auto records = t->read(page.task_ids);
+      if (!records) return done(std::unexpected(records.error()));
+      for (auto& task : *records)
+        if (task.status() != "done" && task.status() != "failed") in->tasks.push_back(std::move(task));
+    }
+    if (auto* m = locks_.load(std::memory_order_acquire)) {
+      for (auto& l : m->list("", ""))
+        if (l.context_id() == ctx && l.holder_agent() != req.agent_id) in->leases.push_back(std::move(l));
+    }
+
+    if (auto* index = search_.load(std::memory_order_acquire)) {
+      // The index may hold units written after as_of_seq: they are left out by seq.
+      search::query base;
+      base.context_id = ctx;
+      base.snippets = false;
+      base.to_ns = in->log_time_ns + 1;
+      if (policy.summaries_limit > 0) {
+        auto q = base;
+        q.types = {api::WORK_UNIT_TYPE_SUMMARY};
+        q.mode = search::search_mode::keyword;
+        q.limit = policy.summaries_limit;
+        auto found = index->search_now(q);
+        if (!found) return done(std::unexpected(found.error()));
+        for (const auto& h : found->hits) {
+          if (h.seq > as_of) continue;
+          auto u = st->get_unit(h.id);
+          if (!u) return done(std::unexpected(u.error()));
+          if (*u) in->summaries.push_back(std::move(**u));
+        }
+      }
+      if (req.has_query() && policy.retrieve_limit > 0) {
+        auto q = base;
+        q.text = req.query_text;
+        q.vector = req.query_vector;
+        q.model = req.query_model;
+        q.types = policy.types;
+        q.limit = policy.retrieve_limit;
+        auto found = index->search_now(q);
+        if (!found) return done(std::unexpected(found.error()));
+        in->search = search::to_string(found->mode);
+        in->degraded = found->degraded;
+        size_t rank = 0;
+        for (const auto& h : found->hits) {
+          ++rank;
+          if (h.seq > as_of) continue;
+          auto u = st->get_unit(h.id);
+          if (!u) return done(std::unexpected(u.error()));
+          if (!*u) continue;
+          packet_inputs::hit hit{std::move(**u), h.keyword_rank, h.vector_rank};
+          if (found->mode == search::search_mode::keyword) hit.keyword_rank = rank;
+          in->retrieved.push_back(std::move(hit));
+        }
+      }
+    } else if (req.has_query()) {
+      in->degraded = "search is not enabled on this server: nothing was retrieved for the query";
+    }
+
+    // Tool calls shown without their result as the log stood at as_of_seq.
+    auto note_call = [&](const api::WorkUnit& u) -> model::status {
+      if (u.type() != api::WORK_UNIT_TYPE_TOOL_CALL || u.call_id().empty() || in->open_calls.contains(u.call_id()))
+        return {};
+      auto call = st->get_tool_call(ctx, u.call_id());
+      if (!call) return std::unexpected(call.error());
+      if (*call && (!(*call)->result || (*call)->result->seq() > as_of)) in->open_calls.insert(u.call_id());
+      return {};
+    };
+    for (const auto* list : {&in->pinned, &in->recent})
+      for (const auto& u : *list)
+        if (auto ok = note_call(u); !ok) return done(std::unexpected(ok.error()));
+    for (const auto& h : in->retrieved)
+      if (auto ok = note_call(h.unit); !ok) return done(std::unexpected(ok.error()));
+
+    done(assemble_packet(req, *in));
+  };
+  if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
 }  // namespace engram::engine

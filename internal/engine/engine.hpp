@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/options.hpp"
+#include "engine/packet.hpp"
 #include "engine/stream.hpp"
 #include "locks/manager.hpp"
 #include "model/clock.hpp"
@@ -141,6 +142,12 @@ class engine {
   // A tool call and its result (storage::store::get_tool_call); not_found when the
   // context has no such call.
   void get_tool_call(std::string context_id, std::string call_id, reply<storage::tool_call> done) const;
+
+  // ---- the memory packet (packet.hpp) ----
+  // Gathers what the packet may show as the log stood at the request's as_of_seq
+  // (at most the head; the head, read first, when it names none) and assembles it.
+  // not_found when the context does not exist. Runs on the read pool.
+  void packet(packet_request req, reply<packet_output> done) const;
 
   // ---- contexts -----------------------------------------------------------------
   void get_context(std::string id, reply<api::Context> done) const;

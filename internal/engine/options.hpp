@@ -48,10 +48,17 @@ struct fact_options {
   size_t max_sources = 256;            // seqs a fact may cite
 };
 
+// The memory packet (README, Memory packet): how much state one may consider.
+struct packet_options {
+  size_t max_fact_versions = 5000;  // fact versions read (active and ended); beyond: not considered
+  size_t max_tasks = 1000;          // tasks of the context read for the board
+};
+
 struct options {
   size_t max_batch_units = 1000;  // POST /workunits
   checkpoint_options checkpoints;
   fact_options facts;
+  packet_options packet;
   size_t default_page_limit = 100;
   size_t max_page_limit = 1000;
   size_t max_search_offset = 100'000;

@@ -58,6 +58,7 @@ const route table[] = {
     {"DELETE", "/contexts/{id*}/facts/{key}", retract_fact, writes,   authenticated, subject_rule{"id", "context id", write}},
     {"GET",    "/contexts/{id*}/facts/{key}", get_fact,    unlimited, authenticated, subject_rule{"id", "context id", read}},
     {"GET",    "/contexts/{id*}/facts",    list_facts,    unlimited, authenticated, subject_rule{"id", "context id", read}},
+    {"POST",   "/contexts/{id*}/packet",   build_packet,  searches,  authenticated, subject_rule{"id", "context id", read}},
     {"POST",   "/contexts/{id*}/drafts/{draft_id}/deltas", add_draft_delta, writes, authenticated, subject_rule{"id", "context id", write}},
     {"POST",   "/contexts/{id*}/drafts/{draft_id}/commit", commit_draft, writes, authenticated, subject_rule{"id", "context id", write}},
     {"GET",    "/contexts/{id*}/drafts/{draft_id}", get_draft, unlimited, authenticated, subject_rule{"id", "context id", read}},

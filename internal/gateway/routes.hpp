@@ -157,6 +157,8 @@ void set_fact(services&, call&, responder);
 void retract_fact(services&, call&, responder);
 void list_facts(services&, call&, responder);
 void get_fact(services&, call&, responder);
+// routes_packet.cpp
+void build_packet(services&, call&, responder);
 // routes_drafts.cpp
 void add_draft_delta(services&, call&, responder);
 void commit_draft(services&, call&, responder);
