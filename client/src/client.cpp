@@ -631,6 +631,61 @@ result<facts_read> client::fact_versions(const std::string& context_id, const st
                       "versions");
 }
 
+result<memory_packet> client::packet(const std::string& context_id, const packet_request& r) {
+  json body = json::object();
+  if (!r.agent_id.empty()) body["agent_id"] = r.agent_id;
+  if (!r.purpose.empty()) body["purpose"] = r.purpose;
+  if (!r.query.empty() || !r.query_vector.empty()) {
+    json q = json::object();
+    if (!r.query.empty()) q["text"] = r.query;
+    if (!r.query_vector.empty()) q["vector"] = r.query_vector;
+    body["query"] = std::move(q);
+  }
+  body["budget"] = {{"max_tokens", r.max_tokens}};
+  if (!r.section_budgets.empty()) body["budget"]["sections"] = r.section_budgets;
+  json policy = json::object();
+  if (!r.policy_json.empty()) {
+    policy = json::parse(r.policy_json, nullptr, false);
+    if (!policy.is_object())
+      return std::unexpected(error{error::kind::protocol, 0, "policy_json is not a JSON object: " + r.policy_json, {}});
+  }
+  if (!r.policy.empty()) policy["name"] = r.policy;
+  if (!policy.empty()) body["policy"] = std::move(policy);
+  if (r.as_of_seq) body["as_of_seq"] = *r.as_of_seq;
+  if (r.since_seq) body["since_seq"] = *r.since_seq;
+  if (r.text) body["format"] = "text";
+  auto answer = impl_->send("POST", "/contexts/" + encode_component(context_id) + "/packet", body.dump(), retry_mode::safe);
+  if (!answer) return std::unexpected(answer.error());
+  memory_packet out;
+  if (r.text && answer->status / 100 == 2) {
+    out.body = std::move(answer->body);
+    out.etag = answer->header("etag");
+    return out;
+  }
+  auto j = codec::parse_object(answer->body, answer->status);
+  if (!j) return std::unexpected(j.error());
+  out.etag = answer->header("etag");
+  const json meta = j->value("meta", json::object());
+  out.as_of_seq = meta.value("as_of_seq", uint64_t(0));
+  const json report = j->value("budget_report", json::object());
+  out.max_tokens = report.value("max_tokens", 0u);
+  out.used_tokens = report.value("used_tokens", 0u);
+  for (const auto& i : j->value("items", json::array())) {
+    packet_item item{i.value("section", ""), i.value("kind", ""), i.value("seq", uint64_t(0)),
+                     i.value("kind", "") == "unit" ? i.value("id", "") : i.value("key", ""), i.value("tokens", 0u),
+                     i.value("why", json::object()).value("score", 0.0), i.dump()};
+    out.items.push_back(std::move(item));
+  }
+  for (const auto& o : report.value("omitted", json::array())) {
+    out.omitted.push_back(packet_omission{o.value("section", ""), o.value("kind", ""),
+                                          o.value("kind", "") == "unit" ? o.value("id", "") : o.value("key", ""),
+                                          o.value("seq", uint64_t(0)), o.value("tokens", 0u), o.value("score", 0.0),
+                                          o.value("reason", ""), o.value("by_seq", uint64_t(0))});
+  }
+  out.body = std::move(answer->body);
+  return out;
+}
+
 result<std::vector<present_agent>> client::presence(const std::string& context_id) {
   auto r = impl_->send("GET", "/contexts/" + encode_component(context_id) + "/presence", {}, retry_mode::safe);
   if (!r) return std::unexpected(r.error());

@@ -673,6 +673,61 @@ void add_fact(CLI::App& app, globals& g) {
   });
 }
 
+void add_packet(CLI::App& app, globals& g) {
+  auto* cmd = app.add_subcommand(
+      "packet", "What an agent should be shown of a context under a token budget: a prompt block (--json: the "
+                "packet with each item's why; --explain: what is in and out, and why)");
+  struct args {
+    std::string context;
+    ec::packet_request r;
+    std::vector<std::string> sections;
+    bool explain = false;
+  };
+  auto a = std::make_shared<args>();
+  cmd->add_option("context", a->context, "Context id")->required();
+  cmd->add_option("--for", a->r.agent_id, "Whose packet (default: --agent)");
+  cmd->add_option("--query", a->r.query, "Retrieve units about this from the whole history");
+  cmd->add_option("--max-tokens", a->r.max_tokens, "The token budget")->capture_default_str()->check(CLI::Range(1, 1000000));
+  cmd->add_option("--section", a->sections, "A section's budget, section=tokens (repeatable): pinned, facts, tasks, "
+                                            "leases, checkpoint, summaries, retrieved, recent");
+  cmd->add_option("--policy", a->r.policy, "default, catch_up, answer or resume");
+  cmd->add_option("--policy-json", a->r.policy_json, "Policy overrides as a JSON object");
+  cmd->add_option("--purpose", a->r.purpose, "What the packet is for (shown to the model)");
+  cmd->add_option("--as-of", a->r.as_of_seq, "As the log stood at this seq (default: the head)");
+  cmd->add_option("--since", a->r.since_seq, "Only what changed after this seq");
+  cmd->add_flag("--explain", a->explain, "List every item and omission with its score and reason");
+  cmd->callback([a, &g] {
+    g.run = [a, &g](ec::client& c) {
+      for (const auto& s : a->sections) {
+        const auto eq = s.find('=');
+        uint32_t tokens = 0;
+        const char* end = s.data() + s.size();
+        if (eq == std::string::npos || std::from_chars(s.data() + eq + 1, end, tokens).ptr != end) {
+          std::cerr << "engramctl: --section takes section=tokens, e.g. recent=2000 (got '" << s << "')\n";
+          return exit_usage;
+        }
+        a->r.section_budgets[s.substr(0, eq)] = tokens;
+      }
+      a->r.text = !g.json && !a->explain;
+      auto p = c.packet(a->context, a->r);
+      if (!p) return report(p.error());
+      if (!a->explain) {
+        std::cout << p->body << (p->body.ends_with('\n') ? "" : "\n");
+        return exit_ok;
+      }
+      std::cout << "as of seq " << p->as_of_seq << ": " << p->used_tokens << " of " << p->max_tokens << " tokens\n";
+      for (const auto& i : p->items)
+        std::cout << "in   " << i.section << " " << i.kind << " " << (i.seq ? "#" + std::to_string(i.seq) + " " : "")
+                  << i.key << "  " << i.tokens << " tokens, score " << i.score << "\n";
+      for (const auto& o : p->omitted)
+        std::cout << "out  " << o.section << " " << o.kind << " " << (o.seq ? "#" + std::to_string(o.seq) + " " : "")
+                  << o.key << "  " << o.tokens << " tokens, score " << o.score << ": " << o.reason
+                  << (o.by_seq ? " by #" + std::to_string(o.by_seq) : "") << "\n";
+      return exit_ok;
+    };
+  });
+}
+
 void add_ls(CLI::App& app, globals& g) {
   auto* ls = app.add_subcommand("ls", "List a context's work units, oldest first (each line starts with the unit id)");
   struct args {
@@ -1259,6 +1314,7 @@ int main(int argc, char** argv) {
   add_calls(app, g);
   add_presence(app, g);
   add_fact(app, g);
+  add_packet(app, g);
   add_task(app, g);
   add_search(app, g);
   add_token(app, g);

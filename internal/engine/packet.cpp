@@ -560,7 +560,6 @@ class assembler {
     if (!in_.degraded.empty()) search["degraded"] = in_.degraded;
     json meta{{"as_of_seq", in_.as_of_seq},
               {"since_seq", req_.since_seq ? json(*req_.since_seq) : json(nullptr)},
-              {"head_seq", in_.context.head_seq()},
               {"log_time", wire::timestamp_json(in_.log_time_ns)},
               {"purpose", req_.purpose},
               {"query", req_.query_text},

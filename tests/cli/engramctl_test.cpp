@@ -429,6 +429,45 @@ TEST_F(EngramctlTest, FactsSetListHistoryAndRetract) {
   EXPECT_NE(ctl({"fact", "set", "cli/f", "k", "not json"}).code, 0);
 }
 
+// packet: the prompt block by default, --explain lists what is in and out (the SDK's
+// decoded items and omissions), --json the server's packet; bad input exits 2 or
+// with the server's message.
+TEST_F(EngramctlTest, PacketAsTextExplainedAndJson) {
+  ASSERT_EQ(ctl({"put", "cli/p", "deploy with blue-green"}).code, 0);
+  ASSERT_EQ(ctl({"put", "cli/p", "the rollback took four minutes"}).code, 0);
+  ASSERT_EQ(ctl({"fact", "set", "cli/p", "repo.branch", "\"trunk\""}).code, 0);
+  ASSERT_EQ(ctl({"fact", "set", "cli/p", "repo.branch", "\"main\""}).code, 0);
+  auto text = ctl({"packet", "cli/p", "--max-tokens", "100"});
+  ASSERT_EQ(text.code, 0) << text.err;
+  EXPECT_TRUE(text.out.starts_with("Current time: ")) << text.out;
+  EXPECT_NE(text.out.find("You are: cli-agent\n"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("- repo.branch = \"main\" (set by cli-agent at #4"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("] cli-agent (MESSAGE): the rollback took four minutes\n"), std::string::npos) << text.out;
+
+  auto explain = ctl({"packet", "cli/p", "--max-tokens", "8", "--section", "facts=2", "--explain"});
+  ASSERT_EQ(explain.code, 0) << explain.err;
+  EXPECT_TRUE(explain.out.starts_with("as of seq 4: ")) << explain.out;
+  EXPECT_NE(explain.out.find("out  facts fact #3 repo.branch  "), std::string::npos) << explain.out;
+  EXPECT_NE(explain.out.find(": superseded by #4\n"), std::string::npos) << explain.out;
+  EXPECT_NE(explain.out.find("out  facts fact #4 repo.branch  5 tokens"), std::string::npos) << explain.out;
+  EXPECT_NE(explain.out.find(": section_budget\n"), std::string::npos) << explain.out;
+
+  auto json_out = ctl({"--json", "packet", "cli/p", "--for", "someone", "--as-of", "2"});
+  ASSERT_EQ(json_out.code, 0) << json_out.err;
+  auto j = nlohmann::json::parse(json_out.out);
+  EXPECT_EQ(j["agent_id"], "someone");
+  EXPECT_EQ(j["meta"]["as_of_seq"], 2);
+  EXPECT_EQ(j["items"].size(), 2u);
+
+  auto bad_section = ctl({"packet", "cli/p", "--section", "recent"});
+  EXPECT_EQ(bad_section.code, 2);
+  EXPECT_NE(bad_section.err.find("--section takes section=tokens"), std::string::npos) << bad_section.err;
+  auto unknown = ctl({"packet", "cli/p", "--section", "inbox=5"});
+  EXPECT_NE(unknown.code, 0);
+  EXPECT_NE(unknown.err.find("budget.sections.inbox: unknown section"), std::string::npos) << unknown.err;
+  EXPECT_NE(ctl({"packet", "cli/p", "--policy", "turbo"}).err.find("unknown policy 'turbo'"), std::string::npos);
+}
+
 // A holder paused (SIGSTOP) past its claim's TTL is declared dead: the task is
 // stranded and claimed by another agent. Resumed, the old holder cannot complete it
 // (409), and the new holder can.

@@ -293,6 +293,20 @@ TEST_F(AuthTest, FactsNeedWriteToChangeAndReadToSee) {
   EXPECT_EQ(as(reader, "GET", "/contexts/secret%2Fx/facts").status, 403u);
 }
 
+TEST_F(AuthTest, APacketNeedsReadAndDefaultsToTheTokensSubject) {
+  start();
+  const auto reader = token("reader", {{"team/*", auth::read}});
+  append(admin_, "team/a", "x");
+  auto own = as(reader, "POST", "/contexts/team%2Fa/packet", json::object());
+  ASSERT_EQ(own.status, 200u) << own.raw;
+  EXPECT_EQ(own.body["agent_id"], "reader");
+  // What another agent would be shown is readable too: a packet writes nothing.
+  EXPECT_EQ(as(reader, "POST", "/contexts/team%2Fa/packet", json{{"agent_id", "someone"}}).body["agent_id"], "someone");
+  append(admin_, "secret/x", "y");
+  EXPECT_EQ(as(reader, "POST", "/contexts/secret%2Fx/packet", json::object()).status, 403u);
+  EXPECT_EQ(call(*http_, "POST", "/contexts/team%2Fa/packet", "{}").status, 401u);
+}
+
 TEST_F(AuthTest, SseTakesTheTokenFromACookieButNotAcrossOrigins) {
   start([](config::config& c) { c.server.cors_origins = {"*"}; });
   const auto reader = token("reader", {{"team/*", auth::read}});

@@ -411,6 +411,10 @@ class client {
   // Every version of one key (include_superseded), or its active one only.
   result<facts_read> fact_versions(const std::string& context_id, const std::string& key, const fact_query& q = {});
 
+  // The memory packet (README, Memory packet): what `r.agent_id` should be shown of
+  // the context under a token budget, each item with why. Safe to retry.
+  result<memory_packet> packet(const std::string& context_id, const packet_request& r = {});
+
   // A tool call of a context's ledger and its result (README, Tool calls); a call
   // the context does not have is an error (404).
   result<tool_call> get_tool_call(const std::string& context_id, const std::string& call_id);

@@ -278,6 +278,50 @@ struct facts_read {
   std::vector<fact> facts;
 };
 
+// A memory packet request (README, Memory packet). Sections: pinned, facts, tasks,
+// leases, checkpoint, summaries, retrieved, recent.
+struct packet_request {
+  std::string agent_id;  // whose packet; empty: the client's agent
+  std::string purpose;   // free text; a policy's name selects that policy
+  std::string query;     // retrieval text; empty with no vector: nothing retrieved
+  std::vector<float> query_vector;
+  uint32_t max_tokens = 4000;
+  std::map<std::string, uint32_t> section_budgets;  // section → tokens (a cap)
+  std::string policy;       // "default", "catch_up", "answer", "resume"; empty: by purpose
+  std::string policy_json;  // overrides as a JSON object ({"recent_window":20,"weights":{…}}); empty: none
+  std::optional<uint64_t> as_of_seq;  // default: the head, pinned when the request starts
+  std::optional<uint64_t> since_seq;  // only what changed after it
+  bool text = false;                  // a prompt block instead of JSON
+};
+
+struct packet_item {
+  std::string section, kind;  // kind: unit, fact, task, lease, checkpoint
+  uint64_t seq = 0;           // 0: state without a seq (tasks, leases)
+  std::string key;            // the unit's id, the fact's key, the task's id, the resource
+  uint32_t tokens = 0;
+  double score = 0;
+  std::string json;  // the item as the server sent it (content and `why`)
+};
+
+struct packet_omission {
+  std::string section, kind, key;
+  uint64_t seq = 0;
+  uint32_t tokens = 0;
+  double score = 0;
+  std::string reason;  // section_budget, global_budget, policy_limit, superseded, outside_window, summarized
+  uint64_t by_seq = 0;  // superseded / summarized: by which seq
+};
+
+struct memory_packet {
+  std::string body;  // as sent: the JSON packet, or the text block
+  std::string etag;  // the same for the same request at the same as_of_seq
+  // Decoded from a JSON packet (empty for text):
+  uint64_t as_of_seq = 0;
+  uint32_t max_tokens = 0, used_tokens = 0;
+  std::vector<packet_item> items;
+  std::vector<packet_omission> omitted;
+};
+
 // An agent present in a context (README, Presence).
 struct present_agent {
   std::string agent_id;
