@@ -2,16 +2,17 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams drafts locks agents search vectors sdk micro
+#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams drafts locks agents search vectors packet sdk micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
 #   BENCH_LAG_SECONDS=60: length of the ack → searchable run
+#   BENCH_PACKET_UNITS=100000: units of the packet bench's context
 set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read isolation streams drafts locks agents search vectors sdk micro}
+SECTIONS=${*:-write read isolation streams drafts locks agents search vectors packet sdk micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -180,6 +181,14 @@ S="$BIN/engram-search-bench"
 start_server sync "$WORK/vsearch"
 "$S" seed --port "$PORT" --connections 2 --units "$VEC_UNITS" --dim 384
 "$S" vquery --port "$PORT" --connections 1 --seconds "$SECS" --limit 10 --dim 384
+stop_server
+fi
+
+if has packet; then
+PACKET_UNITS=${BENCH_PACKET_UNITS:-100000}
+echo "## memory packet: one context of ${PACKET_UNITS} units and 1000 facts (2 versions each), max_tokens 8000 (sync durability)"
+start_server sync "$WORK/packet"
+"$BIN/engram-search-bench" packet --port "$PORT" --units "$PACKET_UNITS" --facts 1000 --max-tokens 8000 --seconds "$SECS"
 stop_server
 fi
 

@@ -9,6 +9,9 @@
 //                             the same, each unit with a random vector
 //   engram-search-bench vquery --port P --dim 384 --seconds 10
 //                             semantic (with and without filters) and hybrid p50/p99
+//   engram-search-bench packet --port P --units 100000 --facts 1000 --max-tokens 8000
+//                             memory packet latency on one big context, with and
+//                             without a query (seeds the context first if needed)
 //
 // Text is drawn from a 20k-word synthetic vocabulary with a Zipf distribution
 // (like natural language), ~30 words per unit, so posting lists have realistic
@@ -344,6 +347,83 @@ void run_lag(const settings& s) {
   print_percentiles("ack → searchable", delays_us, 0, 0);
 }
 
+// One context of `units` units (a SUMMARY every 1000 covering the 1000 before it) and
+// `facts` facts, each set twice (so half the versions are superseded); then packets
+// with and without a query, one at a time, for --seconds each.
+int run_packet(const settings& s, size_t facts, unsigned max_tokens) {
+  const std::string ctx = "packet-bench";
+  engram::client::http_connection c(s.host, s.port, std::chrono::seconds(120));
+  auto head = c.request("GET", "/contexts/" + ctx);
+  const bool seeded = head && head->status == 200 && json::parse(head->body)["context"]["head_seq"] >= s.units;
+  vocabulary vocab;
+  std::mt19937_64 rng(42);
+  if (!seeded) {
+    const auto t0 = steady::now();
+    for (size_t done = 0; done < s.units;) {
+      json units = json::array();
+      for (size_t k = 0; k < s.batch && done < s.units; ++k, ++done) {
+        if (done % 1000 == 999) {
+          units.push_back({{"text", "Summary: " + vocab.sentence(rng, 60)}, {"agent_id", "summarizer"}, {"type", "SUMMARY"},
+                           {"meta", {{"covers_from_seq", std::to_string(done - 998)}, {"covers_to_seq", std::to_string(done)}}}});
+          continue;
+        }
+        units.push_back({{"text", vocab.sentence(rng, 20 + rng() % 20)},
+                         {"agent_id", "agent-" + std::to_string(rng() % 20)},
+                         {"type", 1 + rng() % 8},
+                         {"meta", {{"to", "agent-" + std::to_string(rng() % 20)}}}});
+      }
+      auto r = c.request("POST", "/workunits", json({{"context_id", ctx}, {"work_units", units}}).dump());
+      if (auto err = expect(r, 201); !err.empty()) {
+        std::fprintf(stderr, "seed failed: %s\n", err.c_str());
+        return 1;
+      }
+    }
+    for (size_t round = 0; round < 2; ++round) {
+      for (size_t f = 0; f < facts; ++f) {
+        json body{{"value", vocab.sentence(rng, 3 + rng() % 5)}, {"agent_id", "agent-" + std::to_string(rng() % 20)}};
+        auto r = c.request("PUT", "/contexts/" + ctx + "/facts/team.k" + std::to_string(f), body.dump());
+        if (auto err = expect(r, 200); !err.empty()) {
+          std::fprintf(stderr, "fact failed: %s\n", err.c_str());
+          return 1;
+        }
+      }
+    }
+    std::printf("seeded %zu units and %zu facts (2 versions each) in %.1f s\n", s.units, facts,
+                std::chrono::duration<double>(steady::now() - t0).count());
+  }
+  wait_indexed(s);
+  for (bool with_query : {false, true}) {
+    std::vector<double> us;
+    size_t errors = 0, bytes = 0, items = 0, used = 0, omitted = 0;
+    const auto t0 = steady::now();
+    const auto end = t0 + std::chrono::duration<double>(s.seconds);
+    while (steady::now() < end) {
+      json body{{"agent_id", "agent-" + std::to_string(rng() % 20)}, {"budget", {{"max_tokens", max_tokens}}}};
+      if (with_query) body["query"] = vocab.word(10 + rng() % 490) + " " + vocab.word(10 + rng() % 490);
+      const auto q0 = steady::now();
+      auto r = c.request("POST", "/contexts/" + ctx + "/packet", body.dump());
+      const double took = std::chrono::duration<double, std::micro>(steady::now() - q0).count();
+      if (!expect(r, 200).empty()) {
+        ++errors;
+        continue;
+      }
+      us.push_back(took);
+      if (us.size() == 1) {
+        auto j = json::parse(r->body);
+        bytes = r->body.size();
+        items = j["items"].size();
+        used = j["budget_report"]["used_tokens"];
+        omitted = j["budget_report"]["omitted"].size();
+      }
+    }
+    const double elapsed = std::chrono::duration<double>(steady::now() - t0).count();
+    print_percentiles(with_query ? "packet, 2-word query" : "packet, no query", us, elapsed, errors);
+    std::printf("  (first answer: %zu bytes, %zu items, %zu of %u tokens, %zu omissions reported)\n", bytes, items,
+                used, max_tokens, omitted);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -366,6 +446,12 @@ int main(int argc, char** argv) {
   auto* lag = app.add_subcommand("lag", "ack-to-searchable delay under a fixed append rate");
   lag->add_option("--rate", s.rate, "appends per second")->check(CLI::Range(1.0, 100000.0));
   auto* wait = app.add_subcommand("wait", "wait until the index has caught up with the logs");
+  auto* packet = app.add_subcommand("packet", "memory packet latency on one big context, with and without a query");
+  size_t facts = 1000;
+  unsigned max_tokens = 8000;
+  packet->add_option("--units", s.units, "units of the context (seeded when it has fewer)");
+  packet->add_option("--facts", facts, "facts, each set twice");
+  packet->add_option("--max-tokens", max_tokens);
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
   if (*wait) std::printf("index caught up after %.1f s of waiting\n", wait_indexed(s));
@@ -373,5 +459,6 @@ int main(int argc, char** argv) {
   if (*query) run_query(s);
   if (*vquery) run_vquery(s);
   if (*lag) run_lag(s);
+  if (*packet) return run_packet(s, facts, max_tokens);
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -135,14 +136,20 @@ bool names_agent(std::string_view list, std::string_view agent) {
   return false;
 }
 
-// FNV-1a, 64 bits: a stable fingerprint of the body for the ETag (std::hash may
-// differ between builds; a cryptographic hash buys nothing here).
-uint64_t fnv1a(std::string_view s) {
+// FNV-1a over 8-byte words (then the tail bytes): a stable fingerprint of the body
+// for the ETag, fast enough for half a megabyte. Not cryptographic: an ETag only
+// needs to change when the body does. std::hash is not used because its value may
+// change with the standard library, and an ETag should outlive a server upgrade.
+uint64_t fingerprint(std::string_view s) {
   uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+    h ^= h >> 29;
   }
+  for (; i < s.size(); ++i) h = (h ^ static_cast<unsigned char>(s[i])) * 1099511628211ull;
   return h;
 }
 
@@ -186,6 +193,8 @@ class assembler {
   }
 
   void gather() {
+    cands_.reserve(in_.pinned.size() + in_.summaries.size() + in_.retrieved.size() + in_.recent.size() +
+                   in_.facts.size() + in_.tasks.size() + in_.leases.size() + in_.checkpoints.size());
     // Units in section order, so a unit two sections propose belongs to the first.
     for (const auto& u : in_.pinned) add_unit(section::pinned, u);
     for (const auto& u : in_.summaries) add_unit(section::summaries, u);
@@ -421,18 +430,57 @@ class assembler {
     return a->key < b->key;
   }
 
-  json why(const candidate& c) const {
-    json signals = json::object();
-    for (size_t i = 0; i < packet_signal_count; ++i)
-      if (c.signals[i] != 0) signals[std::string(signal_names[i])] = c.signals[i];
-    json w{{"signals", std::move(signals)}, {"score", c.score}, {"selected_by", section_names[at(c.sec)]}};
-    if (c.beyond_share) w["beyond_section_share"] = true;
-    if (!c.also_in.empty()) {
-      json also = json::array();
-      for (auto s : c.also_in) also.push_back(section_names[at(s)]);
-      w["also_in"] = std::move(also);
+  static void append_number(std::string& out, double x) {
+    char buf[32];
+    out.append(buf, std::to_chars(buf, buf + sizeof buf, x).ptr);
+  }
+  static void append_name(std::string& out, std::string_view name) {
+    out += '"';
+    out += name;  // our own names: nothing to escape
+    out += '"';
+  }
+
+  void append_why(std::string& out, const candidate& c) const {
+    out += ",\"why\":{\"signals\":{";
+    bool first = true;
+    for (size_t i = 0; i < packet_signal_count; ++i) {
+      if (c.signals[i] == 0) continue;
+      if (!first) out += ',';
+      first = false;
+      append_name(out, signal_names[i]);
+      out += ':';
+      append_number(out, c.signals[i]);
     }
-    return w;
+    out += "},\"score\":";
+    append_number(out, c.score);
+    out += ",\"selected_by\":";
+    append_name(out, section_names[at(c.sec)]);
+    if (!c.also_in.empty()) {
+      out += ",\"also_in\":[";
+      for (size_t i = 0; i < c.also_in.size(); ++i) {
+        if (i) out += ',';
+        append_name(out, section_names[at(c.also_in[i])]);
+      }
+      out += ']';
+    }
+    if (c.beyond_share) out += ",\"beyond_section_share\":true";
+    out += '}';
+  }
+
+  void append_omission(std::string& out, const candidate& c) const {
+    out += "{\"section\":";
+    append_name(out, section_names[at(c.sec)]);
+    out += ",\"kind\":";
+    append_name(out, kind_names[size_t(c.k)]);
+    if (c.seq) out += ",\"seq\":" + std::to_string(c.seq);
+    out += c.k == kind::unit ? ",\"id\":" : ",\"key\":";
+    model::append_json_string(out, c.key);
+    out += ",\"tokens\":" + std::to_string(c.tokens) + ",\"score\":";
+    append_number(out, c.score);
+    out += ",\"reason\":";
+    append_name(out, reason_names[size_t(c.omitted)]);
+    if (c.by) out += ",\"by_seq\":" + std::to_string(c.by);
+    out += '}';
   }
 
   void append_content(std::string& out, const candidate& c) const {
@@ -442,7 +490,8 @@ class assembler {
         model::append_unit_json(out, c.unit(), [&](std::string& o) { model::append_text_json(o, c.unit().payload()); });
         break;
       case kind::fact:
-        out += ",\"fact\":" + model::dump(model::to_json(*static_cast<const api::Fact*>(c.item)));
+        out += ",\"fact\":";
+        model::append_fact_json(out, *static_cast<const api::Fact*>(c.item));
         break;
       case kind::task:
         out += ",\"task\":" + model::dump(model::to_json(*static_cast<const api::Task*>(c.item)));
@@ -520,7 +569,15 @@ class assembler {
                             const std::array<uint64_t, packet_section_count>& items,
                             const std::array<uint64_t, packet_section_count>& candidates, uint64_t total) const {
     std::string out;
-    out.reserve(4096 + size_t(total) * 6);
+    // Reserved once: a packet is often hundreds of KB, and growing it by doubling
+    // copies it (and faults in fresh pages) several times.
+    size_t expected = 4096 + omitted.size() * 192;
+    for (const auto* c : shown) {
+      expected += 512;
+      if (c->k == kind::unit) expected += c->unit().payload().size() * 7 / 3 + c->unit().meta_size() * 64;
+      else if (c->k == kind::fact) expected += static_cast<const api::Fact*>(c->item)->value_json().size();
+    }
+    out.reserve(expected);
     out += "{\"context_id\":";
     model::append_json_string(out, req_.context_id);
     out += ",\"agent_id\":";
@@ -530,32 +587,24 @@ class assembler {
       if (i) out += ',';
       append_head(out, *shown[i]);
       append_content(out, *shown[i]);
-      out += ",\"why\":" + model::dump(why(*shown[i])) + "}";
+      append_why(out, *shown[i]);
+      out += '}';
     }
-    out += "],\"budget_report\":";
-    json sections = json::object();
-    for (size_t i = 0; i < packet_section_count; ++i)
-      sections[std::string(section_names[i])] = json{{"budget", section_budget(section(i))},
-                                                     {"used", used[i]},
-                                                     {"items", items[i]},
-                                                     {"candidates", candidates[i]}};
-    json om = json::array();
-    for (const auto* c : omitted) {
-      json o{{"section", section_names[at(c->sec)]},
-             {"kind", kind_names[size_t(c->k)]},
-             {"tokens", c->tokens},
-             {"score", c->score},
-             {"reason", reason_names[size_t(c->omitted)]}};
-      if (c->seq) o["seq"] = c->seq;
-      o[c->k == kind::unit ? "id" : "key"] = c->key;
-      if (c->by) o["by_seq"] = c->by;
-      om.push_back(std::move(o));
+    out += "],\"budget_report\":{\"max_tokens\":" + std::to_string(req_.max_tokens) +
+           ",\"used_tokens\":" + std::to_string(total) + ",\"tight\":" + (tight_ ? "true" : "false") +
+           ",\"sections\":{";
+    for (size_t i = 0; i < packet_section_count; ++i) {
+      if (i) out += ',';
+      append_name(out, section_names[i]);
+      out += ":{\"budget\":" + std::to_string(section_budget(section(i))) + ",\"used\":" + std::to_string(used[i]) +
+             ",\"items\":" + std::to_string(items[i]) + ",\"candidates\":" + std::to_string(candidates[i]) + "}";
     }
-    out += model::dump(json{{"max_tokens", req_.max_tokens},
-                            {"used_tokens", total},
-                            {"tight", tight_},
-                            {"sections", std::move(sections)},
-                            {"omitted", std::move(om)}});
+    out += "},\"omitted\":[";
+    for (size_t i = 0; i < omitted.size(); ++i) {
+      if (i) out += ',';
+      append_omission(out, *omitted[i]);
+    }
+    out += "]}";
     json search{{"mode", in_.search.empty() ? json(nullptr) : json(in_.search)}};
     if (!in_.degraded.empty()) search["degraded"] = in_.degraded;
     json meta{{"as_of_seq", in_.as_of_seq},
@@ -579,7 +628,7 @@ class assembler {
 
   static std::string etag(std::string_view covered) {
     char hex[17];
-    auto h = fnv1a(covered);
+    auto h = fingerprint(covered);
     for (int i = 15; i >= 0; --i, h >>= 4) hex[i] = "0123456789abcdef"[h & 15];
     hex[16] = 0;
     return std::string("W/\"") + hex + "\"";

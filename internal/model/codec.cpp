@@ -316,24 +316,56 @@ json to_json(const api::Lock& l) {
   return out;
 }
 
-json to_json(const api::Fact& f) {
-  auto value = json::parse(f.value_json(), nullptr, /*allow_exceptions=*/false);
-  json out{{"key", f.key()},
-           {"value", value.is_discarded() ? json(nullptr) : std::move(value)},
-           {"status", f.status()},
-           {"agent_id", f.agent_id()},
-           {"sources", f.sources()},
-           {"set_at_seq", f.set_at_seq()},
-           {"set_at", timestamp_json(f.set_at_ns())},
-           {"valid_from", f.valid_from_ns() ? timestamp_json(f.valid_from_ns()) : json(nullptr)},
-           {"valid_to", f.valid_to_ns() ? timestamp_json(f.valid_to_ns()) : json(nullptr)},
-           {"confidence", f.has_confidence() ? json(f.confidence()) : json(nullptr)}};
-  if (f.superseded_at_seq()) {
-    out["superseded_at_seq"] = f.superseded_at_seq();
-    out["ended_by"] = f.ended_by();
-    if (!f.retracted_by().empty()) out["retracted_by"] = f.retracted_by();
+void append_fact_json(std::string& out, const api::Fact& f) {
+  // Members in name order, as nlohmann would write them.
+  out.append("{\"agent_id\":");
+  append_json_string(out, f.agent_id());
+  out.append(",\"confidence\":");
+  if (f.has_confidence()) {
+    char buf[32];
+    auto end = std::to_chars(buf, buf + sizeof buf, f.confidence()).ptr;
+    out.append(buf, end);
+  } else {
+    out.append("null");
   }
-  return out;
+  if (f.superseded_at_seq()) {
+    out.append(",\"ended_by\":");
+    append_json_string(out, f.ended_by());
+  }
+  out.append(",\"key\":");
+  append_json_string(out, f.key());
+  if (f.superseded_at_seq() && !f.retracted_by().empty()) {
+    out.append(",\"retracted_by\":");
+    append_json_string(out, f.retracted_by());
+  }
+  out.append(",\"set_at\":");
+  wire::append_timestamp_json(out, f.set_at_ns());
+  out.append(",\"set_at_seq\":").append(std::to_string(f.set_at_seq()));
+  out.append(",\"sources\":[");
+  for (int i = 0; i < f.sources_size(); ++i) {
+    if (i) out.push_back(',');
+    out.append(std::to_string(f.sources(i)));
+  }
+  out.push_back(']');
+  out.append(",\"status\":");
+  append_json_string(out, f.status());
+  if (f.superseded_at_seq()) out.append(",\"superseded_at_seq\":").append(std::to_string(f.superseded_at_seq()));
+  out.append(",\"valid_from\":");
+  if (f.valid_from_ns()) wire::append_timestamp_json(out, f.valid_from_ns());
+  else out.append("null");
+  out.append(",\"valid_to\":");
+  if (f.valid_to_ns()) wire::append_timestamp_json(out, f.valid_to_ns());
+  else out.append("null");
+  // The value was checked to be JSON when it was set (compact, as model::dump wrote it).
+  out.append(",\"value\":").append(f.value_json().empty() ? "null" : f.value_json());
+  out.push_back('}');
+}
+
+json to_json(const api::Fact& f) {
+  std::string text;
+  append_fact_json(text, f);
+  auto parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return parsed.is_discarded() ? json(nullptr) : parsed;
 }
 
 std::optional<std::string> check_fact_key(std::string_view field, std::string_view key) {

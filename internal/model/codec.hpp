@@ -50,7 +50,9 @@ uint32_t estimate_tokens(std::string_view payload);
 inline uint32_t unit_tokens(const api::WorkUnit& u) { return u.tokens() ? u.tokens() : estimate_tokens(u.payload()); }
 inline constexpr uint32_t max_unit_tokens = 100'000'000;
 
-// A fact version as the fact routes and fact_* events show it.
+// A fact version as the fact routes and fact_* events show it: the direct writer
+// (members in name order; the packet writes many) and the same as a json value.
+void append_fact_json(std::string& out, const api::Fact& fact);
 json to_json(const api::Fact& fact);
 // A fact key: dotted segments of letters, digits, '_' and '-' ("repo.main_branch"),
 // at most 256 bytes. Returns a message naming `field` when invalid.

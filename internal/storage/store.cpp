@@ -4,7 +4,9 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
@@ -29,6 +31,21 @@
 
 namespace engram::storage {
 namespace {
+
+// Which kind an encoded Event holds (the field number of its `kind` member, 10 for
+// a work unit), read without parsing it: listings of units skip the other events
+// of a log (facts, presence, leases…) at the cost of a few varints. 0 when no known
+// kind member is found (a newer kind, say): the caller parses the event.
+int event_kind(rocksdb::Slice bytes) {
+  using google::protobuf::internal::WireFormatLite;
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()), int(bytes.size()));
+  for (uint32_t tag; (tag = in.ReadTag()) != 0;) {
+    const int field = WireFormatLite::GetTagFieldNumber(tag);
+    if (field >= api::Event::kWorkUnitFieldNumber && field <= api::Event::kFactEventFieldNumber) return field;
+    if (!WireFormatLite::SkipField(&in, tag)) return 0;
+  }
+  return 0;
+}
 
 using model::errc;
 using model::fail;
@@ -1645,19 +1662,65 @@ model::result<unit_page> store::list_units(std::string_view context_id, const li
   if (q.after_seq >= q.before_seq || q.before_seq - q.after_seq < 2) return page;
   const uint64_t handle = (*rec)->handle();
   log_range it(*impl_->db, impl_->h(cf_log), handle, q.after_seq + 1, handle, q.before_seq);  // upper exclusive
-  if (q.reverse) it->SeekToLast();
-  else it->SeekToFirst();
   api::Event ev;
-  for (; it->Valid(); q.reverse ? it->Prev() : it->Next()) {
+  // The unit at the iterator, or nullopt for another kind of event.
+  auto unit_here = [&]() -> model::result<std::optional<api::WorkUnit>> {
     const auto value = it->value();
-    if (!ev.ParseFromArray(value.data(), int(value.size())))
-      return fail(errc::internal, "corrupt log entry");
-    if (!ev.has_work_unit()) continue;  // other event kinds are not units
-    if (page.units.size() == q.limit) {
-      page.more = true;
-      break;
+    if (const int kind = event_kind(value); kind && kind != api::Event::kWorkUnitFieldNumber) return std::nullopt;
+    if (!ev.ParseFromArray(value.data(), int(value.size()))) return fail(errc::internal, "corrupt log entry");
+    if (!ev.has_work_unit()) return std::nullopt;  // other event kinds are not units
+    return std::move(*ev.mutable_work_unit());
+  };
+  if (!q.reverse) {
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      auto u = unit_here();
+      if (!u) return std::unexpected(u.error());
+      if (!*u) continue;
+      if (page.units.size() == q.limit) {
+        page.more = true;
+        break;
+      }
+      page.units.push_back(std::move(**u));
     }
-    page.units.push_back(std::move(*ev.mutable_work_unit()));
+  } else {
+    // Newest first, read forward in windows that end where the last one began and
+    // grow fourfold: a step back (Prev) in RocksDB's memtable is a new search of its
+    // skiplist, a step forward is not. Each window is read twice: once peeking at
+    // the kinds for where its units are, then parsing only the newest ones needed.
+    // Seqs below `head` never change meanwhile.
+    const uint64_t first = q.after_seq + 1;
+    uint64_t end = std::min(q.before_seq, (*rec)->context().head_seq() + 1);  // exclusive
+    uint64_t span = std::max<uint64_t>(64, 2 * uint64_t(q.limit));
+    std::vector<api::WorkUnit> newer;  // oldest first: windows taken so far, later ones first
+    std::vector<uint64_t> at;          // seqs of the window's units (or of events of an unknown kind)
+    while (end > first && newer.size() <= q.limit) {
+      const uint64_t start = end - first > span ? end - span : first;
+      const std::string end_key = log_key(handle, end);
+      at.clear();
+      for (it->Seek(log_key(handle, start)); it->Valid() && it->key().compare(end_key) < 0; it->Next()) {
+        const int kind = event_kind(it->value());
+        if (!kind || kind == api::Event::kWorkUnitFieldNumber) at.push_back(get_be64(it->key().ToStringView().substr(8)));
+      }
+      if (!it->status().ok()) break;
+      const size_t need = q.limit + 1 - newer.size();
+      std::vector<api::WorkUnit> window;
+      if (!at.empty()) {
+        const uint64_t from = at.size() > need ? at[at.size() - need] : at.front();
+        for (it->Seek(log_key(handle, from)); it->Valid() && it->key().compare(end_key) < 0; it->Next()) {
+          auto u = unit_here();
+          if (!u) return std::unexpected(u.error());
+          if (*u) window.push_back(std::move(**u));
+        }
+      }
+      if (!it->status().ok()) break;
+      window.insert(window.end(), std::make_move_iterator(newer.begin()), std::make_move_iterator(newer.end()));
+      newer = std::move(window);
+      end = start;
+      span *= 4;
+    }
+    page.more = newer.size() > q.limit;
+    for (size_t i = 0; i < newer.size() && page.units.size() < q.limit; ++i)
+      page.units.push_back(std::move(newer[newer.size() - 1 - i]));
   }
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing units"));
   return page;

@@ -168,6 +168,43 @@ TEST_F(StoreTest, ListsWithBoundsBothDirections) {
   EXPECT_EQ(last->units.size(), 10u);
 }
 
+// Newest-first pages are read forward in growing windows: check them against the
+// log's truth across window edges, with other events (facts) between the units.
+TEST_F(StoreTest, ReversePagesSkipOtherEventsAcrossWindows) {
+  std::vector<uint64_t> unit_seqs;
+  for (int round = 0; round < 30; ++round) {
+    auto r = append("w", {"a", "b", "c"});
+    ASSERT_TRUE(r) << r.error().message;
+    for (const auto& u : r->units) unit_seqs.push_back(u.seq());
+    for (int f = 0; f < (round % 7) * 20; ++f) {  // runs of 0–120 fact events
+      std::promise<model::result<api::Event>> done;
+      fact_change ch;
+      ch.context_id = "w";
+      ch.fact.set_key("k" + std::to_string(f));
+      ch.fact.set_value_json("1");
+      ch.fact.set_status("active");
+      store_->change_fact(std::move(ch), [&](model::result<api::Event> e) { done.set_value(std::move(e)); });
+      ASSERT_TRUE(done.get_future().get());
+    }
+  }
+  const std::vector<uint64_t> newest_first(unit_seqs.rbegin(), unit_seqs.rend());
+  for (size_t limit : {1, 3, 10, 64, 89, 90, 500}) {
+    auto page = store_->list_units("w", {.limit = limit, .reverse = true});
+    ASSERT_TRUE(page);
+    std::vector<uint64_t> got;
+    for (const auto& u : page->units) got.push_back(u.seq());
+    const size_t n = std::min(limit, newest_first.size());
+    EXPECT_EQ(got, std::vector<uint64_t>(newest_first.begin(), newest_first.begin() + long(n))) << limit;
+    EXPECT_EQ(page->more, limit < newest_first.size()) << limit;
+  }
+  // Bounded on both sides: units strictly between.
+  const uint64_t lo = unit_seqs[10], hi = unit_seqs[70];
+  std::vector<uint64_t> want;
+  for (auto seq : newest_first)
+    if (seq > lo && seq < hi) want.push_back(seq);
+  EXPECT_EQ(seqs("w", {.after_seq = lo, .before_seq = hi, .reverse = true}), want);
+}
+
 TEST_F(StoreTest, EverythingSurvivesReopen) {
   ASSERT_TRUE(append("a", {"1", "2"}));
   auto upd = std::promise<model::result<api::Context>>();
