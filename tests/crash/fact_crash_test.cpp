@@ -2,7 +2,8 @@
 // killed. After the restart each key's active value is the last acknowledged change
 // (or the one change in flight at the kill, which may have committed unanswered),
 // every version but the active one was ended (by the next set, or retracted before
-// it), and the log holds one fact event per stored change.
+// it), and the log holds one fact event per stored change. A packet taken mid-run
+// at an as_of_seq is the same bytes after the kill and restart.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -53,12 +54,23 @@ TEST(FactCrashTest, Sigkill_WhileFactsChange_KeepsEveryAcknowledgedVersion) {
         ++steps;
       }
     });
+  ASSERT_TRUE(wait_until([&] { return steps >= 75; }, 120s));
+  // Mid-run: a packet pinned at the head then (acknowledged history only).
+  client::http_connection pc("127.0.0.1", proc.port(), hang_guard);
+  const json ask{{"agent_id", "a1"}, {"now", "2026-12-01T12:00:00Z"}, {"budget", {{"max_tokens", 300}}}};
+  auto mid = pc.request("POST", "/contexts/facts/packet", ask.dump());
+  ASSERT_TRUE(mid && mid->status == 200) << (mid ? mid->body : mid.error().message);
+  json pinned = ask;
+  pinned["as_of_seq"] = json::parse(mid->body)["meta"]["as_of_seq"];
   ASSERT_TRUE(wait_until([&] { return steps >= 150; }, 120s));
   proc.kill9();
   stop = true;
   for (auto& t : agents) t.join();
   proc.restart();
   client::http_connection c("127.0.0.1", proc.port(), 30s);
+  auto again = c.request("POST", "/contexts/facts/packet", pinned.dump());
+  ASSERT_TRUE(again && again->status == 200);
+  EXPECT_EQ(again->body, mid->body);
   for (const auto& [key, want] : keys) {
     auto r = c.request("GET", "/contexts/facts/facts/" + key + "?include_superseded=true");
     ASSERT_TRUE(r && r->status == 200) << key;
