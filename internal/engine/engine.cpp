@@ -438,7 +438,6 @@ model::result<contexts_page> engine::read_contexts(std::string_view cursor, std:
   return out;
 }
 
-
 void engine::packet(packet_request req, reply<packet_output> done) const {
   auto job = [this, req = std::move(req), done]() mutable -> void {
     auto s = store();
@@ -457,7 +456,8 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
     if (as_of > 0) {
       auto ev = st->read_events(ctx, as_of - 1, 1);
       if (!ev) return done(std::unexpected(ev.error()));
-      // Removed by retention: the oldest time the log still knows is as good a "now".
+      // The event at as_of_seq; if retention removed it, the oldest one left (what
+      // is shown of a trimmed log is not reproducible anyway).
       in->log_time_ns = ev->empty() ? in->context.updated_at_ns() : ev->front().ts_ns();
     }
     const auto& policy = req.policy;
@@ -480,7 +480,10 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
     fq.limit = opts_.packet.max_fact_versions;
     auto facts = st->read_facts(ctx, fq);
     if (!facts) return done(std::unexpected(facts.error()));
-    if (facts->size() > fq.limit) facts->resize(fq.limit);
+    if (facts->size() > fq.limit) {
+      facts->resize(fq.limit);
+      in->truncated.push_back("facts");
+    }
     in->facts = std::move(*facts);
     if (!req.agent_id.empty()) {
       auto cps = st->list_checkpoints(ctx, req.agent_id);
@@ -489,11 +492,19 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
         if (e.seq() <= as_of) in->checkpoints.push_back(std::move(e));
     }
     if (auto* t = tasks_.load(std::memory_order_acquire)) {
-      auto page = t->list(ctx, "", "", opts_.packet.max_tasks);
-      auto records = t->read(page.task_ids);
+      std::vector<std::string> ids;
+      bool more = false;
+      for (const char* status : {"open", "claimed", "stranded"}) {  // the board: not done, not failed
+        auto page = t->list(ctx, status, "", opts_.packet.max_tasks);
+        ids.insert(ids.end(), page.task_ids.begin(), page.task_ids.end());
+        more |= page.more;
+      }
+      if (more) in->truncated.push_back("tasks");
+      auto records = t->read(ids);
       if (!records) return done(std::unexpected(records.error()));
-      for (auto& task : *records)
-        if (task.status() != "done" && task.status() != "failed") in->tasks.push_back(std::move(task));
+      std::sort(records->begin(), records->end(),
+                [](const api::Task& a, const api::Task& b) { return a.task_id() < b.task_id(); });
+      in->tasks = std::move(*records);
     }
     if (auto* m = locks_.load(std::memory_order_acquire)) {
       for (auto& l : m->list("", ""))
@@ -531,10 +542,10 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
         if (!found) return done(std::unexpected(found.error()));
         in->search = search::to_string(found->mode);
         in->degraded = found->degraded;
-        size_t rank = 0;
+        size_t rank = 0;  // among the hits at or before as_of_seq
         for (const auto& h : found->hits) {
-          ++rank;
           if (h.seq > as_of) continue;
+          ++rank;
           auto u = st->get_unit(h.id);
           if (!u) return done(std::unexpected(u.error()));
           if (!*u) continue;
@@ -543,8 +554,8 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
           in->retrieved.push_back(std::move(hit));
         }
       }
-    } else if (req.has_query()) {
-      in->degraded = "search is not enabled on this server: nothing was retrieved for the query";
+    } else {
+      in->degraded = "search is not enabled on this server: no summaries, and nothing retrieved for a query";
     }
 
     // Tool calls shown without their result as the log stood at as_of_seq.

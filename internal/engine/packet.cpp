@@ -80,7 +80,9 @@ double round6(double x) { return std::round(x * 1e6) / 1e6; }
 enum class kind : uint8_t { unit, fact, task, lease, checkpoint };
 constexpr std::string_view kind_names[] = {"unit", "fact", "task", "lease", "checkpoint"};
 
-enum class reason : uint8_t { none, section_budget, global_budget, policy_limit, superseded, outside_window, summarized };
+enum class reason : uint8_t {
+  none, section_budget, global_budget, policy_limit, superseded, outside_window, summarized
+};
 constexpr std::string_view reason_names[] = {"",           "section_budget", "global_budget", "policy_limit",
                                              "superseded", "outside_window", "summarized"};
 
@@ -202,7 +204,8 @@ class assembler {
     for (const auto& u : in_.recent) add_unit(section::recent, u);
 
     for (const auto& f : in_.facts) {
-      candidate c(section::facts, kind::fact, &f, f.set_at_seq(), f.set_at_ns(), f.key(), model::estimate_tokens(f.key()) + model::estimate_tokens(f.value_json()));
+      candidate c(section::facts, kind::fact, &f, f.set_at_seq(), f.set_at_ns(), f.key(),
+                  model::estimate_tokens(f.key()) + model::estimate_tokens(f.value_json()));
       const int64_t now = in_.log_time_ns;
       if (f.superseded_at_seq()) {
         c.omitted = reason::superseded;
@@ -215,18 +218,20 @@ class assembler {
       cands_.push_back(std::move(c));
     }
     for (const auto& t : in_.tasks) {
-      cands_.push_back(candidate(section::tasks, kind::task, &t, 0, t.updated_at_ns(), t.task_id(), model::estimate_tokens(t.title()) + model::estimate_tokens(t.spec_json()) +
-                                           model::estimate_tokens(t.progress_json()) + 4));
+      const uint32_t tokens = model::estimate_tokens(t.title()) + model::estimate_tokens(t.spec_json()) +
+                              model::estimate_tokens(t.progress_json()) + 4;
+      cands_.push_back(candidate(section::tasks, kind::task, &t, 0, t.updated_at_ns(), t.task_id(), tokens));
     }
     for (const auto& l : in_.leases) {
-      cands_.push_back(candidate(section::leases, kind::lease, &l, 0, l.acquired_at_ns(), l.resource_path(), model::estimate_tokens(l.resource_path()) +
-                                           model::estimate_tokens(l.holder_agent()) + 4));
+      const uint32_t tokens = model::estimate_tokens(l.resource_path()) + model::estimate_tokens(l.holder_agent()) + 4;
+      cands_.push_back(candidate(section::leases, kind::lease, &l, 0, l.acquired_at_ns(), l.resource_path(), tokens));
     }
     const api::Event* newest = nullptr;
     for (const auto& e : in_.checkpoints)
       if (!newest || e.seq() > newest->seq()) newest = &e;
     for (const auto& e : in_.checkpoints) {
-      candidate c(section::checkpoint, kind::checkpoint, &e, e.seq(), e.ts_ns(), std::to_string(e.checkpoint().version()), model::estimate_tokens(e.checkpoint().state_json()) + 4);
+      candidate c(section::checkpoint, kind::checkpoint, &e, e.seq(), e.ts_ns(),
+                  std::to_string(e.checkpoint().version()), model::estimate_tokens(e.checkpoint().state_json()) + 4);
       if (&e != newest) {
         c.omitted = reason::superseded;
         c.by = newest->seq();
@@ -263,7 +268,8 @@ class assembler {
         }
         s[at(signal::rrf)] = rrf * 61.0 / 2.0;
         const int type = u.type();
-        s[at(signal::type_importance)] = type >= 0 && size_t(type) < p_.type_importance.size() ? p_.type_importance[size_t(type)] : 0;
+        const bool known = type >= 0 && size_t(type) < p_.type_importance.size();
+        s[at(signal::type_importance)] = known ? p_.type_importance[size_t(type)] : 0;
         s[at(signal::authored)] = !me.empty() && u.agent_id() == me;
         auto to = u.meta().find("to");
         s[at(signal::addressed)] = to != u.meta().end() && names_agent(to->second, me);
@@ -348,75 +354,62 @@ class assembler {
 
   // Greedy in score order. When the budget is tight, a summary that is taken
   // replaces the raw units (recent, retrieved) of its span: those already taken give
-  // their tokens back, later ones are not taken.
+  // their tokens back, later ones are not taken. Then what the sections' default
+  // shares cut goes into what is left of max_tokens, by the same rule (a budget the
+  // request set for a section is a cap).
   void fill_global() {
     std::vector<candidate*> order;
     for (auto& c : cands_)
       if (c.kept) order.push_back(&c);
     std::sort(order.begin(), order.end(), by_score);
     for (auto* c : order) c->kept = false;  // from here on: taken within the global budget
-    uint64_t used = 0;
-    std::vector<const candidate*> taken_summaries;
-    auto covering = [&](const candidate& c) -> const candidate* {
-      for (const auto* s : taken_summaries)
-        if (c.seq >= s->covers_from && c.seq <= s->covers_to) return s;
-      return nullptr;
-    };
-    for (auto* c : order) {
-      if (tight_ && c->raw_unit()) {
-        if (const auto* s = covering(*c)) {
-          c->omitted = reason::summarized;
-          c->by = s->seq;
-          continue;
-        }
-      }
-      if (tight_ && c->summary()) {
-        uint64_t freed = 0;
-        for (auto* r : order)
-          if (r->kept && r->raw_unit() && r->seq >= c->covers_from && r->seq <= c->covers_to) freed += r->tokens;
-        if (used - freed + c->tokens > req_.max_tokens) {
-          c->omitted = reason::global_budget;
-          continue;
-        }
-        for (auto* r : order) {
-          if (r->kept && r->raw_unit() && r->seq >= c->covers_from && r->seq <= c->covers_to) {
-            r->kept = false;
-            r->omitted = reason::summarized;
-            r->by = c->seq;
-          }
-        }
-        used = used - freed + c->tokens;
-        c->kept = true;
-        taken_summaries.push_back(c);
-        continue;
-      }
-      if (used + c->tokens > req_.max_tokens) {
-        c->omitted = reason::global_budget;
-        continue;
-      }
-      used += c->tokens;
-      c->kept = true;
-    }
-    // What the sections' default shares left of the global budget goes to what they
-    // cut, in score order (a budget the request set for a section is a cap).
+    for (auto* c : order)
+      if (!take(*c) && c->omitted == reason::none) c->omitted = reason::global_budget;
     std::vector<candidate*> cut;
     for (auto& c : cands_)
       if (c.omitted == reason::section_budget && !req_.section_budget[at(c.sec)]) cut.push_back(&c);
     std::sort(cut.begin(), cut.end(), by_score);
     for (auto* c : cut) {
-      if (used + c->tokens > req_.max_tokens) continue;
-      if (tight_ && c->raw_unit()) {
-        if (const auto* s = covering(*c)) {
-          c->omitted = reason::summarized;
-          c->by = s->seq;
-          continue;
-        }
-      }
-      used += c->tokens;
-      c->kept = true;
+      if (!take(*c)) continue;  // keeps section_budget (or summarized) as its reason
       c->beyond_share = true;
       c->omitted = reason::none;
     }
+  }
+
+  static bool spans(const candidate& summary, const candidate& c) {
+    return c.seq >= summary.covers_from && c.seq <= summary.covers_to;
+  }
+
+  // Takes `c` if it fits what is left of max_tokens (false: it does not, or a taken
+  // summary stands in for it, which sets its reason).
+  bool take(candidate& c) {
+    if (tight_ && c.raw_unit()) {
+      for (const auto* s : summaries_taken_) {
+        if (!spans(*s, c)) continue;
+        c.omitted = reason::summarized;
+        c.by = s->seq;
+        return false;
+      }
+    }
+    uint64_t freed = 0;
+    const bool stands_in = tight_ && c.summary();
+    if (stands_in)
+      for (const auto& r : cands_)
+        if (r.kept && r.raw_unit() && spans(c, r)) freed += r.tokens;
+    if (used_ - freed + c.tokens > req_.max_tokens) return false;
+    if (stands_in) {
+      for (auto& r : cands_) {
+        if (!r.kept || !r.raw_unit() || !spans(c, r)) continue;
+        r.kept = false;
+        r.beyond_share = false;
+        r.omitted = reason::summarized;
+        r.by = c.seq;
+      }
+      summaries_taken_.push_back(&c);
+    }
+    used_ = used_ - freed + c.tokens;
+    c.kept = true;
+    return true;
   }
 
   // ---- rendering ----------------------------------------------------------------
@@ -517,13 +510,8 @@ class assembler {
     out += ",\"kind\":";
     model::append_json_string(out, kind_names[size_t(c.k)]);
     if (c.seq) out += ",\"seq\":" + std::to_string(c.seq);
-    if (c.k != kind::unit) {
-      out += ",\"key\":";
-      model::append_json_string(out, c.key);
-    } else {
-      out += ",\"id\":";
-      model::append_json_string(out, c.key);
-    }
+    out += c.k == kind::unit ? ",\"id\":" : ",\"key\":";
+    model::append_json_string(out, c.key);
     out += ",\"ts\":";
     wire::append_timestamp_json(out, c.ts_ns);
     out += ",\"tokens\":" + std::to_string(c.tokens);
@@ -607,13 +595,16 @@ class assembler {
     out += "]}";
     json search{{"mode", in_.search.empty() ? json(nullptr) : json(in_.search)}};
     if (!in_.degraded.empty()) search["degraded"] = in_.degraded;
+    json truncated = json::array();
+    for (const auto& t : in_.truncated) truncated.push_back(t);
     json meta{{"as_of_seq", in_.as_of_seq},
               {"since_seq", req_.since_seq ? json(*req_.since_seq) : json(nullptr)},
               {"log_time", wire::timestamp_json(in_.log_time_ns)},
               {"purpose", req_.purpose},
               {"query", req_.query_text},
               {"policy", policy_json()},
-              {"search", std::move(search)}};
+              {"search", std::move(search)},
+              {"truncated", std::move(truncated)}};
     std::string meta_text = model::dump(meta);
     meta_text.pop_back();  // generated_at goes last, outside what the ETag covers
     out += ",\"meta\":" + meta_text;
@@ -711,6 +702,8 @@ class assembler {
   std::map<uint64_t, size_t> unit_at_;
   std::map<uint64_t, size_t> kw_rank_, vec_rank_;
   bool tight_ = false;
+  uint64_t used_ = 0;  // tokens taken within max_tokens
+  std::vector<const candidate*> summaries_taken_;
 };
 
 }  // namespace

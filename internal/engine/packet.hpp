@@ -92,7 +92,7 @@ struct packet_inputs {
   std::vector<api::WorkUnit> pinned;
   std::vector<api::WorkUnit> recent;
   std::vector<api::Fact> facts;         // every version set by as_of_seq, as it stood then
-  std::vector<api::Task> tasks;         // not done or failed (current state)
+  std::vector<api::Task> tasks;         // open, claimed or stranded (current state), by id
   std::vector<api::Lock> leases;        // held in this context by other agents (current state)
   std::vector<api::Event> checkpoints;  // the agent's versions written by as_of_seq
   struct hit {
@@ -104,11 +104,12 @@ struct packet_inputs {
   std::set<std::string, std::less<>> open_calls;  // call ids without a result at as_of_seq
   std::string search;    // the search mode that ran; empty: none ran
   std::string degraded;  // why search fell short (no index, vector fell back…)
+  std::vector<std::string> truncated;  // kinds of state a limit cut (packet.max_*)
 };
 
 struct packet_output {
   std::string body;          // application/json or text/plain
-  std::string etag;          // strong over the body without generated_at (see README)
+  std::string etag;          // weak (W/"…"): over the body without generated_at (see README)
   bool text = false;
 };
 

@@ -21,11 +21,20 @@ std::string join(std::span<const std::string_view> names) {
   return out;
 }
 
+// "pinned, facts, …" and "section, keyword_rank, …", for messages.
+template <class E, size_t N>
+std::string names_of() {
+  std::vector<std::string_view> names;
+  for (size_t i = 0; i < N; ++i) names.push_back(engine::to_string(E(i)));
+  return join(names);
+}
+
 // An integer from `min` to `max`.
 model::result<uint64_t> count(const json& v, const std::string& field, uint64_t max, uint64_t min = 0) {
   const bool negative = v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() < 0;
   if (!v.is_number_integer() || negative || v.get<uint64_t>() < min || v.get<uint64_t>() > max)
-    return std::unexpected(bad(field + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max)));
+    return std::unexpected(
+        bad(field + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max)));
   return v.get<uint64_t>();
 }
 
@@ -72,10 +81,9 @@ model::status parse_budget(const json& v, engine::packet_request& r, bool check_
     if (!s->is_object()) return std::unexpected(bad("budget.sections must be an object of section: tokens"));
     for (const auto& [name, tokens] : s->items()) {
       auto sec = engine::packet_section_from(name);
-      std::vector<std::string_view> names;
-      for (size_t i = 0; i < engine::packet_section_count; ++i) names.push_back(engine::to_string(engine::packet_section(i)));
       if (!sec)
-        return std::unexpected(bad("budget.sections." + name + ": unknown section; the sections are " + join(names)));
+        return std::unexpected(bad("budget.sections." + name + ": unknown section; the sections are " +
+                                   names_of<engine::packet_section, engine::packet_section_count>()));
       auto n = count(tokens, "budget.sections." + name, engine::max_packet_tokens);
       if (!n) return std::unexpected(n.error());
       r.section_budget[size_t(*sec)] = uint32_t(*n);
@@ -120,10 +128,9 @@ model::status parse_policy(const json& v, engine::packet_request& r, bool check_
     if (!w->is_object()) return std::unexpected(bad("policy.weights must be an object of signal: weight"));
     for (const auto& [name, weight] : w->items()) {
       auto sig = engine::packet_signal_from(name);
-      std::vector<std::string_view> names;
-      for (size_t i = 0; i < engine::packet_signal_count; ++i) names.push_back(engine::to_string(engine::packet_signal(i)));
       if (!sig)
-        return std::unexpected(bad("policy.weights." + name + ": unknown signal; the signals are " + join(names)));
+        return std::unexpected(bad("policy.weights." + name + ": unknown signal; the signals are " +
+                                   names_of<engine::packet_signal, engine::packet_signal_count>()));
       if (!weight.is_number() || !std::isfinite(weight.get<double>()) || std::fabs(weight.get<double>()) > 1000)
         return std::unexpected(bad("policy.weights." + name + " must be a number from -1000 to 1000"));
       p.weights[size_t(*sig)] = weight.get<double>();

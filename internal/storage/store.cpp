@@ -1692,14 +1692,20 @@ model::result<unit_page> store::list_units(std::string_view context_id, const li
     uint64_t end = std::min(q.before_seq, (*rec)->context().head_seq() + 1);  // exclusive
     uint64_t span = std::max<uint64_t>(64, 2 * uint64_t(q.limit));
     std::vector<api::WorkUnit> newer;  // oldest first: windows taken so far, later ones first
-    std::vector<uint64_t> at;          // seqs of the window's units (or of events of an unknown kind)
+    std::vector<uint64_t> at;          // seqs of the window's units
     while (end > first && newer.size() <= q.limit) {
       const uint64_t start = end - first > span ? end - span : first;
       const std::string end_key = log_key(handle, end);
       at.clear();
       for (it->Seek(log_key(handle, start)); it->Valid() && it->key().compare(end_key) < 0; it->Next()) {
         const int kind = event_kind(it->value());
-        if (!kind || kind == api::Event::kWorkUnitFieldNumber) at.push_back(get_be64(it->key().ToStringView().substr(8)));
+        bool is_unit = kind == api::Event::kWorkUnitFieldNumber;
+        if (!kind) {  // not told by peeking: parse it
+          auto u = unit_here();
+          if (!u) return std::unexpected(u.error());
+          is_unit = u->has_value();
+        }
+        if (is_unit) at.push_back(get_be64(it->key().ToStringView().substr(8)));
       }
       if (!it->status().ok()) break;
       const size_t need = q.limit + 1 - newer.size();

@@ -270,6 +270,18 @@ TEST(Packet, BudgetsAreNeverExceeded) {
     }
     for (const auto& o : body["budget_report"]["omitted"]) EXPECT_TRUE(seen.insert(name_of(o)).second) << name_of(o);
     EXPECT_EQ(seen.size(), 20u);  // every candidate accounted for once
+    // When tight, the summary (unit 10, of 1–9) and a recent or retrieved unit of
+    // its span are never shown together.
+    if (body["budget_report"]["tight"] == true && seen.contains("unit 10")) {
+      bool summary_shown = false, raw_in_span = false;
+      for (const auto& item : body["items"]) {
+        if (item["kind"] != "unit") continue;
+        const auto seq = item["seq"].get<uint64_t>();
+        summary_shown |= seq == 10;
+        raw_in_span |= seq < 10 && (item["section"] == "recent" || item["section"] == "retrieved");
+      }
+      EXPECT_FALSE(summary_shown && raw_in_span) << s.body;
+    }
     EXPECT_LE(total, r.max_tokens) << s.body;
     EXPECT_EQ(body["budget_report"]["used_tokens"], total);
     for (size_t i = 0; i < packet_section_count; ++i)
