@@ -33,7 +33,7 @@ struct api_handler::impl {
   options opts;
   std::shared_ptr<prometheus::Registry> registry;
   stream_registry* streams;
-  services svc{eng, opts, *registry, streams};
+  services svc{eng, opts, *registry, streams, {}};
   prometheus::Family<prometheus::Counter>* requests;
   prometheus::Family<prometheus::Histogram>* latency;
   prometheus::Family<prometheus::Counter>* refusals;
@@ -46,6 +46,13 @@ struct api_handler::impl {
         write_limit(o.limits.writes, "writes"),
         search_limit(o.limits.searches, "searches"),
         lock_limit(o.limits.locks, "lock operations") {
+    svc.dispatch = [this](request req, responder respond) {
+      try {
+        handle(std::move(req), respond);
+      } catch (const std::exception& e) {
+        respond(error_response({errc::internal, std::string("internal error: ") + e.what()}));
+      }
+    };
     refusals = &prometheus::BuildCounter()
                     .Name("engram_http_refusals_total")
                     .Help("Requests refused before reaching a route: unauthenticated, forbidden or rate_limited")

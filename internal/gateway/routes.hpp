@@ -42,6 +42,9 @@ struct services {
   const options& opts;
   prometheus::Registry& metrics;
   stream_registry* streams = nullptr;  // open streams, when the server has them
+  // Handles a request as if it came from the wire (routing, auth, limits): what the
+  // MCP endpoint sends its tool calls through.
+  std::function<void(request, responder)> dispatch;
 };
 
 // One request as its route sees it: authenticated, within its rate limit, and
@@ -159,6 +162,9 @@ void list_facts(services&, call&, responder);
 void get_fact(services&, call&, responder);
 // routes_packet.cpp
 void build_packet(services&, call&, responder);
+// routes_mcp.cpp
+void mcp_post(services&, call&, responder);
+void mcp_other(services&, call&, responder);
 // routes_drafts.cpp
 void add_draft_delta(services&, call&, responder);
 void commit_draft(services&, call&, responder);

@@ -1,0 +1,436 @@
+// /mcp: the Model Context Protocol over Streamable HTTP (README "MCP"), stateless.
+// JSON-RPC 2.0 requests arrive by POST and are answered with JSON. Each tool call is
+// the REST request it stands for, sent back through the API handler with the MCP
+// request's credentials, so validation, auth, grants and rate limits are the REST
+// routes' own; a refusal becomes a tool error carrying the route's message.
+#include <boost/url/encode.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+#include "gateway/routes.hpp"
+#include "model/codec.hpp"
+#include "model/text.hpp"
+
+#ifndef ENGRAM_VERSION
+#define ENGRAM_VERSION "0"
+#endif
+
+namespace engram::gateway {
+namespace {
+
+using model::json;
+
+// Newest first; an initialize asking for another gets the newest.
+constexpr std::string_view protocol_versions[] = {"2025-11-25", "2025-06-18", "2025-03-26"};
+
+bool supported_version(std::string_view v) {
+  for (auto p : protocol_versions)
+    if (p == v) return true;
+  return false;
+}
+
+// JSON-RPC error codes.
+constexpr int parse_error = -32700, invalid_request = -32600, method_not_found = -32601, invalid_params = -32602;
+
+response rpc_response(const json& id, json result) {
+  return json_response(200, json{{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}});
+}
+
+response rpc_error(const json& id, int code, std::string message, unsigned status = 200) {
+  return json_response(status, json{{"jsonrpc", "2.0"},
+                                    {"id", id},
+                                    {"error", {{"code", code}, {"message", std::move(message)}}}});
+}
+
+// A path segment or query value, percent-encoded.
+std::string encode(std::string_view s) { return boost::urls::encode(s, boost::urls::unreserved_chars); }
+
+// One REST request a tool stands for.
+struct rest_call {
+  std::string method, target;
+  json body;  // null: none
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+using builder = model::result<rest_call> (*)(const json& args);
+
+model::error bad_args(std::string message) { return {model::errc::invalid_argument, std::move(message)}; }
+
+model::result<std::string> string_arg(const json& args, const char* name) {
+  auto it = args.find(name);
+  if (it == args.end() || !it->is_string() || it->get_ref<const std::string&>().empty())
+    return std::unexpected(bad_args(std::string(name) + " is required: a non-empty string"));
+  return it->get<std::string>();
+}
+
+// `args` without the members a tool moves into its path.
+json without(json args, std::initializer_list<const char*> names) {
+  for (const char* n : names) args.erase(n);
+  return args;
+}
+
+std::string query_of(const json& args, std::initializer_list<const char*> names) {
+  std::string q;
+  for (const char* n : names) {
+    auto it = args.find(n);
+    if (it == args.end() || it->is_null()) continue;
+    q += q.empty() ? "?" : "&";
+    q += n;
+    q += '=';
+    q += encode(it->is_string() ? it->get<std::string>() : it->dump());
+  }
+  return q;
+}
+
+struct tool {
+  std::string_view name;
+  std::string_view description;
+  std::string_view input_schema;  // JSON Schema of the arguments
+  builder build;
+};
+
+const tool tools[] = {
+    {"append",
+     "Append work units (messages, reasoning, tool calls and results, file changes…) to a context's log, atomically. "
+     "Returns the stored units with their seq. Give idempotency_key to make a retry safe, fence to write only while "
+     "holding a lease.",
+     R"json({"type":"object","required":["context_id","units"],"properties":{
+        "context_id":{"type":"string","description":"The context to append to (created on first write)"},
+        "agent_id":{"type":"string","description":"Who writes (default: the token's subject or X-Agent-ID)"},
+        "units":{"type":"array","minItems":1,"items":{"type":"object","properties":{
+          "type":{"type":["string","integer"],"description":"MESSAGE, REASONING, TOOL_CALL, TOOL_RESULT, FILE_CHANGE, TASK_STATUS, ERROR, SYSTEM or SUMMARY"},
+          "text":{"type":"string"},"meta":{"type":"object","additionalProperties":{"type":"string"}},
+          "call_id":{"type":"string"},"tokens":{"type":"integer","minimum":0}}}},
+        "idempotency_key":{"type":"string"},
+        "fence":{"type":"object","properties":{"resource":{"type":"string"},"token":{"type":"integer"}}}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       if (!a.contains("units") || !a["units"].is_array())
+         return std::unexpected(bad_args("units is required: an array of work units"));
+       json body{{"context_id", *ctx}, {"work_units", a["units"]}};
+       for (const char* k : {"agent_id", "fence"})
+         if (a.contains(k)) body[k] = a[k];
+       rest_call rc{"POST", "/workunits", std::move(body), {}};
+       if (auto key = a.find("idempotency_key"); key != a.end()) {
+         if (!key->is_string()) return std::unexpected(bad_args("idempotency_key must be a string"));
+         rc.headers.emplace_back("idempotency-key", key->get<std::string>());
+       }
+       return rc;
+     }},
+    {"read",
+     "Read a context's work units in seq order after a cursor (after_seq), a page at a time. Each unit has its text. "
+     "Pass the last seq you saw as after_seq to continue.",
+     R"json({"type":"object","required":["context_id"],"properties":{
+        "context_id":{"type":"string"},"after_seq":{"type":"integer","minimum":0},
+        "limit":{"type":"integer","minimum":1,"maximum":1000},"reverse":{"type":"boolean","description":"Newest first"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       std::string q = query_of(a, {"after_seq", "limit", "reverse"});
+       return rest_call{"GET", "/workunits/" + encode(*ctx) + q + (q.empty() ? "?" : "&") + "text=1", nullptr, {}};
+     }},
+    {"contexts",
+     "List contexts, get one (its head seq, agents, pinned units), or update one (display_name, agents, pins, meta).",
+     R"json({"type":"object","required":["action"],"properties":{
+        "action":{"type":"string","enum":["list","get","update"]},"context_id":{"type":"string"},
+        "limit":{"type":"integer"},"cursor":{"type":"string"},
+        "display_name":{"type":"string"},"add_agents":{"type":"array","items":{"type":"string"}},
+        "remove_agents":{"type":"array","items":{"type":"string"}},"pin_units":{"type":"array","items":{"type":"string"}},
+        "unpin_units":{"type":"array","items":{"type":"string"}},"meta":{"type":"object"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       const std::string action = a.value("action", "");
+       if (action == "list") return rest_call{"GET", "/contexts" + query_of(a, {"limit", "cursor"}), nullptr, {}};
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       if (action == "get") return rest_call{"GET", "/contexts/" + encode(*ctx), nullptr, {}};
+       if (action == "update")
+         return rest_call{"PATCH", "/contexts/" + encode(*ctx), without(a, {"action", "context_id"}), {}};
+       return std::unexpected(bad_args("action must be list, get or update"));
+     }},
+    {"search",
+     "Search all history: keyword (Xapian query syntax), semantic or hybrid, with filters by context (an id or a "
+     "prefix ending in *), agents, types, meta and time. Results have seq, context, snippet and score.",
+     R"json({"type":"object","properties":{"query":{"type":"string"},"context_id":{"type":"string"},
+        "agent_ids":{"type":"array","items":{"type":"string"}},"types":{"type":"array"},
+        "mode":{"type":"string","enum":["keyword","semantic","hybrid"]},"vector":{"type":"array","items":{"type":"number"}},
+        "limit":{"type":"integer","minimum":1,"maximum":1000},"from":{"type":"string"},"to":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> { return rest_call{"POST", "/search", a, {}}; }},
+    {"lock_acquire",
+     "Take a lease on one or more shared resources (all or nothing), for ttl_seconds. Returns lock_id and a fencing "
+     "token; pass the token as an append's fence. wait_ms waits in line instead of failing at once.",
+     R"json({"type":"object","properties":{"resource_path":{"type":"string"},
+        "resource_paths":{"type":"array","items":{"type":"string"}},"agent_id":{"type":"string"},
+        "ttl_seconds":{"type":"number"},"wait_ms":{"type":"integer"},"context_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> { return rest_call{"POST", "/locks", a, {}}; }},
+    {"lock_renew", "Extend a lease you hold before it expires.",
+     R"json({"type":"object","required":["resource_path","lock_id"],"properties":{"resource_path":{"type":"string"},
+        "lock_id":{"type":"string"},"agent_id":{"type":"string"},"ttl_seconds":{"type":"number"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto res = string_arg(a, "resource_path");
+       if (!res) return std::unexpected(res.error());
+       return rest_call{"POST", "/locks/" + encode(*res) + "/renew", without(a, {"resource_path"}), {}};
+     }},
+    {"lock_release", "Release a lease you hold.",
+     R"json({"type":"object","required":["resource_path","lock_id"],"properties":{"resource_path":{"type":"string"},
+        "lock_id":{"type":"string"},"agent_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto res = string_arg(a, "resource_path");
+       if (!res) return std::unexpected(res.error());
+       return rest_call{"DELETE", "/locks/" + encode(*res) + query_of(a, {"lock_id", "agent_id"}), nullptr, {}};
+     }},
+    {"packet",
+     "What you should know about a context, under a token budget: pinned units, facts, tasks, leases held by others, "
+     "your last checkpoint, summaries, units found by a query, recent units; each item with why it is there. Use "
+     "format text for a ready prompt block.",
+     R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"},
+        "agent_id":{"type":"string"},"purpose":{"type":"string"},"query":{"type":"string"},
+        "budget":{"type":"object","properties":{"max_tokens":{"type":"integer"},"sections":{"type":"object"}}},
+        "policy":{},"as_of_seq":{"type":"integer"},"since_seq":{"type":"integer"},
+        "format":{"type":"string","enum":["json","text"]}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       return rest_call{"POST", "/contexts/" + encode(*ctx) + "/packet", without(a, {"context_id"}), {}};
+     }},
+    {"fact_set",
+     "Record what the team believes about a dotted key (repo.main_branch) in a context; it supersedes the key's "
+     "current value. sources: seqs of the units it rests on.",
+     R"json({"type":"object","required":["context_id","key","value"],"properties":{"context_id":{"type":"string"},
+        "key":{"type":"string"},"value":{},"agent_id":{"type":"string"},"sources":{"type":"array","items":{"type":"integer"}},
+        "confidence":{"type":"number","minimum":0,"maximum":1},"status":{"type":"string","enum":["active","disputed"]},
+        "valid_from":{"type":"string"},"valid_to":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       auto key = string_arg(a, "key");
+       if (!key) return std::unexpected(key.error());
+       return rest_call{"PUT", "/contexts/" + encode(*ctx) + "/facts/" + encode(*key), without(a, {"context_id", "key"}),
+                        {}};
+     }},
+    {"facts", "The current facts of a context (by key prefix), or as the log stood at a seq.",
+     R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"},
+        "prefix":{"type":"string"},"as_of_seq":{"type":"integer"},"include_superseded":{"type":"boolean"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       return rest_call{"GET", "/contexts/" + encode(*ctx) + "/facts" + query_of(a, {"prefix", "as_of_seq", "include_superseded"}),
+                        nullptr, {}};
+     }},
+    {"presence", "Who is present in a context now.",
+     R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       return rest_call{"GET", "/contexts/" + encode(*ctx) + "/presence", nullptr, {}};
+     }},
+    {"heartbeat",
+     "Say you are alive: present in these contexts, and renew your task claims (with progress, when given).",
+     R"json({"type":"object","required":["agent_id"],"properties":{"agent_id":{"type":"string"},
+        "contexts":{"type":"array","items":{"type":"string"}},"status":{"type":"string"},"progress":{"type":"object"},
+        "task_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto agent = string_arg(a, "agent_id");
+       if (!agent) return std::unexpected(agent.error());
+       return rest_call{"POST", "/agents/" + encode(*agent) + "/heartbeat", without(a, {"agent_id"}), {}};
+     }},
+};
+
+json tool_list() {
+  json list = json::array();
+  for (const auto& t : tools)
+    list.push_back({{"name", t.name}, {"description", t.description}, {"inputSchema", json::parse(t.input_schema)}});
+  return list;
+}
+
+// The REST request a tool stands for, with the MCP request's credentials.
+request internal_request(const call& c, const rest_call& rc) {
+  request r;
+  r.method = rc.method;
+  r.target = rc.target;
+  if (!rc.body.is_null()) r.body = model::dump(rc.body);
+  for (const char* h : {"authorization", "x-agent-id", "cookie"})
+    if (auto v = c.req.header(h); !v.empty()) r.headers.emplace_back(h, std::string(v));
+  r.headers.emplace_back("content-type", "application/json");
+  for (const auto& [k, v] : rc.headers) r.headers.emplace_back(k, v);
+  r.remote_ip = c.req.remote_ip;
+  r.request_id = c.req.request_id;
+  return r;
+}
+
+// A REST answer as a tool result: structured content when it is a JSON object; an
+// error status is a tool error with the route's message (not a protocol error).
+json tool_result(const response& r) {
+  const bool failed = r.status >= 400;
+  std::string text = r.body;
+  auto parsed = json::parse(r.body, nullptr, false);
+  if (failed && parsed.is_object() && parsed.contains("error") && parsed["error"].is_string())
+    text = parsed["error"].get<std::string>() + " (HTTP " + std::to_string(r.status) + ")";
+  json out{{"content", json::array({{{"type", "text"}, {"text", text}}})}, {"isError", failed}};
+  if (!failed && parsed.is_object()) out["structuredContent"] = std::move(parsed);
+  return out;
+}
+
+const json prompts_json = json::array({
+    {{"name", "catch_up"},
+     {"description", "Catch up on a context: its memory packet rendered as a prompt block"},
+     {"arguments",
+      json::array({{{"name", "context_id"}, {"description", "The context"}, {"required", true}},
+                   {{"name", "agent_id"}, {"description", "Whose view (default: yours)"}, {"required", false}},
+                   {{"name", "max_tokens"}, {"description", "Token budget (default 4000)"}, {"required", false}}})}},
+});
+
+// An Origin header is allowed when absent, listed by name in server.cors_origins, or
+// this server's own: a wildcard does not count, or a page of any site could reach a
+// local MCP server through DNS rebinding.
+bool origin_allowed(const services& s, const request& req) {
+  const auto origin = req.header("origin");
+  if (origin.empty()) return true;
+  for (const auto& o : s.opts.cors_origins)
+    if (o == origin) return true;
+  const auto host = req.header("host");
+  return !host.empty() && (origin == "http://" + std::string(host) || origin == "https://" + std::string(host));
+}
+
+}  // namespace
+
+void mcp_post(services& s, call& c, responder respond) {
+  if (!origin_allowed(s, c.req))
+    return respond(error_response({model::errc::forbidden, "origin not allowed for /mcp; list it by name in "
+                                                           "server.cors_origins"}));
+  if (auto v = c.req.header("mcp-protocol-version"); !v.empty() && !supported_version(v))
+    return respond(bad_request("unsupported MCP-Protocol-Version '" + std::string(v).substr(0, 40) +
+                               "'; this server speaks 2025-11-25, 2025-06-18 and 2025-03-26"));
+  auto msg = json::parse(c.req.body, nullptr, false);
+  if (msg.is_discarded()) return respond(rpc_error(nullptr, parse_error, "not valid JSON", 400));
+  if (msg.is_array())
+    return respond(rpc_error(nullptr, invalid_request, "JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
+                             400));
+  if (!msg.is_object() || msg.value("jsonrpc", "") != "2.0" || !msg.contains("method") || !msg["method"].is_string())
+    return respond(rpc_error(msg.is_object() && msg.contains("id") ? msg["id"] : json(nullptr), invalid_request,
+                             "expected a JSON-RPC 2.0 request: {\"jsonrpc\":\"2.0\",\"id\",\"method\",\"params\"?}",
+                             400));
+  const std::string method = msg["method"];
+  if (!msg.contains("id")) {  // a notification (or a response to us): accepted, nothing to answer
+    response r;
+    r.status = 202;
+    r.content_type.clear();
+    return respond(std::move(r));
+  }
+  const json id = msg["id"];
+  if (!id.is_string() && !id.is_number_integer())
+    return respond(rpc_error(nullptr, invalid_request, "id must be a string or an integer", 400));
+  const json params = msg.value("params", json::object());
+  if (!params.is_object()) return respond(rpc_error(id, invalid_params, "params must be an object"));
+
+  if (method == "initialize") {
+    const std::string asked = params.value("protocolVersion", "");
+    return respond(rpc_response(
+        id, {{"protocolVersion", supported_version(asked) ? asked : std::string(protocol_versions[0])},
+             {"capabilities",
+              {{"tools", {{"listChanged", false}}},
+               {"resources", {{"subscribe", false}, {"listChanged", false}}},
+               {"prompts", {{"listChanged", false}}}}},
+             {"serverInfo", {{"name", "engram"}, {"title", "Engram"}, {"version", ENGRAM_VERSION}}},
+             {"instructions",
+              "Engram is a shared workspace for a team of agents. Contexts are ordered logs of work units; read with "
+              "`read` (cursor: after_seq), write with `append`, coordinate with leases (`lock_*`), and call `packet` "
+              "for what you should know under a token budget. Every call is stateless: pass context_id and cursors."}}));
+  }
+  if (method == "ping") return respond(rpc_response(id, json::object()));
+  if (method == "tools/list") return respond(rpc_response(id, {{"tools", tool_list()}}));
+  if (method == "prompts/list") return respond(rpc_response(id, {{"prompts", prompts_json}}));
+  if (method == "resources/templates/list")
+    return respond(rpc_response(id, {{"resourceTemplates",
+                                      json::array({{{"uriTemplate", "engram://contexts/{context_id}"},
+                                                    {"name", "context"},
+                                                    {"description", "A context: its newest 50 work units"},
+                                                    {"mimeType", "application/json"}}})}}));
+
+  // The rest forward one REST request and shape its answer.
+  auto forward = [&](const rest_call& rc, std::function<response(const response&)> shape) {
+    s.dispatch(internal_request(c, rc),
+               [respond, shape = std::move(shape)](response r) { respond(shape(r)); });
+  };
+  if (method == "tools/call") {
+    const std::string name = params.value("name", "");
+    const json args = params.value("arguments", json::object());
+    const tool* t = nullptr;
+    for (const auto& candidate : tools)
+      if (candidate.name == name) t = &candidate;
+    if (!t) return respond(rpc_error(id, invalid_params, "unknown tool '" + name.substr(0, 100) + "'"));
+    if (!args.is_object()) return respond(rpc_error(id, invalid_params, "arguments must be an object"));
+    auto rc = t->build(args);
+    if (!rc) {  // bad arguments are the tool's error, so the model can correct itself
+      json result{{"content", json::array({{{"type", "text"}, {"text", rc.error().message}}})}, {"isError", true}};
+      return respond(rpc_response(id, std::move(result)));
+    }
+    return forward(*rc, [id](const response& r) { return rpc_response(id, tool_result(r)); });
+  }
+  if (method == "resources/list") {
+    return forward(rest_call{"GET", "/contexts?limit=1000", nullptr, {}}, [id](const response& r) {
+      if (r.status >= 400) return rpc_error(id, -32603, r.body);
+      json list = json::array();
+      auto page = json::parse(r.body, nullptr, false);
+      if (page.is_object() && page.contains("contexts") && page["contexts"].is_array())
+        for (const auto& ctx : page["contexts"]) {
+          const std::string cid = ctx.value("id", "");
+          list.push_back({{"uri", "engram://contexts/" + encode(cid)},
+                          {"name", cid},
+                          {"title", ctx.value("display_name", "").empty() ? cid : ctx.value("display_name", "")},
+                          {"mimeType", "application/json"}});
+        }
+      return rpc_response(id, {{"resources", std::move(list)}});
+    });
+  }
+  if (method == "resources/read") {
+    const std::string uri = params.value("uri", "");
+    constexpr std::string_view prefix = "engram://contexts/";
+    if (!uri.starts_with(prefix) || uri.size() == prefix.size())
+      return respond(rpc_error(id, -32002, "resource not found: expected engram://contexts/{context_id}"));
+    return forward(rest_call{"GET", "/workunits/" + uri.substr(prefix.size()) + "?reverse=true&limit=50&text=1", nullptr, {}},
+                   [id, uri](const response& r) {
+                     if (r.status == 404) return rpc_error(id, -32002, "resource not found: " + uri);
+                     if (r.status >= 400) return rpc_error(id, -32603, r.body);
+                     return rpc_response(id, {{"contents", json::array({{{"uri", uri},
+                                                                         {"mimeType", "application/json"},
+                                                                         {"text", r.body}}})}});
+                   });
+  }
+  if (method == "prompts/get") {
+    if (params.value("name", "") != "catch_up") return respond(rpc_error(id, invalid_params, "unknown prompt"));
+    const json args = params.value("arguments", json::object());
+    const std::string ctx = args.is_object() ? args.value("context_id", "") : "";
+    if (ctx.empty()) return respond(rpc_error(id, invalid_params, "argument context_id is required"));
+    json body{{"format", "text"}, {"purpose", "catch_up"}};
+    if (args.contains("agent_id") && args["agent_id"].is_string()) body["agent_id"] = args["agent_id"];
+    if (args.contains("max_tokens") && args["max_tokens"].is_string()) {
+      uint64_t n = 0;
+      const auto& v = args["max_tokens"].get_ref<const std::string&>();
+      if (std::from_chars(v.data(), v.data() + v.size(), n).ec != std::errc() || n == 0)
+        return respond(rpc_error(id, invalid_params, "argument max_tokens must be a positive integer"));
+      body["budget"] = {{"max_tokens", n}};
+    }
+    return forward(rest_call{"POST", "/contexts/" + encode(ctx) + "/packet", body, {}},
+                   [id](const response& r) {
+                     if (r.status >= 400) return rpc_error(id, invalid_params, r.body);
+                     return rpc_response(
+                         id, {{"description", "Catch up on the context"},
+                              {"messages", json::array({{{"role", "user"},
+                                                         {"content", {{"type", "text"}, {"text", r.body}}}}})}});
+                   });
+  }
+  respond(rpc_error(id, method_not_found, "unknown method '" + method.substr(0, 100) + "'"));
+}
+
+// GET (a server-initiated stream) and DELETE (ending a session): this server keeps
+// no sessions and sends nothing unasked.
+void mcp_other(services&, call& c, responder respond) {
+  auto r = error_response(405, "this MCP server is stateless: POST JSON-RPC requests to /mcp (no " + c.req.method +
+                                   ")");
+  r.headers.emplace_back("Allow", "POST");
+  respond(std::move(r));
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,162 @@
+// /mcp driven by the official MCP TypeScript SDK client over Streamable HTTP: the
+// real engram binary on a loopback port. Initialize, list and call tools, read a
+// context as a resource, get the catch_up prompt; bad arguments and unknown tools
+// are tool errors; a bad Origin and a bad protocol version are refused.
+//
+//   node tests/mcp/mcp.test.mjs <engram binary>
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+
+// The SDK is installed by `make test-deps` (npm ci here); without it the test is
+// skipped (exit 77), not failed.
+let Client, StreamableHTTPClientTransport;
+try {
+  ({ Client } = await import('@modelcontextprotocol/sdk/client/index.js'));
+  ({ StreamableHTTPClientTransport } = await import('@modelcontextprotocol/sdk/client/streamableHttp.js'));
+} catch (e) {
+  console.error(`SKIP: @modelcontextprotocol/sdk is not installed (make test-deps): ${e.message}`);
+  process.exit(77);
+}
+
+function check(cond, message) {
+  if (!cond) {
+    console.error(`FAIL: ${message}`);
+    process.exitCode = 1;
+    throw new Error(message);
+  }
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+const binary = process.argv[2];
+const dir = mkdtempSync(join(tmpdir(), 'engram-mcp-'));
+const port = await freePort();
+const base = `http://127.0.0.1:${port}`;
+const proc = spawn(binary, ['--addr', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data')],
+  { stdio: ['ignore', 'ignore', 'pipe'] });
+let log = '';
+proc.stderr.on('data', (d) => { log += d; });
+
+try {
+  const end = Date.now() + 30000;
+  for (;;) {
+    try { if ((await fetch(`${base}/readyz`)).status === 200) break; } catch { /* not up yet */ }
+    check(Date.now() < end, `server not ready:\n${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  const client = new Client({ name: 'engram-test', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`${base}/mcp`),
+    { requestInit: { headers: { 'X-Agent-ID': 'mcp-agent' } } }));
+  check(client.getServerVersion()?.name === 'engram', 'serverInfo names engram');
+
+  const { tools } = await client.listTools();
+  const names = tools.map((t) => t.name).sort();
+  for (const want of ['append', 'read', 'contexts', 'search', 'lock_acquire', 'lock_renew', 'lock_release',
+    'packet', 'fact_set', 'facts', 'presence', 'heartbeat']) {
+    check(names.includes(want), `tools/list has ${want} (got ${names})`);
+  }
+  for (const t of tools) check(t.inputSchema?.type === 'object', `${t.name} has an object input schema`);
+
+  const call = (name, args) => client.callTool({ name, arguments: args });
+
+  const appended = await call('append', {
+    context_id: 'mcp/demo', units: [{ type: 'MESSAGE', text: 'hello from MCP' }, { text: 'second' }],
+    idempotency_key: 'k-1',
+  });
+  check(!appended.isError, `append: ${JSON.stringify(appended)}`);
+  check(appended.structuredContent.work_units[1].seq === 2, 'append returns seqs');
+  check(appended.structuredContent.work_units[0].agent_id === 'mcp-agent', 'X-Agent-ID reaches the route');
+  const again = await call('append', { context_id: 'mcp/demo', units: [{ type: 'MESSAGE', text: 'hello from MCP' },
+    { text: 'second' }], idempotency_key: 'k-1' });
+  check(again.structuredContent.work_units[1].seq === 2, 'a retried idempotent append is not stored twice');
+
+  const read = await call('read', { context_id: 'mcp/demo', after_seq: 1 });
+  check(read.structuredContent.work_units.length === 1, `read after_seq 1: ${JSON.stringify(read)}`);
+  check(read.structuredContent.work_units[0].text === 'second', 'read carries text');
+
+  const ctx = await call('contexts', { action: 'get', context_id: 'mcp/demo' });
+  check(ctx.structuredContent.context.head_seq === 2, 'contexts get');
+  const renamed = await call('contexts', { action: 'update', context_id: 'mcp/demo', display_name: 'Demo' });
+  check(renamed.structuredContent.context.display_name === 'Demo', 'contexts update');
+  const listed = await call('contexts', { action: 'list' });
+  check(listed.structuredContent.contexts.some((c) => c.id === 'mcp/demo'), 'contexts list');
+
+  const lock = await call('lock_acquire', { resource_path: 'doc/plan.md', ttl_seconds: 30 });
+  check(!lock.isError, `lock_acquire: ${JSON.stringify(lock)}`);
+  const lockId = lock.structuredContent.lock.lock_id;
+  check(typeof lockId === 'string', `lock_acquire returns a lock_id: ${JSON.stringify(lock)}`);
+  const renewed = await call('lock_renew', { resource_path: 'doc/plan.md', lock_id: lockId, ttl_seconds: 60 });
+  check(renewed.isError === false, `lock_renew: ${JSON.stringify(renewed)}`);
+  check((await call('lock_release', { resource_path: 'doc/plan.md', lock_id: lockId })).isError === false,
+    'lock_release');
+
+  check(!(await call('fact_set', { context_id: 'mcp/demo', key: 'repo.branch', value: 'main' })).isError, 'fact_set');
+  const facts = await call('facts', { context_id: 'mcp/demo' });
+  check(facts.structuredContent.facts[0].value === 'main', 'facts');
+  const hb = await call('heartbeat', { agent_id: 'mcp-agent', contexts: ['mcp/demo'] });
+  check(!hb.isError, `heartbeat: ${JSON.stringify(hb)}`);
+  const present = await call('presence', { context_id: 'mcp/demo' });
+  check(present.structuredContent.agents.some((a) => a.agent_id === 'mcp-agent'), 'presence');
+  const packet = await call('packet', { context_id: 'mcp/demo', format: 'text' });
+  check(!packet.isError && packet.content[0].text.startsWith('Current time: '), `packet text: ${JSON.stringify(packet)}`);
+  const search = await call('search', { query: 'hello', context_id: 'mcp/demo' });
+  check(!search.isError, `search: ${JSON.stringify(search)}`);
+
+  // Errors are tool errors with the server's message, not protocol errors.
+  const missing = await call('read', {});
+  check(missing.isError && /context_id is required/.test(missing.content[0].text), 'missing argument');
+  const refused = await call('packet', { context_id: 'mcp/demo', budget: { max_tokens: -1 } });
+  check(refused.isError && /budget.max_tokens must be an integer/.test(refused.content[0].text) &&
+    /HTTP 400/.test(refused.content[0].text), `route refusal: ${JSON.stringify(refused)}`);
+  let unknown = null;
+  try { await call('no_such_tool', {}); } catch (e) { unknown = e; }
+  check(unknown && /unknown tool/.test(String(unknown.message)), 'unknown tool is a JSON-RPC error');
+
+  // Resources and the prompt.
+  const { resources } = await client.listResources();
+  check(resources.some((r) => r.uri === 'engram://contexts/mcp%2Fdemo'), `resources/list: ${JSON.stringify(resources)}`);
+  const res = await client.readResource({ uri: 'engram://contexts/mcp%2Fdemo' });
+  check(JSON.parse(res.contents[0].text).work_units.length === 2, 'resources/read');
+  const templates = await client.listResourceTemplates();
+  check(templates.resourceTemplates[0].uriTemplate === 'engram://contexts/{context_id}', 'resource template');
+  const { prompts } = await client.listPrompts();
+  check(prompts[0].name === 'catch_up', 'prompts/list');
+  const prompt = await client.getPrompt({ name: 'catch_up', arguments: { context_id: 'mcp/demo', max_tokens: '500' } });
+  check(prompt.messages[0].content.text.includes('hello from MCP'), 'prompts/get renders the packet');
+  await client.close();
+
+  // Transport rules, raw.
+  const post = (body, headers = {}) => fetch(`${base}/mcp`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json, text/event-stream', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  check((await post({ jsonrpc: '2.0', id: 1, method: 'ping' }, { Origin: 'http://evil.example' })).status === 403,
+    'a foreign Origin is refused');
+  check((await post({ jsonrpc: '2.0', id: 1, method: 'ping' }, { 'MCP-Protocol-Version': '1999-01-01' })).status === 400,
+    'an unsupported protocol version is refused');
+  check((await post('{not json')).status === 400, 'a parse error');
+  const batch = await post([{ jsonrpc: '2.0', id: 1, method: 'ping' }]);
+  check(batch.status === 400 && (await batch.json()).error.code === -32600, 'batches are refused');
+  check((await post({ jsonrpc: '2.0', method: 'notifications/initialized' })).status === 202, 'a notification is 202');
+  const nope = await (await post({ jsonrpc: '2.0', id: 'x', method: 'no/such' })).json();
+  check(nope.error.code === -32601 && nope.id === 'x', 'unknown method');
+  check((await fetch(`${base}/mcp`)).status === 405, 'GET /mcp is 405 (no server-initiated stream)');
+  console.log('ok: MCP over Streamable HTTP with the official SDK client');
+} finally {
+  proc.kill('SIGTERM');
+  await new Promise((r) => proc.on('exit', r));
+  rmSync(dir, { recursive: true, force: true });
+}
