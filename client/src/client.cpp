@@ -686,6 +686,19 @@ result<memory_packet> client::packet(const std::string& context_id, const packet
   return out;
 }
 
+result<std::string> client::mcp(const std::string& message) {
+  auto r = impl_->send("POST", "/mcp", message, retry_mode::unsent);
+  if (!r) return std::unexpected(r.error());
+  if (r->status == 202) return std::string();
+  // A JSON-RPC answer (200, or 400 for a malformed message) is the client's to read;
+  // anything else (401, 403, 5xx) is an error of the transport.
+  if (r->status == 200 || (r->status == 400 && r->body.find("\"jsonrpc\"") != std::string::npos))
+    return std::move(r->body);
+  auto j = codec::parse_object(r->body, r->status);
+  if (!j) return std::unexpected(j.error());
+  return std::unexpected(error{error::kind::protocol, r->status, "unexpected answer from /mcp", {}});
+}
+
 result<std::vector<present_agent>> client::presence(const std::string& context_id) {
   auto r = impl_->send("GET", "/contexts/" + encode_component(context_id) + "/presence", {}, retry_mode::safe);
   if (!r) return std::unexpected(r.error());

@@ -728,6 +728,38 @@ void add_packet(CLI::App& app, globals& g) {
   });
 }
 
+// MCP over stdio for clients that launch a command: each line on stdin is a JSON-RPC
+// message, POSTed to the server's /mcp; each answer is written to stdout as one
+// line. A transport failure answers a request with a JSON-RPC error (so the client
+// is never left waiting) and is reported on stderr.
+void add_mcp(CLI::App& app, globals& g) {
+  auto* cmd = app.add_subcommand("mcp", "Speak MCP over stdin/stdout, forwarding to the server's /mcp "
+                                        "(configure an MCP client to launch: engramctl --server URL mcp)");
+  cmd->callback([&g] {
+    g.run = [](ec::client& c) {
+      std::string line;
+      while (std::getline(std::cin, line)) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        auto answer = c.mcp(line);
+        if (answer) {
+          if (!answer->empty()) std::cout << *answer << "\n" << std::flush;
+          continue;
+        }
+        std::cerr << "engramctl mcp: " << answer.error().message << "\n";
+        auto msg = nlohmann::json::parse(line, nullptr, false);
+        if (msg.is_object() && msg.contains("id") && msg.contains("method"))
+          std::cout << nlohmann::json{{"jsonrpc", "2.0"},
+                                      {"id", msg["id"]},
+                                      {"error", {{"code", -32603}, {"message", "engram: " + answer.error().message}}}}
+                           .dump()
+                    << "\n"
+                    << std::flush;
+      }
+      return exit_ok;
+    };
+  });
+}
+
 void add_ls(CLI::App& app, globals& g) {
   auto* ls = app.add_subcommand("ls", "List a context's work units, oldest first (each line starts with the unit id)");
   struct args {
@@ -1315,6 +1347,7 @@ int main(int argc, char** argv) {
   add_presence(app, g);
   add_fact(app, g);
   add_packet(app, g);
+  add_mcp(app, g);
   add_task(app, g);
   add_search(app, g);
   add_token(app, g);

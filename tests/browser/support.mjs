@@ -1,8 +1,9 @@
 // What the browser tests share: failing loudly, polling with a deadline, a free
 // loopback port, starting the real engram binary, and launching Debian's chromium.
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { chromium } from 'playwright-core';
+
+export { freePort } from '../support/node.mjs';
 
 export const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 
@@ -19,18 +20,6 @@ export async function waitFor(what, check, ms = 20000) {
     await new Promise((r) => setTimeout(r, 50));  // poll interval
   }
   fail(`timed out waiting for ${what}`);
-}
-
-// A free loopback port: a restarted server must keep the page's origin.
-export async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
 }
 
 // The engram binary on 127.0.0.1:port with its data in dataDir; `proc.log()` is

@@ -41,16 +41,7 @@ class PacketTest : public ::testing::Test {
   }
   reply packet(json body) { return post("/contexts/proj/packet", body); }
 
-  void wait_indexed() {
-    json status;
-    ASSERT_TRUE(wait_readyz(
-        *http_,
-        [](const json& r) {
-          return r.contains("search") && r["search"].value("lag", -1) == 0 && r["search"].value("state", "") == "ready";
-        },
-        &status))
-        << "the index stopped catching up (a hang?): " << status.dump();
-  }
+  void wait_indexed() { test::wait_indexed(*http_); }
 
   // The scripted history (seqs in comments). Bob asks.
   void script() {

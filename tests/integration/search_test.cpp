@@ -51,18 +51,7 @@ class SearchTest : public ::testing::Test {
     return r.body.value("results", std::vector<std::string>{});
   }
 
-  // Everything written so far is searchable (lag 0 on /readyz). The index gets
-  // there at this machine's pace: only a status that stops changing is a hang.
-  void wait_indexed() {
-    json status;
-    ASSERT_TRUE(wait_readyz(
-        *http_,
-        [](const json& r) {
-          return r.contains("search") && r["search"].value("lag", -1) == 0 && r["search"].value("state", "") == "ready";
-        },
-        &status))
-        << "the index stopped catching up (a hang?): " << status.dump();
-  }
+  void wait_indexed() { test::wait_indexed(*http_); }
 
   temp_dir dir_;
   std::unique_ptr<test_server> server_;

@@ -1,21 +1,23 @@
 // /mcp driven by the official MCP TypeScript SDK client over Streamable HTTP: the
 // real engram binary on a loopback port. Initialize, list and call tools, read a
 // context as a resource, get the catch_up prompt; bad arguments and unknown tools
-// are tool errors; a bad Origin and a bad protocol version are refused.
+// are tool errors; a bad Origin and a bad protocol version are refused. Then the
+// same client through `engramctl mcp` (stdio).
 //
-//   node tests/mcp/mcp.test.mjs <engram binary>
+//   node tests/mcp/mcp.test.mjs <engram binary> [<engramctl binary>]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { freePort } from '../support/node.mjs';
 
 // The SDK is installed by `make test-deps` (npm ci here); without it the test is
 // skipped (exit 77), not failed.
-let Client, StreamableHTTPClientTransport;
+let Client, StreamableHTTPClientTransport, StdioClientTransport;
 try {
   ({ Client } = await import('@modelcontextprotocol/sdk/client/index.js'));
   ({ StreamableHTTPClientTransport } = await import('@modelcontextprotocol/sdk/client/streamableHttp.js'));
+  ({ StdioClientTransport } = await import('@modelcontextprotocol/sdk/client/stdio.js'));
 } catch (e) {
   console.error(`SKIP: @modelcontextprotocol/sdk is not installed (make test-deps): ${e.message}`);
   process.exit(77);
@@ -29,18 +31,8 @@ function check(cond, message) {
   }
 }
 
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
-
 const binary = process.argv[2];
+const ctl = process.argv[3];  // engramctl, for the stdio bridge
 const dir = mkdtempSync(join(tmpdir(), 'engram-mcp-'));
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
@@ -154,7 +146,23 @@ try {
   const nope = await (await post({ jsonrpc: '2.0', id: 'x', method: 'no/such' })).json();
   check(nope.error.code === -32601 && nope.id === 'x', 'unknown method');
   check((await fetch(`${base}/mcp`)).status === 405, 'GET /mcp is 405 (no server-initiated stream)');
-  console.log('ok: MCP over Streamable HTTP with the official SDK client');
+  // The stdio bridge: the same SDK client launching `engramctl mcp`.
+  if (ctl) {
+    const viaStdio = new Client({ name: 'engram-stdio-test', version: '1.0.0' });
+    await viaStdio.connect(new StdioClientTransport({
+      command: ctl, args: ['--server', base, '--agent', 'stdio-agent', 'mcp'], stderr: 'pipe',
+    }));
+    check(viaStdio.getServerVersion()?.name === 'engram', 'stdio: initialize');
+    check((await viaStdio.listTools()).tools.length === tools.length, 'stdio: tools/list');
+    const put = await viaStdio.callTool({ name: 'append', arguments: { context_id: 'mcp/stdio', units: [{ text: 'over stdio' }] } });
+    check(!put.isError && put.structuredContent.work_units[0].agent_id === 'stdio-agent', `stdio: append ${JSON.stringify(put)}`);
+    const back = await viaStdio.callTool({ name: 'read', arguments: { context_id: 'mcp/stdio' } });
+    check(back.structuredContent.work_units[0].text === 'over stdio', 'stdio: read');
+    const bad = await viaStdio.callTool({ name: 'read', arguments: {} });
+    check(bad.isError, 'stdio: a tool error comes back as one');
+    await viaStdio.close();
+  }
+  console.log('ok: MCP over Streamable HTTP and stdio with the official SDK client');
 } finally {
   proc.kill('SIGTERM');
   await new Promise((r) => proc.on('exit', r));

@@ -186,6 +186,19 @@ inline bool wait_readyz(client::http_connection& c, const std::function<bool(con
       done, last);
 }
 
+// Waits until everything written so far is searchable (lag 0 on /readyz), at this
+// machine's pace: only a status that stops changing is a hang.
+inline void wait_indexed(client::http_connection& c) {
+  json status;
+  ASSERT_TRUE(wait_readyz(
+      c,
+      [](const json& r) {
+        return r.contains("search") && r["search"].value("lag", -1) == 0 && r["search"].value("state", "") == "ready";
+      },
+      &status))
+      << "the index stopped catching up (a hang?): " << status.dump();
+}
+
 inline double metric(client::http_connection& c, const std::string& name) {
   auto r = call(c, "GET", "/metrics");
   const auto pos = r.raw.find("\n" + name + " ");

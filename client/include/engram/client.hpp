@@ -415,6 +415,11 @@ class client {
   // the context under a token budget, each item with why. Safe to retry.
   result<memory_packet> packet(const std::string& context_id, const packet_request& r = {});
 
+  // Sends one MCP JSON-RPC message (README, MCP) to the server's /mcp and returns
+  // the answer's body: a JSON-RPC response, or empty for a notification (202). What
+  // `engramctl mcp` forwards stdio through. Not retried (a tool call may write).
+  result<std::string> mcp(const std::string& message);
+
   // A tool call of a context's ledger and its result (README, Tool calls); a call
   // the context does not have is an error (404).
   result<tool_call> get_tool_call(const std::string& context_id, const std::string& call_id);
