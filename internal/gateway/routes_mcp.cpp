@@ -235,6 +235,53 @@ const tool tools[] = {
        if (!agent) return std::unexpected(agent.error());
        return rest_call{"POST", "/agents/" + encode(*agent) + "/heartbeat", without(a, {"agent_id"}), {}};
      }},
+    {"task_create",
+     "Create a task in a context: work one agent should do at a time. depends_on: tasks that must be done first.",
+     R"json({"type":"object","required":["context_id","title"],"properties":{"context_id":{"type":"string"},
+        "task_id":{"type":"string"},"title":{"type":"string"},"spec":{"type":"object"},
+        "depends_on":{"type":"array","items":{"type":"string"}},"max_attempts":{"type":"integer","minimum":1},
+        "agent_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       return rest_call{"POST", "/contexts/" + encode(*ctx) + "/tasks", without(a, {"context_id"}), {}};
+     }},
+    {"tasks", "A context's tasks in creation order, optionally of one status (open, claimed, stranded, done, failed).",
+     R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"},
+        "status":{"type":"string","enum":["open","claimed","stranded","done","failed"]},
+        "limit":{"type":"integer","minimum":1,"maximum":1000},"after":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto ctx = string_arg(a, "context_id");
+       if (!ctx) return std::unexpected(ctx.error());
+       return rest_call{"GET", "/contexts/" + encode(*ctx) + "/tasks" + query_of(a, {"status", "limit", "after"}),
+                        nullptr, {}};
+     }},
+    {"task_claim",
+     "Claim a task for ttl_seconds (a lease; heartbeats renew it). Returns the task and its fencing token: pass it as "
+     "fence to task_complete or task_fail.",
+     R"json({"type":"object","required":["task_id"],"properties":{"task_id":{"type":"string"},
+        "agent_id":{"type":"string"},"ttl_seconds":{"type":"number"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto id = string_arg(a, "task_id");
+       if (!id) return std::unexpected(id.error());
+       return rest_call{"POST", "/tasks/" + encode(*id) + "/claim", without(a, {"task_id"}), {}};
+     }},
+    {"task_complete", "Complete a task you hold, with its fencing token and an optional result object.",
+     R"json({"type":"object","required":["task_id","fence"],"properties":{"task_id":{"type":"string"},
+        "fence":{"type":"integer"},"result":{"type":"object"},"agent_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto id = string_arg(a, "task_id");
+       if (!id) return std::unexpected(id.error());
+       return rest_call{"POST", "/tasks/" + encode(*id) + "/complete", without(a, {"task_id"}), {}};
+     }},
+    {"task_fail", "Give up a task you hold, saying why (error), with its fencing token.",
+     R"json({"type":"object","required":["task_id","fence","error"],"properties":{"task_id":{"type":"string"},
+        "fence":{"type":"integer"},"error":{"type":"string"},"agent_id":{"type":"string"}}})json",
+     [](const json& a) -> model::result<rest_call> {
+       auto id = string_arg(a, "task_id");
+       if (!id) return std::unexpected(id.error());
+       return rest_call{"POST", "/tasks/" + encode(*id) + "/fail", without(a, {"task_id"}), {}};
+     }},
 };
 
 json tool_list() {

@@ -57,7 +57,8 @@ try {
   const { tools } = await client.listTools();
   const names = tools.map((t) => t.name).sort();
   for (const want of ['append', 'read', 'contexts', 'search', 'lock_acquire', 'lock_renew', 'lock_release',
-    'packet', 'fact_set', 'facts', 'presence', 'heartbeat']) {
+    'packet', 'fact_set', 'facts', 'presence', 'heartbeat', 'task_create', 'tasks', 'task_claim', 'task_complete',
+    'task_fail']) {
     check(names.includes(want), `tools/list has ${want} (got ${names})`);
   }
   for (const t of tools) check(t.inputSchema?.type === 'object', `${t.name} has an object input schema`);
@@ -102,6 +103,21 @@ try {
   check(!hb.isError, `heartbeat: ${JSON.stringify(hb)}`);
   const present = await call('presence', { context_id: 'mcp/demo' });
   check(present.structuredContent.agents.some((a) => a.agent_id === 'mcp-agent'), 'presence');
+  const created = await call('task_create', { context_id: 'mcp/demo', task_id: 'report', title: 'Write the report' });
+  check(!created.isError, `task_create: ${JSON.stringify(created)}`);
+  const claimed = await call('task_claim', { task_id: 'report', ttl_seconds: 30 });
+  check(!claimed.isError, `task_claim: ${JSON.stringify(claimed)}`);
+  const fence = claimed.structuredContent.task.fencing_token;
+  check(Number.isInteger(fence), `task_claim returns the fencing token: ${JSON.stringify(claimed)}`);
+  const stale = await call('task_complete', { task_id: 'report', fence: fence + 1 });
+  check(stale.isError && /fencing token/.test(stale.content[0].text), `a stale fence is a tool error: ${JSON.stringify(stale)}`);
+  check(!(await call('task_complete', { task_id: 'report', fence, result: { pages: 3 } })).isError, 'task_complete');
+  const done = await call('tasks', { context_id: 'mcp/demo', status: 'done' });
+  check(done.structuredContent.tasks.length === 1, `tasks: ${JSON.stringify(done)}`);
+  check(!(await call('task_create', { context_id: 'mcp/demo', task_id: 'other', title: 'x' })).isError, 'task_create 2');
+  const other = await call('task_claim', { task_id: 'other' });
+  check(!(await call('task_fail', { task_id: 'other', fence: other.structuredContent.task.fencing_token, error: 'no' })).isError,
+    'task_fail');
   const packet = await call('packet', { context_id: 'mcp/demo', format: 'text' });
   check(!packet.isError && packet.content[0].text.startsWith('Current time: '), `packet text: ${JSON.stringify(packet)}`);
   const search = await call('search', { query: 'hello', context_id: 'mcp/demo' });
