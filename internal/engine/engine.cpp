@@ -444,21 +444,21 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
     if (!s) return done(std::unexpected(s.error()));
     auto st = *s;
     const std::string& ctx = req.context_id;
-    auto in = std::make_unique<packet_inputs>();
+    packet_inputs in;
     // The context first: its head is the pin, so what commits meanwhile is not seen.
     auto context = st->get_context(ctx);
     if (!context) return done(std::unexpected(context.error()));
     if (!*context) return done(fail(errc::not_found, "no context '" + ctx + "'"));
-    in->context = std::move(**context);
-    in->as_of_seq = std::min(req.as_of_seq.value_or(in->context.head_seq()), in->context.head_seq());
-    in->generated_at_ns = req.now_ns.value_or(clock_->now_ns());
-    const uint64_t as_of = in->as_of_seq;
+    in.context = std::move(**context);
+    in.as_of_seq = std::min(req.as_of_seq.value_or(in.context.head_seq()), in.context.head_seq());
+    in.generated_at_ns = req.now_ns.value_or(clock_->now_ns());
+    const uint64_t as_of = in.as_of_seq;
     if (as_of > 0) {
       auto ev = st->read_events(ctx, as_of - 1, 1);
       if (!ev) return done(std::unexpected(ev.error()));
       // The event at as_of_seq; if retention removed it, the oldest one left (what
       // is shown of a trimmed log is not reproducible anyway).
-      in->log_time_ns = ev->empty() ? in->context.updated_at_ns() : ev->front().ts_ns();
+      in.log_time_ns = ev->empty() ? in.context.updated_at_ns() : ev->front().ts_ns();
     }
     const auto& policy = req.policy;
 
@@ -467,12 +467,12 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
                             .limit = policy.recent_window, .reverse = true};
       auto page = st->list_units(ctx, q);
       if (!page) return done(std::unexpected(page.error()));
-      in->recent = std::move(page->units);
+      in.recent = std::move(page->units);
     }
-    for (const auto& id : in->context.pinned_units()) {
+    for (const auto& id : in.context.pinned_units()) {
       auto u = st->get_unit(id);
       if (!u) return done(std::unexpected(u.error()));
-      if (*u && (*u)->context_id() == ctx && (*u)->seq() <= as_of) in->pinned.push_back(std::move(**u));
+      if (*u && (*u)->context_id() == ctx && (*u)->seq() <= as_of) in.pinned.push_back(std::move(**u));
     }
     storage::fact_query fq;
     fq.as_of_seq = as_of;
@@ -482,14 +482,14 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
     if (!facts) return done(std::unexpected(facts.error()));
     if (facts->size() > fq.limit) {
       facts->resize(fq.limit);
-      in->truncated.push_back("facts");
+      in.truncated.push_back("facts");
     }
-    in->facts = std::move(*facts);
+    in.facts = std::move(*facts);
     if (!req.agent_id.empty()) {
       auto cps = st->list_checkpoints(ctx, req.agent_id);
       if (!cps) return done(std::unexpected(cps.error()));
       for (auto& e : *cps)
-        if (e.seq() <= as_of) in->checkpoints.push_back(std::move(e));
+        if (e.seq() <= as_of) in.checkpoints.push_back(std::move(e));
     }
     if (auto* t = tasks_.load(std::memory_order_acquire)) {
       std::vector<std::string> ids;
@@ -499,16 +499,16 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
         ids.insert(ids.end(), page.task_ids.begin(), page.task_ids.end());
         more |= page.more;
       }
-      if (more) in->truncated.push_back("tasks");
+      if (more) in.truncated.push_back("tasks");
       auto records = t->read(ids);
       if (!records) return done(std::unexpected(records.error()));
       std::sort(records->begin(), records->end(),
                 [](const api::Task& a, const api::Task& b) { return a.task_id() < b.task_id(); });
-      in->tasks = std::move(*records);
+      in.tasks = std::move(*records);
     }
     if (auto* m = locks_.load(std::memory_order_acquire)) {
       for (auto& l : m->list("", ""))
-        if (l.context_id() == ctx && l.holder_agent() != req.agent_id) in->leases.push_back(std::move(l));
+        if (l.context_id() == ctx && l.holder_agent() != req.agent_id) in.leases.push_back(std::move(l));
     }
 
     if (auto* index = search_.load(std::memory_order_acquire)) {
@@ -516,7 +516,7 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
       search::query base;
       base.context_id = ctx;
       base.snippets = false;
-      base.to_ns = in->log_time_ns + 1;
+      base.to_ns = in.log_time_ns + 1;
       if (policy.summaries_limit > 0) {
         auto q = base;
         q.types = {api::WORK_UNIT_TYPE_SUMMARY};
@@ -528,7 +528,7 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
           if (h.seq > as_of) continue;
           auto u = st->get_unit(h.id);
           if (!u) return done(std::unexpected(u.error()));
-          if (*u) in->summaries.push_back(std::move(**u));
+          if (*u) in.summaries.push_back(std::move(**u));
         }
       }
       if (req.has_query() && policy.retrieve_limit > 0) {
@@ -540,8 +540,8 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
         q.limit = policy.retrieve_limit;
         auto found = index->search_now(q);
         if (!found) return done(std::unexpected(found.error()));
-        in->search = search::to_string(found->mode);
-        in->degraded = found->degraded;
+        in.search = search::to_string(found->mode);
+        in.degraded = found->degraded;
         size_t rank = 0;  // among the hits at or before as_of_seq
         for (const auto& h : found->hits) {
           if (h.seq > as_of) continue;
@@ -551,29 +551,29 @@ void engine::packet(packet_request req, reply<packet_output> done) const {
           if (!*u) continue;
           packet_inputs::hit hit{std::move(**u), h.keyword_rank, h.vector_rank};
           if (found->mode == search::search_mode::keyword) hit.keyword_rank = rank;
-          in->retrieved.push_back(std::move(hit));
+          in.retrieved.push_back(std::move(hit));
         }
       }
     } else {
-      in->degraded = "search is not enabled on this server: no summaries, and nothing retrieved for a query";
+      in.degraded = "search is not enabled on this server: no summaries, and nothing retrieved for a query";
     }
 
     // Tool calls shown without their result as the log stood at as_of_seq.
     auto note_call = [&](const api::WorkUnit& u) -> model::status {
-      if (u.type() != api::WORK_UNIT_TYPE_TOOL_CALL || u.call_id().empty() || in->open_calls.contains(u.call_id()))
+      if (u.type() != api::WORK_UNIT_TYPE_TOOL_CALL || u.call_id().empty() || in.open_calls.contains(u.call_id()))
         return {};
       auto call = st->get_tool_call(ctx, u.call_id());
       if (!call) return std::unexpected(call.error());
-      if (*call && (!(*call)->result || (*call)->result->seq() > as_of)) in->open_calls.insert(u.call_id());
+      if (*call && (!(*call)->result || (*call)->result->seq() > as_of)) in.open_calls.insert(u.call_id());
       return {};
     };
-    for (const auto* list : {&in->pinned, &in->recent})
+    for (const auto* list : {&in.pinned, &in.recent})
       for (const auto& u : *list)
         if (auto ok = note_call(u); !ok) return done(std::unexpected(ok.error()));
-    for (const auto& h : in->retrieved)
+    for (const auto& h : in.retrieved)
       if (auto ok = note_call(h.unit); !ok) return done(std::unexpected(ok.error()));
 
-    done(assemble_packet(req, *in));
+    done(assemble_packet(req, in));
   };
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }

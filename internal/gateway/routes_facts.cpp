@@ -128,6 +128,27 @@ model::result<storage::fact_query> fact_query_of(const call& c) {
   return q;
 }
 
+// `{"as_of_seq":N,"context_id":"…","<member>":` — the rest is the caller's. Fact
+// lists run to 10,000 versions: written directly, not through json values.
+response facts_response(std::string_view ctx, uint64_t as_of_seq, std::string_view member) {
+  response out;
+  out.body = "{\"as_of_seq\":" + std::to_string(as_of_seq) + ",\"context_id\":";
+  model::append_json_string(out.body, ctx);
+  out.body += ",\"";
+  out.body += member;
+  out.body += "\":";
+  return out;
+}
+
+void append_facts(std::string& out, const std::vector<api::Fact>& facts, size_t n) {
+  out += '[';
+  for (size_t i = 0; i < n; ++i) {
+    if (i) out += ',';
+    model::append_fact_json(out, facts[i]);
+  }
+  out += ']';
+}
+
 }  // namespace
 
 // GET ?prefix=&as_of_seq=&valid_at=&include_superseded=&limit=
@@ -144,10 +165,11 @@ void list_facts(services& s, call& c, responder respond) {
   if (q->limit == 0 || q->limit > 10'000) return respond(bad_request("limit must be 1-10000"));
   s.eng.read_facts(c.subject, *q, [respond = std::move(respond), ctx = c.subject, limit = q->limit](auto r) {
     if (!r) return respond(error_response(r.error()));
-    json list = json::array();
     const bool more = r->facts.size() > limit;
-    for (size_t i = 0; i < r->facts.size() && i < limit; ++i) list.push_back(model::to_json(r->facts[i]));
-    respond(json_response(200, json{{"context_id", ctx}, {"as_of_seq", r->as_of_seq}, {"facts", std::move(list)}, {"more", more}}));
+    response out = facts_response(ctx, r->as_of_seq, "facts");
+    append_facts(out.body, r->facts, std::min(limit, r->facts.size()));
+    out.body += more ? ",\"more\":true}" : ",\"more\":false}";
+    respond(std::move(out));
   });
 }
 
@@ -163,11 +185,13 @@ void get_fact(services& s, call& c, responder respond) {
   const bool all = q->include_superseded;
   s.eng.read_facts(c.subject, *q, [respond = std::move(respond), key = *key, ctx = c.subject, all](auto r) {
     if (!r) return respond(error_response(r.error()));
-    json versions = json::array();
-    for (const auto& f : r->facts) versions.push_back(model::to_json(f));
-    if (all) return respond(json_response(200, json{{"context_id", ctx}, {"as_of_seq", r->as_of_seq}, {"versions", versions}}));
-    if (versions.empty()) return respond(error_response({errc::not_found, "no active fact '" + key + "' in context '" + ctx + "'"}));
-    respond(json_response(200, json{{"context_id", ctx}, {"as_of_seq", r->as_of_seq}, {"fact", versions.back()}}));
+    if (!all && r->facts.empty())
+      return respond(error_response({errc::not_found, "no active fact '" + key + "' in context '" + ctx + "'"}));
+    response out = facts_response(ctx, r->as_of_seq, all ? "versions" : "fact");
+    if (all) append_facts(out.body, r->facts, r->facts.size());
+    else model::append_fact_json(out.body, r->facts.back());
+    out.body += '}';
+    respond(std::move(out));
   });
 }
 

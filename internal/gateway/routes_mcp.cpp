@@ -70,24 +70,27 @@ json without(json args, std::initializer_list<const char*> names) {
   return args;
 }
 
-std::string query_of(const json& args, std::initializer_list<const char*> names) {
+// `?k=v&…` of every member (in name order), strings as they are, others as JSON.
+std::string query_of(const json& args) {
   std::string q;
-  for (const char* n : names) {
-    auto it = args.find(n);
-    if (it == args.end() || it->is_null()) continue;
+  for (const auto& [k, v] : args.items()) {
+    if (v.is_null()) continue;
     q += q.empty() ? "?" : "&";
-    q += n;
+    q += encode(k);
     q += '=';
-    q += encode(it->is_string() ? it->get<std::string>() : it->dump());
+    q += encode(v.is_string() ? v.get<std::string>() : v.dump());
   }
   return q;
 }
 
+// A tool is one REST route. Most map their arguments plainly (`method` and `path`,
+// see plain_call); the others have a `build` of their own.
 struct tool {
   std::string_view name;
   std::string_view description;
   std::string_view input_schema;  // JSON Schema of the arguments
-  builder build;
+  std::string_view method, path;
+  builder build = nullptr;
 };
 
 const tool tools[] = {
@@ -104,6 +107,7 @@ const tool tools[] = {
           "call_id":{"type":"string"},"tokens":{"type":"integer","minimum":0}}}},
         "idempotency_key":{"type":"string"},
         "fence":{"type":"object","properties":{"resource":{"type":"string"},"token":{"type":"integer"}}}}})json",
+     "", "",
      [](const json& a) -> model::result<rest_call> {
        auto ctx = string_arg(a, "context_id");
        if (!ctx) return std::unexpected(ctx.error());
@@ -125,12 +129,7 @@ const tool tools[] = {
      R"json({"type":"object","required":["context_id"],"properties":{
         "context_id":{"type":"string"},"after_seq":{"type":"integer","minimum":0},
         "limit":{"type":"integer","minimum":1,"maximum":1000},"reverse":{"type":"boolean","description":"Newest first"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       std::string q = query_of(a, {"after_seq", "limit", "reverse"});
-       return rest_call{"GET", "/workunits/" + encode(*ctx) + q + (q.empty() ? "?" : "&") + "text=1", nullptr, {}};
-     }},
+     "GET", "/workunits/{context_id}?text=1"},
     {"contexts",
      "List contexts, get one (its head seq, agents, pinned units), or update one (display_name, agents, pins, meta).",
      R"json({"type":"object","required":["action"],"properties":{
@@ -139,9 +138,10 @@ const tool tools[] = {
         "display_name":{"type":"string"},"add_agents":{"type":"array","items":{"type":"string"}},
         "remove_agents":{"type":"array","items":{"type":"string"}},"pin_units":{"type":"array","items":{"type":"string"}},
         "unpin_units":{"type":"array","items":{"type":"string"}},"meta":{"type":"object"}}})json",
+     "", "",
      [](const json& a) -> model::result<rest_call> {
        const std::string action = a.value("action", "");
-       if (action == "list") return rest_call{"GET", "/contexts" + query_of(a, {"limit", "cursor"}), nullptr, {}};
+       if (action == "list") return rest_call{"GET", "/contexts" + query_of(without(a, {"action"})), nullptr, {}};
        auto ctx = string_arg(a, "context_id");
        if (!ctx) return std::unexpected(ctx.error());
        if (action == "get") return rest_call{"GET", "/contexts/" + encode(*ctx), nullptr, {}};
@@ -156,30 +156,22 @@ const tool tools[] = {
         "agent_ids":{"type":"array","items":{"type":"string"}},"types":{"type":"array"},
         "mode":{"type":"string","enum":["keyword","semantic","hybrid"]},"vector":{"type":"array","items":{"type":"number"}},
         "limit":{"type":"integer","minimum":1,"maximum":1000},"from":{"type":"string"},"to":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> { return rest_call{"POST", "/search", a, {}}; }},
+     "POST", "/search"},
     {"lock_acquire",
      "Take a lease on one or more shared resources (all or nothing), for ttl_seconds. Returns lock_id and a fencing "
      "token; pass the token as an append's fence. wait_ms waits in line instead of failing at once.",
      R"json({"type":"object","properties":{"resource_path":{"type":"string"},
         "resource_paths":{"type":"array","items":{"type":"string"}},"agent_id":{"type":"string"},
         "ttl_seconds":{"type":"number"},"wait_ms":{"type":"integer"},"context_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> { return rest_call{"POST", "/locks", a, {}}; }},
+     "POST", "/locks"},
     {"lock_renew", "Extend a lease you hold before it expires.",
      R"json({"type":"object","required":["resource_path","lock_id"],"properties":{"resource_path":{"type":"string"},
         "lock_id":{"type":"string"},"agent_id":{"type":"string"},"ttl_seconds":{"type":"number"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto res = string_arg(a, "resource_path");
-       if (!res) return std::unexpected(res.error());
-       return rest_call{"POST", "/locks/" + encode(*res) + "/renew", without(a, {"resource_path"}), {}};
-     }},
+     "POST", "/locks/{resource_path}/renew"},
     {"lock_release", "Release a lease you hold.",
      R"json({"type":"object","required":["resource_path","lock_id"],"properties":{"resource_path":{"type":"string"},
         "lock_id":{"type":"string"},"agent_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto res = string_arg(a, "resource_path");
-       if (!res) return std::unexpected(res.error());
-       return rest_call{"DELETE", "/locks/" + encode(*res) + query_of(a, {"lock_id", "agent_id"}), nullptr, {}};
-     }},
+     "DELETE", "/locks/{resource_path}"},
     {"packet",
      "What you should know about a context, under a token budget: pinned units, facts, tasks, leases held by others, "
      "your last checkpoint, summaries, units found by a query, recent units; each item with why it is there. Use "
@@ -189,11 +181,7 @@ const tool tools[] = {
         "budget":{"type":"object","properties":{"max_tokens":{"type":"integer"},"sections":{"type":"object"}}},
         "policy":{},"as_of_seq":{"type":"integer"},"since_seq":{"type":"integer"},
         "format":{"type":"string","enum":["json","text"]}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       return rest_call{"POST", "/contexts/" + encode(*ctx) + "/packet", without(a, {"context_id"}), {}};
-     }},
+     "POST", "/contexts/{context_id}/packet"},
     {"fact_set",
      "Record what the team believes about a dotted key (repo.main_branch) in a context; it supersedes the key's "
      "current value. sources: seqs of the units it rests on.",
@@ -201,88 +189,72 @@ const tool tools[] = {
         "key":{"type":"string"},"value":{},"agent_id":{"type":"string"},"sources":{"type":"array","items":{"type":"integer"}},
         "confidence":{"type":"number","minimum":0,"maximum":1},"status":{"type":"string","enum":["active","disputed"]},
         "valid_from":{"type":"string"},"valid_to":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       auto key = string_arg(a, "key");
-       if (!key) return std::unexpected(key.error());
-       return rest_call{"PUT", "/contexts/" + encode(*ctx) + "/facts/" + encode(*key), without(a, {"context_id", "key"}),
-                        {}};
-     }},
+     "PUT", "/contexts/{context_id}/facts/{key}"},
     {"facts", "The current facts of a context (by key prefix), or as the log stood at a seq.",
      R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"},
         "prefix":{"type":"string"},"as_of_seq":{"type":"integer"},"include_superseded":{"type":"boolean"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       return rest_call{"GET", "/contexts/" + encode(*ctx) + "/facts" + query_of(a, {"prefix", "as_of_seq", "include_superseded"}),
-                        nullptr, {}};
-     }},
+     "GET", "/contexts/{context_id}/facts"},
     {"presence", "Who is present in a context now.",
      R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       return rest_call{"GET", "/contexts/" + encode(*ctx) + "/presence", nullptr, {}};
-     }},
+     "GET", "/contexts/{context_id}/presence"},
     {"heartbeat",
      "Say you are alive: present in these contexts, and renew your task claims (with progress, when given).",
      R"json({"type":"object","required":["agent_id"],"properties":{"agent_id":{"type":"string"},
         "contexts":{"type":"array","items":{"type":"string"}},"status":{"type":"string"},"progress":{"type":"object"},
         "task_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto agent = string_arg(a, "agent_id");
-       if (!agent) return std::unexpected(agent.error());
-       return rest_call{"POST", "/agents/" + encode(*agent) + "/heartbeat", without(a, {"agent_id"}), {}};
-     }},
+     "POST", "/agents/{agent_id}/heartbeat"},
     {"task_create",
      "Create a task in a context: work one agent should do at a time. depends_on: tasks that must be done first.",
      R"json({"type":"object","required":["context_id","title"],"properties":{"context_id":{"type":"string"},
         "task_id":{"type":"string"},"title":{"type":"string"},"spec":{"type":"object"},
         "depends_on":{"type":"array","items":{"type":"string"}},"max_attempts":{"type":"integer","minimum":1},
         "agent_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       return rest_call{"POST", "/contexts/" + encode(*ctx) + "/tasks", without(a, {"context_id"}), {}};
-     }},
+     "POST", "/contexts/{context_id}/tasks"},
     {"tasks", "A context's tasks in creation order, optionally of one status (open, claimed, stranded, done, failed).",
      R"json({"type":"object","required":["context_id"],"properties":{"context_id":{"type":"string"},
         "status":{"type":"string","enum":["open","claimed","stranded","done","failed"]},
         "limit":{"type":"integer","minimum":1,"maximum":1000},"after":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto ctx = string_arg(a, "context_id");
-       if (!ctx) return std::unexpected(ctx.error());
-       return rest_call{"GET", "/contexts/" + encode(*ctx) + "/tasks" + query_of(a, {"status", "limit", "after"}),
-                        nullptr, {}};
-     }},
+     "GET", "/contexts/{context_id}/tasks"},
     {"task_claim",
      "Claim a task for ttl_seconds (a lease; heartbeats renew it). Returns the task and its fencing token: pass it as "
      "fence to task_complete or task_fail.",
      R"json({"type":"object","required":["task_id"],"properties":{"task_id":{"type":"string"},
         "agent_id":{"type":"string"},"ttl_seconds":{"type":"number"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto id = string_arg(a, "task_id");
-       if (!id) return std::unexpected(id.error());
-       return rest_call{"POST", "/tasks/" + encode(*id) + "/claim", without(a, {"task_id"}), {}};
-     }},
+     "POST", "/tasks/{task_id}/claim"},
     {"task_complete", "Complete a task you hold, with its fencing token and an optional result object.",
      R"json({"type":"object","required":["task_id","fence"],"properties":{"task_id":{"type":"string"},
         "fence":{"type":"integer"},"result":{"type":"object"},"agent_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto id = string_arg(a, "task_id");
-       if (!id) return std::unexpected(id.error());
-       return rest_call{"POST", "/tasks/" + encode(*id) + "/complete", without(a, {"task_id"}), {}};
-     }},
+     "POST", "/tasks/{task_id}/complete"},
     {"task_fail", "Give up a task you hold, saying why (error), with its fencing token.",
      R"json({"type":"object","required":["task_id","fence","error"],"properties":{"task_id":{"type":"string"},
         "fence":{"type":"integer"},"error":{"type":"string"},"agent_id":{"type":"string"}}})json",
-     [](const json& a) -> model::result<rest_call> {
-       auto id = string_arg(a, "task_id");
-       if (!id) return std::unexpected(id.error());
-       return rest_call{"POST", "/tasks/" + encode(*id) + "/fail", without(a, {"task_id"}), {}};
-     }},
+     "POST", "/tasks/{task_id}/fail"},
 };
+
+// The REST request of a plainly mapped tool: each `{name}` segment of its path takes
+// that argument (required, percent-encoded); the other arguments become the body
+// (POST, PUT, PATCH) or the query string (GET, DELETE).
+model::result<rest_call> plain_call(const tool& t, json args) {
+  std::string target;
+  for (std::string_view path = t.path; !path.empty();) {
+    const auto open = path.find('{');
+    target += path.substr(0, open);
+    if (open == std::string_view::npos) break;
+    const auto close = path.find('}', open);
+    const std::string name(path.substr(open + 1, close - open - 1));
+    auto value = string_arg(args, name.c_str());
+    if (!value) return std::unexpected(value.error());
+    target += encode(*value);
+    args.erase(name);
+    path.remove_prefix(close + 1);
+  }
+  if (t.method == "GET" || t.method == "DELETE") {
+    std::string q = query_of(args);
+    if (!q.empty() && target.find('?') != std::string::npos) q[0] = '&';
+    return rest_call{std::string(t.method), target + q, nullptr, {}};
+  }
+  return rest_call{std::string(t.method), std::move(target), std::move(args), {}};
+}
 
 json tool_list() {
   json list = json::array();
@@ -408,7 +380,7 @@ void mcp_post(services& s, call& c, responder respond) {
       if (candidate.name == name) t = &candidate;
     if (!t) return respond(rpc_error(id, invalid_params, "unknown tool '" + name.substr(0, 100) + "'"));
     if (!args.is_object()) return respond(rpc_error(id, invalid_params, "arguments must be an object"));
-    auto rc = t->build(args);
+    auto rc = t->build ? t->build(args) : plain_call(*t, args);
     if (!rc) {  // bad arguments are the tool's error, so the model can correct itself
       json result{{"content", json::array({{{"type", "text"}, {"text", rc.error().message}}})}, {"isError", true}};
       return respond(rpc_response(id, std::move(result)));
