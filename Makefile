@@ -1,8 +1,8 @@
 # Engram — the front door. `make run` and `make test` are all a new user needs.
 #
 #   make deps    install build dependencies from Debian's packages (as root, non-interactive)
-#   make test-deps  also what the tests need: chromium, Node.js, playwright-core and the
-#                MCP SDK (npm ci in tests/browser and tests/mcp, from their lock files)
+#   make test-deps  also what the tests need: chromium, Node.js, playwright-core, the
+#                MCP SDK and conformance suite (npm ci in tests/browser and tests/mcp, from their lock files)
 #   make build   configure and build everything (build/)
 #   make run     build the server and engramctl only, and start the server on ./data
 #                (config: config.example.yaml)
@@ -61,7 +61,8 @@ deps:
 test-deps: deps
 	$(call install_missing,$(TEST_PACKAGES),command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm";)
 	@[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)
-	@[ -d tests/mcp/node_modules/@modelcontextprotocol/sdk ] || (cd tests/mcp && npm ci --no-audit --no-fund)
+	@[ -d tests/mcp/node_modules/@modelcontextprotocol/sdk ] && [ -d tests/mcp/node_modules/@modelcontextprotocol/conformance ] \
+	  || (cd tests/mcp && npm ci --no-audit --no-fund)
 
 fuzz-deps: deps
 	$(call install_missing,$(FUZZ_PACKAGES))

@@ -4,6 +4,7 @@
 //   engram-load write --port P --connections 16 --seconds 10 --payload-bytes 300
 //   engram-load seed  --port P --units 1000000 --target-units 100000
 //   engram-load read  --port P --connections 16 --seconds 10 --context bench/target
+//   engram-load mcp   --port P --connections 1 --seconds 10 --limit 10
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
@@ -175,6 +176,41 @@ void run_fenced(const settings& s) {
   });
 }
 
+// The MCP tools `append` and `read` against the REST routes they stand for, one
+// after the other on the same connections: what the JSON-RPC wrapping and the
+// internal dispatch cost per call.
+void run_mcp(const settings& s) {
+  const std::string payload(s.payload_bytes, 'x');
+  auto context = [](unsigned w) { return "bench/mcp" + std::to_string(w); };
+  auto units = [&](uint64_t i) {
+    return json::array({{{"type", "MESSAGE"}, {"text", payload}, {"meta", {{"i", std::to_string(i)}}}}});
+  };
+  // A tool call's answer: 200 with a result that is not a tool error.
+  auto tool_ok = [](const auto& r) {
+    if (auto err = expect(r, 200); !err.empty()) return err;
+    if (r->body.find("\"isError\":false") == std::string::npos) return "tool error: " + r->body.substr(0, 200);
+    return std::string();
+  };
+  auto tool_call = [](const char* name, json args, uint64_t id) {
+    return json{{"jsonrpc", "2.0"}, {"id", id}, {"method", "tools/call"},
+                {"params", {{"name", name}, {"arguments", std::move(args)}}}}.dump();
+  };
+  timed(s, "rest-append", [&](engram::client::http_connection& c, unsigned w, uint64_t i) {
+    const auto body = json{{"context_id", context(w)}, {"agent_id", "bench"}, {"work_units", units(i)}}.dump();
+    return expect(c.request("POST", "/workunits", body), 201);
+  });
+  timed(s, "mcp-append", [&](engram::client::http_connection& c, unsigned w, uint64_t i) {
+    return tool_ok(c.request("POST", "/mcp",
+                             tool_call("append", {{"context_id", context(w)}, {"agent_id", "bench"}, {"units", units(i)}}, i)));
+  });
+  timed(s, "rest-read", [&](engram::client::http_connection& c, unsigned w, uint64_t) {
+    return expect(c.request("GET", "/workunits/" + context(w) + "?limit=" + std::to_string(s.limit) + "&text=1"), 200);
+  });
+  timed(s, "mcp-read", [&](engram::client::http_connection& c, unsigned w, uint64_t i) {
+    return tool_ok(c.request("POST", "/mcp", tool_call("read", {{"context_id", context(w)}, {"limit", s.limit}}, i)));
+  });
+}
+
 // Loads `units` units: `target_units` into s.context, the rest spread over 90 others.
 int run_seed(const settings& s) {
   const std::string payload(s.payload_bytes, 'y');
@@ -235,6 +271,8 @@ int main(int argc, char** argv) {
   auto* locks = app.add_subcommand("locks", "POST /locks + DELETE /locks/{r}, as one operation");
   locks->add_option("--resources", s.resources, "distinct resources (< connections: contended)")->check(CLI::Range(1u, 100000u));
   auto* fenced = app.add_subcommand("fenced", "single-unit POST /workunit carrying a fence");
+  auto* mcp = app.add_subcommand("mcp", "MCP tools append and read (POST /mcp) against their REST routes");
+  mcp->add_option("--limit", s.limit, "units per read");
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
   if (*write) run_write(s);
@@ -242,5 +280,6 @@ int main(int argc, char** argv) {
   if (*seed) return run_seed(s);
   if (*locks) run_locks(s);
   if (*fenced) run_fenced(s);
+  if (*mcp) run_mcp(s);
   return 0;
 }

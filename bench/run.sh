@@ -2,7 +2,7 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams drafts locks agents search vectors packet sdk micro
+#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams drafts locks agents search vectors packet mcp sdk micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
@@ -12,7 +12,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read isolation streams drafts locks agents search vectors packet sdk micro}
+SECTIONS=${*:-write read isolation streams drafts locks agents search vectors packet mcp sdk micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -189,6 +189,14 @@ PACKET_UNITS=${BENCH_PACKET_UNITS:-100000}
 echo "## memory packet: one context of ${PACKET_UNITS} units and 1000 facts (2 versions each), max_tokens 8000 (sync durability)"
 start_server sync "$WORK/packet"
 "$BIN/engram-search-bench" packet --port "$PORT" --units "$PACKET_UNITS" --facts 1000 --max-tokens 8000 --seconds "$SECS"
+stop_server
+fi
+
+if has mcp; then
+echo "## MCP tools append and read versus their REST routes, ${SECS}s per run (sync durability)"
+start_server sync "$WORK/mcp"
+"$BIN/engram-load" mcp --port "$PORT" --connections 1 --seconds "$SECS" --limit 10 --label c1
+"$BIN/engram-load" mcp --port "$PORT" --connections 16 --seconds "$SECS" --limit 10 --label c16
 stop_server
 fi
 

@@ -274,8 +274,11 @@ void engine::get_context(std::string id, reply<api::Context> done) const {
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
-void engine::list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const {
-  auto job = [this, cursor = std::move(cursor), limit, done] { done(read_contexts(cursor, limit)); };
+void engine::list_contexts(std::string cursor, std::optional<size_t> limit, std::string prefix,
+                           reply<contexts_page> done) const {
+  auto job = [this, cursor = std::move(cursor), limit, prefix = std::move(prefix), done] {
+    done(read_contexts(cursor, limit, prefix));
+  };
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
@@ -418,7 +421,8 @@ void engine::delete_context(std::string context_id, std::string deleted_by, repl
   (*s)->delete_context(std::move(context_id), std::move(deleted_by), std::move(done));
 }
 
-model::result<contexts_page> engine::read_contexts(std::string_view cursor, std::optional<size_t> limit) const {
+model::result<contexts_page> engine::read_contexts(std::string_view cursor, std::optional<size_t> limit,
+                                                   std::string_view prefix) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto n = page_limit(limit);
@@ -429,7 +433,7 @@ model::result<contexts_page> engine::read_contexts(std::string_view cursor, std:
     if (!pos) return std::unexpected(pos.error());
     after = std::move(*pos);
   }
-  auto page = (*s)->list_contexts(after, *n);
+  auto page = (*s)->list_contexts(after, *n, prefix);
   if (!page) return std::unexpected(page.error());
   contexts_page out;
   if (page->more && !page->contexts.empty())

@@ -159,7 +159,9 @@ class engine {
   void import_events(std::string context_id, std::vector<api::Event> events, reply<api::Context> done);
   // storage::store::delete_context; `done` runs once every event is gone.
   void delete_context(std::string context_id, std::string deleted_by, reply<storage::trim_result> done);
-  void list_contexts(std::string cursor, std::optional<size_t> limit, reply<contexts_page> done) const;
+  // Contexts in id order after `cursor`, only ids starting with `prefix` when set.
+  void list_contexts(std::string cursor, std::optional<size_t> limit, std::string prefix,
+                     reply<contexts_page> done) const;
 
   // ---- leases (DESIGN.md §6) ----------------------------------------------------
   void acquire_locks(locks::acquire_request req, locks::manager::locks_done done);
@@ -199,7 +201,8 @@ class engine {
   model::result<unit_read> read_unit(std::string_view id, bool with_embedding,
                                      const std::function<bool(std::string_view)>& readable) const;
   model::result<units_page> read_units(std::string_view context_id, const list_request& req) const;
-  model::result<contexts_page> read_contexts(std::string_view cursor, std::optional<size_t> limit) const;
+  model::result<contexts_page> read_contexts(std::string_view cursor, std::optional<size_t> limit,
+                                             std::string_view prefix) const;
 
   options opts_;
   std::shared_ptr<const model::clock> clock_;

@@ -96,7 +96,7 @@ struct api_handler::impl {
       if (origin) {
         r.headers.emplace_back("Access-Control-Allow-Origin", *origin);
         if (*origin != "*") r.headers.emplace_back("Vary", "Origin");
-        r.headers.emplace_back("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed, X-Request-Id");
+        r.headers.emplace_back("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed, X-Request-Id, Mcp-Session-Id");
       }
       const auto status = std::to_string(r.status);
       requests->Add({{"route", label}, {"method", record->method}, {"status", status}}).Increment();
@@ -145,7 +145,8 @@ struct api_handler::impl {
       r.headers.emplace_back("Allow", m.allow + ", OPTIONS");
       r.headers.emplace_back("Access-Control-Allow-Methods", m.allow + ", OPTIONS");
       r.headers.emplace_back("Access-Control-Allow-Headers",
-                             "Content-Type, Authorization, X-Agent-ID, Idempotency-Key, Last-Event-ID");
+                             "Content-Type, Authorization, X-Agent-ID, Idempotency-Key, Last-Event-ID, "
+                             "MCP-Protocol-Version, Mcp-Session-Id");
       r.headers.emplace_back("Access-Control-Max-Age", "600");
       return respond(std::move(r));
     }

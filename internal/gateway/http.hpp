@@ -3,6 +3,7 @@
 // route handler, so handlers compile without Beast and tests can call them directly.
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -37,11 +38,16 @@ struct request {
   }
 };
 
+struct stream_takeover;  // gateway/takeover.hpp
+
 struct response {
   unsigned status = 200;
   std::string body;
   std::string content_type = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;
+  // Set: not an answer; the connection becomes this stream (only for requests from
+  // the wire; a route answering an internal dispatch never sets it).
+  std::shared_ptr<stream_takeover> takeover;
 };
 
 // Called exactly once per request, from any thread.

@@ -171,7 +171,10 @@ void list_contexts(services& s, call& c, responder respond) {
   auto limit = uint_param(c.query, "limit");
   if (!limit) return respond(error_response(limit.error()));
   const auto* cursor = c.query.get("cursor");
-  s.eng.list_contexts(cursor ? *cursor : std::string(), *limit,
+  const auto* prefix = c.query.get("prefix");
+  if (prefix && prefix->size() > model::max_id_bytes)
+    return respond(bad_request("prefix is longer than a context id (" + std::to_string(model::max_id_bytes) + " bytes)"));
+  s.eng.list_contexts(cursor ? *cursor : std::string(), *limit, prefix ? *prefix : std::string(),
                       [who = c.who, respond = std::move(respond)](model::result<engine::contexts_page> page) {
                         if (!page) return respond(error_response(page.error()));
                         json list = json::array();

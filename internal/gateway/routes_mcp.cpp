@@ -4,11 +4,15 @@
 // request's credentials, so validation, auth, grants and rate limits are the REST
 // routes' own; a refusal becomes a tool error carrying the route's message.
 #include <boost/url/encode.hpp>
+#include <boost/url/pct_string_view.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 #include <charconv>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "gateway/routes.hpp"
+#include "gateway/stream_registry.hpp"
+#include "gateway/takeover.hpp"
 #include "model/codec.hpp"
 #include "model/text.hpp"
 
@@ -300,17 +304,75 @@ const json prompts_json = json::array({
                    {{"name", "max_tokens"}, {"description", "Token budget (default 4000)"}, {"required", false}}})}},
 });
 
-// An Origin header is allowed when absent, listed by name in server.cors_origins, or
-// this server's own: a wildcard does not count, or a page of any site could reach a
-// local MCP server through DNS rebinding.
+// Whether a Host header names this machine's loopback interface (any port).
+bool loopback_host(std::string_view host) {
+  if (host.starts_with('[')) host = host.substr(0, host.find(']') + 1);  // [::1]:8080
+  else host = host.substr(0, host.find(':'));
+  return host == "localhost" || host == "127.0.0.1" || host == "[::1]";
+}
+
+// An Origin header (a browser's request) is allowed when listed by name in
+// server.cors_origins, or when it is this server's own origin reached by a loopback
+// name. A wildcard does not count, and neither does any other same-origin pair: a
+// page on evil.example whose name was rebound to 127.0.0.1 sends Host and Origin
+// evil.example, and must not reach a local MCP server (DNS rebinding).
 bool origin_allowed(const services& s, const request& req) {
   const auto origin = req.header("origin");
   if (origin.empty()) return true;
   for (const auto& o : s.opts.cors_origins)
     if (o == origin) return true;
   const auto host = req.header("host");
-  return !host.empty() && (origin == "http://" + std::string(host) || origin == "https://" + std::string(host));
+  return loopback_host(host) &&
+         (origin == "http://" + std::string(host) || origin == "https://" + std::string(host));
 }
+
+// A REST refusal as a JSON-RPC error: 404 is MCP's "resource not found", 400 bad
+// params, anything else an internal error carrying the route's message and status.
+response rest_error(const json& id, const response& r) {
+  auto parsed = json::parse(r.body, nullptr, false);
+  std::string message = parsed.is_object() && parsed.contains("error") && parsed["error"].is_string()
+                            ? parsed["error"].get<std::string>()
+                            : r.body;
+  const int code = r.status == 404 ? -32002 : r.status == 400 ? invalid_params : -32603;
+  return json_response(200, json{{"jsonrpc", "2.0"},
+                                 {"id", id},
+                                 {"error", {{"code", code}, {"message", message}, {"data", {{"http_status", r.status}}}}}});
+}
+
+constexpr std::string_view context_uri_prefix = "engram://contexts/";
+
+// The context id of `engram://contexts/{id}` (percent-decoded, a valid id).
+model::result<std::string> context_of(std::string_view uri) {
+  if (!uri.starts_with(context_uri_prefix) || uri.size() == context_uri_prefix.size())
+    return std::unexpected(bad_args("resource not found: expected engram://contexts/{context_id}"));
+  auto encoded = boost::urls::make_pct_string_view(uri.substr(context_uri_prefix.size()));
+  if (!encoded) return std::unexpected(bad_args("resource not found: the context id is not percent-encoded"));
+  std::string id = encoded->decode();
+  if (auto bad = model::check_identifier("context_id", id, model::max_id_bytes)) return std::unexpected(bad_args(*bad));
+  return id;
+}
+
+// An Mcp-Session-Id for initialize to hand out: 128 random bits, stored nowhere.
+std::string new_session_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id;
+  for (int half = 0; half < 2; ++half)
+    for (uint64_t bits = rng(), i = 0; i < 16; ++i, bits >>= 4) id += hex[bits & 15];
+  return id;
+}
+
+// Subscriptions a resources/unsubscribe ends: those of the same caller (token
+// subject, else X-Agent-ID) and URI, opened with the same Mcp-Session-Id or, for a
+// client that sends none, from the same address (README "MCP").
+std::string subscription_key(const call& c, std::string_view uri) {
+  std::string key = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id"));
+  if (auto session = c.req.header("mcp-session-id"); !session.empty()) key += "\nsession:" + std::string(session);
+  else key += "\nip:" + c.req.remote_ip;
+  return key + "\n" + std::string(uri);
+}
+
+constexpr std::string_view log_levels[] = {"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"};
 
 }  // namespace
 
@@ -345,17 +407,23 @@ void mcp_post(services& s, call& c, responder respond) {
 
   if (method == "initialize") {
     const std::string asked = params.value("protocolVersion", "");
-    return respond(rpc_response(
+    auto r = rpc_response(
         id, {{"protocolVersion", supported_version(asked) ? asked : std::string(protocol_versions[0])},
              {"capabilities",
               {{"tools", {{"listChanged", false}}},
-               {"resources", {{"subscribe", false}, {"listChanged", false}}},
-               {"prompts", {{"listChanged", false}}}}},
+               {"resources", {{"subscribe", true}, {"listChanged", false}}},
+               {"prompts", {{"listChanged", false}}},
+               {"completions", json::object()},
+               {"logging", json::object()}}},
              {"serverInfo", {{"name", "engram"}, {"title", "Engram"}, {"version", ENGRAM_VERSION}}},
              {"instructions",
               "Engram is a shared workspace for a team of agents. Contexts are ordered logs of work units; read with "
               "`read` (cursor: after_seq), write with `append`, coordinate with leases (`lock_*`), and call `packet` "
-              "for what you should know under a token budget. Every call is stateless: pass context_id and cursors."}}));
+              "for what you should know under a token budget. Every call is stateless: pass context_id and cursors."}});
+    // Only names the client's subscriptions for resources/unsubscribe: nothing is
+    // kept, and any request works without it, or with one from before a restart.
+    r.headers.emplace_back("Mcp-Session-Id", new_session_id());
+    return respond(std::move(r));
   }
   if (method == "ping") return respond(rpc_response(id, json::object()));
   if (method == "tools/list") return respond(rpc_response(id, {{"tools", tool_list()}}));
@@ -389,7 +457,7 @@ void mcp_post(services& s, call& c, responder respond) {
   }
   if (method == "resources/list") {
     return forward(rest_call{"GET", "/contexts?limit=1000", nullptr, {}}, [id](const response& r) {
-      if (r.status >= 400) return rpc_error(id, -32603, r.body);
+      if (r.status >= 400) return rest_error(id, r);
       json list = json::array();
       auto page = json::parse(r.body, nullptr, false);
       if (page.is_object() && page.contains("contexts") && page["contexts"].is_array())
@@ -403,18 +471,78 @@ void mcp_post(services& s, call& c, responder respond) {
       return rpc_response(id, {{"resources", std::move(list)}});
     });
   }
+  const std::string uri = params.contains("uri") && params["uri"].is_string() ? params["uri"].get<std::string>() : "";
   if (method == "resources/read") {
-    const std::string uri = params.value("uri", "");
-    constexpr std::string_view prefix = "engram://contexts/";
-    if (!uri.starts_with(prefix) || uri.size() == prefix.size())
-      return respond(rpc_error(id, -32002, "resource not found: expected engram://contexts/{context_id}"));
-    return forward(rest_call{"GET", "/workunits/" + uri.substr(prefix.size()) + "?reverse=true&limit=50&text=1", nullptr, {}},
+    auto ctx = context_of(uri);
+    if (!ctx) return respond(rpc_error(id, -32002, ctx.error().message));
+    return forward(rest_call{"GET", "/workunits/" + encode(*ctx) + "?reverse=true&limit=50&text=1", nullptr, {}},
                    [id, uri](const response& r) {
-                     if (r.status == 404) return rpc_error(id, -32002, "resource not found: " + uri);
-                     if (r.status >= 400) return rpc_error(id, -32603, r.body);
+                     if (r.status >= 400) return rest_error(id, r);
                      return rpc_response(id, {{"contents", json::array({{{"uri", uri},
                                                                          {"mimeType", "application/json"},
                                                                          {"text", r.body}}})}});
+                   });
+  }
+  // The answer is an SSE stream that stays open: this response, then
+  // notifications/resources/updated each time the context gets units, until
+  // resources/unsubscribe, the client closing it, or shutdown.
+  if (method == "resources/subscribe") {
+    auto ctx = context_of(uri);
+    if (!ctx) return respond(rpc_error(id, -32002, ctx.error().message));
+    if (!c.who.can(auth::read, *ctx)) return respond(rest_error(id, forbidden(auth::read, *ctx)));
+    if (c.req.header("accept").find("text/event-stream") == std::string_view::npos)
+      return respond(rpc_error(id, invalid_request,
+                               "resources/subscribe answers with an SSE stream that carries the updates: send "
+                               "Accept: application/json, text/event-stream",
+                               406));
+    auto t = std::make_shared<stream_takeover>();
+    t->sub.contexts = {*ctx};  // no cursor: from the head, live only
+    t->who = c.who;
+    t->first_frame = model::dump(json{{"jsonrpc", "2.0"}, {"id", id}, {"result", json::object()}});
+    t->notification = model::dump(
+        json{{"jsonrpc", "2.0"}, {"method", "notifications/resources/updated"}, {"params", {{"uri", uri}}}});
+    t->owner_key = subscription_key(c, uri);
+    response r;
+    r.takeover = std::move(t);
+    return respond(std::move(r));
+  }
+  if (method == "resources/unsubscribe") {
+    if (uri.empty()) return respond(rpc_error(id, invalid_params, "uri is required"));
+    if (s.streams) s.streams->stop_streams(subscription_key(c, uri));
+    return respond(rpc_response(id, json::object()));
+  }
+  if (method == "logging/setLevel") {
+    // Accepted for clients that set it; this server sends no log notifications.
+    const std::string level = params.value("level", "");
+    for (auto l : log_levels)
+      if (l == level) return respond(rpc_response(id, json::object()));
+    return respond(rpc_error(id, invalid_params, "level must be one of debug, info, notice, warning, error, "
+                                                 "critical, alert, emergency"));
+  }
+  // Context ids for the catch_up prompt's and the context template's context_id.
+  if (method == "completion/complete") {
+    const json ref = params.value("ref", json::object());
+    const json arg = params.value("argument", json::object());
+    if (!ref.is_object() || !arg.is_object() || !arg.contains("name") || !arg["name"].is_string())
+      return respond(rpc_error(id, invalid_params, "ref and argument {name, value} are required"));
+    const std::string type = ref.value("type", "");
+    if (!(type == "ref/prompt" && ref.value("name", "") == "catch_up") &&
+        !(type == "ref/resource" && ref.value("uri", "") == "engram://contexts/{context_id}"))
+      return respond(rpc_error(id, invalid_params, "nothing to complete for this ref: the catch_up prompt and the "
+                                                   "engram://contexts/{context_id} template complete context_id"));
+    const json none{{"completion", {{"values", json::array()}, {"hasMore", false}}}};
+    if (arg["name"] != "context_id") return respond(rpc_response(id, none));
+    const std::string value = arg.contains("value") && arg["value"].is_string() ? arg["value"].get<std::string>() : "";
+    if (value.size() > model::max_id_bytes) return respond(rpc_response(id, none));
+    return forward(rest_call{"GET", "/contexts?limit=100&prefix=" + encode(value), nullptr, {}},
+                   [id](const response& r) {
+                     if (r.status >= 400) return rest_error(id, r);
+                     json values = json::array();
+                     auto page = json::parse(r.body, nullptr, false);
+                     if (page.is_object() && page.contains("contexts") && page["contexts"].is_array())
+                       for (const auto& ctx : page["contexts"]) values.push_back(ctx.value("id", ""));
+                     const bool more = page.is_object() && !page.value("next_cursor", "").empty();
+                     return rpc_response(id, {{"completion", {{"values", std::move(values)}, {"hasMore", more}}}});
                    });
   }
   if (method == "prompts/get") {
@@ -433,7 +561,7 @@ void mcp_post(services& s, call& c, responder respond) {
     }
     return forward(rest_call{"POST", "/contexts/" + encode(ctx) + "/packet", body, {}},
                    [id](const response& r) {
-                     if (r.status >= 400) return rpc_error(id, invalid_params, r.body);
+                     if (r.status >= 400) return rest_error(id, r);
                      return rpc_response(
                          id, {{"description", "Catch up on the context"},
                               {"messages", json::array({{{"role", "user"},
@@ -444,7 +572,8 @@ void mcp_post(services& s, call& c, responder respond) {
 }
 
 // GET (a server-initiated stream) and DELETE (ending a session): this server keeps
-// no sessions and sends nothing unasked.
+// no sessions to end and sends nothing unasked (updates come on the stream of
+// resources/subscribe).
 void mcp_other(services&, call& c, responder respond) {
   auto r = error_response(405, "this MCP server is stateless: POST JSON-RPC requests to /mcp (no " + c.req.method +
                                    ")");

@@ -7,6 +7,7 @@
 #include "gateway/access_log.hpp"
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
+#include "gateway/takeover.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -237,9 +238,26 @@ class session : public session_base, public std::enable_shared_from_this<session
     keep_alive_ = msg.keep_alive();
     request_id_ = req.request_id;
     srv_->handler(std::move(req), [self = shared_from_this()](response r) {
-      net::post(self->stream_.get_executor(),
-                [self, r = std::move(r)]() mutable { self->send(std::move(r)); });
+      net::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
+        if (r.takeover) return self->take_over(std::move(r));
+        self->send(std::move(r));
+      });
     });
+  }
+
+  // A route answered with a stream (MCP resources/subscribe): it validated and
+  // authorized; what is left is the server's share, the stream slots.
+  // `r` carries the headers the handler added (CORS).
+  void take_over(response r) {
+    if (srv_->shutting_down) return send(error_response({model::errc::unavailable, "the server is shutting down"}));
+    if (!srv_->eng) return send(error_response({model::errc::unavailable, "streams are not served here"}));
+    auto slot = srv_->streams_open.acquire(r.takeover->who.limit_key());
+    if (!slot) return send(error_response(slot.error()));
+    std::shared_ptr<const stream_takeover> mcp = r.takeover;
+    stream_start start{r.takeover->sub, r.takeover->who, std::move(*slot), request_id_, false};
+    busy_ = false;
+    handed_off_ = true;
+    start_sse(std::move(stream_), version_, std::move(r.headers), std::move(start), true, srv_, std::move(mcp));
   }
 
   // /stream (WebSocket) and /stream-sse: validate before upgrading, then hand the

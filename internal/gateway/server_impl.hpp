@@ -108,8 +108,12 @@ struct stream_start {
 template <class Stream>
 void start_websocket(Stream stream, boost::beast::http::request<boost::beast::http::string_body> req,
                      stream_start start, std::shared_ptr<server::impl> srv);
+// With `mcp`, the stream speaks MCP (stream_takeover): its first frame, then a
+// notification per write carrying new units, rather than Engram's events.
+struct stream_takeover;
 template <class Stream>
 void start_sse(Stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
-               stream_start start, bool single_context, std::shared_ptr<server::impl> srv);
+               stream_start start, bool single_context, std::shared_ptr<server::impl> srv,
+               std::shared_ptr<const stream_takeover> mcp = nullptr);
 
 }  // namespace engram::gateway

@@ -92,6 +92,16 @@ std::vector<std::shared_ptr<stream_registry::entry>> stream_registry::live_entri
   return out;
 }
 
+size_t stream_registry::stop_streams(std::string_view owner_key) {
+  size_t stopped = 0;
+  for (const auto& e : live_entries())
+    if (!e->owner_key.empty() && e->owner_key == owner_key && e->stop) {
+      e->stop();
+      ++stopped;
+    }
+  return stopped;
+}
+
 size_t stream_registry::open_streams() const {
   std::lock_guard lock(mu_);
   return open_.size();

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,6 +42,10 @@ class stream_registry {
     std::chrono::steady_clock::time_point opened_steady = std::chrono::steady_clock::now();
     std::atomic<uint64_t> events{0};  // written to the client
     std::atomic<uint64_t> bytes{0};
+    // Streams a client may end by a later request (MCP resources/unsubscribe): the
+    // key they share, and how to end one (from any thread). Set before registering.
+    std::string owner_key;
+    std::function<void()> stop;
 
     // A WebSocket subscribe message replaces the subscription.
     void subscribe(std::shared_ptr<engine::stream> s, std::vector<std::string> contexts,
@@ -78,6 +83,8 @@ class stream_registry {
   void close_stream(const std::shared_ptr<entry>& e, unsigned status, std::string_view ended_by, bool access_log);
 
   std::vector<subscriber> subscribers_of(std::string_view context_id) const;
+  // Ends every open stream registered with this owner_key; how many.
+  size_t stop_streams(std::string_view owner_key);
   size_t open_streams() const;
 
   // Sets engram_stream_context_subscribers{context} and

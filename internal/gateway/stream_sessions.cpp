@@ -28,6 +28,7 @@
 #include "gateway/fields.hpp"
 #include "gateway/routes.hpp"
 #include "gateway/server_impl.hpp"
+#include "gateway/takeover.hpp"
 #include "gateway/stream_params.hpp"
 #include "model/text.hpp"
 
@@ -84,14 +85,18 @@ model::result<std::string> required_string(const json& msg, const char* field) {
 }
 
 // Registers the stream for operators (GET /contexts/{id}/subscribers, gauges, the
-// access log's line when it ends).
+// access log's line when it ends). `owner_key` and `stop`: for a stream a later
+// request may end (MCP resources/unsubscribe).
 std::shared_ptr<stream_registry::entry> register_stream(server::impl& srv, std::string_view transport,
-                                                        const caller& who, std::string request_id) {
+                                                        const caller& who, std::string request_id,
+                                                        std::string owner_key = {}, std::function<void()> stop = {}) {
   auto e = std::make_shared<stream_registry::entry>();
   e->transport = transport;
   e->agent = who.principal ? who.principal->agent : std::string();
   e->ip = who.ip;
   e->request_id = std::move(request_id);
+  e->owner_key = std::move(owner_key);
+  e->stop = std::move(stop);
   if (srv.stream_log) srv.stream_log->register_stream(e);
   return e;
 }
@@ -620,9 +625,9 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
  public:
   sse_session(Stream&& stream, std::shared_ptr<server::impl> srv, bool single_context, caller who,
-              stream_slots::slot slot)
+              stream_slots::slot slot, std::shared_ptr<const stream_takeover> mcp)
       : stream_(std::move(stream)), srv_(std::move(srv)), single_(single_context), who_(std::move(who)),
-        slot_(std::move(slot)), timer_(stream_.get_executor()) {}
+        slot_(std::move(slot)), mcp_(std::move(mcp)), timer_(stream_.get_executor()) {}
   ~sse_session() override {
     if (sub_) sub_->close();
     deregister_stream(*srv_, *this, refused_status_ ? refused_status_ : 200);
@@ -649,8 +654,13 @@ class sse_session final : public session_base, public std::enable_shared_from_th
            " 200 OK\r\nServer: engram\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
            "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\nX-Content-Type-Options: nosniff\r\n";
     for (const auto& [k, v] : headers) out_ += k + ": " + v + "\r\n";
-    out_ += "\r\nretry: 2000\n";
-    event("subscribed", model::dump(subscribe_ack(*sub_)), "");
+    if (mcp_) {
+      out_ += "\r\n";
+      event("message", mcp_->first_frame, "");
+    } else {
+      out_ += "\r\nretry: 2000\n";
+      event("subscribed", model::dump(subscribe_ack(*sub_)), "");
+    }
     watch_for_close();
     arm_heartbeat();
     pump();
@@ -674,6 +684,13 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   void shutdown() override {
     net::post(stream_.get_executor(), [self = shared_from_this()] {
       self->end("shutdown", "server shutting down; reconnect with Last-Event-ID to resume");
+    });
+  }
+
+  // Ends the stream from any thread, with a final event named `name`.
+  void stop(std::string name, std::string why) {
+    net::post(stream_.get_executor(), [self = shared_from_this(), name = std::move(name), why = std::move(why)] {
+      self->end(name, why);
     });
   }
 
@@ -705,6 +722,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
   // Frames events into out_; they are counted as sent with its next write.
   void take(std::vector<router::event_ptr> events) {
+    if (mcp_) return take_mcp(std::move(events));
     if (with_text) add_text(events);
     for (auto& ev : events) {
       if (ev->draft) {
@@ -715,6 +733,17 @@ class sse_session final : public session_base, public std::enable_shared_from_th
       }
       pending_.push_back(std::move(ev));
     }
+  }
+
+  // MCP: the subscriber reads the resource itself; new units are one notification,
+  // however many (drafts and other events change no resource).
+  void take_mcp(std::vector<router::event_ptr> events) {
+    bool units = false;
+    for (auto& ev : events) {
+      units = units || (!ev->draft && ev->sse_event.empty());
+      pending_.push_back(std::move(ev));
+    }
+    if (units) event("message", mcp_->notification, "");
   }
 
   // Catch-up reads storage on the engine's read pool, never on this strand.
@@ -801,6 +830,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
   const bool single_;
   caller who_;
   stream_slots::slot slot_;
+  std::shared_ptr<const stream_takeover> mcp_;
   uint64_t id_ = 0;
   net::steady_timer timer_;
   std::shared_ptr<engine::stream> sub_;
@@ -830,12 +860,19 @@ void start_websocket(Stream stream, http::request<http::string_body> req, stream
 
 template <class Stream>
 void start_sse(Stream stream, unsigned version, std::vector<std::pair<std::string, std::string>> headers,
-               stream_start start, bool single_context, std::shared_ptr<server::impl> srv) {
+               stream_start start, bool single_context, std::shared_ptr<server::impl> srv,
+               std::shared_ptr<const stream_takeover> mcp) {
   beast::get_lowest_layer(stream).expires_never();
-  auto entry = register_stream(*srv, "sse", start.who, start.request_id);
-  auto s = std::make_shared<sse_session<Stream>>(std::move(stream), std::move(srv), single_context, std::move(start.who),
-                                         std::move(start.slot));
-  s->entry = std::move(entry);
+  auto& state = *srv;
+  auto s = std::make_shared<sse_session<Stream>>(std::move(stream), std::move(srv), single_context, start.who,
+                                                 std::move(start.slot), mcp);
+  std::function<void()> stop;
+  if (mcp)
+    stop = [weak = std::weak_ptr(s)] {
+      if (auto self = weak.lock()) self->stop("unsubscribed", "resources/unsubscribe");
+    };
+  s->entry = register_stream(state, mcp ? "mcp" : "sse", start.who, start.request_id,
+                             mcp ? mcp->owner_key : std::string(), std::move(stop));
   if (!start.request_id.empty()) headers.emplace_back("X-Request-Id", std::move(start.request_id));
   s->with_text = start.with_text;
   s->start(version, std::move(headers), std::move(start.sub));
@@ -846,8 +883,8 @@ template void start_websocket(plain_stream, http::request<http::string_body>, st
 template void start_websocket(tls_stream, http::request<http::string_body>, stream_start,
                               std::shared_ptr<server::impl>);
 template void start_sse(plain_stream, unsigned, std::vector<std::pair<std::string, std::string>>, stream_start, bool,
-                        std::shared_ptr<server::impl>);
+                        std::shared_ptr<server::impl>, std::shared_ptr<const stream_takeover>);
 template void start_sse(tls_stream, unsigned, std::vector<std::pair<std::string, std::string>>, stream_start, bool,
-                        std::shared_ptr<server::impl>);
+                        std::shared_ptr<server::impl>, std::shared_ptr<const stream_takeover>);
 
 }  // namespace engram::gateway

@@ -1874,13 +1874,14 @@ std::string store::identity() const {
   return id;
 }
 
-model::result<context_page> store::list_contexts(std::string_view after_id, size_t limit) const {
+model::result<context_page> store::list_contexts(std::string_view after_id, size_t limit,
+                                                 std::string_view prefix) const {
   context_page page;
   std::unique_ptr<rocksdb::Iterator> it(
       impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_contexts)));
-  it->Seek(after_id);
+  it->Seek(after_id < prefix ? prefix : after_id);
   if (it->Valid() && !after_id.empty() && it->key() == rocksdb::Slice(after_id)) it->Next();
-  for (; it->Valid(); it->Next()) {
+  for (; it->Valid() && it->key().starts_with(prefix); it->Next()) {
     ContextRecord rec;
     if (!rec.ParseFromArray(it->value().data(), int(it->value().size())))
       return fail(errc::internal, "corrupt context record");

@@ -340,7 +340,9 @@ class store {
   // The embedder's position in a context for a model (0: nothing read yet).
   model::result<uint64_t> vector_cursor(std::string_view model, std::string_view context_id) const;
   // Contexts in id order, starting after `after_id` (exclusive; empty = from the start).
-  model::result<context_page> list_contexts(std::string_view after_id, size_t limit) const;
+  // Ids after `after_id` (all when empty) that start with `prefix`, in id order.
+  model::result<context_page> list_contexts(std::string_view after_id, size_t limit,
+                                            std::string_view prefix = {}) const;
 
   // RocksDB's identity of this database (stable across restarts, new for a new
   // database): lets derived indexes notice that they were built from another store.

@@ -5,21 +5,16 @@
 //
 //   node tests/browser/auth.test.mjs <path to engram binary>
 // Exit codes: 0 pass, 1 fail, 77 skipped (chromium cannot start at all).
-import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fail, freePort, launchBrowser, openPage, ready, reportFailure, startServer, waitFor } from './support.mjs';
+import { fail, freePort, hs256Token, launchBrowser, openPage, ready, reportFailure, startServer, waitFor } from './support.mjs';
 
 const binary = process.argv[2];
 const work = mkdtempSync(join(tmpdir(), 'engram-browser-auth-'));
 const secret = 'browser-test-secret-of-at-least-32-bytes!';
 
-const b64url = (s) => Buffer.from(s).toString('base64url');
-function token(claims) {
-  const body = `${b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${b64url(JSON.stringify(claims))}`;
-  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
+const token = (claims) => hs256Token(secret, claims);
 const exp = () => Math.floor(Date.now() / 1000) + 600;
 
 const port = await freePort();

@@ -1,34 +1,31 @@
 // /mcp driven by the official MCP TypeScript SDK client over Streamable HTTP: the
 // real engram binary on a loopback port. Initialize, list and call tools, read a
-// context as a resource, get the catch_up prompt; bad arguments and unknown tools
-// are tool errors; a bad Origin and a bad protocol version are refused. Then the
-// same client through `engramctl mcp` (stdio).
+// context as a resource and subscribe to it, complete a prompt argument, get the
+// catch_up prompt; bad arguments and unknown tools are tool errors; a bad Origin
+// and a bad protocol version are refused. Then the same client through `engramctl
+// mcp` (stdio), and a server with auth on: refusals by token and grants.
 //
 //   node tests/mcp/mcp.test.mjs <engram binary> [<engramctl binary>]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
-import { freePort } from '../support/node.mjs';
+import { fail as check_failed, freePort, hs256Token, ready, startServer, waitFor } from '../support/node.mjs';
 
 // The SDK is installed by `make test-deps` (npm ci here); without it the test is
 // skipped (exit 77), not failed.
-let Client, StreamableHTTPClientTransport, StdioClientTransport;
+let Client, StreamableHTTPClientTransport, StdioClientTransport, ResourceUpdatedNotificationSchema;
 try {
   ({ Client } = await import('@modelcontextprotocol/sdk/client/index.js'));
   ({ StreamableHTTPClientTransport } = await import('@modelcontextprotocol/sdk/client/streamableHttp.js'));
   ({ StdioClientTransport } = await import('@modelcontextprotocol/sdk/client/stdio.js'));
+  ({ ResourceUpdatedNotificationSchema } = await import('@modelcontextprotocol/sdk/types.js'));
 } catch (e) {
   console.error(`SKIP: @modelcontextprotocol/sdk is not installed (make test-deps): ${e.message}`);
   process.exit(77);
 }
 
 function check(cond, message) {
-  if (!cond) {
-    console.error(`FAIL: ${message}`);
-    process.exitCode = 1;
-    throw new Error(message);
-  }
+  if (!cond) check_failed(message);
 }
 
 const binary = process.argv[2];
@@ -36,22 +33,20 @@ const ctl = process.argv[3];  // engramctl, for the stdio bridge
 const dir = mkdtempSync(join(tmpdir(), 'engram-mcp-'));
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
-const proc = spawn(binary, ['--addr', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data')],
-  { stdio: ['ignore', 'ignore', 'pipe'] });
-let log = '';
-proc.stderr.on('data', (d) => { log += d; });
+const proc = startServer(binary, port, join(dir, 'data'));
+let authProc = null;
+
+// An MCP client of `url` sending these headers.
+async function connect(url, headers = {}) {
+  const client = new Client({ name: 'engram-test', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } }));
+  return client;
+}
 
 try {
-  const end = Date.now() + 30000;
-  for (;;) {
-    try { if ((await fetch(`${base}/readyz`)).status === 200) break; } catch { /* not up yet */ }
-    check(Date.now() < end, `server not ready:\n${log}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await ready(base);
 
-  const client = new Client({ name: 'engram-test', version: '1.0.0' });
-  await client.connect(new StreamableHTTPClientTransport(new URL(`${base}/mcp`),
-    { requestInit: { headers: { 'X-Agent-ID': 'mcp-agent' } } }));
+  const client = await connect(`${base}/mcp`, { 'X-Agent-ID': 'mcp-agent' });
   check(client.getServerVersion()?.name === 'engram', 'serverInfo names engram');
 
   const { tools } = await client.listTools();
@@ -144,6 +139,34 @@ try {
   check(prompts[0].name === 'catch_up', 'prompts/list');
   const prompt = await client.getPrompt({ name: 'catch_up', arguments: { context_id: 'mcp/demo', max_tokens: '500' } });
   check(prompt.messages[0].content.text.includes('hello from MCP'), 'prompts/get renders the packet');
+
+  // A subscription: the subscribe's answer is an SSE stream that then carries
+  // notifications/resources/updated for each write of new units, until unsubscribed.
+  const updates = [];
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => { updates.push(n.params.uri); });
+  const watched = 'engram://contexts/mcp%2Fdemo';
+  check(JSON.stringify(await client.subscribeResource({ uri: watched })) === '{}', 'resources/subscribe answers {}');
+  const subscribers = async () =>
+    (await (await fetch(`${base}/contexts/mcp%2Fdemo/subscribers`)).json()).subscribers.filter((x) => x.transport === 'mcp');
+  check((await subscribers()).length === 1, 'the subscription is an open stream');
+  check(!(await call('append', { context_id: 'mcp/demo', units: [{ text: 'third' }] })).isError, 'append 3');
+  await waitFor('a resources/updated notification', () => updates.length === 1);
+  check(updates[0] === watched, `the notification names the resource: ${updates}`);
+  const after = await client.readResource({ uri: watched });
+  check(JSON.parse(after.contents[0].text).work_units[0].text === 'third', 'the updated resource has the new unit');
+  check(JSON.stringify(await client.unsubscribeResource({ uri: watched })) === '{}', 'resources/unsubscribe');
+  await waitFor('the subscription stream to end', async () => (await subscribers()).length === 0);
+  check(!(await call('append', { context_id: 'mcp/demo', units: [{ text: 'fourth' }] })).isError, 'append 4');
+  check(updates.length === 1, `no notification after unsubscribing: ${updates}`);
+  let badSub = null;
+  try { await client.subscribeResource({ uri: 'engram://contexts/' }); } catch (e) { badSub = e; }
+  check(badSub && /resource not found/.test(badSub.message), `subscribe to a bad URI: ${badSub}`);
+
+  // Completion of context ids (the catch_up prompt), and logging/setLevel.
+  const completed = await client.complete({ ref: { type: 'ref/prompt', name: 'catch_up' },
+    argument: { name: 'context_id', value: 'mcp/d' } });
+  check(JSON.stringify(completed.completion.values) === '["mcp/demo"]', `completion: ${JSON.stringify(completed)}`);
+  check(JSON.stringify(await client.setLoggingLevel('warning')) === '{}', 'logging/setLevel');
   await client.close();
 
   // Transport rules, raw.
@@ -178,9 +201,53 @@ try {
     check(bad.isError, 'stdio: a tool error comes back as one');
     await viaStdio.close();
   }
+
+  // Auth on: the same bearer tokens and grants as REST.
+  const secret = 'mcp-test-secret-of-at-least-32-bytes!!';
+  const authPort = await freePort();
+  const authBase = `http://127.0.0.1:${authPort}`;
+  authProc = startServer(binary, authPort, join(dir, 'auth-data'),
+    ['--set', 'auth.enabled=true', '--set', `auth.secret=${secret}`]);
+  await ready(authBase);
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  const anonymous = await fetch(`${authBase}/mcp`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) });
+  check(anonymous.status === 401, `no token: 401 (got ${anonymous.status})`);
+  let refusedConnect = null;
+  try { await connect(`${authBase}/mcp`); } catch (e) { refusedConnect = e; }
+  check(refusedConnect !== null, 'the SDK client cannot initialize without a token');
+  const reader = await connect(`${authBase}/mcp`,
+    { Authorization: `Bearer ${hs256Token(secret, { sub: 'reader', exp, contexts: { 'team/*': ['read'] } })}` });
+  const writer = await connect(`${authBase}/mcp`,
+    { Authorization: `Bearer ${hs256Token(secret, { sub: 'writer', exp, contexts: ['team/*'] })}` });
+  const wrote = await writer.callTool({ name: 'append', arguments: { context_id: 'team/a', units: [{ text: 'by writer' }] } });
+  check(!wrote.isError && wrote.structuredContent.work_units[0].agent_id === 'writer', `writer appends: ${JSON.stringify(wrote)}`);
+  const denied = await reader.callTool({ name: 'append', arguments: { context_id: 'team/a', units: [{ text: 'no' }] } });
+  check(denied.isError && /not allowed to write/.test(denied.content[0].text) && /HTTP 403/.test(denied.content[0].text),
+    `a reader's append is a tool error with the route's 403: ${JSON.stringify(denied)}`);
+  const impersonate = await writer.callTool({ name: 'append',
+    arguments: { context_id: 'team/a', agent_id: 'someone-else', units: [{ text: 'no' }] } });
+  check(impersonate.isError, `writing as another agent is refused: ${JSON.stringify(impersonate)}`);
+  const readBack = await reader.callTool({ name: 'read', arguments: { context_id: 'team/a' } });
+  check(readBack.structuredContent.work_units[0].text === 'by writer', 'the reader reads');
+  const outside = await reader.callTool({ name: 'read', arguments: { context_id: 'private/x' } });
+  check(outside.isError && /HTTP 403/.test(outside.content[0].text), `reading outside the grants: ${JSON.stringify(outside)}`);
+  let subDenied = null;
+  try { await reader.subscribeResource({ uri: 'engram://contexts/private%2Fx' }); } catch (e) { subDenied = e; }
+  check(subDenied && /not allowed to read/.test(subDenied.message), `subscribing outside the grants: ${subDenied}`);
+  let readDenied = null;
+  try { await reader.readResource({ uri: 'engram://contexts/private%2Fx' }); } catch (e) { readDenied = e; }
+  check(readDenied && /not allowed to read/.test(readDenied.message), `reading a resource outside the grants: ${readDenied}`);
+  const visible = (await reader.listResources()).resources.map((r) => r.name);
+  check(JSON.stringify(visible) === '["team/a"]', `resources/list shows only readable contexts: ${visible}`);
+  await reader.close();
+  await writer.close();
   console.log('ok: MCP over Streamable HTTP and stdio with the official SDK client');
 } finally {
-  proc.kill('SIGTERM');
-  await new Promise((r) => proc.on('exit', r));
+  for (const p of [proc, authProc]) {
+    if (!p || p.exitCode !== null) continue;
+    p.kill('SIGTERM');
+    await new Promise((r) => p.on('exit', r));
+  }
   rmSync(dir, { recursive: true, force: true });
 }

@@ -376,5 +376,28 @@ TEST_F(StoreTest, ListsContextsInIdOrderWithPaging) {
   EXPECT_FALSE(rest->more);
 }
 
+TEST_F(StoreTest, ListsContextsByPrefixWithPaging) {
+  for (const auto* id : {"team/b", "team", "teams", "team/a", "tea", "u"}) ASSERT_TRUE(append(id, {"x"}));
+  auto ids = [](const context_page& p) {
+    std::vector<std::string> out;
+    for (const auto& c : p.contexts) out.push_back(c.id());
+    return out;
+  };
+  auto all = store_->list_contexts("", 10, "team");
+  ASSERT_TRUE(all);
+  EXPECT_EQ(ids(*all), (std::vector<std::string>{"team", "team/a", "team/b", "teams"}));
+  EXPECT_FALSE(all->more);
+  auto first = store_->list_contexts("", 2, "team/");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(ids(*first), (std::vector<std::string>{"team/a", "team/b"}));
+  EXPECT_FALSE(first->more);  // "teams" does not match: no further page
+  auto after = store_->list_contexts("team/a", 10, "team");
+  ASSERT_TRUE(after);
+  EXPECT_EQ(ids(*after), (std::vector<std::string>{"team/b", "teams"}));
+  auto none = store_->list_contexts("", 10, "zz");
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->contexts.empty());
+}
+
 }  // namespace
 }  // namespace engram::storage
