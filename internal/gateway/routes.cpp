@@ -36,6 +36,9 @@ const route table[] = {
     {"GET",    "/metrics",                 metrics,       unlimited, authenticated, no_subject},
     {"GET",    "/",                        root,          unlimited, is_public,     no_subject},
     {"GET",    "/ui/live",                 ui_live,       unlimited, is_public,     no_subject},
+    {"GET",    "/ui",                      ui_redirect,   unlimited, is_public,     no_subject},
+    {"GET",    "/ui/",                     ui_asset,      unlimited, is_public,     no_subject},
+    {"GET",    "/ui/{file*}",              ui_asset,      unlimited, is_public,     no_subject},
     {"GET",    "/openapi.yaml",            openapi,       unlimited, is_public,     no_subject},
     {"POST",   "/admin/backup",            backup,        writes,    authenticated, no_subject},
     {"POST",   "/workunit",                append_unit,   writes,    authenticated, no_subject},
@@ -81,7 +84,7 @@ const route table[] = {
     {"POST",   "/locks",                   acquire_locks, locks,     authenticated, no_subject},
     {"POST",   "/locks/{resource*}/renew", renew_lock,    locks,     authenticated, subject_rule{"resource", "resource_path", lock}},
     {"GET",    "/locks/{resource*}",       get_lock,      unlimited, authenticated, subject_rule{"resource", "resource_path", lock}},
-    {"DELETE", "/locks/{resource*}",       release_lock,  locks,     authenticated, subject_rule{"resource", "resource_path", lock}},
+    {"DELETE", "/locks/{resource*}",       release_lock,  locks,     authenticated, subject_rule{"resource", "resource_path", {}}},
 };
 
 std::vector<std::string_view> split(std::string_view s) {

@@ -191,6 +191,8 @@ void healthz(services&, call&, responder);
 void readyz(services&, call&, responder);
 void metrics(services&, call&, responder);
 void ui_live(services&, call&, responder);
+void ui_asset(services&, call&, responder);
+void ui_redirect(services&, call&, responder);
 void root(services&, call&, responder);
 void openapi(services&, call&, responder);
 

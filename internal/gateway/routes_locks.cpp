@@ -58,7 +58,12 @@ void release_lock(services& s, call& c, responder respond) {
   const auto* lock_id = c.query.get("lock_id");
   std::string holder = agent ? *agent : std::string(c.req.header("x-agent-id"));
   if (holder.empty()) return respond(bad_request("agent_id is required (query or X-Agent-ID)"));
-  if (auto ok = acting_as(c.who, holder); !ok) return respond(error_response(ok.error()));
+  // The holder releases its own lease (with `lock` on the resource); a token with
+  // `admin` on it may release anyone's (an operator freeing a stuck lease).
+  if (!c.who.can(auth::admin, c.subject)) {
+    if (!c.who.can(auth::lock, c.subject)) return respond(forbidden(auth::lock, c.subject));
+    if (auto ok = acting_as(c.who, holder); !ok) return respond(error_response(ok.error()));
+  }
   if (!lock_id || lock_id->empty()) return respond(bad_request("lock_id is required"));
   s.eng.release_lock(std::move(c.subject), std::move(holder), *lock_id,
                      [respond = std::move(respond)](model::status ok) {

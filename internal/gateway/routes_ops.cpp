@@ -1,8 +1,11 @@
-// Operations: liveness, readiness, metrics and the live page.
+// Operations: liveness, readiness, metrics, the live page and the dashboard's files.
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <xxhash.h>
 
+#include <cstdio>
 #include <nlohmann/json.hpp>
+#include <span>
 
 #include "gateway/process_metrics.hpp"
 #include "gateway/routes.hpp"
@@ -12,6 +15,7 @@ namespace engram::gateway {
 
 std::string_view live_html();     // web_assets.cpp, generated from web/live.html
 std::string_view openapi_yaml();  // web_assets.cpp, generated from api/openapi.yaml
+std::span<const std::pair<std::string_view, std::string_view>> ui_assets();  // web_assets.cpp, from web/ui/*
 
 // A consistent copy of the database while serving (storage::store::backup). Needs
 // the admin capability on "*" when auth is on: it writes to the server's disk.
@@ -85,13 +89,65 @@ void ui_live(services&, call&, responder respond) {
   respond(std::move(r));
 }
 
-// A browser pointed at the server lands on the page rather than on a 404.
+// A browser pointed at the server lands on the dashboard rather than on a 404.
 void root(services&, call&, responder respond) {
   response r;
   r.status = 302;
-  r.headers.emplace_back("Location", "/ui/live");
+  r.headers.emplace_back("Location", "/ui/");
   r.content_type = "text/plain; charset=utf-8";
-  r.body = "see /ui/live\n";
+  r.body = "see /ui/\n";
+  respond(std::move(r));
+}
+
+namespace {
+
+std::string_view content_type_of(std::string_view name) {
+  const auto dot = name.rfind('.');
+  const auto ext = dot == std::string_view::npos ? std::string_view() : name.substr(dot + 1);
+  if (ext == "html") return "text/html; charset=utf-8";
+  if (ext == "js") return "text/javascript; charset=utf-8";
+  if (ext == "css") return "text/css; charset=utf-8";
+  if (ext == "svg") return "image/svg+xml";
+  if (ext == "txt" || ext == "md") return "text/plain; charset=utf-8";
+  return "application/octet-stream";
+}
+
+}  // namespace
+
+// The dashboard (web/ui, README "Dashboard"): /ui/ is its index.html; every asset is
+// in the binary, revalidated by ETag, and the page may load nothing from elsewhere.
+void ui_asset(services&, call& c, responder respond) {
+  const std::string* file = c.param("file");
+  std::string_view name = file && !file->empty() ? std::string_view(*file) : "index.html";
+  for (const auto& [asset, body] : ui_assets()) {
+    if (asset != name) continue;
+    char tag[40];
+    std::snprintf(tag, sizeof tag, "\"%016llx\"", static_cast<unsigned long long>(XXH3_64bits(body.data(), body.size())));
+    response r;
+    r.headers.emplace_back("ETag", tag);
+    r.headers.emplace_back("Cache-Control", "no-cache");
+    r.headers.emplace_back("X-Frame-Options", "DENY");
+    r.headers.emplace_back("Content-Security-Policy",
+                           "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'");
+    if (c.req.header("if-none-match") == tag) {
+      r.status = 304;
+      r.content_type.clear();
+      return respond(std::move(r));
+    }
+    r.body = std::string(body);
+    r.content_type = std::string(content_type_of(name));
+    return respond(std::move(r));
+  }
+  respond(error_response({model::errc::not_found, "no dashboard file '" + std::string(name.substr(0, 200)) + "'"}));
+}
+
+void ui_redirect(services&, call&, responder respond) {
+  response r;
+  r.status = 301;
+  r.headers.emplace_back("Location", "/ui/");
+  r.content_type = "text/plain; charset=utf-8";
+  r.body = "see /ui/\n";
   respond(std::move(r));
 }
 

@@ -293,6 +293,23 @@ TEST_F(AuthTest, FactsNeedWriteToChangeAndReadToSee) {
   EXPECT_EQ(as(reader, "GET", "/contexts/secret%2Fx/facts").status, 403u);
 }
 
+TEST_F(AuthTest, OnlyTheHolderOrAnAdminOfTheResourceReleasesALease) {
+  start();
+  const auto bob = token("bob", {{"deploy/*", auth::lock}});
+  const auto carol = token("carol", {{"deploy/*", auth::lock}});
+  const auto ops = token("ops", {{"deploy/*", auth::admin}});
+  const auto other_ops = token("ops", {{"build/*", auth::admin}});
+  auto held = as(bob, "POST", "/locks", json{{"resource_path", "deploy/prod"}, {"ttl_seconds", 600}});
+  ASSERT_EQ(held.status, 200u) << held.raw;
+  const std::string release = "/locks/deploy/prod?agent_id=bob&lock_id=" + held.body["lock"]["lock_id"].get<std::string>();
+  EXPECT_EQ(as(carol, "DELETE", release).status, 403u);       // another agent
+  EXPECT_EQ(as(other_ops, "DELETE", release).status, 403u);   // admin elsewhere
+  EXPECT_EQ(as(bob, "GET", "/locks/deploy/prod").status, 200u);
+  auto freed = as(ops, "DELETE", release);                      // an operator freeing a stuck lease
+  ASSERT_EQ(freed.status, 200u) << freed.raw;
+  EXPECT_EQ(as(bob, "GET", "/locks/deploy/prod").status, 404u);
+}
+
 TEST_F(AuthTest, APacketNeedsReadAndDefaultsToTheTokensSubject) {
   start();
   const auto reader = token("reader", {{"team/*", auth::read}});

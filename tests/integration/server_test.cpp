@@ -61,7 +61,7 @@ TEST_F(ServerTest, HealthReadyAndMetrics) {
 TEST_F(ServerTest, RootRedirectsToThePageAndTheApiDescriptionIsServed) {
   auto root = get("/");
   EXPECT_EQ(root.status, 302u);
-  EXPECT_EQ(root.http.header("location"), "/ui/live");
+  EXPECT_EQ(root.http.header("location"), "/ui/");
   auto spec = get("/openapi.yaml");
   ASSERT_EQ(spec.status, 200u);
   EXPECT_NE(spec.http.header("content-type").find("yaml"), std::string::npos);
@@ -71,6 +71,29 @@ TEST_F(ServerTest, RootRedirectsToThePageAndTheApiDescriptionIsServed) {
   ASSERT_FALSE(expected.empty());
   EXPECT_EQ(spec.raw, expected);
   EXPECT_EQ(get("/nope").status, 404u);
+}
+
+TEST_F(ServerTest, TheDashboardsFilesAreServedFromTheBinary) {
+  auto index = get("/ui/");
+  ASSERT_EQ(index.status, 200u);
+  EXPECT_EQ(index.http.header("content-type"), "text/html; charset=utf-8");
+  std::ifstream file(std::string(ENGRAM_SOURCE_DIR) + "/web/ui/index.html", std::ios::binary);
+  const std::string expected((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(index.raw, expected);
+  // Nothing may be loaded from elsewhere.
+  EXPECT_NE(index.http.header("content-security-policy").find("default-src 'none'; script-src 'self'"), std::string::npos);
+  auto app = get("/ui/app.js");
+  ASSERT_EQ(app.status, 200u);
+  EXPECT_EQ(app.http.header("content-type"), "text/javascript; charset=utf-8");
+  const std::string etag(app.http.header("etag"));
+  ASSERT_FALSE(etag.empty());
+  EXPECT_EQ(call(http_, "GET", "/ui/app.js", "", {{"If-None-Match", etag}}).status, 304u);
+  EXPECT_EQ(get("/ui/style.css").http.header("content-type"), "text/css; charset=utf-8");
+  EXPECT_EQ(get("/ui/missing.js").status, 404u);
+  EXPECT_EQ(get("/ui/../openapi.yaml").status, 404u);
+  auto bare = get("/ui");
+  EXPECT_EQ(bare.status, 301u);
+  EXPECT_EQ(bare.http.header("location"), "/ui/");
 }
 
 // A misspelt field is a 400 that names it and suggests the closest known one, and
