@@ -731,7 +731,17 @@ void add_packet(CLI::App& app, globals& g) {
 // MCP over stdio for clients that launch a command: each line on stdin is a JSON-RPC
 // message, POSTed to the server's /mcp; each answer is written to stdout as one
 // line. A transport failure answers a request with a JSON-RPC error (so the client
-// is never left waiting) and is reported on stderr.
+// is never left waiting) and is reported on stderr. Subscriptions need the SSE
+// stream the server answers them with, which one answer per line cannot carry, so
+// initialize's answer says resources cannot be subscribed to here.
+std::string without_subscriptions(std::string answer) {
+  auto j = nlohmann::json::parse(answer, nullptr, false);
+  const nlohmann::json::json_pointer ptr("/result/capabilities/resources/subscribe");
+  if (!j.is_object() || !j.contains(ptr)) return answer;
+  j[ptr] = false;
+  return j.dump();
+}
+
 void add_mcp(CLI::App& app, globals& g) {
   auto* cmd = app.add_subcommand("mcp", "Speak MCP over stdin/stdout, forwarding to the server's /mcp "
                                         "(configure an MCP client to launch: engramctl --server URL mcp)");
@@ -742,6 +752,7 @@ void add_mcp(CLI::App& app, globals& g) {
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         auto answer = c.mcp(line);
         if (answer) {
+          if (line.find("\"initialize\"") != std::string::npos) *answer = without_subscriptions(std::move(*answer));
           if (!answer->empty()) std::cout << *answer << "\n" << std::flush;
           continue;
         }

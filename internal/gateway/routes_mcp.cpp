@@ -7,8 +7,8 @@
 #include <boost/url/pct_string_view.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 #include <charconv>
-#include <random>
 #include <nlohmann/json.hpp>
+#include <openssl/rand.h>
 
 #include "gateway/routes.hpp"
 #include "gateway/stream_registry.hpp"
@@ -352,24 +352,28 @@ model::result<std::string> context_of(std::string_view uri) {
   return id;
 }
 
-// An Mcp-Session-Id for initialize to hand out: 128 random bits, stored nowhere.
+// An Mcp-Session-Id for initialize to hand out: 128 bits from OpenSSL's CSPRNG,
+// stored nowhere.
 std::string new_session_id() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
+  unsigned char bits[16];
+  if (RAND_bytes(bits, sizeof bits) != 1) return {};  // then no id: none is required
   static constexpr char hex[] = "0123456789abcdef";
   std::string id;
-  for (int half = 0; half < 2; ++half)
-    for (uint64_t bits = rng(), i = 0; i < 16; ++i, bits >>= 4) id += hex[bits & 15];
+  for (unsigned char b : bits) {
+    id += hex[b >> 4];
+    id += hex[b & 15];
+  }
   return id;
 }
 
 // Subscriptions a resources/unsubscribe ends: those of the same caller (token
-// subject, else X-Agent-ID) and URI, opened with the same Mcp-Session-Id or, for a
-// client that sends none, from the same address (README "MCP").
-std::string subscription_key(const call& c, std::string_view uri) {
+// subject, else X-Agent-ID) and context, opened with the same Mcp-Session-Id or,
+// for a client that sends none, from the same address (README "MCP").
+std::string subscription_key(const call& c, std::string_view context_id) {
   std::string key = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id"));
   if (auto session = c.req.header("mcp-session-id"); !session.empty()) key += "\nsession:" + std::string(session);
   else key += "\nip:" + c.req.remote_ip;
-  return key + "\n" + std::string(uri);
+  return key + "\n" + std::string(context_id);
 }
 
 constexpr std::string_view log_levels[] = {"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"};
@@ -422,7 +426,7 @@ void mcp_post(services& s, call& c, responder respond) {
               "for what you should know under a token budget. Every call is stateless: pass context_id and cursors."}});
     // Only names the client's subscriptions for resources/unsubscribe: nothing is
     // kept, and any request works without it, or with one from before a restart.
-    r.headers.emplace_back("Mcp-Session-Id", new_session_id());
+    if (auto session = new_session_id(); !session.empty()) r.headers.emplace_back("Mcp-Session-Id", std::move(session));
     return respond(std::move(r));
   }
   if (method == "ping") return respond(rpc_response(id, json::object()));
@@ -501,14 +505,15 @@ void mcp_post(services& s, call& c, responder respond) {
     t->first_frame = model::dump(json{{"jsonrpc", "2.0"}, {"id", id}, {"result", json::object()}});
     t->notification = model::dump(
         json{{"jsonrpc", "2.0"}, {"method", "notifications/resources/updated"}, {"params", {{"uri", uri}}}});
-    t->owner_key = subscription_key(c, uri);
+    t->owner_key = subscription_key(c, *ctx);
     response r;
     r.takeover = std::move(t);
     return respond(std::move(r));
   }
   if (method == "resources/unsubscribe") {
-    if (uri.empty()) return respond(rpc_error(id, invalid_params, "uri is required"));
-    if (s.streams) s.streams->stop_streams(subscription_key(c, uri));
+    auto ctx = context_of(uri);
+    if (!ctx) return respond(rpc_error(id, -32002, ctx.error().message));
+    if (s.streams) s.streams->stop_streams(subscription_key(c, *ctx));
     return respond(rpc_response(id, json::object()));
   }
   if (method == "logging/setLevel") {

@@ -89,17 +89,16 @@ void ui_live(services&, call&, responder respond) {
   respond(std::move(r));
 }
 
-// A browser pointed at the server lands on the dashboard rather than on a 404.
-void root(services&, call&, responder respond) {
-  response r;
-  r.status = 302;
-  r.headers.emplace_back("Location", "/ui/");
-  r.content_type = "text/plain; charset=utf-8";
-  r.body = "see /ui/\n";
-  respond(std::move(r));
-}
-
 namespace {
+
+response redirect(unsigned status, std::string location) {
+  response r;
+  r.status = status;
+  r.content_type = "text/plain; charset=utf-8";
+  r.body = "see " + location + "\n";
+  r.headers.emplace_back("Location", std::move(location));
+  return r;
+}
 
 std::string_view content_type_of(std::string_view name) {
   const auto dot = name.rfind('.');
@@ -129,7 +128,7 @@ void ui_asset(services&, call& c, responder respond) {
     r.headers.emplace_back("X-Frame-Options", "DENY");
     r.headers.emplace_back("Content-Security-Policy",
                            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-                           "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'");
+                           "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'");
     if (c.req.header("if-none-match") == tag) {
       r.status = 304;
       r.content_type.clear();
@@ -142,14 +141,10 @@ void ui_asset(services&, call& c, responder respond) {
   respond(error_response({model::errc::not_found, "no dashboard file '" + std::string(name.substr(0, 200)) + "'"}));
 }
 
-void ui_redirect(services&, call&, responder respond) {
-  response r;
-  r.status = 301;
-  r.headers.emplace_back("Location", "/ui/");
-  r.content_type = "text/plain; charset=utf-8";
-  r.body = "see /ui/\n";
-  respond(std::move(r));
-}
+void ui_redirect(services&, call&, responder respond) { respond(redirect(301, "/ui/")); }
+
+// A browser pointed at the server lands on the dashboard rather than on a 404.
+void root(services&, call&, responder respond) { respond(redirect(302, "/ui/")); }
 
 // The API description this binary implements (api/openapi.yaml), for tools that
 // generate clients or browse the API.

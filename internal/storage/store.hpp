@@ -339,8 +339,8 @@ class store {
   model::result<std::vector<std::pair<std::string, uint32_t>>> vector_models() const;
   // The embedder's position in a context for a model (0: nothing read yet).
   model::result<uint64_t> vector_cursor(std::string_view model, std::string_view context_id) const;
-  // Contexts in id order, starting after `after_id` (exclusive; empty = from the start).
-  // Ids after `after_id` (all when empty) that start with `prefix`, in id order.
+  // Contexts in id order, starting after `after_id` (exclusive; empty = from the
+  // start); only ids starting with `prefix` when it is set.
   model::result<context_page> list_contexts(std::string_view after_id, size_t limit,
                                             std::string_view prefix = {}) const;
 

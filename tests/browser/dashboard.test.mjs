@@ -153,8 +153,12 @@ try {
   let maxRows = 0;
   const started = Date.now();
   for (let step = 0; step < 400 && !(await state()).timeline.atStart; step++) {
+    const first = (await state()).timeline.seqs[0];
     await page.evaluate(() => { document.getElementById('timeline').scrollTop = 0; });
-    await page.waitForTimeout(20);  // let the scroll handler's page load start; progress is checked below
+    await waitFor('an older page', async () => {
+      const now = (await state()).timeline;
+      return now.seqs[0] < first || now.atStart;
+    });
     const t = (await state()).timeline;
     t.seqs.forEach((q) => seen.add(q));
     maxRows = Math.max(maxRows, t.rows);
@@ -167,6 +171,15 @@ try {
   const firstRows = await page.locator('#timeline .unit').evaluateAll((els) => els.slice(0, 3).map((e) => Number(e.dataset.seq)));
   if (JSON.stringify(firstRows) !== '[1,2,3]') fail(`the top rows are ${firstRows}`);
   console.log(`10,000 units scrolled back in ${Date.now() - started} ms, at most ${maxRows} rows in the DOM`);
+  // Units written while the reader is far back are counted, then shown on return.
+  const late = (await call('POST', '/workunits', { context_id: big, agent_id: 'loader',
+    work_units: [{ text: 'late 1' }, { text: 'late 2' }] }, 201)).work_units.map((u) => u.seq);
+  await waitFor('the newer-units notice', async () => /2 newer units/.test(await page.locator('#timeline .notice button').textContent().catch(() => '')));
+  await page.click('#timeline .notice button');
+  await waitFor('the late units after jumping to the latest', async () =>
+    JSON.stringify((await state()).timeline.seqs.slice(-2)) === JSON.stringify(late));
+  const tail = (await state()).timeline.seqs;
+  if (tail.slice(-3)[0] !== 10000 || !(await state()).timeline.attached) fail(`after jumping to the latest: ${tail.slice(-3)}`);
   if (errors.length) fail(`page errors: ${errors.join('; ')}`);
 
   // ---- auth on: the sign-in form, then the dashboard with the token ----

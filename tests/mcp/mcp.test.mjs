@@ -154,10 +154,18 @@ try {
   check(updates[0] === watched, `the notification names the resource: ${updates}`);
   const after = await client.readResource({ uri: watched });
   check(JSON.parse(after.contents[0].text).work_units[0].text === 'third', 'the updated resource has the new unit');
-  check(JSON.stringify(await client.unsubscribeResource({ uri: watched })) === '{}', 'resources/unsubscribe');
+  // The same resource spelt with other percent-encoding is the same subscription.
+  check(JSON.stringify(await client.unsubscribeResource({ uri: 'engram://contexts/mcp%2fdemo' })) === '{}',
+    'resources/unsubscribe');
   await waitFor('the subscription stream to end', async () => (await subscribers()).length === 0);
   check(!(await call('append', { context_id: 'mcp/demo', units: [{ text: 'fourth' }] })).isError, 'append 4');
-  check(updates.length === 1, `no notification after unsubscribing: ${updates}`);
+  // A barrier: a new subscription sees the next write; the ended one would have
+  // delivered the fourth unit's notification before it.
+  await client.subscribeResource({ uri: watched });
+  check(!(await call('append', { context_id: 'mcp/demo', units: [{ text: 'fifth' }] })).isError, 'append 5');
+  await waitFor('the new subscription notified', () => updates.length >= 2);
+  check(updates.length === 2, `no notification after unsubscribing: ${updates}`);
+  await client.unsubscribeResource({ uri: watched });
   let badSub = null;
   try { await client.subscribeResource({ uri: 'engram://contexts/' }); } catch (e) { badSub = e; }
   check(badSub && /resource not found/.test(badSub.message), `subscribe to a bad URI: ${badSub}`);
@@ -192,6 +200,8 @@ try {
       command: ctl, args: ['--server', base, '--agent', 'stdio-agent', 'mcp'], stderr: 'pipe',
     }));
     check(viaStdio.getServerVersion()?.name === 'engram', 'stdio: initialize');
+    check(viaStdio.getServerCapabilities()?.resources?.subscribe === false,
+      'stdio: subscriptions are not offered through the bridge');
     check((await viaStdio.listTools()).tools.length === tools.length, 'stdio: tools/list');
     const put = await viaStdio.callTool({ name: 'append', arguments: { context_id: 'mcp/stdio', units: [{ text: 'over stdio' }] } });
     check(!put.isError && put.structuredContent.work_units[0].agent_id === 'stdio-agent', `stdio: append ${JSON.stringify(put)}`);

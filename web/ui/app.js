@@ -5,7 +5,7 @@
 //
 // Routes (location.hash): #/?prefix=p · #/c/<context>[?seq=N] · #/search?q=…&mode=…
 // window.engram exposes the page's state for the browser tests.
-import { api, ApiError, auth, enc, LiveStream, onProblem } from './api.js';
+import { api, auth, enc, LiveStream, onProblem } from './api.js';
 import { el, fmtTime, renderUnit, time, TYPES } from './units.js';
 
 const $ = (id) => document.getElementById(id);
@@ -91,10 +91,7 @@ const ago = (ts) => {
   const s = Math.max(0, Math.round((Date.now() - d) / 1000));
   return s < 60 ? `${s}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago` : s < 86400 ? `${Math.round(s / 3600)}h ago` : d.toLocaleDateString();
 };
-function failure(e, where) {
-  if (e instanceof ApiError && (e.status === 401 || e.status === 403)) return el('p', { class: 'muted' }, `${where}: ${e.message}`);
-  return el('p', { class: 'muted' }, `${where}: ${e.message}`);
-}
+const failure = (e, where) => el('p', { class: 'muted' }, `${where}: ${e.message}`);
 
 // ---- contexts ------------------------------------------------------------------------
 function contextsView(q) {
@@ -105,8 +102,10 @@ function contextsView(q) {
   const table = el('table', { id: 'contexts' }, el('thead', {}, el('tr', {},
     el('th', {}, 'context'), el('th', {}, 'head seq'), el('th', {}, 'agents present'), el('th', {}, 'last activity'))), body);
   main.append(el('h1', {}, 'Contexts'), el('div', { class: 'toolbar' }, prefix, el('span', { class: 'muted small' }, 'updates every 2 s')), table);
-  let timer = null, alive = true;
+  let timer = null, alive = true, generation = 0;
   const load = async () => {
+    const mine = ++generation;  // a newer load (the filter changed) supersedes this one
+    clearTimeout(timer);
     try {
       const page = await api('GET', `/contexts?limit=100&prefix=${enc(prefix.value)}`);
       const rows = await Promise.all(page.contexts.map(async (c) => {
@@ -118,15 +117,15 @@ function contextsView(q) {
           el('td', { class: 'present' }, present.join(', ') || el('span', { class: 'muted' }, 'none')),
           el('td', { title: fmtTime(c.updated_at) }, ago(c.updated_at)));
       }));
-      if (!alive) return;
+      if (!alive || mine !== generation) return;
       body.replaceChildren(...rows);
       if (!rows.length) body.append(el('tr', {}, el('td', { colspan: 4, class: 'muted' }, prefix.value ? 'No context starts with that.' : 'No contexts yet.')));
     } catch (e) {
-      if (alive) body.replaceChildren(el('tr', {}, el('td', { colspan: 4 }, failure(e, 'Contexts'))));
+      if (alive && mine === generation) body.replaceChildren(el('tr', {}, el('td', { colspan: 4 }, failure(e, 'Contexts'))));
     }
-    if (alive) timer = setTimeout(load, 2000);
+    if (alive && mine === generation) timer = setTimeout(load, 2000);
   };
-  prefix.addEventListener('input', () => { clearTimeout(timer); history.replaceState(null, '', `#/?prefix=${enc(prefix.value)}`); load(); });
+  prefix.addEventListener('input', () => { history.replaceState(null, '', `#/?prefix=${enc(prefix.value)}`); load(); });
   load();
   teardown = () => { alive = false; clearTimeout(timer); };
 }
@@ -138,7 +137,7 @@ const PAGE = 100;
 class Timeline {
   constructor(context, box, onEvent) {
     Object.assign(this, { context, box, onEvent, units: [], bySeq: new Map(), calls: new Map(), results: new Map(),
-      attached: true, newer: 0, loading: false, atStart: false, stream: null, drafts: new Map() });
+      attached: true, newer: 0, loading: false, atStart: false, stream: null, drafts: new Map(), recent: [] });
     this.list = el('div', { class: 'units', role: 'feed', 'aria-label': 'work units' });
     this.top = el('div', { class: 'notice muted' });
     this.bottom = el('div', { class: 'notice' });
@@ -168,7 +167,21 @@ class Timeline {
     this.attached = attached;
     this.newer = 0;
     this.atStart = units.length === 0 || units[0].seq === 1;
+    if (attached) this.catchUp();
     this.notices();
+  }
+
+  // Live units that arrived while a page was being read, or while the window was
+  // away from the head: appended once the window reaches the head again.
+  catchUp() {
+    const last = this.units.length ? this.units[this.units.length - 1].seq : 0;
+    for (const u of this.recent) if (u.seq > last) this.appendRow(u);
+    this.trim();
+  }
+
+  // At most MAX_ROWS rows: drop from the end away from the head.
+  trim() {
+    while (this.list.children.length > MAX_ROWS) this.dropOldest();
   }
 
   notices() {
@@ -184,7 +197,10 @@ class Timeline {
   }
 
   async latest() {
-    const page = await api('GET', `/workunits/${enc(this.context)}?reverse=true&limit=${PAGE}&text=1`);
+    this.loading = true;
+    let page;
+    try { page = await api('GET', `/workunits/${enc(this.context)}?reverse=true&limit=${PAGE}&text=1`); }
+    finally { this.loading = false; }
     this.reset(page.work_units.reverse(), true);
     this.box.scrollTop = this.box.scrollHeight;
     return this.units.length ? this.units[this.units.length - 1].seq : 0;
@@ -202,13 +218,19 @@ class Timeline {
     try {
       const lo = this.units[0].seq;
       let older = [];
-      // Seqs are shared with the log's other events: widen until units are found.
+      // Seqs are shared with the log's other events: widen the span until it holds
+      // units, reading each span to its end (a full page continues after its last).
       for (let span = PAGE * 2; older.length === 0; span *= 4) {
-        const after = Math.max(0, lo - 1 - span);
-        older = await this.range(after, lo, 1000);
-        if (after === 0) break;
+        let after = Math.max(0, lo - 1 - span);
+        const from = after;
+        for (;;) {
+          const page = await this.range(after, lo, 1000);
+          older = older.concat(page).slice(-PAGE);
+          if (page.length < 1000 || page[page.length - 1].seq >= lo - 1) break;
+          after = page[page.length - 1].seq;
+        }
+        if (from === 0) break;
       }
-      older = older.slice(-PAGE);
       if (!older.length) { this.atStart = true; return this.notices(); }
       const before = this.box.scrollHeight;
       older.forEach((u) => { this.bySeq.set(u.seq, u); this.index(u); });
@@ -219,6 +241,7 @@ class Timeline {
       while (this.list.children.length > MAX_ROWS) this.dropNewest();
     } finally {
       this.loading = false;
+      if (this.attached) this.catchUp();
       this.notices();
     }
   }
@@ -231,9 +254,9 @@ class Timeline {
       const newer = await this.range(hi, undefined, PAGE);
       for (const u of newer) this.appendRow(u);
       if (newer.length < PAGE) { this.attached = true; this.newer = 0; }
-      while (this.list.children.length > MAX_ROWS) this.dropOldest();
     } finally {
       this.loading = false;
+      if (this.attached) this.catchUp();
       this.notices();
     }
   }
@@ -275,7 +298,13 @@ class Timeline {
 
   live(since, onState) {
     this.stream = new LiveStream(this.context, since, {
-      onState: (s, why) => { onState(s, why); this.notices(); },
+      onState: (s, why) => {
+        // Drafts live only in the server's memory: a new subscription's snapshots
+        // are the truth (one that ended while disconnected is gone).
+        if (s === 'live') { this.draftBox.replaceChildren(); this.drafts.clear(); }
+        onState(s, why);
+        this.notices();
+      },
       onEvent: (msg) => this.event(msg),
     });
     this.notices();
@@ -284,10 +313,13 @@ class Timeline {
   event(msg) {
     if (typeof msg.type === 'number') {  // a work unit
       for (const [id, d] of this.drafts) if (d.unit_seq === msg.seq) { d.node.remove(); this.drafts.delete(id); }
-      if (!this.attached) { this.newer++; return this.notices(); }
+      this.recent.push(msg);
+      if (this.recent.length > 2 * MAX_ROWS) this.recent.splice(0, MAX_ROWS);
+      // Away from the head, or a page is being read: catchUp() adds it when attached.
+      if (!this.attached || this.loading) { if (!this.attached) this.newer++; return this.notices(); }
       const follow = this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight < 80;
       this.appendRow(msg);
-      while (this.list.children.length > MAX_ROWS && follow) this.dropOldest();
+      this.trim();
       if (follow) this.box.scrollTop = this.box.scrollHeight;
       return this.notices();
     }
@@ -323,10 +355,12 @@ class Timeline {
   async jumpTo(seq) {
     let row = this.list.querySelector(`[data-seq="${seq}"]`);
     if (!row) {
-      const around = await this.range(Math.max(0, seq - PAGE / 2), undefined, PAGE);
-      const head = await api('GET', `/contexts/${enc(this.context)}`).catch(() => null);
-      const last = around.length ? around[around.length - 1].seq : 0;
-      this.reset(around, head ? last >= head.context.head_seq || around.length < PAGE : false);
+      this.loading = true;
+      let around;
+      try { around = await this.range(Math.max(0, seq - PAGE / 2), undefined, PAGE); }
+      finally { this.loading = false; }
+      // A short page reached the head; catchUp() then adds what arrived live meanwhile.
+      this.reset(around, around.length < PAGE);
       row = this.list.querySelector(`[data-seq="${seq}"]`);
     }
     if (!row) return;
