@@ -260,10 +260,14 @@ model::result<rest_call> plain_call(const tool& t, json args) {
   return rest_call{std::string(t.method), std::move(target), std::move(args), {}};
 }
 
-json tool_list() {
-  json list = json::array();
-  for (const auto& t : tools)
-    list.push_back({{"name", t.name}, {"description", t.description}, {"inputSchema", json::parse(t.input_schema)}});
+// Built once: the table does not change.
+const json& tool_list() {
+  static const json list = [] {
+    json l = json::array();
+    for (const auto& t : tools)
+      l.push_back({{"name", t.name}, {"description", t.description}, {"inputSchema", json::parse(t.input_schema)}});
+    return l;
+  }();
   return list;
 }
 
@@ -282,16 +286,32 @@ request internal_request(const call& c, const rest_call& rc) {
   return r;
 }
 
-// A REST answer as a tool result: structured content when it is a JSON object; an
-// error status is a tool error with the route's message (not a protocol error).
-json tool_result(const response& r) {
-  const bool failed = r.status >= 400;
-  std::string text = r.body;
+// A route's refusal as words: its {"error": "…"} message, else its body.
+std::string refusal_message(const response& r) {
   auto parsed = json::parse(r.body, nullptr, false);
-  if (failed && parsed.is_object() && parsed.contains("error") && parsed["error"].is_string())
-    text = parsed["error"].get<std::string>() + " (HTTP " + std::to_string(r.status) + ")";
-  json out{{"content", json::array({{{"type", "text"}, {"text", text}}})}, {"isError", failed}};
-  if (!failed && parsed.is_object()) out["structuredContent"] = std::move(parsed);
+  if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_string()) return parsed["error"];
+  return r.body;
+}
+
+// A tool call's JSON-RPC answer from the REST answer it stands for. A refusal is a
+// tool error (not a protocol error) carrying the route's message and status. A
+// success is written directly: the route's JSON object goes in as it is, as
+// structuredContent and, escaped, as the text block the specification asks for
+// beside it, rather than being parsed and written again.
+response tool_response(const json& id, const response& r) {
+  if (r.status >= 400) {
+    const std::string text = refusal_message(r) + " (HTTP " + std::to_string(r.status) + ")";
+    return rpc_response(id, {{"content", json::array({{{"type", "text"}, {"text", text}}})}, {"isError", true}});
+  }
+  response out;
+  out.body = "{\"id\":" + model::dump(id) + ",\"jsonrpc\":\"2.0\",\"result\":{\"content\":[{\"type\":\"text\",\"text\":";
+  model::append_json_string(out.body, r.body);
+  out.body += "}],\"isError\":false";
+  if (r.content_type == "application/json" && r.body.starts_with('{')) {
+    out.body += ",\"structuredContent\":";
+    out.body += r.body;
+  }
+  out.body += "}}";
   return out;
 }
 
@@ -329,10 +349,7 @@ bool origin_allowed(const services& s, const request& req) {
 // A REST refusal as a JSON-RPC error: 404 is MCP's "resource not found", 400 bad
 // params, anything else an internal error carrying the route's message and status.
 response rest_error(const json& id, const response& r) {
-  auto parsed = json::parse(r.body, nullptr, false);
-  std::string message = parsed.is_object() && parsed.contains("error") && parsed["error"].is_string()
-                            ? parsed["error"].get<std::string>()
-                            : r.body;
+  const std::string message = refusal_message(r);
   const int code = r.status == 404 ? -32002 : r.status == 400 ? invalid_params : -32603;
   return json_response(200, json{{"jsonrpc", "2.0"},
                                  {"id", id},
@@ -457,7 +474,7 @@ void mcp_post(services& s, call& c, responder respond) {
       json result{{"content", json::array({{{"type", "text"}, {"text", rc.error().message}}})}, {"isError", true}};
       return respond(rpc_response(id, std::move(result)));
     }
-    return forward(*rc, [id](const response& r) { return rpc_response(id, tool_result(r)); });
+    return forward(*rc, [id](const response& r) { return tool_response(id, r); });
   }
   if (method == "resources/list") {
     return forward(rest_call{"GET", "/contexts?limit=1000", nullptr, {}}, [id](const response& r) {

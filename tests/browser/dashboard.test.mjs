@@ -14,7 +14,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fail, freePort, hs256Token, launchBrowser, openPage, ready, reportFailure, startServer, waitFor } from './support.mjs';
+import { fail, freePort, hs256Token, launchBrowser, openPage, ready, reportFailure, startAuthServer, startServer, waitFor } from './support.mjs';
 
 const binary = process.argv[2];
 const work = mkdtempSync(join(tmpdir(), 'engram-dashboard-'));
@@ -184,11 +184,8 @@ try {
 
   // ---- auth on: the sign-in form, then the dashboard with the token ----
   const secret = 'dashboard-test-secret-of-at-least-32-bytes';
-  const authPort = await freePort();
-  const authBase = `http://127.0.0.1:${authPort}`;
-  authServer = startServer(binary, authPort, join(work, 'auth-data'),
-    ['--set', 'auth.enabled=true', '--set', `auth.secret=${secret}`]);
-  await ready(authBase);
+  let authBase;
+  ({ proc: authServer, base: authBase } = await startAuthServer(binary, join(work, 'auth-data'), secret));
   const token = hs256Token(secret, { sub: 'dana', exp: Math.floor(Date.now() / 1000) + 600, contexts: ['ops/*'] });
   await call('POST', '/workunits', { context_id: 'ops/main', work_units: [{ type: 'MESSAGE', text: 'secured' }] }, 201,
     authBase, { Authorization: `Bearer ${token}` });

@@ -2,7 +2,7 @@
 // plus the helpers every Node.js test shares (../support/node.mjs).
 import { chromium } from 'playwright-core';
 
-export { fail, freePort, hs256Token, ready, startServer, waitFor } from '../support/node.mjs';
+export { fail, freePort, hs256Token, ready, startAuthServer, startServer, waitFor } from '../support/node.mjs';
 
 export const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 

@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fail as check_failed, freePort, hs256Token, ready, startServer, waitFor } from '../support/node.mjs';
+import { fail as check_failed, freePort, hs256Token, ready, startAuthServer, startServer, waitFor } from '../support/node.mjs';
 
 // The SDK is installed by `make test-deps` (npm ci here); without it the test is
 // skipped (exit 77), not failed.
@@ -214,11 +214,8 @@ try {
 
   // Auth on: the same bearer tokens and grants as REST.
   const secret = 'mcp-test-secret-of-at-least-32-bytes!!';
-  const authPort = await freePort();
-  const authBase = `http://127.0.0.1:${authPort}`;
-  authProc = startServer(binary, authPort, join(dir, 'auth-data'),
-    ['--set', 'auth.enabled=true', '--set', `auth.secret=${secret}`]);
-  await ready(authBase);
+  let authBase;
+  ({ proc: authProc, base: authBase } = await startAuthServer(binary, join(dir, 'auth-data'), secret));
   const exp = Math.floor(Date.now() / 1000) + 600;
   const anonymous = await fetch(`${authBase}/mcp`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) });

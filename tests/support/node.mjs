@@ -52,6 +52,15 @@ export async function ready(base) {
   });
 }
 
+// A second engram with auth on (HS256 with `secret`), ready: { proc, base }.
+export async function startAuthServer(binary, dataDir, secret) {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const proc = startServer(binary, port, dataDir, ['--set', 'auth.enabled=true', '--set', `auth.secret=${secret}`]);
+  await ready(base);
+  return { proc, base };
+}
+
 // An HS256 JWT with these claims, for a server started with auth.secret=`secret`.
 export function hs256Token(secret, claims) {
   const b64url = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
