@@ -152,11 +152,11 @@ void engine::renew_lock(std::string resource, std::string agent, std::string loc
   (*m)->renew(std::move(resource), std::move(agent), std::move(lock_id), ttl, std::move(done));
 }
 
-void engine::release_lock(std::string resource, std::string agent, std::string lock_id,
+void engine::release_lock(std::string resource, std::string agent, std::string lock_id, std::string by,
                           std::function<void(model::status)> done) {
   auto m = locks();
   if (!m) return done(std::unexpected(m.error()));
-  (*m)->release(std::move(resource), std::move(agent), std::move(lock_id), std::move(done));
+  (*m)->release(std::move(resource), std::move(agent), std::move(lock_id), std::move(by), std::move(done));
 }
 
 model::result<api::Lock> engine::get_lock(const std::string& resource) const {

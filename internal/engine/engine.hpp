@@ -167,7 +167,7 @@ class engine {
   void acquire_locks(locks::acquire_request req, locks::manager::locks_done done);
   void renew_lock(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
                   locks::manager::lock_done done);
-  void release_lock(std::string resource, std::string agent, std::string lock_id,
+  void release_lock(std::string resource, std::string agent, std::string lock_id, std::string by,
                     std::function<void(model::status)> done);
   // In-memory reads: no storage access.
   model::result<api::Lock> get_lock(const std::string& resource) const;

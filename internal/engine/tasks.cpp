@@ -202,7 +202,7 @@ void tasks::claim(std::string task_id, std::string agent, std::chrono::milliseco
     if (refused) {
       // Its state changed between the check and the grant (it failed on a last
       // stranding): give the lease back.
-      locks_.release(l.resource_path(), agent, l.lock_id(), [](model::status) {});
+      locks_.release(l.resource_path(), agent, l.lock_id(), agent, [](model::status) {});
       return done(std::unexpected(*refused));
     }
     done(task_claim{std::move(*claimed), l});
@@ -240,7 +240,7 @@ void tasks::end(std::string task_id, std::string agent, uint64_t fence, ending h
       lock_id = t->lock_id();
   }
   if (refused) return done(std::unexpected(*refused));
-  locks_.release(resource(task_id), agent, lock_id, [this, task_id, fence, done = std::move(done)](model::status ok) {
+  locks_.release(resource(task_id), agent, lock_id, agent, [this, task_id, fence, done = std::move(done)](model::status ok) {
     std::optional<api::Task> ended;
     {
       std::lock_guard lock(mu_);

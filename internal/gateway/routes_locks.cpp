@@ -6,6 +6,7 @@
 #include "gateway/lock_params.hpp"
 #include "gateway/routes.hpp"
 #include "model/codec.hpp"
+#include "model/text.hpp"
 
 namespace engram::gateway {
 
@@ -58,6 +59,7 @@ void release_lock(services& s, call& c, responder respond) {
   const auto* agent = c.query.get("agent_id");
   const auto* lock_id = c.query.get("lock_id");
   std::string holder = agent ? *agent : std::string(c.req.header("x-agent-id"));
+  if (holder.empty() && c.who.principal) holder = c.who.principal->agent;
   if (holder.empty()) return respond(bad_request("agent_id is required (query or X-Agent-ID)"));
   // The holder releases its own lease (with `lock` on the resource); a token with
   // `admin` on it may release anyone's (an operator freeing a stuck lease).
@@ -66,7 +68,12 @@ void release_lock(services& s, call& c, responder respond) {
     if (auto ok = acting_as(c.who, holder); !ok) return respond(error_response(ok.error()));
   }
   if (!lock_id || lock_id->empty()) return respond(bad_request("lock_id is required"));
-  s.eng.release_lock(std::move(c.subject), std::move(holder), *lock_id,
+  // Who released it, for the event: the token's subject, else X-Agent-ID (with auth
+  // off, an operator names itself there while agent_id names the holder).
+  std::string by = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id"));
+  if (!by.empty())
+    if (auto bad = model::check_identifier("X-Agent-ID", by, model::max_id_bytes)) return respond(bad_request(*bad));
+  s.eng.release_lock(std::move(c.subject), std::move(holder), *lock_id, std::move(by),
                      [respond = std::move(respond)](model::status ok) {
                        if (!ok) return respond(error_response(ok.error()));
                        respond(json_response(200, json{{"released", true}}));

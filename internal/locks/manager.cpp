@@ -314,7 +314,7 @@ void manager::renew(std::string resource, std::string agent, std::string lock_id
   if (refused) done(std::unexpected(std::move(*refused)));
 }
 
-void manager::release(std::string resource, std::string agent, std::string lock_id,
+void manager::release(std::string resource, std::string agent, std::string lock_id, std::string by,
                       std::function<void(model::status)> done) {
   std::optional<model::error> refused;
   {
@@ -336,6 +336,7 @@ void manager::release(std::string resource, std::string agent, std::string lock_
       api::LockEvent ev;
       ev.set_kind("released");
       *ev.mutable_lock() = it->second.lock;
+      ev.set_released_by(by.empty() ? agent : std::move(by));
       change.events.push_back(std::move(ev));
       observe(change);
       --per_agent_[agent];

@@ -71,7 +71,10 @@ class manager {
   void acquire(acquire_request req, locks_done done);
   void renew(std::string resource, std::string agent, std::string lock_id, std::chrono::milliseconds ttl,
              lock_done done);
-  void release(std::string resource, std::string agent, std::string lock_id, std::function<void(model::status)> done);
+  // `by` is who asks: the holder, or an operator allowed to free anyone's lease. It is
+  // recorded in the "released" event.
+  void release(std::string resource, std::string agent, std::string lock_id, std::string by,
+               std::function<void(model::status)> done);
 
   std::optional<api::Lock> get(const std::string& resource) const;
   std::vector<api::Lock> list(std::string_view agent, std::string_view prefix) const;

@@ -1004,8 +1004,11 @@ result<api::Event> event_from_json(const json& object, std::string_view context_
     if (l == object.end()) return fail(errc::invalid_argument, "lock is missing");
     auto lock = lock_from_json(*l);
     if (!lock) return std::unexpected(lock.error());
+    auto by = string_field(object, "released_by", "");
+    if (!by) return std::unexpected(by.error());
     ev.mutable_lock_event()->set_kind(std::string(known));
     *ev.mutable_lock_event()->mutable_lock() = std::move(*lock);
+    ev.mutable_lock_event()->set_released_by(std::move(*by));
     return ev;
   }
   return fail(errc::invalid_argument, "unknown event type '" + kind +

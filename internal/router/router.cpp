@@ -56,14 +56,17 @@ event_ptr to_wire(const api::Event& ev) {
                                         {"ts", model::timestamp_json(ev.ts_ns())},
                                         {"context", model::to_json(ev.context_updated().context())}});
       break;
-    case api::Event::kLockEvent:
+    case api::Event::kLockEvent: {
       w->sse_event = lock_event_name(ev.lock_event().kind());
-      w->json = model::dump(model::json{{"type", w->sse_event},
-                                        {"context_id", ev.context_id()},
-                                        {"seq", ev.seq()},
-                                        {"ts", model::timestamp_json(ev.ts_ns())},
-                                        {"lock", model::to_json(ev.lock_event().lock())}});
+      model::json j{{"type", w->sse_event},
+                    {"context_id", ev.context_id()},
+                    {"seq", ev.seq()},
+                    {"ts", model::timestamp_json(ev.ts_ns())},
+                    {"lock", model::to_json(ev.lock_event().lock())}};
+      if (!ev.lock_event().released_by().empty()) j["released_by"] = ev.lock_event().released_by();
+      w->json = model::dump(j);
       break;
+    }
     case api::Event::kContextDeleted:
       w->sse_event = "context_deleted";
       w->json = model::dump(model::json{{"type", "context_deleted"},

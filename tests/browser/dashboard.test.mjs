@@ -104,6 +104,10 @@ try {
   await waitFor('the released lease gone', async () => (await shown('#leases li[data-resource="deploy/prod"]')) === 0);
   if (!/Release deploy\/prod, held by bob/.test(asked)) fail(`no confirmation before releasing: '${asked}'`);
   if ((await call('GET', '/locks', undefined, 200)).locks.length !== 0) fail('the lease is still held on the server');
+  const released = (await call('GET', `/contexts/${encodeURIComponent(ctx)}/events`, undefined, 200)).events
+    .filter((e) => e.type === 'lock_released' && e.lock.resource_path === 'deploy/prod');
+  if (released.length !== 1 || released[0].released_by !== 'human:dana' || released[0].lock.holder_agent !== 'bob')
+    fail(`the release event does not name the operator: ${JSON.stringify(released)}`);
 
   // Packet preview.
   await page.click('button[data-tab="packet"]');

@@ -316,6 +316,17 @@ TEST_F(AuthTest, OnlyTheHolderOrAnAdminOfTheResourceReleasesALease) {
   auto freed = as(ops, "DELETE", release);                      // an operator freeing a stuck lease
   ASSERT_EQ(freed.status, 200u) << freed.raw;
   EXPECT_EQ(as(bob, "GET", "/locks/deploy/prod").status, 404u);
+  // The log says who freed it: the operator, not the holder.
+  auto again = as(bob, "POST", "/locks", json{{"resource_path", "deploy/prod"}, {"ttl_seconds", 600}});
+  ASSERT_EQ(again.status, 200u) << again.raw;
+  ASSERT_EQ(as(bob, "DELETE", "/locks/deploy/prod?lock_id=" + again.body["lock"]["lock_id"].get<std::string>()).status,
+            200u);
+  auto log = as(admin_, "GET", "/contexts/_locks/events");
+  ASSERT_EQ(log.status, 200u) << log.raw;
+  std::vector<std::pair<std::string, std::string>> releases;  // (holder, released_by)
+  for (const auto& ev : log.body["events"])
+    if (ev["type"] == "lock_released") releases.emplace_back(ev["lock"]["holder_agent"], ev["released_by"]);
+  EXPECT_EQ(releases, (std::vector<std::pair<std::string, std::string>>{{"bob", "ops"}, {"bob", "bob"}})) << log.raw;
 }
 
 TEST_F(AuthTest, APacketNeedsReadAndDefaultsToTheTokensSubject) {

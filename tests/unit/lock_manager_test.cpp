@@ -79,7 +79,7 @@ class LockManagerTest : public ::testing::Test {
   model::status release(const api::Lock& l) {
     auto p = std::make_shared<std::promise<model::status>>();
     auto f = p->get_future();
-    mgr_->release(l.resource_path(), l.holder_agent(), l.lock_id(), [p](model::status r) { p->set_value(r); });
+    mgr_->release(l.resource_path(), l.holder_agent(), l.lock_id(), "", [p](model::status r) { p->set_value(r); });
     return await(f);
   }
   // The leases on disk, once everything decided so far is committed (the committer
@@ -253,11 +253,11 @@ TEST_F(LockManagerTest, CompletionsRunWithTheMutexReleased) {
     EXPECT_FALSE(r);
     check(*mgr_, "lost renewal");
   });
-  mgr_->release("nothing", "a", "id", [&](model::status r) {
+  mgr_->release("nothing", "a", "id", "", [&](model::status r) {
     EXPECT_FALSE(r);
     check(*mgr_, "release of nothing");
   });
-  mgr_->release("r", "b", held.lock_id(), [&](model::status r) {
+  mgr_->release("r", "b", held.lock_id(), "", [&](model::status r) {
     EXPECT_FALSE(r);
     check(*mgr_, "release by another agent");
   });
@@ -277,7 +277,7 @@ TEST_F(LockManagerTest, CompletionsRunWithTheMutexReleased) {
   // A store that refuses a write completes at once, on the thread that hands it
   // over; that thread must not be holding the mutex either.
   store_->close();
-  mgr_->release("r", "a", held.lock_id(), [&](model::status r) {
+  mgr_->release("r", "a", held.lock_id(), "", [&](model::status r) {
     EXPECT_FALSE(r) << "the store is closed";
     check(*mgr_, "refused release");
   });
@@ -302,7 +302,7 @@ TEST_F(LockManagerTest, AGrantCompletionMayReleaseAndHandOverAtOnce) {
   // b waits; when granted, b's completion releases at once, which grants c.
   mgr_->acquire({{"r"}, "b", 0ms, 5000ms, ""}, [this, p](locks_result r) {
     ASSERT_TRUE(r);
-    mgr_->release("r", "b", r->front().lock_id(), [p](model::status s) { p->set_value(s); });
+    mgr_->release("r", "b", r->front().lock_id(), "", [p](model::status s) { p->set_value(s); });
   });
   auto c = acquire_async({"r"}, "c", 0ms, 5000ms);
   ASSERT_TRUE(release(first->front()));

@@ -453,7 +453,9 @@ function contextView(context, q) {
   const release = async (l) => {
     if (!confirm(`Release ${l.resource_path}, held by ${l.holder_agent}? The holder's fencing token stops working.`)) return;
     try {
-      await api('DELETE', `/locks/${l.resource_path.split('/').map(enc).join('/')}?agent_id=${enc(l.holder_agent)}&lock_id=${enc(l.lock_id)}`);
+      // X-Agent-ID names the operator in the release event (a token's subject wins).
+      await api('DELETE', `/locks/${l.resource_path.split('/').map(enc).join('/')}?agent_id=${enc(l.holder_agent)}&lock_id=${enc(l.lock_id)}`,
+        undefined, { 'X-Agent-ID': document.getElementById('post-as')?.value || 'human' });
     } catch (e) { alert(`Not released: ${e.message}`); }
     refresh();
   };
