@@ -1,7 +1,7 @@
 # Engram — the front door. `make run` and `make test` are all a new user needs.
 #
 #   make deps    install build dependencies from Debian's packages (as root, non-interactive)
-#   make test-deps  also what the tests need: chromium, Node.js, playwright-core, the
+#   make test-deps  also what the tests need: chromium, firefox-esr, Node.js, playwright-core, the
 #                MCP SDK and conformance suite (npm ci in tests/browser and tests/mcp, from their lock files)
 #   make build   configure and build everything (build/)
 #   make run     build the server and engramctl only, and start the server on ./data
@@ -31,8 +31,8 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl jq 
   libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev \
   libjwt-dev libssl-dev
 
-# What the browser test needs beyond the build (Node.js only if the machine has none).
-TEST_PACKAGES := chromium
+# What the browser tests need beyond the build (Node.js only if the machine has none).
+TEST_PACKAGES := chromium firefox-esr
 # libFuzzer: clang 16 is the oldest Debian clang that compiles libstdc++ 12's
 # std::expected (see CMakeLists.txt).
 FUZZ_PACKAGES := clang-16 libclang-rt-16-dev

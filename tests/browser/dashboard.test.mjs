@@ -1,4 +1,4 @@
-// Browser test: the dashboard (/ui/) in headless Chromium against the real engram
+// Browser test: the dashboard (/ui/) in headless Chromium or Firefox against the real engram
 // binary. A scripted multi-agent session is driven over REST while the test reads
 // what the page shows: each unit type rendered for what it is, a tool call pending
 // then paired with its result, a reply link that jumps, presence, a lease counting
@@ -8,17 +8,18 @@
 // scrolling back through a 10,000-unit context with a bounded DOM, and auth (the
 // sign-in form on 401, then everything with the token).
 //
-//   node tests/browser/dashboard.test.mjs <path to engram binary>
+//   node tests/browser/dashboard.test.mjs <path to engram binary> [chromium|firefox]
 //   ENGRAM_DOCS_SCREENSHOTS=docs node tests/browser/dashboard.test.mjs build/bin/engram
-// Exit codes: 0 pass, 1 fail, 77 skipped (chromium cannot start at all).
+// Exit codes: 0 pass, 1 fail, 77 skipped (the browser cannot start at all).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fail, freePort, hs256Token, launchBrowser, openPage, ready, reportFailure, startAuthServer, startServer, waitFor } from './support.mjs';
 
 const binary = process.argv[2];
+const browserName = process.argv[3] || 'chromium';
 const work = mkdtempSync(join(tmpdir(), 'engram-dashboard-'));
-const shots = process.env.ENGRAM_DOCS_SCREENSHOTS;
+const shots = browserName === 'chromium' ? process.env.ENGRAM_DOCS_SCREENSHOTS : undefined;
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 let server = startServer(binary, port, join(work, 'data'));
@@ -39,7 +40,7 @@ const b64 = (bytes) => Buffer.from(bytes).toString('base64');
 
 try {
   await ready(base);
-  browser = await launchBrowser();
+  browser = await launchBrowser(browserName);
   const { page, errors, state } = await openPage(browser);
   const shown = (selector) => page.locator(selector).count();
 
@@ -116,6 +117,36 @@ try {
   await waitFor('the packet preview', async () => (await shown('#packet-items li')) > 0);
   if ((await shown('#packet-items li .why')) === 0) fail('packet items do not say why');
   if (shots) await page.screenshot({ path: join(shots, 'dashboard-packet.png') });
+
+  // Readable in both themes: text against its background at WCAG AA (4.5:1), from
+  // the system's preference (Chromium; Firefox over BiDi cannot emulate it) and from
+  // the theme button.
+  const theme = async (scheme) => {
+    const ratios = await page.evaluate(() => {
+      const rgb = (c) => c.match(/[\d.]+/g).slice(0, 3).map(Number);
+      const lum = (c) => rgb(c).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+        .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+      const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+      const bg = getComputedStyle(document.body).backgroundColor;
+      const panel = getComputedStyle(document.getElementById('timeline')).backgroundColor;
+      const text = (sel) => getComputedStyle(document.querySelector(sel)).color;
+      return { body: ratio(text('body'), bg), unit: ratio(text('#timeline .unit .body'), panel),
+        muted: ratio(text('.muted'), bg), dark: lum(bg) < 0.1 };
+    });
+    if (ratios.dark !== (scheme === 'dark')) fail(`not the ${scheme} theme`);
+    for (const [what, r] of Object.entries(ratios)) if (what !== 'dark' && r < 4.5) fail(`${scheme} theme: ${what} contrast ${r.toFixed(2)} < 4.5`);
+  };
+  await theme('light');
+  if (browserName === 'chromium') {
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await theme('dark');
+    await page.emulateMedia({ colorScheme: 'light' });
+  }
+  await page.click('#theme');
+  await theme('dark');
+  if (shots) await page.screenshot({ path: join(shots, 'dashboard-dark.png') });
+  await page.click('#theme');
+  await theme('light');
 
   // Search: a highlighted hit that opens the unit in its timeline.
   await waitFor('the diff indexed', async () =>
@@ -208,7 +239,7 @@ try {
     /dana/.test(await second.page.locator('#timeline .unit').last().textContent()) &&
     /from the dashboard/.test(await second.page.locator('#timeline .unit').last().textContent()));
   if (second.errors.length) fail(`page errors with auth: ${second.errors.join('; ')}`);
-  console.log('PASS: dashboard session, steering, packet, search, restart, 10k scroll and auth');
+  console.log(`PASS (${browserName}): dashboard session, steering, packet, search, restart, 10k scroll and auth`);
 } catch (e) {
   reportFailure(e, server);
 } finally {

@@ -1,21 +1,26 @@
-// What the browser tests share: launching Debian's chromium and watching a page,
-// plus the helpers every Node.js test shares (../support/node.mjs).
-import { chromium } from 'playwright-core';
+// What the browser tests share: launching Debian's chromium (or firefox-esr) and
+// watching a page, plus the helpers every Node.js test shares (../support/node.mjs).
+import { chromium, firefox } from 'playwright-core';
 
 export { fail, freePort, hs256Token, ready, startAuthServer, startServer, waitFor } from '../support/node.mjs';
 
 export const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+export const firefoxPath = process.env.FIREFOX || '/usr/bin/firefox-esr';
 
-// Chromium, or exit code 77 (skipped) when it cannot start at all.
-export async function launchBrowser() {
+// The browser (`chromium` or `firefox`), or exit code 77 (skipped) when it cannot
+// start at all. Stock Firefox is driven over WebDriver BiDi (playwright's
+// `moz-firefox` channel), not playwright's patched build, which is not in Debian.
+export async function launchBrowser(name = 'chromium') {
+  const path = name === 'firefox' ? firefoxPath : chromiumPath;
   try {
+    if (name === 'firefox') return await firefox.launch({ channel: 'moz-firefox', executablePath: path, headless: true });
     return await chromium.launch({
-      executablePath: chromiumPath,
+      executablePath: path,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
              '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
   } catch (e) {
-    console.log(`SKIP: chromium cannot start (${chromiumPath}): ${e.message.split('\n')[0]}`);
+    console.log(`SKIP: ${name} cannot start (${path}): ${e.message.split('\n')[0]}`);
     process.exitCode = 77;
     throw e;
   }

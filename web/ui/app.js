@@ -140,7 +140,11 @@ class Timeline {
       attached: true, newer: 0, loading: false, atStart: false, stream: null, drafts: new Map(), recent: [] });
     this.list = el('div', { class: 'units', role: 'feed', 'aria-label': 'work units' });
     this.top = el('div', { class: 'notice muted' });
-    this.bottom = el('div', { class: 'notice' });
+    // "Jump to latest" floats at the bottom of the visible timeline (sticky), so it is
+    // clicked without scrolling, which would page in newer units under the pointer;
+    // one button, relabelled, never replaced.
+    this.jump = el('button', { type: 'button', onclick: () => this.latest() });
+    this.bottom = el('div', { class: 'notice jump', hidden: '' }, this.jump);
     this.draftBox = el('div', { class: 'drafts' });
     box.append(this.top, this.list, this.draftBox, this.bottom);
     box.addEventListener('scroll', () => this.onScroll());
@@ -186,11 +190,9 @@ class Timeline {
 
   notices() {
     this.top.textContent = this.atStart ? 'Start of the context.' : 'Scroll up for older units.';
-    this.bottom.replaceChildren();
-    if (!this.attached) {
-      this.bottom.append(el('button', { type: 'button', onclick: () => this.latest() },
-        this.newer ? `${this.newer} newer units · jump to latest` : 'Newer units below · jump to latest'));
-    }
+    this.bottom.hidden = this.attached;
+    const label = this.newer ? `${this.newer} newer units · jump to latest` : 'Newer units below · jump to latest';
+    if (this.jump.textContent !== label) this.jump.textContent = label;
     state.timeline = { context: this.context, seqs: this.units.map((u) => u.seq), rows: this.list.children.length,
       attached: this.attached, atStart: this.atStart, live: !!this.stream, drafts: [...this.drafts.keys()],
       focused: state.timeline?.focused };
