@@ -1,18 +1,21 @@
 // engram-vector-bench: the vector index (internal/search/vectors) in-process, on a
 // real RocksDB store, at sizes where going through HTTP would only measure JSON.
 //
-//   engram-vector-bench --dir /tmp/vb --vectors 1000000 --dim 384
+//   engram-vector-bench --dir /tmp/vb --vectors 1000000 --dim 384 [--data clustered]
 //
-// Writes the vectors to the store (random unit vectors: the hard case for a graph
-// index; skipped when the store already holds them), loads the index from it the
-// way the server does at start-up (build rate), then reports kNN latency p50/p99
-// without a filter and with a selective filter (exact ranking of a 1% subset, what
-// the server does when a filter matches few units), recall@10 against exact
-// search, and resident memory per vector.
+// Writes the vectors to the store (random unit vectors, the hard case for a graph
+// index, or clustered ones, closer to real embeddings; skipped when the store
+// already holds them), loads the index from it the way the server does at start-up
+// with no snapshot (build rate), then reports kNN latency p50/p99 without a filter
+// and with a selective filter (exact ranking of a 1% subset, what the server does
+// when a filter matches few units), recall@10 against exact search, and resident
+// memory per vector. Then it closes the index (which writes a snapshot of the
+// graph), opens it again from that snapshot (a restart) and checks recall again.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <random>
@@ -45,6 +48,35 @@ std::vector<float> random_unit(std::mt19937_64& rng, size_t dim) {
   return v;
 }
 
+// Clustered data: 1,000 random centres, each vector a centre plus noise of a third
+// of its length (queries are drawn the same way).
+struct clusters {
+  std::vector<std::vector<float>> centres;
+  clusters(std::mt19937_64& rng, size_t dim) {
+    for (int i = 0; i < 1000; ++i) centres.push_back(random_unit(rng, dim));
+  }
+  std::vector<float> draw(std::mt19937_64& rng) const {
+    const auto& c = centres[rng() % centres.size()];
+    auto v = random_unit(rng, c.size());
+    for (size_t i = 0; i < v.size(); ++i) v[i] = c[i] + v[i] / 3;
+    engram::search::normalize(v);
+    return v;
+  }
+};
+
+double seconds_since(steady::time_point t0) { return std::chrono::duration<double>(steady::now() - t0).count(); }
+
+// Opens the index and waits until it has loaded every vector; the seconds it took.
+double open_and_load(std::unique_ptr<engram::search::vector_index>& index, const engram::search::vector_options& vo,
+                     engram::storage::store& store) {
+  const auto t0 = steady::now();
+  auto opened = engram::search::vector_index::open(vo, store, nullptr);
+  if (!opened) std::fprintf(stderr, "%s\n", opened.error().message.c_str()), std::exit(1);
+  index = std::move(*opened);
+  while (index->status().catching_up) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  return seconds_since(t0);
+}
+
 float dot(const std::vector<float>& a, const float* b) {
   float s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
@@ -72,7 +104,12 @@ int main(int argc, char** argv) {
   app.add_option("--m", vo.m, "graph degree");
   app.add_option("--ef-construction", vo.ef_construction);
   app.add_option("--ef-search", vo.ef_search);
+  app.add_option("--insert-threads", vo.insert_threads, "threads inserting while loading (server: search.vectors.insert_threads)");
+  std::string kind = "random";
+  app.add_option("--data", kind, "random or clustered")->check(CLI::IsMember({"random", "clustered"}));
   CLI11_PARSE(app, argc, argv);
+  vo.snapshot_dir = dir + "/vector-snapshot";
+  std::filesystem::remove_all(vo.snapshot_dir);  // the first load builds the graph
 
   engram::storage::options so;
   so.data_dir = dir;
@@ -83,10 +120,12 @@ int main(int argc, char** argv) {
 
   // Seed (the vectors are regenerated from the seed, so a reused store matches).
   std::mt19937_64 rng(1234);
+  const clusters centres(rng, dim);
+  const auto draw = [&](std::mt19937_64& r) { return kind == "clustered" ? centres.draw(r) : random_unit(r, dim); };
   std::vector<float> data(vectors * dim);
   std::vector<std::string> ids(vectors);
   for (size_t i = 0; i < vectors; ++i) {
-    auto v = random_unit(rng, dim);
+    auto v = draw(rng);
     std::copy(v.begin(), v.end(), data.begin() + ptrdiff_t(i * dim));
   }
   auto stored = (*store)->last_vector_seq();
@@ -122,28 +161,42 @@ int main(int argc, char** argv) {
   }
 
   const double rss0 = rss_bytes();
-  const auto t0 = steady::now();
-  auto index = engram::search::vector_index::open(vo, **store, nullptr);
-  if (!index) return std::fprintf(stderr, "%s\n", index.error().message.c_str()), 1;
-  while ((*index)->status().catching_up) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  const double build = std::chrono::duration<double>(steady::now() - t0).count();
+  std::unique_ptr<engram::search::vector_index> index;
+  auto first = vo;
+  first.snapshot_min_vectors = UINT64_MAX;  // no snapshot when loading ends: close() writes it, timed
+  const double build = open_and_load(index, first, **store);
   const double rss1 = rss_bytes();
-  std::printf("index: %zu vectors dim %zu (M=%zu ef_construction=%zu ef_search=%zu) loaded in %.1f s "
+  std::printf("index (%s data): %zu vectors dim %zu (M=%zu ef_construction=%zu ef_search=%zu) built in %.1f s "
               "(%.0f inserts/s, %u threads); memory %.0f bytes/vector (RSS growth)\n",
-              vectors, dim, vo.m, vo.ef_construction, vo.ef_search, build, double(vectors) / build,
+              kind.c_str(), vectors, dim, vo.m, vo.ef_construction, vo.ef_search, build, double(vectors) / build,
               unsigned(vo.insert_threads), (rss1 - rss0) / double(vectors));
 
   std::mt19937_64 qrng(99);
+  const auto recall = [&] {
+    size_t hits = 0;
+    for (size_t q = 0; q < recall_queries; ++q) {
+      const auto v = draw(qrng);
+      std::vector<std::pair<float, size_t>> exact(vectors);
+      for (size_t i = 0; i < vectors; ++i) exact[i] = {dot(v, &data[i * dim]), i};
+      std::partial_sort(exact.begin(), exact.begin() + 10, exact.end(), std::greater<>());
+      std::set<std::string> truth;
+      for (size_t i = 0; i < 10; ++i) truth.insert(ids[exact[i].second]);
+      const auto found = index->nearest("m", v, 10);  // named: a range-for over *temporary dangles
+      if (!found) std::fprintf(stderr, "query failed\n"), std::exit(1);
+      for (const auto& n : *found) hits += truth.count(n.unit_id);
+    }
+    return double(hits) / double(recall_queries * 10);
+  };
   std::vector<double> plain, filtered;
   std::vector<std::string> subset;  // a selective filter: 1% of the units
   for (size_t i = 0; i < vectors; i += 100) subset.push_back(ids[i]);
   for (size_t q = 0; q < queries; ++q) {
-    const auto v = random_unit(qrng, dim);
+    const auto v = draw(qrng);
     auto a = steady::now();
-    auto r = (*index)->nearest("m", v, 10);
+    auto r = index->nearest("m", v, 10);
     plain.push_back(std::chrono::duration<double, std::micro>(steady::now() - a).count());
     a = steady::now();
-    auto f = (*index)->rank_exact("m", v, subset, 10);
+    auto f = index->rank_exact("m", v, subset, 10);
     filtered.push_back(std::chrono::duration<double, std::micro>(steady::now() - a).count());
     if (!r || !f || r->size() != 10) return std::fprintf(stderr, "query failed\n"), 1;
   }
@@ -152,21 +205,20 @@ int main(int argc, char** argv) {
   std::snprintf(label, sizeof label, "kNN k=10, exact over 1%% (%zu)", subset.size());
   print(label, filtered);
 
-  size_t hits = 0;
-  for (size_t q = 0; q < recall_queries; ++q) {
-    const auto v = random_unit(qrng, dim);
-    std::vector<std::pair<float, size_t>> exact(vectors);
-    for (size_t i = 0; i < vectors; ++i) exact[i] = {dot(v, &data[i * dim]), i};
-    std::partial_sort(exact.begin(), exact.begin() + 10, exact.end(), std::greater<>());
-    std::set<std::string> truth;
-    for (size_t i = 0; i < 10; ++i) truth.insert(ids[exact[i].second]);
-    const auto found = (*index)->nearest("m", v, 10);  // named: a range-for over *temporary dangles
-    if (!found) return std::fprintf(stderr, "query failed\n"), 1;
-    for (const auto& n : *found) hits += truth.count(n.unit_id);
-  }
-  std::printf("recall@10 against exact search: %.4f (%zu queries)\n", double(hits) / double(recall_queries * 10),
-              recall_queries);
-  (*index)->close();
+  std::printf("recall@10 against exact search: %.4f (%zu queries)\n", recall(), recall_queries);
+
+  // A restart: close() writes the snapshot, open() loads it.
+  auto t0 = steady::now();
+  index->close();
+  const double saved = seconds_since(t0);
+  uintmax_t bytes = 0;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(vo.snapshot_dir))
+    if (f.is_regular_file()) bytes += f.file_size();
+  index.reset();
+  const double restart = open_and_load(index, vo, **store);
+  std::printf("snapshot: written in %.1f s (%.0f MiB); restart loaded %zu vectors in %.1f s; recall@10 after: %.4f\n",
+              saved, double(bytes) / (1 << 20), index->size("m"), restart, recall());
+  index->close();
   (*store)->close();
   return 0;
 }

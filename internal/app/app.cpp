@@ -101,6 +101,8 @@ struct app::impl {
     if (cfg.search.enabled) {
       search::options so = cfg.search;
       if (so.index_dir.empty()) so.index_dir = cfg.storage.data_dir + "/search";
+      if (!so.vector_snapshots) so.vectors.snapshot_dir.clear();
+      else if (so.vectors.snapshot_dir.empty()) so.vectors.snapshot_dir = cfg.storage.data_dir + "/vectors";
       auto idx = search::index::open(so, *store, registry.get());
       if (!idx) {
         spdlog::critical("search: cannot open the index: {}", idx.error().message);

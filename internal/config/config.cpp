@@ -263,6 +263,17 @@ const std::vector<key_spec>& key_table() {
       {"search.vectors.ef_construction",
        ranged([](config& c) -> auto& { return c.search.vectors.ef_construction; }, 8, 4096)},
       {"search.vectors.ef_search", ranged([](config& c) -> auto& { return c.search.vectors.ef_search; }, 1, 10'000)},
+      {"search.vectors.snapshots",
+       [](config& c, const std::string& raw) { return set_bool(c.search.vector_snapshots, raw); }},
+      {"search.vectors.snapshot_dir",
+       [](config& c, const std::string& raw) -> std::optional<std::string> {
+         c.search.vectors.snapshot_dir = raw;  // empty: <storage.data_dir>/vectors
+         return std::nullopt;
+       }},
+      {"search.vectors.snapshot_interval_seconds",
+       ranged([](config& c) -> auto& { return c.search.vectors.snapshot_interval; }, 0, 86'400, 1000)},
+      {"search.vectors.snapshot_min_vectors",
+       ranged([](config& c) -> auto& { return c.search.vectors.snapshot_min_vectors; }, 1, 1'000'000'000)},
       {"search.vectors.insert_threads",
        ranged([](config& c) -> auto& { return c.search.vectors.insert_threads; }, 1, 64)},
       {"search.vectors.exact_filter_limit",

@@ -49,6 +49,7 @@ struct options {
 
   // ---- semantic and hybrid search ----
   vector_options vectors;
+  bool vector_snapshots = true;  // false: vectors.snapshot_dir is cleared (no snapshots)
   embedder_options embeddings;  // url empty: no embedder
   // Matches of a filter that are ranked exactly (every matching vector compared);
   // broader filters search the graph and keep the neighbours that match.

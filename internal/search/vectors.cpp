@@ -24,6 +24,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <queue>
@@ -32,6 +33,7 @@
 #include <unordered_map>
 
 #include "model/ids.hpp"
+#include "search/vector_snapshot.hpp"
 #include "storage/store.hpp"
 
 namespace engram::search {
@@ -69,13 +71,20 @@ float dot(const float* a, const float* b, size_t n) {
 
 // One embedding model's vectors.
 struct space {
+  using graph_type = hnswlib::HierarchicalNSW<float>;
   explicit space(uint32_t d, const vector_options& o)
-      : dim(d), metric(d), graph(&metric, initial_capacity, o.m, o.ef_construction) {}
+      : dim(d), metric(d), graph(std::make_unique<graph_type>(&metric, initial_capacity, o.m, o.ef_construction)) {}
+  // Loads a graph hnswlib saved (a snapshot); throws what hnswlib throws.
+  space(uint32_t d, const std::string& path) : dim(d), metric(d), graph(std::make_unique<graph_type>(&metric, path)) {
+    // hnswlib 0.6's loading constructor counts deletions from an uninitialised value.
+    graph->num_deleted_ = 0;
+    for (size_t i = 0; i < graph->cur_element_count; ++i) graph->num_deleted_ += graph->isMarkedDeleted(i);
+  }
   const uint32_t dim;
   hnswlib::InnerProductSpace metric;  // distance 1 - dot; must outlive the graph
   // Searches share the lock; inserts (and growth) take it exclusively.
   mutable std::shared_mutex mu;
-  hnswlib::HierarchicalNSW<float> graph;
+  std::unique_ptr<graph_type> graph;
   std::vector<unit_key> ids;  // label → unit
   std::unordered_map<unit_key, hnswlib::labeltype, unit_key_hash> labels;
 };
@@ -85,6 +94,7 @@ struct metrics_set {
   prometheus::Gauge* vectors;
   prometheus::Gauge* lag;
   prometheus::Counter* inserted;
+  prometheus::Gauge* snapshot_seconds;
 
   explicit metrics_set(prometheus::Registry* r) {
     if (!r) {
@@ -98,6 +108,9 @@ struct metrics_set {
     inserted = &BuildCounter().Name("engram_search_vectors_inserted_total")
                     .Help("Vectors inserted into the vector index (a rebuild at start-up counts again)")
                     .Register(*r).Add({});
+    snapshot_seconds = &BuildGauge().Name("engram_search_vector_snapshot_seconds")
+                            .Help("How long the last snapshot of the vector graphs took to write")
+                            .Register(*r).Add({});
   }
 };
 
@@ -129,6 +142,9 @@ struct vector_index::impl {
   std::atomic<bool> catching_up{true};
   std::vector<std::string> removals;  // units whose vectors storage removed (guarded by mu)
   std::thread follower;
+  // Snapshots: written and read by the follower only (and by close() after it ends).
+  uint64_t saved_vseq = 0;  // the newest snapshot on disk covers vectors up to this
+  steady::time_point last_save = steady::now();
 
   impl(const vector_options& o, storage::store& s, prometheus::Registry* r) : opts(o), store(s), metrics(r) {}
 
@@ -149,6 +165,12 @@ struct vector_index::impl {
   void run() {
     const auto started = steady::now();
     auto last_log = started;
+    if (!opts.snapshot_dir.empty()) load_snapshot();
+    if (catching_up && lag() == 0) {
+      catching_up = false;
+      spdlog::info("search: vector index ready with {} vectors ({:.1f} s)", count.load(),
+                   std::chrono::duration<double>(steady::now() - started).count());
+    }
     for (;;) {
       std::vector<std::string> removed;
       {
@@ -179,7 +201,8 @@ struct vector_index::impl {
       insert(*batch);
       applied = batch->back().vseq;
       metrics.lag->Set(double(lag()));
-      if (catching_up && lag() == 0) {
+      const bool loaded = catching_up && lag() == 0;
+      if (loaded) {
         catching_up = false;
         spdlog::info("search: vector index ready with {} vectors ({:.1f} s)", count.load(),
                      std::chrono::duration<double>(steady::now() - started).count());
@@ -187,7 +210,145 @@ struct vector_index::impl {
         last_log = steady::now();
         spdlog::info("search: loading vectors: {} in the index, {} to go", count.load(), lag());
       }
+      // A snapshot after enough new vectors, at most every snapshot_interval, and
+      // as soon as loading ends, so that the next start does not insert them again.
+      if (applied - saved_vseq >= opts.snapshot_min_vectors &&
+          (loaded || steady::now() - last_save >= opts.snapshot_interval))
+        save_snapshot();
     }
+  }
+
+  // ---- snapshots (search/vector_snapshot.hpp has the files) ----------------------
+
+  // Writes every graph and its label table, then moves CURRENT to them. Runs on the
+  // follower (or after it ended): nothing inserts meanwhile, searches go on.
+  void save_snapshot() {
+    if (opts.snapshot_dir.empty() || applied == saved_vseq) return;
+    const auto t0 = steady::now();
+    last_save = t0;  // a failed save waits an interval too
+    const uint64_t vseq = applied;
+    auto dir = snapshot::begin(opts.snapshot_dir, vseq);
+    if (!dir) return spdlog::error("search: vector snapshot: {}", dir.error().message);
+    snapshot::manifest m{vseq, store.identity(), {}};
+    size_t vectors = 0;
+    {
+      std::shared_lock spaces_lock(spaces_mu);
+      for (const auto& [model, sp] : spaces) {
+        std::shared_lock lock(sp->mu);
+        const std::string n = std::to_string(m.models.size());
+        try {
+          sp->graph->saveIndex(*dir + "/" + n + ".hnsw");
+        } catch (const std::exception& e) {
+          return spdlog::error("search: vector snapshot: saving the graph of '{}': {}", model, e.what());
+        }
+        auto graph = snapshot::seal(*dir, n + ".hnsw");
+        if (!graph) return spdlog::error("search: vector snapshot: {}", graph.error().message);
+        if (graph->bytes != saved_size(*sp->graph))
+          return spdlog::error("search: vector snapshot: the graph of '{}' was not written whole ({} bytes)", model,
+                               graph->bytes);
+        auto ids = snapshot::write_sealed(
+            *dir, n + ".ids",
+            std::string_view(reinterpret_cast<const char*>(sp->ids.data()), sp->ids.size() * sizeof(unit_key)));
+        if (!ids) return spdlog::error("search: vector snapshot: {}", ids.error().message);
+        m.models.push_back({model, sp->dim, opts.m, opts.ef_construction, std::move(*graph), std::move(*ids)});
+        vectors += sp->labels.size();
+      }
+    }
+    if (auto ok = snapshot::commit(opts.snapshot_dir, *dir, m); !ok)
+      return spdlog::error("search: vector snapshot: {}", ok.error().message);
+    saved_vseq = vseq;
+    metrics.snapshot_seconds->Set(std::chrono::duration<double>(steady::now() - t0).count());
+    spdlog::info("search: vector snapshot of {} vectors (up to vseq {}) written in {:.1f} s", vectors, vseq,
+                 std::chrono::duration<double>(steady::now() - t0).count());
+  }
+
+  // What hnswlib's saveIndex writes for a graph: a header, every element's level-0
+  // record, and each element's upper-level links with their length.
+  static uint64_t saved_size(const space::graph_type& g) {
+    uint64_t bytes = 6 * sizeof(size_t) + sizeof(int) + sizeof(hnswlib::tableint) + 3 * sizeof(size_t) +
+                     sizeof(double) + sizeof(size_t);
+    bytes += g.cur_element_count * g.size_data_per_element_;
+    for (size_t i = 0; i < g.cur_element_count; ++i)
+      bytes += sizeof(unsigned) + (g.element_levels_[i] > 0 ? g.size_links_per_element_ * g.element_levels_[i] : 0);
+    return bytes;
+  }
+
+  // At start: the graphs from the newest snapshot, minus the vectors storage removed
+  // since it was written. Anything wrong with it (another store, changed graph
+  // parameters, a file that does not match) means it is not used: every vector is
+  // inserted again, as without snapshots.
+  void load_snapshot() {
+    const auto t0 = steady::now();
+    auto current = snapshot::read_current(opts.snapshot_dir);
+    if (!current) return spdlog::warn("search: not using the vector snapshot: {}", current.error().message);
+    if (!*current) return;
+    const auto& [dir, m] = **current;
+    const auto skip = [&](const std::string& why) {
+      spdlog::warn("search: not using the vector snapshot {}: {}; inserting every vector again", dir, why);
+      std::unique_lock lock(spaces_mu);
+      spaces.clear();
+    };
+    if (m.store != store.identity()) return skip("it was built from another store");
+    if (m.vseq > committed) return skip("it is newer than the store (a restored backup?)");
+    std::map<std::string, std::unique_ptr<space>, std::less<>> loaded;
+    for (const auto& e : m.models) {
+      if (e.m != opts.m || e.ef_construction != opts.ef_construction)
+        return skip("search.vectors.m or ef_construction changed");
+      if (!snapshot::verify(dir, e.graph) || !snapshot::verify(dir, e.ids) || e.ids.bytes % sizeof(unit_key) != 0)
+        return skip("the files of '" + e.model + "' do not match its manifest");
+      std::unique_ptr<space> sp;
+      try {
+        sp = std::make_unique<space>(e.dim, dir + "/" + e.graph.name);
+      } catch (const std::exception& ex) {
+        return skip(std::string("loading the graph of '") + e.model + "': " + ex.what());
+      }
+      sp->ids.resize(e.ids.bytes / sizeof(unit_key));
+      std::ifstream in(dir + "/" + e.ids.name, std::ios::binary);
+      in.read(reinterpret_cast<char*>(sp->ids.data()), std::streamsize(e.ids.bytes));
+      if (!in || sp->ids.size() != sp->graph->cur_element_count) return skip("the label table of '" + e.model + "'");
+      for (hnswlib::labeltype label = 0; label < sp->ids.size(); ++label) {
+        const auto internal = sp->graph->label_lookup_.find(label);
+        if (internal != sp->graph->label_lookup_.end() && !sp->graph->isMarkedDeleted(internal->second))
+          sp->labels.emplace(sp->ids[label], label);
+      }
+      loaded.emplace(e.model, std::move(sp));
+    }
+    // Vectors removed after the snapshot: whatever storage no longer has.
+    std::map<std::string, std::vector<bool>, std::less<>> kept;
+    for (const auto& [model, sp] : loaded) kept[model].resize(sp->ids.size());
+    auto listed = store.for_each_vector_key([&](std::span<const uint8_t, 16> unit, std::string_view model, uint64_t) {
+      const auto sp = loaded.find(model);
+      if (sp == loaded.end()) return;
+      unit_key key;
+      std::copy(unit.begin(), unit.end(), key.begin());
+      if (const auto label = sp->second->labels.find(key); label != sp->second->labels.end())
+        kept.find(model)->second[label->second] = true;
+    });
+    if (!listed) return skip(listed.error().message);
+    uint64_t vectors = 0, removed = 0;
+    for (auto& [model, sp] : loaded) {
+      const auto& keep = kept.find(model)->second;
+      for (auto it = sp->labels.begin(); it != sp->labels.end();) {
+        if (keep[it->second]) {
+          ++it;
+          continue;
+        }
+        sp->graph->markDelete(it->second);
+        it = sp->labels.erase(it);
+        ++removed;
+      }
+      vectors += sp->labels.size();
+    }
+    {
+      std::unique_lock lock(spaces_mu);
+      spaces = std::move(loaded);
+    }
+    count = vectors;
+    applied = saved_vseq = m.vseq;
+    metrics.vectors->Set(double(vectors));
+    metrics.lag->Set(double(lag()));
+    spdlog::info("search: vector snapshot loaded: {} vectors up to vseq {} ({} removed since) in {:.1f} s; {} to insert",
+                 vectors, m.vseq, removed, std::chrono::duration<double>(steady::now() - t0).count(), lag());
   }
 
   // Marks the units' vectors deleted in every model's graph (hnswlib keeps the slot;
@@ -202,7 +363,7 @@ struct vector_index::impl {
         const auto it = sp->labels.find(*key);
         if (it == sp->labels.end()) continue;
         try {
-          sp->graph.markDelete(it->second);
+          sp->graph->markDelete(it->second);
         } catch (const std::exception& e) {
           spdlog::warn("search: removing the vector of unit {}: {}", id, e.what());
         }
@@ -251,21 +412,21 @@ struct vector_index::impl {
       work.push_back({label, std::move(unit)});
     }
     if (work.empty()) return;
-    const size_t needed = sp.graph.cur_element_count + work.size();
-    if (needed > sp.graph.max_elements_) sp.graph.resizeIndex(std::max(needed, sp.graph.max_elements_ * 2));
+    const size_t needed = sp.graph->cur_element_count + work.size();
+    if (needed > sp.graph->max_elements_) sp.graph->resizeIndex(std::max(needed, sp.graph->max_elements_ * 2));
     // hnswlib inserts in parallel safely, except the very first element.
     size_t first = 0;
-    if (sp.graph.cur_element_count == 0) {
-      sp.graph.addPoint(work[0].values.data(), work[0].label);
+    if (sp.graph->cur_element_count == 0) {
+      sp.graph->addPoint(work[0].values.data(), work[0].label);
       first = 1;
     }
     const size_t threads = std::min<size_t>(std::max<size_t>(1, opts.insert_threads), work.size() - first);
     if (threads <= 1) {
-      for (size_t i = first; i < work.size(); ++i) sp.graph.addPoint(work[i].values.data(), work[i].label);
+      for (size_t i = first; i < work.size(); ++i) sp.graph->addPoint(work[i].values.data(), work[i].label);
     } else {
       std::atomic<size_t> next{first};
       auto worker = [&] {
-        for (size_t i; (i = next.fetch_add(1)) < work.size();) sp.graph.addPoint(work[i].values.data(), work[i].label);
+        for (size_t i; (i = next.fetch_add(1)) < work.size();) sp.graph->addPoint(work[i].values.data(), work[i].label);
       };
       std::vector<std::jthread> helpers;
       for (size_t t = 1; t < threads; ++t) helpers.emplace_back(worker);
@@ -350,12 +511,12 @@ model::result<std::vector<neighbour>> vector_index::nearest(const std::string& m
   auto q = impl_->prepare_query(*sp, query);
   if (!q) return std::unexpected(q.error());
   std::shared_lock lock(sp->mu);
-  if (sp->graph.cur_element_count == 0) return out;
+  if (sp->graph->cur_element_count == 0) return out;
   // hnswlib searches with max(ef, k) candidates; asking for ef_search and keeping
   // the best k avoids its shared (racy) setEf.
   std::priority_queue<std::pair<float, hnswlib::labeltype>> found;
   try {
-    found = sp->graph.searchKnn(q->data(), std::max(k, impl_->opts.ef_search));
+    found = sp->graph->searchKnn(q->data(), std::max(k, impl_->opts.ef_search));
   } catch (const std::exception& e) {  // hnswlib reports a damaged graph with std::runtime_error
     return fail(errc::internal, std::string("search: vector index: ") + e.what());
   }
@@ -388,9 +549,9 @@ model::result<std::vector<neighbour>> vector_index::rank_exact(const std::string
       if (it == sp->labels.end()) continue;
       // The label is in the graph (inserted under the same exclusive hold). Read the
       // stored vector in place: getDataByLabel would copy it for every candidate.
-      const auto internal = sp->graph.label_lookup_.find(it->second);
-      if (internal == sp->graph.label_lookup_.end()) continue;
-      const auto* values = reinterpret_cast<const float*>(sp->graph.getDataByInternalId(internal->second));
+      const auto internal = sp->graph->label_lookup_.find(it->second);
+      if (internal == sp->graph->label_lookup_.end()) continue;
+      const auto* values = reinterpret_cast<const float*>(sp->graph->getDataByInternalId(internal->second));
       scored.emplace_back(dot(q->data(), values, sp->dim), i);
     }
   }
@@ -417,7 +578,9 @@ void vector_index::close() {
     s.stopping = true;
   }
   s.cv.notify_all();
-  if (s.follower.joinable()) s.follower.join();
+  if (!s.follower.joinable()) return;
+  s.follower.join();
+  s.save_snapshot();  // whatever was inserted since the last one
 }
 
 }  // namespace engram::search

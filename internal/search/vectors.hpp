@@ -5,6 +5,7 @@
 // thread inserts, searches run on the callers' threads (README.md). Thread-safe:
 // every public method may be called from any thread.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -33,6 +34,14 @@ struct vector_options {
   // races on its level generator and takes node locks in inconsistent order (TSan:
   // a data race and a lock-order inversion inside hnswlib), so more is opt-in.
   size_t insert_threads = 1;
+  // Snapshots of the graphs (README "Semantic search"): a restart loads the newest and
+  // inserts only the vectors stored after it, instead of every vector again. Empty
+  // dir: no snapshots. One is written when at least `snapshot_min_vectors` vectors
+  // were inserted since the last and `snapshot_interval` has passed, when loading
+  // finishes, and at close().
+  std::string snapshot_dir;
+  std::chrono::milliseconds snapshot_interval{std::chrono::minutes(5)};
+  uint64_t snapshot_min_vectors = 10'000;
 };
 
 struct neighbour {

@@ -1924,6 +1924,19 @@ model::result<uint64_t> store::last_vector_seq() const {
   return it->Valid() && it->key().size() == 8 ? get_be64(it->key().ToStringView()) : 0;
 }
 
+model::status store::for_each_vector_key(
+    const std::function<void(std::span<const uint8_t, 16> unit, std::string_view model, uint64_t vseq)>& fn) const {
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_vector_keys)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const auto key = it->key().ToStringView();
+    if (key.size() <= 16 || it->value().size() != 8) return fail(errc::internal, "corrupt vector key");
+    fn(std::span<const uint8_t, 16>(reinterpret_cast<const uint8_t*>(key.data()), 16), key.substr(16),
+       get_be64(it->value().ToStringView()));
+  }
+  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vector keys"));
+  return {};
+}
+
 model::result<std::optional<api::Embedding>> store::get_vector(std::string_view unit_id) const {
   const auto parsed = model::uuid::parse(unit_id);
   if (!parsed) return std::optional<api::Embedding>();

@@ -34,6 +34,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -323,6 +324,11 @@ class store {
   model::result<std::vector<stored_vector>> read_vectors(uint64_t after_vseq, size_t limit) const;
   // The newest vseq stored (0: none).
   model::result<uint64_t> last_vector_seq() const;
+  // Every stored vector's unit (its 16 UUID bytes), model and vseq, in unit order:
+  // the vector_keys column family alone, no vector is read. What a vector snapshot
+  // is checked against for removals made after it was written.
+  model::status for_each_vector_key(
+      const std::function<void(std::span<const uint8_t, 16> unit, std::string_view model, uint64_t vseq)>& fn) const;
   // The unit's vector (its first model's, should it have several); nullopt: none.
   model::result<std::optional<api::Embedding>> get_vector(std::string_view unit_id) const;
   // A consistent copy of the whole database (every column family, as of one point
