@@ -33,6 +33,7 @@
 #include <unordered_map>
 
 #include "model/ids.hpp"
+#include "search/distance.hpp"
 #include "search/vector_snapshot.hpp"
 #include "storage/store.hpp"
 
@@ -63,11 +64,24 @@ std::optional<unit_key> key_of(std::string_view unit_id) {
   return id->bytes;
 }
 
-float dot(const float* a, const float* b, size_t n) {
-  float s = 0;
-  for (size_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
+const dot_kernel dot = best_dot();
+
+// Cosine distance over unit vectors, 1 - a·b, as hnswlib's InnerProductSpace
+// measures it (so saved graphs stay valid), with the CPU's best kernel
+// (search/distance.hpp) rather than the one hnswlib was compiled with.
+class dot_space final : public hnswlib::SpaceInterface<float> {
+ public:
+  explicit dot_space(size_t dim) : dim_(dim) {}
+  size_t get_data_size() override { return dim_ * sizeof(float); }
+  hnswlib::DISTFUNC<float> get_dist_func() override { return &distance; }
+  void* get_dist_func_param() override { return &dim_; }
+
+ private:
+  static float distance(const void* a, const void* b, const void* dim) {
+    return 1.0f - dot(static_cast<const float*>(a), static_cast<const float*>(b), *static_cast<const size_t*>(dim));
+  }
+  size_t dim_;
+};
 
 // One embedding model's vectors.
 struct space {
@@ -81,7 +95,7 @@ struct space {
     for (size_t i = 0; i < graph->cur_element_count; ++i) graph->num_deleted_ += graph->isMarkedDeleted(i);
   }
   const uint32_t dim;
-  hnswlib::InnerProductSpace metric;  // distance 1 - dot; must outlive the graph
+  dot_space metric;  // must outlive the graph
   // Searches share the lock; inserts (and growth) take it exclusively.
   mutable std::shared_mutex mu;
   std::unique_ptr<graph_type> graph;
@@ -459,6 +473,7 @@ vector_index::~vector_index() { close(); }
 model::result<std::unique_ptr<vector_index>> vector_index::open(const vector_options& opts, storage::store& store,
                                                                 prometheus::Registry* metrics) {
   auto p = std::make_unique<impl>(opts, store, metrics);
+  spdlog::debug("search: vector distance kernel: {}", best_dot_name());
   // Everything stored so far is the backlog.
   auto last = store.last_vector_seq();
   if (!last) return std::unexpected(last.error());

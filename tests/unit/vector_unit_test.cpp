@@ -8,6 +8,7 @@
 #include <set>
 
 #include "model/ids.hpp"
+#include "search/distance.hpp"
 #include "search/fusion.hpp"
 #include "search/vectors.hpp"
 #include "storage/store.hpp"
@@ -17,6 +18,31 @@ namespace engram::search {
 namespace {
 
 using namespace std::chrono_literals;
+
+// Every dot-product kernel this CPU runs agrees with a double-precision sum, at
+// lengths around each kernel's block sizes (4, 8, 16, 32 floats) and unaligned.
+TEST(DotKernels, AgreeWithAReferenceSumAtEveryLength) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n;
+  std::vector<float> a(1100), b(1100);
+  for (auto& x : a) x = n(rng);
+  for (auto& x : b) x = n(rng);
+  ASSERT_FALSE(dot_kernels().empty());
+  EXPECT_STREQ(best_dot_name(), dot_kernels().front().name);
+  for (const auto& [name, kernel] : dot_kernels()) {
+    for (size_t len : {0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 383, 384, 385, 1024}) {
+      for (size_t offset : {0, 1}) {
+        double want = 0, scale = 0;
+        for (size_t i = 0; i < len; ++i) {
+          want += double(a[offset + i]) * b[offset + i];
+          scale += std::abs(double(a[offset + i]) * b[offset + i]);
+        }
+        EXPECT_NEAR(kernel(a.data() + offset, b.data() + offset, len), want, 1e-5 * (scale + 1))
+            << name << " length " << len << " offset " << offset;
+      }
+    }
+  }
+}
 
 class VectorStoreTest : public ::testing::Test {
  protected:
