@@ -216,6 +216,7 @@ const std::vector<key_spec>& key_table() {
          else return "must be 'and' or 'or'";
          return std::nullopt;
        }},
+      {"search.indexer_nice", ranged([](config& c) -> auto& { return c.search.indexer_nice; }, 0, 19)},
       {"search.commit_interval_ms",
        ranged([](config& c) -> auto& { return c.search.commit_interval; }, 0, 60'000)},
       {"search.max_batch_units", ranged([](config& c) -> auto& { return c.search.max_batch_units; }, 1, 1'000'000)},

@@ -88,6 +88,9 @@ struct view {
   std::vector<std::shared_ptr<shard>> shards;
 };
 
+// Lowers the calling thread's priority to `nice` (options::indexer_nice); 0: unchanged.
+void lower_priority(int nice);
+
 }  // namespace detail
 
 struct index::impl {

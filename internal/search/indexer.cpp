@@ -4,8 +4,13 @@
 // index; it starts and joins merges (shards.cpp).
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "search/index_impl.hpp"
 #include "search/terms.hpp"
@@ -39,7 +44,15 @@ uint64_t delete_before(Xapian::WritableDatabase& db, const std::string& context_
 
 }  // namespace
 
+// Linux: nice is per thread.
+void detail::lower_priority(int nice) {
+  if (nice <= 0) return;
+  if (::setpriority(PRIO_PROCESS, pid_t(::syscall(SYS_gettid)), nice) != 0)
+    spdlog::warn("search: cannot set the indexer's nice value to {}: {}", nice, std::strerror(errno));
+}
+
 void index::impl::run_indexer() {
+  detail::lower_priority(opts.indexer_nice);
   int rebuilds = 0;
   for (;;) {
     auto ok = guarded_indexing();
@@ -196,7 +209,12 @@ bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& wo
       for (const auto& ev : *events) {
         if (ev.has_work_unit()) {
           const auto& unit = ev.work_unit();
-          writer->replace_document(unique_term(unit.id()), make_document(unit, generator, opts.max_text_bytes));
+          // add, not replace: a unit past the context's position is in no shard. The
+          // position commits with the documents, storage refuses a second unit with
+          // an id, and a deleted context's documents (whose ids an import may bring
+          // back) are purged by context, not by id. replace_document would look the
+          // id up in every posting list first.
+          writer->add_document(make_document(unit, generator, opts.max_text_bytes));
           uncommitted_ts.push_back(unit.ts_ns());
           --budget;
         }

@@ -221,7 +221,10 @@ model::status index::impl::manage_tiers() {
     merge_done = false;
     abort_merge = false;
     merge_error.clear();
-    merger = std::thread([this, src = merging] { merge(src); });
+    merger = std::thread([this, src = merging] {
+      detail::lower_priority(opts.indexer_nice);
+      merge(src);
+    });
   }
   return {};
 }
