@@ -37,8 +37,9 @@ struct options {
   std::chrono::milliseconds commit_interval{10};
   // The nice value of the indexing and merging threads (0-19). Above 0 the kernel
   // gives the request threads the CPU first when both want it, and the index
-  // catches up when they do not (bench/README.md has the trade-off).
-  int indexer_nice = 10;
+  // catches up when they do not: more appends/s, far staler search on a busy
+  // machine (bench/README.md has the trade-off).
+  int indexer_nice = 0;
   // Bytes of a payload indexed as text; the rest is ignored.
   size_t max_text_bytes = size_t(1) << 20;
   // Threads that run queries, and queries allowed to wait for one.
