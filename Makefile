@@ -8,6 +8,8 @@
 #                (config: config.example.yaml)
 #   make test    build and run every test through CTest
 #   make bench   build the load tool and run the benchmarks (see bench/README.md)
+#   make bench-peers  Engram beside Redis, NATS and nginx, interleaved in one run
+#                (bench/peers.sh; installs those peers from Debian's packages)
 #   make install install engram, engramctl, the C++ SDK, the config example and a
 #                systemd unit under PREFIX (default /usr/local; DESTDIR for staging);
 #                binaries are installed stripped (the build keeps its debug info for perf)
@@ -42,7 +44,7 @@ FUZZ_TARGETS := request_json query ws_message storage_record token
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test-deps fuzz-deps build run test bench install asan tsan fuzz clean
+.PHONY: deps test-deps fuzz-deps build run test bench bench-peers install asan tsan fuzz clean
 
 # Installs only the packages of $(1) that are missing, so repeated runs cost a dpkg query.
 define install_missing
@@ -82,6 +84,9 @@ test: test-deps build
 
 bench: build
 	bench/run.sh $(BUILD_DIR)
+
+bench-peers: build
+	bench/peers.sh $(BUILD_DIR)
 
 install: build
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD_DIR) --prefix $(PREFIX) --strip

@@ -5,6 +5,10 @@
 //       a writer appends `rate` units/s round-robin over the contexts, stamping the
 //       send time in meta "t". Each subscriber records now - t on receipt:
 //       publish-to-receive latency, end to end (HTTP POST, commit, fsync, router, WS).
+//   engram-fanout latency --protocol redis|nats --port P …
+//       the same run against a pub/sub broker, for comparison (bench/peers.sh):
+//       subscribers on raw TCP (Redis SUBSCRIBE, NATS SUB), C channels, and a
+//       publisher (PUBLISH, PUB) whose 300-byte payload starts with its send time.
 //   engram-fanout idle --port P --subscribers 1000 --server-pid PID
 //       opens idle subscriptions and reports the server's RSS growth per connection.
 //   engram-fanout replay --port P --units 100000
@@ -17,18 +21,26 @@
 //       stored: this is the router and the WebSocket path alone.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -46,7 +58,11 @@ int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+// What the latency mode measures: Engram's WebSocket stream, or a pub/sub broker.
+enum class protocol { engram, redis, nats };
+
 struct settings {
+  protocol proto = protocol::engram;
   uint16_t port = 8080;
   unsigned subscribers = 1;
   unsigned contexts = 1;
@@ -56,6 +72,12 @@ struct settings {
   int server_pid = 0;
   std::string label;
 };
+
+// A receipt of something sent at `sent_ns`: its latency goes to `sink`.
+void record(std::vector<uint64_t>& sink, std::atomic<size_t>& units, int64_t sent_ns) {
+  sink.push_back(uint64_t(now_ns() - sent_ns));
+  ++units;
+}
 
 // One async WebSocket subscriber.
 class subscriber : public std::enable_shared_from_this<subscriber> {
@@ -96,9 +118,7 @@ class subscriber : public std::enable_shared_from_this<subscriber> {
     if (first_) return on_delta(m);
     const auto pos = m.find("\"t\":\"");
     if (pos == std::string::npos) return;
-    const int64_t sent = std::stoll(m.substr(pos + 5));
-    sink_.push_back(uint64_t(now_ns() - sent));
-    ++units_;
+    record(sink_, units_, std::stoll(m.substr(pos + 5)));
   }
   // A delta's text is "<index>:<send time ns>".
   void on_delta(const std::string& m) {
@@ -121,6 +141,210 @@ class subscriber : public std::enable_shared_from_this<subscriber> {
   std::vector<uint64_t>* first_;  // drafts: the first receipt per delta index
 };
 
+// --- Pub/sub brokers, for comparison: just enough of each wire protocol ---------
+
+size_t to_size(std::string_view s) {
+  size_t n = 0;
+  std::from_chars(s.data(), s.data() + s.size(), n);
+  return n;
+}
+
+// A Redis command as RESP: an array of bulk strings.
+std::string resp_command(std::initializer_list<std::string_view> args) {
+  std::string out = "*" + std::to_string(args.size()) + "\r\n";
+  for (auto a : args) out.append("$").append(std::to_string(a.size())).append("\r\n").append(a).append("\r\n");
+  return out;
+}
+
+// One complete RESP reply at the front of `in`. A simple string, error or integer
+// is one item, prefix kept ("+OK", "-ERR …", ":3"); an array is its elements,
+// bulk strings and integers without prefix (all that SUBSCRIBE, PUBLISH and
+// pub/sub messages use). Returns the bytes the reply spans, or 0 while incomplete.
+//   *3\r\n $7\r\n message\r\n $2\r\n ch\r\n $300\r\n <payload>\r\n
+size_t parse_resp(std::string_view in, std::vector<std::string_view>& items) {
+  size_t pos = 0;
+  auto line = [&]() -> std::optional<std::string_view> {
+    const size_t end = in.find("\r\n", pos);
+    if (end == std::string_view::npos || end == pos) return std::nullopt;
+    const auto l = in.substr(pos, end - pos);
+    pos = end + 2;
+    return l;
+  };
+  items.clear();
+  const auto head = line();
+  if (!head) return 0;
+  if (head->front() != '*') {
+    items.push_back(*head);
+    return pos;
+  }
+  for (const size_t n = to_size(head->substr(1)); items.size() < n;) {
+    const auto l = line();
+    if (!l) return 0;
+    if (l->front() != '$') {
+      items.push_back(l->substr(1));
+      continue;
+    }
+    const size_t len = to_size(l->substr(1));
+    if (in.size() < pos + len + 2) return 0;
+    items.push_back(in.substr(pos, len));
+    pos += len + 2;
+  }
+  return pos;
+}
+
+// One complete NATS protocol message at the front of `in`: its control line and,
+// for MSG, its payload. Returns the bytes it spans, or 0 while incomplete.
+//   MSG <subject> <sid> [reply-to] <#bytes>\r\n<payload>\r\n     INFO {…}  PING  PONG  +OK  -ERR '…'
+size_t parse_nats(std::string_view in, std::string_view& line, std::string_view& payload) {
+  const size_t end = in.find("\r\n");
+  if (end == std::string_view::npos) return 0;
+  line = in.substr(0, end);
+  payload = {};
+  if (!line.starts_with("MSG ")) return end + 2;
+  const size_t len = to_size(line.substr(line.rfind(' ') + 1));
+  if (in.size() < end + 2 + len + 2) return 0;
+  payload = in.substr(end + 2, len);
+  return end + 2 + len + 2;
+}
+
+// A broker message's payload: its send time (ns since the epoch), ':', then
+// padding to 300 bytes, the text size of the units the Engram writer appends.
+std::string stamped_payload() {
+  std::string p = std::to_string(now_ns()) + ':';
+  p.resize(300, 'x');
+  return p;
+}
+
+// One async subscriber of a broker (Redis SUBSCRIBE or NATS SUB) on a plain TCP
+// socket. Lives on the client's one io_context thread, like `subscriber`.
+class broker_subscriber : public std::enable_shared_from_this<broker_subscriber> {
+ public:
+  broker_subscriber(net::io_context& ioc, protocol p, std::vector<uint64_t>& sink, std::atomic<size_t>& units,
+                    std::atomic<size_t>& ready)
+      : sock_(ioc), proto_(p), sink_(sink), units_(units), ready_(ready) {}
+
+  void start(const tcp::endpoint& ep, const std::string& channel) {
+    sock_.async_connect(ep, [self = shared_from_this(), channel](beast::error_code ec) {
+      if (ec) return std::fprintf(stderr, "connect: %s\n", ec.message().c_str()), void();
+      self->sock_.set_option(tcp::no_delay(true));
+      // NATS answers the PING after the SUB is in place: that PONG is our "ready".
+      self->send(self->proto_ == protocol::redis ? resp_command({"SUBSCRIBE", channel})
+                                                 : "CONNECT {\"verbose\":false}\r\nSUB " + channel + " 1\r\nPING\r\n");
+      self->read();
+    });
+  }
+  void close() {
+    beast::error_code ec;
+    sock_.close(ec);
+  }
+
+ private:
+  void read() {
+    sock_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      if (ec) return;
+      self->in_.append(self->chunk_.data(), n);
+      self->in_.erase(0, self->proto_ == protocol::redis ? self->take_resp() : self->take_nats());
+      self->read();
+    });
+  }
+  // Handles every complete message in in_; returns the bytes they span.
+  size_t take_resp() {
+    size_t done = 0;
+    std::vector<std::string_view> items;
+    while (const size_t n = parse_resp(std::string_view(in_).substr(done), items)) {
+      done += n;
+      if (items.size() == 3 && items[0] == "message") record(sink_, units_, payload_time(items[2]));
+      else if (items.size() == 3 && items[0] == "subscribe") ++ready_;
+      else if (!items.empty() && items[0].starts_with('-')) std::fprintf(stderr, "redis: %.*s\n", int(items[0].size()), items[0].data());
+    }
+    return done;
+  }
+  size_t take_nats() {
+    size_t done = 0;
+    std::string_view line, payload;
+    while (const size_t n = parse_nats(std::string_view(in_).substr(done), line, payload)) {
+      done += n;
+      if (line.starts_with("MSG ")) record(sink_, units_, payload_time(payload));
+      else if (line == "PING") send("PONG\r\n");
+      else if (line == "PONG" && !subscribed_) {
+        subscribed_ = true;
+        ++ready_;
+      } else if (line.starts_with("-ERR")) std::fprintf(stderr, "nats: %.*s\n", int(line.size()), line.data());
+    }
+    return done;
+  }
+  static int64_t payload_time(std::string_view p) {
+    int64_t t = 0;
+    std::from_chars(p.data(), p.data() + p.size(), t);
+    return t;
+  }
+  // At most one write in flight; the rest wait in out_.
+  void send(std::string m) {
+    out_.push_back(std::move(m));
+    if (out_.size() == 1) write_next();
+  }
+  void write_next() {
+    net::async_write(sock_, net::buffer(out_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return;
+      self->out_.pop_front();
+      if (!self->out_.empty()) self->write_next();
+    });
+  }
+
+  tcp::socket sock_;
+  protocol proto_;
+  std::array<char, 16384> chunk_;
+  std::string in_;
+  std::deque<std::string> out_;
+  bool subscribed_ = false;
+  std::vector<uint64_t>& sink_;
+  std::atomic<size_t>& units_;
+  std::atomic<size_t>& ready_;
+};
+
+// The publisher of a broker run: one blocking connection that publishes, then
+// waits for the broker's answer before the next publish (Redis: PUBLISH's reply;
+// NATS: the PONG to a PING sent after the PUB), as the Engram writer waits for
+// its 201. The latency is stamped before the send, so the wait is not in it.
+class broker_publisher {
+ public:
+  broker_publisher(protocol p, const tcp::endpoint& ep) : sock_(ioc_), proto_(p) {
+    sock_.connect(ep);
+    sock_.set_option(tcp::no_delay(true));
+    if (proto_ == protocol::nats) net::write(sock_, net::buffer(std::string("CONNECT {\"verbose\":false}\r\n")));
+  }
+
+  // False, with a message, when the publish failed.
+  bool publish(const std::string& channel) {
+    const std::string p = stamped_payload();
+    const std::string m = proto_ == protocol::redis
+                              ? resp_command({"PUBLISH", channel, p})
+                              : "PUB " + channel + " " + std::to_string(p.size()) + "\r\n" + p + "\r\nPING\r\n";
+    beast::error_code ec;
+    net::write(sock_, net::buffer(m), ec);
+    for (std::array<char, 4096> chunk; !ec;) {
+      std::vector<std::string_view> items;
+      std::string_view line, payload;
+      while (const size_t n = proto_ == protocol::redis ? parse_resp(in_, items) : parse_nats(in_, line, payload)) {
+        const std::string reply(proto_ == protocol::nats ? line : items.empty() ? "" : items.front());  // Redis: ":<receivers>" or "-ERR …"
+        in_.erase(0, n);
+        if (reply.starts_with('-')) return std::fprintf(stderr, "publish: %s\n", reply.c_str()), false;
+        if (proto_ == protocol::redis || reply == "PONG") return true;
+        if (reply == "PING") net::write(sock_, net::buffer(std::string("PONG\r\n")), ec);  // else INFO, +OK
+      }
+      in_.append(chunk.data(), sock_.read_some(net::buffer(chunk), ec));
+    }
+    std::fprintf(stderr, "publish: %s\n", ec.message().c_str());
+    return false;
+  }
+
+ private:
+  net::io_context ioc_;
+  tcp::socket sock_;
+  protocol proto_;
+  std::string in_;
+};
+
 long rss_kib(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -137,8 +361,9 @@ double percentile_us(const std::vector<uint64_t>& sorted, double p) {
 void print_latency(const settings& s, std::vector<uint64_t>& lat, double elapsed) {
   std::sort(lat.begin(), lat.end());
   auto pct = [&](double p) { return percentile_us(lat, p); };
-  std::printf("%sfanout subscribers=%u contexts=%u rate=%.0f/s delivered=%zu (%.0f/s) p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
-              s.label.empty() ? "" : (s.label + " ").c_str(), s.subscribers, s.contexts, s.rate, lat.size(),
+  static const char* const names[] = {"engram", "redis", "nats"};
+  std::printf("%sfanout protocol=%s subscribers=%u contexts=%u rate=%.0f/s delivered=%zu (%.0f/s) p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
+              s.label.empty() ? "" : (s.label + " ").c_str(), names[int(s.proto)], s.subscribers, s.contexts, s.rate, lat.size(),
               double(lat.size()) / elapsed, pct(0.5), pct(0.99), pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
 }
 
@@ -165,29 +390,52 @@ int run_latency(const settings& s) {
   std::vector<uint64_t> lat;
   lat.reserve(size_t(s.rate * s.seconds * s.subscribers / s.contexts) + 1024);
   std::atomic<size_t> units{0}, ready{0};
-  std::vector<std::shared_ptr<subscriber>> subs;
   const std::string run_id = std::to_string(now_ns());
+  // The i-th context (Engram) or channel (a broker's subject), round-robin.
+  auto channel = [&](size_t i) {
+    const auto k = std::to_string(i % s.contexts);
+    return s.proto == protocol::engram ? "fanout-" + run_id + "/" + k : "fanout." + run_id + "." + k;
+  };
+  // The i-th publish, paced below: false when it failed.
+  std::function<bool(size_t)> publish;
+  engram::client::http_connection w("127.0.0.1", s.port);
+  std::optional<broker_publisher> broker;
+  if (s.proto == protocol::engram) {
+    publish = [&](size_t i) {
+      const auto body = json({{"context_id", channel(i)}, {"agent_id", "bench"}, {"type", 1},
+                              {"text", std::string(300, 'x')}, {"meta", {{"t", std::to_string(now_ns())}}}}).dump();
+      auto r = w.request("POST", "/workunit", body);
+      if (!r || r->status != 201) return std::fprintf(stderr, "append failed\n"), false;
+      return true;
+    };
+  } else {
+    try {
+      broker.emplace(s.proto, ep);
+    } catch (const std::exception& e) {
+      return std::fprintf(stderr, "publisher: %s\n", e.what()), 1;
+    }
+    publish = [&](size_t i) { return broker->publish(channel(i)); };
+  }
+  std::vector<std::shared_ptr<subscriber>> subs;
+  std::vector<std::shared_ptr<broker_subscriber>> broker_subs;
   for (unsigned i = 0; i < s.subscribers; ++i) {
-    subs.push_back(std::make_shared<subscriber>(ioc, lat, units, ready));
-    subs.back()->start(ep, "/stream?context=fanout-" + run_id + "/" + std::to_string(i % s.contexts));
+    if (s.proto == protocol::engram) {
+      subs.push_back(std::make_shared<subscriber>(ioc, lat, units, ready));
+      subs.back()->start(ep, "/stream?context=" + channel(i));
+    } else {
+      broker_subs.push_back(std::make_shared<broker_subscriber>(ioc, s.proto, lat, units, ready));
+      broker_subs.back()->start(ep, channel(i));
+    }
   }
   std::thread io;
   if (!start_subscribers(ioc, io, ready, s.subscribers)) return 1;
-  // Writer: paced appends, round-robin over the contexts.
-  engram::client::http_connection w("127.0.0.1", s.port);
+  // Paced publishes, round-robin over the contexts.
   const auto start = std::chrono::steady_clock::now();
   const auto period = std::chrono::duration<double>(1.0 / s.rate);
   size_t sent = 0;
   for (; std::chrono::steady_clock::now() - start < std::chrono::duration<double>(s.seconds); ++sent) {
     std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(period * double(sent)));
-    const auto body = json({{"context_id", "fanout-" + run_id + "/" + std::to_string(sent % s.contexts)},
-                            {"agent_id", "bench"}, {"type", 1}, {"text", std::string(300, 'x')},
-                            {"meta", {{"t", std::to_string(now_ns())}}}}).dump();
-    auto r = w.request("POST", "/workunit", body);
-    if (!r || r->status != 201) {
-      std::fprintf(stderr, "append failed\n");
-      break;
-    }
+    if (!publish(sent)) break;
   }
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Let in-flight deliveries land (bounded).
@@ -195,7 +443,10 @@ int run_latency(const settings& s) {
   const auto drain_end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (units < expect && std::chrono::steady_clock::now() < drain_end)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  net::post(ioc, [&] { for (auto& s2 : subs) s2->close(); });
+  net::post(ioc, [&] {
+    for (auto& s2 : subs) s2->close();
+    for (auto& s2 : broker_subs) s2->close();
+  });
   ioc.stop();
   io.join();
   print_latency(s, lat, elapsed);
@@ -340,6 +591,9 @@ int main(int argc, char** argv) {
   lat->add_option("--contexts", s.contexts)->check(CLI::Range(1u, 10000u));
   lat->add_option("--rate", s.rate, "units per second written")->check(CLI::Range(1.0, 100000.0));
   lat->add_option("--seconds", s.seconds)->check(CLI::Range(0.5, 600.0));
+  lat->add_option("--protocol", s.proto, "engram (WebSocket), or a broker to compare with: redis, nats")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, protocol>{{"engram", protocol::engram}, {"redis", protocol::redis}, {"nats", protocol::nats}}));
   auto* idle = app.add_subcommand("idle", "server memory per idle subscriber");
   idle->add_option("--subscribers", s.subscribers)->check(CLI::Range(1u, 20000u));
   idle->add_option("--server-pid", s.server_pid)->required();

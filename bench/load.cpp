@@ -1,7 +1,7 @@
 // engram-load: drives a running Engram server over loopback and reports latency
 // percentiles and throughput. One keep-alive connection per worker thread.
 //
-//   engram-load write --port P --connections 16 --seconds 10 --payload-bytes 300
+//   engram-load write --port P --connections 16 --seconds 10 --payload-bytes 300 [--contexts 1]
 //   engram-load seed  --port P --units 1000000 --target-units 100000
 //   engram-load read  --port P --connections 16 --seconds 10 --context bench/target
 //   engram-load mcp   --port P --connections 1 --seconds 10 --limit 10
@@ -34,6 +34,7 @@ struct settings {
   size_t payload_bytes = 300;
   std::string context = "bench/target";
   size_t limit = 100;
+  unsigned contexts = 0;  // write: contexts the workers share; 0: one per worker
   size_t units = 1'000'000;
   size_t target_units = 100'000;
   size_t batch = 1000;
@@ -96,6 +97,9 @@ void timed(const settings& s, const std::string& what, Op op) {
 
 void run_write(const settings& s) {
   const std::string payload(s.payload_bytes, 'x');
+  // Each worker writes its own context by default, as agents usually do; all share
+  // the committer. With --contexts N, worker w writes context w mod N.
+  auto context = [&](unsigned w) { return "bench/w" + std::to_string(s.contexts ? w % s.contexts : w); };
   if (s.sdk) {
     // The SDK as agents use it: one thread-safe client shared by every worker
     // (pooled keep-alive connections), a generated Idempotency-Key per append.
@@ -110,7 +114,7 @@ void run_write(const settings& s) {
     }
     timed(s, "sdk-write", [&](engram::client::http_connection&, unsigned w, uint64_t i) {
       engram::client::unit_input u;
-      u.context_id = "bench/w" + std::to_string(w);
+      u.context_id = context(w);
       u.payload = payload;
       u.meta = {{"i", std::to_string(i)}};
       auto r = sdk->append(u);
@@ -119,8 +123,7 @@ void run_write(const settings& s) {
     return;
   }
   timed(s, "write", [&](engram::client::http_connection& c, unsigned w, uint64_t i) {
-    // Each worker writes its own context, as agents usually do; all share the committer.
-    const auto body = json({{"context_id", "bench/w" + std::to_string(w)},
+    const auto body = json({{"context_id", context(w)},
                             {"agent_id", "bench"},
                             {"type", 1},
                             {"text", payload},
@@ -260,6 +263,8 @@ int main(int argc, char** argv) {
   app.add_option("--label", s.label, "prefix for the result line");
   auto* write = app.add_subcommand("write", "single-unit POST /workunit");
   write->add_flag("--sdk", s.sdk, "append through the C++ SDK (engram::client::client) instead of raw HTTP");
+  write->add_option("--contexts", s.contexts, "contexts shared by the workers (default: one per connection)")
+      ->check(CLI::Range(1u, 100000u));
   auto* read = app.add_subcommand("read", "GET /workunits/{ctx}?limit=N&reverse=true");
   read->add_option("--context", s.context);
   read->add_option("--limit", s.limit);

@@ -2,7 +2,7 @@
 # Runs the end-to-end benchmarks of bench/README.md against the real engram binary on
 # loopback, then the micro-benchmarks. Bounded: every run has a fixed duration.
 #
-#   bench/run.sh [build-dir] [sections…]     sections: write read isolation streams drafts locks agents search vectors packet mcp sdk micro
+#   bench/run.sh [build-dir] [sections…]     sections: write indexing read isolation streams drafts locks agents search vectors packet mcp sdk micro
 #   BENCH_SECONDS=10 BENCH_UNITS=1000000 BENCH_TARGET_UNITS=100000 bench/run.sh build
 #   BENCH_SEARCH_UNITS=1000000 bench/run.sh build search
 #   BENCH_SEARCH_SET="search.fsync=true" bench/run.sh build search   (server settings)
@@ -12,7 +12,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 shift || true
-SECTIONS=${*:-write read isolation streams drafts locks agents search vectors packet mcp sdk micro}
+SECTIONS=${*:-write indexing read isolation streams drafts locks agents search vectors packet mcp sdk micro}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIN=$BUILD/bin
 SECS=${BENCH_SECONDS:-10}
@@ -59,6 +59,17 @@ for mode in sync relaxed; do
   done
   curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^engram_storage_(commit_groups_total|events_written_total)' | sed 's/^/  /'
   stop_server
+done
+fi
+
+if has indexing; then
+echo "## what the search index costs appends: POST /workunit, 300 B, 50 connections, one context per connection, ${SECS}s, search on then off"
+for mode in sync relaxed; do
+  for search in true false; do
+    start_server "$mode" "$WORK/indexing-$mode-$search" --set "search.enabled=$search"
+    "$BIN/engram-load" write --port "$PORT" --connections 50 --seconds "$SECS" --payload-bytes 300 --label "$mode search=$search"
+    stop_server
+  done
 done
 fi
 
