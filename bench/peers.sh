@@ -247,40 +247,37 @@ round_label() { if [ "$ROUNDS" -gt 1 ]; then echo " (round $1)"; fi; }
 echo "# Engram and its peers — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "# $(redis-server --version | cut -d' ' -f1-3), nats-server $(nats-server --version | sed 's/.* //'), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); ${SECS}s per run, $ROUNDS round(s)"
 
+# One append row: Engram with engram-load, then Redis with redis-benchmark.
+#   append_row title durability engram-contexts appendfsync peer-title redis-benchmark-args…
+# engram-contexts: "1" (every connection writes one context) or "" (one per connection).
+append_row() {
+  local title=$1 durability=$2 contexts=$3 fsync=$4 peer=$5 e er
+  shift 5
+  engram_up "$durability" "$WORK/append"
+  engram_load write --connections "$CONNS" ${contexts:+--contexts "$contexts"} --payload-bytes 300 \
+    --label "$durability-${contexts:-$CONNS}ctx"
+  e="$(throughput)"; er=$RPS; engram_down; rm -rf "$WORK/append"
+  redis_up "$fsync" "$WORK/redis"
+  redis_bench "$CONNS" "$@"
+  redis_down; rm -rf "$WORK/redis"
+  row "$title" "$e" "$peer: $(throughput)" "$(ratio "$er" "$RPS") (req/s)" "engram-load / redis-benchmark"
+}
+
 if has durable; then
   echo "## durable append: POST /workunit (sync) vs Redis XADD (appendfsync always), $CONNS connections, 300 B"
   for r in $(seq 1 "$ROUNDS"); do
-    engram_up sync "$WORK/durable-1"
-    engram_load write --connections "$CONNS" --contexts 1 --payload-bytes 300 --label sync-1ctx
-    E="$(throughput)"; ER=$RPS; engram_down; rm -rf "$WORK/durable-1"
-    redis_up always "$WORK/redis"
-    redis_bench "$CONNS" XADD s '*' f "$VALUE"
-    redis_down; rm -rf "$WORK/redis"
-    row "durable append, $CONNS conns, 300 B, one context$(round_label "$r")" "$E" \
-      "Redis XADD, appendfsync always: $(throughput)" "$(ratio "$ER" "$RPS") (req/s)" "engram-load / redis-benchmark"
-
-    engram_up sync "$WORK/durable-50"
-    engram_load write --connections "$CONNS" --payload-bytes 300 --label sync-${CONNS}ctx
-    E="$(throughput)"; ER=$RPS; engram_down; rm -rf "$WORK/durable-50"
-    redis_up always "$WORK/redis"
-    redis_bench "$CONNS" -r "$CONNS" XADD 's:__rand_int__' '*' f "$VALUE"
-    redis_down; rm -rf "$WORK/redis"
-    row "durable append, $CONNS conns, 300 B, $CONNS contexts$(round_label "$r")" "$E" \
-      "Redis XADD to $CONNS streams (random), always: $(throughput)" "$(ratio "$ER" "$RPS") (req/s)" "engram-load / redis-benchmark"
+    append_row "durable append, $CONNS conns, 300 B, one context$(round_label "$r")" sync 1 always \
+      "Redis XADD, appendfsync always" XADD s '*' f "$VALUE"
+    append_row "durable append, $CONNS conns, 300 B, $CONNS contexts$(round_label "$r")" sync "" always \
+      "Redis XADD to $CONNS streams (random), always" -r "$CONNS" XADD 's:__rand_int__' '*' f "$VALUE"
   done
 fi
 
 if has relaxed; then
   echo "## relaxed append: POST /workunit (relaxed) vs Redis XADD (appendfsync everysec), $CONNS connections, 300 B, one context"
   for r in $(seq 1 "$ROUNDS"); do
-    engram_up relaxed "$WORK/relaxed"
-    engram_load write --connections "$CONNS" --contexts 1 --payload-bytes 300 --label relaxed-1ctx
-    E="$(throughput)"; ER=$RPS; engram_down; rm -rf "$WORK/relaxed"
-    redis_up everysec "$WORK/redis"
-    redis_bench "$CONNS" XADD s '*' f "$VALUE"
-    redis_down; rm -rf "$WORK/redis"
-    row "relaxed append, $CONNS conns, 300 B, one context$(round_label "$r")" "$E" \
-      "Redis XADD, appendfsync everysec: $(throughput)" "$(ratio "$ER" "$RPS") (req/s)" "engram-load / redis-benchmark"
+    append_row "relaxed append, $CONNS conns, 300 B, one context$(round_label "$r")" relaxed 1 everysec \
+      "Redis XADD, appendfsync everysec" XADD s '*' f "$VALUE"
   done
 fi
 

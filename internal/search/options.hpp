@@ -35,7 +35,8 @@ struct options {
   size_t recent_units = 50'000;
   // Least time between two index commits: bounds the fsync rate under load.
   std::chrono::milliseconds commit_interval{10};
-  // The nice value of the indexing and merging threads (0-19). Above 0 the kernel
+  // The nice value of the indexing thread (0-19; merges run at 10, or this if
+  // higher). Above 0 the kernel
   // gives the request threads the CPU first when both want it, and the index
   // catches up when they do not: more appends/s, far staler search on a busy
   // machine (bench/README.md has the trade-off).

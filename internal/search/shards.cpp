@@ -221,10 +221,7 @@ model::status index::impl::manage_tiers() {
     merge_done = false;
     abort_merge = false;
     merge_error.clear();
-    merger = std::thread([this, src = merging] {
-      detail::lower_priority(opts.indexer_nice);
-      merge(src);
-    });
+    merger = std::thread([this, src = merging] { merge(src); });
   }
   return {};
 }
@@ -233,8 +230,8 @@ model::status index::impl::manage_tiers() {
 // wholly in one place), marks it merged, then shows the base without it.
 void index::impl::merge(const std::shared_ptr<shard>& src) {
   // Background work: yield the CPU to the indexer and the request threads, so
-  // freshness holds while a merge runs (Linux: nice applies per thread).
-  ::setpriority(PRIO_PROCESS, ::gettid(), 10);
+  // freshness holds while a merge runs.
+  detail::lower_priority(std::max(10, opts.indexer_nice));
   try {
     const auto t0 = steady::now();
     Xapian::Database in(src->dir);

@@ -19,7 +19,7 @@ using model::errc;
 using model::fail;
 using json = nlohmann::json;
 
-constexpr int format = 1;
+constexpr int format = 2;  // 2: with the label → vseq table
 constexpr std::string_view prefix = "snap-";
 
 model::error os_error(const std::string& what, const std::string& path, int err = errno) {
@@ -83,7 +83,7 @@ model::result<std::optional<std::pair<std::string, manifest>>> read_current(cons
     for (const auto& e : j.at("models"))
       m.models.push_back({e.at("model").get<std::string>(), e.at("dim").get<uint32_t>(), e.at("m").get<size_t>(),
                           e.at("ef_construction").get<size_t>(), file_from_json(e.at("graph")),
-                          file_from_json(e.at("ids"))});
+                          file_from_json(e.at("ids")), file_from_json(e.at("vseqs"))});
     return found{std::pair{dir, std::move(m)}};
   } catch (const json::exception& e) {
     return fail(errc::internal, "vector snapshot " + dir + ": manifest.json: " + e.what());
@@ -94,6 +94,7 @@ model::result<std::string> begin(const std::string& root, uint64_t vseq) {
   const std::string dir = root + "/" + std::string(prefix) + std::to_string(vseq);
   std::error_code ec;
   fs::remove_all(dir, ec);  // a save of the same vseq that did not finish
+  if (ec) return fail(errc::unavailable, "cannot remove " + dir + ": " + ec.message());
   fs::create_directories(dir, ec);
   if (ec) return fail(errc::unavailable, "cannot create " + dir + ": " + ec.message());
   return dir;
@@ -128,7 +129,7 @@ model::status commit(const std::string& root, const std::string& dir, const mani
   json models = json::array();
   for (const auto& e : m.models)
     models.push_back({{"model", e.model}, {"dim", e.dim}, {"m", e.m}, {"ef_construction", e.ef_construction},
-                      {"graph", to_json(e.graph)}, {"ids", to_json(e.ids)}});
+                      {"graph", to_json(e.graph)}, {"ids", to_json(e.ids)}, {"vseqs", to_json(e.vseqs)}});
   const json j{{"format", format}, {"vseq", m.vseq}, {"store", m.store}, {"models", std::move(models)}};
   if (auto ok = write_sealed(dir, "manifest.json", j.dump(2)); !ok) return std::unexpected(ok.error());
   if (auto ok = fsync_path(dir, true); !ok) return ok;
@@ -140,11 +141,16 @@ model::status commit(const std::string& root, const std::string& dir, const mani
   if (auto ok = fsync_path(root, true); !ok) return ok;
   std::vector<fs::path> older;
   for (const auto& entry : fs::directory_iterator(root, ec))
-    if (entry.is_directory() && entry.path().filename().string().starts_with(prefix) &&
-        entry.path().filename() != name)
+    if (std::error_code kind; entry.is_directory(kind) && entry.path().filename().string().starts_with(prefix) &&
+                              entry.path().filename() != name)
       older.push_back(entry.path());
   for (const auto& path : older) fs::remove_all(path, ec);
   return {};
+}
+
+void drop(const std::string& root) {
+  std::error_code ec;
+  if (fs::remove(root + "/CURRENT", ec)) (void)fsync_path(root, true);
 }
 
 }  // namespace engram::search::snapshot

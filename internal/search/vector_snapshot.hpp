@@ -4,7 +4,8 @@
 //   <root>/CURRENT            the name of the newest complete snapshot
 //   <root>/snap-<vseq>/       one snapshot: the graphs hold every vector up to vseq
 //       manifest.json         what follows, with each file's size and XXH3 hash
-//       <i>.hnsw, <i>.ids     model i's graph (hnswlib's format) and label → unit table
+//       <i>.hnsw              model i's graph (hnswlib's format)
+//       <i>.ids, <i>.vseq     its label → unit and label → vseq tables
 //
 // Every file is fsynced before CURRENT moves to its snapshot (written aside, then
 // renamed), so a crash mid-save leaves the previous snapshot in force; a file that
@@ -31,7 +32,7 @@ struct model_entry {
   uint32_t dim = 0;
   size_t m = 0;                // the graph's parameters when it was built
   size_t ef_construction = 0;
-  file_check graph, ids;
+  file_check graph, ids, vseqs;
 };
 
 struct manifest {
@@ -58,5 +59,8 @@ bool verify(const std::string& dir, const file_check& f);
 // Writes the manifest, fsyncs the directory, moves CURRENT to it and removes every
 // other snapshot directory.
 model::status commit(const std::string& root, const std::string& dir, const manifest& m);
+
+// Removes CURRENT (durably): no snapshot is in force until the next commit.
+void drop(const std::string& root);
 
 }  // namespace engram::search::snapshot

@@ -99,7 +99,8 @@ struct space {
   // Searches share the lock; inserts (and growth) take it exclusively.
   mutable std::shared_mutex mu;
   std::unique_ptr<graph_type> graph;
-  std::vector<unit_key> ids;  // label → unit
+  std::vector<unit_key> ids;     // label → unit
+  std::vector<uint64_t> vseqs;   // label → the vseq its vector was stored under
   std::unordered_map<unit_key, hnswlib::labeltype, unit_key_hash> labels;
 };
 
@@ -264,7 +265,12 @@ struct vector_index::impl {
             *dir, n + ".ids",
             std::string_view(reinterpret_cast<const char*>(sp->ids.data()), sp->ids.size() * sizeof(unit_key)));
         if (!ids) return spdlog::error("search: vector snapshot: {}", ids.error().message);
-        m.models.push_back({model, sp->dim, opts.m, opts.ef_construction, std::move(*graph), std::move(*ids)});
+        auto vseqs = snapshot::write_sealed(
+            *dir, n + ".vseq",
+            std::string_view(reinterpret_cast<const char*>(sp->vseqs.data()), sp->vseqs.size() * sizeof(uint64_t)));
+        if (!vseqs) return spdlog::error("search: vector snapshot: {}", vseqs.error().message);
+        m.models.push_back(
+            {model, sp->dim, opts.m, opts.ef_construction, std::move(*graph), std::move(*ids), std::move(*vseqs)});
         vectors += sp->labels.size();
       }
     }
@@ -287,20 +293,27 @@ struct vector_index::impl {
     return bytes;
   }
 
-  // At start: the graphs from the newest snapshot, minus the vectors storage removed
-  // since it was written. Anything wrong with it (another store, changed graph
-  // parameters, a file that does not match) means it is not used: every vector is
-  // inserted again, as without snapshots.
+  // At start: the graphs from the newest snapshot, checked against storage's vector
+  // keys: a label stays only if storage still has its unit's vector under the same
+  // vseq; a stored vector up to the snapshot's vseq that it lacks (removed and
+  // stored again since, under a reused vseq) is inserted now, and the follower
+  // inserts those after it. Anything else wrong with the snapshot (another store,
+  // changed graph parameters, a file that does not match, mostly deleted slots)
+  // means it is dropped and every vector is inserted again, as without snapshots.
   void load_snapshot() {
     const auto t0 = steady::now();
     auto current = snapshot::read_current(opts.snapshot_dir);
-    if (!current) return spdlog::warn("search: not using the vector snapshot: {}", current.error().message);
+    if (!current) {
+      spdlog::warn("search: not using the vector snapshot: {}; inserting every vector again", current.error().message);
+      return snapshot::drop(opts.snapshot_dir);
+    }
     if (!*current) return;
     const auto& [dir, m] = **current;
+    // Dropped, not just skipped: a snapshot newer than the store would otherwise be
+    // taken once the store's vseqs passed it again, with other vectors under them.
     const auto skip = [&](const std::string& why) {
       spdlog::warn("search: not using the vector snapshot {}: {}; inserting every vector again", dir, why);
-      std::unique_lock lock(spaces_mu);
-      spaces.clear();
+      snapshot::drop(opts.snapshot_dir);
     };
     if (m.store != store.identity()) return skip("it was built from another store");
     if (m.vseq > committed) return skip("it is newer than the store (a restored backup?)");
@@ -308,7 +321,8 @@ struct vector_index::impl {
     for (const auto& e : m.models) {
       if (e.m != opts.m || e.ef_construction != opts.ef_construction)
         return skip("search.vectors.m or ef_construction changed");
-      if (!snapshot::verify(dir, e.graph) || !snapshot::verify(dir, e.ids) || e.ids.bytes % sizeof(unit_key) != 0)
+      if (!snapshot::verify(dir, e.graph) || !snapshot::verify(dir, e.ids) || !snapshot::verify(dir, e.vseqs) ||
+          e.ids.bytes % sizeof(unit_key) != 0 || e.vseqs.bytes / sizeof(uint64_t) != e.ids.bytes / sizeof(unit_key))
         return skip("the files of '" + e.model + "' do not match its manifest");
       std::unique_ptr<space> sp;
       try {
@@ -316,10 +330,17 @@ struct vector_index::impl {
       } catch (const std::exception& ex) {
         return skip(std::string("loading the graph of '") + e.model + "': " + ex.what());
       }
+      // hnswlib keeps deleted slots (memory, snapshot size, search time); once they
+      // are most of the graph, a rebuild from the live vectors is worth its time.
+      if (sp->graph->num_deleted_ * 2 > sp->graph->cur_element_count)
+        return skip("most of the graph of '" + e.model + "' is deleted slots");
       sp->ids.resize(e.ids.bytes / sizeof(unit_key));
-      std::ifstream in(dir + "/" + e.ids.name, std::ios::binary);
-      in.read(reinterpret_cast<char*>(sp->ids.data()), std::streamsize(e.ids.bytes));
-      if (!in || sp->ids.size() != sp->graph->cur_element_count) return skip("the label table of '" + e.model + "'");
+      sp->vseqs.resize(sp->ids.size());
+      std::ifstream ids(dir + "/" + e.ids.name, std::ios::binary), vseqs(dir + "/" + e.vseqs.name, std::ios::binary);
+      ids.read(reinterpret_cast<char*>(sp->ids.data()), std::streamsize(e.ids.bytes));
+      vseqs.read(reinterpret_cast<char*>(sp->vseqs.data()), std::streamsize(e.vseqs.bytes));
+      if (!ids || !vseqs || sp->ids.size() != sp->graph->cur_element_count)
+        return skip("the label table of '" + e.model + "'");
       for (hnswlib::labeltype label = 0; label < sp->ids.size(); ++label) {
         const auto internal = sp->graph->label_lookup_.find(label);
         if (internal != sp->graph->label_lookup_.end() && !sp->graph->isMarkedDeleted(internal->second))
@@ -327,19 +348,24 @@ struct vector_index::impl {
       }
       loaded.emplace(e.model, std::move(sp));
     }
-    // Vectors removed after the snapshot: whatever storage no longer has.
     std::map<std::string, std::vector<bool>, std::less<>> kept;
     for (const auto& [model, sp] : loaded) kept[model].resize(sp->ids.size());
-    auto listed = store.for_each_vector_key([&](std::span<const uint8_t, 16> unit, std::string_view model, uint64_t) {
-      const auto sp = loaded.find(model);
-      if (sp == loaded.end()) return;
+    std::vector<uint64_t> missing;  // stored up to m.vseq, not in the snapshot
+    auto listed = store.for_each_vector_key([&](std::span<const uint8_t, 16> unit, std::string_view model, uint64_t vseq) {
+      if (vseq > m.vseq) return;  // the follower inserts it
       unit_key key;
       std::copy(unit.begin(), unit.end(), key.begin());
-      if (const auto label = sp->second->labels.find(key); label != sp->second->labels.end())
-        kept.find(model)->second[label->second] = true;
+      if (const auto sp = loaded.find(model); sp != loaded.end()) {
+        const auto label = sp->second->labels.find(key);
+        if (label != sp->second->labels.end() && sp->second->vseqs[label->second] == vseq) {
+          kept.find(model)->second[label->second] = true;
+          return;
+        }
+      }
+      missing.push_back(vseq);
     });
     if (!listed) return skip(listed.error().message);
-    uint64_t vectors = 0, removed = 0;
+    uint64_t removed = 0;
     for (auto& [model, sp] : loaded) {
       const auto& keep = kept.find(model)->second;
       for (auto it = sp->labels.begin(); it != sp->labels.end();) {
@@ -351,18 +377,25 @@ struct vector_index::impl {
         it = sp->labels.erase(it);
         ++removed;
       }
-      vectors += sp->labels.size();
     }
     {
       std::unique_lock lock(spaces_mu);
       spaces = std::move(loaded);
     }
+    uint64_t vectors = 0;
+    for (const auto& [model, sp] : spaces) vectors += sp->labels.size();
     count = vectors;
+    for (const uint64_t vseq : missing) {  // rare: each is one read
+      auto one = store.read_vectors(vseq - 1, 1);
+      if (one && !one->empty() && one->front().vseq == vseq) insert(*one);
+    }
     applied = saved_vseq = m.vseq;
-    metrics.vectors->Set(double(vectors));
+    metrics.vectors->Set(double(count.load()));
     metrics.lag->Set(double(lag()));
-    spdlog::info("search: vector snapshot loaded: {} vectors up to vseq {} ({} removed since) in {:.1f} s; {} to insert",
-                 vectors, m.vseq, removed, std::chrono::duration<double>(steady::now() - t0).count(), lag());
+    spdlog::info("search: vector snapshot loaded: {} vectors up to vseq {} ({} removed since, {} stored again) in "
+                 "{:.1f} s; {} to insert",
+                 count.load(), m.vseq, removed, missing.size(),
+                 std::chrono::duration<double>(steady::now() - t0).count(), lag());
   }
 
   // Marks the units' vectors deleted in every model's graph (hnswlib keeps the slot;
@@ -422,6 +455,7 @@ struct vector_index::impl {
       if (!normalize(unit)) continue;
       const auto label = hnswlib::labeltype(sp.ids.size());
       sp.ids.push_back(*key);
+      sp.vseqs.push_back(v->vseq);
       sp.labels.emplace(*key, label);
       work.push_back({label, std::move(unit)});
     }

@@ -138,5 +138,51 @@ TEST(VectorCrashTest, Sigkill_AfterASnapshot_LoadsItAndInsertsOnlyWhatCameAfter)
   EXPECT_NE(proc.log_text().find("not using the vector snapshot"), std::string::npos);
 }
 
+// The newest vectors removed, then a restart: storage hands their vseqs out again.
+// A snapshot that covered them must never be used after that, or the vectors
+// stored under the reused vseqs would be taken as already in it and never inserted.
+TEST(VectorCrashTest, Sigkill_AfterTheNewestVectorsWereRemoved_NeverTakesAStaleSnapshot) {
+  temp_dir dir;
+  const std::string data = dir.str() + "/data";
+  std::mt19937 rng(11);
+  std::vector<stored> a, b, c;
+  {
+    server_process proc(data, "sync", dir.str(),
+                        {"--set", "search.vectors.snapshot_interval_seconds=0", "--set",
+                         "search.vectors.snapshot_min_vectors=50"});
+    proc.start();
+    client::http_connection http("127.0.0.1", proc.port(), 30s);
+    a = append(http, "a", 100, rng);
+    b = append(http, "b", 100, rng);  // vseqs 101-200, the newest
+    wait_loaded(http, 200);
+    ASSERT_TRUE(wait_until([&] {
+      std::string name;
+      std::getline(std::ifstream(data + "/vectors/CURRENT"), name);
+      return name == "snap-200";
+    }, 30s));
+    ASSERT_EQ(call(http, "DELETE", "/contexts/b").status, 200u);
+    wait_loaded(http, 100);
+    ASSERT_EQ(proc.terminate(), 0);
+  }
+  // No snapshot is written from here on (min_vectors is out of reach).
+  server_process proc(data, "sync", dir.str(), {"--set", "search.vectors.snapshot_min_vectors=100000"});
+  proc.start();
+  {
+    client::http_connection http("127.0.0.1", proc.port(), 30s);
+    wait_loaded(http, 100);
+    c = append(http, "c", 100, rng);  // under vseqs 101-200 again
+    wait_loaded(http, 200);
+  }
+  proc.kill9();
+  proc.restart();
+  client::http_connection http("127.0.0.1", proc.port(), 30s);
+  wait_loaded(http, 200);
+  std::set<std::string> removed;
+  for (const auto& u : b) removed.insert(u.id);
+  std::vector<stored> kept = a;
+  kept.insert(kept.end(), c.begin(), c.end());
+  check_search(http, kept, removed);
+}
+
 }  // namespace
 }  // namespace engram::test

@@ -24,18 +24,19 @@ using namespace std::chrono_literals;
 TEST(DotKernels, AgreeWithAReferenceSumAtEveryLength) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n;
-  std::vector<float> a(1100), b(1100);
-  for (auto& x : a) x = n(rng);
-  for (auto& x : b) x = n(rng);
   ASSERT_FALSE(dot_kernels().empty());
   EXPECT_STREQ(best_dot_name(), dot_kernels().front().name);
   for (const auto& [name, kernel] : dot_kernels()) {
     for (size_t len : {0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 383, 384, 385, 1024}) {
       for (size_t offset : {0, 1}) {
+        // Exactly offset + len floats each, so that ASan sees any read past the end.
+        std::vector<float> a(offset + len), b(offset + len);
+        for (auto& x : a) x = n(rng);
+        for (auto& x : b) x = n(rng);
         double want = 0, scale = 0;
-        for (size_t i = 0; i < len; ++i) {
-          want += double(a[offset + i]) * b[offset + i];
-          scale += std::abs(double(a[offset + i]) * b[offset + i]);
+        for (size_t i = offset; i < offset + len; ++i) {
+          want += double(a[i]) * b[i];
+          scale += std::abs(double(a[i]) * b[i]);
         }
         EXPECT_NEAR(kernel(a.data() + offset, b.data() + offset, len), want, 1e-5 * (scale + 1))
             << name << " length " << len << " offset " << offset;
