@@ -16,6 +16,8 @@
 # child of this script on 127.0.0.1, with its own temp dir and config: no system
 # service is used or touched.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 BUILD=${1:-build}
 shift || true
@@ -84,15 +86,7 @@ wait_listening() {  # pid port name log
 # --- the servers --------------------------------------------------------------
 
 engram_up() {  # durability data-dir
-  : > "$WORK/engram.log"
-  "$BIN/engram" --addr 127.0.0.1:0 --data-dir "$2" --durability "$1" --log-level info 2>"$WORK/engram.log" &
-  ENGRAM_PID=$!
-  for _ in $(seq 1 600); do
-    ENGRAM_PORT=$(sed -n 's/.*http: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/engram.log" | head -1)
-    if [ -n "$ENGRAM_PORT" ] && curl -sf "http://127.0.0.1:$ENGRAM_PORT/readyz" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "engram did not become ready" >&2; cat "$WORK/engram.log" >&2; exit 1
+  engram_start "$BIN/engram" "$WORK/engram.log" --data-dir "$2" --durability "$1"
 }
 engram_down() { stop_pid "$ENGRAM_PID"; ENGRAM_PID=""; }
 

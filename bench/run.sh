@@ -9,6 +9,8 @@
 #   BENCH_LAG_SECONDS=60: length of the ack → searchable run
 #   BENCH_PACKET_UNITS=100000: units of the packet bench's context
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 BUILD=${1:-build}
 shift || true
@@ -26,22 +28,15 @@ PID=""
 PORT=""
 
 cleanup() {
+  PID=${PID:-${ENGRAM_PID:-}}  # a server that never became ready too
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill "$PID"; wait "$PID" || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 start_server() {  # durability data-dir [--set key=value…]
-  : > "$WORK/server.log"
-  "$BIN/engram" --addr 127.0.0.1:0 --data-dir "$2" --durability "$1" "${@:3}" \
-    --log-level info 2>"$WORK/server.log" &
-  PID=$!
-  for _ in $(seq 1 600); do
-    PORT=$(sed -n 's/.*http: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/server.log" | head -1)
-    if [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "server did not become ready" >&2; cat "$WORK/server.log" >&2; exit 1
+  engram_start "$BIN/engram" "$WORK/server.log" --data-dir "$2" --durability "$1" "${@:3}"
+  PID=$ENGRAM_PID PORT=$ENGRAM_PORT
 }
 
 stop_server() {

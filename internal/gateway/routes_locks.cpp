@@ -70,9 +70,12 @@ void release_lock(services& s, call& c, responder respond) {
   if (!lock_id || lock_id->empty()) return respond(bad_request("lock_id is required"));
   // Who released it, for the event: the token's subject, else X-Agent-ID (with auth
   // off, an operator names itself there while agent_id names the holder).
-  std::string by = c.who.principal ? c.who.principal->agent : std::string(c.req.header("x-agent-id"));
-  if (!by.empty())
+  std::string by;
+  if (c.who.principal) {
+    by = c.who.principal->agent;
+  } else if (by = c.req.header("x-agent-id"); !by.empty()) {
     if (auto bad = model::check_identifier("X-Agent-ID", by, model::max_id_bytes)) return respond(bad_request(*bad));
+  }
   s.eng.release_lock(std::move(c.subject), std::move(holder), *lock_id, std::move(by),
                      [respond = std::move(respond)](model::status ok) {
                        if (!ok) return respond(error_response(ok.error()));

@@ -50,7 +50,7 @@ model::result<std::string> begin(const std::string& root, uint64_t vseq);
 // fsyncs a file written into a snapshot and measures it (size and hash, read back).
 model::result<file_check> seal(const std::string& dir, const std::string& name);
 
-// Writes `data` to dir/name, fsynced, and measures it.
+// Writes `data` to dir/name, fsynced, and measures it (from `data`).
 model::result<file_check> write_sealed(const std::string& dir, const std::string& name, std::string_view data);
 
 // True when dir/f.name has f's size and hash.

@@ -66,6 +66,21 @@ std::optional<unit_key> key_of(std::string_view unit_id) {
 
 const dot_kernel dot = best_dot();
 
+// A table of a snapshot (label → unit, label → vseq) as the bytes written to its file.
+template <class T>
+std::string_view bytes_of(const std::vector<T>& table) {
+  return {reinterpret_cast<const char*>(table.data()), table.size() * sizeof(T)};
+}
+
+// Reads such a file back into a table of `n` entries; false if it is short.
+template <class T>
+bool read_table(const std::string& path, std::vector<T>& table, size_t n) {
+  table.resize(n);
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(table.data()), std::streamsize(n * sizeof(T)));
+  return bool(in);
+}
+
 // Cosine distance over unit vectors, 1 - a·b, as hnswlib's InnerProductSpace
 // measures it (so saved graphs stay valid), with the CPU's best kernel
 // (search/distance.hpp) rather than the one hnswlib was compiled with.
@@ -261,13 +276,9 @@ struct vector_index::impl {
         if (graph->bytes != saved_size(*sp->graph))
           return spdlog::error("search: vector snapshot: the graph of '{}' was not written whole ({} bytes)", model,
                                graph->bytes);
-        auto ids = snapshot::write_sealed(
-            *dir, n + ".ids",
-            std::string_view(reinterpret_cast<const char*>(sp->ids.data()), sp->ids.size() * sizeof(unit_key)));
+        auto ids = snapshot::write_sealed(*dir, n + ".ids", bytes_of(sp->ids));
         if (!ids) return spdlog::error("search: vector snapshot: {}", ids.error().message);
-        auto vseqs = snapshot::write_sealed(
-            *dir, n + ".vseq",
-            std::string_view(reinterpret_cast<const char*>(sp->vseqs.data()), sp->vseqs.size() * sizeof(uint64_t)));
+        auto vseqs = snapshot::write_sealed(*dir, n + ".vseq", bytes_of(sp->vseqs));
         if (!vseqs) return spdlog::error("search: vector snapshot: {}", vseqs.error().message);
         m.models.push_back(
             {model, sp->dim, opts.m, opts.ef_construction, std::move(*graph), std::move(*ids), std::move(*vseqs)});
@@ -334,12 +345,9 @@ struct vector_index::impl {
       // are most of the graph, a rebuild from the live vectors is worth its time.
       if (sp->graph->num_deleted_ * 2 > sp->graph->cur_element_count)
         return skip("most of the graph of '" + e.model + "' is deleted slots");
-      sp->ids.resize(e.ids.bytes / sizeof(unit_key));
-      sp->vseqs.resize(sp->ids.size());
-      std::ifstream ids(dir + "/" + e.ids.name, std::ios::binary), vseqs(dir + "/" + e.vseqs.name, std::ios::binary);
-      ids.read(reinterpret_cast<char*>(sp->ids.data()), std::streamsize(e.ids.bytes));
-      vseqs.read(reinterpret_cast<char*>(sp->vseqs.data()), std::streamsize(e.vseqs.bytes));
-      if (!ids || !vseqs || sp->ids.size() != sp->graph->cur_element_count)
+      const size_t labels = e.ids.bytes / sizeof(unit_key);
+      if (labels != sp->graph->cur_element_count || !read_table(dir + "/" + e.ids.name, sp->ids, labels) ||
+          !read_table(dir + "/" + e.vseqs.name, sp->vseqs, labels))
         return skip("the label table of '" + e.model + "'");
       for (hnswlib::labeltype label = 0; label < sp->ids.size(); ++label) {
         const auto internal = sp->graph->label_lookup_.find(label);
