@@ -29,7 +29,7 @@ function showProblem(message, login) {
 const hideProblem = () => { $('problem').hidden = true; };
 
 onProblem((p) => {
-  if (p.status === 0) setConn('down', 'server unreachable, retrying');
+  if (p.status === 0) setConn('down', 'server unreachable, reconnecting…');
   else if (p.status === 200 && state.conn === 'down' && !(state.timeline && state.timeline.stream)) setConn('idle', 'connected');
   else if (p.status === 401) showProblem(`Sign in: ${p.message}`, true);
   else if (p.status === 403) showProblem(`Not allowed: ${p.message}`, true);
