@@ -24,6 +24,7 @@
 
 #include "engine/drafts.hpp"
 #include "engine/presence.hpp"
+#include "gateway/coalescing_stream.hpp"
 #include "gateway/errors.hpp"
 #include "gateway/fields.hpp"
 #include "gateway/routes.hpp"
@@ -134,6 +135,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   void start(http::request<http::string_body> req, engine::stream_request sub, std::string request_id) {
     id_ = srv_->add(shared_from_this());
+    ws_.next_layer().keep_alive_with(this->weak_from_this());
     // What appends over the socket present as credentials: the upgrade's.
     for (std::string_view name : {"authorization", "cookie"})
       if (auto v = req[name]; !v.empty()) auth_headers_.emplace_back(std::string(name), std::string(v));
@@ -180,8 +182,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     release_presence();
     const bool presence = sub.presence;
     const std::string agent = sub.agent_id;
-    // An event of the old subscription may still be being written; its completion
-    // must not advance the new subscription's batch.
+    // Events of the old subscription still being written are in sending_events_.
     batch_.clear();
     batch_pos_ = 0;
     ++subscription_;
@@ -208,52 +209,65 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     pump();
   }
 
-  // The single writer: control messages first, then events.
+  // The single writer: every queued control message, then the events of the
+  // current batch (up to poll_bytes), framed into one gather write. The bytes stay
+  // in control_'s strings and the events' shared wire form until it completes.
   void pump() {
     if (writing_ || closing_) return;
-    if (!control_.empty()) {
-      writing_ = true;
-      write_started_ = steady::now();
-      ws_.async_write(net::buffer(control_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
-        self->writing_ = false;
-        if (ec) return;
-        if (self->close_deferred_) return self->do_close();
-        self->control_.pop_front();
-        self->pump();
-      });
-      return;
+    auto& out = ws_.next_layer();
+    for (; !control_.empty(); control_.pop_front()) {
+      out.add_text_frame(control_.front());
+      sending_controls_.push_back(std::move(control_.front()));
     }
-    if (!stream_) return;
-    if (batch_pos_ == batch_.size()) {
-      if (stream_->lagging()) {
-        if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
-        return close_with(close_lagging, "subscriber fell too far behind; reconnect and resume from your last seq");
+    if (stream_ && next_batch()) {
+      for (size_t bytes = 0; batch_pos_ < batch_.size() && bytes < poll_bytes; ++batch_pos_) {
+        out.add_text_frame(batch_[batch_pos_]->json);
+        bytes += batch_[batch_pos_]->json.size();
+        sending_events_.push_back(batch_[batch_pos_]);
       }
-      if (reading_) return;  // on_read() pumps again
-      auto queued = stream_->poll_queued(poll_bytes);
-      if (!queued) return read_from_storage();
-      batch_ = std::move(*queued);
-      if (with_text) add_text(batch_);
-      batch_pos_ = 0;
-      if (batch_.empty()) return;  // the stream notifies when there is more
     }
+    if (closing_ || (sending_controls_.empty() && sending_events_.empty())) return;
     writing_ = true;
     write_started_ = steady::now();
-    const auto& ev = batch_[batch_pos_];
-    ws_.async_write(net::buffer(ev->json), [self = shared_from_this(), ev, sub = subscription_](beast::error_code ec,
-                                                                                                   size_t) {
-      self->writing_ = false;
-      if (ec) return;
-      if (self->close_deferred_) return self->do_close();
-      observe_latency(self->srv_->streams.publish_to_write, ev);
-      if (self->srv_->streams.ws_delivered) self->srv_->streams.ws_delivered->Increment();
-      if (self->entry) {
-        ++self->entry->events;
-        self->entry->bytes += ev->json.size();
+    out.async_flush([self = shared_from_this()](beast::error_code ec) { self->on_written(ec); });
+  }
+
+  // True when batch_ has events left to send: the stream's queue, or storage for a
+  // subscriber behind it (which pumps again when read).
+  bool next_batch() {
+    if (batch_pos_ < batch_.size()) return true;
+    if (stream_->lagging()) {
+      if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
+      close_with(close_lagging, "subscriber fell too far behind; reconnect and resume from your last seq");
+      return false;
+    }
+    if (reading_) return false;  // on_read() pumps again
+    auto queued = stream_->poll_queued(poll_bytes);
+    if (!queued) {
+      read_from_storage();
+      return false;
+    }
+    batch_ = std::move(*queued);
+    if (with_text) add_text(batch_);
+    batch_pos_ = 0;
+    return !batch_.empty();  // else the stream notifies when there is more
+  }
+
+  void on_written(beast::error_code ec) {
+    writing_ = false;
+    sending_controls_ = {};  // rare and small: not worth keeping on an idle connection
+    if (ec) return sending_events_.clear();
+    if (!sending_events_.empty()) {
+      for (const auto& ev : sending_events_) observe_latency(srv_->streams.publish_to_write, ev);
+      if (srv_->streams.ws_delivered) srv_->streams.ws_delivered->Increment(double(sending_events_.size()));
+      if (entry) {
+        entry->events += sending_events_.size();
+        for (const auto& ev : sending_events_) entry->bytes += ev->json.size();
       }
-      if (sub == self->subscription_) ++self->batch_pos_;
-      self->pump();
-    });
+      sending_events_.clear();
+    }
+    if (close_deferred_) return do_close();
+    pump();
   }
 
   // Catch-up reads storage on the engine's read pool, never on this strand.
@@ -591,7 +605,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     present_in_.clear();
   }
 
-  websocket::stream<Stream> ws_;
+  websocket::stream<coalescing_stream<Stream>> ws_;
   std::shared_ptr<server::impl> srv_;
   caller who_;
   stream_slots::slot slot_;
@@ -605,9 +619,11 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   beast::flat_buffer in_;
   std::shared_ptr<engine::stream> stream_;
   std::deque<std::string> control_;
+  std::vector<std::string> sending_controls_;      // in the write in flight
+  std::vector<router::event_ptr> sending_events_;  // in the write in flight
   std::vector<router::event_ptr> batch_;
   size_t batch_pos_ = 0;
-  uint64_t subscription_ = 0;  // bumped by each subscribe(): which batch_ a write belongs to
+  uint64_t subscription_ = 0;  // bumped by each subscribe(): which subscription a catch-up read is for
   bool writing_ = false;
   bool reading_ = false;  // a catch-up read is on the read pool
   bool closing_ = false;

@@ -1,0 +1,200 @@
+#pragma once
+// A stream layer under Beast's websocket::stream that gathers everything written
+// to it and puts it on the socket with one write at a time: a WebSocket session
+// sends every message a subscriber has queued with one gather write (one sendmsg
+// for up to 32 events instead of one each), and Beast's own frames (the handshake
+// answer, pongs, idle pings, the close) go out in order between ours, never inside
+// them. Owned by its ws_session's websocket::stream; used only on its strand.
+//
+// Hand-written because Beast has no call that writes several messages at once, and
+// writing frames beside it on the socket would race its pongs. What it relies on:
+// a server's frames are unmasked, and permessage-deflate is never negotiated (the
+// server does not enable it), so a text message is a 2–10 byte header and the bytes.
+//
+//   add_text_frame(m1) add_text_frame(m2) … async_flush(done)
+//       pieces: [hdr1][m1: the caller's bytes, not copied][hdr2][m2] …  → one async_write
+//
+// Beast's writes are copied and complete at once; a session's frames are referenced
+// (the event's shared bytes, never copied per subscriber: STYLE "Async") and its
+// flush completes once they are on the socket, which is its backpressure.
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/role.hpp>
+#include <boost/beast/websocket/teardown.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "model/assert.hpp"
+
+namespace engram::gateway {
+
+template <class Next>
+class coalescing_stream {
+ public:
+  using next_layer_type = Next;
+  using executor_type = typename Next::executor_type;
+
+  explicit coalescing_stream(Next&& next) : next_(std::move(next)) {}
+
+  executor_type get_executor() noexcept { return next_.get_executor(); }
+  Next& next_layer() noexcept { return next_; }
+  const Next& next_layer() const noexcept { return next_; }
+
+  // Whose life a write in flight extends: the session that owns this stream, so
+  // that a write Beast started (a pong) never completes into a destroyed stream.
+  void keep_alive_with(std::weak_ptr<void> owner) { owner_ = std::move(owner); }
+
+  template <class Buffers, class Token>
+  auto async_read_some(const Buffers& buffers, Token&& token) {
+    return next_.async_read_some(buffers, std::forward<Token>(token));
+  }
+
+  // Beast's writes: copied behind whatever is queued; complete at once.
+  template <class Buffers, class Token>
+  auto async_write_some(const Buffers& buffers, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::beast::error_code, size_t)>(
+        [this](auto handler, const Buffers& b) {
+          size_t n = 0;
+          if (!error_) {
+            for (auto it = boost::asio::buffer_sequence_begin(b); it != boost::asio::buffer_sequence_end(b); ++it) {
+              const boost::asio::const_buffer piece(*it);
+              add_copy({static_cast<const char*>(piece.data()), piece.size()});
+              n += piece.size();
+            }
+            flush();
+          }
+          boost::asio::post(get_executor(), boost::beast::bind_front_handler(std::move(handler), error_, n));
+        },
+        token, buffers);
+  }
+
+  // A whole text message, framed. `payload` must stay valid until the next
+  // async_flush completes.
+  void add_text_frame(std::string_view payload) {
+    char header[10];
+    size_t n = 2;
+    const uint64_t size = payload.size();
+    header[0] = char(0x81);  // FIN, text
+    if (size < 126) {
+      header[1] = char(size);
+    } else if (size <= 0xffff) {
+      header[1] = char(126);
+      for (int i = 0; i < 2; ++i) header[n++] = char(size >> (8 * (1 - i)));
+    } else {
+      header[1] = char(127);
+      for (int i = 0; i < 8; ++i) header[n++] = char(size >> (8 * (7 - i)));
+    }
+    add_copy({header, n});
+    pieces_.push_back({payload.data(), 0, payload.size()});
+  }
+
+  // Runs `then` (on this stream's executor) once every byte written so far is on
+  // the socket or the connection failed: the teardown that follows a close must
+  // not overtake the close frame (nor, over TLS, write beside it).
+  void when_idle(std::move_only_function<void()> then) {
+    ENGRAM_ASSERT(!idle_, "coalescing_stream: one when_idle at a time");
+    if (!writing_ && pieces_.empty()) {
+      boost::asio::post(get_executor(), std::move(then));
+      return;
+    }
+    idle_ = std::move(then);
+  }
+
+  // Puts everything added so far on the socket; `done(ec)` once it is there (or
+  // the connection failed). One flush at a time.
+  void async_flush(std::move_only_function<void(boost::beast::error_code)> done) {
+    ENGRAM_ASSERT(!waiter_, "coalescing_stream: one flush at a time");
+    if (error_ || (pieces_.empty() && !writing_)) {
+      boost::asio::post(get_executor(), [done = std::move(done), ec = error_]() mutable { done(ec); });
+      return;
+    }
+    waiter_ = std::move(done);
+    flush();
+  }
+
+ private:
+  // A run of bytes to send: the caller's (`external`), or owned_[offset, offset + size).
+  struct piece {
+    const char* external;
+    size_t offset, size;
+  };
+
+  void add_copy(std::string_view bytes) {
+    if (pieces_.empty() || pieces_.back().external)
+      pieces_.push_back({nullptr, owned_.size(), 0});
+    owned_.append(bytes);
+    pieces_.back().size += bytes.size();
+  }
+
+  void flush() {
+    if (writing_ || pieces_.empty() || error_) return;
+    writing_ = true;
+    sending_owned_.swap(owned_);
+    sending_.clear();
+    for (const auto& p : pieces_)
+      sending_.emplace_back(p.external ? p.external : sending_owned_.data() + p.offset, p.size);
+    pieces_.clear();
+    auto done = std::exchange(waiter_, nullptr);
+    boost::asio::async_write(
+        next_, sending_,
+        [this, keep = owner_.lock(), done = std::move(done)](boost::beast::error_code ec, size_t) mutable {
+          writing_ = false;
+          // Buffers are kept while more is queued and freed when the connection goes
+          // quiet: an idle subscriber holds none (a malloc per burst is nothing next
+          // to the sendmsg it saves).
+          if (pieces_.empty()) {
+            owned_ = {};
+            sending_owned_ = {};
+            sending_ = {};
+            pieces_ = {};
+          } else {
+            sending_owned_.clear();
+          }
+          if (ec) {
+            error_ = ec;  // nothing more is sent; whoever waits learns why
+            pieces_.clear();
+            owned_.clear();
+          }
+          flush();  // what was added meanwhile
+          if (done) done(ec);
+          if (writing_) return;
+          // A flush asked for while this write carried all of its bytes, or failed.
+          if (waiter_) std::exchange(waiter_, nullptr)(error_);
+          if (idle_) std::exchange(idle_, nullptr)();
+        });
+  }
+
+  Next next_;
+  std::weak_ptr<void> owner_;
+  std::string owned_, sending_owned_;
+  std::vector<piece> pieces_;
+  std::vector<boost::asio::const_buffer> sending_;
+  std::move_only_function<void(boost::beast::error_code)> waiter_;  // the session's flush, until it starts
+  std::move_only_function<void()> idle_;                            // when_idle's, until then
+  bool writing_ = false;
+  boost::beast::error_code error_;
+};
+
+// Beast's websocket tears the connection down through its next layer.
+template <class Next>
+void teardown(boost::beast::role_type role, coalescing_stream<Next>& s, boost::beast::error_code& ec) {
+  using boost::beast::websocket::teardown;
+  teardown(role, s.next_layer(), ec);
+}
+
+template <class Next, class Handler>
+void async_teardown(boost::beast::role_type role, coalescing_stream<Next>& s, Handler&& handler) {
+  s.when_idle([role, &s, handler = std::forward<Handler>(handler)]() mutable {
+    using boost::beast::websocket::async_teardown;
+    async_teardown(role, s.next_layer(), std::move(handler));
+  });
+}
+
+}  // namespace engram::gateway
