@@ -149,6 +149,9 @@ model::status index::impl::scan() {
 // Follows the logs until close(): index whatever is pending, commit at most every
 // commit_interval (sooner when a batch is full), sleep when there is nothing.
 model::status index::impl::follow() {
+  // Sealed shards found at start-up (a stop aborted their merge) merge now, not
+  // at the first commit: an idle server would otherwise never merge them.
+  if (auto ok = manage_tiers(); !ok) return ok;
   std::unordered_map<std::string, uint64_t> cuts;
   for (;;) {
     std::unordered_map<std::string, uint64_t> work;

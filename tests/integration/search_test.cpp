@@ -394,6 +394,29 @@ TEST_F(SearchTest, ConcurrentSearchesWhileIndexingAndMerging) {
   EXPECT_EQ(search({{"context_id", "conc/*"}, {"limit", 1}}).body["total_count"], 2000);
 }
 
+// Recent shards left unmerged by a stop are merged after the restart without
+// waiting for a write (an idle server once showed pending_merges: 1 for ever).
+TEST_F(SearchTest, ShardsLeftUnmergedAtAStopAreMergedAfterTheRestartWithoutWrites) {
+  auto small_shards = [](config::config& c) { c.search.recent_units = 100; };
+  start(small_shards);
+  auto pending = [&] { return call(*http_, "GET", "/readyz").body["search"]["pending_merges"].get<int>(); };
+  int seen = 0;
+  for (int b = 0; b < 200 && seen == 0; ++b) {
+    json units = json::array();
+    for (int i = 0; i < 500; ++i) units.push_back({{"text", "unmerged entry " + std::to_string(i)}});
+    auto r = call(*http_, "POST", "/workunits", json({{"context_id", "unmerged"}, {"agent_id", "w"}, {"work_units", units}}).dump());
+    ASSERT_EQ(r.status, 201u) << r.raw;
+    seen = pending();
+  }
+  ASSERT_GT(seen, 0) << "no merge was ever pending: the stop below would prove nothing";
+  start(small_shards);  // a graceful stop aborts the merge in progress; nothing is written after the restart
+  EXPECT_TRUE(wait_until([&] { return pending() == 0; }, 60s)) << call(*http_, "GET", "/readyz").raw;
+  wait_indexed();
+  const auto total = search({{"context_id", "unmerged"}, {"limit", 1}}).body["total_count"].get<uint64_t>();
+  EXPECT_EQ(total % 500, 0u);  // every acknowledged batch, each unit once
+  EXPECT_GT(total, 0u);
+}
+
 TEST_F(SearchTest, CatchesUpAfterRestartAndRebuildsMissingCorruptOrForeignIndexes) {
   start([](config::config& c) { c.search.enabled = false; });
   std::vector<std::string> written;
