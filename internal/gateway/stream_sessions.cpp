@@ -19,7 +19,6 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <boost/url/encode.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
-#include <deque>
 #include <nlohmann/json.hpp>
 
 #include "engine/drafts.hpp"
@@ -211,14 +210,12 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
   // The single writer: every queued control message, then the events of the
   // current batch (up to poll_bytes), framed into one gather write. The bytes stay
-  // in control_'s strings and the events' shared wire form until it completes.
+  // in sending_controls_ and the events' shared wire form until it completes.
   void pump() {
     if (writing_ || closing_) return;
     auto& out = ws_.next_layer();
-    for (; !control_.empty(); control_.pop_front()) {
-      out.add_text_frame(control_.front());
-      sending_controls_.push_back(std::move(control_.front()));
-    }
+    sending_controls_.swap(control_);  // empty after every write
+    for (const auto& message : sending_controls_) out.add_text_frame(message);
     if (stream_ && next_batch()) {
       for (size_t bytes = 0; batch_pos_ < batch_.size() && bytes < poll_bytes; ++batch_pos_) {
         out.add_text_frame(batch_[batch_pos_]->json);
@@ -618,7 +615,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   net::steady_timer timer_;
   beast::flat_buffer in_;
   std::shared_ptr<engine::stream> stream_;
-  std::deque<std::string> control_;
+  std::vector<std::string> control_;  // not a deque: an empty one allocates ~600 B
   std::vector<std::string> sending_controls_;      // in the write in flight
   std::vector<router::event_ptr> sending_events_;  // in the write in flight
   std::vector<router::event_ptr> batch_;
