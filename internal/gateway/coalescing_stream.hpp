@@ -95,6 +95,17 @@ class coalescing_stream {
     pieces_.push_back({payload.data(), 0, payload.size()});
   }
 
+  // Frees the buffers when nothing is queued or being written: for a connection
+  // that has gone quiet (ws_session: after a write without events), so an idle
+  // subscriber holds none.
+  void release_buffers() {
+    if (writing_ || !pieces_.empty()) return;
+    owned_ = {};
+    sending_owned_ = {};
+    sending_ = {};
+    pieces_ = {};
+  }
+
   // Runs `then` (on this stream's executor) once every byte written so far is on
   // the socket or the connection failed: the teardown that follows a close must
   // not overtake the close frame (nor, over TLS, write beside it).
@@ -126,6 +137,8 @@ class coalescing_stream {
     size_t offset, size;
   };
 
+  static constexpr size_t kept_bytes = 1024;
+
   void add_copy(std::string_view bytes) {
     if (pieces_.empty() || pieces_.back().external)
       pieces_.push_back({nullptr, owned_.size(), 0});
@@ -146,16 +159,16 @@ class coalescing_stream {
         next_, sending_,
         [this, keep = owner_.lock(), done = std::move(done)](boost::beast::error_code ec, size_t) mutable {
           writing_ = false;
-          // Buffers are kept while more is queued and freed when the connection goes
-          // quiet: an idle subscriber holds none (a malloc per burst is nothing next
-          // to the sendmsg it saves).
-          if (pieces_.empty()) {
+          // Buffers are kept for the next write (a subscriber at 50 events/s would
+          // otherwise allocate them 50 times a second), but not a burst's big ones.
+          sending_owned_.clear();
+          if (pieces_.empty() && sending_owned_.capacity() + owned_.capacity() > kept_bytes) {
             owned_ = {};
             sending_owned_ = {};
+          }
+          if (pieces_.empty() && sending_.capacity() * sizeof(sending_[0]) > kept_bytes) {
             sending_ = {};
             pieces_ = {};
-          } else {
-            sending_owned_.clear();
           }
           if (ec) {
             error_ = ec;  // nothing more is sent; whoever waits learns why
