@@ -26,6 +26,7 @@
 #include <boost/beast/websocket/teardown.hpp>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -56,7 +57,10 @@ class coalescing_stream {
     return next_.async_read_some(buffers, std::forward<Token>(token));
   }
 
-  // Beast's writes: copied behind whatever is queued; complete at once.
+  // Beast's writes: copied behind whatever is queued, and complete at once, unless
+  // more than held_bytes of copies wait for the socket (a client that sends pings
+  // and never reads): then when the write carrying them completes, so Beast's
+  // reading waits as it did on a plain socket and the queue stays bounded.
   template <class Buffers, class Token>
   auto async_write_some(const Buffers& buffers, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::beast::error_code, size_t)>(
@@ -68,6 +72,14 @@ class coalescing_stream {
               add_copy({static_cast<const char*>(piece.data()), piece.size()});
               n += piece.size();
             }
+            if (owned_.size() + (writing_ ? sending_owned_.size() : 0) > held_bytes) {
+              ENGRAM_ASSERT(!beast_waiter_, "coalescing_stream: Beast writes one frame at a time");
+              beast_waiter_ = [this, n, h = std::move(handler)](boost::beast::error_code ec) mutable {
+                boost::asio::post(get_executor(), boost::beast::bind_front_handler(std::move(h), ec, ec ? 0 : n));
+              };
+              flush();
+              return;
+            }
             flush();
           }
           boost::asio::post(get_executor(), boost::beast::bind_front_handler(std::move(handler), error_, n));
@@ -76,8 +88,9 @@ class coalescing_stream {
   }
 
   // A whole text message, framed. `payload` must stay valid until the next
-  // async_flush completes.
+  // async_flush completes. Dropped once the connection failed or is closing.
   void add_text_frame(std::string_view payload) {
+    if (error_ || closing_) return;
     char header[10];
     size_t n = 2;
     const uint64_t size = payload.size();
@@ -107,11 +120,14 @@ class coalescing_stream {
   }
 
   // Runs `then` (on this stream's executor) once every byte written so far is on
-  // the socket or the connection failed: the teardown that follows a close must
-  // not overtake the close frame (nor, over TLS, write beside it).
+  // the socket or the connection failed, and takes no more frames from the
+  // session: the teardown after a close must not overtake the close frame (nor,
+  // over TLS, write beside it), and nothing may follow a close frame (RFC 6455
+  // §5.5.1).
   void when_idle(std::move_only_function<void()> then) {
     ENGRAM_ASSERT(!idle_, "coalescing_stream: one when_idle at a time");
-    if (!writing_ && pieces_.empty()) {
+    closing_ = true;
+    if (error_ || (!writing_ && pieces_.empty())) {
       boost::asio::post(get_executor(), std::move(then));
       return;
     }
@@ -119,11 +135,12 @@ class coalescing_stream {
   }
 
   // Puts everything added so far on the socket; `done(ec)` once it is there (or
-  // the connection failed). One flush at a time.
+  // the connection failed or is closing). One flush at a time.
   void async_flush(std::move_only_function<void(boost::beast::error_code)> done) {
     ENGRAM_ASSERT(!waiter_, "coalescing_stream: one flush at a time");
-    if (error_ || (pieces_.empty() && !writing_)) {
-      boost::asio::post(get_executor(), [done = std::move(done), ec = error_]() mutable { done(ec); });
+    if (error_ || closing_ || (pieces_.empty() && !writing_)) {
+      const auto ec = error_ ? error_ : closing_ ? boost::asio::error::operation_aborted : boost::beast::error_code();
+      boost::asio::post(get_executor(), [done = std::move(done), ec]() mutable { done(ec); });
       return;
     }
     waiter_ = std::move(done);
@@ -136,8 +153,26 @@ class coalescing_stream {
     const char* external;
     size_t offset, size;
   };
+  static constexpr size_t kept_bytes = 1024;        // buffers kept between writes
+  static constexpr size_t held_bytes = 64 * 1024;   // Beast's copies queued before it waits
 
-  static constexpr size_t kept_bytes = 1024;
+  // What a write in flight holds: the owner alive, and the handlers that wait for
+  // it. Dropped without completing (its io_context destroyed at a shutdown past
+  // its deadline), it releases the stored handlers too, which hold the owner:
+  // otherwise they would keep it alive for ever.
+  struct flight {
+    coalescing_stream* self;
+    std::shared_ptr<void> keep;
+    flight(coalescing_stream* s, std::shared_ptr<void> k) : self(s), keep(std::move(k)) {}
+    flight(flight&& o) noexcept : self(std::exchange(o.self, nullptr)), keep(std::move(o.keep)) {}
+    flight& operator=(flight&&) = delete;
+    ~flight() {
+      if (!self) return;
+      auto waiter = std::exchange(self->waiter_, nullptr);
+      auto idle = std::exchange(self->idle_, nullptr);
+      auto beast = std::exchange(self->beast_waiter_, nullptr);
+    }  // they go first, `keep` last
+  };
 
   void add_copy(std::string_view bytes) {
     if (pieces_.empty() || pieces_.back().external)
@@ -155,9 +190,14 @@ class coalescing_stream {
       sending_.emplace_back(p.external ? p.external : sending_owned_.data() + p.offset, p.size);
     pieces_.clear();
     auto done = std::exchange(waiter_, nullptr);
+    auto beast_done = std::exchange(beast_waiter_, nullptr);
+    // A view of sending_: the write op copies its buffer sequence, and a vector
+    // would be copied (allocated) once per write.
     boost::asio::async_write(
-        next_, sending_,
-        [this, keep = owner_.lock(), done = std::move(done)](boost::beast::error_code ec, size_t) mutable {
+        next_, std::span<const boost::asio::const_buffer>(sending_),
+        [this, f = flight(this, owner_.lock()), done = std::move(done), beast_done = std::move(beast_done)](
+            boost::beast::error_code ec, size_t) mutable {
+          f.self = nullptr;  // completed: nothing to release
           writing_ = false;
           // Buffers are kept for the next write (a subscriber at 50 events/s would
           // otherwise allocate them 50 times a second), but not a burst's big ones.
@@ -176,9 +216,11 @@ class coalescing_stream {
             owned_.clear();
           }
           flush();  // what was added meanwhile
+          if (beast_done) beast_done(ec);
           if (done) done(ec);
           if (writing_) return;
-          // A flush asked for while this write carried all of its bytes, or failed.
+          // Handlers whose bytes this write carried (all of them: nothing is left), or failed.
+          if (beast_waiter_) std::exchange(beast_waiter_, nullptr)(error_);
           if (waiter_) std::exchange(waiter_, nullptr)(error_);
           if (idle_) std::exchange(idle_, nullptr)();
         });
@@ -189,9 +231,11 @@ class coalescing_stream {
   std::string owned_, sending_owned_;
   std::vector<piece> pieces_;
   std::vector<boost::asio::const_buffer> sending_;
-  std::move_only_function<void(boost::beast::error_code)> waiter_;  // the session's flush, until it starts
-  std::move_only_function<void()> idle_;                            // when_idle's, until then
+  std::move_only_function<void(boost::beast::error_code)> waiter_;       // the session's flush, until it starts
+  std::move_only_function<void(boost::beast::error_code)> beast_waiter_;  // a held Beast write, until it starts
+  std::move_only_function<void()> idle_;                                  // when_idle's, until then
   bool writing_ = false;
+  bool closing_ = false;  // when_idle was called: the teardown follows
   boost::beast::error_code error_;
 };
 

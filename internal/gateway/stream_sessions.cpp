@@ -212,7 +212,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   // current batch (up to poll_bytes), framed into one gather write. The bytes stay
   // in sending_controls_ and the events' shared wire form until it completes.
   void pump() {
-    if (writing_ || closing_) return;
+    // !is_open(): the client's close frame arrived and Beast answered it; nothing
+    // may follow (on_closed comes when the read ends).
+    if (writing_ || closing_ || !ws_.is_open()) return;
     auto& out = ws_.next_layer();
     sending_controls_.swap(control_);  // empty after every write
     for (const auto& message : sending_controls_) out.add_text_frame(message);
@@ -262,7 +264,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
         entry->events += sending_events_.size();
         for (const auto& ev : sending_events_) entry->bytes += ev->json.size();
       }
-      sending_events_.clear();
+      // A catch-up batch leaves room for hundreds of pointers: not kept when idle.
+      if (sending_events_.capacity() > 64) sending_events_ = {};
+      else sending_events_.clear();
     }
     if (close_deferred_) return do_close();
     pump();
