@@ -2,6 +2,12 @@
 // its own messages and gathers many into one write (gateway/coalescing_stream.hpp),
 // while Beast answers pings on the same connection.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <stop_token>
+#include <thread>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
@@ -105,36 +111,32 @@ TEST(WsFramesTest, AClientCloseDuringAReplayEndsTheSession) {
   EXPECT_LT(delivered(), double(units)) << "the replay went on after the close";
 }
 
-// The same seen on the wire: a raw client reads the server's frames itself and
-// sends its close in the middle of a long replay. The server's close frame is the
-// last frame it sends (RFC 6455 §5.5.1), however much replay was still queued.
-TEST(WsFramesTest, NothingFollowsTheServersCloseFrame) {
-  temp_dir dir;
-  test_server server(test_config(dir.str() + "/data"));
-  auto http = server.connect();
-  append_units(http, "raw", 600);  // ~50 MB to replay
-
-  net::io_context ioc;
-  beast::tcp_stream s(ioc);
-  s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server.port()));
-  s.expires_after(std::chrono::seconds(60));  // a hang guard, not a timing check
-  net::write(s, net::buffer(std::string(
-                    "GET /stream?context=raw&since=0&text=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")));
-  beast::flat_buffer in;  // what follows the 101's header stays here: the first frames
-  beast::http::response_parser<beast::http::empty_body> upgrade;
-  beast::http::read_header(s, in, upgrade);
-  ASSERT_EQ(upgrade.get().result_int(), 101u);
+// A WebSocket client that reads the server's frames itself (Beast's client hides
+// what arrives after a close) and sends frames masked with a zero key. A watchdog
+// shuts the socket down after 60 s, so a server that never answers fails the test
+// instead of hanging it (a guard, not a timing check).
+class raw_client {
+ public:
+  raw_client(uint16_t port, const std::string& target) : s_(ioc_) {
+    s_.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    watchdog_ = std::jthread([this](std::stop_token stop) {
+      std::mutex m;
+      std::unique_lock lock(m);
+      if (!std::condition_variable_any().wait_for(lock, stop, std::chrono::seconds(60), [] { return false; }))
+        ::shutdown(s_.native_handle(), SHUT_RDWR);
+    });
+    net::write(s_, net::buffer("GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                               "Sec-WebSocket-Version: 13\r\n\r\n"));
+    beast::http::response_parser<beast::http::empty_body> upgrade;
+    beast::http::read_header(s_, in_, upgrade);  // what follows the header stays in in_: the first frames
+    upgraded_ = upgrade.get().result_int() == 101;
+  }
+  bool upgraded() const { return upgraded_; }
 
   // The next server frame (unmasked): its opcode, or -1 at the end of the stream.
-  auto next_frame = [&]() -> int {
-    auto need = [&](size_t n) {
-      beast::error_code ec;
-      while (in.size() < n && !ec) in.commit(s.read_some(in.prepare(64 * 1024), ec));
-      return in.size() >= n;
-    };
+  int next_frame() {
     if (!need(2)) return -1;
-    auto byte = [&](size_t i) { return static_cast<const uint8_t*>(in.cdata().data())[i]; };
     const int opcode = byte(0) & 0x0f;
     uint64_t size = byte(1) & 0x7f;
     size_t header = 2;
@@ -146,19 +148,85 @@ TEST(WsFramesTest, NothingFollowsTheServersCloseFrame) {
       header += extra;
     }
     if (!need(header + size)) return -1;
-    in.consume(header + size);
+    in_.consume(header + size);
     return opcode;
-  };
-  for (int data = 0; data < 4;) data += next_frame() == 1;  // connected, subscribe_ack, the replay under way
-  // The client's close, masked with a zero key (so the code reads as is): 1000.
-  const uint8_t close_frame[] = {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8};
-  net::write(s, net::buffer(close_frame));
+  }
+
+  // A final frame of `opcode` with a payload of at most 125 bytes. May be called
+  // from another thread than next_frame (a socket reads and writes at once).
+  void send(uint8_t opcode, std::string_view payload) {
+    std::string frame{char(0x80 | opcode), char(0x80 | payload.size()), 0, 0, 0, 0};
+    frame.append(payload);
+    net::write(s_, net::buffer(frame));
+  }
+
+ private:
+  bool need(size_t n) {
+    beast::error_code ec;
+    while (in_.size() < n && !ec) in_.commit(s_.read_some(in_.prepare(64 * 1024), ec));
+    return in_.size() >= n;
+  }
+  uint8_t byte(size_t i) const { return static_cast<const uint8_t*>(in_.cdata().data())[i]; }
+
+  net::io_context ioc_;
+  tcp::socket s_;
+  beast::flat_buffer in_;
+  bool upgraded_ = false;
+  std::jthread watchdog_;  // last: stopped before the socket closes
+};
+
+// The same seen on the wire: a client sends its close in the middle of a long
+// replay. The server's close frame is the last frame it sends (RFC 6455 §5.5.1),
+// however much replay was still queued.
+TEST(WsFramesTest, NothingFollowsTheServersCloseFrame) {
+  temp_dir dir;
+  test_server server(test_config(dir.str() + "/data"));
+  auto http = server.connect();
+  append_units(http, "raw", 600);  // ~50 MB to replay
+  raw_client c(server.port(), "/stream?context=raw&since=0&text=1");
+  ASSERT_TRUE(c.upgraded());
+  for (int data = 0; data < 4;) data += c.next_frame() == 1;  // connected, subscribe_ack, the replay under way
+  c.send(0x8, std::string_view("\x03\xe8", 2));                // close, 1000
   int opcode = 0;
   size_t before = 0, after = 0;
-  while ((opcode = next_frame()) != 8 && opcode != -1) ++before;  // what was already on its way
+  while ((opcode = c.next_frame()) != 8 && opcode != -1) ++before;  // what was already on its way
   ASSERT_EQ(opcode, 8) << "no close frame from the server";
-  while ((opcode = next_frame()) != -1) ++after;
+  while ((opcode = c.next_frame()) != -1) ++after;
   EXPECT_EQ(after, 0u) << before << " frames came between our close and the server's, then " << after << " more";
+}
+
+// A client that pings while the server cannot write (the client has not read a
+// long replay, so the sockets' buffers are full): the server's pongs queue up to
+// a bound, then it stops reading pings until the socket takes them. Read at last,
+// every unit and every pong arrives.
+TEST(WsFramesTest, PongsQueuedBehindAStalledReplayAllArrive) {
+  temp_dir dir;
+  test_server server(test_config(dir.str() + "/data"));
+  auto http = server.connect();
+  constexpr size_t units = 600;  // ~50 MB: the sockets' buffers fill long before it is sent
+  append_units(http, "pings", units);
+  raw_client c(server.port(), "/stream?context=pings&since=0&text=1");
+  ASSERT_TRUE(c.upgraded());
+  // Stalled: the server's count of delivered events stops moving.
+  auto delivered = [&] { return metric(http, R"(engram_stream_events_delivered_total{transport="websocket"})"); };
+  double last = -1;
+  for (int still = 0, polls = 0; still < 5 && polls < 300; ++polls) {
+    const double now = delivered();
+    still = now == last ? still + 1 : 0;
+    last = now;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // polling an observable state, not a sync
+  }
+  ASSERT_LT(last, double(units)) << "the replay never stalled: the test would prove nothing";
+  constexpr size_t pings = 600;  // 76 KB of pongs, past the 64 KiB the server queues; 79 KB of pings fit the buffers
+  const std::string payload(125, 'p');
+  for (size_t i = 0; i < pings; ++i) c.send(0x9, payload);
+  size_t pongs = 0, data = 0;
+  for (int opcode; (pongs < pings || data < units + 2) && (opcode = c.next_frame()) != -1;) {
+    pongs += opcode == 0xA;
+    data += opcode == 1;
+  }
+  EXPECT_EQ(pongs, pings);
+  EXPECT_GE(data, units + 2);  // connected, subscribe_ack, every unit (heartbeats may come too)
 }
 
 }  // namespace
