@@ -256,8 +256,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     writing_ = false;
     sending_controls_ = {};  // rare and small: not worth keeping on an idle connection
     if (ec) return sending_events_.clear();
-    if (sending_events_.empty()) ws_.next_layer().release_buffers();  // control messages only: likely idle
-    if (!sending_events_.empty()) {
+    if (sending_events_.empty()) {
+      ws_.next_layer().release_buffers();  // control messages only: likely idle
+    } else {
       for (const auto& ev : sending_events_) observe_latency(srv_->streams.publish_to_write, ev);
       if (srv_->streams.ws_delivered) srv_->streams.ws_delivered->Increment(double(sending_events_.size()));
       if (entry) {
