@@ -382,7 +382,8 @@ class session : public session_base, public std::enable_shared_from_this<session
   }
   void discard() {
     if (discarded_ > (size_t(64) << 20)) return close();
-    stream_.async_read_some(net::buffer(discard_buf_), [self = shared_from_this()](beast::error_code ec, size_t n) {
+    if (!discard_buf_) discard_buf_ = std::make_unique<std::array<char, 16 * 1024>>();
+    stream_.async_read_some(net::buffer(*discard_buf_), [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (ec) return self->close();
       self->discarded_ += n;
       self->discard();
@@ -412,7 +413,9 @@ class session : public session_base, public std::enable_shared_from_this<session
   bool busy_ = false;
   bool linger_ = false;
   size_t discarded_ = 0;
-  std::array<char, 16 * 1024> discard_buf_{};
+  // Only a lingering close needs it: inline, it made every connection 16 KiB
+  // bigger (and a burst of handshakes left that much RSS per WebSocket behind).
+  std::unique_ptr<std::array<char, 16 * 1024>> discard_buf_;
 };
 
 }  // namespace
