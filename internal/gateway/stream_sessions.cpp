@@ -259,11 +259,15 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     if (sending_events_.empty()) {
       ws_.next_layer().release_buffers();  // control messages only: likely idle
     } else {
-      for (const auto& ev : sending_events_) observe_latency(srv_->streams.publish_to_write, ev);
+      size_t bytes = 0;
+      for (const auto& ev : sending_events_) {
+        observe_latency(srv_->streams.publish_to_write, ev);
+        bytes += ev->json.size();
+      }
       if (srv_->streams.ws_delivered) srv_->streams.ws_delivered->Increment(double(sending_events_.size()));
       if (entry) {
         entry->events += sending_events_.size();
-        for (const auto& ev : sending_events_) entry->bytes += ev->json.size();
+        entry->bytes += bytes;
       }
       // A catch-up batch leaves room for hundreds of pointers: not kept when idle.
       if (sending_events_.capacity() > 64) sending_events_ = {};
