@@ -11,6 +11,7 @@
 //       publisher (PUBLISH, PUB) whose 300-byte payload starts with its send time.
 //   engram-fanout idle --port P --subscribers 1000 --server-pid PID
 //       opens idle subscriptions and reports the server's RSS growth per connection.
+//       (--hold-seconds S keeps them open S seconds more, to inspect the server)
 //   engram-fanout replay --port P --units 100000
 //       seeds a context, then times one subscriber replaying it from since=0.
 //   engram-fanout drafts --port P --subscribers 100 --rate 200 --seconds 10
@@ -70,6 +71,7 @@ struct settings {
   double seconds = 10;
   size_t units = 100'000;
   int server_pid = 0;
+  double hold_seconds = 0;
   std::string label;
 };
 
@@ -544,6 +546,8 @@ int run_idle(const settings& s) {
   const long after = rss_kib(s.server_pid);
   std::printf("idle subscribers=%zu server RSS %ld KiB -> %ld KiB: %.1f KiB per idle WebSocket subscriber\n",
               ready.load(), before, after, double(after - before) / double(std::max<size_t>(ready, 1)));
+  std::fflush(stdout);
+  std::this_thread::sleep_for(std::chrono::duration<double>(s.hold_seconds));  // for inspecting the server
   net::post(ioc, [&] { for (auto& s2 : subs) s2->close(); });
   ioc.stop();
   io.join();
@@ -597,6 +601,8 @@ int main(int argc, char** argv) {
   auto* idle = app.add_subcommand("idle", "server memory per idle subscriber");
   idle->add_option("--subscribers", s.subscribers)->check(CLI::Range(1u, 20000u));
   idle->add_option("--server-pid", s.server_pid)->required();
+  idle->add_option("--hold-seconds", s.hold_seconds, "keep the subscriptions open this long after measuring")
+      ->check(CLI::Range(0.0, 600.0));
   auto* replay = app.add_subcommand("replay", "time to replay a context from since=0");
   replay->add_option("--units", s.units)->check(CLI::Range(size_t(1000), size_t(10'000'000)));
   auto* drafts = app.add_subcommand("drafts", "draft delta publish-to-receive latency (nothing stored)");

@@ -36,6 +36,13 @@
 
 namespace engram::gateway {
 
+// Frees a string's or vector's storage. `x = {}` would not: it assigns an empty
+// list and keeps the capacity (so does move-assigning an empty std::string).
+template <class Container>
+void release_storage(Container& x) noexcept {
+  Container().swap(x);
+}
+
 template <class Next>
 class coalescing_stream {
  public:
@@ -113,10 +120,10 @@ class coalescing_stream {
   // subscriber holds none.
   void release_buffers() {
     if (writing_ || !pieces_.empty()) return;
-    owned_ = {};
-    sending_owned_ = {};
-    sending_ = {};
-    pieces_ = {};
+    release_storage(owned_);
+    release_storage(sending_owned_);
+    release_storage(sending_);
+    release_storage(pieces_);
   }
 
   // Runs `then` (on this stream's executor) once every byte written so far is on
@@ -203,12 +210,12 @@ class coalescing_stream {
           // otherwise allocate them 50 times a second), but not a burst's big ones.
           sending_owned_.clear();
           if (pieces_.empty() && sending_owned_.capacity() + owned_.capacity() > kept_bytes) {
-            owned_ = {};
-            sending_owned_ = {};
+            release_storage(owned_);
+            release_storage(sending_owned_);
           }
           if (pieces_.empty() && sending_.capacity() * sizeof(sending_[0]) > kept_bytes) {
-            sending_ = {};
-            pieces_ = {};
+            release_storage(sending_);
+            release_storage(pieces_);
           }
           if (ec) {
             error_ = ec;  // nothing more is sent; whoever waits learns why

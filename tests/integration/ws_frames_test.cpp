@@ -229,5 +229,80 @@ TEST(WsFramesTest, PongsQueuedBehindAStalledReplayAllArrive) {
   EXPECT_GE(data, units + 2);  // connected, subscribe_ack, every unit (heartbeats may come too)
 }
 
+// Client messages are read piece by piece (the first piece into a string's inline
+// 15 bytes, so an idle subscriber holds no read buffer). Messages of 0, 15 and 16
+// bytes, and an append of ~45 KB of multi-byte UTF-8 sent in 256-byte fragments
+// (characters split between frames and between pieces), each arrive whole.
+TEST(WsFramesTest, ClientMessagesArriveWholeWhateverTheirSizeOrFragments) {
+  temp_dir dir;
+  test_server server(test_config(dir.str() + "/data"));
+  auto http = server.connect();
+  net::io_context ioc;
+  auto ws = connect(ioc, server.port());
+  ws.handshake("127.0.0.1", "/stream?context=pieces");
+  beast::flat_buffer buf;
+  auto next = [&](std::string_view type) {  // the next message of `type`, skipping others
+    for (;;) {
+      ws.read(buf);
+      auto msg = json::parse(beast::buffers_to_string(buf.data()), nullptr, false);
+      buf.consume(buf.size());
+      if (msg.is_object() && msg.value("type", "") == type) return msg;
+    }
+  };
+  ws.write(net::buffer(std::string()));
+  EXPECT_EQ(next("error")["error"], "messages must be JSON objects with a string \"type\"");
+  ws.write(net::buffer(std::string(R"({"type":"abcd"})")));  // 15 bytes: the first piece exactly
+  EXPECT_EQ(next("error")["error"], "unknown message type 'abcd'");
+  ws.write(net::buffer(std::string(R"({"type":"abcde"})")));  // 16: one byte past it
+  EXPECT_EQ(next("error")["error"], "unknown message type 'abcde'");
+
+  std::string text;
+  for (int i = 0; i < 4000; ++i) text += "é€😀-";  // 10 bytes a round: 2-, 3- and 4-byte characters
+  const auto append = json({{"type", "append"},
+                            {"request_id", "big"},
+                            {"work_unit", {{"context_id", "pieces"}, {"agent_id", "a"}, {"text", text}}}})
+                          .dump();
+  ASSERT_LT(append.size(), 64u * 1024) << "must fit server.ws_max_message_bytes";
+  ws.auto_fragment(true);
+  ws.write_buffer_bytes(256);  // a client's writes are masked through this buffer: 256-byte frames
+  ws.write(net::buffer(append));
+  const auto ack = next("append_ack");
+  EXPECT_EQ(ack["request_id"], "big");
+  auto unit = call(http, "GET", "/workunit/" + ack["work_unit"]["id"].get<std::string>() + "?text=1");
+  ASSERT_EQ(unit.status, 200u) << unit.raw;
+  EXPECT_EQ(unit.body["work_unit"]["text"], text);
+  ws.close(websocket::close_code::normal);
+}
+
+// A client message over server.ws_max_message_bytes ends the connection with
+// 1009 (message too big) before the server reads it all, and the server goes on.
+TEST(WsFramesTest, AClientMessageOverTheLimitIsRefusedWith1009) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.server.ws_max_message_bytes = 1024;
+  test_server server(cfg);
+  net::io_context ioc;
+  auto ws = connect(ioc, server.port());
+  ws.handshake("127.0.0.1", "/stream?context=limit");
+  ws.write(net::buffer(std::string(R"({"type":"heartbeat"})")));  // under the limit: answered
+  beast::flat_buffer buf;
+  bool acked = false;
+  while (!acked) {
+    ws.read(buf);
+    acked = beast::buffers_to_string(buf.data()).find("heartbeat_ack") != std::string::npos;
+    buf.consume(buf.size());
+  }
+  ws.write(net::buffer(R"({"type":"heartbeat","pad":")" + std::string(2000, 'x') + R"("})"));
+  beast::error_code ec;
+  while (!ec) {
+    ws.read(buf, ec);
+    buf.consume(buf.size());
+  }
+  EXPECT_EQ(ec, websocket::error::closed) << ec.message();
+  EXPECT_EQ(ws.reason().code, websocket::close_code::too_big);
+  auto http = server.connect();
+  EXPECT_EQ(call(http, "GET", "/healthz").status, 200u);
+}
+
 }  // namespace
 }  // namespace engram::test
