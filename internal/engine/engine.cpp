@@ -35,6 +35,15 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
   return raw->substr(1);
 }
 
+// A unit as its reader sees it: one the caller may not read is indistinguishable
+// from one that does not exist (ids do not reveal contexts).
+model::result<unit_read> visible_unit(model::result<std::optional<api::WorkUnit>> unit,
+                                      const std::function<bool(std::string_view)>& readable) {
+  if (!unit) return std::unexpected(unit.error());
+  if (!*unit || (readable && !readable((*unit)->context_id()))) return fail(errc::not_found, "Work unit not found");
+  return unit_read{std::move(**unit), std::nullopt};
+}
+
 }  // namespace
 
 // Storage reads, off the I/O threads (DESIGN.md §3). Asio's pool has no bounded
@@ -220,6 +229,13 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
 
 void engine::get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
                       reply<unit_read> done) const {
+  // Answered on the caller's thread when storage has the unit in memory: a read
+  // that cannot wait for the disk does not block an I/O thread (DESIGN §3), and
+  // the two thread hand-offs of the read pool cost more than the read itself.
+  if (!with_embedding) {
+    if (auto s = store(); s)
+      if (auto cached = (*s)->get_unit_if_cached(id)) return done(visible_unit(std::move(*cached), readable));
+  }
   auto job = [this, id = std::move(id), with_embedding, readable = std::move(readable), done] {
     done(read_unit(id, with_embedding, readable));
   };
@@ -227,7 +243,9 @@ void engine::get_unit(std::string id, bool with_embedding, std::function<bool(st
 }
 
 void engine::list_units(std::string context_id, list_request req, reply<units_page> done) const {
-  auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
+  // As get_unit: answered here when storage has the page in memory.
+  if (auto cached = read_units(context_id, req, true)) return done(std::move(*cached));
+  auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(*read_units(ctx, req, false)); };
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
@@ -286,21 +304,18 @@ model::result<unit_read> engine::read_unit(std::string_view id, bool with_embedd
                                            const std::function<bool(std::string_view)>& readable) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
-  auto unit = (*s)->get_unit(id);
-  if (!unit) return std::unexpected(unit.error());
-  // A unit the caller may not read is indistinguishable from one that does not
-  // exist: ids do not reveal contexts.
-  if (!*unit || (readable && !readable((*unit)->context_id()))) return fail(errc::not_found, "Work unit not found");
-  unit_read out{std::move(**unit), std::nullopt};
+  auto out = visible_unit((*s)->get_unit(id), readable);
+  if (!out) return out;
   if (with_embedding) {
     auto vector = (*s)->get_vector(id);
     if (!vector) return std::unexpected(vector.error());
-    out.embedding = std::move(*vector);
+    out->embedding = std::move(*vector);
   }
   return out;
 }
 
-model::result<units_page> engine::read_units(std::string_view context_id, const list_request& req) const {
+std::optional<model::result<units_page>> engine::read_units(std::string_view context_id, const list_request& req,
+                                                            bool memory_only) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto limit = page_limit(req.limit);
@@ -319,17 +334,20 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
     if (req.reverse) q.before_seq = seq;
     else q.after_seq = std::max(q.after_seq, seq);
   }
-  auto page = (*s)->list_units(context_id, q);
-  if (!page) return std::unexpected(page.error());
+  auto page = memory_only ? (*s)->list_units_if_cached(context_id, q)
+                          : std::optional((*s)->list_units(context_id, q));
+  if (!page) return std::nullopt;
+  if (!*page) return std::unexpected(page->error());
   units_page out;
-  if (page->more && !page->units.empty())
-    out.next_cursor = make_cursor('u', std::to_string(page->units.back().seq()));
-  if (page->units.empty()) {  // only then can the context be missing: one more point read
+  if ((*page)->more && !(*page)->units.empty())
+    out.next_cursor = make_cursor('u', std::to_string((*page)->units.back().seq()));
+  if ((*page)->units.empty()) {  // only then can the context be missing: one more point read
+    if (memory_only) return std::nullopt;
     auto ctx = (*s)->get_context(context_id);
     if (!ctx) return std::unexpected(ctx.error());
     out.context_exists = ctx->has_value();
   }
-  out.units = std::move(page->units);
+  out.units = std::move((*page)->units);
   return out;
 }
 

@@ -147,9 +147,10 @@ model::error storage_error(const rocksdb::Status& s, std::string_view what) {
 class log_range {
  public:
   log_range(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* log, uint64_t handle, uint64_t first_seq,
-            uint64_t end_handle, uint64_t end_seq)
+            uint64_t end_handle, uint64_t end_seq, rocksdb::ReadTier tier = rocksdb::kReadAllTier)
       : lower_(log_key(handle, first_seq)), upper_(log_key(end_handle, end_seq)), lower_s_(lower_), upper_s_(upper_) {
     rocksdb::ReadOptions ro;
+    ro.read_tier = tier;
     ro.iterate_lower_bound = &lower_s_;
     ro.iterate_upper_bound = &upper_s_;
     it_.reset(db.NewIterator(ro, log));
@@ -320,9 +321,35 @@ struct store::impl {
   rocksdb::ColumnFamilyHandle* h(cf which) const { return cfs[which]; }
 
   // A context's stored record; nullopt when the context does not exist.
-  model::result<std::optional<ContextRecord>> read_record(std::string_view id) const {
+  // The unit with id `id`, read with `ro`; nullopt when `ro` allows memory only
+  // (kBlockCacheTier) and a block is not there.
+  std::optional<model::result<std::optional<api::WorkUnit>>> get_unit(std::string_view id,
+                                                                      const rocksdb::ReadOptions& ro) const {
+    using found = model::result<std::optional<api::WorkUnit>>;
+    const auto parsed = model::uuid::parse(id);
+    if (!parsed) return found(std::nullopt);
+    std::string loc;
+    auto s = db->Get(ro, h(cf_unit_ids),
+                     rocksdb::Slice(reinterpret_cast<const char*>(parsed->bytes.data()), parsed->bytes.size()), &loc);
+    if (s.IsIncomplete()) return std::nullopt;
+    if (s.IsNotFound()) return found(std::nullopt);
+    if (!s.ok()) return found(std::unexpected(storage_error(s, "reading a work unit")));
     std::string raw;
-    auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
+    s = db->Get(ro, h(cf_log), loc, &raw);
+    if (s.IsIncomplete()) return std::nullopt;
+    if (s.IsNotFound()) return found(std::nullopt);  // removed (retention) since the id was read
+    if (!s.ok()) return found(std::unexpected(storage_error(s, "reading a work unit")));
+    api::Event ev;
+    if (!ev.ParseFromString(raw) || !ev.has_work_unit()) return found(fail(errc::internal, "corrupt log entry"));
+    return found(std::move(*ev.mutable_work_unit()));
+  }
+
+  model::result<std::optional<ContextRecord>> read_record(std::string_view id,
+                                                          rocksdb::ReadTier tier = rocksdb::kReadAllTier) const {
+    std::string raw;
+    rocksdb::ReadOptions ro;
+    ro.read_tier = tier;
+    auto s = db->Get(ro, h(cf_contexts), id, &raw);
     if (s.IsNotFound()) return std::optional<ContextRecord>();
     if (!s.ok()) return std::unexpected(storage_error(s, "reading context '" + std::string(id) + "'"));
     ContextRecord rec;
@@ -1636,32 +1663,30 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::trimmed_cont
 }
 
 model::result<std::optional<api::WorkUnit>> store::get_unit(std::string_view id) const {
-  const auto parsed = model::uuid::parse(id);
-  if (!parsed) return std::optional<api::WorkUnit>();
-  std::string loc;
-  auto s = impl_->db->Get(
-      rocksdb::ReadOptions(), impl_->h(cf_unit_ids),
-      rocksdb::Slice(reinterpret_cast<const char*>(parsed->bytes.data()), parsed->bytes.size()), &loc);
-  if (s.IsNotFound()) return std::optional<api::WorkUnit>();
-  if (!s.ok()) return std::unexpected(storage_error(s, "reading a work unit"));
-  std::string raw;
-  s = impl_->db->Get(rocksdb::ReadOptions(), impl_->h(cf_log), loc, &raw);
-  if (s.IsNotFound()) return std::optional<api::WorkUnit>();  // removed (retention) since the id was read
-  if (!s.ok()) return std::unexpected(storage_error(s, "reading a work unit"));
-  api::Event ev;
-  if (!ev.ParseFromString(raw) || !ev.has_work_unit())
-    return fail(errc::internal, "corrupt log entry");
-  return std::optional<api::WorkUnit>(std::move(*ev.mutable_work_unit()));
+  return *impl_->get_unit(id, rocksdb::ReadOptions());
 }
 
-model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
+std::optional<model::result<std::optional<api::WorkUnit>>> store::get_unit_if_cached(std::string_view id) const {
+  rocksdb::ReadOptions ro;
+  ro.read_tier = rocksdb::kBlockCacheTier;
+  return impl_->get_unit(id, ro);
+}
+
+namespace {
+// store::list_units, reading with `tier`. With kBlockCacheTier (memory only),
+// nullopt when an answer would need the disk, or storage failed: the caller then
+// reads again with the disk allowed, which reports any failure.
+std::optional<model::result<unit_page>> list_units_with(const store::impl& im, std::string_view context_id,
+                                                        const list_query& q, rocksdb::ReadTier tier) {
+  const bool memory_only = tier == rocksdb::kBlockCacheTier;
   unit_page page;
-  auto rec = impl_->read_record(context_id);
+  auto rec = im.read_record(context_id, tier);
+  if (!rec && memory_only) return std::nullopt;
   if (!rec) return std::unexpected(rec.error());
   if (!*rec) return page;
   if (q.after_seq >= q.before_seq || q.before_seq - q.after_seq < 2) return page;
   const uint64_t handle = (*rec)->handle();
-  log_range it(*impl_->db, impl_->h(cf_log), handle, q.after_seq + 1, handle, q.before_seq);  // upper exclusive
+  log_range it(*im.db, im.h(cf_log), handle, q.after_seq + 1, handle, q.before_seq, tier);  // upper exclusive
   api::Event ev;
   // The unit at the iterator, or nullopt for another kind of event.
   auto unit_here = [&]() -> model::result<std::optional<api::WorkUnit>> {
@@ -1728,8 +1753,19 @@ model::result<unit_page> store::list_units(std::string_view context_id, const li
     for (size_t i = 0; i < newer.size() && page.units.size() < q.limit; ++i)
       page.units.push_back(std::move(newer[newer.size() - 1 - i]));
   }
+  if (!it->status().ok() && memory_only) return std::nullopt;
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing units"));
   return page;
+}
+}  // namespace
+
+model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
+  return *list_units_with(*impl_, context_id, q, rocksdb::kReadAllTier);
+}
+
+std::optional<model::result<unit_page>> store::list_units_if_cached(std::string_view context_id,
+                                                                    const list_query& q) const {
+  return list_units_with(*impl_, context_id, q, rocksdb::kBlockCacheTier);
 }
 
 model::result<std::vector<api::Event>> store::read_events(std::string_view context_id, uint64_t after_seq,

@@ -224,6 +224,29 @@ TEST_F(StoreTest, EverythingSurvivesReopen) {
   EXPECT_EQ(seqs("b"), (std::vector<uint64_t>{1}));
 }
 
+// get_unit_if_cached answers from memory only (the I/O threads serve GET
+// /workunit/{id} with it). A unit just written is in the memtable; after a reopen
+// it is in a table file the fresh block cache has not read, so the answer needs
+// the disk (nullopt) until get_unit has read it once.
+TEST_F(StoreTest, CachedUnitReadsAnswerFromMemoryOnly) {
+  auto r = append("a", {"x"});
+  ASSERT_TRUE(r) << r.error().message;
+  const std::string id = r->units[0].id();
+  auto fresh = store_->get_unit_if_cached(id);
+  ASSERT_TRUE(fresh && *fresh && **fresh);
+  EXPECT_EQ((**fresh)->payload(), "x");
+  reopen();
+  EXPECT_FALSE(store_->get_unit_if_cached(id).has_value()) << "answered from memory right after a reopen";
+  auto disk = store_->get_unit(id);
+  ASSERT_TRUE(disk && *disk) << "the disk read failed";
+  auto cached = store_->get_unit_if_cached(id);
+  ASSERT_TRUE(cached && *cached && **cached) << "not in memory after a read";
+  EXPECT_EQ((**cached)->payload(), "x");
+  auto bad = store_->get_unit_if_cached("not-a-uuid");  // answered without reading anything
+  ASSERT_TRUE(bad && *bad);
+  EXPECT_FALSE(**bad);
+}
+
 TEST_F(StoreTest, ConcurrentWritersGetGapFreeSeqs) {
   constexpr int threads = 16, per_thread = 100;
   std::vector<std::thread> ts;
