@@ -35,6 +35,10 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
   return raw->substr(1);
 }
 
+// A unit read from memory whose payload is at most this is answered on the
+// caller's thread (engine::get_unit); rendering it costs a few tens of µs.
+constexpr size_t inline_read_max_payload = 16 * 1024;
+
 // A unit as its reader sees it: one the caller may not read is indistinguishable
 // from one that does not exist (ids do not reveal contexts).
 model::result<unit_read> visible_unit(model::result<std::optional<api::WorkUnit>> unit,
@@ -229,12 +233,17 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
 
 void engine::get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
                       reply<unit_read> done) const {
-  // Answered on the caller's thread when storage has the unit in memory: a read
-  // that cannot wait for the disk does not block an I/O thread (DESIGN §3), and
-  // the two thread hand-offs of the read pool cost more than the read itself.
+  // Answered on the caller's thread when storage has the unit in memory and it is
+  // small: a read that cannot wait for the disk does not block an I/O thread
+  // (DESIGN §3), and the read pool's two thread hand-offs cost more than such a
+  // read and its rendering. A big unit (or a page, or an embedding) is read and
+  // rendered on the pool, so a connection never waits behind another's render.
   if (!with_embedding) {
-    if (auto s = store(); s)
-      if (auto cached = (*s)->get_unit_if_cached(id)) return done(visible_unit(std::move(*cached), readable));
+    if (auto s = store(); s) {
+      auto cached = (*s)->get_unit_if_cached(id);
+      if (cached && (!*cached || !**cached || (**cached)->payload().size() <= inline_read_max_payload))
+        return done(visible_unit(std::move(*cached), readable));
+    }
   }
   auto job = [this, id = std::move(id), with_embedding, readable = std::move(readable), done] {
     done(read_unit(id, with_embedding, readable));
@@ -243,9 +252,7 @@ void engine::get_unit(std::string id, bool with_embedding, std::function<bool(st
 }
 
 void engine::list_units(std::string context_id, list_request req, reply<units_page> done) const {
-  // As get_unit: answered here when storage has the page in memory.
-  if (auto cached = read_units(context_id, req, true)) return done(std::move(*cached));
-  auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(*read_units(ctx, req, false)); };
+  auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
 
@@ -314,8 +321,7 @@ model::result<unit_read> engine::read_unit(std::string_view id, bool with_embedd
   return out;
 }
 
-std::optional<model::result<units_page>> engine::read_units(std::string_view context_id, const list_request& req,
-                                                            bool memory_only) const {
+model::result<units_page> engine::read_units(std::string_view context_id, const list_request& req) const {
   auto s = store();
   if (!s) return std::unexpected(s.error());
   auto limit = page_limit(req.limit);
@@ -334,20 +340,17 @@ std::optional<model::result<units_page>> engine::read_units(std::string_view con
     if (req.reverse) q.before_seq = seq;
     else q.after_seq = std::max(q.after_seq, seq);
   }
-  auto page = memory_only ? (*s)->list_units_if_cached(context_id, q)
-                          : std::optional((*s)->list_units(context_id, q));
-  if (!page) return std::nullopt;
-  if (!*page) return std::unexpected(page->error());
+  auto page = (*s)->list_units(context_id, q);
+  if (!page) return std::unexpected(page.error());
   units_page out;
-  if ((*page)->more && !(*page)->units.empty())
-    out.next_cursor = make_cursor('u', std::to_string((*page)->units.back().seq()));
-  if ((*page)->units.empty()) {  // only then can the context be missing: one more point read
-    if (memory_only) return std::nullopt;
+  if (page->more && !page->units.empty())
+    out.next_cursor = make_cursor('u', std::to_string(page->units.back().seq()));
+  if (page->units.empty()) {  // only then can the context be missing: one more point read
     auto ctx = (*s)->get_context(context_id);
     if (!ctx) return std::unexpected(ctx.error());
     out.context_exists = ctx->has_value();
   }
-  out.units = std::move((*page)->units);
+  out.units = std::move(page->units);
   return out;
 }
 

@@ -200,10 +200,7 @@ class engine {
 
   model::result<unit_read> read_unit(std::string_view id, bool with_embedding,
                                      const std::function<bool(std::string_view)>& readable) const;
-  // memory_only: nullopt when the page needs the disk (list_units then reads it on
-  // the read pool).
-  std::optional<model::result<units_page>> read_units(std::string_view context_id, const list_request& req,
-                                                      bool memory_only) const;
+  model::result<units_page> read_units(std::string_view context_id, const list_request& req) const;
   model::result<contexts_page> read_contexts(std::string_view cursor, std::optional<size_t> limit,
                                              std::string_view prefix) const;
 

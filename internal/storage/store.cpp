@@ -147,10 +147,9 @@ model::error storage_error(const rocksdb::Status& s, std::string_view what) {
 class log_range {
  public:
   log_range(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* log, uint64_t handle, uint64_t first_seq,
-            uint64_t end_handle, uint64_t end_seq, rocksdb::ReadTier tier = rocksdb::kReadAllTier)
+            uint64_t end_handle, uint64_t end_seq)
       : lower_(log_key(handle, first_seq)), upper_(log_key(end_handle, end_seq)), lower_s_(lower_), upper_s_(upper_) {
     rocksdb::ReadOptions ro;
-    ro.read_tier = tier;
     ro.iterate_lower_bound = &lower_s_;
     ro.iterate_upper_bound = &upper_s_;
     it_.reset(db.NewIterator(ro, log));
@@ -344,12 +343,9 @@ struct store::impl {
     return found(std::move(*ev.mutable_work_unit()));
   }
 
-  model::result<std::optional<ContextRecord>> read_record(std::string_view id,
-                                                          rocksdb::ReadTier tier = rocksdb::kReadAllTier) const {
+  model::result<std::optional<ContextRecord>> read_record(std::string_view id) const {
     std::string raw;
-    rocksdb::ReadOptions ro;
-    ro.read_tier = tier;
-    auto s = db->Get(ro, h(cf_contexts), id, &raw);
+    auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
     if (s.IsNotFound()) return std::optional<ContextRecord>();
     if (!s.ok()) return std::unexpected(storage_error(s, "reading context '" + std::string(id) + "'"));
     ContextRecord rec;
@@ -1672,21 +1668,14 @@ std::optional<model::result<std::optional<api::WorkUnit>>> store::get_unit_if_ca
   return impl_->get_unit(id, ro);
 }
 
-namespace {
-// store::list_units, reading with `tier`. With kBlockCacheTier (memory only),
-// nullopt when an answer would need the disk, or storage failed: the caller then
-// reads again with the disk allowed, which reports any failure.
-std::optional<model::result<unit_page>> list_units_with(const store::impl& im, std::string_view context_id,
-                                                        const list_query& q, rocksdb::ReadTier tier) {
-  const bool memory_only = tier == rocksdb::kBlockCacheTier;
+model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
   unit_page page;
-  auto rec = im.read_record(context_id, tier);
-  if (!rec && memory_only) return std::nullopt;
+  auto rec = impl_->read_record(context_id);
   if (!rec) return std::unexpected(rec.error());
   if (!*rec) return page;
   if (q.after_seq >= q.before_seq || q.before_seq - q.after_seq < 2) return page;
   const uint64_t handle = (*rec)->handle();
-  log_range it(*im.db, im.h(cf_log), handle, q.after_seq + 1, handle, q.before_seq, tier);  // upper exclusive
+  log_range it(*impl_->db, impl_->h(cf_log), handle, q.after_seq + 1, handle, q.before_seq);  // upper exclusive
   api::Event ev;
   // The unit at the iterator, or nullopt for another kind of event.
   auto unit_here = [&]() -> model::result<std::optional<api::WorkUnit>> {
@@ -1753,19 +1742,8 @@ std::optional<model::result<unit_page>> list_units_with(const store::impl& im, s
     for (size_t i = 0; i < newer.size() && page.units.size() < q.limit; ++i)
       page.units.push_back(std::move(newer[newer.size() - 1 - i]));
   }
-  if (!it->status().ok() && memory_only) return std::nullopt;
   if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "listing units"));
   return page;
-}
-}  // namespace
-
-model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
-  return *list_units_with(*impl_, context_id, q, rocksdb::kReadAllTier);
-}
-
-std::optional<model::result<unit_page>> store::list_units_if_cached(std::string_view context_id,
-                                                                    const list_query& q) const {
-  return list_units_with(*impl_, context_id, q, rocksdb::kBlockCacheTier);
 }
 
 model::result<std::vector<api::Event>> store::read_events(std::string_view context_id, uint64_t after_seq,

@@ -283,9 +283,6 @@ class store {
   // needs a disk read: then call get_unit off the I/O threads.
   std::optional<model::result<std::optional<api::WorkUnit>>> get_unit_if_cached(std::string_view id) const;
   model::result<unit_page> list_units(std::string_view context_id, const list_query& q) const;
-  // list_units from memory only, as get_unit_if_cached: nullopt when the page needs
-  // the disk (or storage failed: list_units then says why).
-  std::optional<model::result<unit_page>> list_units_if_cached(std::string_view context_id, const list_query& q) const;
   // Every event (any kind) of one context with seq > after_seq, oldest first, at most
   // `limit`. What stream catch-up replays.
   model::result<std::vector<api::Event>> read_events(std::string_view context_id, uint64_t after_seq,
