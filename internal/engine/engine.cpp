@@ -35,9 +35,9 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
   return raw->substr(1);
 }
 
-// A unit read from memory whose payload is at most this is answered on the
-// caller's thread (engine::get_unit); rendering it costs a few tens of µs.
-constexpr size_t inline_read_max_payload = 16 * 1024;
+// A unit read from memory whose stored event is at most this is answered on the
+// caller's thread (engine::get_unit); parsing and rendering it cost a few tens of µs.
+constexpr size_t inline_read_max_bytes = 16 * 1024;
 
 // A unit as its reader sees it: one the caller may not read is indistinguishable
 // from one that does not exist (ids do not reveal contexts).
@@ -233,17 +233,15 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
 
 void engine::get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
                       reply<unit_read> done) const {
-  // Answered on the caller's thread when storage has the unit in memory and it is
-  // small: a read that cannot wait for the disk does not block an I/O thread
+  // Answered on the caller's thread (found, not found, or an error) when storage
+  // has the unit in memory and it is small: a read that cannot wait for the disk does not block an I/O thread
   // (DESIGN §3), and the read pool's two thread hand-offs cost more than such a
   // read and its rendering. A big unit (or a page, or an embedding) is read and
   // rendered on the pool, so a connection never waits behind another's render.
   if (!with_embedding) {
-    if (auto s = store(); s) {
-      auto cached = (*s)->get_unit_if_cached(id);
-      if (cached && (!*cached || !**cached || (**cached)->payload().size() <= inline_read_max_payload))
+    if (auto s = store(); s)
+      if (auto cached = (*s)->get_unit_if_cached(id, inline_read_max_bytes))
         return done(visible_unit(std::move(*cached), readable));
-    }
   }
   auto job = [this, id = std::move(id), with_embedding, readable = std::move(readable), done] {
     done(read_unit(id, with_embedding, readable));

@@ -101,7 +101,8 @@ class engine {
   model::result<tasks*> task_manager() const;
   // Drafts (partial output, in memory): there whenever streaming is (a router).
   model::result<drafts*> draft_registry() const;
-  // Waits for every queued read to finish; later reads answer `unavailable`.
+  // Waits for every queued read to finish; later reads answer `unavailable`
+  // (except what get_unit answers from memory, which never uses the pool).
   void drain_reads();
 
   // ---- work units ---------------------------------------------------------------
@@ -110,7 +111,9 @@ class engine {
   void append(std::string context_id, std::vector<api::WorkUnit> units, idempotency idem,
               append_done done, std::vector<storage::fence> fences = {});
 
-  // Reads run on the read pool; `done` runs on a read thread. `readable`, when
+  // Reads run on the read pool; `done` runs on a read thread, except that
+  // get_unit answers at once, on the caller's thread, for a unit of at most 16 KiB
+  // that storage has in memory (and never waits for the disk there). `readable`, when
   // set, answers whether the caller may read a context: a unit in another is
   // reported as not found (before its embedding is read).
   void get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,

@@ -317,12 +317,14 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
   // messages, so an idle subscriber holds no read buffer (Beast's async_read into
   // a flat_buffer keeps ~1.5 KiB per connection prepared for the next message). A
   // message's first piece fits in the string's inline storage; the rest is read in
-  // pieces of what the frame has left, up to max_read_piece. Beast checks UTF-8
-  // across pieces and the size against read_message_max as it does for whole reads.
+  // pieces of what the current frame has left (read_size_hint(1): 1 between
+  // frames), up to max_read_piece, so in_ never grows past what the client sent
+  // and a message of many tiny frames costs no more than their bytes. Beast checks
+  // UTF-8 across pieces and the size against read_message_max as for whole reads.
   void read() {
     const size_t have = in_.size();
     const size_t want = have == 0 ? std::string().capacity()
-                                  : std::clamp(ws_.read_size_hint(max_read_piece), size_t(1), max_read_piece);
+                                  : std::clamp(ws_.read_size_hint(1), size_t(1), max_read_piece);
     in_.resize(have + want);
     ws_.async_read_some(net::buffer(in_.data() + have, want), [self = shared_from_this(), have](beast::error_code ec,
                                                                                                   size_t n) {

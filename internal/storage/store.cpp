@@ -319,23 +319,25 @@ struct store::impl {
 
   rocksdb::ColumnFamilyHandle* h(cf which) const { return cfs[which]; }
 
-  // A context's stored record; nullopt when the context does not exist.
-  // The unit with id `id`, read with `ro`; nullopt when `ro` allows memory only
-  // (kBlockCacheTier) and a block is not there.
-  std::optional<model::result<std::optional<api::WorkUnit>>> get_unit(std::string_view id,
-                                                                      const rocksdb::ReadOptions& ro) const {
+  // The unit with id `id`. With memory_only (kBlockCacheTier), nullopt when a
+  // block it needs is not in memory, or its stored event is over `max_bytes`
+  // (checked before parsing); otherwise never nullopt.
+  std::optional<model::result<std::optional<api::WorkUnit>>> get_unit(std::string_view id, bool memory_only,
+                                                                      size_t max_bytes = SIZE_MAX) const {
     using found = model::result<std::optional<api::WorkUnit>>;
     const auto parsed = model::uuid::parse(id);
     if (!parsed) return found(std::nullopt);
+    rocksdb::ReadOptions ro;
+    if (memory_only) ro.read_tier = rocksdb::kBlockCacheTier;
     std::string loc;
     auto s = db->Get(ro, h(cf_unit_ids),
                      rocksdb::Slice(reinterpret_cast<const char*>(parsed->bytes.data()), parsed->bytes.size()), &loc);
-    if (s.IsIncomplete()) return std::nullopt;
+    if (memory_only && s.IsIncomplete()) return std::nullopt;
     if (s.IsNotFound()) return found(std::nullopt);
     if (!s.ok()) return found(std::unexpected(storage_error(s, "reading a work unit")));
     std::string raw;
     s = db->Get(ro, h(cf_log), loc, &raw);
-    if (s.IsIncomplete()) return std::nullopt;
+    if (memory_only && (s.IsIncomplete() || (s.ok() && raw.size() > max_bytes))) return std::nullopt;
     if (s.IsNotFound()) return found(std::nullopt);  // removed (retention) since the id was read
     if (!s.ok()) return found(std::unexpected(storage_error(s, "reading a work unit")));
     api::Event ev;
@@ -343,6 +345,7 @@ struct store::impl {
     return found(std::move(*ev.mutable_work_unit()));
   }
 
+  // A context's stored record; nullopt when the context does not exist.
   model::result<std::optional<ContextRecord>> read_record(std::string_view id) const {
     std::string raw;
     auto s = db->Get(rocksdb::ReadOptions(), h(cf_contexts), id, &raw);
@@ -1659,13 +1662,12 @@ model::result<std::vector<std::pair<std::string, uint64_t>>> store::trimmed_cont
 }
 
 model::result<std::optional<api::WorkUnit>> store::get_unit(std::string_view id) const {
-  return *impl_->get_unit(id, rocksdb::ReadOptions());
+  return *impl_->get_unit(id, false);
 }
 
-std::optional<model::result<std::optional<api::WorkUnit>>> store::get_unit_if_cached(std::string_view id) const {
-  rocksdb::ReadOptions ro;
-  ro.read_tier = rocksdb::kBlockCacheTier;
-  return impl_->get_unit(id, ro);
+std::optional<model::result<std::optional<api::WorkUnit>>> store::get_unit_if_cached(std::string_view id,
+                                                                                     size_t max_bytes) const {
+  return impl_->get_unit(id, true, max_bytes);
 }
 
 model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {

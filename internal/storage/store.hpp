@@ -280,8 +280,10 @@ class store {
   model::result<std::optional<api::WorkUnit>> get_unit(std::string_view id) const;
   // get_unit from memory only (the memtables and the block cache: RocksDB's
   // kBlockCacheTier), so it never waits for the disk. nullopt when the answer
-  // needs a disk read: then call get_unit off the I/O threads.
-  std::optional<model::result<std::optional<api::WorkUnit>>> get_unit_if_cached(std::string_view id) const;
+  // needs a disk read, or the unit's stored event is over `max_bytes` (it is then
+  // not parsed): then call get_unit off the I/O threads.
+  std::optional<model::result<std::optional<api::WorkUnit>>> get_unit_if_cached(std::string_view id,
+                                                                                 size_t max_bytes) const;
   model::result<unit_page> list_units(std::string_view context_id, const list_query& q) const;
   // Every event (any kind) of one context with seq > after_seq, oldest first, at most
   // `limit`. What stream catch-up replays.

@@ -294,13 +294,26 @@ TEST(WsFramesTest, AClientMessageOverTheLimitIsRefusedWith1009) {
     buf.consume(buf.size());
   }
   ws.write(net::buffer(R"({"type":"heartbeat","pad":")" + std::string(2000, 'x') + R"("})"));
-  beast::error_code ec;
-  while (!ec) {
-    ws.read(buf, ec);
-    buf.consume(buf.size());
-  }
-  EXPECT_EQ(ec, websocket::error::closed) << ec.message();
-  EXPECT_EQ(ws.reason().code, websocket::close_code::too_big);
+  auto refused = [&](websocket::stream<beast::tcp_stream>& client) {
+    beast::error_code ec;
+    while (!ec) {
+      client.read(buf, ec);
+      buf.consume(buf.size());
+    }
+    // Beast's client answers the close frame and tears down; the server may have
+    // closed its end by then (ENOTCONN). The close code is what was said.
+    EXPECT_TRUE(ec == websocket::error::closed || ec == net::error::not_connected) << ec.message();
+    EXPECT_EQ(client.reason().code, websocket::close_code::too_big);
+  };
+  refused(ws);
+  // Over the limit only in its later fragments: refused all the same.
+  auto ws2 = connect(ioc, server.port());
+  ws2.handshake("127.0.0.1", "/stream?context=limit");
+  ws2.auto_fragment(true);
+  ws2.write_buffer_bytes(256);
+  beast::error_code write_ec;  // the server may close before the last fragment is written
+  ws2.write(net::buffer(R"({"type":"heartbeat","pad":")" + std::string(3000, 'y') + R"("})"), write_ec);
+  refused(ws2);
   auto http = server.connect();
   EXPECT_EQ(call(http, "GET", "/healthz").status, 200u);
 }

@@ -232,19 +232,34 @@ TEST_F(StoreTest, CachedUnitReadsAnswerFromMemoryOnly) {
   auto r = append("a", {"x"});
   ASSERT_TRUE(r) << r.error().message;
   const std::string id = r->units[0].id();
-  auto fresh = store_->get_unit_if_cached(id);
+  auto fresh = store_->get_unit_if_cached(id, SIZE_MAX);
   ASSERT_TRUE(fresh && *fresh && **fresh);
   EXPECT_EQ((**fresh)->payload(), "x");
   reopen();
-  EXPECT_FALSE(store_->get_unit_if_cached(id).has_value()) << "answered from memory right after a reopen";
+  EXPECT_FALSE(store_->get_unit_if_cached(id, SIZE_MAX).has_value()) << "answered from memory right after a reopen";
   auto disk = store_->get_unit(id);
   ASSERT_TRUE(disk && *disk) << "the disk read failed";
-  auto cached = store_->get_unit_if_cached(id);
+  auto cached = store_->get_unit_if_cached(id, SIZE_MAX);
   ASSERT_TRUE(cached && *cached && **cached) << "not in memory after a read";
   EXPECT_EQ((**cached)->payload(), "x");
-  auto bad = store_->get_unit_if_cached("not-a-uuid");  // answered without reading anything
+  auto bad = store_->get_unit_if_cached("not-a-uuid", SIZE_MAX);  // answered without reading anything
   ASSERT_TRUE(bad && *bad);
   EXPECT_FALSE(**bad);
+  EXPECT_FALSE(store_->get_unit_if_cached(id, 8).has_value()) << "a unit over max_bytes is left to get_unit";
+}
+
+// The second of get_unit's two reads can need the disk on its own: the id's entry
+// is in memory (read beside another id's), the unit's log block is not.
+TEST_F(StoreTest, CachedUnitReadsNeedTheDiskForAnUnreadLogBlock) {
+  auto r = append("a", {std::string(20'000, 'a'), std::string(20'000, 'b')});  // one log block each
+  ASSERT_TRUE(r) << r.error().message;
+  const std::string first = r->units[0].id(), second = r->units[1].id();
+  reopen();
+  ASSERT_TRUE(store_->get_unit(first).has_value());  // caches the ids' block and the first unit's
+  EXPECT_FALSE(store_->get_unit_if_cached(second, SIZE_MAX).has_value());
+  auto again = store_->get_unit_if_cached(first, SIZE_MAX);
+  ASSERT_TRUE(again && *again && **again);
+  EXPECT_EQ((**again)->payload().size(), 20'000u);
 }
 
 TEST_F(StoreTest, ConcurrentWritersGetGapFreeSeqs) {
