@@ -234,10 +234,11 @@ void engine::append(std::string context_id, std::vector<api::WorkUnit> units, id
 void engine::get_unit(std::string id, bool with_embedding, std::function<bool(std::string_view)> readable,
                       reply<unit_read> done) const {
   // Answered on the caller's thread (found, not found, or an error) when storage
-  // has the unit in memory and it is small: a read that cannot wait for the disk does not block an I/O thread
-  // (DESIGN §3), and the read pool's two thread hand-offs cost more than such a
-  // read and its rendering. A big unit (or a page, or an embedding) is read and
-  // rendered on the pool, so a connection never waits behind another's render.
+  // has the unit in memory and it is small: a read that cannot wait for the disk
+  // does not block an I/O thread (DESIGN §3), and the read pool's two thread
+  // hand-offs cost more than such a read and its rendering. A big unit (or a page,
+  // or an embedding) is read and rendered on the pool, so a connection never
+  // waits behind another's render.
   if (!with_embedding) {
     if (auto s = store(); s)
       if (auto cached = (*s)->get_unit_if_cached(id, inline_read_max_bytes))
