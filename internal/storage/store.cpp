@@ -330,18 +330,18 @@ struct store::impl {
     rocksdb::ReadOptions ro;
     if (memory_only) ro.read_tier = rocksdb::kBlockCacheTier;
     std::string loc;
-    auto s = db->Get(ro, h(cf_unit_ids),
-                     rocksdb::Slice(reinterpret_cast<const char*>(parsed->bytes.data()), parsed->bytes.size()), &loc);
+    auto s = db->Get(ro, h(cf_unit_ids), uuid_bytes(*parsed), &loc);
     if (memory_only && s.IsIncomplete()) return std::nullopt;
     if (s.IsNotFound()) return found(std::nullopt);
     if (!s.ok()) return found(std::unexpected(storage_error(s, "reading a work unit")));
-    std::string raw;
+    rocksdb::PinnableSlice raw;  // parsed in place: no copy of the event, sized before parsing
     s = db->Get(ro, h(cf_log), loc, &raw);
     if (memory_only && (s.IsIncomplete() || (s.ok() && raw.size() > max_bytes))) return std::nullopt;
     if (s.IsNotFound()) return found(std::nullopt);  // removed (retention) since the id was read
     if (!s.ok()) return found(std::unexpected(storage_error(s, "reading a work unit")));
     api::Event ev;
-    if (!ev.ParseFromString(raw) || !ev.has_work_unit()) return found(fail(errc::internal, "corrupt log entry"));
+    if (!ev.ParseFromArray(raw.data(), int(raw.size())) || !ev.has_work_unit())
+      return found(fail(errc::internal, "corrupt log entry"));
     return found(std::move(*ev.mutable_work_unit()));
   }
 
