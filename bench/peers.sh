@@ -198,8 +198,11 @@ redis_bench() {  # clients command…
   echo "  redis       redis-benchmark -c $1 ${cmd//$VALUE/<300 B>}: rps=$RPS p50=${P50}us p99=${P99}us$NOTE"
 }
 
-wrk_run() {  # who url
-  timeout "$LIMIT" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "$2" >"$WORK/wrk.txt" || true
+wrk_run() {  # who url [connections] [lua script]
+  local conns=${3:-$CONNS} threads=2 script=()
+  [ "$conns" -ge 2 ] || threads=1
+  [ -z "${4:-}" ] || script=(-s "$4")
+  timeout "$LIMIT" wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency "${script[@]}" "$2" >"$WORK/wrk.txt" || true
   read -r RPS P50 P99 BAD < <(awk '
     function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6; return v }
     $1 == "50%" { p50 = us($2) } $1 == "99%" { p99 = us($2) } $1 == "Requests/sec:" { rps = $2 }
@@ -207,7 +210,30 @@ wrk_run() {  # who url
     END { print rps + 0, p50 + 0, p99 + 0, (bad == "" ? 0 : bad) }' "$WORK/wrk.txt")
   NOTE=""
   [ "$BAD" = 0 ] || NOTE=" (bad responses: $BAD)"
-  echo "  $(printf '%-11s' "$1") wrk -t2 -c$CONNS $2: rps=$RPS p50=${P50}us p99=${P99}us$NOTE"
+  echo "  $(printf '%-11s' "$1") wrk -t$threads -c$conns${4:+ -s $(basename "$4")} $2: rps=$RPS p50=${P50}us p99=${P99}us$NOTE"
+}
+
+# A wrk script that POSTs the 300-byte unit of every append row: to context
+# bench/c0, or with N > 1 to one of bench/c0 … bench/c(N-1) at random, as
+# redis-benchmark -r N picks one of N streams. One context needs no Lua per request.
+append_script() {  # contexts → path of the script
+  local f="$WORK/append-$1.lua"
+  cat >"$f" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local function body(c)
+  return '{"context_id":"bench/c' .. c .. '","agent_id":"bench","type":1,"text":"$VALUE"}'
+end
+wrk.body = body(0)
+EOF
+  if [ "$1" -gt 1 ]; then
+    cat >>"$f" <<EOF
+local bodies = {}
+for c = 0, $(($1 - 1)) do bodies[c + 1] = body(c) end
+function request() return wrk.format(nil, nil, nil, bodies[math.random($1)]) end
+EOF
+  fi
+  echo "$f"
 }
 
 fanout() {  # protocol port subscribers rate
@@ -241,36 +267,41 @@ round_label() { if [ "$ROUNDS" -gt 1 ]; then echo " (round $1)"; fi; }
 echo "# Engram and its peers — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "# $(redis-server --version | cut -d' ' -f1-3), nats-server $(nats-server --version | sed 's/.* //'), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); ${SECS}s per run, $ROUNDS round(s)"
 
-# One append row: Engram with engram-load, then Redis with redis-benchmark.
-#   append_row title durability engram-contexts appendfsync peer-title redis-benchmark-args…
-# engram-contexts: "1" (every connection writes one context) or "" (one per connection).
+# One append row: Engram with wrk (after a 1 s warm-up run), then Redis with
+# redis-benchmark (after its calibration run).
+#   append_row title durability connections engram-contexts appendfsync peer-title redis-benchmark-args…
 append_row() {
-  local title=$1 durability=$2 contexts=$3 fsync=$4 peer=$5 e er
-  shift 5
+  local title=$1 durability=$2 conns=$3 contexts=$4 fsync=$5 peer=$6 e er script
+  shift 6
   engram_up "$durability" "$WORK/append"
-  engram_load write --connections "$CONNS" ${contexts:+--contexts "$contexts"} --payload-bytes 300 \
-    --label "$durability-${contexts:-$CONNS}ctx"
+  script=$(append_script "$contexts")
+  SECS=1 wrk_run warm-up "http://127.0.0.1:$ENGRAM_PORT/workunit" "$conns" "$script" >/dev/null
+  wrk_run engram "http://127.0.0.1:$ENGRAM_PORT/workunit" "$conns" "$script"
   e="$(throughput)"; er=$RPS; engram_down; rm -rf "$WORK/append"
   redis_up "$fsync" "$WORK/redis"
-  redis_bench "$CONNS" "$@"
+  redis_bench "$conns" "$@"
   redis_down; rm -rf "$WORK/redis"
-  row "$title" "$e" "$peer: $(throughput)" "$(ratio "$er" "$RPS") (req/s)" "engram-load / redis-benchmark"
+  row "$title" "$e" "$peer: $(throughput)" "$(ratio "$er" "$RPS") (req/s)" "wrk / redis-benchmark"
 }
 
 if has durable; then
-  echo "## durable append: POST /workunit (sync) vs Redis XADD (appendfsync always), $CONNS connections, 300 B"
+  echo "## durable append: POST /workunit (sync) vs Redis XADD (appendfsync always), 300 B"
   for r in $(seq 1 "$ROUNDS"); do
-    append_row "durable append, $CONNS conns, 300 B, one context$(round_label "$r")" sync 1 always \
+    append_row "durable append, $CONNS conns, 300 B, one context$(round_label "$r")" sync "$CONNS" 1 always \
       "Redis XADD, appendfsync always" XADD s '*' f "$VALUE"
-    append_row "durable append, $CONNS conns, 300 B, $CONNS contexts$(round_label "$r")" sync "" always \
+    append_row "durable append, $CONNS conns, 300 B, $CONNS contexts$(round_label "$r")" sync "$CONNS" "$CONNS" always \
       "Redis XADD to $CONNS streams (random), always" -r "$CONNS" XADD 's:__rand_int__' '*' f "$VALUE"
+    append_row "durable append, 1 conn, 300 B$(round_label "$r")" sync 1 1 always \
+      "Redis XADD, appendfsync always" XADD s '*' f "$VALUE"
   done
 fi
 
 if has relaxed; then
-  echo "## relaxed append: POST /workunit (relaxed) vs Redis XADD (appendfsync everysec), $CONNS connections, 300 B, one context"
+  echo "## relaxed append: POST /workunit (relaxed) vs Redis XADD (appendfsync everysec), 300 B, one context"
   for r in $(seq 1 "$ROUNDS"); do
-    append_row "relaxed append, $CONNS conns, 300 B, one context$(round_label "$r")" relaxed 1 everysec \
+    append_row "relaxed append, $CONNS conns, 300 B, one context$(round_label "$r")" relaxed "$CONNS" 1 everysec \
+      "Redis XADD, appendfsync everysec" XADD s '*' f "$VALUE"
+    append_row "relaxed append, 1 conn, 300 B$(round_label "$r")" relaxed 1 1 everysec \
       "Redis XADD, appendfsync everysec" XADD s '*' f "$VALUE"
   done
 fi

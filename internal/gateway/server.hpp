@@ -1,8 +1,8 @@
 #pragma once
 // The HTTP/1.1 server (Boost.Beast, callback style): an acceptor and one session per
 // connection, each on its own strand. Sessions do I/O only and hand each request to
-// the handler; the response may come back from any thread. Owns the io_context
-// and its threads.
+// the handler; the response may come back from any thread. Owns the I/O threads,
+// each with an io_context of its own (server.cpp says why).
 
 #include <chrono>
 #include <functional>
@@ -46,7 +46,7 @@ class server {
   void stop(std::chrono::milliseconds deadline);
 
   struct impl;  // state shared with sessions (options, handler, session registry)
-  struct io;    // the io_context, acceptor and threads
+  struct io;    // the io_contexts, acceptor and threads
 
  private:
   // Sessions keep `impl` alive; `io_` is destroyed first, and destroying the

@@ -292,7 +292,11 @@ struct store::impl {
   };
   using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim,
                                pending_import, pending_checkpoint, pending_presence, pending_fact>;
-  fence_checker check_fence;  // set before writes; called on the committer thread
+  fence_checker check_fence;  // set before writes; called by whoever commits
+  // Held by whoever commits a group: the committer thread, or (relaxed mode) an I/O
+  // thread committing an append inline (try_commit_inline). Taken before mu. The
+  // state under "committer only" below belongs to its holder.
+  std::mutex commit_mu;
   std::mutex mu;
   std::condition_variable cv;
   std::deque<pending> queue;
@@ -300,7 +304,7 @@ struct store::impl {
   bool closed = false;
   std::thread committer;
 
-  // ---- committer thread only ----
+  // ---- committer only (commit_mu) ----
   struct context_state {
     uint64_t handle = 0;
     api::Context context;
@@ -313,7 +317,8 @@ struct store::impl {
   steady::time_point last_sync = steady::now();
   steady::time_point last_memory_report;
   std::shared_ptr<rocksdb::Cache> block_cache;
-  bool unsynced = false;
+  std::atomic<bool> unsynced{false};  // relaxed: the WAL has writes no sync covers yet
+  std::atomic<int> appends_in_flight{0};  // store::append called, its completion not yet run
 
   impl(const options& o, prometheus::Registry* r) : opts(o), metrics(r) {}
 
@@ -383,12 +388,17 @@ struct store::impl {
     for (;;) {
       {
         std::unique_lock lock(mu);
-        if (opts.mode == durability::relaxed && unsynced) {
-          cv.wait_for(lock, opts.relaxed_sync_interval, [&] { return !queue.empty() || stopping; });
-        } else {
-          cv.wait(lock, [&] { return !queue.empty() || stopping; });
+        // Relaxed mode with unsynced writes wakes when the sync is due. An inline
+        // commit that leaves the WAL unsynced notifies, so the wait is re-chosen.
+        while (queue.empty() && !stopping) {
+          if (opts.mode != durability::relaxed || !unsynced) cv.wait(lock);
+          else if (cv.wait_for(lock, opts.relaxed_sync_interval) == std::cv_status::timeout) break;
         }
         if (queue.empty() && stopping) break;
+      }
+      std::unique_lock commit(commit_mu);
+      {
+        std::lock_guard lock(mu);
         // A trim step is committed in a group of its own: it reads what it removes
         // (unit ids, vector keys) from the database, which must not miss writes
         // staged beside it.
@@ -401,7 +411,8 @@ struct store::impl {
         }
         if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
       }
-      if (!group.empty()) commit_group(group);
+      if (!group.empty()) commit_group(group, completions, false);
+      commit.unlock();
       group.clear();
       maybe_sync_wal(false);
       report_memory();
@@ -419,12 +430,64 @@ struct store::impl {
   }
 
   // Relaxed mode: fsync the WAL once the interval has passed since the last sync.
+  // Cleared before the sync: a write that lands after it is flagged for the next one.
   void maybe_sync_wal(bool force) {
     if (opts.mode != durability::relaxed || !unsynced) return;
     if (!force && steady::now() - last_sync < opts.relaxed_sync_interval) return;
-    if (auto s = db->SyncWAL(); !s.ok()) spdlog::error("storage: WAL sync failed: {}", s.ToString());
-    last_sync = steady::now();
     unsynced = false;
+    if (auto s = db->SyncWAL(); !s.ok()) {
+      spdlog::error("storage: WAL sync failed: {}", s.ToString());
+      unsynced = true;
+    }
+    last_sync = steady::now();
+  }
+
+  // An append committed inline needs nothing from the disk while it is staged (no
+  // idempotency key, no tool-call ledger, no vector) and is small.
+  static constexpr size_t inline_max_bytes = 64 * 1024;
+  static bool inline_eligible(const append_request& req) {
+    if (!req.idempotency_key.empty()) return false;
+    size_t bytes = 0;
+    for (const auto& u : req.units) {
+      if (!u.call_id().empty() || u.has_embedding()) return false;
+      bytes += u.ByteSizeLong();
+    }
+    return bytes <= inline_max_bytes;
+  }
+
+  bool write_stalled() const {
+    uint64_t stopped = 0, delayed = 0;
+    return (db->GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped) && stopped) ||
+           (db->GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &delayed) && delayed);
+  }
+
+  // Relaxed mode: commits an append on the calling (I/O) thread when nothing else
+  // is waiting or being committed and it needs nothing from the disk: a WAL write
+  // to the OS and a memtable insert, where the hand-offs to the committer and back
+  // cost more than the write. The order stays one order: whoever commits holds
+  // commit_mu, and the queue is empty. A write stall or a busy committer leaves
+  // the append to the queue. False: `p` is untouched, queue it.
+  bool try_commit_inline(pending_append& p) {
+    if (opts.mode != durability::relaxed || !inline_eligible(p.req)) return false;
+    std::unique_lock commit(commit_mu, std::try_to_lock);
+    if (!commit.owns_lock()) return false;
+    {
+      std::lock_guard lock(mu);
+      if (stopping || !queue.empty()) return false;
+    }
+    if (!contexts.contains(p.req.context_id) || write_stalled()) return false;
+    std::vector<pending> group;
+    group.emplace_back(std::move(p));
+    std::vector<std::function<void()>> outcomes;
+    const bool was_synced = !unsynced;
+    commit_group(group, [&outcomes](std::function<void()> f) { outcomes.push_back(std::move(f)); }, true);
+    commit.unlock();
+    if (was_synced && unsynced) {  // the committer may be waiting without a timeout
+      std::lock_guard lock(mu);
+      cv.notify_one();
+    }
+    for (auto& f : outcomes) f();
+    return true;
   }
 
   // Current state of a context for staging: this group's copy, the cache, or disk.
@@ -889,7 +952,10 @@ struct store::impl {
     g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
   }
 
-  void commit_group(std::vector<pending>& group) {
+  // Commits `group` as one batch and hands each outcome to `run`. `inline_write`:
+  // the caller is an I/O thread (try_commit_inline), so the write may not wait
+  // out a write stall.
+  void commit_group(std::vector<pending>& group, const executor& run, bool inline_write) {
     group_state g;
     g.next_handle = next_handle;
     g.next_vseq = next_vseq;
@@ -913,6 +979,7 @@ struct store::impl {
       }
       rocksdb::WriteOptions wo;
       wo.sync = opts.mode == durability::sync;
+      wo.no_slowdown = inline_write;
       const auto t0 = steady::now();
       const auto s = db->Write(wo, &g.batch);
       const double secs = std::chrono::duration<double>(steady::now() - t0).count();
@@ -921,7 +988,7 @@ struct store::impl {
         for (auto& [id, st] : g.staged) contexts[id] = std::move(st);
         next_handle = g.next_handle;
         model_dims.merge(g.new_models);
-        unsynced = !wo.sync;
+        if (!wo.sync) unsynced = true;
         inc(metrics.groups);
         inc(metrics.events_written, double(g.events.size()));
         if (metrics.group_requests) metrics.group_requests->Observe(double(g.on_success.size()));
@@ -944,13 +1011,13 @@ struct store::impl {
         next_vseq = g.next_vseq;
         if (p) p->vectors_committed(next_vseq - 1);
       }
-      for (auto& f : g.on_success) completions(std::move(f));
+      for (auto& f : g.on_success) run(std::move(f));
       for (auto& t : g.unfinished) requeue(std::move(t));
     } else {
-      for (auto& f : g.on_failure) completions([f = std::move(f), failure] { f(failure); });
-      for (auto& t : g.unfinished) completions([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
+      for (auto& f : g.on_failure) run([f = std::move(f), failure] { f(failure); });
+      for (auto& t : g.unfinished) run([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
     }
-    for (auto& f : g.immediate) completions(std::move(f));
+    for (auto& f : g.immediate) run(std::move(f));
   }
 
   void stage(group_state& g, pending_import& p) {
@@ -1527,6 +1594,7 @@ struct store::impl {
       cv.notify_all();
     }
     if (committer.joinable()) committer.join();
+    std::lock_guard commit(commit_mu);  // an inline commit in progress ends first
     if (db) {
       if (auto s = db->FlushWAL(/*sync=*/true); !s.ok())
         spdlog::error("storage: final WAL sync failed: {}", s.ToString());
@@ -1560,7 +1628,17 @@ void store::set_publisher(publisher* p) { impl_->pub.store(p, std::memory_order_
 
 void store::append(append_request req, std::function<void(model::result<append_result>)> done) {
   ENGRAM_ASSERT(!req.units.empty(), "empty append request");
-  impl_->enqueue(impl::pending_append{std::move(req), done}, done);
+  auto& s = *impl_;
+  // Inline only when no other append is in flight: under load, appends share the
+  // committer's groups, and I/O threads committing one each made relaxed appends
+  // ~10% slower at 50 connections (bench/README.md).
+  const bool alone = s.appends_in_flight.fetch_add(1, std::memory_order_relaxed) == 0;
+  impl::pending_append p{std::move(req), [&s, done = std::move(done)](model::result<append_result> r) {
+                           s.appends_in_flight.fetch_sub(1, std::memory_order_relaxed);
+                           done(std::move(r));
+                         }};
+  if (alone && s.try_commit_inline(p)) return;
+  s.enqueue(std::move(p), p.done);
 }
 
 void store::update_locks(lock_change change, std::function<void(model::status)> done) {

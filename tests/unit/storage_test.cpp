@@ -66,7 +66,7 @@ class StoreTest : public ::testing::Test {
     opts_.block_cache_bytes = 8 << 20;
     opts_.write_buffer_bytes = 4 << 20;
     registry_ = std::make_shared<prometheus::Registry>();
-    auto s = store::open(opts_, registry_.get(), clock_, nullptr);
+    auto s = store::open(opts_, registry_.get(), clock_, completions_);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
     store_->set_publisher(&pub_);
@@ -120,6 +120,7 @@ class StoreTest : public ::testing::Test {
 
   test::temp_dir dir_;
   options opts_;
+  store::executor completions_;  // null: completions run on the committer
   std::shared_ptr<fake_clock> clock_ = std::make_shared<fake_clock>();
   std::shared_ptr<prometheus::Registry> registry_;
   gate_publisher pub_;
@@ -398,6 +399,122 @@ TEST_F(StoreTest, RelaxedModeKeepsWritesAcrossReopen) {
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(append("r", {std::to_string(i)}));
   reopen();
   EXPECT_EQ(seqs("r").size(), 20u);
+}
+
+// Completions the committer hands over, held until the test runs them (as an I/O
+// thread would run them later).
+class held_completions {
+ public:
+  store::executor executor() {
+    return [this](std::function<void()> f) {
+      std::lock_guard lock(mu_);
+      held_.push_back(std::move(f));
+      cv_.notify_all();
+    };
+  }
+  size_t size() {
+    std::lock_guard lock(mu_);
+    return held_.size();
+  }
+  // Waits (bounded) until `n` are held, then runs them all on this thread.
+  void run(size_t n) {
+    std::vector<std::function<void()>> now;
+    {
+      std::unique_lock lock(mu_);
+      ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(10), [&] { return held_.size() >= n; }));
+      now.swap(held_);
+    }
+    for (auto& f : now) f();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::function<void()>> held_;
+};
+
+TEST_F(StoreTest, RelaxedAppendWithNothingElseInFlightIsCommittedOnTheCallersThread) {
+  held_completions held;
+  store_.reset();
+  opts_.mode = durability::relaxed;
+  completions_ = held.executor();
+  open();
+  struct outcome {
+    bool done = false;
+    std::thread::id thread;
+    uint64_t seq = 0;
+  };
+  auto send = [&](const std::string& ctx, const std::string& text, outcome& out, std::string key = {}) {
+    store_->append(append_request{ctx, {unit(text)}, key, key.empty() ? "" : "fp"},
+                   [&out](model::result<append_result> r) {
+                     ASSERT_TRUE(r) << r.error().message;
+                     out = {true, std::this_thread::get_id(), r->units.at(0).seq()};
+                   });
+  };
+  // A context the store has not seen yet is looked up on disk: left to the committer.
+  outcome first;
+  send("r", "first", first);
+  held.run(1);
+  ASSERT_TRUE(first.done);
+  // Known now, nothing else in flight: answered before append() returns, on this thread.
+  outcome second;
+  send("r", "second", second);
+  EXPECT_TRUE(second.done);
+  EXPECT_EQ(second.thread, std::this_thread::get_id());
+  EXPECT_EQ(second.seq, 2u);
+  EXPECT_EQ(held.size(), 0u);
+  // While another append is in flight (its completion held), the next one queues.
+  outcome other, third;
+  send("q", "other", other);
+  send("r", "third", third);
+  EXPECT_FALSE(third.done);
+  held.run(2);
+  ASSERT_TRUE(other.done && third.done);
+  EXPECT_EQ(third.seq, 3u);
+  // An Idempotency-Key is read from disk: queued even when alone.
+  outcome keyed;
+  send("r", "keyed", keyed, "k1");
+  EXPECT_FALSE(keyed.done);
+  held.run(1);
+  EXPECT_EQ(keyed.seq, 4u);
+  reopen();
+  EXPECT_EQ(seqs("r"), (std::vector<uint64_t>{1, 2, 3, 4}));
+}
+
+// Writers that each wait for their answer (as clients do) are committed inline when
+// alone and by the committer when not: one gap-free order, each writer's units in
+// the order it sent them, published in seq order.
+TEST_F(StoreTest, RelaxedInlineAndQueuedAppendsKeepOneOrder) {
+  store_.reset();
+  opts_.mode = durability::relaxed;
+  open();
+  ASSERT_TRUE(append("o", {"start"}));
+  constexpr int writers = 4, each = 150;
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w)
+    threads.emplace_back([&, w] {
+      for (int i = 0; i < each; ++i) ASSERT_TRUE(append("o", {std::to_string(w) + ":" + std::to_string(i)}));
+    });
+  for (auto& t : threads) t.join();
+  auto page = store_->list_units("o", {.limit = 100000});
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->units.size(), size_t(writers * each + 1));
+  std::vector<int> next(writers, 0);
+  for (size_t i = 0; i < page->units.size(); ++i) {
+    const auto& u = page->units[i];
+    EXPECT_EQ(u.seq(), i + 1);
+    if (i == 0) continue;
+    const auto colon = u.payload().find(':');
+    const int w = std::stoi(u.payload().substr(0, colon));
+    EXPECT_EQ(std::stoi(u.payload().substr(colon + 1)), next[w]++) << "writer " << w << " out of order";
+  }
+  uint64_t last = 0;
+  for (const auto& ev : pub_.events()) {
+    if (ev->context_id() != "o") continue;
+    EXPECT_EQ(ev->seq(), last + 1);
+    last = ev->seq();
+  }
+  EXPECT_EQ(last, uint64_t(writers * each + 1));
 }
 
 TEST_F(StoreTest, ListsContextsInIdOrderWithPaging) {
