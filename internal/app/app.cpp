@@ -52,7 +52,7 @@ struct app::impl {
   std::shared_ptr<const model::clock> clock;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   // Declared before the server: streams owned by sessions unsubscribe from the
-  // router when the server's io_context is destroyed.
+  // router when the server's io_contexts are destroyed.
   std::unique_ptr<router::router> router;
   std::unique_ptr<log_publisher> publisher;
   std::unique_ptr<engine::engine> eng;

@@ -108,6 +108,8 @@ class engine {
   // ---- work units ---------------------------------------------------------------
   using append_done = std::function<void(model::result<storage::append_result>)>;
   // Appends units (already validated by the codec) to one context, atomically.
+  // `done` runs on the store's completion executor, or in relaxed mode possibly
+  // on this thread before append() returns (storage::store::append).
   void append(std::string context_id, std::vector<api::WorkUnit> units, idempotency idem,
               append_done done, std::vector<storage::fence> fences = {});
 

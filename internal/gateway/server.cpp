@@ -67,8 +67,15 @@ void server::impl::forget(uint64_t id) {
 // that made one connection's GET 78 µs instead of 56 µs (bench/README.md). Other
 // threads (storage, router, read pool) post to a connection's own executor.
 struct server::io {
+  // An io_context whose services can be shut down (queued handlers destroyed)
+  // before it is destroyed.
+  struct io_context : net::io_context {
+    using net::io_context::io_context;
+    using net::io_context::shutdown;
+  };
+
   std::shared_ptr<server::impl> state;
-  std::vector<std::unique_ptr<net::io_context>> iocs;
+  std::vector<std::unique_ptr<io_context>> iocs;
   std::optional<tcp::acceptor> acceptor;  // on iocs[0]
   std::vector<std::thread> threads;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> work;
@@ -76,10 +83,18 @@ struct server::io {
   bool stopped = false;
 
   explicit io(unsigned threads) {
-    for (unsigned i = 0; i < threads; ++i) iocs.push_back(std::make_unique<net::io_context>(1));
+    for (unsigned i = 0; i < threads; ++i) iocs.push_back(std::make_unique<io_context>(1));
     acceptor.emplace(net::make_strand(*iocs.front()));
   }
-  net::io_context& next(std::atomic<size_t>& turn) {
+  // A handler queued in one io_context (a storage completion posted by
+  // server::post) may hold the last reference to a session whose socket, timers
+  // and strand belong to another: all are shut down, destroying such handlers while
+  // every service still exists, before any is destroyed. The threads are joined.
+  ~io() {
+    acceptor.reset();
+    for (auto& ioc : iocs) ioc->shutdown();
+  }
+  io_context& next(std::atomic<size_t>& turn) {
     return *iocs[turn.fetch_add(1, std::memory_order_relaxed) % iocs.size()];
   }
 

@@ -49,9 +49,11 @@ class server {
   struct io;    // the io_contexts, acceptor and threads
 
  private:
-  // Sessions keep `impl` alive; `io_` is destroyed first, and destroying the
-  // io_context destroys any handler still queued in it, and with it its session.
-  // (If sessions owned the io_context, queued handlers would form a cycle.)
+  // Sessions keep `impl` alive; `io_` is destroyed first, and destroying it
+  // destroys any handler still queued in its io_contexts, and with it its session
+  // (every io_context is shut down before any is destroyed: a handler queued in
+  // one may own a session of another). (If sessions owned the io_contexts, queued
+  // handlers would form a cycle.)
   std::shared_ptr<impl> impl_;
   std::unique_ptr<io> io_;
 };

@@ -1,5 +1,5 @@
 // search::index's public surface: opening (the caller's thread), the publisher
-// hooks (the committer thread), status and close. The work is done by the parts
+// hooks (the store's committer: its thread or an inline committer), status and close. The work is done by the parts
 // in index_impl.hpp.
 
 #include "search/index.hpp"

@@ -1,7 +1,7 @@
 #pragma once
 // The search index over all history (DESIGN.md §7): keyword search on Xapian, and
 // semantic and hybrid search over the vector index and the embedder it owns.
-// Owned by the engine; fed by the store's publisher (committer thread); its own
+// Owned by the engine; fed by the store's publisher (whoever commits); its own
 // indexer, merge and query threads do the work (README.md). Thread-safe: every
 // public method may be called from any thread.
 

@@ -128,7 +128,7 @@ struct index::impl {
   std::atomic<bool> abort_merge{false};
   std::string merge_error;  // written by the merger before merge_done
 
-  // ---- shared with the committer thread (publisher) and status readers ----
+  // ---- shared with the store's committer (publisher) and status readers ----
   mutable std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;

@@ -189,6 +189,8 @@ struct metrics_set {
   prometheus::Counter* events_written = nullptr;
   prometheus::Counter* groups = nullptr;
   prometheus::Counter* write_errors = nullptr;
+  prometheus::Counter* inline_commits = nullptr;
+  prometheus::Counter* wal_syncs = nullptr;
   prometheus::Histogram* group_requests = nullptr;
   prometheus::Histogram* group_units = nullptr;
   prometheus::Histogram* write_seconds = nullptr;
@@ -203,6 +205,11 @@ struct metrics_set {
                          .Help("Work units committed to the log").Register(*r).Add({});
     events_written = &BuildCounter().Name("engram_storage_events_written_total")
                           .Help("Log events committed (units and context updates)").Register(*r).Add({});
+    inline_commits = &BuildCounter().Name("engram_storage_inline_commits_total")
+                          .Help("Relaxed-mode appends committed on the thread that received them")
+                          .Register(*r).Add({});
+    wal_syncs = &BuildCounter().Name("engram_storage_wal_syncs_total")
+                     .Help("Relaxed mode: WAL syncs made on the interval").Register(*r).Add({});
     groups = &BuildCounter().Name("engram_storage_commit_groups_total")
                   .Help("Commit groups (one WAL write each)").Register(*r).Add({});
     write_errors = &BuildCounter().Name("engram_storage_write_errors_total")
@@ -304,7 +311,7 @@ struct store::impl {
   bool closed = false;
   std::thread committer;
 
-  // ---- committer only (commit_mu) ----
+  // ---- whoever commits (holds commit_mu) ----
   struct context_state {
     uint64_t handle = 0;
     api::Context context;
@@ -314,10 +321,17 @@ struct store::impl {
   uint64_t next_handle = 1;
   std::unordered_map<std::string, uint32_t> model_dims;  // embedding model → dimension
   uint64_t next_vseq = 1;
+
+  // ---- the committer thread only ----
   steady::time_point last_sync = steady::now();
   steady::time_point last_memory_report;
   std::shared_ptr<rocksdb::Cache> block_cache;
-  std::atomic<bool> unsynced{false};  // relaxed: the WAL has writes no sync covers yet
+
+  // ---- any thread ----
+  // Relaxed mode: the WAL has writes no sync covers yet. Set by a commit (true) and
+  // cleared just before a sync; whoever turns it from false to true wakes the
+  // committer, which may be waiting without a timeout (commit_group).
+  std::atomic<bool> unsynced{false};
   std::atomic<int> appends_in_flight{0};  // store::append called, its completion not yet run
 
   impl(const options& o, prometheus::Registry* r) : opts(o), metrics(r) {}
@@ -385,7 +399,9 @@ struct store::impl {
   // Committer
   void run_committer() {
     std::vector<pending> group;
+    std::vector<std::function<void()>> outcomes;
     for (;;) {
+      bool work;
       {
         std::unique_lock lock(mu);
         // Relaxed mode with unsynced writes wakes when the sync is due. An inline
@@ -395,8 +411,21 @@ struct store::impl {
           else if (cv.wait_for(lock, opts.relaxed_sync_interval) == std::cv_status::timeout) break;
         }
         if (queue.empty() && stopping) break;
+        work = !queue.empty();  // else only a sync is due
       }
-      std::unique_lock commit(commit_mu);
+      if (work) commit_next_group(group, outcomes);
+      maybe_sync_wal(false);
+      report_memory();
+    }
+    maybe_sync_wal(true);
+  }
+
+  // Takes the next group from the queue and commits it. The outcomes go to the
+  // completion executor once commit_mu is released: a caller that hears its answer
+  // and appends again at once must find the way to an inline commit free.
+  void commit_next_group(std::vector<pending>& group, std::vector<std::function<void()>>& outcomes) {
+    {
+      std::lock_guard commit(commit_mu);
       {
         std::lock_guard lock(mu);
         // A trim step is committed in a group of its own: it reads what it removes
@@ -411,13 +440,12 @@ struct store::impl {
         }
         if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
       }
-      if (!group.empty()) commit_group(group, completions, false);
-      commit.unlock();
-      group.clear();
-      maybe_sync_wal(false);
-      report_memory();
+      if (!group.empty())
+        commit_group(group, [&outcomes](std::function<void()> f) { outcomes.push_back(std::move(f)); }, false);
     }
-    maybe_sync_wal(true);
+    group.clear();
+    for (auto& f : outcomes) completions(std::move(f));
+    outcomes.clear();
   }
 
   void report_memory() {
@@ -434,10 +462,12 @@ struct store::impl {
   void maybe_sync_wal(bool force) {
     if (opts.mode != durability::relaxed || !unsynced) return;
     if (!force && steady::now() - last_sync < opts.relaxed_sync_interval) return;
-    unsynced = false;
+    unsynced.store(false);
     if (auto s = db->SyncWAL(); !s.ok()) {
       spdlog::error("storage: WAL sync failed: {}", s.ToString());
       unsynced = true;
+    } else {
+      inc(metrics.wal_syncs);
     }
     last_sync = steady::now();
   }
@@ -455,18 +485,25 @@ struct store::impl {
     return bytes <= inline_max_bytes;
   }
 
-  bool write_stalled() const {
-    uint64_t stopped = 0, delayed = 0;
-    return (db->GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped) && stopped) ||
-           (db->GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &delayed) && delayed);
+  // RocksDB is stalling writes, or this write may switch the memtable (creating a
+  // WAL file and scheduling a flush, which can start a stall): work for the
+  // committer thread, not an I/O thread.
+  bool write_may_wait() const {
+    uint64_t stopped = 0, delayed = 0, active = 0;
+    if ((db->GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped) && stopped) ||
+        (db->GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &delayed) && delayed))
+      return true;
+    return !db->GetIntProperty(rocksdb::DB::Properties::kCurSizeActiveMemTable, &active) ||
+           active + 2 * inline_max_bytes >= opts.write_buffer_bytes * 9 / 10;
   }
 
   // Relaxed mode: commits an append on the calling (I/O) thread when nothing else
   // is waiting or being committed and it needs nothing from the disk: a WAL write
   // to the OS and a memtable insert, where the hand-offs to the committer and back
   // cost more than the write. The order stays one order: whoever commits holds
-  // commit_mu, and the queue is empty. A write stall or a busy committer leaves
-  // the append to the queue. False: `p` is untouched, queue it.
+  // commit_mu, and the queue is empty. A busy committer, or a write that may wait
+  // (write_may_wait), leaves the append to the queue. False: `p` is untouched,
+  // queue it.
   bool try_commit_inline(pending_append& p) {
     if (opts.mode != durability::relaxed || !inline_eligible(p.req)) return false;
     std::unique_lock commit(commit_mu, std::try_to_lock);
@@ -475,14 +512,15 @@ struct store::impl {
       std::lock_guard lock(mu);
       if (stopping || !queue.empty()) return false;
     }
-    if (!contexts.contains(p.req.context_id) || write_stalled()) return false;
+    if (!contexts.contains(p.req.context_id) || write_may_wait()) return false;
     std::vector<pending> group;
     group.emplace_back(std::move(p));
     std::vector<std::function<void()>> outcomes;
-    const bool was_synced = !unsynced;
-    commit_group(group, [&outcomes](std::function<void()> f) { outcomes.push_back(std::move(f)); }, true);
+    const bool newly_unsynced =
+        commit_group(group, [&outcomes](std::function<void()> f) { outcomes.push_back(std::move(f)); }, true);
     commit.unlock();
-    if (was_synced && unsynced) {  // the committer may be waiting without a timeout
+    inc(metrics.inline_commits);
+    if (newly_unsynced) {  // the committer may be waiting without a timeout
       std::lock_guard lock(mu);
       cv.notify_one();
     }
@@ -954,8 +992,9 @@ struct store::impl {
 
   // Commits `group` as one batch and hands each outcome to `run`. `inline_write`:
   // the caller is an I/O thread (try_commit_inline), so the write may not wait
-  // out a write stall.
-  void commit_group(std::vector<pending>& group, const executor& run, bool inline_write) {
+  // out a write stall. True when this commit left the WAL unsynced and it was not.
+  bool commit_group(std::vector<pending>& group, const executor& run, bool inline_write) {
+    bool newly_unsynced = false;
     group_state g;
     g.next_handle = next_handle;
     g.next_vseq = next_vseq;
@@ -988,11 +1027,15 @@ struct store::impl {
         for (auto& [id, st] : g.staged) contexts[id] = std::move(st);
         next_handle = g.next_handle;
         model_dims.merge(g.new_models);
-        if (!wo.sync) unsynced = true;
+        if (!wo.sync) newly_unsynced = !unsynced.exchange(true);
         inc(metrics.groups);
         inc(metrics.events_written, double(g.events.size()));
         if (metrics.group_requests) metrics.group_requests->Observe(double(g.on_success.size()));
         if (metrics.group_units) metrics.group_units->Observe(double(g.events.size()));
+      } else if (inline_write && s.IsIncomplete()) {  // a stall began in this very write
+        ok = false;
+        failure = {errc::unavailable, "storage is stalling writes while it catches up; retry shortly"};
+        spdlog::warn("storage: an inline append met a write stall: {}", s.ToString());
       } else {
         ok = false;
         failure = storage_error(s, "the write could not be committed");
@@ -1018,6 +1061,7 @@ struct store::impl {
       for (auto& t : g.unfinished) run([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
     }
     for (auto& f : g.immediate) run(std::move(f));
+    return newly_unsynced;
   }
 
   void stage(group_state& g, pending_import& p) {
@@ -1594,7 +1638,9 @@ struct store::impl {
       cv.notify_all();
     }
     if (committer.joinable()) committer.join();
-    std::lock_guard commit(commit_mu);  // an inline commit in progress ends first
+    // An inline commit's write ends first. (append() must not race with the
+    // store's destruction: the app joins the I/O threads before closing it.)
+    std::lock_guard commit(commit_mu);
     if (db) {
       if (auto s = db->FlushWAL(/*sync=*/true); !s.ok())
         spdlog::error("storage: final WAL sync failed: {}", s.ToString());
@@ -1638,7 +1684,8 @@ void store::append(append_request req, std::function<void(model::result<append_r
                            done(std::move(r));
                          }};
   if (alone && s.try_commit_inline(p)) return;
-  s.enqueue(std::move(p), p.done);
+  auto& done_if_refused = p.done;  // enqueue moves `p` only when it queues it
+  s.enqueue(std::move(p), done_if_refused);
 }
 
 void store::update_locks(lock_change change, std::function<void(model::status)> done) {

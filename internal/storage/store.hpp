@@ -27,9 +27,11 @@
 // is one contiguous key range: listing never scans another context, and ids such as
 // "a" and "a:b" can never collide.
 //
-// Owned by the app's wiring. One committer thread orders and commits every write
-// (group commit: README.md); completions run on the executor given to open(), never
-// on the committer thread. Reads are thread-safe and never wait for the committer.
+// Owned by the app's wiring. One committer orders and commits every write (group
+// commit: README.md): its thread, whose completions run on the executor given to
+// open(), never on that thread; or, in relaxed mode, the thread calling append()
+// when nothing else is in flight, whose completion runs on that thread before
+// append() returns. Reads are thread-safe and never wait for the committer.
 
 #include <functional>
 #include <memory>
@@ -50,9 +52,10 @@ class Registry;
 
 namespace engram::storage {
 
-// Receives committed events (on the committer thread, in commit order; per context
-// in seq order). Implementations must return quickly and must not call the store's
-// write methods synchronously.
+// Receives committed events (from the committer, in commit order; per context in
+// seq order; on its thread, or on a thread committing a relaxed append inline).
+// Implementations must return quickly and must not call the store's write methods
+// synchronously.
 class publisher {
  public:
   virtual ~publisher() = default;
@@ -233,10 +236,13 @@ class store {
   // Must be set before the first write; the publisher must outlive the store.
   void set_publisher(publisher* p);
 
+  // `done` may run before append() returns, on the calling thread (relaxed mode:
+  // see above); callers must not hold a lock `done` takes.
   void append(append_request req, std::function<void(model::result<append_result>)> done);
   void update_locks(lock_change change, std::function<void(model::status)> done);
 
-  // Checks an append's fence on the committer thread; an error rejects the append.
+  // Checks an append's fence when the committer stages it (see publisher for the
+  // thread); an error rejects the append. Must not call the store's write methods.
   using fence_checker = std::function<model::status(const fence&)>;
   void set_fence_checker(fence_checker check);
 
