@@ -302,7 +302,7 @@ struct store::impl {
   fence_checker check_fence;  // set before writes; called by whoever commits
   // Held by whoever commits a group: the committer thread, or (relaxed mode) an I/O
   // thread committing an append inline (try_commit_inline). Taken before mu. The
-  // state under "committer only" below belongs to its holder.
+  // state under "whoever commits" below belongs to its holder.
   std::mutex commit_mu;
   std::mutex mu;
   std::condition_variable cv;
@@ -489,12 +489,17 @@ struct store::impl {
   // WAL file and scheduling a flush, which can start a stall): work for the
   // committer thread, not an I/O thread.
   bool write_may_wait() const {
-    uint64_t stopped = 0, delayed = 0, active = 0;
+    uint64_t stopped = 0, delayed = 0;
     if ((db->GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped) && stopped) ||
         (db->GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &delayed) && delayed))
       return true;
-    return !db->GetIntProperty(rocksdb::DB::Properties::kCurSizeActiveMemTable, &active) ||
-           active + 2 * inline_max_bytes >= opts.write_buffer_bytes * 9 / 10;
+    for (const cf family : {cf_log, cf_unit_ids}) {  // the memtables an append writes
+      uint64_t active = 0;
+      if (!db->GetIntProperty(h(family), rocksdb::DB::Properties::kCurSizeActiveMemTable, &active) ||
+          active + 2 * inline_max_bytes >= opts.write_buffer_bytes * 9 / 10)
+        return true;
+    }
+    return false;
   }
 
   // Relaxed mode: commits an append on the calling (I/O) thread when nothing else

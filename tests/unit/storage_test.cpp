@@ -497,6 +497,28 @@ TEST_F(StoreTest, RelaxedInlineAppendIsSyncedOnTheInterval) {
       << "the inline commit's write was not synced";
 }
 
+// An append that may fill the memtable is left to the committer thread: switching
+// memtables (a new WAL file, a flush) is no work for an I/O thread.
+TEST_F(StoreTest, RelaxedAppendNearAFullMemtableIsLeftToTheCommitter) {
+  store_.reset();
+  opts_.mode = durability::relaxed;
+  open();
+  store_.reset();
+  opts_.write_buffer_bytes = 1 << 20;  // open() sets 4 MiB: reopen by hand with 1 MiB
+  auto s = store::open(opts_, registry_.get(), clock_, nullptr);
+  ASSERT_TRUE(s) << s.error().message;
+  store_ = std::move(*s);
+  store_->set_publisher(&pub_);
+  ASSERT_TRUE(append("m", {"start"}));
+  const std::string big(50 * 1024, 'm');
+  constexpr int n = 40;  // ~2 MiB: the log's memtable fills about twice
+  for (int i = 0; i < n; ++i) ASSERT_TRUE(append("m", {big}));
+  const double inlined = metric("engram_storage_inline_commits_total");
+  EXPECT_GT(inlined, 0);
+  EXPECT_LT(inlined, n) << "every append was committed inline, the memtable's fill never checked";
+  EXPECT_EQ(seqs("m").size(), size_t(n + 1));
+}
+
 // While the committer commits a group (held here inside publish(), commit_mu held),
 // an append with nothing else in flight queues behind it: never committed beside it.
 TEST_F(StoreTest, RelaxedAppendWaitsBehindAGroupBeingCommitted) {
