@@ -20,6 +20,7 @@
 #include "locks/manager.hpp"
 #include "model/codec.hpp"
 #include "model/log_context.hpp"
+#include "model/thread_name.hpp"
 #include "router/router.hpp"
 #include "search/index.hpp"
 #include "storage/store.hpp"
@@ -194,7 +195,10 @@ model::result<std::unique_ptr<app>> app::start(const config::config& cfg,
                    host);
   }
   auto* raw = p.get();
-  p->recovery = std::thread([raw] { raw->recover(); });
+  p->recovery = std::thread([raw] {
+    model::name_this_thread("recovery");
+    raw->recover();
+  });
   return std::unique_ptr<app>(new app(std::move(p)));
 }
 

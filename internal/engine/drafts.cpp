@@ -9,6 +9,7 @@
 
 #include "model/codec.hpp"
 #include "model/text.hpp"
+#include "model/thread_name.hpp"
 
 namespace engram::engine {
 
@@ -60,7 +61,10 @@ drafts::drafts(draft_options opts, router::router& router, std::shared_ptr<const
     deltas_ = &prometheus::BuildCounter().Name("engram_draft_deltas_total").Help("Draft deltas published")
                    .Register(*metrics).Add({});
   }
-  sweeper_ = std::thread([this] { run(); });
+  sweeper_ = std::thread([this] {
+    model::name_this_thread("draft-sweeper");
+    run();
+  });
 }
 
 drafts::~drafts() {

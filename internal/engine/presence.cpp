@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 
+#include "model/thread_name.hpp"
 #include "storage/store.hpp"
 
 namespace engram::engine {
@@ -25,7 +26,10 @@ model::status presence::start() {
   }
   if (!loaded->empty())
     spdlog::info("presence: {} agents were present; each has {} ms to send a heartbeat", loaded->size(), opts_.ttl.count());
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    model::name_this_thread("presence");
+    run();
+  });
   return {};
 }
 

@@ -6,6 +6,7 @@
 
 #include <future>
 
+#include "model/thread_name.hpp"
 #include "storage/store.hpp"
 
 namespace engram::engine {
@@ -21,7 +22,10 @@ retention::retention(retention_options opts, storage::store& store, std::shared_
 retention::~retention() { stop(); }
 
 void retention::start() {
-  if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+  if (!thread_.joinable()) thread_ = std::thread([this] {
+    model::name_this_thread("retention");
+    run();
+  });
 }
 
 void retention::stop() {

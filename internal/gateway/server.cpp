@@ -8,6 +8,7 @@
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
 #include "gateway/takeover.hpp"
+#include "model/thread_name.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -570,7 +571,10 @@ model::status server::start() {
                                                      std::to_string(opts.port) + ": " + ec.message());
   for (auto& ioc : io_->iocs) io_->work.push_back(net::make_work_guard(*ioc));
   io_->do_accept();
-  for (auto& ioc : io_->iocs) io_->threads.emplace_back([&ioc = *ioc] { ioc.run(); });
+  for (auto& ioc : io_->iocs) io_->threads.emplace_back([&ioc = *ioc] {
+    model::name_this_thread("engram-io");
+    ioc.run();
+  });
   return {};
 }
 

@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "model/text.hpp"
+#include "model/thread_name.hpp"
 
 namespace engram::locks {
 namespace {
@@ -83,7 +84,10 @@ model::status manager::attach(storage::store* store) {
   }
   if (metrics_->active) metrics_->active->Set(double(held_.size()));
   store->set_fence_checker([this](const storage::fence& f) { return check_fence(f); });
-  timer_ = std::thread([this] { run_timer(); });
+  timer_ = std::thread([this] {
+    model::name_this_thread("lease-timer");
+    run_timer();
+  });
   spdlog::info("locks: {} leases recovered, fencing counter at {}", held_.size(), last_token_);
   return {};
 }

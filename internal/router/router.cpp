@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/codec.hpp"
+#include "model/thread_name.hpp"
 
 namespace engram::router {
 
@@ -138,7 +139,10 @@ bool topic_filter::matches(std::string_view context_id) const {
 }
 
 router::router(prometheus::Registry* r) : metrics_(std::make_unique<metrics>(r)) {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    model::name_this_thread("router");
+    run();
+  });
 }
 
 router::~router() {

@@ -16,6 +16,7 @@
 
 #include "engram/http_connection.hpp"
 #include "model/codec.hpp"
+#include "model/thread_name.hpp"
 #include "search/terms.hpp"
 #include "storage/store.hpp"
 
@@ -379,7 +380,10 @@ model::result<std::unique_ptr<embedder>> embedder::open(const embedder_options& 
   if (opts.batch_size == 0) return fail(errc::invalid_argument, "search.embeddings.batch_size must be positive");
   auto p = std::make_unique<impl>(opts, std::move(*ep), store, metrics);
   auto* raw = p.get();
-  p->worker = std::thread([raw] { raw->run(); });
+  p->worker = std::thread([raw] {
+    model::name_this_thread("embedder");
+    raw->run();
+  });
   spdlog::info("search: embedding units with model '{}' at {}", opts.model, opts.url);
   return std::unique_ptr<embedder>(new embedder(std::move(p)));
 }

@@ -9,6 +9,7 @@
 #include <boost/asio/post.hpp>
 #include <fstream>
 
+#include "model/thread_name.hpp"
 #include "search/index_impl.hpp"
 #include "storage/store.hpp"
 
@@ -113,7 +114,10 @@ model::result<std::unique_ptr<index>> index::open(const options& opts, storage::
   }
   p->pool.emplace(std::max<size_t>(1, opts.query_threads));
   auto* raw = p.get();
-  p->indexer = std::thread([raw] { raw->run_indexer(); });
+  p->indexer = std::thread([raw] {
+    model::name_this_thread("indexer");
+    raw->run_indexer();
+  });
   return std::unique_ptr<index>(new index(std::move(p)));
 }
 
@@ -160,6 +164,8 @@ void index::search(query q, std::function<void(model::result<results>)> done) {
     return done(fail(errc::unavailable, "too many searches in progress; retry shortly"));
   }
   boost::asio::post(*s.pool, [&s, q = std::move(q), done = std::move(done)] {
+    static thread_local const bool named = (model::name_this_thread("search-query"), true);  // once per pool thread
+    (void)named;
     auto out = s.run_measured(q);
     s.queued_queries.fetch_sub(1);
     done(std::move(out));

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "model/thread_name.hpp"
 #include "search/index_impl.hpp"
 #include "search/terms.hpp"
 
@@ -221,7 +222,10 @@ model::status index::impl::manage_tiers() {
     merge_done = false;
     abort_merge = false;
     merge_error.clear();
-    merger = std::thread([this, src = merging] { merge(src); });
+    merger = std::thread([this, src = merging] {
+      model::name_this_thread("index-merge");
+      merge(src);
+    });
   }
   return {};
 }

@@ -33,6 +33,7 @@
 #include <unordered_map>
 
 #include "model/ids.hpp"
+#include "model/thread_name.hpp"
 #include "search/distance.hpp"
 #include "search/vector_snapshot.hpp"
 #include "storage/store.hpp"
@@ -522,7 +523,10 @@ model::result<std::unique_ptr<vector_index>> vector_index::open(const vector_opt
   p->committed = *last;
   if (*last == 0) p->catching_up = false;
   auto* raw = p.get();
-  p->follower = std::thread([raw] { raw->run(); });
+  p->follower = std::thread([raw] {
+    model::name_this_thread("vector-follow");
+    raw->run();
+  });
   return std::unique_ptr<vector_index>(new vector_index(std::move(p)));
 }
 

@@ -27,6 +27,7 @@
 
 #include "model/assert.hpp"
 #include "model/ids.hpp"
+#include "model/thread_name.hpp"
 #include "records.pb.h"
 
 namespace engram::storage {
@@ -1671,7 +1672,10 @@ model::result<std::unique_ptr<store>> store::open(const options& opts, prometheu
   p->ttl_filter = std::make_unique<idempotency_ttl_filter>(p->clock, opts.idempotency_ttl);
   if (auto ok = p->open_db(); !ok) return std::unexpected(ok.error());
   auto* raw = p.get();
-  p->committer = std::thread([raw] { raw->run_committer(); });
+  p->committer = std::thread([raw] {
+    model::name_this_thread("committer");
+    raw->run_committer();
+  });
   return std::unique_ptr<store>(new store(std::move(p)));
 }
 
