@@ -65,8 +65,10 @@ void server::impl::forget(uint64_t id) {
 // on one of them for its life (round robin at accept). With one io_context shared
 // by all the threads, every handler a thread posts for its own connection woke
 // another thread to run it, so a request bounced between threads: on 2 cores
-// that made one connection's GET 78 µs instead of 56 µs (bench/README.md). Other
-// threads (storage, router, read pool) post to a connection's own executor.
+// that made one connection's GET 78 µs instead of 56 µs (bench/README.md). The
+// router and the read pool post to a connection's own executor; storage
+// completions come through server::post, to the threads in turn, and then to the
+// connection's executor.
 struct server::io {
   // An io_context whose services can be shut down (queued handlers destroyed)
   // before it is destroyed.
