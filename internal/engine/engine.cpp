@@ -102,8 +102,7 @@ model::status engine::submit_read(std::function<void()> job, bool bounded) const
     return fail(errc::unavailable, "too many reads in progress; retry shortly");
   }
   boost::asio::post(r.pool, [&r, bounded, job = std::move(job)] {
-    static thread_local const bool named = (model::name_this_thread("read-pool"), true);  // once per pool thread
-    (void)named;
+    model::name_pool_thread("read-pool");
     if (bounded) r.queued_rest.fetch_sub(1);
     // Backstop: an exception must not end the pool thread (and the process).
     // Completions answer with values; reaching this is a bug, so it is loud.

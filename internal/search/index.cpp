@@ -164,8 +164,7 @@ void index::search(query q, std::function<void(model::result<results>)> done) {
     return done(fail(errc::unavailable, "too many searches in progress; retry shortly"));
   }
   boost::asio::post(*s.pool, [&s, q = std::move(q), done = std::move(done)] {
-    static thread_local const bool named = (model::name_this_thread("search-query"), true);  // once per pool thread
-    (void)named;
+    model::name_pool_thread("search-query");
     auto out = s.run_measured(q);
     s.queued_queries.fetch_sub(1);
     done(std::move(out));

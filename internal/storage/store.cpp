@@ -442,7 +442,7 @@ struct store::impl {
         if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
       }
       if (!group.empty())
-        commit_group(group, [&outcomes](std::function<void()> f) { outcomes.push_back(std::move(f)); }, false);
+        commit_group(group, outcomes, false);
     }
     group.clear();
     for (auto& f : outcomes) completions(std::move(f));
@@ -522,8 +522,7 @@ struct store::impl {
     std::vector<pending> group;
     group.emplace_back(std::move(p));
     std::vector<std::function<void()>> outcomes;
-    const bool newly_unsynced =
-        commit_group(group, [&outcomes](std::function<void()> f) { outcomes.push_back(std::move(f)); }, true);
+    const bool newly_unsynced = commit_group(group, outcomes, true);
     commit.unlock();
     inc(metrics.inline_commits);
     if (newly_unsynced) {  // the committer may be waiting without a timeout
@@ -996,10 +995,11 @@ struct store::impl {
     g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
   }
 
-  // Commits `group` as one batch and hands each outcome to `run`. `inline_write`:
-  // the caller is an I/O thread (try_commit_inline), so the write may not wait
-  // out a write stall. True when this commit left the WAL unsynced and it was not.
-  bool commit_group(std::vector<pending>& group, const executor& run, bool inline_write) {
+  // Commits `group` as one batch and adds each request's outcome to `outcomes`,
+  // for the caller to run once commit_mu is released. `inline_write`: the caller
+  // is an I/O thread (try_commit_inline), so the write may not wait out a write
+  // stall. True when this commit left the WAL unsynced and it was not.
+  bool commit_group(std::vector<pending>& group, std::vector<std::function<void()>>& outcomes, bool inline_write) {
     bool newly_unsynced = false;
     group_state g;
     g.next_handle = next_handle;
@@ -1060,13 +1060,14 @@ struct store::impl {
         next_vseq = g.next_vseq;
         if (p) p->vectors_committed(next_vseq - 1);
       }
-      for (auto& f : g.on_success) run(std::move(f));
+      for (auto& f : g.on_success) outcomes.push_back(std::move(f));
       for (auto& t : g.unfinished) requeue(std::move(t));
     } else {
-      for (auto& f : g.on_failure) run([f = std::move(f), failure] { f(failure); });
-      for (auto& t : g.unfinished) run([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
+      for (auto& f : g.on_failure) outcomes.push_back([f = std::move(f), failure] { f(failure); });
+      for (auto& t : g.unfinished)
+        outcomes.push_back([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
     }
-    for (auto& f : g.immediate) run(std::move(f));
+    for (auto& f : g.immediate) outcomes.push_back(std::move(f));
     return newly_unsynced;
   }
 
