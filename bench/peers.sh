@@ -165,20 +165,6 @@ nginx_down() { stop_pid "$NGINX_PID"; NGINX_PID=""; rm -rf "$WORK/nginx"; }
 
 # --- the load tools: each sets RPS, P50, P99 (µs) and NOTE ------------------------
 
-# engram-load's line: "... requests=N errors=E rps=R p50=Xus p99=Yus ..."
-# A 1 s warm-up run first, as redis-benchmark gets its calibration run.
-engram_load() {  # engram-load arguments…
-  local out
-  timeout "$LIMIT" "$BIN/engram-load" --port "$ENGRAM_PORT" --seconds 1 "$@" >/dev/null || true
-  out=$(timeout "$LIMIT" "$BIN/engram-load" --port "$ENGRAM_PORT" --seconds "$SECS" "$@") || out+=" FAILED (exit $?)"
-  echo "  engram      $out"
-  RPS=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$out" | head -1)
-  P50=$(sed -n 's/.* p50=\([0-9.]*\)us.*/\1/p' <<<"$out" | head -1)
-  P99=$(sed -n 's/.* p99=\([0-9.]*\)us.*/\1/p' <<<"$out" | head -1)
-  NOTE=""
-  grep -q ' errors=0 ' <<<"$out" || NOTE=" (errors: $(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$out" | head -1))"
-}
-
 redis_bench_once() {  # clients requests command…
   RPS="" P50="" P99=""
   timeout "$LIMIT" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$1" -n "$2" --csv "${@:3}" >"$WORK/rb.csv" || true
@@ -339,14 +325,16 @@ if has last100; then
   for r in $(seq 1 "$ROUNDS"); do
     engram_up sync "$WORK/last100"
     engram_quiet
-    engram_load read --connections 1 --context bench/last100 --limit 100
+    url="http://127.0.0.1:$ENGRAM_PORT/workunits/bench%2Flast100?limit=100&reverse=true"
+    SECS=1 wrk_run warm-up "$url" 1 >/dev/null
+    wrk_run engram "$url" 1
     E="$(latency)"; EP50=$P50; EP99=$P99; engram_down
     redis_up everysec "$WORK/redis-last100"
     redis_bench 1 XREVRANGE last100 + - COUNT 100
     redis_down
     row "last 100 of a ${LAST_UNITS}-unit context, 1 conn$(round_label "$r")" "$E" \
       "Redis XREVRANGE COUNT 100: $(latency)" "p50 $(ratio "$EP50" "$P50"), p99 $(ratio "$EP99" "$P99")" \
-      "engram-load / redis-benchmark"
+      "wrk / redis-benchmark"
   done
   rm -rf "$WORK/last100" "$WORK/redis-last100"
 fi

@@ -307,6 +307,8 @@ const std::vector<key_spec>& key_table() {
       {"retention.interval_ms", ranged([](config& c) -> auto& { return c.retention.interval; }, 10, 86'400'000)},
       {"storage.read_threads", uint_key(&config::engine, &engine::options::read_threads, 1, 256)},
       {"storage.max_queued_reads", uint_key(&config::engine, &engine::options::max_queued_reads, 1, 10'000'000)},
+      {"storage.tail_cache_mb",
+       uint_key(&config::engine, &engine::options::tail_cache_bytes, 0, 1 << 20, 1 << 20)},
       {"storage.data_dir",
        [](config& c, const std::string& raw) -> std::optional<std::string> {
          if (raw.empty()) return "must not be empty";

@@ -12,6 +12,7 @@
 #include <shared_mutex>
 
 #include "engine/drafts.hpp"
+#include "engine/tail_cache.hpp"
 #include "engine/tasks.hpp"
 #include "model/text.hpp"
 #include "model/thread_name.hpp"
@@ -39,6 +40,17 @@ model::result<std::string> open_cursor(std::string_view cursor, char kind) {
 // A unit read from memory whose stored event is at most this is answered on the
 // caller's thread (engine::get_unit); parsing and rendering it cost a few tens of µs.
 constexpr size_t inline_read_max_bytes = 16 * 1024;
+// A page from the tail cache up to this size is copied together on the caller's
+// thread (engine::list_units); ~256 KiB is a few tens of µs of memcpy.
+constexpr size_t inline_page_max_bytes = 256 * 1024;
+
+units_page from_tail(tail_cache::page page) {
+  units_page out;
+  out.units_json = std::move(page.units_json);
+  out.count = page.count;
+  if (page.more) out.next_cursor = make_cursor('u', std::to_string(page.last_seq));
+  return out;  // the context exists: the tail was checked against its record
+}
 
 // A unit as its reader sees it: one the caller may not read is indistinguishable
 // from one that does not exist (ids do not reveal contexts).
@@ -76,6 +88,8 @@ engine::engine(options opts, std::shared_ptr<const model::clock> clock, router::
                                       .Register(*metrics).Add({});
   }
   if (router_) drafts_ = std::make_unique<drafts>(opts_.drafts, *router_, clock_, metrics);
+  if (opts_.tail_cache_bytes)  // room for the largest page and the unit that tells whether more exist
+    tails_ = std::make_unique<tail_cache>(opts_.tail_cache_bytes, opts_.max_page_limit + 1, metrics);
 }
 
 engine::~engine() { drain_reads(); }
@@ -129,7 +143,10 @@ model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, s
                       drafts_.get());
 }
 
-void engine::attach(storage::store* s) { store_.store(s, std::memory_order_release); }
+void engine::attach(storage::store* s) {
+  if (tails_) tails_->clear();
+  store_.store(s, std::memory_order_release);
+}
 void engine::attach_search(search::index* index) { search_.store(index, std::memory_order_release); }
 void engine::attach_locks(locks::manager* m) { locks_.store(m, std::memory_order_release); }
 
@@ -253,6 +270,19 @@ void engine::get_unit(std::string id, bool with_embedding, std::function<bool(st
 }
 
 void engine::list_units(std::string context_id, list_request req, reply<units_page> done) const {
+  // A page the context's cached tail holds, when its record is in memory, is
+  // answered here like a cached unit (get_unit): no disk, no hand-off. A large
+  // page is still copied together on the pool.
+  if (tails_ && !req.with_text) {
+    auto s = store();
+    auto q = page_query(req);
+    if (!q) return done(std::unexpected(q.error()));
+    if (s)
+      if (auto pos = (*s)->context_position(context_id, true); pos && *pos && **pos)
+        if (auto page = tails_->serve(context_id, ***pos, {q->after_seq, q->before_seq, q->limit, q->reverse},
+                                      inline_page_max_bytes))
+          return done(from_tail(std::move(*page)));
+  }
   auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
 }
@@ -322,9 +352,7 @@ model::result<unit_read> engine::read_unit(std::string_view id, bool with_embedd
   return out;
 }
 
-model::result<units_page> engine::read_units(std::string_view context_id, const list_request& req) const {
-  auto s = store();
-  if (!s) return std::unexpected(s.error());
+model::result<storage::list_query> engine::page_query(const list_request& req) const {
   auto limit = page_limit(req.limit);
   if (!limit) return std::unexpected(limit.error());
   storage::list_query q;
@@ -341,9 +369,31 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
     if (req.reverse) q.before_seq = seq;
     else q.after_seq = std::max(q.after_seq, seq);
   }
-  auto page = (*s)->list_units(context_id, q);
-  if (!page) return std::unexpected(page.error());
+  return q;
+}
+
+model::result<units_page> engine::read_units(std::string_view context_id, const list_request& req) const {
+  auto s = store();
+  if (!s) return std::unexpected(s.error());
+  auto q = page_query(req);
+  if (!q) return std::unexpected(q.error());
   units_page out;
+  if (tails_ && !req.with_text) {
+    auto pos = *(*s)->context_position(context_id, false);
+    if (!pos) return std::unexpected(pos.error());
+    if (*pos) {
+      const tail_cache::query tq{q->after_seq, q->before_seq, q->limit, q->reverse};
+      auto page = tails_->serve(context_id, **pos, tq, SIZE_MAX);
+      if (!page) {
+        auto updated = tails_->update_and_serve(**s, context_id, **pos, tq);
+        if (!updated) return std::unexpected(updated.error());
+        page = std::move(*updated);
+      }
+      if (page) return from_tail(std::move(*page));
+    }
+  }
+  auto page = (*s)->list_units(context_id, *q);
+  if (!page) return std::unexpected(page.error());
   if (page->more && !page->units.empty())
     out.next_cursor = make_cursor('u', std::to_string(page->units.back().seq()));
   if (page->units.empty()) {  // only then can the context be missing: one more point read
@@ -351,7 +401,19 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
     if (!ctx) return std::unexpected(ctx.error());
     out.context_exists = ctx->has_value();
   }
-  out.units = std::move(page->units);
+  out.count = page->units.size();
+  auto& json = out.units_json;
+  size_t estimate = 2;
+  for (const auto& u : page->units) estimate += 256 + u.payload().size() * 4 / 3 + (req.with_text ? u.payload().size() : 0);
+  json.reserve(estimate);
+  json.push_back('[');
+  for (size_t i = 0; i < page->units.size(); ++i) {
+    if (i) json.push_back(',');
+    const auto& u = page->units[i];
+    if (!req.with_text) model::append_unit_json(json, u);
+    else model::append_unit_json(json, u, [&](std::string& o) { model::append_text_json(o, u.payload()); });
+  }
+  json.push_back(']');
   return out;
 }
 

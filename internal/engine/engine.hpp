@@ -31,6 +31,7 @@ namespace engram::engine {
 
 class drafts;
 class presence;
+class tail_cache;
 class tasks;
 
 struct idempotency {
@@ -43,10 +44,15 @@ struct list_request {
   std::string cursor;  // opaque, from a previous page's next_cursor
   bool reverse = false;
   uint64_t after_seq = 0;
+  bool with_text = false;  // each unit also carries its payload as "text" (model::append_text_json)
 };
 
 struct units_page {
-  std::vector<api::WorkUnit> units;
+  // The units as one JSON array of unit objects (model::append_unit_json), in
+  // page order: pages are rendered where they are read, or come rendered from
+  // the tail cache (engine/tail_cache.hpp).
+  std::string units_json;
+  size_t count = 0;
   std::string next_cursor;  // empty on the last page
   // False when no context has this id (v3 answers such a listing with 200 and an
   // empty page; the marker lets a client tell a misspelt id from a quiet context).
@@ -205,6 +211,7 @@ class engine {
 
   model::result<unit_read> read_unit(std::string_view id, bool with_embedding,
                                      const std::function<bool(std::string_view)>& readable) const;
+  model::result<storage::list_query> page_query(const list_request& req) const;
   model::result<units_page> read_units(std::string_view context_id, const list_request& req) const;
   model::result<contexts_page> read_contexts(std::string_view cursor, std::optional<size_t> limit,
                                              std::string_view prefix) const;
@@ -220,6 +227,7 @@ class engine {
   std::atomic<tasks*> tasks_{nullptr};
   std::unique_ptr<drafts> drafts_;  // with a router
   std::unique_ptr<read_pool> reads_;
+  std::unique_ptr<tail_cache> tails_;  // null: options::tail_cache_bytes is 0
   mutable model::uuid_v7_generator ids_;
 };
 

@@ -68,6 +68,9 @@ struct options {
   // stream has at most one read in flight).
   size_t read_threads = 4;
   size_t max_queued_reads = 10'000;
+  // Rendered units of the contexts listed most recently (engine/tail_cache.hpp),
+  // over all contexts; 0 turns the cache off.
+  size_t tail_cache_bytes = size_t(64) << 20;
   stream_options stream;
   draft_options drafts;
 };

@@ -48,10 +48,8 @@ std::string fingerprint(const request& req, std::string_view path) {
   return out;
 }
 
-// `"<key>":[unit,…]` as a member of `obj`; with `text`, each unit also carries its
-// payload as text (?text=1).
-void units_member(model::json_object& obj, std::string_view key, const std::vector<api::WorkUnit>& units,
-                  bool text = false) {
+// `"<key>":[unit,…]` as a member of `obj`.
+void units_member(model::json_object& obj, std::string_view key, const std::vector<api::WorkUnit>& units) {
   auto& out = obj.member(key);
   size_t estimate = 32;
   for (const auto& u : units) estimate += 256 + u.payload().size() * 4 / 3;
@@ -59,9 +57,7 @@ void units_member(model::json_object& obj, std::string_view key, const std::vect
   out.push_back('[');
   for (size_t i = 0; i < units.size(); ++i) {
     if (i) out.push_back(',');
-    if (!text) model::append_unit_json(out, units[i]);
-    else
-      model::append_unit_json(out, units[i], [&](std::string& o) { model::append_text_json(o, units[i].payload()); });
+    model::append_unit_json(out, units[i]);
   }
   out.push_back(']');
 }
@@ -186,13 +182,15 @@ void list_units(services& s, call& c, responder respond) {
   lr.limit = *limit;
   lr.reverse = *reverse;
   lr.after_seq = after->value_or(0);
+  lr.with_text = *text;
   if (const auto* cursor = c.query.get("cursor")) lr.cursor = *cursor;
   s.eng.list_units(std::move(c.subject), std::move(lr),
-                   [with_text = *text, respond = std::move(respond)](model::result<engine::units_page> page) {
+                   [respond = std::move(respond)](model::result<engine::units_page> page) {
                      if (!page) return respond(error_response(page.error()));
                      response r;
+                     r.body.reserve(page->units_json.size() + 128);
                      model::json_object body(r.body);
-                     units_member(body, "work_units", page->units, with_text);
+                     body.member("work_units").append(page->units_json);
                      body.string("next_cursor", page->next_cursor);
                      body.boolean("context_exists", page->context_exists);
                      body.close();

@@ -1805,6 +1805,23 @@ std::optional<model::result<std::optional<api::WorkUnit>>> store::get_unit_if_ca
   return impl_->get_unit(id, true, max_bytes);
 }
 
+std::optional<model::result<std::optional<log_position>>> store::context_position(std::string_view id,
+                                                                                   bool memory_only) const {
+  using found = model::result<std::optional<log_position>>;
+  rocksdb::ReadOptions ro;
+  if (memory_only) ro.read_tier = rocksdb::kBlockCacheTier;
+  rocksdb::PinnableSlice raw;
+  auto s = impl_->db->Get(ro, impl_->h(cf_contexts), id, &raw);
+  if (memory_only && s.IsIncomplete()) return std::nullopt;
+  if (s.IsNotFound()) return found(std::nullopt);
+  if (!s.ok()) return found(std::unexpected(storage_error(s, "reading context '" + std::string(id) + "'")));
+  ContextRecord rec;
+  if (!rec.ParseFromArray(raw.data(), int(raw.size())))
+    return found(fail(errc::internal, "corrupt record for context '" + std::string(id) + "'"));
+  return found(log_position{rec.handle(), std::max<uint64_t>(1, rec.context().first_seq()),
+                            rec.context().head_seq(), rec.deleted()});
+}
+
 model::result<unit_page> store::list_units(std::string_view context_id, const list_query& q) const {
   unit_page page;
   auto rec = impl_->read_record(context_id);

@@ -213,6 +213,16 @@ struct unit_page {
   bool more = false;  // another unit exists beyond the last one returned
 };
 
+// Where a context's log stands, from its record: every event with first_seq <=
+// seq <= head_seq exists (the log is gap-free and events are immutable), none
+// other does. What a cache of the newest units checks itself against.
+struct log_position {
+  uint64_t handle = 0;     // the context's log (never reused for another id)
+  uint64_t first_seq = 1;  // lower seqs were removed (retention, deletion)
+  uint64_t head_seq = 0;
+  bool deleted = false;
+};
+
 struct context_page {
   std::vector<api::Context> contexts;
   bool more = false;
@@ -291,6 +301,11 @@ class store {
   std::optional<model::result<std::optional<api::WorkUnit>>> get_unit_if_cached(std::string_view id,
                                                                                  size_t max_bytes) const;
   model::result<unit_page> list_units(std::string_view context_id, const list_query& q) const;
+  // The context's log_position; inner nullopt when no context has the id. With
+  // memory_only (RocksDB's kBlockCacheTier: never a disk read), the outer nullopt
+  // says the record is not in memory; otherwise the outer optional is always set.
+  std::optional<model::result<std::optional<log_position>>> context_position(std::string_view id,
+                                                                            bool memory_only) const;
   // Every event (any kind) of one context with seq > after_seq, oldest first, at most
   // `limit`. What stream catch-up replays.
   model::result<std::vector<api::Event>> read_events(std::string_view context_id, uint64_t after_seq,

@@ -249,6 +249,45 @@ TEST_F(StoreTest, CachedUnitReadsAnswerFromMemoryOnly) {
   EXPECT_FALSE(store_->get_unit_if_cached(id, 8).has_value()) << "a unit over max_bytes is left to get_unit";
 }
 
+// What the tail cache checks itself against (engine/tail_cache.hpp): the record's
+// handle, first and head seq, and the deleted mark, from memory when it is there.
+TEST_F(StoreTest, ContextPositionFollowsTheRecord) {
+  auto none = store_->context_position("a", false);
+  ASSERT_TRUE(none && *none);
+  EXPECT_FALSE(**none);
+  ASSERT_TRUE(append("a", {"x", "y", "z"}));
+  auto pos = store_->context_position("a", false);
+  ASSERT_TRUE(pos && *pos && **pos);
+  const log_position first = ***pos;
+  EXPECT_EQ(first.head_seq, 3u);
+  EXPECT_EQ(first.first_seq, 1u);
+  EXPECT_FALSE(first.deleted);
+  auto removal = [&](auto start) {
+    auto done = std::make_shared<std::promise<bool>>();
+    auto f = done->get_future();
+    start([done](model::result<trim_result> r) { done->set_value(r.has_value()); });
+    return f.get();
+  };
+  ASSERT_TRUE(removal([&](auto cb) { store_->trim("a", 3, cb); }));
+  pos = store_->context_position("a", false);
+  ASSERT_TRUE(pos && *pos && **pos);
+  EXPECT_EQ((***pos).first_seq, 3u);
+  EXPECT_EQ((***pos).head_seq, 3u);
+  EXPECT_EQ((***pos).handle, first.handle);
+  reopen();
+  ASSERT_TRUE(store_->context_position("a", false).has_value());  // read once: now in memory
+  auto cached = store_->context_position("a", true);
+  ASSERT_TRUE(cached && *cached && **cached) << "not in memory after a read";
+  EXPECT_EQ((***cached).first_seq, 3u);
+  ASSERT_TRUE(removal([&](auto cb) { store_->delete_context("a", "tester", cb); }));
+  pos = store_->context_position("a", false);
+  ASSERT_TRUE(pos && *pos && **pos);
+  EXPECT_TRUE((***pos).deleted);
+  EXPECT_EQ((***pos).head_seq, 4u);  // the context_deleted event
+  EXPECT_EQ((***pos).first_seq, 4u);
+  EXPECT_EQ((***pos).handle, first.handle);
+}
+
 // The second of get_unit's two reads can need the disk on its own: the id's entry
 // is in memory (read beside another id's), the unit's log block is not.
 TEST_F(StoreTest, CachedUnitReadsNeedTheDiskForAnUnreadLogBlock) {
