@@ -144,7 +144,7 @@ model::result<std::shared_ptr<stream>> engine::open_stream(stream_request req, s
 }
 
 void engine::attach(storage::store* s) {
-  if (tails_) tails_->clear();
+  if (tails_) tails_->clear();  // tails describe one store
   store_.store(s, std::memory_order_release);
 }
 void engine::attach_search(search::index* index) { search_.store(index, std::memory_order_release); }
@@ -273,15 +273,15 @@ void engine::list_units(std::string context_id, list_request req, reply<units_pa
   // A page the context's cached tail holds, when its record is in memory, is
   // answered here like a cached unit (get_unit): no disk, no hand-off. A large
   // page is still copied together on the pool.
-  if (tails_ && !req.with_text) {
-    auto s = store();
+  if (auto s = store(); s && tails_ && !req.with_text) {
     auto q = page_query(req);
     if (!q) return done(std::unexpected(q.error()));
-    if (s)
-      if (auto pos = (*s)->context_position(context_id, true); pos && *pos && **pos)
-        if (auto page = tails_->serve(context_id, ***pos, {q->after_seq, q->before_seq, q->limit, q->reverse},
-                                      inline_page_max_bytes))
-          return done(from_tail(std::move(*page)));
+    auto in_memory = (*s)->context_position(context_id, true);  // nullopt: the record is on disk
+    const storage::log_position* pos = in_memory && *in_memory && **in_memory ? &***in_memory : nullptr;
+    if (pos)
+      if (auto page = tails_->serve(context_id, *pos, {q->after_seq, q->before_seq, q->limit, q->reverse},
+                                    inline_page_max_bytes))
+        return done(from_tail(std::move(*page)));
   }
   auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
   if (auto ok = submit_read(std::move(job), true); !ok) done(std::unexpected(ok.error()));
@@ -379,7 +379,7 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
   if (!q) return std::unexpected(q.error());
   units_page out;
   if (tails_ && !req.with_text) {
-    auto pos = *(*s)->context_position(context_id, false);
+    auto pos = *(*s)->context_position(context_id, false);  // always set when not memory-only
     if (!pos) return std::unexpected(pos.error());
     if (*pos) {
       const tail_cache::query tq{q->after_seq, q->before_seq, q->limit, q->reverse};

@@ -5,14 +5,19 @@
 #include <prometheus/registry.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "model/codec.hpp"
 
 namespace engram::engine {
 namespace {
 
-constexpr size_t unit_overhead = 48;  // what a kept unit costs beyond its JSON (seq, string header, deque slot)
+// What the byte budget counts beyond the rendered JSON: per unit its seq, string
+// header, deque slot and allocation; per tail its key, map and LRU nodes and the
+// deque's first blocks, so that many empty tails are bounded as well.
+constexpr size_t unit_overhead = 64;
+constexpr size_t tail_overhead = 1024;
+
+size_t cost(const std::string& json) { return json.size() + unit_overhead; }
 
 }  // namespace
 
@@ -21,14 +26,14 @@ tail_cache::tail_cache(size_t max_bytes, size_t max_units, prometheus::Registry*
   if (!metrics) return;
   auto& pages = prometheus::BuildCounter()
                     .Name("engram_tail_cache_pages_total")
-                    .Help("Pages of GET /workunits/{contextId} by where they came from: a context's cached tail "
-                          "of rendered units (hit) or storage (miss)")
+                    .Help("Pages of GET /workunits/{contextId} answered from a context's cached tail of rendered "
+                          "units (hit), or read from storage (miss)")
                     .Register(*metrics);
   hits_ = &pages.Add({{"result", "hit"}});
   misses_ = &pages.Add({{"result", "miss"}});
   bytes_gauge_ = &prometheus::BuildGauge()
                       .Name("engram_tail_cache_bytes")
-                      .Help("Rendered unit bytes kept by the tail cache, over all contexts")
+                      .Help("Bytes the tail cache counts against storage.tail_cache_mb, over all contexts")
                       .Register(*metrics)
                       .Add({});
 }
@@ -43,8 +48,9 @@ size_t tail_cache::bytes() const {
 }
 
 void tail_cache::clear() {
+  tails garbage;
   std::lock_guard lock(mu_);
-  tails_.clear();
+  garbage.swap(tails_);
   lru_.clear();
   bytes_ = 0;
   if (bytes_gauge_) bytes_gauge_->Set(0);
@@ -64,49 +70,57 @@ std::optional<tail_cache::page> tail_cache::serve_locked(tail& t, const storage:
                                                          size_t max_bytes) {
   if (t.handle != pos.handle || t.head != pos.head_seq || pos.deleted || q.after_seq == UINT64_MAX)
     return std::nullopt;
+  // Retention removed the units below first_seq.
+  while (!t.units.empty() && t.units.front().seq < pos.first_seq) {
+    t.bytes -= cost(t.units.front().json);
+    bytes_ -= cost(t.units.front().json);
+    t.units.pop_front();
+  }
+  t.lo = std::max(t.lo, pos.first_seq);
   // The lowest seq the page may hold, and whether the tail has every unit from
-  // there up to the head (the log has none below first_seq: retention removed them).
+  // there up to the head.
   const uint64_t low = std::max(q.after_seq + 1, pos.first_seq);
   const bool covered = t.lo <= low;
-  if (!q.reverse && !covered) return std::nullopt;
+
+  // The page is units [first, first + n) of the tail, in the direction asked.
+  // Found, and measured, before anything is copied.
+  size_t first = 0, n = 0, bytes = 2;
+  bool more = false;
+  auto seq_at = [&](size_t i) { return t.units[q.reverse ? t.units.size() - 1 - i : i].seq; };
+  auto in_range = [&](uint64_t seq) { return seq >= low && seq < q.before_seq; };
+  if (q.reverse) {
+    while (first < t.units.size() && seq_at(first) >= q.before_seq) ++first;
+  } else {
+    if (!covered) return std::nullopt;
+    first = size_t(std::lower_bound(t.units.begin(), t.units.end(), low,
+                                    [](const unit& x, uint64_t seq) { return x.seq < seq; }) -
+                   t.units.begin());
+  }
+  for (size_t i = first; i < t.units.size() && in_range(seq_at(i)); ++i) {
+    if (n == q.limit) {
+      more = true;
+      break;
+    }
+    bytes += t.units[q.reverse ? t.units.size() - 1 - i : i].json.size() + 1;
+    if (bytes > max_bytes) return std::nullopt;
+    ++n;
+  }
+  // Ran out of the tail (or of the range) with room left: the page is whole only
+  // when the tail reaches down to `low`.
+  if (!more && !covered) return std::nullopt;
 
   page p;
-  const size_t per_unit = t.units.empty() ? 0 : t.bytes / t.units.size();
-  p.units_json.reserve(2 + std::min(q.limit, t.units.size()) * per_unit);
+  p.units_json.reserve(bytes);
   p.units_json.push_back('[');
-  auto add = [&](const unit& u) {
-    if (p.count) p.units_json.push_back(',');
+  for (size_t i = first; i < first + n; ++i) {
+    const unit& u = t.units[q.reverse ? t.units.size() - 1 - i : i];
+    if (i > first) p.units_json.push_back(',');
     p.units_json += u.json;
     p.last_seq = u.seq;
-    ++p.count;
-  };
-  if (q.reverse) {
-    auto u = t.units.rbegin();
-    while (u != t.units.rend() && u->seq >= q.before_seq) ++u;
-    for (; u != t.units.rend() && u->seq >= low; ++u) {
-      if (p.count == q.limit) {
-        p.more = true;
-        break;
-      }
-      add(*u);
-      if (p.units_json.size() > max_bytes) return std::nullopt;
-    }
-    // Ran out of the tail (or reached `low`) with room left: the page is whole
-    // only when the tail reaches down to `low`.
-    if (!p.more && !covered) return std::nullopt;
-  } else {
-    auto u = std::lower_bound(t.units.begin(), t.units.end(), low,
-                              [](const unit& x, uint64_t seq) { return x.seq < seq; });
-    for (; u != t.units.end() && u->seq < q.before_seq; ++u) {
-      if (p.count == q.limit) {
-        p.more = true;
-        break;
-      }
-      add(*u);
-      if (p.units_json.size() > max_bytes) return std::nullopt;
-    }
   }
   p.units_json.push_back(']');
+  p.count = n;
+  p.more = more;
   lru_.splice(lru_.begin(), lru_, t.lru);
   return p;
 }
@@ -116,118 +130,150 @@ model::result<std::optional<tail_cache::page>> tail_cache::update_and_serve(cons
                                                                             const storage::log_position& pos,
                                                                             const query& q) {
   using out = model::result<std::optional<page>>;
+  std::vector<std::deque<unit>> garbage;  // freed after the lock (declared before it)
   auto miss = [&] {
     count(misses_);
     return out(std::nullopt);
   };
-  if (pos.deleted) return miss();
   const std::string id(context_id);
-  std::optional<uint64_t> from;  // the head of a tail that only needs the events after it
+  std::optional<uint64_t> from;  // the head of a tail that needs only the events after it
   {
     std::lock_guard lock(mu_);
-    if (auto it = tails_.find(id); it != tails_.end() && it->second.handle == pos.handle) {
+    auto it = tails_.find(id);
+    if (pos.deleted) {
+      if (it != tails_.end()) drop_locked(it, garbage);
+      evict_locked(garbage);  // updates the gauge
+      return miss();
+    }
+    if (it != tails_.end() && it->second.handle == pos.handle) {
       tail& t = it->second;
-      if (t.head == pos.head_seq) {  // brought up to date meanwhile
+      if (t.head == pos.head_seq) {  // brought up to date by another reader meanwhile
         auto p = serve_locked(t, pos, q, SIZE_MAX);
         count(p ? hits_ : misses_);
         return out(std::move(p));
       }
-      if (t.head < pos.head_seq && pos.head_seq - t.head <= max_units_) from = t.head;
+      if (t.head > pos.head_seq) return miss();  // `pos` is older than the tail
+      if (pos.head_seq - t.head <= max_units_) from = t.head;
     }
   }
 
-  // The units to add, oldest first, and the range of seqs they account for.
-  std::vector<unit> fresh;
-  uint64_t lo = 1;
   if (from) {
     auto events = store.read_events(context_id, *from, pos.head_seq - *from);
     if (!events) return std::unexpected(events.error());
-    // The events after the tail's head, all of them: a deletion running meanwhile
-    // can have removed some, and then the tail is rebuilt (below).
+    // All the events after the tail's head, or the tail is started again below:
+    // a deletion running meanwhile can have removed some.
     bool whole = events->size() == pos.head_seq - *from;
     for (size_t i = 0; whole && i < events->size(); ++i) whole = (*events)[i].seq() == *from + 1 + i;
     if (whole) {
+      std::vector<unit> fresh;
+      std::string scratch;
       for (const auto& ev : *events) {
         if (!ev.has_work_unit()) continue;
-        fresh.push_back({ev.seq(), {}});
-        model::append_unit_json(fresh.back().json, ev.work_unit());
+        scratch.clear();
+        model::append_unit_json(scratch, ev.work_unit());
+        fresh.push_back({ev.seq(), std::string(scratch)});  // sized to fit: the budget counts size()
       }
-    } else {
-      from.reset();
+      std::lock_guard lock(mu_);
+      auto it = tails_.find(id);
+      if (it == tails_.end() || it->second.handle != pos.handle) return miss();  // evicted meanwhile
+      tail& t = it->second;
+      if (t.head == *from) {
+        for (auto& u : fresh) {
+          t.bytes += cost(u.json);
+          bytes_ += cost(u.json);
+          t.units.push_back(std::move(u));
+        }
+        t.head = pos.head_seq;
+        shrink_locked(t);
+      }
+      auto p = serve_locked(t, pos, q, SIZE_MAX);
+      count(p ? hits_ : misses_);
+      evict_locked(garbage);
+      return out(std::move(p));
     }
   }
-  if (!from) {
-    // Only a page read back from the head can be served from a new tail.
-    if (!q.reverse || q.before_seq <= pos.head_seq) return miss();
-    storage::list_query lq;
-    lq.before_seq = pos.head_seq + 1;  // as of `pos`: the head the tail will say it covers
-    lq.limit = std::min(q.limit + 1, max_units_);
-    lq.reverse = true;
-    auto read = store.list_units(context_id, lq);
-    if (!read) return std::unexpected(read.error());
-    for (auto u = read->units.rbegin(); u != read->units.rend(); ++u) {
-      fresh.push_back({u->seq(), {}});
-      model::append_unit_json(fresh.back().json, *u);
-    }
-    // With more units below the oldest read, the tail starts at that unit.
-    lo = read->more && !fresh.empty() ? fresh.front().seq : 1;
+
+  // A new tail, from a reverse page read back from the head: that page is
+  // answered from what was read, whether or not the tail can keep it all.
+  if (!q.reverse || q.before_seq <= pos.head_seq || q.after_seq == UINT64_MAX) return miss();
+  storage::list_query lq;
+  lq.after_seq = q.after_seq;
+  lq.before_seq = pos.head_seq + 1;  // as of `pos`: the head the tail will say it covers
+  lq.limit = std::min(q.limit + 1, max_units_);
+  lq.reverse = true;
+  auto read = store.list_units(context_id, lq);
+  if (!read) return std::unexpected(read.error());
+  std::deque<unit> fresh;  // oldest first
+  std::string scratch;
+  for (const auto& u : read->units) {
+    scratch.clear();
+    model::append_unit_json(scratch, u);
+    fresh.push_front({u.seq(), std::string(scratch)});
   }
+  page p;
+  p.more = read->more || fresh.size() > q.limit;
+  p.count = std::min(fresh.size(), q.limit);
+  size_t bytes = 2;
+  for (size_t i = 0; i < p.count; ++i) bytes += fresh[fresh.size() - 1 - i].json.size() + 1;
+  p.units_json.reserve(bytes);
+  p.units_json.push_back('[');
+  for (size_t i = 0; i < p.count; ++i) {
+    const unit& u = fresh[fresh.size() - 1 - i];
+    if (i) p.units_json.push_back(',');
+    p.units_json += u.json;
+    p.last_seq = u.seq;
+  }
+  p.units_json.push_back(']');
 
   std::lock_guard lock(mu_);
   auto it = tails_.find(id);
   if (it == tails_.end()) {
-    if (from) return miss();  // dropped meanwhile (eviction): the next read fills it again
     it = tails_.try_emplace(id).first;
     lru_.push_front(id);
     it->second.lru = lru_.begin();
-    it->second.handle = pos.handle;
+    it->second.bytes = tail_overhead + id.size();
+    bytes_ += it->second.bytes;
   }
   tail& t = it->second;
-  if (from && t.handle == pos.handle && t.head == *from) {
-    for (auto& u : fresh) {
-      t.bytes += u.json.size() + unit_overhead;
-      bytes_ += u.json.size() + unit_overhead;
-      t.units.push_back(std::move(u));
-    }
-    t.head = pos.head_seq;
-  } else if (!from && (t.handle != pos.handle || t.head <= pos.head_seq)) {
-    bytes_ -= t.bytes;
-    t.units.clear();
-    t.bytes = 0;
-    for (auto& u : fresh) {
-      t.bytes += u.json.size() + unit_overhead;
-      t.units.push_back(std::move(u));
-    }
-    bytes_ += t.bytes;
+  if (t.handle != pos.handle || t.head <= pos.head_seq) {  // else another reader made a newer one
+    const size_t kept = tail_overhead + id.size();
+    bytes_ -= t.bytes - kept;
+    t.bytes = kept;
+    garbage.push_back(std::move(t.units));
+    t.units = std::move(fresh);
+    for (const auto& u : t.units) t.bytes += cost(u.json);
+    bytes_ += t.bytes - kept;
     t.handle = pos.handle;
-    t.lo = lo;
+    // With more units below the oldest read, the tail starts at that unit; else
+    // it has every unit after q.after_seq.
+    t.lo = read->more ? t.units.front().seq : q.after_seq + 1;
     t.head = pos.head_seq;
+    shrink_locked(t);
+    lru_.splice(lru_.begin(), lru_, t.lru);
   }
-  // (Otherwise another reader moved the tail on first; it is served as it is.)
-  shrink_locked(t);
-  auto p = serve_locked(t, pos, q, SIZE_MAX);
-  count(p && from ? hits_ : misses_);  // a page that filled the tail was read from storage
-  evict_locked();
+  count(misses_);
+  evict_locked(garbage);
   return out(std::move(p));
 }
 
 void tail_cache::shrink_locked(tail& t) {
   while (!t.units.empty() && (t.units.size() > max_units_ || t.bytes > max_tail_bytes_)) {
-    const size_t cost = t.units.front().json.size() + unit_overhead;
-    t.bytes -= cost;
-    bytes_ -= cost;
+    t.bytes -= cost(t.units.front().json);
+    bytes_ -= cost(t.units.front().json);
     t.units.pop_front();
     t.lo = t.units.empty() ? t.head + 1 : t.units.front().seq;
   }
 }
 
-void tail_cache::evict_locked() {
-  while (bytes_ > max_bytes_ && !lru_.empty()) {
-    auto it = tails_.find(lru_.back());
-    bytes_ -= it->second.bytes;
-    tails_.erase(it);
-    lru_.pop_back();
-  }
+void tail_cache::drop_locked(tails::iterator it, std::vector<std::deque<unit>>& garbage) {
+  bytes_ -= it->second.bytes;
+  garbage.push_back(std::move(it->second.units));
+  lru_.erase(it->second.lru);
+  tails_.erase(it);
+}
+
+void tail_cache::evict_locked(std::vector<std::deque<unit>>& garbage) {
+  while (bytes_ > max_bytes_ && !lru_.empty()) drop_locked(tails_.find(lru_.back()), garbage);
   if (bytes_gauge_) bytes_gauge_->Set(double(bytes_));
 }
 

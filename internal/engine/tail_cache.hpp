@@ -3,10 +3,12 @@
 // (README "Pages of the newest units"). A context's tail holds every unit with
 // lo <= seq <= head of its log; units are immutable and its log is gap-free, so
 // the tail stays true as long as the context's record (storage::log_position)
-// shows the same head. A page the tail covers is then answered with no RocksDB
-// iteration, no protobuf parse and no JSON rendering, and, when the record is in
-// memory, with no hand-off to the read pool. A tail behind its context's head is
-// brought up to it by reading only the newer events. Thread-safe.
+// shows the same head, and units below the record's first_seq (removed by
+// retention) are dropped as it is used. A page the tail covers is then answered
+// with no iteration of the log, no protobuf parse and no JSON rendering, and,
+// when the record is in memory, with no hand-off to the read pool. A tail up to
+// max_units events behind its context's head is brought up to it by reading only
+// the newer events; a reverse page from the head starts a new one. Thread-safe.
 
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "model/error.hpp"
 #include "storage/store.hpp"
@@ -53,19 +56,22 @@ class tail_cache {
   };
 
   // The page, when the context's tail is current at `pos` and covers it, and its
-  // JSON is at most max_bytes; nullopt otherwise (then the tail is not changed).
+  // JSON is at most max_bytes (checked before anything is copied); nullopt
+  // otherwise.
   std::optional<page> serve(std::string_view context_id, const storage::log_position& pos, const query& q,
                             size_t max_bytes);
 
-  // Brings the context's tail up to `pos` (read just before, not deleted) from
-  // `store`, and serves the page from it: the events after the tail's head, or,
-  // with no usable tail, the newest q.limit + 1 units (a reverse page from the
-  // head, so a first read costs what an uncached one does). nullopt: the page
-  // is not in the tail even then (the caller reads storage).
+  // The page as of `pos` (read just before), with the context's tail brought up
+  // to it from `store`: a tail behind the head reads the events after its head;
+  // with none, a reverse page from the head is read from storage (q.limit + 1
+  // units, as an uncached page reads), answered, and kept as the new tail.
+  // nullopt: the caller reads the page from storage (a page older than the tail,
+  // a forward page with no tail, a deleted context, whose tail is dropped, or a
+  // `pos` older than the tail).
   model::result<std::optional<page>> update_and_serve(const storage::store& store, std::string_view context_id,
                                                       const storage::log_position& pos, const query& q);
 
-  // Forgets every tail (a different store was attached).
+  // Forgets every tail (the store is attached or detached).
   void clear();
 
   size_t bytes() const;
@@ -80,23 +86,28 @@ class tail_cache {
     uint64_t lo = 1;    // every unit with lo <= seq <= head is in `units`
     uint64_t head = 0;  // the log's head when the tail was last brought up to date
     std::deque<unit> units;  // oldest first
-    size_t bytes = 0;
+    size_t bytes = 0;        // counted into bytes_
     std::list<std::string>::iterator lru;  // in lru_, most recently used first
   };
+
+  using tails = std::unordered_map<std::string, tail>;
 
   std::optional<page> serve_locked(tail& t, const storage::log_position& pos, const query& q, size_t max_bytes);
   // Drops a tail's oldest units beyond the per-context limits.
   void shrink_locked(tail& t);
-  void evict_locked();
+  // Removes a tail; its units go to `garbage`, to be freed after the lock.
+  void drop_locked(tails::iterator it, std::vector<std::deque<unit>>& garbage);
+  // Drops the least recently used tails while over max_bytes.
+  void evict_locked(std::vector<std::deque<unit>>& garbage);
   void count(prometheus::Counter* c);
 
   const size_t max_bytes_;
   const size_t max_tail_bytes_;
   const size_t max_units_;
   mutable std::mutex mu_;
-  std::unordered_map<std::string, tail> tails_;
+  tails tails_;
   std::list<std::string> lru_;
-  size_t bytes_ = 0;
+  size_t bytes_ = 0;  // of every tail: units and a fixed cost per tail (tail_cache.cpp)
 
   prometheus::Counter* hits_ = nullptr;
   prometheus::Counter* misses_ = nullptr;

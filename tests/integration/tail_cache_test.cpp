@@ -120,6 +120,30 @@ TEST(TailCache, ForgetsADeletedContext) {
   EXPECT_EQ(page.body["work_units"].size(), 0u) << page.raw;
   EXPECT_EQ(page.body["context_exists"], false) << page.raw;
   EXPECT_EQ(call(http, "GET", "/workunits/gone?limit=10&after_seq=2").body["work_units"].size(), 0u);
+  EXPECT_EQ(metric(http, "engram_tail_cache_bytes"), 0) << "the deleted context's units are still held";
+}
+
+// Many small contexts: the tails of the least recently listed ones are dropped, so
+// the cache stays within storage.tail_cache_mb, and their pages stay right.
+TEST(TailCache, StaysWithinItsBudget) {
+  temp_dir dir;
+  auto cfg = test_config(dir.str() + "/data");
+  cfg.engine.tail_cache_bytes = 1 << 20;
+  test_server server(cfg);
+  auto http = server.connect();
+  constexpr int contexts = 1200;  // a tail of one unit costs ~1.7 KiB: ~600 fit
+  for (int i = 0; i < contexts; ++i) {
+    auto ctx = "many/" + std::to_string(i);
+    ASSERT_EQ(call(http, "POST", "/workunit", json({{"context_id", ctx}, {"agent_id", "a"}, {"text", ctx}}).dump())
+                  .status,
+              201u);
+    auto page = call(http, "GET", "/workunits/" + ctx + "?reverse=true&limit=5");
+    ASSERT_EQ(page.body["work_units"].size(), 1u) << page.raw;
+    ASSERT_LE(metric(http, "engram_tail_cache_bytes"), double(1 << 20)) << "after " << ctx;
+  }
+  EXPECT_GT(metric(http, "engram_tail_cache_bytes"), double(1 << 19));  // full, not emptied
+  expect_page_matches_storage(http, "/workunits/many%2F0?reverse=true&limit=5");  // dropped long ago
+  expect_page_matches_storage(http, "/workunits/many%2F" + std::to_string(contexts - 1) + "?reverse=true&limit=5");
 }
 
 }  // namespace
