@@ -195,7 +195,7 @@ model::status authorize_stream(engine::stream_request& sub, const caller& who) {
   if (!who.principal) return {};
   for (const auto& c : sub.contexts)
     if (!who.can(auth::read, c)) return model::fail(model::errc::forbidden, "not allowed to read context '" + c + "'");
-  // A token that may read everything needs no per-event check on the router thread.
+  // A token that may read everything needs no per-event check where events are offered.
   if (who.principal->scope(auth::read))
     sub.permit = [p = *who.principal](std::string_view id) { return p.can(auth::read, id); };
   return {};

@@ -15,11 +15,15 @@ namespace engram::router {
 struct router::metrics {
   prometheus::Counter* published = nullptr;
   prometheus::Counter* offered = nullptr;
+  prometheus::Counter* inline_batches = nullptr;
   prometheus::Gauge* subscriptions = nullptr;
   explicit metrics(prometheus::Registry* r) {
     if (!r) return;
     published = &prometheus::BuildCounter().Name("engram_router_events_published_total")
                      .Help("Committed events received by the router").Register(*r).Add({});
+    inline_batches = &prometheus::BuildCounter().Name("engram_router_inline_batches_total")
+                          .Help("Published batches offered to their few subscribers on the publishing thread")
+                          .Register(*r).Add({});
     offered = &prometheus::BuildCounter().Name("engram_router_events_offered_total")
                    .Help("Events offered to subscribers (one per matching subscriber)").Register(*r).Add({});
     subscriptions = &prometheus::BuildGauge().Name("engram_router_subscriptions")
@@ -155,9 +159,35 @@ router::~router() {
 }
 
 void router::publish(const std::vector<std::shared_ptr<const api::Event>>& events) {
-  std::lock_guard lock(queue_mu_);
-  queue_.push_back(events);
-  queue_cv_.notify_one();
+  std::unique_lock lock(queue_mu_);
+  // With no batch queued or being dispatched, a batch for few sinks is offered
+  // here: it cannot overtake an earlier one, and it saves waking the dispatch
+  // thread, which on a quiet server is most of an event's way to a subscriber.
+  // A batch for many sinks still goes to the dispatch thread, so the committer
+  // never serialises a fan-out to thousands.
+  if (!queue_.empty() || busy_ || stopping_ || sinks_for(events) > inline_max_sinks) {
+    queue_.push_back(events);
+    queue_cv_.notify_one();
+    return;
+  }
+  busy_ = true;  // a publish meanwhile queues, and the dispatch thread waits for this one
+  lock.unlock();
+  dispatch(events);
+  if (metrics_->inline_batches) metrics_->inline_batches->Increment();
+  lock.lock();
+  busy_ = false;
+  if (!queue_.empty() || stopping_) queue_cv_.notify_one();
+  else idle_cv_.notify_all();
+}
+
+size_t router::sinks_for(const std::vector<std::shared_ptr<const api::Event>>& events) {
+  std::lock_guard lock(subs_mu_);
+  size_t n = 0;
+  for (const auto& ev : events) {
+    if (auto it = by_context_.find(ev->context_id()); it != by_context_.end()) n += it->second.size();
+    n += by_prefix_.size();
+  }
+  return n;
 }
 
 void router::publish_draft(const event_ptr& ev) {
@@ -198,7 +228,8 @@ void router::run() {
     std::vector<std::shared_ptr<const api::Event>> batch;
     {
       std::unique_lock lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      // Not while a publisher dispatches a batch itself (publish): order.
+      queue_cv_.wait(lock, [&] { return !busy_ && (stopping_ || !queue_.empty()); });
       if (queue_.empty()) return;  // stopping
       batch = std::move(queue_.front());
       queue_.pop_front();

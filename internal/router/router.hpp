@@ -1,7 +1,8 @@
 #pragma once
 // In-memory fan-out of committed events to subscribers (DESIGN.md §4). Owned by app;
 // publish() comes from the committer, delivery runs on the router's own dispatch
-// thread. Ordering, matching and lifetime rules: README.md.
+// thread, or for a batch with few subscribers on the publishing thread. Ordering,
+// matching and lifetime rules: README.md.
 
 #include <chrono>
 #include <condition_variable>
@@ -61,7 +62,8 @@ struct topic_filter {
 class sink {
  public:
   virtual ~sink() = default;
-  // Called on the router thread. Must not block.
+  // Called on the router's dispatch thread, or on a thread that publishes (see
+  // router::publish and publish_draft). Must not block.
   virtual void deliver(const event_ptr& ev) = 0;
 };
 
@@ -72,8 +74,12 @@ class router {
   router(const router&) = delete;
   router& operator=(const router&) = delete;
 
-  // Called by the committer after each commit, in commit order. Never blocks.
+  // Called by the committer after each commit, in commit order. Never blocks on
+  // a subscriber. When nothing is queued or being dispatched and the batch's
+  // events match at most inline_max_sinks sinks in all, they are offered on the
+  // calling thread before it returns; otherwise the dispatch thread offers them.
   void publish(const std::vector<std::shared_ptr<const api::Event>>& events);
+  static constexpr size_t inline_max_sinks = 8;
   // A draft message (ev->draft set), offered to the sinks of its context now, on
   // the calling thread: draft messages are not part of the log's order, so they
   // skip the dispatch queue and its thread hop. Callers serialise the calls that
@@ -95,6 +101,8 @@ class router {
   };
   void run();
   void dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch);
+  // The sinks the batch's events match, each counted once per event (an upper bound).
+  size_t sinks_for(const std::vector<std::shared_ptr<const api::Event>>& events);
   // Offers one wire event to every sink matching its context, once each.
   size_t offer(const event_ptr& wire, std::vector<std::shared_ptr<sink>>& targets);
 

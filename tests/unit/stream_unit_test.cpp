@@ -2,7 +2,10 @@
 // live hand-over, byte bounds and duplicates, step by step.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <future>
+#include <thread>
 
 #include "engine/drafts.hpp"
 #include "engine/stream.hpp"
@@ -293,6 +296,96 @@ TEST_F(DraftStreamTest, IdleDraftsExpireAndSubscribersAreTold) {
 }
 
 // A resuming subscriber (the SDK) sends per-context cursors next to a numeric since.
+// Records what a router offers it, and on which thread.
+class recording_sink final : public router::sink {
+ public:
+  void deliver(const router::event_ptr& ev) override {
+    std::lock_guard lock(mu_);
+    seqs_.push_back(ev->seq);
+    threads_.push_back(std::this_thread::get_id());
+  }
+  std::vector<uint64_t> seqs() {
+    std::lock_guard lock(mu_);
+    return seqs_;
+  }
+  std::vector<std::thread::id> threads() {
+    std::lock_guard lock(mu_);
+    return threads_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<uint64_t> seqs_;
+  std::vector<std::thread::id> threads_;
+};
+
+std::vector<std::shared_ptr<const api::Event>> unit_event(const std::string& ctx, uint64_t seq) {
+  auto ev = std::make_shared<api::Event>();
+  ev->set_context_id(ctx);
+  ev->set_seq(seq);
+  ev->mutable_work_unit()->set_context_id(ctx);
+  ev->mutable_work_unit()->set_seq(seq);
+  return {ev};
+}
+
+// A quiet router offers a batch with few subscribers on the publishing thread,
+// before publish returns (no hand-off to its dispatch thread); a batch with more
+// goes to the dispatch thread.
+TEST(RouterTest, FewSubscribersAreOfferedOnThePublishingThread) {
+  router::router r;
+  auto first = std::make_shared<recording_sink>();
+  r.subscribe(first, {{"c"}, {}, nullptr});
+  r.publish(unit_event("c", 1));
+  ASSERT_EQ(first->seqs(), std::vector<uint64_t>{1}) << "not offered before publish returned";
+  EXPECT_EQ(first->threads().front(), std::this_thread::get_id());
+
+  std::vector<std::shared_ptr<recording_sink>> more;
+  for (size_t i = 0; i < router::router::inline_max_sinks; ++i) {
+    more.push_back(std::make_shared<recording_sink>());
+    r.subscribe(more.back(), {{"c"}, {}, nullptr});
+  }
+  r.publish(unit_event("c", 2));
+  r.flush();
+  ASSERT_EQ(first->seqs(), (std::vector<uint64_t>{1, 2}));
+  EXPECT_NE(first->threads().back(), std::this_thread::get_id()) << "a batch for many sinks ran on the committer";
+  for (const auto& s : more) EXPECT_EQ(s->seqs(), std::vector<uint64_t>{2});
+}
+
+// Batches alternate between the two paths as subscribers come and go; every sink
+// still gets each context's events in publish order, none twice or lost.
+TEST(RouterTest, InlineAndQueuedBatchesKeepPublishOrder) {
+  router::router r;
+  auto watcher = std::make_shared<recording_sink>();
+  r.subscribe(watcher, {{"c"}, {}, nullptr});
+  std::atomic<bool> done{false};
+  std::thread churn([&] {  // crosses inline_max_sinks back and forth
+    std::vector<router::router::subscription_id> ids;
+    std::vector<std::shared_ptr<recording_sink>> held;
+    while (!done) {
+      for (size_t i = 0; i < router::router::inline_max_sinks; ++i) {
+        held.push_back(std::make_shared<recording_sink>());
+        ids.push_back(r.subscribe(held.back(), {{"c"}, {}, nullptr}));
+      }
+      std::this_thread::yield();
+      for (auto id : ids) r.unsubscribe(id);
+      ids.clear();
+      held.clear();
+    }
+  });
+  constexpr uint64_t events = 20'000;
+  for (uint64_t seq = 1; seq <= events; ++seq) r.publish(unit_event("c", seq));
+  done = true;
+  churn.join();
+  r.flush();
+  const auto got = watcher->seqs();
+  ASSERT_EQ(got.size(), events);
+  for (uint64_t i = 0; i < events; ++i) ASSERT_EQ(got[i], i + 1) << "at " << i;
+  const auto threads = watcher->threads();
+  const auto here = std::count(threads.begin(), threads.end(), std::this_thread::get_id());
+  EXPECT_GT(here, 0) << "no batch went inline";
+  EXPECT_LT(size_t(here), events) << "no batch went to the dispatch thread";
+}
+
 TEST(StreamParamsTest, SubscribeMessageTakesCursorsBesideSince) {
   auto req = gateway::parse_subscribe_message(
       model::json::parse(R"({"type":"subscribe","contexts":["p/*","x"],"since":0,"cursors":{"p/a":7,"x":3}})"));
