@@ -1,6 +1,7 @@
 #pragma once
 // In-memory fan-out of committed events to subscribers (DESIGN.md §4). Owned by app;
-// publish() comes from the committer, delivery runs on the router's own dispatch
+// publish() comes from whichever thread commits (the committer, or an I/O thread
+// committing a relaxed append inline), delivery runs on the router's own dispatch
 // thread, or for a batch with few subscribers on the publishing thread. Ordering,
 // matching and lifetime rules: README.md.
 
@@ -74,10 +75,12 @@ class router {
   router(const router&) = delete;
   router& operator=(const router&) = delete;
 
-  // Called by the committer after each commit, in commit order. Never blocks on
-  // a subscriber. When nothing is queued or being dispatched and the batch's
-  // events match at most inline_max_sinks sinks in all, they are offered on the
-  // calling thread before it returns; otherwise the dispatch thread offers them.
+  // Called by the thread that committed, after each commit, in commit order (the
+  // store serialises the calls). Never blocks on a subscriber. When nothing is
+  // queued or being dispatched and the batch counts at most inline_max_sinks
+  // sinks (per event: the subscriptions naming its context plus every pattern
+  // subscription), it is offered on the calling thread before it returns;
+  // otherwise the dispatch thread offers it.
   void publish(const std::vector<std::shared_ptr<const api::Event>>& events);
   static constexpr size_t inline_max_sinks = 8;
   // A draft message (ev->draft set), offered to the sinks of its context now, on

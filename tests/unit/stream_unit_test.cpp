@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <future>
 #include <thread>
 
@@ -295,7 +294,6 @@ TEST_F(DraftStreamTest, IdleDraftsExpireAndSubscribersAreTold) {
   EXPECT_EQ(take(**s), (std::vector<std::string>{"delta:0:thinking", "delta:1:…", "draft_end:expired:"}));
 }
 
-// A resuming subscriber (the SDK) sends per-context cursors next to a numeric since.
 // Records what a router offers it, and on which thread.
 class recording_sink final : public router::sink {
  public:
@@ -351,41 +349,47 @@ TEST(RouterTest, FewSubscribersAreOfferedOnThePublishingThread) {
   for (const auto& s : more) EXPECT_EQ(s->seqs(), std::vector<uint64_t>{2});
 }
 
-// Batches alternate between the two paths as subscribers come and go; every sink
-// still gets each context's events in publish order, none twice or lost.
+// Batches alternate between the two paths as subscribers come and go (phases of
+// 50 events: one with 8 more subscribers, queued for the dispatch thread, then one
+// without, offered inline once the queue has drained, which every other time it
+// is made to be first); a subscriber that stays gets every event once, in
+// publish order.
 TEST(RouterTest, InlineAndQueuedBatchesKeepPublishOrder) {
   router::router r;
   auto watcher = std::make_shared<recording_sink>();
   r.subscribe(watcher, {{"c"}, {}, nullptr});
-  std::atomic<bool> done{false};
-  std::thread churn([&] {  // crosses inline_max_sinks back and forth
-    std::vector<router::router::subscription_id> ids;
-    std::vector<std::shared_ptr<recording_sink>> held;
-    while (!done) {
-      for (size_t i = 0; i < router::router::inline_max_sinks; ++i) {
-        held.push_back(std::make_shared<recording_sink>());
-        ids.push_back(r.subscribe(held.back(), {{"c"}, {}, nullptr}));
-      }
-      std::this_thread::yield();
-      for (auto id : ids) r.unsubscribe(id);
-      ids.clear();
-      held.clear();
-    }
-  });
   constexpr uint64_t events = 20'000;
-  for (uint64_t seq = 1; seq <= events; ++seq) r.publish(unit_event("c", seq));
-  done = true;
-  churn.join();
+  std::vector<std::shared_ptr<recording_sink>> crowd;
+  std::vector<router::router::subscription_id> crowd_ids;
+  for (uint64_t seq = 1; seq <= events; ++seq) {
+    if (seq % 100 == 1) {  // a queued phase begins
+      for (size_t i = 0; i < router::router::inline_max_sinks; ++i) {
+        crowd.push_back(std::make_shared<recording_sink>());
+        crowd_ids.push_back(r.subscribe(crowd.back(), {{"c"}, {}, nullptr}));
+      }
+    } else if (seq % 100 == 51) {  // an inline phase begins; the queue may still hold the last batches
+      for (auto id : crowd_ids) r.unsubscribe(id);
+      crowd_ids.clear();
+      crowd.clear();
+      if (seq % 200 == 51) r.flush();  // every other time, drained: the next batch goes inline
+    }
+    r.publish(unit_event("c", seq));
+  }
   r.flush();
   const auto got = watcher->seqs();
   ASSERT_EQ(got.size(), events);
   for (uint64_t i = 0; i < events; ++i) ASSERT_EQ(got[i], i + 1) << "at " << i;
   const auto threads = watcher->threads();
+  for (uint64_t i = 0; i < events; ++i) {
+    if (i % 100 < 50) {
+      ASSERT_NE(threads[i], std::this_thread::get_id()) << "seq " << i + 1 << " was offered inline";
+    }
+  }
   const auto here = std::count(threads.begin(), threads.end(), std::this_thread::get_id());
   EXPECT_GT(here, 0) << "no batch went inline";
-  EXPECT_LT(size_t(here), events) << "no batch went to the dispatch thread";
 }
 
+// A resuming subscriber (the SDK) sends per-context cursors next to a numeric since.
 TEST(StreamParamsTest, SubscribeMessageTakesCursorsBesideSince) {
   auto req = gateway::parse_subscribe_message(
       model::json::parse(R"({"type":"subscribe","contexts":["p/*","x"],"since":0,"cursors":{"p/a":7,"x":3}})"));
