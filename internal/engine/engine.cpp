@@ -404,7 +404,8 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
   out.count = page->units.size();
   auto& json = out.units_json;
   size_t estimate = 2;
-  for (const auto& u : page->units) estimate += 256 + u.payload().size() * 4 / 3 + (req.with_text ? u.payload().size() : 0);
+  for (const auto& u : page->units)  // base64, and the text again when asked for
+    estimate += 256 + u.payload().size() * 4 / 3 + (req.with_text ? u.payload().size() : 0);
   json.reserve(estimate);
   json.push_back('[');
   for (size_t i = 0; i < page->units.size(); ++i) {

@@ -28,6 +28,14 @@ void expect_page_matches_storage(client::http_connection& http, const std::strin
 
 std::string pages_of(const std::string& ctx) { return "/workunits/" + ctx + "?"; }
 
+void append_units(client::http_connection& http, const std::string& ctx, int n) {
+  for (int i = 0; i < n; ++i) {
+    auto r = call(http, "POST", "/workunit",
+                  json({{"context_id", ctx}, {"agent_id", "a"}, {"text", "unit " + std::to_string(i)}}).dump());
+    ASSERT_EQ(r.status, 201u) << r.raw;
+  }
+}
+
 TEST(TailCache, PagesMatchStorageWhileUnitsAndOtherEventsArrive) {
   temp_dir dir;
   auto cfg = test_config(dir.str() + "/data");
@@ -81,11 +89,7 @@ TEST(TailCache, AnswersOnlyWhatRetentionKept) {
   cfg.retention.interval = 50ms;
   test_server server(cfg);
   auto http = server.connect();
-  for (int i = 0; i < 20; ++i)
-    ASSERT_EQ(call(http, "POST", "/workunit",
-                   json({{"context_id", "kept"}, {"agent_id", "a"}, {"text", "unit " + std::to_string(i)}}).dump())
-                  .status,
-              201u);
+  ASSERT_NO_FATAL_FAILURE(append_units(http, "kept", 20));
   ASSERT_EQ(call(http, "GET", "/workunits/kept?reverse=true&limit=100").body["work_units"].size(), 20u);
   const double before = metric(http, hits);
   ASSERT_EQ(call(http, "GET", "/workunits/kept?reverse=true&limit=100").body["work_units"].size(), 20u);
@@ -107,11 +111,7 @@ TEST(TailCache, ForgetsADeletedContext) {
   temp_dir dir;
   test_server server(dir);
   auto http = server.connect();
-  for (int i = 0; i < 5; ++i)
-    ASSERT_EQ(call(http, "POST", "/workunit",
-                   json({{"context_id", "gone"}, {"agent_id", "a"}, {"text", "unit " + std::to_string(i)}}).dump())
-                  .status,
-              201u);
+  ASSERT_NO_FATAL_FAILURE(append_units(http, "gone", 5));
   for (int i = 0; i < 2; ++i)  // filled, then served from the tail
     ASSERT_EQ(call(http, "GET", "/workunits/gone?reverse=true&limit=10").body["work_units"].size(), 5u);
   ASSERT_EQ(call(http, "DELETE", "/contexts/gone").status, 200u);
