@@ -273,13 +273,14 @@ void engine::list_units(std::string context_id, list_request req, reply<units_pa
   // A page the context's cached tail holds, when its record is in memory, is
   // answered here like a cached unit (get_unit): no disk, no hand-off. A large
   // page is still copied together on the pool.
-  if (auto s = store(); s && tails_ && !req.with_text) {
+  if (auto s = store(); s && tails_) {
     auto q = page_query(req);
     if (!q) return done(std::unexpected(q.error()));
     auto in_memory = (*s)->context_position(context_id, true);  // nullopt: the record is on disk
     const storage::log_position* pos = in_memory && *in_memory && **in_memory ? &***in_memory : nullptr;
     if (pos)
-      if (auto page = tails_->serve(context_id, *pos, {q->after_seq, q->before_seq, q->limit, q->reverse},
+      if (auto page = tails_->serve(context_id, *pos,
+                                    {q->after_seq, q->before_seq, q->limit, q->reverse, req.with_text},
                                     inline_page_max_bytes))
         return done(from_tail(std::move(*page)));
   }
@@ -378,11 +379,11 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
   auto q = page_query(req);
   if (!q) return std::unexpected(q.error());
   units_page out;
-  if (tails_ && !req.with_text) {
+  if (tails_) {
     auto pos = *(*s)->context_position(context_id, false);  // always set when not memory-only
     if (!pos) return std::unexpected(pos.error());
     if (*pos) {
-      const tail_cache::query tq{q->after_seq, q->before_seq, q->limit, q->reverse};
+      const tail_cache::query tq{q->after_seq, q->before_seq, q->limit, q->reverse, req.with_text};
       auto page = tails_->serve(context_id, **pos, tq, SIZE_MAX);
       if (!page) {
         auto updated = tails_->update_and_serve(**s, context_id, **pos, tq);

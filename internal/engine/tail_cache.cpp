@@ -19,6 +19,22 @@ constexpr size_t tail_overhead = 1024;
 
 size_t cost(const std::string& json) { return json.size() + unit_overhead; }
 
+// The map key of a context's tail: ids hold no control characters, so "\n" cannot
+// make two keys meet.
+std::string key_of(std::string_view context_id, bool with_text) {
+  std::string key(context_id);
+  if (with_text) key.append("\ntext");
+  return key;
+}
+
+// A unit as its tail keeps it, sized to fit (the budget counts size()).
+std::string render(const api::WorkUnit& u, bool with_text, std::string& scratch) {
+  scratch.clear();
+  if (!with_text) model::append_unit_json(scratch, u);
+  else model::append_unit_json(scratch, u, [&](std::string& o) { model::append_text_json(o, u.payload()); });
+  return std::string(scratch);
+}
+
 }  // namespace
 
 tail_cache::tail_cache(size_t max_bytes, size_t max_units, prometheus::Registry* metrics)
@@ -59,7 +75,7 @@ void tail_cache::clear() {
 std::optional<tail_cache::page> tail_cache::serve(std::string_view context_id, const storage::log_position& pos,
                                                   const query& q, size_t max_bytes) {
   std::lock_guard lock(mu_);
-  auto it = tails_.find(std::string(context_id));
+  auto it = tails_.find(key_of(context_id, q.with_text));
   if (it == tails_.end()) return std::nullopt;
   auto p = serve_locked(it->second, pos, q, max_bytes);
   if (p) count(hits_);
@@ -135,16 +151,17 @@ model::result<std::optional<tail_cache::page>> tail_cache::update_and_serve(cons
     count(misses_);
     return out(std::nullopt);
   };
-  const std::string id(context_id);
+  const std::string id = key_of(context_id, q.with_text);
   std::optional<uint64_t> from;  // the head of a tail that needs only the events after it
   {
     std::lock_guard lock(mu_);
-    auto it = tails_.find(id);
-    if (pos.deleted) {
-      if (it != tails_.end()) drop_locked(it, garbage);
+    if (pos.deleted) {  // both renderings go
+      for (bool text : {false, true})
+        if (auto gone = tails_.find(key_of(context_id, text)); gone != tails_.end()) drop_locked(gone, garbage);
       evict_locked(garbage);  // updates the gauge
       return miss();
     }
+    auto it = tails_.find(id);
     if (it != tails_.end() && it->second.handle == pos.handle) {
       tail& t = it->second;
       if (t.head == pos.head_seq) {  // brought up to date by another reader meanwhile
@@ -167,12 +184,8 @@ model::result<std::optional<tail_cache::page>> tail_cache::update_and_serve(cons
     if (whole) {
       std::vector<unit> fresh;
       std::string scratch;
-      for (const auto& ev : *events) {
-        if (!ev.has_work_unit()) continue;
-        scratch.clear();
-        model::append_unit_json(scratch, ev.work_unit());
-        fresh.push_back({ev.seq(), std::string(scratch)});  // sized to fit: the budget counts size()
-      }
+      for (const auto& ev : *events)
+        if (ev.has_work_unit()) fresh.push_back({ev.seq(), render(ev.work_unit(), q.with_text, scratch)});
       std::lock_guard lock(mu_);
       auto it = tails_.find(id);
       if (it == tails_.end() || it->second.handle != pos.handle) return miss();  // evicted meanwhile
@@ -205,11 +218,7 @@ model::result<std::optional<tail_cache::page>> tail_cache::update_and_serve(cons
   if (!read) return std::unexpected(read.error());
   std::deque<unit> fresh;  // oldest first
   std::string scratch;
-  for (const auto& u : read->units) {
-    scratch.clear();
-    model::append_unit_json(scratch, u);
-    fresh.push_front({u.seq(), std::string(scratch)});
-  }
+  for (const auto& u : read->units) fresh.push_front({u.seq(), render(u, q.with_text, scratch)});
   page p;
   p.more = read->more || fresh.size() > q.limit;
   p.count = std::min(fresh.size(), q.limit);

@@ -41,15 +41,18 @@ class tail_cache {
   tail_cache(const tail_cache&) = delete;
   tail_cache& operator=(const tail_cache&) = delete;
 
-  // Units with after_seq < seq < before_seq, newest first when reverse, at most limit.
+  // Units with after_seq < seq < before_seq, newest first when reverse, at most
+  // limit; with_text: each with its payload as "text" too (?text=1). A context
+  // read both ways has two tails, one per rendering.
   struct query {
     uint64_t after_seq = 0;
     uint64_t before_seq = UINT64_MAX;
     size_t limit = 100;
     bool reverse = false;
+    bool with_text = false;
   };
   struct page {
-    std::string units_json;  // a JSON array of unit objects, as model::append_unit_json renders them
+    std::string units_json;  // a JSON array of unit objects, as model::append_unit_json renders them (with text)
     size_t count = 0;
     uint64_t last_seq = 0;   // of the last unit in the page
     bool more = false;       // another unit exists beyond the last one
