@@ -35,8 +35,8 @@ namespace engram::engine {
 class tail_cache {
  public:
   // max_bytes: rendered bytes kept over all contexts (least recently listed
-  // contexts are dropped beyond it); one context keeps at most a quarter of it
-  // and at most max_units units. metrics may be null.
+  // contexts are dropped beyond it); one tail (a context has one per rendering)
+  // keeps at most a quarter of it and at most max_units units. metrics may be null.
   tail_cache(size_t max_bytes, size_t max_units, prometheus::Registry* metrics);
   tail_cache(const tail_cache&) = delete;
   tail_cache& operator=(const tail_cache&) = delete;

@@ -53,6 +53,7 @@ page_ask expect_page(client::http_connection& http, const std::string& ctx, cons
   if (ask.after_seq) target += "&after_seq=" + std::to_string(ask.after_seq);
   if (!ask.cursor.empty()) target += "&cursor=" + ask.cursor;
   page_ask next = ask;
+  std::string cursors[2];
   for (bool text : {false, true}) {
     auto r = call(http, "GET", target + (text ? "&text=1" : ""));
     EXPECT_EQ(r.status, 200u) << target << ": " << r.raw;
@@ -61,8 +62,10 @@ page_ask expect_page(client::http_connection& http, const std::string& ctx, cons
       for (auto& u : expected) u.erase("text");
     EXPECT_EQ(r.body["work_units"], expected) << target << (text ? "&text=1" : "");
     EXPECT_EQ(r.body.value("next_cursor", "").empty(), !more) << target << ": " << r.raw;
-    next.cursor = r.body.value("next_cursor", "");
+    cursors[text] = r.body.value("next_cursor", "");
   }
+  EXPECT_EQ(cursors[0], cursors[1]) << target << ": the two renderings disagree on where the next page starts";
+  next.cursor = cursors[1];
   next.cursor_seq = want.empty() ? 0 : want.back()["seq"].get<uint64_t>();
   return next;
 }
@@ -78,7 +81,7 @@ void append_units(client::http_connection& http, const std::string& ctx, int n) 
 TEST(TailCache, PagesMatchStorageWhileUnitsAndOtherEventsArrive) {
   temp_dir dir;
   auto cfg = test_config(dir.str() + "/data");
-  cfg.engine.tail_cache_bytes = 1 << 20;  // 256 KiB per context: big units push the oldest out
+  cfg.engine.tail_cache_bytes = 1 << 20;  // 256 KiB per tail: big units push the oldest out
   test_server server(cfg);
   auto http = server.connect();
   std::mt19937 rng(7);
@@ -107,12 +110,13 @@ TEST(TailCache, PagesMatchStorageWhileUnitsAndOtherEventsArrive) {
     }
     expect_page(http, ctx, {.reverse = true, .limit = 4, .after_seq = h / 2});
     expect_page(http, ctx, {.limit = 2, .after_seq = h});
-    // Follow a reverse listing's cursors down a few pages.
-    page_ask ask{.reverse = true, .limit = 3};
-    for (int page = 0; page < 4; ++page) {
-      ask = expect_page(http, ctx, ask);
-      if (ask.cursor.empty() || ::testing::Test::HasFailure()) break;
-    }
+    // Follow a listing's cursors a few pages: newest first from the head, and
+    // oldest first from a recent seq.
+    for (page_ask ask : {page_ask{.reverse = true, .limit = 3}, page_ask{.limit = 2, .after_seq = h > 8 ? h - 8 : 0}})
+      for (int page = 0; page < 4; ++page) {
+        ask = expect_page(http, ctx, ask);
+        if (ask.cursor.empty() || ::testing::Test::HasFailure()) break;
+      }
   }
   // The test is about the cache: most pages must have come from it.
   EXPECT_GT(metric(http, hits), 500) << call(http, "GET", "/metrics").raw;
