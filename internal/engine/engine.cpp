@@ -44,6 +44,10 @@ constexpr size_t inline_read_max_bytes = 16 * 1024;
 // thread (engine::list_units); ~256 KiB is a few tens of µs of memcpy.
 constexpr size_t inline_page_max_bytes = 256 * 1024;
 
+tail_cache::query tail_query(const storage::list_query& q, bool with_text) {
+  return {q.after_seq, q.before_seq, q.limit, q.reverse, with_text};
+}
+
 units_page from_tail(tail_cache::page page) {
   units_page out;
   out.units_json = std::move(page.units_json);
@@ -279,9 +283,7 @@ void engine::list_units(std::string context_id, list_request req, reply<units_pa
     auto in_memory = (*s)->context_position(context_id, true);  // nullopt: the record is on disk
     const storage::log_position* pos = in_memory && *in_memory && **in_memory ? &***in_memory : nullptr;
     if (pos)
-      if (auto page = tails_->serve(context_id, *pos,
-                                    {q->after_seq, q->before_seq, q->limit, q->reverse, req.with_text},
-                                    inline_page_max_bytes))
+      if (auto page = tails_->serve(context_id, *pos, tail_query(*q, req.with_text), inline_page_max_bytes))
         return done(from_tail(std::move(*page)));
   }
   auto job = [this, ctx = std::move(context_id), req = std::move(req), done] { done(read_units(ctx, req)); };
@@ -382,15 +384,10 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
   if (tails_) {
     auto pos = *(*s)->context_position(context_id, false);  // always set when not memory-only
     if (!pos) return std::unexpected(pos.error());
-    if (*pos) {
-      const tail_cache::query tq{q->after_seq, q->before_seq, q->limit, q->reverse, req.with_text};
-      auto page = tails_->serve(context_id, **pos, tq, SIZE_MAX);
-      if (!page) {
-        auto updated = tails_->update_and_serve(**s, context_id, **pos, tq);
-        if (!updated) return std::unexpected(updated.error());
-        page = std::move(*updated);
-      }
-      if (page) return from_tail(std::move(*page));
+    if (*pos) {  // a current tail serves at once; one behind is brought up to date first
+      auto page = tails_->update_and_serve(**s, context_id, **pos, tail_query(*q, req.with_text));
+      if (!page) return std::unexpected(page.error());
+      if (*page) return from_tail(std::move(**page));
     }
   }
   auto page = (*s)->list_units(context_id, *q);
@@ -403,19 +400,7 @@ model::result<units_page> engine::read_units(std::string_view context_id, const 
     out.context_exists = ctx->has_value();
   }
   out.count = page->units.size();
-  auto& json = out.units_json;
-  size_t estimate = 2;
-  for (const auto& u : page->units)  // base64, and the text again when asked for
-    estimate += 256 + u.payload().size() * 4 / 3 + (req.with_text ? u.payload().size() : 0);
-  json.reserve(estimate);
-  json.push_back('[');
-  for (size_t i = 0; i < page->units.size(); ++i) {
-    if (i) json.push_back(',');
-    const auto& u = page->units[i];
-    if (!req.with_text) model::append_unit_json(json, u);
-    else model::append_unit_json(json, u, [&](std::string& o) { model::append_text_json(o, u.payload()); });
-  }
-  json.push_back(']');
+  model::append_units_json(out.units_json, page->units, req.with_text);
   return out;
 }
 

@@ -72,6 +72,23 @@ void tail_cache::clear() {
   if (bytes_gauge_) bytes_gauge_->Set(0);
 }
 
+tail_cache::page tail_cache::assemble(const std::deque<unit>& units, size_t first, size_t n, bool newest_first) {
+  auto at = [&](size_t i) -> const unit& { return units[newest_first ? units.size() - 1 - i : i]; };
+  size_t bytes = 2;
+  for (size_t i = first; i < first + n; ++i) bytes += at(i).json.size() + 1;
+  page p;
+  p.units_json.reserve(bytes);
+  p.units_json.push_back('[');
+  for (size_t i = first; i < first + n; ++i) {
+    if (i > first) p.units_json.push_back(',');
+    p.units_json += at(i).json;
+    p.last_seq = at(i).seq;
+  }
+  p.units_json.push_back(']');
+  p.count = n;
+  return p;
+}
+
 std::optional<tail_cache::page> tail_cache::serve(std::string_view context_id, const storage::log_position& pos,
                                                   const query& q, size_t max_bytes) {
   std::lock_guard lock(mu_);
@@ -102,7 +119,8 @@ std::optional<tail_cache::page> tail_cache::serve_locked(tail& t, const storage:
   // Found, and measured, before anything is copied.
   size_t first = 0, n = 0, bytes = 2;
   bool more = false;
-  auto seq_at = [&](size_t i) { return t.units[q.reverse ? t.units.size() - 1 - i : i].seq; };
+  auto at = [&](size_t i) -> const unit& { return t.units[q.reverse ? t.units.size() - 1 - i : i]; };
+  auto seq_at = [&](size_t i) { return at(i).seq; };
   auto in_range = [&](uint64_t seq) { return seq >= low && seq < q.before_seq; };
   if (q.reverse) {
     while (first < t.units.size() && seq_at(first) >= q.before_seq) ++first;
@@ -117,7 +135,7 @@ std::optional<tail_cache::page> tail_cache::serve_locked(tail& t, const storage:
       more = true;
       break;
     }
-    bytes += t.units[q.reverse ? t.units.size() - 1 - i : i].json.size() + 1;
+    bytes += at(i).json.size() + 1;
     if (bytes > max_bytes) return std::nullopt;
     ++n;
   }
@@ -125,17 +143,7 @@ std::optional<tail_cache::page> tail_cache::serve_locked(tail& t, const storage:
   // when the tail reaches down to `low`.
   if (!more && !covered) return std::nullopt;
 
-  page p;
-  p.units_json.reserve(bytes);
-  p.units_json.push_back('[');
-  for (size_t i = first; i < first + n; ++i) {
-    const unit& u = t.units[q.reverse ? t.units.size() - 1 - i : i];
-    if (i > first) p.units_json.push_back(',');
-    p.units_json += u.json;
-    p.last_seq = u.seq;
-  }
-  p.units_json.push_back(']');
-  p.count = n;
+  page p = assemble(t.units, first, n, q.reverse);
   p.more = more;
   lru_.splice(lru_.begin(), lru_, t.lru);
   return p;
@@ -219,20 +227,8 @@ model::result<std::optional<tail_cache::page>> tail_cache::update_and_serve(cons
   std::deque<unit> fresh;  // oldest first
   std::string scratch;
   for (const auto& u : read->units) fresh.push_front({u.seq(), render(u, q.with_text, scratch)});
-  page p;
+  page p = assemble(fresh, 0, std::min(fresh.size(), q.limit), true);
   p.more = read->more || fresh.size() > q.limit;
-  p.count = std::min(fresh.size(), q.limit);
-  size_t bytes = 2;
-  for (size_t i = 0; i < p.count; ++i) bytes += fresh[fresh.size() - 1 - i].json.size() + 1;
-  p.units_json.reserve(bytes);
-  p.units_json.push_back('[');
-  for (size_t i = 0; i < p.count; ++i) {
-    const unit& u = fresh[fresh.size() - 1 - i];
-    if (i) p.units_json.push_back(',');
-    p.units_json += u.json;
-    p.last_seq = u.seq;
-  }
-  p.units_json.push_back(']');
 
   std::lock_guard lock(mu_);
   auto it = tails_.find(id);

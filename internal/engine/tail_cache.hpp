@@ -96,6 +96,8 @@ class tail_cache {
   using tails = std::unordered_map<std::string, tail>;
 
   std::optional<page> serve_locked(tail& t, const storage::log_position& pos, const query& q, size_t max_bytes);
+  // `[…]` of units [first, first + n), counted from the newest end when newest_first.
+  static page assemble(const std::deque<unit>& units, size_t first, size_t n, bool newest_first);
   // Drops a tail's oldest units beyond the per-context limits.
   void shrink_locked(tail& t);
   // Removes a tail; its units go to `garbage`, to be freed after the lock.

@@ -48,27 +48,13 @@ std::string fingerprint(const request& req, std::string_view path) {
   return out;
 }
 
-// `"<key>":[unit,…]` as a member of `obj`.
-void units_member(model::json_object& obj, std::string_view key, const std::vector<api::WorkUnit>& units) {
-  auto& out = obj.member(key);
-  size_t estimate = 32;
-  for (const auto& u : units) estimate += 256 + u.payload().size() * 4 / 3;
-  out.reserve(out.size() + estimate);
-  out.push_back('[');
-  for (size_t i = 0; i < units.size(); ++i) {
-    if (i) out.push_back(',');
-    model::append_unit_json(out, units[i]);
-  }
-  out.push_back(']');
-}
-
 void respond_appended(const responder& respond, model::result<storage::append_result> r, bool single) {
   if (!r) return respond(error_response(r.error()));
   response resp;
   resp.status = 201;
   model::json_object body(resp.body);
   if (single) model::append_unit_json(body.member("work_unit"), r->units.front());
-  else units_member(body, "work_units", r->units);
+  else model::append_units_json(body.member("work_units"), r->units);
   body.close();
   if (r->replayed) resp.headers.emplace_back("Idempotent-Replayed", "true");
   respond(std::move(resp));

@@ -210,6 +210,21 @@ std::string unit_json(const api::WorkUnit& unit) {
   return out;
 }
 
+void append_units_json(std::string& out, const std::vector<api::WorkUnit>& units, bool with_text) {
+  size_t estimate = 2;
+  for (const auto& u : units)  // base64, and the text again when asked for
+    estimate += 256 + u.payload().size() * 4 / 3 + (with_text ? u.payload().size() : 0);
+  out.reserve(out.size() + estimate);
+  out.push_back('[');
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (i) out.push_back(',');
+    const auto& u = units[i];
+    if (!with_text) append_unit_json(out, u);
+    else append_unit_json(out, u, [&](std::string& o) { append_text_json(o, u.payload()); });
+  }
+  out.push_back(']');
+}
+
 result<int64_t> parse_rfc3339(std::string_view t) {
   auto bad = [&] {
     return fail(errc::invalid_argument,
