@@ -179,7 +179,7 @@ index_status index::status() const {
   st.state = s.state.load();
   st.lag = s.lag();
   st.documents = s.documents.load();
-  st.pending_merges = s.sealed_count.load();
+  st.pending_merges = s.pending_merges.load();
   st.vectors = s.vectors->status();
   if (s.embedder) st.embedder = s.embedder->status();
   if (st.state == index_state::failed) {

@@ -36,7 +36,7 @@ struct index_status {
   index_state state = index_state::catching_up;
   uint64_t lag = 0;        // events committed to the logs but not yet searchable
   uint64_t documents = 0;  // units in the index
-  size_t pending_merges = 0;  // full recent shards not yet merged into the base
+  size_t pending_merges = 0;  // shards in the merge that is running (0: the tiers are settled)
   std::string error;       // why it failed
   vector_status vectors;
   std::optional<embedder_status> embedder;  // nullopt: no embedding endpoint configured

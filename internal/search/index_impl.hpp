@@ -40,14 +40,17 @@ namespace detail {
 
 // Bumped whenever the document layout (terms.hpp) changes: an index with another
 // schema is rebuilt.
-constexpr std::string_view schema_version = "1";
+constexpr std::string_view schema_version = "2";  // 2: shard.<n> directories, meta, manifest
 constexpr std::string_view meta_schema = "engram.schema";
 constexpr std::string_view meta_store = "engram.store";
 constexpr std::string_view meta_language = "engram.language";
 // Boot id of the last session that wrote without fsync and did not close cleanly.
 constexpr std::string_view meta_unsynced = "engram.unsynced_boot";
 constexpr size_t read_chunk = 512;  // events read from a log at a time
-constexpr size_t max_sealed_shards = 8;
+// Sealed shards, at most: past this the active shard grows instead, so queries
+// never span too many. Merges keep a settled index at about log2(documents /
+// recent_units) + 1 shards (shards.cpp).
+constexpr size_t max_sealed_shards = 16;
 
 inline std::string describe(const Xapian::Error& e) { return e.get_type() + std::string(": ") + e.get_msg(); }
 
@@ -67,11 +70,13 @@ struct metrics_set {
   explicit metrics_set(prometheus::Registry* r);  // index.cpp
 };
 
-// One Xapian database directory of the index. A retired shard (merged into the
-// base) is deleted when the last view that still shows it is released.
+// One Xapian database directory of the index: `shard.<number>`. A retired shard
+// (merged into another, or dropped by a rebuild) is deleted when the last view
+// that still shows it is released.
 struct shard {
   std::string dir;
-  uint64_t number = 0;  // 0: the base
+  uint64_t number = 0;
+  uint64_t documents = 0;  // indexer thread: counted when sealed, after merges and purges
   std::atomic<bool> retired{false};
   shard(std::string d, uint64_t n) : dir(std::move(d)), number(n) {}
   ~shard() {
@@ -81,8 +86,8 @@ struct shard {
   }
 };
 
-// The shards a query searches together, base first. Published as a whole, so a
-// query sees a merged unit either in the base or in its recent shard, never both.
+// The shards a query searches together, oldest first. Published as a whole, so a
+// query sees a merged unit either in the merge's output or in its input, never both.
 struct view {
   uint64_t epoch = 0;
   std::vector<std::shared_ptr<shard>> shards;
@@ -107,13 +112,13 @@ struct index::impl {
   detail::metrics_set metrics;
 
   // ---- indexer thread only (after open) ----
-  std::shared_ptr<shard> base;
-  std::vector<std::shared_ptr<shard>> sealed;  // full recent shards, oldest first, awaiting merge
-  std::shared_ptr<shard> active;               // the recent shard being written
+  std::vector<std::shared_ptr<shard>> sealed;  // every shard but the active one, oldest first
+  std::shared_ptr<shard> active;               // the shard being written
   std::optional<Xapian::WritableDatabase> writer;  // on `active`
-  uint64_t documents_elsewhere = 0;                // in the base and sealed shards
+  uint64_t next_shard = 1;                         // the number of the next shard directory
+  uint64_t documents_elsewhere = 0;                // in the sealed shards
   std::unordered_map<std::string, uint64_t> positions;  // last seq indexed, per context
-  std::vector<Xapian::Database> position_sources;       // base and sealed shards, during scan()
+  std::vector<Xapian::Database> position_sources;       // the sealed shards, during scan()
   std::vector<int64_t> uncommitted_ts;                  // commit times of units awaiting commit
   uint64_t uncommitted_events = 0;
   steady::time_point last_commit{};
@@ -123,7 +128,8 @@ struct index::impl {
 
   // ---- merging: one background merge at a time, started and joined by the indexer ----
   std::thread merger;
-  std::shared_ptr<shard> merging;
+  std::vector<std::shared_ptr<shard>> merging;  // a run of `sealed`, compacted into merge_output
+  std::shared_ptr<shard> merge_output;
   std::atomic<bool> merge_done{false};
   std::atomic<bool> abort_merge{false};
   std::string merge_error;  // written by the merger before merge_done
@@ -139,7 +145,7 @@ struct index::impl {
   std::atomic<uint64_t> committed_events{0};  // Σ heads
   std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
   std::atomic<uint64_t> documents{0};
-  std::atomic<size_t> sealed_count{0};  // recent shards waiting to be merged
+  std::atomic<size_t> pending_merges{0};  // shards in the running or the next due merge
   // Queries that lost their revision to index commits more than once. While any
   // is retrying, the indexer holds its commits (up to max_commit_hold): a reader
   // survives one commit, not two, so under a steady write load a query slower than
@@ -149,8 +155,8 @@ struct index::impl {
   std::atomic<index_state> state{index_state::catching_up};
 
   // ---- queries ----
-  // Readers take the view and reopen under the shared lock; a merge commits the
-  // base and publishes the view without the merged shard under the exclusive lock.
+  // Readers take the view and reopen under the shared lock; the indexer publishes
+  // a merge's output in place of its inputs under the exclusive lock.
   std::shared_mutex view_mu;
   std::shared_ptr<const view> current_view;
   struct reader {
@@ -171,8 +177,13 @@ struct index::impl {
   impl(const options& o, storage::store& s, prometheus::Registry* r);
 
   int sync_flag() const { return opts.fsync ? 0 : Xapian::DB_NO_SYNC; }
-  std::string base_dir() const { return opts.index_dir + "/base"; }
-  std::string recent_dir(uint64_t n) const { return opts.index_dir + "/recent." + std::to_string(n); }
+  std::string shard_dir(uint64_t n) const { return opts.index_dir + "/shard." + std::to_string(n); }
+  // The index's own metadata (schema, store, language, unsynced boot, purge cuts):
+  // a Xapian database without documents.
+  std::string meta_dir() const { return opts.index_dir + "/meta"; }
+  // The shards in use, oldest first, one directory name per line; replaced by a
+  // rename, so a crash leaves the old list or the new one.
+  std::string manifest_path() const { return opts.index_dir + "/shards"; }
 
   // ---- shards.cpp ----------------------------------------------------------------
   // Xapian exceptions from these functions reach the indexer's boundary
@@ -182,16 +193,22 @@ struct index::impl {
   // schema or language, or may have lost unsynced writes to an OS crash. Fails only
   // when the directory cannot be used at all. Catches Xapian errors.
   model::status open_index();
-  void start_writing(const std::vector<uint64_t>& recents);
+  void start_writing(const std::vector<std::string>& listed);
+  std::shared_ptr<shard> new_shard();
+  void write_manifest() const;
   // Replaces the published view (exclusive lock held by the caller or here).
   template <class Change>
   void publish(Change&& change, bool locked = false);
   void finish_writing();
   // Deletes the index and starts an empty one. Catches Xapian errors.
   model::status recreate();
-  // After a commit: seal a full active shard, collect a finished merge, start the next.
+  // After a commit: seal a full active shard, install a finished merge, start the next.
   model::status manage_tiers();
-  void merge(const std::shared_ptr<shard>& src);  // the merge thread; catches Xapian errors
+  // Where the next merge starts in `sealed` (it runs to the newest sealed shard).
+  std::optional<size_t> next_merge() const;
+  model::status install_merge();  // a finished merge's output replaces its inputs
+  // The merge thread: compacts `inputs` into `output`; catches Xapian errors.
+  void merge(const std::vector<std::shared_ptr<shard>>& inputs, const std::shared_ptr<shard>& output);
   void finish_merge();
   void stop_merge();
 
@@ -211,7 +228,7 @@ struct index::impl {
   model::status follow();
   bool index_some(const std::unordered_map<std::string, uint64_t>& work);
   // Deletes every document of each context with a seq before its cut, in every
-  // shard, then records the cuts in the base (what scan() compares with storage).
+  // shard, then records the cuts in the meta database (what scan() compares with storage).
   model::status purge(const std::unordered_map<std::string, uint64_t>& cuts);
   // Queues the purges a crash may have left undone.
   model::status check_purges();

@@ -24,7 +24,7 @@ using model::fail;
 using detail::describe;
 
 std::string position_key(std::string_view context_id) { return bool_term("p:", context_id); }
-// In the base: the context's documents before this seq are gone from every shard.
+// In the meta database: the context's documents before this seq are gone from every shard.
 std::string purge_key(std::string_view context_id) { return bool_term("x:", context_id); }
 
 // Deletes the context's documents with a seq before `first_seq` from one shard.
@@ -95,8 +95,8 @@ bool index::impl::stopping_now() {
   return stopping;
 }
 
-// The last seq indexed for a context: the highest any shard records (shards are
-// newer than the base, and a merge carries positions into the base).
+// The last seq indexed for a context: the highest any shard records (a merge
+// keeps the highest of its inputs').
 uint64_t index::impl::position(const std::string& context_id) {
   auto it = positions.find(context_id);
   if (it != positions.end()) return it->second;
@@ -114,7 +114,6 @@ model::status index::impl::scan() {
   state = index_state::catching_up;
   catch_up_started = last_progress_log = steady::now();
   position_sources.clear();
-  position_sources.emplace_back(base->dir);
   for (const auto& sh : sealed) position_sources.emplace_back(sh->dir);
   std::string after;
   for (;;) {
@@ -245,47 +244,43 @@ model::status index::impl::check_purges() {
   auto trimmed = store.trimmed_contexts();
   if (!trimmed) return fail(trimmed.error().code, "listing trimmed contexts: " + trimmed.error().message);
   if (trimmed->empty()) return {};
-  Xapian::Database b(base->dir);
+  Xapian::Database m(meta_dir());
   std::lock_guard lock(mu);
   for (const auto& [context_id, first_seq] : *trimmed)
-    if (read_sortable_u64(b.get_metadata(purge_key(context_id))) < first_seq) {
+    if (read_sortable_u64(m.get_metadata(purge_key(context_id))) < first_seq) {
       auto& cut = purges[context_id];
       cut = std::max(cut, first_seq);
     }
   return {};
 }
 
-// Order matters for crashes: the documents leave the sealed shards, the active
-// shard and the base, each committed, before the base records the cut; a crash
-// before that record repeats the purge at start-up (it is idempotent).
+// Order matters for crashes: the documents leave the sealed shards and the active
+// shard, each committed, before the meta database records the cut; a crash before
+// that record repeats the purge at start-up (it is idempotent).
 model::status index::impl::purge(const std::unordered_map<std::string, uint64_t>& cuts) {
   if (uncommitted_events > 0)
     if (auto ok = commit(); !ok) return ok;
-  // The merger writes the base and reads the oldest sealed shard: let it finish (an
-  // aborted merge starts over, and frequent purges would then starve it).
-  if (merger.joinable()) merger.join();
-  if (merging) {
-    const bool merged = merging->retired;
-    merging.reset();
-    merge_done = false;
-    if (!merge_error.empty()) return fail(errc::internal, "merging into the base: " + merge_error);
-    if (merged) sealed.erase(sealed.begin());
+  // The merger reads sealed shards: let it finish (an aborted merge starts over,
+  // and frequent purges would then starve it).
+  if (merger.joinable()) {
+    merger.join();
+    if (auto ok = install_merge(); !ok) return ok;
   }
   uint64_t removed = 0, removed_elsewhere = 0;
   for (const auto& sh : sealed) {
     Xapian::WritableDatabase db(sh->dir, Xapian::DB_OPEN | sync_flag());
-    for (const auto& [context_id, first_seq] : cuts) removed_elsewhere += delete_before(db, context_id, first_seq);
+    uint64_t n = 0;
+    for (const auto& [context_id, first_seq] : cuts) n += delete_before(db, context_id, first_seq);
     db.commit();
+    sh->documents -= std::min(sh->documents, n);
+    removed_elsewhere += n;
   }
   for (const auto& [context_id, first_seq] : cuts) removed += delete_before(*writer, context_id, first_seq);
   writer->commit();
   {
-    Xapian::WritableDatabase b(base->dir, Xapian::DB_OPEN | sync_flag());
-    for (const auto& [context_id, first_seq] : cuts) {
-      removed_elsewhere += delete_before(b, context_id, first_seq);
-      b.set_metadata(purge_key(context_id), sortable_u64(first_seq));
-    }
-    b.commit();
+    Xapian::WritableDatabase m(meta_dir(), Xapian::DB_OPEN | sync_flag());
+    for (const auto& [context_id, first_seq] : cuts) m.set_metadata(purge_key(context_id), sortable_u64(first_seq));
+    m.commit();
   }
   documents_elsewhere -= std::min(documents_elsewhere, removed_elsewhere);
   documents = documents_elsewhere + writer->get_doccount();

@@ -70,7 +70,7 @@ std::vector<neighbour> keep_matching(Xapian::Database& db, const Xapian::Query& 
 // ---- readers -------------------------------------------------------------------
 
 // A reader over the current view, reopened to the latest commits. Under the
-// shared lock, so a merge cannot commit the base between the two.
+// shared lock, so a merge's output cannot replace its inputs between the two.
 model::result<index::impl::reader> index::impl::acquire_reader() {
   std::shared_lock lock(view_mu);
   const auto v = current_view;

@@ -1,5 +1,5 @@
 // The index's shards: opening and checking them at start-up, rebuilding, sealing
-// the active shard, merging sealed shards into the base, and publishing the view
+// the active shard, merging sealed shards by compaction, and publishing the view
 // queries search. Runs on the indexer thread (open_index: the caller of
 // index::open) and on the merge thread (merge).
 
@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "model/thread_name.hpp"
 #include "search/index_impl.hpp"
@@ -23,6 +24,8 @@ namespace {
 using model::errc;
 using model::fail;
 using detail::describe;
+
+constexpr std::string_view shard_prefix = "shard.";
 
 // fsync every file of a directory, then the directory.
 void sync_directory(const std::string& dir) {
@@ -65,29 +68,40 @@ model::status index::impl::open_index() {
   const std::filesystem::path dir(opts.index_dir);
   const bool existed = std::filesystem::exists(dir, ec);
   std::string reason;
-  std::vector<uint64_t> recents;
-  if (existed && std::filesystem::exists(dir / "iamglass", ec)) reason = "it has an older layout";
+  std::vector<std::string> listed;
+  if (existed && (std::filesystem::exists(dir / "iamglass", ec) || std::filesystem::exists(dir / "base", ec)))
+    reason = "it has an older layout";
   try {
     std::filesystem::create_directories(dir, ec);
     if (reason.empty()) {
-      Xapian::WritableDatabase b(base_dir(), Xapian::DB_CREATE_OR_OPEN);
-      if (existed) {
-        const auto unsynced = b.get_metadata(std::string(meta_unsynced));
-        if (b.get_metadata(std::string(meta_schema)) != schema_version) reason = "it has another schema";
-        else if (b.get_metadata(std::string(meta_store)) != store_identity) reason = "it was built from another store";
-        else if (b.get_metadata(std::string(meta_language)) != opts.language) reason = "it was built for another language";
+      Xapian::WritableDatabase m(meta_dir(), Xapian::DB_CREATE_OR_OPEN);
+      const auto schema = m.get_metadata(std::string(meta_schema));
+      if (!schema.empty()) {
+        const auto unsynced = m.get_metadata(std::string(meta_unsynced));
+        if (schema != schema_version) reason = "it has another schema";
+        else if (m.get_metadata(std::string(meta_store)) != store_identity) reason = "it was built from another store";
+        else if (m.get_metadata(std::string(meta_language)) != opts.language) reason = "it was built for another language";
         else if (!unsynced.empty() && unsynced != boot_id)
           reason = "the machine restarted while it held writes that were not fsynced (search.fsync: false)";
+        else if (!std::filesystem::exists(manifest_path(), ec)) reason = "its list of shards is missing";
       }
+      m.close();
+      std::ifstream in(manifest_path());
+      for (std::string name; std::getline(in, name);) {
+        const auto digits = std::string_view(name).substr(std::min(name.size(), shard_prefix.size()));
+        if (!name.starts_with(shard_prefix) || digits.empty() ||
+            !std::ranges::all_of(digits, [](char c) { return c >= '0' && c <= '9'; }))
+          reason = "its list of shards is unreadable";
+        else listed.push_back(name);
+      }
+      // Shards not listed: a merge's output that a crash left unlisted, or inputs
+      // a crash left undeleted after their output was listed.
       for (const auto& entry : std::filesystem::directory_iterator(dir)) {
         const auto name = entry.path().filename().string();
-        if (!name.starts_with("recent.")) continue;
-        const uint64_t n = std::strtoull(name.c_str() + 7, nullptr, 10);
-        // A shard merged just before a crash is already in the base.
-        if (b.get_metadata("merged." + std::to_string(n)) == "1") std::filesystem::remove_all(entry.path(), ec);
-        else recents.push_back(n);
+        if ((name.starts_with(shard_prefix) && std::ranges::find(listed, name) == listed.end()) ||
+            name == "shards.tmp")
+          std::filesystem::remove_all(entry.path(), ec);
       }
-      b.close();
     }
   } catch (const Xapian::DatabaseLockError& e) {
     return fail(errc::unavailable, "search index " + opts.index_dir + " is in use by another process (" +
@@ -104,9 +118,8 @@ model::status index::impl::open_index() {
                  reason);
     return recreate();
   }
-  std::sort(recents.begin(), recents.end());
   try {
-    start_writing(recents);
+    start_writing(listed);
   } catch (const Xapian::Error& e) {
     spdlog::warn("search: the index at {} cannot be used ({}); rebuilding it from the logs", opts.index_dir,
                  describe(e));
@@ -115,38 +128,75 @@ model::status index::impl::open_index() {
   return {};
 }
 
-// Records what the index is in the base (a synced commit), seals the recent
-// shards left by the last run (they are merged in the background) and starts a
+// Records what the index is in the meta database (a synced commit), seals the
+// shards left by the last run (merges tier them in the background) and starts a
 // new active shard, written without fsync when search.fsync is off.
-void index::impl::start_writing(const std::vector<uint64_t>& recents) {
+void index::impl::start_writing(const std::vector<std::string>& listed) {
   using namespace detail;
   {
-    Xapian::WritableDatabase b(base_dir(), Xapian::DB_CREATE_OR_OPEN);
-    b.set_metadata(std::string(meta_schema), std::string(schema_version));
-    b.set_metadata(std::string(meta_store), store_identity);
-    b.set_metadata(std::string(meta_language), opts.language);
-    b.set_metadata(std::string(meta_unsynced), opts.fsync ? std::string() : boot_id);
-    b.commit();
-    documents_elsewhere = b.get_doccount();
-    b.close();
+    Xapian::WritableDatabase m(meta_dir(), Xapian::DB_CREATE_OR_OPEN);
+    m.set_metadata(std::string(meta_schema), std::string(schema_version));
+    m.set_metadata(std::string(meta_store), store_identity);
+    m.set_metadata(std::string(meta_language), opts.language);
+    m.set_metadata(std::string(meta_unsynced), opts.fsync ? std::string() : boot_id);
+    m.commit();
+    m.close();
   }
-  base = std::make_shared<shard>(base_dir(), 0);
   sealed.clear();
-  for (const uint64_t n : recents) {
-    sealed.push_back(std::make_shared<shard>(recent_dir(n), n));
-    documents_elsewhere += Xapian::Database(sealed.back()->dir).get_doccount();
+  documents_elsewhere = 0;
+  next_shard = 1;
+  for (const auto& name : listed) {
+    const uint64_t n = std::strtoull(name.c_str() + shard_prefix.size(), nullptr, 10);
+    auto sh = std::make_shared<shard>(shard_dir(n), n);
+    sh->documents = Xapian::Database(sh->dir).get_doccount();
+    documents_elsewhere += sh->documents;
+    next_shard = std::max(next_shard, n + 1);
+    sealed.push_back(std::move(sh));
   }
-  sealed_count = sealed.size();
-  const uint64_t next = recents.empty() ? 1 : recents.back() + 1;
-  active = std::make_shared<shard>(recent_dir(next), next);
+  active = new_shard();
   writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
+  write_manifest();
   documents = documents_elsewhere + writer->get_doccount();
   metrics.documents->Set(double(documents));
   publish([&](view& v) {
-    v.shards = {base};
-    v.shards.insert(v.shards.end(), sealed.begin(), sealed.end());
+    v.shards = sealed;
     v.shards.push_back(active);
   });
+}
+
+std::shared_ptr<detail::shard> index::impl::new_shard() {
+  const uint64_t n = next_shard++;
+  return std::make_shared<shard>(shard_dir(n), n);
+}
+
+// The sealed shards and the active one, oldest first. Written to a temporary file
+// and renamed over the list (synced when search.fsync is on).
+void index::impl::write_manifest() const {
+  const std::string tmp = opts.index_dir + "/shards.tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& sh : sealed) out << "shard." << sh->number << '\n';
+    if (active) out << "shard." << active->number << '\n';
+    out.flush();
+    if (!out) throw Xapian::DatabaseError("cannot write " + tmp);
+  }
+  if (opts.fsync) {
+    const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, manifest_path(), ec);
+  if (ec) throw Xapian::DatabaseError("cannot replace " + manifest_path() + ": " + ec.message());
+  if (opts.fsync) {
+    const int fd = ::open(opts.index_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+  }
 }
 
 // After the last commit of a clean shutdown: make everything durable, then clear
@@ -159,10 +209,11 @@ void index::impl::finish_writing() {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(opts.index_dir, ec))
     if (entry.is_directory()) sync_directory(entry.path().string());
-  Xapian::WritableDatabase b(base_dir(), Xapian::DB_OPEN);
-  b.set_metadata(std::string(detail::meta_unsynced), "");
-  b.commit();
-  b.close();
+  sync_directory(opts.index_dir);  // the list of shards
+  Xapian::WritableDatabase m(meta_dir(), Xapian::DB_OPEN);
+  m.set_metadata(std::string(detail::meta_unsynced), "");
+  m.commit();
+  m.close();
 }
 
 // Readers of the old index keep their open files until they finish.
@@ -175,7 +226,6 @@ model::status index::impl::recreate() {
   }
   writer.reset();
   publish([](view& v) { v.shards.clear(); });
-  base.reset();
   active.reset();
   sealed.clear();
   std::error_code ec;
@@ -196,84 +246,149 @@ model::status index::impl::recreate() {
 
 // ---- tiers ---------------------------------------------------------------------
 
-// When the active shard is full, seal it and start a new one; merge sealed shards
-// into the base one at a time, oldest first. Fails when the last merge failed.
+// When the active shard is full, seal it and start a new one; install a finished
+// merge; start the next one. Fails when the last merge failed.
 model::status index::impl::manage_tiers() {
   if (merger.joinable() && merge_done) {
     merger.join();
-    merge_done = false;
-    if (!merge_error.empty()) return fail(errc::internal, "merging into the base: " + merge_error);
-    sealed.erase(sealed.begin());
-    merging.reset();
+    if (auto ok = install_merge(); !ok) return ok;
   }
-  // Sealed shards queue for the merger (searched meanwhile); past a few, the
-  // active shard grows instead, so queries never span too many shards.
+  // Past a few sealed shards the active one grows instead, so queries never span
+  // too many shards.
   if (sealed.size() < detail::max_sealed_shards && writer->get_doccount() >= opts.recent_units) {
-    documents_elsewhere += writer->get_doccount();
+    active->documents = writer->get_doccount();
+    documents_elsewhere += active->documents;
     writer->close();
     sealed.push_back(active);
-    active = std::make_shared<shard>(recent_dir(active->number + 1), active->number + 1);
+    active = new_shard();
     writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
+    write_manifest();
     publish([&](view& v) { v.shards.push_back(active); });
   }
-  sealed_count = sealed.size();
-  if (!merger.joinable() && !sealed.empty()) {
-    merging = sealed.front();
+  const auto first = next_merge();
+  if (!merger.joinable() && first) {
+    merging.assign(sealed.begin() + ptrdiff_t(*first), sealed.end());
+    merge_output = new_shard();
     merge_done = false;
     abort_merge = false;
     merge_error.clear();
-    merger = std::thread([this, src = merging] {
+    merger = std::thread([this, inputs = merging, output = merge_output] {
       model::name_this_thread("index-merge");
-      merge(src);
+      merge(inputs, output);
     });
   }
+  pending_merges = merger.joinable() ? merging.size() : 0;
   return {};
 }
 
-// Copies a sealed shard into the base in one transaction (so a crash leaves it
-// wholly in one place), marks it merged, then shows the base without it.
-void index::impl::merge(const std::shared_ptr<shard>& src) {
+// Tiers by doubling: the oldest sealed shard that the shards newer than it
+// outweigh together is merged with all of them. A settled index therefore has
+// shards each larger than all newer ones put together (about log2(documents /
+// recent_units) + 1 of them), and a document is rewritten about once each time
+// the index doubles. Compacting is ~10x cheaper per document than indexing it
+// again (bench/README.md "Merges by compaction").
+std::optional<size_t> index::impl::next_merge() const {
+  uint64_t newer = 0;
+  std::optional<size_t> first;
+  for (size_t i = sealed.size(); i-- > 0;) {
+    if (i + 1 < sealed.size() && sealed[i]->documents <= newer) first = i;
+    newer += sealed[i]->documents;
+  }
+  return first;
+}
+
+// On the indexer thread, after the merge thread was joined: the output is listed
+// in place of its inputs (a crash before the list is replaced keeps the inputs,
+// after it the output), and a view showing it replaces the one showing them.
+model::status index::impl::install_merge() {
+  merge_done = false;
+  auto inputs = std::move(merging);
+  auto output = std::move(merge_output);
+  merging.clear();
+  if (!merge_error.empty()) {
+    output->retired = true;
+    return fail(errc::internal, "merging shards: " + merge_error);
+  }
+  if (abort_merge) {  // cancelled: the inputs stay
+    output->retired = true;
+    return {};
+  }
+  const auto at = std::ranges::find(sealed, inputs.front());
+  if (at == sealed.end() || size_t(sealed.end() - at) < inputs.size())
+    return fail(errc::internal, "merging shards: the merged shards are no longer sealed");
+  output->documents = Xapian::Database(output->dir).get_doccount();
+  const auto pos = sealed.erase(at, at + ptrdiff_t(inputs.size()));
+  sealed.insert(pos, output);
+  write_manifest();
+  {
+    std::unique_lock lock(view_mu);
+    publish(
+        [&](view& v) {
+          const auto first = std::ranges::find(v.shards, inputs.front());
+          const auto i = v.shards.erase(first, first + ptrdiff_t(inputs.size()));
+          v.shards.insert(i, output);
+        },
+        true);
+  }
+  for (const auto& sh : inputs) sh->retired = true;
+  return {};
+}
+
+namespace {
+
+// A shard's only metadata are positions (p:<context>, written by index_some), so a
+// key several inputs hold keeps the highest seq. The key itself is not looked at:
+// Xapian 1.4.22's glass compactor passes it empty.
+class tier_compactor : public Xapian::Compactor {
+ public:
+  explicit tier_compactor(const std::atomic<bool>& abort) : abort_(abort) {}
+
+  // Called as each table starts and ends: a cancelled merge stops here.
+  void set_status(const std::string&, const std::string&) override {
+    if (abort_) throw cancelled();
+  }
+
+  std::string resolve_duplicate_metadata(const std::string&, size_t num_tags, const std::string tags[]) override {
+    return *std::max_element(tags, tags + num_tags, [](const std::string& a, const std::string& b) {
+      return read_sortable_u64(a) < read_sortable_u64(b);
+    });
+  }
+
+  struct cancelled {};
+
+ private:
+  const std::atomic<bool>& abort_;
+};
+
+}  // namespace
+
+// Compacts the inputs (a run of sealed shards, oldest first) into one new shard:
+// Xapian merges their posting lists and copies the documents' stored data as they
+// are, where adding each document again would invert it again. The inputs are not
+// written meanwhile (a purge waits for the merge). install_merge() lists the output.
+void index::impl::merge(const std::vector<std::shared_ptr<shard>>& inputs, const std::shared_ptr<shard>& output) {
   // Background work: yield the CPU to the indexer and the request threads, so
   // freshness holds while a merge runs.
   detail::lower_priority(std::max(10, opts.indexer_nice));
   try {
     const auto t0 = steady::now();
-    Xapian::Database in(src->dir);
-    Xapian::WritableDatabase out(base_dir(), Xapian::DB_OPEN | sync_flag());
-    out.begin_transaction(true);
-    for (auto it = in.postlist_begin(""); it != in.postlist_end(""); ++it) {
-      if (abort_merge) {
-        out.cancel_transaction();
-        finish_merge();
-        return;
-      }
-      // The base cannot hold these units yet: a shard is merged once (the
-      // transaction and its "merged" mark commit together).
-      out.add_document(in.get_document(*it));
-    }
-    for (auto k = in.metadata_keys_begin("p:"); k != in.metadata_keys_end("p:"); ++k) {
-      const auto pos = in.get_metadata(*k);
-      if (read_sortable_u64(pos) > read_sortable_u64(out.get_metadata(*k))) out.set_metadata(*k, pos);
-    }
-    out.set_metadata("merged." + std::to_string(src->number), "1");
-    {
-      std::unique_lock lock(view_mu);
-      out.commit_transaction();
-      publish([&](view& v) { std::erase(v.shards, src); }, true);
-    }
-    out.close();
-    src->retired = true;
-    spdlog::info("search: merged {} units of {} into the base in {:.1f} s", in.get_doccount(), src->dir,
-                  std::chrono::duration<double>(steady::now() - t0).count());
-    // Xapian holds the whole transaction in memory (tens of MiB per merge). It is
-    // freed now, but glibc keeps freed memory in this thread's arena; give it back,
-    // or RSS steps up at every merge (bench/README.md "Soak").
-    ::malloc_trim(0);
+    Xapian::Database in;
+    for (const auto& sh : inputs) in.add_database(Xapian::Database(sh->dir));
+    tier_compactor compactor(abort_merge);
+    in.compact(output->dir, 0, 0, compactor);
+    if (opts.fsync) sync_directory(output->dir);
+    spdlog::info("search: merged {} shards ({} units) into {} in {:.2f} s", inputs.size(), in.get_doccount(),
+                 output->dir, std::chrono::duration<double>(steady::now() - t0).count());
+  } catch (const tier_compactor::cancelled&) {
+    // abort_merge: install_merge() drops the output
   } catch (const Xapian::Error& e) {
     merge_error = describe(e);
   } catch (const std::exception& e) {
     merge_error = e.what();
   }
+  // Compacting allocates per table; glibc keeps freed memory in this thread's
+  // arena: give it back, or RSS steps up at every merge (bench/README.md "Soak").
+  ::malloc_trim(0);
   finish_merge();
 }
 
@@ -285,11 +400,17 @@ void index::impl::finish_merge() {
   cv.notify_all();
 }
 
+// Cancels a running merge (at the next table it starts) and drops its output.
 void index::impl::stop_merge() {
   abort_merge = true;
-  if (merger.joinable()) merger.join();
+  if (merger.joinable()) {
+    merger.join();
+    if (merge_output) merge_output->retired = true;
+  }
   merge_done = false;
-  merging.reset();
+  merging.clear();
+  merge_output.reset();
+  pending_merges = 0;
 }
 
 }  // namespace engram::search

@@ -417,6 +417,54 @@ TEST_F(SearchTest, ShardsLeftUnmergedAtAStopAreMergedAfterTheRestartWithoutWrite
   EXPECT_GT(total, 0u);
 }
 
+// Merges tier the shards by doubling: 60 sealed shards of 100 units settle into a
+// few (each larger than all newer ones together), where without merging the
+// sealed shards would stop at their limit (16) and the active one would grow. The
+// merged shards hold every unit once, before and after a restart; a shard
+// directory the list does not name (a merge's output a crash left unlisted) is
+// deleted at start-up.
+TEST_F(SearchTest, MergesKeepFewShardsAndEveryUnitOnce) {
+  auto small_shards = [](config::config& c) { c.search.recent_units = 100; };
+  start(small_shards);
+  const auto index_dir = dir_.str() + "/data/search";
+  auto listed = [&] {
+    std::ifstream in(index_dir + "/shards");
+    std::vector<std::string> names;
+    for (std::string name; std::getline(in, name);) names.push_back(name);
+    return names;
+  };
+  auto settled = [&] {
+    wait_indexed();
+    return wait_until([&] { return call(*http_, "GET", "/readyz").body["search"]["pending_merges"] == 0; }, 60s);
+  };
+  constexpr int batches = 60, per_batch = 100;
+  for (int b = 0; b < batches; ++b) {
+    json units = json::array();
+    for (int i = 0; i < per_batch; ++i) units.push_back({{"text", "tiered entry " + std::to_string(i)}});
+    auto r = call(*http_, "POST", "/workunits", json({{"context_id", "tiers"}, {"agent_id", "w"}, {"work_units", units}}).dump());
+    ASSERT_EQ(r.status, 201u) << r.raw;
+    wait_indexed();  // one commit, one sealed shard per batch
+  }
+  ASSERT_TRUE(settled()) << call(*http_, "GET", "/readyz").raw;
+  auto total = [&] { return search({{"query", "tiered"}, {"limit", 1}}).body["total_count"]; };
+  EXPECT_EQ(total(), batches * per_batch);
+  EXPECT_EQ(search({{"context_id", "tiers"}, {"limit", 1}}).body["total_count"], batches * per_batch);
+  // 6,000 units in shards of 100: log2(60) + 1 merged shards and the active one.
+  const auto names = listed();
+  EXPECT_LE(names.size(), 8u) << names.size() << " shards";
+  EXPECT_GE(names.size(), 2u);
+
+  http_.reset();
+  server_.reset();
+  std::filesystem::create_directories(index_dir + "/shard.99999");
+  std::ofstream(index_dir + "/shard.99999/postlist.glass") << "a merge's output a crash left unlisted";
+  start(small_shards);
+  ASSERT_TRUE(settled()) << call(*http_, "GET", "/readyz").raw;
+  EXPECT_FALSE(std::filesystem::exists(index_dir + "/shard.99999"));
+  EXPECT_EQ(total(), batches * per_batch);
+  EXPECT_LE(listed().size(), 9u);
+}
+
 TEST_F(SearchTest, CatchesUpAfterRestartAndRebuildsMissingCorruptOrForeignIndexes) {
   start([](config::config& c) { c.search.enabled = false; });
   std::vector<std::string> written;
@@ -459,6 +507,14 @@ TEST_F(SearchTest, CatchesUpAfterRestartAndRebuildsMissingCorruptOrForeignIndexe
   std::filesystem::copy(other.str() + "/data/search", index_dir, std::filesystem::copy_options::recursive);
   start();
   expect_all("foreign index");
+
+  // The layout before shard.<n> directories (a base and recent.<n> shards) is rebuilt.
+  http_.reset();
+  server_.reset();
+  std::filesystem::create_directories(index_dir + "/base");
+  start();
+  expect_all("older layout");
+  EXPECT_FALSE(std::filesystem::exists(index_dir + "/base"));
 }
 
 // 50k units across 200 contexts (10k in sanitizer builds, where indexing and the
@@ -467,8 +523,8 @@ TEST_F(SearchTest, CatchesUpAfterRestartAndRebuildsMissingCorruptOrForeignIndexe
 TEST_F(SearchTest, LargeCorpusMatchesBruteForce) {
   constexpr int n_units = sanitized_build ? 10'000 : 50'000, n_contexts = 200, batch = 1000, vocab = 400;
   // Small recent shards (about 1 in 17 of the corpus): the corpus ends up spread
-  // over the base, sealed shards and the active one, with merges running while the
-  // queries run.
+  // over merged shards, sealed ones and the active one, with merges running while
+  // the queries run.
   start([](config::config& c) { c.search.recent_units = n_units * 3 / 50; });
   struct unit {
     std::string id, ctx, agent;
