@@ -120,7 +120,7 @@ double wait_indexed(const settings& s) {
   });
   const double searchable = std::chrono::duration<double>(steady::now() - t0).count();
   until([](const json& st) { return st.value("pending_merges", 0) == 0; });
-  std::printf("  (background merges into the base finished %.1f s after that)\n",
+  std::printf("  (background merges finished %.1f s after that)\n",
               std::chrono::duration<double>(steady::now() - t0).count() - searchable);
   return searchable;
 }

@@ -193,6 +193,7 @@ void index::close() {
   auto& s = *impl_;
   if (s.closed.exchange(true)) return;
   if (s.embedder) s.embedder->close();  // it writes to the store: stop it first
+  s.abort_merge = true;  // a merge, or a purge waiting for one, does not hold up the stop
   {
     std::lock_guard lock(s.mu);
     s.stopping = true;

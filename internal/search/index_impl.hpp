@@ -145,7 +145,7 @@ struct index::impl {
   std::atomic<uint64_t> committed_events{0};  // Σ heads
   std::atomic<uint64_t> indexed_events{0};    // Σ positions, as of the last index commit
   std::atomic<uint64_t> documents{0};
-  std::atomic<size_t> pending_merges{0};  // shards in the running or the next due merge
+  std::atomic<size_t> pending_merges{0};  // shards in the running merge (0: the tiers are settled)
   // Queries that lost their revision to index commits more than once. While any
   // is retrying, the indexer holds its commits (up to max_commit_hold): a reader
   // survives one commit, not two, so under a steady write load a query slower than

@@ -29,9 +29,9 @@ struct options {
   bool fsync = false;
   // Where the kernel's boot id is read (a different value means the machine restarted).
   std::string boot_id_file = "/proc/sys/kernel/random/boot_id";
-  // Units the small "recent" index takes before it is sealed and merged into the
-  // large base index in the background. Frequent commits stay cheap because they
-  // only touch the recent index.
+  // Units the active shard takes before it is sealed; merges compact sealed shards
+  // into larger ones in the background. Frequent commits stay cheap because they
+  // only touch the active shard.
   size_t recent_units = 50'000;
   // Least time between two index commits: bounds the fsync rate under load.
   std::chrono::milliseconds commit_interval{10};

@@ -85,19 +85,26 @@ model::status index::impl::open_index() {
           reason = "the machine restarted while it held writes that were not fsynced (search.fsync: false)";
         else if (!std::filesystem::exists(manifest_path(), ec)) reason = "its list of shards is missing";
       }
+      const bool has_manifest = std::filesystem::exists(manifest_path(), ec);
+      if (schema.empty() && has_manifest) reason = "its metadata is missing";
       m.close();
       std::ifstream in(manifest_path());
+      if (has_manifest && !in) reason = "its list of shards cannot be read";
       for (std::string name; std::getline(in, name);) {
-        const auto digits = std::string_view(name).substr(std::min(name.size(), shard_prefix.size()));
-        if (!name.starts_with(shard_prefix) || digits.empty() ||
-            !std::ranges::all_of(digits, [](char c) { return c >= '0' && c <= '9'; }))
+        // Canonical names only (shard.<n>, n without leading zeros), each once.
+        const uint64_t n = std::strtoull(name.c_str() + std::min(name.size(), shard_prefix.size()), nullptr, 10);
+        if (name != std::string(shard_prefix) + std::to_string(n) || n == 0 || std::ranges::find(listed, name) != listed.end())
           reason = "its list of shards is unreadable";
         else listed.push_back(name);
       }
+      if (in.bad()) reason = "its list of shards cannot be read";
       // Shards not listed: a merge's output that a crash left unlisted, or inputs
-      // a crash left undeleted after their output was listed.
+      // a crash left undeleted after their output was listed. Numbering continues
+      // past every shard found, deleted or not.
       for (const auto& entry : std::filesystem::directory_iterator(dir)) {
         const auto name = entry.path().filename().string();
+        if (name.starts_with(shard_prefix))
+          next_shard = std::max<uint64_t>(next_shard, std::strtoull(name.c_str() + shard_prefix.size(), nullptr, 10) + 1);
         if ((name.starts_with(shard_prefix) && std::ranges::find(listed, name) == listed.end()) ||
             name == "shards.tmp")
           std::filesystem::remove_all(entry.path(), ec);
@@ -144,7 +151,8 @@ void index::impl::start_writing(const std::vector<std::string>& listed) {
   }
   sealed.clear();
   documents_elsewhere = 0;
-  next_shard = 1;
+  // Never lowered (not even by recreate()): a retired shard that a query still
+  // holds is deleted under its own name when the query ends.
   for (const auto& name : listed) {
     const uint64_t n = std::strtoull(name.c_str() + shard_prefix.size(), nullptr, 10);
     auto sh = std::make_shared<shard>(shard_dir(n), n);
@@ -175,28 +183,18 @@ void index::impl::write_manifest() const {
   const std::string tmp = opts.index_dir + "/shards.tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    for (const auto& sh : sealed) out << "shard." << sh->number << '\n';
-    if (active) out << "shard." << active->number << '\n';
+    for (const auto& sh : sealed) out << shard_prefix << sh->number << '\n';
+    if (active) out << shard_prefix << active->number << '\n';
     out.flush();
     if (!out) throw Xapian::DatabaseError("cannot write " + tmp);
   }
-  if (opts.fsync) {
-    const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
-    }
-  }
+  // Synced: the file and the directory entries of the shards it names (a shard's
+  // own files are synced by its commits, or by merge()).
+  if (opts.fsync) sync_directory(opts.index_dir);
   std::error_code ec;
   std::filesystem::rename(tmp, manifest_path(), ec);
   if (ec) throw Xapian::DatabaseError("cannot replace " + manifest_path() + ": " + ec.message());
-  if (opts.fsync) {
-    const int fd = ::open(opts.index_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
-    }
-  }
+  if (opts.fsync) sync_directory(opts.index_dir);
 }
 
 // After the last commit of a clean shutdown: make everything durable, then clear
@@ -265,12 +263,12 @@ model::status index::impl::manage_tiers() {
     write_manifest();
     publish([&](view& v) { v.shards.push_back(active); });
   }
+  // No merge starts once close() has asked the running one to stop.
   const auto first = next_merge();
-  if (!merger.joinable() && first) {
+  if (!merger.joinable() && first && !abort_merge) {
     merging.assign(sealed.begin() + ptrdiff_t(*first), sealed.end());
     merge_output = new_shard();
     merge_done = false;
-    abort_merge = false;
     merge_error.clear();
     merger = std::thread([this, inputs = merging, output = merge_output] {
       model::name_this_thread("index-merge");
@@ -336,9 +334,10 @@ model::status index::impl::install_merge() {
 
 namespace {
 
-// A shard's only metadata are positions (p:<context>, written by index_some), so a
-// key several inputs hold keeps the highest seq. The key itself is not looked at:
-// Xapian 1.4.22's glass compactor passes it empty.
+// A position (p:<context>) several inputs hold keeps the highest seq; a shard has
+// no other metadata, but any other key would keep the oldest input's value. Xapian
+// 1.4's glass compactor passes the key as its table stores it, after a two-byte
+// prefix ("\0\xc0").
 class tier_compactor : public Xapian::Compactor {
  public:
   explicit tier_compactor(const std::atomic<bool>& abort) : abort_(abort) {}
@@ -348,7 +347,9 @@ class tier_compactor : public Xapian::Compactor {
     if (abort_) throw cancelled();
   }
 
-  std::string resolve_duplicate_metadata(const std::string&, size_t num_tags, const std::string tags[]) override {
+  std::string resolve_duplicate_metadata(const std::string& key, size_t num_tags, const std::string tags[]) override {
+    const std::string_view k = key.starts_with(std::string_view("\0\xc0", 2)) ? std::string_view(key).substr(2) : key;
+    if (!k.starts_with("p:")) return tags[0];
     return *std::max_element(tags, tags + num_tags, [](const std::string& a, const std::string& b) {
       return read_sortable_u64(a) < read_sortable_u64(b);
     });
@@ -400,7 +401,8 @@ void index::impl::finish_merge() {
   cv.notify_all();
 }
 
-// Cancels a running merge (at the next table it starts) and drops its output.
+// Cancels a running merge (when the compactor next starts or ends a table) and
+// drops its output. Merges may start again afterwards (recreate() calls this too).
 void index::impl::stop_merge() {
   abort_merge = true;
   if (merger.joinable()) {
@@ -411,6 +413,7 @@ void index::impl::stop_merge() {
   merging.clear();
   merge_output.reset();
   pending_merges = 0;
+  abort_merge = false;
 }
 
 }  // namespace engram::search
