@@ -196,9 +196,8 @@ struct index::impl {
   void start_writing(const std::vector<std::string>& listed);
   std::shared_ptr<shard> new_shard();
   void write_manifest() const;
-  // Replaces the published view (exclusive lock held by the caller or here).
-  template <class Change>
-  void publish(Change&& change, bool locked = false);
+  // Publishes a view of the sealed shards and the active one (exclusive lock).
+  void publish_shards();
   void finish_writing();
   // Deletes the index and starts an empty one. Catches Xapian errors.
   model::status recreate();

@@ -1,7 +1,7 @@
 // Queries: a pooled reader over the published view, keyword matching, and the
 // semantic and hybrid modes (vector neighbours filtered by Xapian, fused ranks).
 // Runs on the query threads (index::search) or the caller's (index::search_now);
-// reads only what the indexer and the merger publish under view_mu.
+// reads only what the indexer publishes under view_mu.
 
 #include <algorithm>
 #include <unordered_set>

@@ -47,14 +47,12 @@ void sync_directory(const std::string& dir) {
 
 }  // namespace
 
-template <class Change>
-void index::impl::publish(Change&& change, bool locked) {
+void index::impl::publish_shards() {
   auto next = std::make_shared<view>();
-  std::unique_lock lock(view_mu, std::defer_lock);
-  if (!locked) lock.lock();
-  if (current_view) *next = *current_view;
+  next->shards = sealed;
+  if (active) next->shards.push_back(active);
+  std::unique_lock lock(view_mu);
   next->epoch = current_view ? current_view->epoch + 1 : 1;
-  change(*next);
   current_view = std::move(next);
   std::lock_guard readers_lock(readers_mu);
   idle_readers.clear();  // they hold the old view (and its shards) alive
@@ -166,10 +164,7 @@ void index::impl::start_writing(const std::vector<std::string>& listed) {
   write_manifest();
   documents = documents_elsewhere + writer->get_doccount();
   metrics.documents->Set(double(documents));
-  publish([&](view& v) {
-    v.shards = sealed;
-    v.shards.push_back(active);
-  });
+  publish_shards();
 }
 
 std::shared_ptr<detail::shard> index::impl::new_shard() {
@@ -223,9 +218,9 @@ model::status index::impl::recreate() {
     // Closing a broken index may fail; it is being deleted anyway.
   }
   writer.reset();
-  publish([](view& v) { v.shards.clear(); });
   active.reset();
   sealed.clear();
+  publish_shards();
   std::error_code ec;
   std::filesystem::remove_all(opts.index_dir, ec);
   if (ec) return fail(errc::unavailable, "cannot remove search index " + opts.index_dir + ": " + ec.message());
@@ -261,7 +256,7 @@ model::status index::impl::manage_tiers() {
     active = new_shard();
     writer.emplace(active->dir, Xapian::DB_CREATE_OR_OPEN | sync_flag());
     write_manifest();
-    publish([&](view& v) { v.shards.push_back(active); });
+    publish_shards();
   }
   // No merge starts once close() has asked the running one to stop.
   const auto first = next_merge();
@@ -283,7 +278,7 @@ model::status index::impl::manage_tiers() {
 // outweigh together is merged with all of them. A settled index therefore has
 // shards each larger than all newer ones put together (about log2(documents /
 // recent_units) + 1 of them), and a document is rewritten about once each time
-// the index doubles. Compacting is ~10x cheaper per document than indexing it
+// the index doubles. Compacting is ~5x cheaper per document than indexing it
 // again (bench/README.md "Merges by compaction").
 std::optional<size_t> index::impl::next_merge() const {
   uint64_t newer = 0;
@@ -318,16 +313,7 @@ model::status index::impl::install_merge() {
   const auto pos = sealed.erase(at, at + ptrdiff_t(inputs.size()));
   sealed.insert(pos, output);
   write_manifest();
-  {
-    std::unique_lock lock(view_mu);
-    publish(
-        [&](view& v) {
-          const auto first = std::ranges::find(v.shards, inputs.front());
-          const auto i = v.shards.erase(first, first + ptrdiff_t(inputs.size()));
-          v.shards.insert(i, output);
-        },
-        true);
-  }
+  publish_shards();
   for (const auto& sh : inputs) sh->retired = true;
   return {};
 }
