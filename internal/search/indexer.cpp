@@ -300,13 +300,16 @@ model::status index::impl::commit() {
   for (const int64_t ts : uncommitted_ts) metrics.delay->Observe(double(std::max<int64_t>(0, now_ns - ts)) / 1e9);
   metrics.documents_indexed->Increment(double(uncommitted_ts.size()));
   metrics.commits->Increment();
-  indexed_events += uncommitted_events;
+  const uint64_t events = uncommitted_events;
   uncommitted_ts.clear();
   uncommitted_events = 0;
   documents = documents_elsewhere + writer->get_doccount();
   metrics.documents->Set(double(documents));
-  update_lag_metric();
+  // Seal and start merges before the lag shows the batch: a status that shows lag
+  // 0 already counts the merge this commit starts in pending_merges.
   if (auto ok = manage_tiers(); !ok) return ok;
+  indexed_events += events;
+  update_lag_metric();
   if (state == index_state::catching_up) {
     const uint64_t remaining = lag();
     const auto now = steady::now();
