@@ -98,13 +98,15 @@ Xapian::Document make_document(const api::WorkUnit& unit, Xapian::TermGenerator&
   head.set_ts_ns(unit.ts_ns());
   head.set_agent_id(unit.agent_id());
   head.set_type(unit.type());
-  doc.set_data(head.SerializeAsString());
+  doc.add_value(head_slot, head.SerializeAsString());
   return doc;
 }
 
 api::WorkUnit document_head(const Xapian::Document& doc) {
   api::WorkUnit head;
-  if (!head.ParseFromString(doc.get_data())) head.Clear();
+  std::string bytes = doc.get_value(head_slot);
+  if (bytes.empty()) bytes = doc.get_data();  // indexed before the head moved to a value
+  if (!head.ParseFromString(bytes)) head.Clear();
   return head;
 }
 

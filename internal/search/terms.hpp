@@ -31,6 +31,11 @@ namespace engram::search {
 
 inline constexpr Xapian::valueno ts_slot = 0;
 inline constexpr Xapian::valueno seq_slot = 1;
+// The document's head (see document_head). A value, not the document data: glass
+// zlib-compresses every document's data, which cost ~7% of the indexer's time for
+// ~80 bytes that do not compress; values are stored as they are. Documents indexed
+// before hold the head in their data.
+inline constexpr Xapian::valueno head_slot = 2;
 
 // Xapian refuses terms longer than 245 bytes. A boolean term that would be longer
 // keeps its first bytes and ends in '#' + a 64-bit hash of the whole value, so
@@ -55,7 +60,7 @@ std::string_view cut_utf8(std::string_view text, size_t max_bytes);
 Xapian::Document make_document(const api::WorkUnit& unit, Xapian::TermGenerator& generator,
                                size_t max_text_bytes);
 
-// The document's stored head: id, context_id, seq and ts_ns.
+// The document's stored head: id, context_id, seq, ts_ns, agent_id and type.
 api::WorkUnit document_head(const Xapian::Document& doc);
 
 // All filters of `q` ANDed; nullopt when it has none. Fails only for a context

@@ -6,6 +6,7 @@
 #include "gateway/search_params.hpp"
 #include "model/codec.hpp"
 #include "search/terms.hpp"
+#include "support/test_support.hpp"
 
 namespace engram::test {
 namespace {
@@ -59,6 +60,44 @@ TEST(SearchTerms, FiltersRejectOverlongPrefixPatterns) {
   EXPECT_FALSE(search::filter_query(q));
   q.context_id.clear();
   EXPECT_FALSE(search::filter_query(q)->has_value());  // no filters at all
+}
+
+// The head is a value; documents indexed before it moved there keep it in their
+// data, and both read back the same from a database on disk.
+TEST(SearchTerms, HeadsReadBackFromValuesAndFromOlderDocumentData) {
+  api::WorkUnit u;
+  u.set_id("u-1");
+  u.set_context_id("ctx");
+  u.set_seq(7);
+  u.set_ts_ns(1'795'293'945'000'000'000);
+  u.set_agent_id("agent");
+  u.set_type(api::WORK_UNIT_TYPE_TOOL_CALL);
+  u.set_payload("some text");
+  temp_dir dir;
+  {
+    Xapian::WritableDatabase db(dir.str() + "/db", Xapian::DB_CREATE);
+    Xapian::TermGenerator generator;
+    db.add_document(search::make_document(u, generator, 100));
+    Xapian::Document old;
+    api::WorkUnit head = u;
+    head.clear_payload();
+    old.set_data(head.SerializeAsString());
+    db.add_document(old);
+    db.commit();
+  }
+  Xapian::Database db(dir.str() + "/db");
+  const auto fresh = db.get_document(1);
+  EXPECT_TRUE(fresh.get_data().empty());  // nothing for glass to compress
+  for (const Xapian::docid id : {1u, 2u}) {
+    const auto head = search::document_head(db.get_document(id));
+    EXPECT_EQ(head.id(), "u-1") << id;
+    EXPECT_EQ(head.context_id(), "ctx") << id;
+    EXPECT_EQ(head.seq(), 7u) << id;
+    EXPECT_EQ(head.ts_ns(), u.ts_ns()) << id;
+    EXPECT_EQ(head.agent_id(), "agent") << id;
+    EXPECT_EQ(head.type(), api::WORK_UNIT_TYPE_TOOL_CALL) << id;
+    EXPECT_TRUE(head.payload().empty()) << id;
+  }
 }
 
 TEST(Rfc3339, ParsesOffsetsAndFractions) {
