@@ -146,13 +146,14 @@ void index::on_committed(const std::vector<std::shared_ptr<const api::Event>>& e
     if (it == s.heads.end()) it = s.heads.emplace(ev->context_id(), 0).first;
     if (ev->seq() <= it->second) continue;
     s.committed_events += ev->seq() - it->second;
+    s.unread_events += ev->seq() - it->second;
     it->second = ev->seq();
     s.pending[ev->context_id()] = ev->seq();
     grew = true;
   }
   if (grew) {
     s.update_lag_metric();
-    s.cv.notify_one();
+    if (!s.holding || s.unread_events >= detail::wake_batch) s.cv.notify_one();
   }
 }
 

@@ -47,6 +47,9 @@ constexpr std::string_view meta_language = "engram.language";
 // Boot id of the last session that wrote without fsync and did not close cleanly.
 constexpr std::string_view meta_unsynced = "engram.unsynced_boot";
 constexpr size_t read_chunk = 512;  // events read from a log at a time
+// Between a batch's first unit and its commit, new events wake the indexer only
+// once this many wait: a trickle is read once per commit, not once per event.
+constexpr uint64_t wake_batch = 256;
 // Sealed shards, at most: past this the active shard grows instead, so queries
 // never span too many. Merges keep a settled index at about log2(documents /
 // recent_units) + 1 shards (shards.cpp).
@@ -140,6 +143,8 @@ struct index::impl {
   bool stopping = false;
   std::unordered_map<std::string, uint64_t> heads;    // last committed seq, per context
   std::unordered_map<std::string, uint64_t> pending;  // contexts with events to index
+  uint64_t unread_events = 0;  // events commits and leftovers added to `pending` since the indexer took it
+  bool holding = false;        // the indexer waits for its commit: wake it for wake_batch events
   std::unordered_map<std::string, uint64_t> purges;   // contexts whose documents before a seq must go
   std::string failure;
   std::atomic<uint64_t> committed_events{0};  // Σ heads

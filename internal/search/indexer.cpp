@@ -158,11 +158,21 @@ model::status index::impl::follow() {
       std::unique_lock lock(mu);
       // A finished merge wakes the indexer too: the next one starts even when
       // no writes arrive.
-      auto has_work = [&] { return stopping || !pending.empty() || !purges.empty() || merge_done; };
-      if (uncommitted_events == 0) cv.wait(lock, has_work);
-      else cv.wait_until(lock, last_commit + (starved_queries > 0 ? max_commit_hold : opts.commit_interval), has_work);
+      auto must_wake = [&] { return stopping || !purges.empty() || merge_done; };
+      if (uncommitted_events == 0) {
+        cv.wait(lock, [&] { return must_wake() || !pending.empty(); });
+      } else {
+        // Waiting for the commit: what arrives meanwhile is read in one round at
+        // the commit (one wake-up instead of one per event, on the cores that
+        // serve requests), unless enough piles up to start reading now.
+        holding = true;
+        cv.wait_until(lock, last_commit + (starved_queries > 0 ? max_commit_hold : opts.commit_interval),
+                      [&] { return must_wake() || unread_events >= detail::wake_batch; });
+        holding = false;
+      }
       if (stopping) break;
       work.swap(pending);
+      unread_events = 0;
       cuts.swap(purges);
     }
     const bool read_error = !work.empty() && !index_some(work);
@@ -196,6 +206,7 @@ bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& wo
   size_t budget = opts.max_batch_units;
   bool ok = true;
   std::vector<std::pair<std::string, uint64_t>> leftover;
+  uint64_t left = 0;  // events of the leftover
   for (const auto& [context_id, head] : work) {
     uint64_t pos = position(context_id);
     const uint64_t start = pos;
@@ -228,7 +239,10 @@ bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& wo
       writer->set_metadata(position_key(context_id), sortable_u64(pos));
       uncommitted_events += pos - start;
     }
-    if (pos < head) leftover.emplace_back(context_id, head);
+    if (pos < head) {
+      leftover.emplace_back(context_id, head);
+      left += head - pos;
+    }
   }
   if (!leftover.empty()) {
     std::lock_guard lock(mu);
@@ -236,6 +250,7 @@ bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& wo
       auto& p = pending[context_id];
       p = std::max(p, head);
     }
+    unread_events += left;
   }
   return ok;
 }
