@@ -39,7 +39,9 @@ namespace engram::search {
 namespace detail {
 
 // Bumped whenever the document layout (terms.hpp) changes: an index with another
-// schema is rebuilt.
+// schema is rebuilt. Not bumped when the head moved from the document data to a
+// value slot: this version reads both, so no rebuild; an older binary would read
+// empty heads from new documents, so going back to one needs the index deleted.
 constexpr std::string_view schema_version = "2";  // 2: shard.<n> directories, meta, manifest
 constexpr std::string_view meta_schema = "engram.schema";
 constexpr std::string_view meta_store = "engram.store";
@@ -157,6 +159,8 @@ struct index::impl {
   // two commit intervals would otherwise never finish (seen in the soak test).
   std::atomic<int> starved_queries{0};
   static constexpr auto max_commit_hold = std::chrono::seconds(1);
+  // A starved query ended: the last one wakes an indexer waiting out the hold.
+  void release_commit_hold();
   std::atomic<index_state> state{index_state::catching_up};
 
   // ---- queries ----

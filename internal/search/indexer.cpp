@@ -44,6 +44,12 @@ uint64_t delete_before(Xapian::WritableDatabase& db, const std::string& context_
 
 }  // namespace
 
+void index::impl::release_commit_hold() {
+  if (--starved_queries > 0) return;
+  { std::lock_guard lock(mu); }  // the indexer is before its wait (and sees 0) or in it
+  cv.notify_one();
+}
+
 // Linux: nice is per thread.
 void detail::lower_priority(int nice) {
   if (nice <= 0) return;
@@ -165,9 +171,12 @@ model::status index::impl::follow() {
         // Waiting for the commit: what arrives meanwhile is read in one round at
         // the commit (one wake-up instead of one per event, on the cores that
         // serve requests), unless enough piles up to start reading now.
+        // A hold for starved queries ends early when the last of them does.
+        const bool held = starved_queries > 0;
         holding = true;
-        cv.wait_until(lock, last_commit + (starved_queries > 0 ? max_commit_hold : opts.commit_interval),
-                      [&] { return must_wake() || unread_events >= detail::wake_batch; });
+        cv.wait_until(lock, last_commit + (held ? max_commit_hold : opts.commit_interval), [&] {
+          return must_wake() || unread_events >= detail::wake_batch || (held && starved_queries == 0);
+        });
         holding = false;
       }
       if (stopping) break;

@@ -371,7 +371,12 @@ model::result<results> index::impl::run_query(const query& q) {
   auto p = resolve(q);
   if (!p) return std::unexpected(p.error());
   // Set after the second lost revision: holds index commits until this query ends.
-  std::unique_ptr<std::atomic<int>, void (*)(std::atomic<int>*)> hold(nullptr, [](std::atomic<int>* n) { --*n; });
+  struct commit_hold {
+    impl* s = nullptr;
+    ~commit_hold() {
+      if (s) s->release_commit_hold();
+    }
+  } hold;
   for (int attempt = 0;; ++attempt) {
     std::optional<reader> r;
     try {
@@ -384,9 +389,9 @@ model::result<results> index::impl::run_query(const query& q) {
     } catch (const Xapian::DatabaseModifiedError& e) {
       // The writer moved on twice during this query: retry on the newest revision,
       // from the second time with the indexer's commits held.
-      if (attempt >= 1 && !hold) {
+      if (attempt >= 1 && !hold.s) {
         ++starved_queries;
-        hold.reset(&starved_queries);
+        hold.s = this;
       }
       if (attempt < 4) continue;
       return fail(errc::unavailable, "search index busy: " + e.get_msg());
