@@ -49,7 +49,7 @@ constexpr std::string_view meta_language = "engram.language";
 // Boot id of the last session that wrote without fsync and did not close cleanly.
 constexpr std::string_view meta_unsynced = "engram.unsynced_boot";
 constexpr size_t read_chunk = 512;  // events read from a log at a time
-// Between a batch's first unit and its commit, new events wake the indexer only
+// Between a batch's first event and its commit, new events wake the indexer only
 // once this many wait: a trickle is read once per commit, not once per event.
 constexpr uint64_t wake_batch = 256;
 // Sealed shards, at most: past this the active shard grows instead, so queries
