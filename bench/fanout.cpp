@@ -360,13 +360,17 @@ double percentile_us(const std::vector<uint64_t>& sorted, double p) {
   return sorted.empty() ? 0.0 : double(sorted[std::min(sorted.size() - 1, size_t(p * double(sorted.size())))]) / 1000.0;
 }
 
-void print_latency(const settings& s, std::vector<uint64_t>& lat, double elapsed) {
+// `acks`: each publish's round trip to its acknowledgement (Engram's 201, the
+// broker's reply), so that a reader can tell the write's share of `lat`.
+void print_latency(const settings& s, std::vector<uint64_t>& lat, std::vector<uint64_t>& acks, double elapsed) {
   std::sort(lat.begin(), lat.end());
+  std::sort(acks.begin(), acks.end());
   auto pct = [&](double p) { return percentile_us(lat, p); };
   static const char* const names[] = {"engram", "redis", "nats"};
-  std::printf("%sfanout protocol=%s subscribers=%u contexts=%u rate=%.0f/s delivered=%zu (%.0f/s) p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus\n",
+  std::printf("%sfanout protocol=%s subscribers=%u contexts=%u rate=%.0f/s delivered=%zu (%.0f/s) p50=%.0fus p99=%.0fus p999=%.0fus max=%.0fus ack_p50=%.0fus ack_p99=%.0fus\n",
               s.label.empty() ? "" : (s.label + " ").c_str(), names[int(s.proto)], s.subscribers, s.contexts, s.rate, lat.size(),
-              double(lat.size()) / elapsed, pct(0.5), pct(0.99), pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
+              double(lat.size()) / elapsed, pct(0.5), pct(0.99), pct(0.999), lat.empty() ? 0.0 : double(lat.back()) / 1000.0,
+              percentile_us(acks, 0.5), percentile_us(acks, 0.99));
 }
 
 // Runs `ioc` on a thread of its own and waits (bounded) until every subscriber has
@@ -435,9 +439,12 @@ int run_latency(const settings& s) {
   const auto start = std::chrono::steady_clock::now();
   const auto period = std::chrono::duration<double>(1.0 / s.rate);
   size_t sent = 0;
+  std::vector<uint64_t> acks;
   for (; std::chrono::steady_clock::now() - start < std::chrono::duration<double>(s.seconds); ++sent) {
     std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(period * double(sent)));
+    const auto t0 = std::chrono::steady_clock::now();
     if (!publish(sent)) break;
+    acks.push_back(uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count()));
   }
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Let in-flight deliveries land (bounded).
@@ -451,7 +458,7 @@ int run_latency(const settings& s) {
   });
   ioc.stop();
   io.join();
-  print_latency(s, lat, elapsed);
+  print_latency(s, lat, acks, elapsed);
   if (units < expect) std::printf("  WARNING: %zu of %zu deliveries arrived\n", units.load(), expect);
   return 0;
 }

@@ -128,10 +128,10 @@ int main(int argc, char** argv) {
     auto v = draw(rng);
     std::copy(v.begin(), v.end(), data.begin() + ptrdiff_t(i * dim));
   }
-  auto stored = (*store)->last_vector_seq();
+  const uint64_t stored = (*store)->last_vector_seq();
   engram::model::uuid_v7_generator gen;
-  if (!stored || *stored != vectors) {
-    if (stored && *stored != 0) return std::fprintf(stderr, "%s holds other vectors; use an empty dir\n", dir.c_str()), 1;
+  if (stored != vectors) {
+    if (stored != 0) return std::fprintf(stderr, "%s holds other vectors; use an empty dir\n", dir.c_str()), 1;
     const auto t0 = steady::now();
     for (size_t b = 0; b < vectors; b += 1000) {
       engram::storage::append_request req;

@@ -308,7 +308,8 @@ struct vector_index::impl {
   // At start: the graphs from the newest snapshot, checked against storage's vector
   // keys: a label stays only if storage still has its unit's vector under the same
   // vseq; a stored vector up to the snapshot's vseq that it lacks (removed and
-  // stored again since, under a reused vseq) is inserted now, and the follower
+  // stored again since under a reused vseq, which only a store written before
+  // vseqs were counted can hold) is inserted now, and the follower
   // inserts those after it. Anything else wrong with the snapshot (another store,
   // changed graph parameters, a file that does not match, mostly deleted slots)
   // means it is dropped and every vector is inserted again, as without snapshots.
@@ -518,10 +519,8 @@ model::result<std::unique_ptr<vector_index>> vector_index::open(const vector_opt
   auto p = std::make_unique<impl>(opts, store, metrics);
   spdlog::debug("search: vector distance kernel: {}", best_dot_name());
   // Everything stored so far is the backlog.
-  auto last = store.last_vector_seq();
-  if (!last) return std::unexpected(last.error());
-  p->committed = *last;
-  if (*last == 0) p->catching_up = false;
+  p->committed = store.last_vector_seq();
+  if (p->committed == 0) p->catching_up = false;
   auto* raw = p.get();
   p->follower = std::thread([raw] {
     model::name_this_thread("vector-follow");

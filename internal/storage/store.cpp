@@ -63,6 +63,11 @@ constexpr const char* cf_names[cf_count] = {"default",  "log",         "unit_ids
                                             "vector_keys", "vector_models", "embed_cursors", "calls",
                                             "checkpoints", "presence", "tasks", "facts"};
 constexpr std::string_view next_handle_key = "next_context_handle";
+// The next vseq to hand out. Stored with every batch that hands vseqs out, so a
+// vseq is never handed out twice, even after the newest vectors are removed (a
+// vector snapshot up to a vseq stays true). Stores written before it have none:
+// the vseq after the newest stored vector is used then.
+constexpr std::string_view next_vseq_key = "next_vseq";
 constexpr std::string_view fencing_key = "fencing_token";
 
 void put_be64(std::string& out, uint64_t v) {
@@ -322,6 +327,7 @@ struct store::impl {
   uint64_t next_handle = 1;
   std::unordered_map<std::string, uint32_t> model_dims;  // embedding model → dimension
   uint64_t next_vseq = 1;
+  std::atomic<uint64_t> last_vseq{0};  // next_vseq - 1 once committed, for any thread (last_vector_seq)
 
   // ---- the committer thread only ----
   steady::time_point last_sync = steady::now();
@@ -1022,6 +1028,11 @@ struct store::impl {
         put_be64(v, g.next_handle);
         g.batch.Put(h(cf_counters), next_handle_key, v);
       }
+      if (g.next_vseq != next_vseq) {
+        std::string v;
+        put_be64(v, g.next_vseq);
+        g.batch.Put(h(cf_counters), next_vseq_key, v);
+      }
       rocksdb::WriteOptions wo;
       wo.sync = opts.mode == durability::sync;
       wo.no_slowdown = inline_write;
@@ -1058,6 +1069,7 @@ struct store::impl {
       if (p && !g.events.empty()) p->publish(g.events);
       if (g.next_vseq != next_vseq) {
         next_vseq = g.next_vseq;
+        last_vseq.store(next_vseq - 1);
         if (p) p->vectors_committed(next_vseq - 1);
       }
       for (auto& f : g.on_success) outcomes.push_back(std::move(f));
@@ -1622,9 +1634,14 @@ struct store::impl {
     if (s.ok() && v.size() == 8) next_handle = get_be64(v);
     else if (!s.IsNotFound()) return std::unexpected(storage_error(s, "cannot read counters"));
 
+    s = db->Get(rocksdb::ReadOptions(), h(cf_counters), next_vseq_key, &v);
+    if (s.ok() && v.size() == 8) next_vseq = get_be64(v);
+    else if (!s.IsNotFound()) return std::unexpected(storage_error(s, "cannot read counters"));
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), h(cf_vectors)));
     it->SeekToLast();
-    if (it->Valid() && it->key().size() == 8) next_vseq = get_be64(it->key().ToStringView()) + 1;
+    if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "cannot read vectors"));
+    if (it->Valid() && it->key().size() == 8) next_vseq = std::max(next_vseq, get_be64(it->key().ToStringView()) + 1);
+    last_vseq = next_vseq - 1;
     it.reset(db->NewIterator(rocksdb::ReadOptions(), h(cf_vector_models)));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       VectorModel m;
@@ -2085,12 +2102,7 @@ model::result<std::vector<stored_vector>> store::read_vectors(uint64_t after_vse
   return out;
 }
 
-model::result<uint64_t> store::last_vector_seq() const {
-  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(cf_vectors)));
-  it->SeekToLast();
-  if (!it->status().ok()) return std::unexpected(storage_error(it->status(), "reading vectors"));
-  return it->Valid() && it->key().size() == 8 ? get_be64(it->key().ToStringView()) : 0;
-}
+uint64_t store::last_vector_seq() const { return impl_->last_vseq.load(); }
 
 model::status store::for_each_vector_key(
     const std::function<void(std::span<const uint8_t, 16> unit, std::string_view model, uint64_t vseq)>& fn) const {

@@ -349,8 +349,9 @@ class store {
   void put_vectors(vector_write write, std::function<void(model::status)> done);
   // Stored vectors with vseq > after_vseq, oldest first, at most `limit`.
   model::result<std::vector<stored_vector>> read_vectors(uint64_t after_vseq, size_t limit) const;
-  // The newest vseq stored (0: none).
-  model::result<uint64_t> last_vector_seq() const;
+  // The newest vseq handed out (0: none). Vseqs are never handed out twice, so this
+  // stays where it was when the newest vectors are removed.
+  uint64_t last_vector_seq() const;
   // Every stored vector's unit (its 16 UUID bytes), model and vseq, in unit order:
   // the vector_keys column family alone, no vector is read. What a vector snapshot
   // is checked against for removals made after it was written.

@@ -138,10 +138,11 @@ TEST(VectorCrashTest, Sigkill_AfterASnapshot_LoadsItAndInsertsOnlyWhatCameAfter)
   EXPECT_NE(proc.log_text().find("not using the vector snapshot"), std::string::npos);
 }
 
-// The newest vectors removed, then a restart: storage hands their vseqs out again.
-// A snapshot that covered them must never be used after that, or the vectors
-// stored under the reused vseqs would be taken as already in it and never inserted.
-TEST(VectorCrashTest, Sigkill_AfterTheNewestVectorsWereRemoved_NeverTakesAStaleSnapshot) {
+// The newest vectors removed, then restarts: storage never hands their vseqs out
+// again, so the snapshot that covered them stays in use (before vseqs were counted,
+// it had to be dropped: the next vectors were stored under the same vseqs), and
+// the vectors stored after it come after it.
+TEST(VectorCrashTest, Sigkill_AfterTheNewestVectorsWereRemoved_KeepsTheSnapshotAndHandsOutNewVseqs) {
   temp_dir dir;
   const std::string data = dir.str() + "/data";
   std::mt19937 rng(11);
@@ -170,13 +171,16 @@ TEST(VectorCrashTest, Sigkill_AfterTheNewestVectorsWereRemoved_NeverTakesAStaleS
   {
     client::http_connection http("127.0.0.1", proc.port(), 30s);
     wait_loaded(http, 100);
-    c = append(http, "c", 100, rng);  // under vseqs 101-200 again
+    EXPECT_EQ(metric(http, "engram_search_vectors_inserted_total"), 0) << "the snapshot was not used";
+    c = append(http, "c", 100, rng);  // vseqs 201-300
     wait_loaded(http, 200);
   }
   proc.kill9();
   proc.restart();
   client::http_connection http("127.0.0.1", proc.port(), 30s);
   wait_loaded(http, 200);
+  EXPECT_EQ(metric(http, "engram_search_vectors_inserted_total"), 100) << "only c's vectors come after the snapshot";
+  EXPECT_EQ(proc.log_text().find("not using the vector snapshot"), std::string::npos);
   std::set<std::string> removed;
   for (const auto& u : b) removed.insert(u.id);
   std::vector<stored> kept = a;

@@ -101,7 +101,7 @@ TEST_F(VectorStoreTest, VectorsAreStoredInCommitOrderApartFromTheLog) {
   EXPECT_EQ((*v)[1].vseq, 2u);
   EXPECT_EQ((*v)[1].embedding.values(1), 4.f);
   EXPECT_EQ(store_->read_vectors(1, 10)->size(), 1u);
-  EXPECT_EQ(*store_->last_vector_seq(), 2u);
+  EXPECT_EQ(store_->last_vector_seq(), 2u);
   EXPECT_FALSE(*store_->get_vector(r->units[1].id()));
   EXPECT_EQ((*store_->get_vector(r->units[2].id()))->values(0), 3.f);
 
@@ -113,7 +113,7 @@ TEST_F(VectorStoreTest, VectorsAreStoredInCommitOrderApartFromTheLog) {
   open();
   EXPECT_EQ(append({unit({1, 2, 3})}).error().code, model::errc::invalid_argument);
   ASSERT_TRUE(append({unit({5, 6})}));
-  EXPECT_EQ(*store_->last_vector_seq(), 3u);  // vseq continues after a reopen
+  EXPECT_EQ(store_->last_vector_seq(), 3u);  // vseq continues after a reopen
 }
 
 TEST_F(VectorStoreTest, ComputedVectorsNeverReplaceExistingOnesAndCarryCursors) {
@@ -235,7 +235,7 @@ TEST_F(VectorStoreTest, NearestNeighboursMatchBruteForce) {
   // Vectors committed later are followed.
   auto more = append({unit(data[0])}, "late");
   ASSERT_TRUE(more);
-  (*index)->on_committed(*store_->last_vector_seq());
+  (*index)->on_committed(store_->last_vector_seq());
   ASSERT_TRUE(test::wait_until([&] { return (*index)->size("m") == n + 1; }));
 }
 
