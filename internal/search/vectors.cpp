@@ -224,13 +224,13 @@ struct vector_index::impl {
       }
       if (batch->empty()) {
         // Every vector up to `target` is committed and readable, so the rest were
-        // removed (retention, a deleted context).
+        // removed (retention, a deleted context). Loading can end here: storage's
+        // newest vseq stays a removed vector's across restarts.
         applied = std::max<uint64_t>(applied, target);
-        metrics.lag->Set(double(lag()));
-        continue;
+      } else {
+        insert(*batch);
+        applied = batch->back().vseq;
       }
-      insert(*batch);
-      applied = batch->back().vseq;
       metrics.lag->Set(double(lag()));
       const bool loaded = catching_up && lag() == 0;
       if (loaded) {

@@ -10,6 +10,7 @@
 //   idempotency  [handle:8][key bytes]  → IdempotencyRecord
 //   counters     "next_context_handle"  → [u64:8]
 //                "fencing_token"        → [u64:8]   highest fencing token ever granted
+//                "next_vseq"            → [u64:8]   the next vseq to hand out
 //   locks        <resource path bytes>  → api::Lock  live leases
 //   vectors      [vseq:8]               → VectorRecord   every embedding, in commit order
 //   vector_keys  [uuid:16][model bytes] → [vseq:8]

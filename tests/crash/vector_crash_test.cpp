@@ -188,5 +188,33 @@ TEST(VectorCrashTest, Sigkill_AfterTheNewestVectorsWereRemoved_KeepsTheSnapshotA
   check_search(http, kept, removed);
 }
 
+// The newest vectors removed, SIGKILL, and a restart without a snapshot: the index
+// reads the vectors that are left and becomes ready, though storage's newest vseq
+// is a removed vector's (nothing is stored under it for the follower to read).
+TEST(VectorCrashTest, Sigkill_AfterTheNewestVectorsWereRemoved_WithoutASnapshot_LoadsWhatIsLeft) {
+  temp_dir dir;
+  const std::string data = dir.str() + "/data";
+  std::mt19937 rng(13);
+  server_process proc(data, "sync", dir.str(), {"--set", "search.vectors.snapshot_min_vectors=100000"});
+  proc.start();
+  std::vector<stored> a, b;
+  {
+    client::http_connection http("127.0.0.1", proc.port(), 30s);
+    a = append(http, "a", 100, rng);
+    b = append(http, "b", 100, rng);  // vseqs 101-200, the newest
+    wait_loaded(http, 200);
+    ASSERT_EQ(call(http, "DELETE", "/contexts/b").status, 200u);
+    wait_loaded(http, 100);
+  }
+  proc.kill9();
+  proc.restart();
+  client::http_connection http("127.0.0.1", proc.port(), 30s);
+  wait_loaded(http, 100);
+  EXPECT_EQ(metric(http, "engram_search_vectors_inserted_total"), 100);
+  std::set<std::string> removed;
+  for (const auto& u : b) removed.insert(u.id);
+  check_search(http, a, removed);
+}
+
 }  // namespace
 }  // namespace engram::test
