@@ -41,6 +41,10 @@ metrics_set::metrics_set(prometheus::Registry* r) {
                            .Register(*r).Add({});
   commits = &BuildCounter().Name("engram_search_index_commits_total")
                  .Help("Search index commits (each makes a batch searchable)").Register(*r).Add({});
+  rounds = &BuildCounter().Name("engram_search_indexer_rounds_total")
+                .Help("Rounds of the indexer: each reads what has arrived, purges or merges (events arriving "
+                      "while a batch waits for its commit are read at the commit, unless 256 of them wait)")
+                .Register(*r).Add({});
   lag = &BuildGauge().Name("engram_search_index_lag_events")
              .Help("Events committed to context logs but not yet searchable").Register(*r).Add({});
   documents = &BuildGauge().Name("engram_search_index_documents")

@@ -63,6 +63,7 @@ struct metrics_set {
   std::shared_ptr<prometheus::Registry> own;  // when the caller gave none
   prometheus::Counter* documents_indexed;
   prometheus::Counter* commits;
+  prometheus::Counter* rounds;
   prometheus::Gauge* lag;
   prometheus::Gauge* documents;
   prometheus::Histogram* delay;

@@ -180,6 +180,7 @@ model::status index::impl::follow() {
         holding = false;
       }
       if (stopping) break;
+      metrics.rounds->Increment();
       work.swap(pending);
       unread_events = 0;
       cuts.swap(purges);

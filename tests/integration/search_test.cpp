@@ -332,6 +332,37 @@ TEST_F(SearchTest, FreshUnitsBecomeSearchableWithinTheBound) {
   EXPECT_GE(metric(*http_, "engram_search_documents_indexed_total"), 20);
 }
 
+// While a batch waits for its commit, the events that arrive are not read one by
+// one: the indexer stays asleep until its commit is due or wake_batch (256) of them
+// wait. The commit interval here is a minute, so after the first batch (committed
+// at once) none is due during the test; a stop commits what was read, and every
+// unit is found after the restart.
+TEST_F(SearchTest, EventsArrivingBeforeTheCommitAreReadTogether) {
+  start([](config::config& c) { c.search.commit_interval = std::chrono::milliseconds(60'000); });
+  wait_indexed();
+  put_text("trickle", "first");
+  ASSERT_TRUE(wait_until([&] { return metric(*http_, "engram_search_documents_indexed_total") == 1; }, 10s));
+  const double rounds = metric(*http_, "engram_search_indexer_rounds_total");
+  put_text("trickle", "second");  // starts a batch, read at once, that waits for its commit
+  ASSERT_TRUE(wait_until([&] { return metric(*http_, "engram_search_indexer_rounds_total") == rounds + 1; }, 10s));
+  for (int i = 0; i < 100; ++i) put_text("trickle", "single" + std::to_string(i));
+  EXPECT_EQ(metric(*http_, "engram_search_indexer_rounds_total"), rounds + 1) << "an event woke the indexer";
+  json units = json::array();
+  for (int i = 0; i < 200; ++i) units.push_back({{"text", "batched" + std::to_string(i)}});
+  auto r = call(*http_, "POST", "/workunits",
+                json({{"context_id", "trickle"}, {"agent_id", "agent"}, {"work_units", units}}).dump());
+  ASSERT_EQ(r.status, 201u) << r.raw;  // 300 events wait now: over wake_batch
+  EXPECT_TRUE(wait_until([&] { return metric(*http_, "engram_search_indexer_rounds_total") == rounds + 2; }, 10s));
+  EXPECT_EQ(metric(*http_, "engram_search_documents_indexed_total"), 1) << "nothing is committed before its time";
+  start();  // a stop commits the batch
+  wait_indexed();
+  EXPECT_EQ(ids({{"query", "first"}}).size(), 1u);
+  EXPECT_EQ(ids({{"query", "single99"}}).size(), 1u);
+  EXPECT_EQ(ids({{"query", "batched199"}}).size(), 1u);
+  EXPECT_EQ(ids({{"query", "second"}}).size(), 1u);
+  EXPECT_EQ(ids({{"context_id", "trickle"}, {"limit", 500}}).size(), 302u);
+}
+
 // Queries on several threads (several query workers, pooled readers) while the
 // indexer commits new batches, seals shards and merges them underneath them. The count of matches seen by a reader never drops (no
 // unit vanishes while its shard is merged) and never exceeds what was sent (no
