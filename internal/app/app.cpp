@@ -2,7 +2,7 @@
 
 #include <prometheus/registry.h>
 #include <signal.h>
-#include <spdlog/sinks/stdout_sinks.h>
+#include <unistd.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
@@ -14,6 +14,8 @@
 #include "engine/presence.hpp"
 #include "engine/retention.hpp"
 #include "engine/tasks.hpp"
+#include "app/log_sink.hpp"
+#include "gateway/access_log.hpp"
 #include "gateway/handler.hpp"
 #include "gateway/server.hpp"
 #include "gateway/stream_registry.hpp"
@@ -268,6 +270,7 @@ void app::stop() {
     s.store.reset();
   }
   s.index.reset();
+  gateway::flush_access_log();
   spdlog::info("stopped");
 }
 
@@ -323,10 +326,17 @@ std::unique_ptr<spdlog::formatter> log_formatter(std::string_view format) {
 }
 
 void setup_logging(const config::log_options& opts) {
-  auto logger = spdlog::stderr_logger_mt("engram");
-  logger->set_formatter(log_formatter(opts.format));
-  logger->set_level(spdlog::level::from_str(opts.level));
-  spdlog::set_default_logger(logger);
+  auto make = [&](const char* name, std::size_t buffer) {
+    auto logger = std::make_shared<spdlog::logger>(name, std::make_shared<fd_sink>(STDERR_FILENO, buffer));
+    logger->set_formatter(log_formatter(opts.format));
+    logger->set_level(spdlog::level::from_str(opts.level));
+    return logger;
+  };
+  spdlog::set_default_logger(make("engram", 0));
+  auto access = make("access", opts.access_buffer_bytes);
+  spdlog::register_logger(access);  // flushed by flush_every with the rest
+  gateway::set_access_logger(std::move(access));
+  if (opts.access_buffer_bytes > 0) spdlog::flush_every(std::chrono::seconds(1));
 }
 
 }  // namespace engram::app

@@ -412,6 +412,7 @@ const std::vector<key_spec>& key_table() {
       {"limits.max_streams_per_agent",
        ranged([](config& c) -> auto& { return c.server.limits.max_streams_per_agent; }, 0, 10'000'000)},
       {"log.access", [](config& c, const std::string& raw) { return set_bool(c.server.access_log, raw); }},
+      {"log.access_buffer_bytes", ranged([](config& c) -> auto& { return c.log.access_buffer_bytes; }, 0, 16ull << 20)},
       {"server.reject_unknown_fields",
        [](config& c, const std::string& raw) { return set_bool(c.server.reject_unknown_fields, raw); }},
       {"log.level",

@@ -22,6 +22,9 @@ namespace engram::config {
 struct log_options {
   std::string level = "info";   // trace, debug, info, warn, error, critical, off
   std::string format = "text";  // text or json
+  // Access lines wait in memory until this many bytes are waiting, or for at most
+  // a second; 0 writes each line at once (log.access_buffer_bytes).
+  uint64_t access_buffer_bytes = 65'536;
 };
 
 struct config {

@@ -8,6 +8,17 @@
 #include "model/log_context.hpp"
 
 namespace engram::gateway {
+namespace {
+
+std::shared_ptr<spdlog::logger> access_logger;  // set before any I/O thread runs
+
+}  // namespace
+
+void set_access_logger(std::shared_ptr<spdlog::logger> logger) { access_logger = std::move(logger); }
+
+void flush_access_log() {
+  if (access_logger) access_logger->flush();
+}
 
 void log_access(const access_line& a) {
   char ms[32];
@@ -27,7 +38,7 @@ void log_access(const access_line& a) {
   }
   // The request's own scope has the id too.
   model::log_scope scope(std::move(fields), model::log_scope::outer_fields::hide);
-  spdlog::info("access");
+  (access_logger ? access_logger.get() : spdlog::default_logger_raw())->info("access");
 }
 
 }  // namespace engram::gateway

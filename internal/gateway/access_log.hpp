@@ -3,8 +3,13 @@
 // strings, bodies or headers, which may carry payloads or credentials.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
+
+namespace spdlog {
+class logger;
+}
 
 namespace engram::gateway {
 
@@ -20,7 +25,15 @@ struct access_line {
   std::string_view ended_by;
 };
 
-// Logs `access` at info with the line's fields.
+// Logs `access` at info with the line's fields, to the access logger when one is
+// set, else to the default logger.
 void log_access(const access_line& line);
+
+// The logger for access lines (setup_logging's, which buffers them). Set it before
+// the server starts; servers started in-process by tests leave it unset.
+void set_access_logger(std::shared_ptr<spdlog::logger> logger);
+
+// Writes out the access lines waiting in the access logger (at shutdown).
+void flush_access_log();
 
 }  // namespace engram::gateway
