@@ -26,7 +26,10 @@ for tool in curl jq; do
   command -v "$tool" >/dev/null || { echo "FAIL: $tool is missing (make deps installs it)"; exit 1; }
 done
 
-# The server on an ephemeral port; its start-up line names the port.
+# The server on an ephemeral port; its start-up line names the port. The log exists
+# before the server does: the background job's redirection may come after the first
+# sed below.
+: >"$work/server.log"
 "$bin/engram" --addr 127.0.0.1:0 --data-dir "$work/data" 2>"$work/server.log" &
 server_pid=$!
 port=
