@@ -16,15 +16,15 @@ int main(int argc, char** argv) {
     std::cerr << "engram: " << cfg.error().message << "\n";
     return 2;
   }
-  engram::app::setup_logging(cfg->log);
   // Signals are taken synchronously by run_until_signal; block them before any
-  // thread starts so no I/O thread receives them.
+  // thread starts (the log's flusher, the I/O threads) so no other thread gets them.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  engram::app::setup_logging(cfg->log);
 
   auto app = engram::app::app::start(*cfg);
   if (!app) {

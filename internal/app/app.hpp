@@ -47,7 +47,9 @@ class app {
   std::unique_ptr<impl> impl_;
 };
 
-// Configures the global spdlog logger from log options.
+// Configures the global spdlog logger and the buffered access logger from log
+// options, and starts spdlog's flusher thread: call it once, with SIGINT/SIGTERM
+// already blocked.
 void setup_logging(const config::log_options& opts);
 
 // The formatter setup_logging installs ("text" or "json"): the message followed by
