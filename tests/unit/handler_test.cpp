@@ -143,6 +143,17 @@ TEST_F(HandlerTest, UnknownPathIs404AndWrongMethodIs405WithAllow) {
   EXPECT_EQ(header(send("PUT", "/contexts/a"), "Allow"), "GET, PATCH, DELETE, OPTIONS");
   // Both the renew pattern and the resource patterns match this path.
   EXPECT_EQ(header(send("PUT", "/locks/a/renew"), "Allow"), "POST, GET, DELETE, OPTIONS");
+  // A wildcard spans segments but leaves the ones the rest of the pattern needs:
+  // "renew" alone is a resource, and a suffix after the wildcard must be there.
+  EXPECT_EQ(header(send("PUT", "/locks/a/b/c/renew"), "Allow"), "POST, GET, DELETE, OPTIONS");
+  EXPECT_EQ(header(send("PUT", "/locks/renew"), "Allow"), "GET, DELETE, OPTIONS");
+  EXPECT_EQ(header(send("PUT", "/workunit/a/b"), "Allow"), "GET, OPTIONS");
+  EXPECT_EQ(header(send("PUT", "/contexts/a//b"), "Allow"), "GET, PATCH, DELETE, OPTIONS");
+  // One segment too many for the draft routes leaves only the context's own.
+  EXPECT_EQ(header(send("POST", "/contexts/a/b/drafts/d1/commit/x"), "Allow"), "GET, PATCH, DELETE, OPTIONS");
+  EXPECT_NE(send("GET", "/locks").status, 404u);  // matched (no lock manager here: 503)
+  EXPECT_EQ(send("GET", "/locks/").status, 404u);
+  EXPECT_EQ(send("GET", "/search/x").status, 404u);  // no pattern has a segment more
 
   auto options = send("OPTIONS", "/locks/x");
   EXPECT_EQ(options.status, 204u);
