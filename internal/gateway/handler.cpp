@@ -8,6 +8,8 @@
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
 #include <chrono>
+#include <mutex>
+#include <unordered_map>
 
 #include "gateway/access_log.hpp"
 #include "gateway/routes.hpp"
@@ -67,6 +69,33 @@ struct api_handler::impl {
                    .Register(*registry);
   }
 
+  // The request counter and latency histogram of one route, method and status.
+  // prometheus-cpp's Family::Add builds a metric (a histogram with its buckets) on
+  // every call and drops it when the labels exist, so each combination is looked
+  // up once and kept here; metrics are never removed, so the pointers stay valid.
+  struct route_metrics {
+    prometheus::Counter* requests;
+    prometheus::Histogram* latency;
+  };
+  std::mutex metrics_mu;
+  std::unordered_map<std::string, route_metrics> metrics_by_key;
+
+  route_metrics metrics_for(const std::string& label, const std::string& method, unsigned status) {
+    const auto code = std::to_string(status);
+    thread_local std::string key;
+    key.assign(label).append(1, ' ').append(method).append(1, ' ').append(code);
+    std::lock_guard lock(metrics_mu);
+    auto it = metrics_by_key.find(key);
+    if (it == metrics_by_key.end()) {
+      static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                                   0.01,   0.025,   0.05,   0.1,   0.25,   1};
+      route_metrics m{&requests->Add({{"route", label}, {"method", method}, {"status", code}}),
+                      &latency->Add({{"route", label}, {"status", code}}, buckets)};
+      it = metrics_by_key.emplace(key, m).first;
+    }
+    return it->second;
+  }
+
   rate_limiter* limiter(limit_class c) {
     switch (c) {
       case limit_class::writes: return &write_limit;
@@ -98,12 +127,10 @@ struct api_handler::impl {
         if (*origin != "*") r.headers.emplace_back("Vary", "Origin");
         r.headers.emplace_back("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed, X-Request-Id, Mcp-Session-Id");
       }
-      const auto status = std::to_string(r.status);
-      requests->Add({{"route", label}, {"method", record->method}, {"status", status}}).Increment();
-      static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                                                   0.01,   0.025,   0.05,   0.1,   0.25,   1};
+      const auto metrics = metrics_for(label, record->method, r.status);
+      metrics.requests->Increment();
       const double seconds = std::chrono::duration<double>(steady::now() - start).count();
-      latency->Add({{"route", label}, {"status", status}}, buckets).Observe(seconds);
+      metrics.latency->Observe(seconds);
       if (opts.access_log) {
         access_line line;
         line.request_id = record->request_id;

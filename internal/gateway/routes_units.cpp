@@ -48,6 +48,15 @@ std::string fingerprint(const request& req, std::string_view path) {
   return out;
 }
 
+// The request's Idempotency-Key with its fingerprint; without a key there is
+// nothing to compare a retry with, so the body is not hashed.
+model::result<engine::idempotency> idempotency_of(const call& c) {
+  auto key = idempotency_key_header(c.req);
+  if (!key) return std::unexpected(key.error());
+  if (key->empty()) return engine::idempotency{};
+  return engine::idempotency{std::move(*key), fingerprint(c.req, c.path)};
+}
+
 void respond_appended(const responder& respond, model::result<storage::append_result> r, bool single) {
   if (!r) return respond(error_response(r.error()));
   response resp;
@@ -72,14 +81,14 @@ void append_unit(services& s, call& c, responder respond) {
   if (!unit) return respond(error_response(unit.error()));
   if (auto ok = acting_as(c.who, unit->agent_id()); !ok) return respond(error_response(ok.error()));
   if (!c.who.can(auth::write, unit->context_id())) return respond(forbidden(auth::write, unit->context_id()));
-  auto key = idempotency_key_header(c.req);
-  if (!key) return respond(error_response(key.error()));
+  auto idem = idempotency_of(c);
+  if (!idem) return respond(error_response(idem.error()));
   std::vector<storage::fence> fences;
   if (auto ok = parse_fence(*body, fences); !ok) return respond(error_response(ok.error()));
   std::string ctx = unit->context_id();
   std::vector<api::WorkUnit> units;
   units.push_back(std::move(*unit));
-  s.eng.append(std::move(ctx), std::move(units), {std::move(*key), fingerprint(c.req, c.path)},
+  s.eng.append(std::move(ctx), std::move(units), std::move(*idem),
                [respond = std::move(respond)](auto r) { respond_appended(respond, std::move(r), true); },
                std::move(fences));
 }
@@ -123,9 +132,9 @@ void append_units(services& s, call& c, responder respond) {
       return respond(error_response({errc::forbidden, item(i) + ok.error().message}));
     units.push_back(std::move(*unit));
   }
-  auto key = idempotency_key_header(c.req);
-  if (!key) return respond(error_response(key.error()));
-  s.eng.append(ctx, std::move(units), {std::move(*key), fingerprint(c.req, c.path)},
+  auto idem = idempotency_of(c);
+  if (!idem) return respond(error_response(idem.error()));
+  s.eng.append(ctx, std::move(units), std::move(*idem),
                [respond = std::move(respond)](auto r) { respond_appended(respond, std::move(r), false); },
                std::move(fences));
 }

@@ -6,6 +6,7 @@
 #include <prometheus/registry.h>
 
 #include <future>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "auth/auth.hpp"
@@ -52,7 +53,7 @@ class HandlerTest : public ::testing::Test {
     auto authn = gateway::authenticator::create(opts_.auth);
     ASSERT_TRUE(authn);
     handler_ = std::make_unique<gateway::api_handler>(
-        *eng_, opts_, std::make_shared<prometheus::Registry>(),
+        *eng_, opts_, registry_,
         std::make_shared<const gateway::authenticator>(std::move(*authn)));
   }
   void TearDown() override {
@@ -90,6 +91,7 @@ class HandlerTest : public ::testing::Test {
 
   temp_dir dir_;
   gateway::options opts_;
+  std::shared_ptr<prometheus::Registry> registry_ = std::make_shared<prometheus::Registry>();
   std::unique_ptr<engine::engine> eng_;
   std::unique_ptr<storage::store> store_;
   std::unique_ptr<gateway::api_handler> handler_;
@@ -243,6 +245,43 @@ TEST_F(HandlerTest, WriteRoutesShareTheWritesLimiter) {
   EXPECT_GE(std::stoi(header(limited, "Retry-After")), 1);
   // Reads and searches are other classes.
   EXPECT_EQ(send("GET", "/workunits/a").status, 200u);
+}
+
+// Each route, method and status counts its own requests and latencies (the
+// handler keeps the metrics it has looked up).
+TEST_F(HandlerTest, CountsRequestsByRouteMethodAndStatus) {
+  start();
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(send("POST", "/workunit", R"({"context_id":"m","agent_id":"ann","text":"t"})").status, 201u);
+  ASSERT_EQ(send("POST", "/workunit", "{").status, 400u);
+  ASSERT_EQ(send("GET", "/nope").status, 404u);
+  ASSERT_EQ(send("GET", "/nope/either").status, 404u);
+  ASSERT_EQ(send("DELETE", "/search").status, 405u);
+
+  std::map<std::string, double> counted, observed;
+  auto labels = [](const prometheus::ClientMetric& m) {
+    std::string out;
+    for (const auto& l : m.label) out += l.name + "=" + l.value + " ";
+    return out;
+  };
+  for (const auto& family : registry_->Collect()) {
+    for (const auto& m : family.metric) {
+      if (family.name == "engram_http_requests_total") counted[labels(m)] = m.counter.value;
+      if (family.name == "engram_http_request_duration_seconds") observed[labels(m)] = double(m.histogram.sample_count);
+    }
+  }
+  EXPECT_EQ(counted, (std::map<std::string, double>{
+                         {"method=POST route=/workunit status=201 ", 3},
+                         {"method=POST route=/workunit status=400 ", 1},
+                         {"method=GET route=unmatched status=404 ", 2},
+                         {"method=DELETE route=/search status=405 ", 1},
+                     }));
+  EXPECT_EQ(observed, (std::map<std::string, double>{
+                          {"route=/workunit status=201 ", 3},
+                          {"route=/workunit status=400 ", 1},
+                          {"route=unmatched status=404 ", 2},
+                          {"route=/search status=405 ", 1},
+                      }));
 }
 
 TEST(FieldCheck, SuggestsTheNameATypoMeant) {
