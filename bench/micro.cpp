@@ -60,6 +60,15 @@ void BM_Base64Decode300(benchmark::State& state) {
 }
 BENCHMARK(BM_Base64Decode300);
 
+// Payload text is checked when it is appended and again when it is indexed.
+void BM_ValidUtf8(benchmark::State& state) {
+  std::string text;
+  while (text.size() < size_t(state.range(0))) text += state.range(1) ? "caf\xC3\xA9 deploy the fix " : "deploy the fix ";
+  for (auto _ : state) benchmark::DoNotOptimize(engram::model::valid_utf8(text));
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(text.size()));
+}
+BENCHMARK(BM_ValidUtf8)->ArgNames({"bytes", "accents"})->Args({300, 0})->Args({300, 1})->Args({4096, 0});
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -75,7 +75,8 @@ Xapian::Document make_document(const api::WorkUnit& unit, Xapian::TermGenerator&
                                size_t max_text_bytes) {
   Xapian::Document doc;
   generator.set_document(doc);
-  if (auto text = payload_text(unit, max_text_bytes)) generator.index_text(std::string(*text));
+  if (auto text = payload_text(unit, max_text_bytes))
+    generator.index_text(Xapian::Utf8Iterator(text->data(), text->size()));  // no copy of the text
   for (const auto& [key, value] : unit.meta()) {
     generator.increase_termpos();  // no phrase spans two fields
     generator.index_text(value);

@@ -46,6 +46,21 @@ TEST(Utf8, AcceptsValidAndRejectsInvalid) {
   EXPECT_FALSE(valid_utf8("\xED\xA0\x80"));      // surrogate
   EXPECT_FALSE(valid_utf8("\xF4\x90\x80\x80"));  // > U+10FFFF
   EXPECT_FALSE(valid_utf8("\xFF"));
+  // ASCII is checked eight bytes at a time: a bad byte or a split character at
+  // every position around those words is still found.
+  for (size_t at = 0; at < 20; ++at) {
+    std::string text(20, 'a');
+    text[at] = '\xFF';
+    EXPECT_FALSE(valid_utf8(text)) << at;
+    text[at] = '\xC3';
+    EXPECT_FALSE(valid_utf8(text)) << at;  // a lead byte followed by ASCII
+    if (at + 1 < text.size()) {
+      text[at + 1] = '\xA9';
+      EXPECT_TRUE(valid_utf8(text)) << at;  // é across a word boundary or not
+    }
+    EXPECT_TRUE(valid_utf8(std::string(at, 'b') + "\xE2\x82\xAC" + std::string(9, 'c'))) << at;
+    EXPECT_FALSE(valid_utf8(std::string(at, 'b') + "\xE2\x82")) << at;  // truncated at the end
+  }
 }
 
 TEST(Identifier, ValidatesLengthUtf8AndControls) {
