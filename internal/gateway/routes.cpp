@@ -113,10 +113,11 @@ bool matches(std::string_view pattern, const std::vector<std::string_view>& segs
     const std::string_view seg = rest.substr(0, slash);
     const std::string_view after = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
     const bool param = seg.size() > 2 && seg.front() == '{' && seg.back() == '}';
+    std::string_view name = param ? seg.substr(1, seg.size() - 2) : std::string_view{};
     if (!param) {
       if (s >= segs.size() || segs[s] != seg) return false;
       ++s;
-    } else if (auto name = seg.substr(1, seg.size() - 2); name.ends_with('*')) {
+    } else if (name.ends_with('*')) {
       // One or more segments: all but what the rest of the pattern needs.
       name.remove_suffix(1);
       const size_t needed = slash == std::string_view::npos ? 0 : size_t(std::ranges::count(after, '/')) + 1;

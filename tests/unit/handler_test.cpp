@@ -256,6 +256,7 @@ TEST_F(HandlerTest, CountsRequestsByRouteMethodAndStatus) {
   ASSERT_EQ(send("POST", "/workunit", "{").status, 400u);
   ASSERT_EQ(send("GET", "/nope").status, 404u);
   ASSERT_EQ(send("GET", "/nope/either").status, 404u);
+  ASSERT_EQ(send("POST", "/nope").status, 404u);
   ASSERT_EQ(send("DELETE", "/search").status, 405u);
 
   std::map<std::string, double> counted, observed;
@@ -274,12 +275,13 @@ TEST_F(HandlerTest, CountsRequestsByRouteMethodAndStatus) {
                          {"method=POST route=/workunit status=201 ", 3},
                          {"method=POST route=/workunit status=400 ", 1},
                          {"method=GET route=unmatched status=404 ", 2},
+                         {"method=POST route=unmatched status=404 ", 1},
                          {"method=DELETE route=/search status=405 ", 1},
                      }));
   EXPECT_EQ(observed, (std::map<std::string, double>{
                           {"route=/workunit status=201 ", 3},
                           {"route=/workunit status=400 ", 1},
-                          {"route=unmatched status=404 ", 2},
+                          {"route=unmatched status=404 ", 3},
                           {"route=/search status=405 ", 1},
                       }));
 }
