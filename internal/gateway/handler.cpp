@@ -23,6 +23,14 @@ namespace {
 using model::errc;
 using steady = std::chrono::steady_clock;
 
+// The method as a metric label: a client that invents methods must not invent
+// label sets (each one a counter and a histogram kept for the process's life).
+std::string_view method_label(std::string_view method) {
+  for (std::string_view known : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+    if (method == known) return known;
+  return "other";
+}
+
 // What the access log says about a request, filled in as it is handled.
 struct access_record {
   std::string request_id, method, path, ip, agent;
@@ -80,7 +88,8 @@ struct api_handler::impl {
   std::mutex metrics_mu;
   std::unordered_map<std::string, route_metrics> metrics_by_key;
 
-  route_metrics metrics_for(const std::string& label, const std::string& method, unsigned status) {
+  route_metrics metrics_for(const std::string& label, std::string_view request_method, unsigned status) {
+    const std::string method(method_label(request_method));
     const auto code = std::to_string(status);
     thread_local std::string key;
     key.assign(label).append(1, ' ').append(method).append(1, ' ').append(code);

@@ -248,7 +248,7 @@ TEST_F(HandlerTest, WriteRoutesShareTheWritesLimiter) {
 }
 
 // Each route, method and status counts its own requests and latencies (the
-// handler keeps the metrics it has looked up).
+// handler keeps the metrics it has looked up); unknown methods count as "other".
 TEST_F(HandlerTest, CountsRequestsByRouteMethodAndStatus) {
   start();
   for (int i = 0; i < 3; ++i)
@@ -257,6 +257,9 @@ TEST_F(HandlerTest, CountsRequestsByRouteMethodAndStatus) {
   ASSERT_EQ(send("GET", "/nope").status, 404u);
   ASSERT_EQ(send("GET", "/nope/either").status, 404u);
   ASSERT_EQ(send("POST", "/nope").status, 404u);
+  ASSERT_EQ(send("BREW", "/nope").status, 404u);  // made-up methods share one label
+  ASSERT_EQ(send("X-1", "/search").status, 405u);
+  ASSERT_EQ(send("X-2", "/search").status, 405u);
   ASSERT_EQ(send("DELETE", "/search").status, 405u);
 
   std::map<std::string, double> counted, observed;
@@ -276,13 +279,15 @@ TEST_F(HandlerTest, CountsRequestsByRouteMethodAndStatus) {
                          {"method=POST route=/workunit status=400 ", 1},
                          {"method=GET route=unmatched status=404 ", 2},
                          {"method=POST route=unmatched status=404 ", 1},
+                         {"method=other route=unmatched status=404 ", 1},
+                         {"method=other route=/search status=405 ", 2},
                          {"method=DELETE route=/search status=405 ", 1},
                      }));
   EXPECT_EQ(observed, (std::map<std::string, double>{
                           {"route=/workunit status=201 ", 3},
                           {"route=/workunit status=400 ", 1},
-                          {"route=unmatched status=404 ", 3},
-                          {"route=/search status=405 ", 1},
+                          {"route=unmatched status=404 ", 4},
+                          {"route=/search status=405 ", 3},
                       }));
 }
 
