@@ -6,8 +6,14 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdio>
+#include <map>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "app/log_sink.hpp"
 
@@ -87,6 +93,60 @@ TEST_F(FdSinkTest, LinesThatCannotBeWrittenAreDroppedAndLaterLinesStillGoOut) {
   EXPECT_EQ(written(), std::string(filled, 'f'));
   log->info("next");
   EXPECT_EQ(written(), "next\n");
+}
+
+// As in the server: a buffered logger (access lines) and an unbuffered one (every
+// other line) share one descriptor, used from several threads at once. On a pipe,
+// a write(2) larger than PIPE_BUF may be split and interleaved with others, and the
+// buffered chunks here are larger: every line must still come out whole, once, and
+// in its thread's order.
+TEST(FdSinkThreads, SharedPipeGetsWholeLinesFromEveryThread) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, 0), 0);  // blocking, like stderr to a pipe
+  std::string all;
+  std::thread reader([&] {
+    char buf[1024];  // small reads: writers block on a full pipe and get split
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) all.append(buf, std::size_t(n));
+  });
+  auto make = [&fds](const char* name, std::size_t capacity) {
+    auto l = std::make_shared<spdlog::logger>(name, std::make_shared<fd_sink>(fds[1], capacity));
+    l->set_formatter(std::make_unique<spdlog::pattern_formatter>("%v"));
+    return l;
+  };
+  constexpr int threads = 4, lines = 3000;
+  {
+    auto buffered = make("buffered", 3 * PIPE_BUF);
+    auto direct = make("direct", 0);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t)
+      workers.emplace_back([&, t] {
+        const std::string pad(t * 17 + 30, char('a' + t));
+        for (int i = 0; i < lines; ++i) (i % 3 ? buffered : direct)->info("t{} {} {}", t, i, pad);
+      });
+    for (auto& w : workers) w.join();
+    buffered->flush();
+  }
+  ::close(fds[1]);
+  reader.join();
+  ::close(fds[0]);
+
+  std::map<int, std::vector<int>> seen;  // thread → line numbers in the order read
+  std::istringstream in(all);
+  for (std::string line; std::getline(in, line);) {
+    int t = -1, i = -1;
+    ASSERT_EQ(std::sscanf(line.c_str(), "t%d %d", &t, &i), 2) << line;
+    ASSERT_TRUE(t >= 0 && t < threads) << line;
+    ASSERT_EQ(line, "t" + std::to_string(t) + " " + std::to_string(i) + " " + std::string(t * 17 + 30, char('a' + t)));
+    seen[t].push_back(i);
+  }
+  for (int t = 0; t < threads; ++t) {
+    std::vector<int> buffered_order, direct_order;
+    for (int i : seen[t]) (i % 3 ? buffered_order : direct_order).push_back(i);
+    std::vector<int> want_buffered, want_direct;
+    for (int i = 0; i < lines; ++i) (i % 3 ? want_buffered : want_direct).push_back(i);
+    EXPECT_EQ(buffered_order, want_buffered) << "thread " << t;  // each once, in order
+    EXPECT_EQ(direct_order, want_direct) << "thread " << t;
+  }
 }
 
 }  // namespace
