@@ -4,7 +4,7 @@
 // sends every message a subscriber has queued with one gather write (one sendmsg
 // for up to 32 events instead of one each), and Beast's own frames (the handshake
 // answer, pongs, idle pings, the close) go out in order between ours, never inside
-// them. Owned by its ws_session's websocket::stream; used only on its strand.
+// them. Owned by its ws_session's websocket::stream; used only on its I/O thread.
 //
 // Hand-written because Beast has no call that writes several messages at once, and
 // writing frames beside it on the socket would race its pongs. What it relies on:

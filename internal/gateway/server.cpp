@@ -90,8 +90,8 @@ struct server::io {
     acceptor.emplace(net::make_strand(*iocs.front()));
   }
   // A handler queued in one io_context (a storage completion posted by
-  // server::post) may hold the last reference to a session whose socket, timers
-  // and strand belong to another: all are shut down, destroying such handlers while
+  // server::post) may hold the last reference to a session whose socket and timers
+  // belong to another: all are shut down, destroying such handlers while
   // every service still exists, before any is destroyed. The threads are joined.
   ~io() {
     acceptor.reset();
@@ -144,7 +144,7 @@ request to_plain(http::request<http::string_body>& msg, const std::string& remot
 // One HTTP connection, over plain TCP or TLS (`Stream` is plain_stream or
 // tls_stream). Reads one request at a time (so pipelined requests are answered in
 // order and bounded to one in progress), hands it to the handler and writes the
-// response. All members are touched on the strand only.
+// response. All members are touched on its I/O thread only.
 template <class Stream>
 class session : public session_base, public std::enable_shared_from_this<session<Stream>> {
   static constexpr bool tls = std::is_same_v<Stream, tls_stream>;
@@ -435,7 +435,7 @@ class session : public session_base, public std::enable_shared_from_this<session
   beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
 
   Stream stream_;
-  net::any_io_executor executor_;  // the strand; outlives a hand-off of stream_
+  net::any_io_executor executor_;  // its io_context's; outlives a hand-off of stream_
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<server::impl> srv_;
@@ -458,7 +458,10 @@ class session : public session_base, public std::enable_shared_from_this<session
 
 void server::io::do_accept() {
   // `this` outlives the handler: destroying the io_context destroys pending handlers.
-  acceptor->async_accept(net::make_strand(next(next_accept)), [this](beast::error_code ec, tcp::socket s) {
+  // A connection's handlers run on its io_context's executor, without a strand:
+  // each io_context is run by one thread, so they never run concurrently, and a
+  // strand's queue and lock per hand-off would serialise what already is.
+  acceptor->async_accept(next(next_accept).get_executor(), [this](beast::error_code ec, tcp::socket s) {
     on_accept(ec, std::move(s));
   });
 }

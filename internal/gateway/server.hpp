@@ -1,6 +1,6 @@
 #pragma once
 // The HTTP/1.1 server (Boost.Beast, callback style): an acceptor and one session per
-// connection, each on its own strand. Sessions do I/O only and hand each request to
+// connection, each on one I/O thread for life. Sessions do I/O only and hand each request to
 // the handler; the response may come back from any thread. Owns the I/O threads,
 // each with an io_context of its own (server.cpp says why).
 

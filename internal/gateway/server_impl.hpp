@@ -37,7 +37,7 @@ using tls_stream = boost::beast::ssl_stream<boost::beast::tcp_stream>;
 class session_base {
  public:
   virtual ~session_base() = default;
-  // Posts to the session's strand: close idle HTTP connections, end streams with a
+  // Posts to the session's thread: close idle HTTP connections, end streams with a
   // resumable "going away".
   virtual void shutdown() = 0;
   // Stream sessions: ?text=1 (work units carry their payload as "text"); set before start.

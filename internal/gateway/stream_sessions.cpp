@@ -1,8 +1,8 @@
 // WebSocket (/stream) and SSE (/stream-sse) sessions: I/O only. Each owns one
 // engine::stream, writes with a single writer (one write in flight), sends
 // heartbeats, and ends with a resumable reason when the subscriber lags too far or
-// the server shuts down. Threading: everything runs on the session's strand; the
-// stream's notify posts to it.
+// the server shuts down. Threading: everything runs on the session's I/O thread
+// (its executor); the stream's notify posts to it.
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -286,7 +286,7 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     pump();
   }
 
-  // Catch-up reads storage on the engine's read pool, never on this strand.
+  // Catch-up reads storage on the engine's read pool, never on this thread.
   void read_from_storage() {
     reading_ = true;
     srv_->eng->poll_stream(stream_, poll_bytes, [self = shared_from_this(), sub = subscription_](auto next) {
@@ -792,7 +792,7 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     if (units) event("message", mcp_->notification, "");
   }
 
-  // Catch-up reads storage on the engine's read pool, never on this strand.
+  // Catch-up reads storage on the engine's read pool, never on this thread.
   void read_from_storage() {
     reading_ = true;
     srv_->eng->poll_stream(sub_, poll_bytes, [self = shared_from_this()](auto next) {
