@@ -26,11 +26,14 @@ let server = startServer(binary, port, join(work, 'data'));
 let authServer = null;
 let browser;
 
-async function call(method, path, body, want, root = base, headers = {}) {
+async function request(method, path, body, root = base, headers = {}) {
   const r = await fetch(`${root}${path}`, { method, headers: { 'Content-Type': 'application/json', ...headers },
     body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await r.text();
-  if (want !== undefined && r.status !== want) fail(`${method} ${path} got ${r.status} (want ${want}): ${text}`);
+  return { status: r.status, text: await r.text() };
+}
+async function call(method, path, body, want, root = base, headers = {}) {
+  const { status, text } = await request(method, path, body, root, headers);
+  if (want !== undefined && status !== want) fail(`${method} ${path} got ${status} (want ${want}): ${text}`);
   return text ? JSON.parse(text) : null;
 }
 const ctx = 'team/alpha';
@@ -89,11 +92,9 @@ try {
   // A 1 s claim, to strand soon. On a loaded machine the lease can run out before
   // the claim is recorded: the server then answers 409 "stranded" (seen in CI),
   // which leaves the board in the same state this test looks for.
-  const claim = await fetch(`${base}/tasks/${task.task.task_id}/claim`, { method: 'POST',
-    headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ agent_id: 'bob', ttl_seconds: 1 }) });
-  const claimText = await claim.text();
-  if (claim.status !== 200 && !(claim.status === 409 && /is stranded/.test(claimText)))
-    fail(`POST /tasks/fix-login/claim got ${claim.status} (want 200, or 409 stranded): ${claimText}`);
+  const claim = await request('POST', `/tasks/${task.task.task_id}/claim`, { agent_id: 'bob', ttl_seconds: 1 });
+  if (claim.status !== 200 && !(claim.status === 409 && /is stranded/.test(claim.text)))
+    fail(`POST /tasks/fix-login/claim got ${claim.status} (want 200, or 409 stranded): ${claim.text}`);
   await waitFor('the task stranded on the board', async () => (await shown('#tasks [data-status="stranded"] li[data-task="fix-login"]')) === 1, 15000);
   await call('PUT', `/contexts/${encodeURIComponent(ctx)}/facts/repo.branch`, { value: 'main', agent_id: 'alice' }, 200);
   await waitFor('the fact', async () => (await shown('#facts li[data-key="repo.branch"]')) === 1);
