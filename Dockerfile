@@ -20,7 +20,8 @@ RUN make build BUILD_DIR=/build BUILD_TYPE=Release \
 FROM debian:12-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
       libboost-url1.81.0 libfmt9 liblz4-1 libprometheus-cpp-core1.0 libprotobuf32 libsnappy1v5 \
-      libspdlog1.10 libuuid1 libxapian30 libxxhash0 libyaml-cpp0.7 libzstd1 libbz2-1.0 zlib1g \
+      libsimdjson14 libspdlog1.10 libuuid1 libxapian30 libxxhash0 libyaml-cpp0.7 libzstd1 libbz2-1.0 \
+      zlib1g \
       libjwt0 libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/engram --shell /usr/sbin/nologin engram \

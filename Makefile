@@ -28,7 +28,7 @@ PREFIX ?= /usr/local
 
 DEBIAN_PACKAGES := build-essential cmake pkg-config git ca-certificates curl jq \
   libboost1.81-dev libboost-url1.81-dev \
-  librocksdb-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev \
+  librocksdb-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev libsimdjson-dev \
   libxapian-dev libhnswlib-dev libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcli11-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libxxhash-dev \
   libjwt-dev libssl-dev

@@ -2,6 +2,7 @@
 // item too), PATCH /contexts/{id}, POST /search, POST /locks and …/renew, and the
 // `fence` member. Decoding must fail cleanly or produce a value that holds its
 // invariants; an accepted unit renders to JSON that decodes back to the same unit.
+// parse_json itself must agree with nlohmann's parser on every input.
 
 #include <google/protobuf/util/message_differencer.h>
 
@@ -29,7 +30,13 @@ void check_unit(api::WorkUnit unit) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto parsed = model::parse_json(fuzz::as_text(data, size));
+  const auto text = fuzz::as_text(data, size);
+  auto parsed = model::parse_json(text);
+  // parse_json parses with simdjson and falls back to nlohmann: it accepts what
+  // nlohmann alone accepts, with the same value.
+  const auto reference = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  check(parsed.has_value() == !reference.is_discarded(), "parse_json accepts exactly what nlohmann accepts");
+  if (parsed) check(parsed->dump() == reference.dump(), "parse_json gives nlohmann's value");
   if (!parsed || !parsed->is_object()) return 0;
   const model::json& body = *parsed;
 
