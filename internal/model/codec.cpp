@@ -5,6 +5,7 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <simdjson.h>
 #include <span>
@@ -199,8 +200,16 @@ void append_unit_json(std::string& out, const api::WorkUnit& u, const unit_extra
 uint32_t estimate_tokens(std::string_view payload) {
   size_t units = payload.size();
   if (valid_utf8(payload)) {
-    units = 0;
-    for (unsigned char c : payload) units += (c & 0xC0) != 0x80;  // one per code point
+    // One per code point: every byte but the continuation bytes (10xxxxxx),
+    // counted eight at a time (a byte at a time was ~2% of an append).
+    size_t i = 0;
+    for (; i + 8 <= payload.size(); i += 8) {
+      uint64_t word;
+      std::memcpy(&word, payload.data() + i, 8);
+      const uint64_t continuation = word & ~(word << 1) & 0x8080808080808080u;  // bit 7 set, bit 6 clear
+      units -= ((continuation >> 7) * 0x0101010101010101u) >> 56;  // the bytes' sum, in the top byte
+    }
+    for (; i < payload.size(); ++i) units -= (uint8_t(payload[i]) & 0xC0) == 0x80;
   }
   return uint32_t(std::min<size_t>((units + 3) / 4, max_unit_tokens));
 }

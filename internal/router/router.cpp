@@ -192,7 +192,8 @@ size_t router::sinks_for(const std::vector<std::shared_ptr<const api::Event>>& e
 
 void router::publish_draft(const event_ptr& ev) {
   std::vector<std::shared_ptr<sink>> targets;
-  offer(ev, targets);
+  collect(ev->context_id, targets);
+  for (const auto& s : targets) s->deliver(ev);
 }
 
 void router::flush() {
@@ -245,30 +246,34 @@ void router::run() {
 void router::dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch) {
   std::vector<std::shared_ptr<sink>> targets;
   for (const auto& ev : batch) {
-    const size_t n = offer(to_wire(*ev), targets);
+    collect(ev->context_id(), targets);
+    // An event no one watches is not rendered: appends with no subscriber spent
+    // ~4% of their instructions building a message nobody read.
+    if (!targets.empty()) {
+      const auto wire = to_wire(*ev);
+      for (const auto& s : targets) s->deliver(wire);
+    }
     if (metrics_->published) metrics_->published->Increment();
-    if (metrics_->offered) metrics_->offered->Increment(double(n));
+    if (metrics_->offered) metrics_->offered->Increment(double(targets.size()));
   }
 }
 
-size_t router::offer(const event_ptr& wire, std::vector<std::shared_ptr<sink>>& targets) {
+void router::collect(const std::string& context_id, std::vector<std::shared_ptr<sink>>& targets) {
   targets.clear();
   {
-    // Copy the matching sinks under the lock, deliver without it.
+    // Copy the matching sinks under the lock; they are offered the event without it.
     std::lock_guard lock(subs_mu_);
-    if (auto it = by_context_.find(wire->context_id); it != by_context_.end())
+    if (auto it = by_context_.find(context_id); it != by_context_.end())
       for (const auto& e : it->second)
         if (auto s = e.target.lock()) targets.push_back(std::move(s));
     for (const auto& e : by_prefix_)
-      if (e.filter->matches(wire->context_id))
+      if (e.filter->matches(context_id))
         if (auto s = e.target.lock()) targets.push_back(std::move(s));
   }
   // A subscription listing a context and a prefix that covers it must get the
   // event once.
   std::sort(targets.begin(), targets.end());
   targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-  for (const auto& s : targets) s->deliver(wire);
-  return targets.size();
 }
 
 }  // namespace engram::router

@@ -106,8 +106,8 @@ class router {
   void dispatch(const std::vector<std::shared_ptr<const api::Event>>& batch);
   // The sinks the batch's events match, each counted once per event (an upper bound).
   size_t sinks_for(const std::vector<std::shared_ptr<const api::Event>>& events);
-  // Offers one wire event to every sink matching its context, once each.
-  size_t offer(const event_ptr& wire, std::vector<std::shared_ptr<sink>>& targets);
+  // The sinks whose subscriptions match `context_id`, each once, into `targets`.
+  void collect(const std::string& context_id, std::vector<std::shared_ptr<sink>>& targets);
 
   std::mutex queue_mu_;
   std::condition_variable queue_cv_, idle_cv_;

@@ -159,6 +159,20 @@ TEST(Codec, TokensAreTheClientsCountOrTheEstimate) {
   EXPECT_EQ(estimate_tokens("abcde"), 2u);
   EXPECT_EQ(estimate_tokens("ééééé"), 2u);  // 5 characters in 10 bytes
   EXPECT_EQ(estimate_tokens(std::string("\xff\xfe\xfd\xfc\xfb", 5)), 2u);
+  // Code points counted eight bytes at a time: every length and alignment of mixed
+  // one- to four-byte characters against a count a byte at a time. Up to three
+  // ASCII letters after it put the count on every side of a multiple of four, so
+  // a count off by one changes at least one estimate.
+  const std::string mixed = "a\u00e9\u20ac\U0001F600bc\u00e9\u00e9\u20acd\U0001F600\U0001F600efgh\u20ac";
+  for (size_t from = 0; from < mixed.size(); ++from)
+    for (size_t len = 0; from + len <= mixed.size(); ++len)
+      for (const std::string_view tail : {"", "x", "xy", "xyz"}) {
+        const std::string s = mixed.substr(from, len) + std::string(tail);
+        if (!valid_utf8(s)) continue;
+        size_t points = 0;
+        for (unsigned char c : s) points += (c & 0xC0) != 0x80;
+        ASSERT_EQ(estimate_tokens(s), (points + 3) / 4) << from << "+" << len << "+" << tail.size();
+      }
   auto est = unit_from_json(json{{"context_id", "c"}, {"agent_id", "a"}, {"text", "twelve chars"}}, {});
   ASSERT_TRUE(est) << est.error().message;
   EXPECT_EQ(est->tokens(), 3u);
