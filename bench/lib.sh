@@ -1,5 +1,18 @@
 # shellcheck shell=bash disable=SC2034  # ENGRAM_PID and ENGRAM_PORT are for the caller
-# What the bench scripts (run.sh, peers.sh) share. Sourced, not run.
+# What the bench scripts (run.sh, peers.sh, cost.sh) share. Sourced, not run.
+
+# Installs the given Debian packages that are missing (as root, or through sudo).
+install_missing() {  # package…
+  local missing=() pkg sudo=""
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing: ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
 
 # Starts engram on a free loopback port with the given arguments, logging to a file,
 # and waits until /readyz answers. Sets ENGRAM_PID and ENGRAM_PORT; exits the script

@@ -37,18 +37,7 @@ for b in engram engram-load engram-fanout; do
   [ -x "$BIN/$b" ] || { echo "no $BIN/$b: build first (make build)" >&2; exit 1; }
 done
 
-install_peers() {
-  local missing=() pkg sudo=""
-  for pkg in redis-server redis-tools nats-server nginx-light wrk; do
-    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  echo "installing: ${missing[*]}"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-install_peers
+install_missing redis-server redis-tools nats-server nginx-light wrk
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/engram-peers-XXXXXX")
 chmod 755 "$WORK"  # nginx's workers run as another user and must reach their file
