@@ -293,7 +293,8 @@ class fields_flag final : public spdlog::custom_flag_formatter {
  public:
   explicit fields_flag(bool json) : json_(json) {}
   void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& dest) override {
-    std::string out;
+    thread_local std::string out;  // keeps its capacity from line to line
+    out.clear();
     model::log_scope::for_each([&](const model::log_field& f) {
       if (json_) {
         out.append(",\"").append(f.key).append("\":");

@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <cstdio>
+#include <charconv>
 #include <string>
 
 #include "model/log_context.hpp"
@@ -21,14 +21,14 @@ void flush_access_log() {
 }
 
 void log_access(const access_line& a) {
-  char ms[32];
-  std::snprintf(ms, sizeof ms, "%.3f", a.seconds * 1000);
+  char ms[32];  // to_chars, not snprintf: printf's float formatting showed in the profile of a GET
+  const auto end = std::to_chars(ms, ms + sizeof ms, a.seconds * 1000, std::chars_format::fixed, 3).ptr;
   std::vector<model::log_field> fields{{"request_id", std::string(a.request_id)},
                                        {"method", std::string(a.method)},
                                        {"path", std::string(a.path)},
                                        {"status", std::to_string(a.status), false},
                                        {"bytes", std::to_string(a.bytes), false},
-                                       {"duration_ms", ms, false},
+                                       {"duration_ms", std::string(ms, end), false},
                                        {"agent", std::string(a.agent)},
                                        {"ip", std::string(a.ip)}};
   if (!a.stream.empty()) {
