@@ -482,9 +482,10 @@ json from_simdjson(simdjson::dom::element e) {
   return json();
 }
 
-// Bodies up to this size are parsed by a parser kept per thread, which keeps
-// the buffers of the largest such body; larger ones get a parser of their own.
-constexpr size_t reused_parser_bytes = 64 * 1024;
+// Texts up to this size are parsed by a parser kept per thread, which keeps the
+// buffers it grew for the largest of them (several bytes per byte of text);
+// larger texts get a parser of their own, freed after the parse.
+constexpr size_t reused_parser_bytes = 16 * 1024;
 
 }  // namespace
 
