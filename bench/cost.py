@@ -70,6 +70,8 @@ def count(path):
                 callee = None
             elif line.startswith(("summary:", "totals:")):
                 instructions = int(line.split()[1])
+    if instructions == 0:
+        sys.exit(f"{path}: no instruction total (not a callgrind output?)")
     print(instructions, allocations)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cost per request, counted instead of timed (issue 23): the instructions the
 # whole server process executes per request, and its calls to the allocator,
-# under valgrind's callgrind. Counts do not depend on what else the machine is
-# doing, so a change of a few per cent shows where a timed A/B drowns in noise.
+# under valgrind's callgrind. Counts hardly depend on what else the machine is
+# doing (only work done per second, such as the log flush, follows the clock), so
+# a change of a few per cent shows where a timed A/B drowns in noise.
 # Each kind runs twice on a fresh server, with SHORT and LONG requests on one
 # keep-alive connection; the difference divided by LONG - SHORT is the cost of one
 # request, without start-up and shutdown.
@@ -26,12 +27,19 @@ SHORT=${BENCH_COST_SHORT:-200}
 LONG=${BENCH_COST_LONG:-2200}
 HERE=$(cd "$(dirname "$0")" && pwd)
 [ -x "$BUILD/bin/engram" ] || { echo "no $BUILD/bin/engram: build first (make build)" >&2; exit 1; }
+for kind in $KINDS; do
+  case $kind in append | append-search | get | last100) ;; *) echo "unknown kind: $kind" >&2; exit 1 ;; esac
+done
 install_missing valgrind
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/engram-cost-XXXXXX")
 ENGRAM_PID=""
 cleanup() {
-  [ -n "$ENGRAM_PID" ] && kill "$ENGRAM_PID" 2>/dev/null && wait "$ENGRAM_PID" 2>/dev/null
+  if [ -n "$ENGRAM_PID" ] && kill "$ENGRAM_PID" 2>/dev/null; then
+    for _ in $(seq 1 300); do kill -0 "$ENGRAM_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$ENGRAM_PID" 2>/dev/null
+    wait "$ENGRAM_PID" 2>/dev/null
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -22,7 +22,8 @@ void flush_access_log() {
 
 void log_access(const access_line& a) {
   char ms[32];  // to_chars, not snprintf: printf's float formatting showed in the profile of a GET
-  const auto end = std::to_chars(ms, ms + sizeof ms, a.seconds * 1000, std::chars_format::fixed, 3).ptr;
+  auto [end, ec] = std::to_chars(ms, ms + sizeof ms, a.seconds * 1000, std::chars_format::fixed, 3);
+  if (ec != std::errc()) end = ms;  // a duration beyond 1e28 ms: logged empty rather than garbled
   std::vector<model::log_field> fields{{"request_id", std::string(a.request_id)},
                                        {"method", std::string(a.method)},
                                        {"path", std::string(a.path)},

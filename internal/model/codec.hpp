@@ -79,6 +79,12 @@ std::string dump(const json& value);
 // Parse a JSON text; nullopt when it is not valid JSON (including invalid UTF-8).
 std::optional<json> parse_json(std::string_view text);
 
+namespace detail {
+// parse_json's fast path on its own (simdjson): the value, or nullopt where
+// parse_json leaves the text to nlohmann. For tests.
+std::optional<json> parse_json_fast(std::string_view text);
+}  // namespace detail
+
 // Values used when the unit object omits them (a batch's context, X-Agent-ID).
 struct unit_defaults {
   std::string_view context_id;

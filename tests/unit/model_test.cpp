@@ -299,44 +299,37 @@ TEST(Codec, UnknownEnumNamesWithInvalidUtf8AreA400) {
   EXPECT_TRUE(r.error().message.starts_with("type \"")) << r.error().message;
 }
 
-// Each value's kind, all the way down: nlohmann's number kinds (unsigned,
-// signed, float) are part of what parse_json must agree on. A zero integer is
-// 'z' either way: simdjson reads "-0" as the integer 0, nlohmann as a signed 0.
+// Each value's type, all the way down: nlohmann's number kinds (unsigned,
+// signed, float) are part of what parse_json must agree on.
 std::string kinds(const json& v) {
-  if (v.is_object()) {
-    std::string out = "{";
-    for (const auto& [k, item] : v.items()) out += k + ":" + kinds(item) + ",";
-    return out + "}";
-  }
-  if (v.is_array()) {
-    std::string out = "[";
-    for (const auto& item : v) out += kinds(item) + ",";
-    return out + "]";
-  }
-  if (v.is_number_integer() && v.get<int64_t>() == 0 && !v.is_number_float()) return "z";
-  if (v.is_number_unsigned()) return "u";
-  if (v.is_number_integer()) return "i";
-  if (v.is_number_float()) return "f";
-  return v.type_name();
+  std::string out = std::to_string(int(v.type()));
+  if (v.is_object())
+    for (const auto& [k, item] : v.items()) out += "{" + k + ":" + kinds(item) + "}";
+  if (v.is_array())
+    for (const auto& item : v) out += "[" + kinds(item) + "]";
+  return out;
 }
 
-// parse_json parses with simdjson and falls back to nlohmann for what simdjson
-// rejects; either way it must accept and reject what nlohmann does, and give the
-// same values, including the cases where the two libraries differ.
+// parse_json parses with simdjson and leaves to nlohmann what that fast path
+// turns down; either way it must accept and reject what nlohmann does, and give
+// the same values and number kinds, including where the two libraries differ.
 TEST(ParseJson, AgreesWithNlohmann) {
   std::vector<std::string> texts = {
       R"({"context_id":"c","agent_id":"a","type":1,"text":"hello"})",
-      "{}", "[]", " \t\n{ } ", "null", "true", "false", "0", "-0", "-0.0", "5", "-1", "1.5e10", "-1.5E-10",
-      "0.1", "1e308", "5e-324", "1e400", "0.1e-400", "9223372036854775807", "9223372036854775808",
-      "18446744073709551615", "18446744073709551616", "-9223372036854775808", "-9223372036854775809",
-      "123456789012345678901234567890", "01", "1.", ".5", "+1", "NaN", "Infinity",
+      "{}", "[]", " \t\n{ } ", "null", "true", "false", "0", "-0", "-0.0", "[0,-0]", "[0, -0 ]",
+      R"({"a":0,"d":"2026-01-01"})",
+      R"({"type":0,"ts":"2026-01-01","x":-0.5,"y":-0e1})", R"({"a":0,"s":"x:-0"})",
+      "5", "-1", "1.5e10", "-1.5E-10", "0.1", "1e308", "5e-324", "1e400", "0.1e-400", "9223372036854775807",
+      "9223372036854775808", "18446744073709551615", "18446744073709551616", "-9223372036854775808",
+      "-9223372036854775809", "123456789012345678901234567890", "01", "1.", ".5", "+1", "NaN", "Infinity",
       R"("\u0000")", R"("\ud83d\ude00")", R"("\ud800")", R"("\udc00")", R"("\ud800\u0041")",
       R"("\"\\\/\b\f\n\r\t")", R"("\x")", "\"\x01\"", "\"caf\xc3\xa9\"", "\"\xff\"", "\"\xc3\"",
       "{\"\xff\":1}", "\xEF\xBB\xBF{}", "\xEF\xBB\xBF", R"({"a":1,"a":2})", R"({"b":{"a":[1,{"c":null}]}})",
       "[1,]", "{\"a\":1,}", "{} x", "{}{}", "", " ", "tru", "nul", "[1 2]", "{\"a\" 1}", "{'a':1}",
-      "[1,2,3", "\"abc", "{\"a\":[1,2,{\"b\":3.25,\"c\":[true,false,null]}],\"d\":\"\"}"};
-  std::string big = "[\"" + std::string(70 * 1024, 'x') + "\",1]";  // beyond the reused parser
-  texts.push_back(big);
+      "[1,2,3", "\"abc", "{\"a\":[1,2,{\"b\":3.25,\"c\":[true,false,null]}],\"d\":\"\"}",
+      std::string("{}\0junk", 7)};
+  texts.push_back("[\"" + std::string(70 * 1024, 'x') + "\",1]");     // beyond the kept parser
+  texts.push_back("[\"" + std::string(1100 * 1024, 'x') + "\",1]");   // beyond the fast path
   texts.push_back(std::string(2000, '[') + std::string(2000, ']'));  // deeper than simdjson goes
   texts.push_back(std::string(2000, '[') + std::string(1999, ']'));
   for (const auto& text : texts) {
@@ -347,6 +340,18 @@ TEST(ParseJson, AgreesWithNlohmann) {
     EXPECT_EQ(got->dump(), expected.dump()) << text.substr(0, 80);
     EXPECT_EQ(kinds(*got), kinds(expected)) << text.substr(0, 80);
   }
+  // The fast path is what parses ordinary bodies (so the cases above test it),
+  // and it turns down what only nlohmann reads as nlohmann does.
+  for (const char* text : {R"({"context_id":"c","agent_id":"a","type":1,"text":"hello"})", "{}", "[0,1,-1,2.5]",
+                           R"({"type":0,"ts":"2026-01-01","x":-0.5,"y":-0e1})"})
+    EXPECT_TRUE(detail::parse_json_fast(text)) << text;
+  // A zero with what may be a -0 (even inside a string) goes to nlohmann:
+  // slower, never different.
+  for (const char* text : {"-0", "[0,-0]", "[0, -0 ]", R"({"a":0,"b":-0})", R"({"a":0,"s":"x:-0"})",
+                           "18446744073709551616", "\xEF\xBB\xBF{}"})
+    EXPECT_FALSE(detail::parse_json_fast(text)) << text;
+  EXPECT_TRUE(detail::parse_json_fast("[\"" + std::string(70 * 1024, 'x') + "\",1]"));
+  EXPECT_FALSE(detail::parse_json_fast("[\"" + std::string(1100 * 1024, 'x') + "\",1]"));
 }
 
 TEST(LogScope, NestsAndAnInnerCompleteScopeHidesTheOuterFields) {
