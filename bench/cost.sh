@@ -35,6 +35,7 @@ install_missing valgrind
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/engram-cost-XXXXXX")
 ENGRAM_PID=""
 cleanup() {
+  set +e  # on the way out after a failure too: nothing here may stop the cleanup
   if [ -n "$ENGRAM_PID" ] && kill "$ENGRAM_PID" 2>/dev/null; then
     for _ in $(seq 1 300); do kill -0 "$ENGRAM_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$ENGRAM_PID" 2>/dev/null

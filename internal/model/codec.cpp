@@ -493,9 +493,10 @@ json from_simdjson(simdjson::dom::element e, bool& zero) {
 constexpr size_t reused_parser_bytes = 16 * 1024;
 constexpr size_t fast_parse_max_bytes = 1024 * 1024;
 
-// Whether the text may hold the number -0: a "-0" after the start, ':', '[' or
-// ',' (with whitespace between), and not followed by what would continue a
-// number. A string that looks like that only costs a second parse.
+// Whether the text may hold the number -0: a "-0" after the start (a BOM
+// included), ':', '[' or ',' (with JSON whitespace between), and not followed by
+// what would continue a number. A string that looks like that only costs a
+// second parse.
 bool may_hold_minus_zero(std::string_view text) {
   auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
   for (size_t at = text.find("-0"); at != std::string_view::npos; at = text.find("-0", at + 1)) {
@@ -505,7 +506,9 @@ bool may_hold_minus_zero(std::string_view text) {
     }
     size_t before = at;
     while (before > 0 && space(text[before - 1])) --before;
-    if (before == 0 || text[before - 1] == ':' || text[before - 1] == '[' || text[before - 1] == ',') return true;
+    if (before == 0 || (before == 3 && text.starts_with("\xEF\xBB\xBF")) || text[before - 1] == ':' ||
+        text[before - 1] == '[' || text[before - 1] == ',')
+      return true;
   }
   return false;
 }

@@ -318,7 +318,8 @@ TEST(ParseJson, AgreesWithNlohmann) {
       R"({"context_id":"c","agent_id":"a","type":1,"text":"hello"})",
       "{}", "[]", " \t\n{ } ", "null", "true", "false", "0", "-0", "-0.0", "[0,-0]", "[0, -0 ]",
       R"({"a":0,"d":"2026-01-01"})",
-      R"({"type":0,"ts":"2026-01-01","x":-0.5,"y":-0e1})", R"({"a":0,"s":"x:-0"})",
+      R"({"type":0,"ts":"2026-01-01","x":-0.5,"y":-0e1})", R"({"a":0,"s":"x:-0"})", "[-0]", " -0", "\t-0\n",
+      "[1,\r\n-0]", "{\"a\":[{\"b\":\n-0}]}", "[0,1,-1,2.5]",
       "5", "-1", "1.5e10", "-1.5E-10", "0.1", "1e308", "5e-324", "1e400", "0.1e-400", "9223372036854775807",
       "9223372036854775808", "18446744073709551615", "18446744073709551616", "-9223372036854775808",
       "-9223372036854775809", "123456789012345678901234567890", "01", "1.", ".5", "+1", "NaN", "Infinity",
@@ -347,7 +348,8 @@ TEST(ParseJson, AgreesWithNlohmann) {
     EXPECT_TRUE(detail::parse_json_fast(text)) << text;
   // A zero with what may be a -0 (even inside a string) goes to nlohmann:
   // slower, never different.
-  for (const char* text : {"-0", "[0,-0]", "[0, -0 ]", R"({"a":0,"b":-0})", R"({"a":0,"s":"x:-0"})",
+  for (const char* text : {"-0", "[0,-0]", "[0, -0 ]", R"({"a":0,"b":-0})", R"({"a":0,"s":"x:-0"})", "[-0]", " -0",
+                           "\t-0\n", "[1,\r\n-0]", "{\"a\":[{\"b\":\n-0}]}",
                            "18446744073709551616", "\xEF\xBB\xBF{}"})
     EXPECT_FALSE(detail::parse_json_fast(text)) << text;
   EXPECT_TRUE(detail::parse_json_fast("[\"" + std::string(70 * 1024, 'x') + "\",1]"));
