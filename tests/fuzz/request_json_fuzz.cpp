@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/same_json.hpp"
 #include "fuzz_check.hpp"
 #include "gateway/lock_params.hpp"
 #include "gateway/search_params.hpp"
@@ -19,23 +20,6 @@ using namespace engram;
 using fuzz::check;
 
 namespace {
-
-// The same value with the same types all the way down (nlohmann's == and dump()
-// do not tell an unsigned 5 from a signed one).
-bool same_json(const model::json& a, const model::json& b) {
-  if (a.type() != b.type() || a.size() != b.size()) return false;
-  if (a.is_object()) {
-    for (auto i = a.begin(), j = b.begin(); i != a.end(); ++i, ++j)
-      if (i.key() != j.key() || !same_json(*i, *j)) return false;
-    return true;
-  }
-  if (a.is_array()) {
-    for (size_t i = 0; i < a.size(); ++i)
-      if (!same_json(a[i], b[i])) return false;
-    return true;
-  }
-  return a == b;
-}
 
 void check_unit(api::WorkUnit unit) {
   check(!unit.context_id().empty() && !unit.agent_id().empty(), "an accepted unit has a context and an agent");
@@ -58,7 +42,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Compared recursively; nlohmann itself parses any depth, so very deep inputs
   // (beyond what this stack can recurse through) are left out.
   if (parsed && std::count_if(text.begin(), text.end(), [](char c) { return c == '[' || c == '{'; }) < 2000)
-    check(same_json(*parsed, reference), "parse_json gives nlohmann's value, number kinds included");
+    check(test::same_json(*parsed, reference), "parse_json gives nlohmann's value, number kinds included");
   if (!parsed || !parsed->is_object()) return 0;
   const model::json& body = *parsed;
 
