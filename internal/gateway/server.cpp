@@ -107,22 +107,6 @@ struct server::io {
   void serve(std::shared_ptr<Session> s, const std::string& ip);
 };
 
-// Every HTTP answer goes through here: server-level errors, stream refusals and
-// route responses all get the same security headers.
-http::response<http::string_body> to_beast(response r, unsigned version, bool keep_alive) {
-  http::response<http::string_body> res{static_cast<http::status>(r.status), version};
-  res.set(http::field::server, "engram");
-  if (!r.content_type.empty()) res.set(http::field::content_type, r.content_type);
-  for (auto& [k, v] : r.headers) res.insert(k, v);
-  res.set("X-Content-Type-Options", "nosniff");
-  // Answers are private data (or errors about it): never stored by a cache.
-  if (res.find(http::field::cache_control) == res.end()) res.set(http::field::cache_control, "no-store");
-  res.body() = std::move(r.body);
-  res.keep_alive(keep_alive);
-  res.prepare_payload();
-  return res;
-}
-
 namespace {
 
 // The plain request the handler sees: method, target, lowercased header names, body.
@@ -198,12 +182,10 @@ class session : public session_base, public std::enable_shared_from_this<session
 
   // Refuses a new connection (a cap or a rate limit) and closes it.
   void reject(model::error why, std::chrono::seconds retry_after) {
-    auto res = std::make_shared<http::response<http::string_body>>(
-        to_beast(error_response(why, retry_after), 11, false));
-    net::dispatch(stream_.get_executor(), [self = shared_from_this(), res] {
-      self->handshake([self, res] {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this(), r = error_response(why, retry_after)] {
+      self->handshake([self, r] {
         self->lowest().expires_after(std::chrono::seconds(5));
-        http::async_write(self->stream_, *res, [self, res](beast::error_code, size_t) { self->close(); });
+        async_write_response(self->stream_, r, 11, false, [self](beast::error_code) { self->close(); });
       });
     });
   }
@@ -388,9 +370,8 @@ class session : public session_base, public std::enable_shared_from_this<session
     const bool keep = keep_alive_ && !srv_->shutting_down;
     if (!request_id_.empty()) r.headers.emplace_back("X-Request-Id", std::move(request_id_));
     request_id_.clear();
-    auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version_, keep));
     lowest().expires_after(opts().write_timeout);
-    http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
+    async_write_response(stream_, std::move(r), version_, keep, [self = shared_from_this(), keep](beast::error_code ec) {
       self->busy_ = false;
       if (!ec && self->linger_) return self->linger();
       if (ec || !keep) return self->close();

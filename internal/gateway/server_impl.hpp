@@ -3,12 +3,15 @@
 // (HTTP, WebSocket, SSE), and the hand-off from an HTTP session to a stream session.
 // Includes Beast; only server.cpp and stream_sessions.cpp include it.
 
+#include <boost/asio/buffer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <array>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -19,6 +22,7 @@
 #include "engine/stream.hpp"
 #include "gateway/http.hpp"
 #include "gateway/options.hpp"
+#include "gateway/response_bytes.hpp"
 #include "gateway/server.hpp"
 #include "gateway/stream_registry.hpp"
 
@@ -90,9 +94,16 @@ struct server::impl {
   void forget(uint64_t id);
 };
 
-// A plain response as Beast's, with the headers every answer carries (server.cpp).
-boost::beast::http::response<boost::beast::http::string_body> to_beast(response r, unsigned version,
-                                                                       bool keep_alive);
+// Writes an answer (serialize(): the headers every answer carries) with one gather
+// write of its head and body, then calls done(ec). The caller arms the timeout.
+template <class Stream, class Done>
+void async_write_response(Stream& stream, response r, unsigned version, bool keep_alive, Done done) {
+  auto out = std::make_shared<response_bytes>(serialize(std::move(r), version, keep_alive));
+  const std::array<boost::asio::const_buffer, 2> buffers{boost::asio::buffer(out->head),
+                                                         boost::asio::buffer(out->body)};
+  boost::asio::async_write(stream, buffers,
+                           [out, done = std::move(done)](boost::system::error_code ec, size_t) mutable { done(ec); });
+}
 
 // Hand-offs from an HTTP session whose request asked for a stream. The parameters
 // were validated; these take over the socket.

@@ -722,9 +722,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     refused_status_ = r.status;
     ended_by = "refused";
     for (auto& h : headers) r.headers.push_back(std::move(h));
-    auto res = std::make_shared<http::response<http::string_body>>(to_beast(std::move(r), version, false));
     lowest().expires_after(srv_->opts.write_timeout);
-    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) { self->close(); });
+    async_write_response(stream_, std::move(r), version, false, [self = shared_from_this()](beast::error_code) { self->close(); });
   }
 
   void shutdown() override {
