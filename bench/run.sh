@@ -59,13 +59,14 @@ fi
 
 if has indexing; then
 # BENCH_ROUNDS (1) interleaves rounds: on, off, on, off… (runs differ by up to 30%).
-# BENCH_INDEXER_NICE (0) is search.indexer_nice for the runs with search on.
+# BENCH_INDEXER_NICE (0) is search.indexer_nice for the runs with search on, and
+# BENCH_YIELD_BACKLOG (10000) search.yield_backlog (0: the indexer never yields).
 echo "## what the search index costs appends: POST /workunit, 300 B, 50 connections, one context per connection, ${SECS}s, search on then off"
 for mode in sync relaxed; do
   for round in $(seq 1 "${BENCH_ROUNDS:-1}"); do
     for search in true false; do
       start_server "$mode" "$WORK/indexing-$mode-$search-$round" --set "search.enabled=$search" \
-        --set "search.indexer_nice=${BENCH_INDEXER_NICE:-0}"
+        --set "search.indexer_nice=${BENCH_INDEXER_NICE:-0}" --set "search.yield_backlog=${BENCH_YIELD_BACKLOG:-10000}"
       "$BIN/engram-load" write --port "$PORT" --connections 50 --seconds "$SECS" --payload-bytes 300 \
         --label "$mode round=$round search=$search"
       stop_server

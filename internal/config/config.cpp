@@ -217,6 +217,9 @@ const std::vector<key_spec>& key_table() {
          return std::nullopt;
        }},
       {"search.indexer_nice", ranged([](config& c) -> auto& { return c.search.indexer_nice; }, 0, 19)},
+      {"search.yield_backlog",
+       ranged([](config& c) -> auto& { return c.search.yield_backlog; }, 0, 1'000'000'000)},
+      {"search.yield_percent", ranged([](config& c) -> auto& { return c.search.yield_percent; }, 1, 100)},
       {"search.commit_interval_ms",
        ranged([](config& c) -> auto& { return c.search.commit_interval; }, 0, 60'000)},
       {"search.max_batch_units", ranged([](config& c) -> auto& { return c.search.max_batch_units; }, 1, 1'000'000)},

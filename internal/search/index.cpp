@@ -45,6 +45,10 @@ metrics_set::metrics_set(prometheus::Registry* r) {
                 .Help("Rounds of the indexer: each reads what has arrived, purges or merges (events arriving "
                       "while a batch waits for its commit are read at the commit, unless 256 of them wait)")
                 .Register(*r).Add({});
+  yield_seconds = &BuildCounter().Name("engram_search_indexer_yield_seconds_total")
+                       .Help("Time the indexer paused to leave the CPU to writes it could not keep up with "
+                             "(search.yield_backlog)")
+                       .Register(*r).Add({});
   lag = &BuildGauge().Name("engram_search_index_lag_events")
              .Help("Events committed to context logs but not yet searchable").Register(*r).Add({});
   documents = &BuildGauge().Name("engram_search_index_documents")
@@ -157,7 +161,7 @@ void index::on_committed(const std::vector<std::shared_ptr<const api::Event>>& e
   }
   if (grew) {
     s.update_lag_metric();
-    if (!s.holding || s.unread_events >= detail::wake_batch) s.cv.notify_one();
+    if (!s.pausing && (!s.holding || s.unread_events >= detail::wake_batch)) s.cv.notify_one();
   }
 }
 

@@ -52,6 +52,8 @@ constexpr size_t read_chunk = 512;  // events read from a log at a time
 // Between a batch's first event and its commit, new events wake the indexer only
 // once this many wait: a trickle is read once per commit, not once per event.
 constexpr uint64_t wake_batch = 256;
+// Units in one round while the indexer yields (options::yield_backlog, yield.hpp).
+constexpr size_t yield_round_units = 256;
 // Sealed shards, at most: past this the active shard grows instead, so queries
 // never span too many. Merges keep a settled index at about log2(documents /
 // recent_units) + 1 shards (shards.cpp).
@@ -64,6 +66,7 @@ struct metrics_set {
   prometheus::Counter* documents_indexed;
   prometheus::Counter* commits;
   prometheus::Counter* rounds;
+  prometheus::Counter* yield_seconds;
   prometheus::Gauge* lag;
   prometheus::Gauge* documents;
   prometheus::Histogram* delay;
@@ -127,6 +130,7 @@ struct index::impl {
   std::vector<Xapian::Database> position_sources;       // the sealed shards, during scan()
   std::vector<int64_t> uncommitted_ts;                  // commit times of units awaiting commit
   uint64_t uncommitted_events = 0;
+  bool yielding = false;  // the last round was followed by a pause (yield_backlog)
   steady::time_point last_commit{};
   steady::time_point last_progress_log{};
   steady::time_point catch_up_started{};
@@ -148,6 +152,7 @@ struct index::impl {
   std::unordered_map<std::string, uint64_t> pending;  // contexts with events to index
   uint64_t unread_events = 0;  // events commits and leftovers added to `pending` since the indexer took it
   bool holding = false;        // the indexer waits for its commit: wake it for wake_batch events
+  bool pausing = false;        // the indexer yields (yield_if_overloaded): commits do not wake it
   std::unordered_map<std::string, uint64_t> purges;   // contexts whose documents before a seq must go
   std::string failure;
   std::atomic<uint64_t> committed_events{0};  // Σ heads
@@ -235,7 +240,11 @@ struct index::impl {
   }
   void update_lag_metric() { metrics.lag->Set(double(lag())); }
   model::status follow();
-  bool index_some(const std::unordered_map<std::string, uint64_t>& work);
+  bool index_some(const std::unordered_map<std::string, uint64_t>& work, size_t budget);
+  // After a round that took `taken` events in `worked` while `arrived` more were
+  // committed to the logs: pauses when the load is more than the indexer can keep
+  // up with (options::yield_backlog).
+  void yield_if_overloaded(steady::duration worked, uint64_t arrived, uint64_t taken);
   // Deletes every document of each context with a seq before its cut, in every
   // shard, then records the cuts in the meta database (what scan() compares with storage).
   model::status purge(const std::unordered_map<std::string, uint64_t>& cuts);

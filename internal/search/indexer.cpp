@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "search/index_impl.hpp"
+#include "search/yield.hpp"
 #include "search/terms.hpp"
 #include "storage/store.hpp"
 
@@ -185,7 +186,13 @@ model::status index::impl::follow() {
       unread_events = 0;
       cuts.swap(purges);
     }
-    const bool read_error = !work.empty() && !index_some(work);
+    const auto round_started = steady::now();
+    const uint64_t committed_before = committed_events.load();
+    const uint64_t taken_before = uncommitted_events;
+    const bool read_error =
+        !work.empty() && !index_some(work, yielding ? detail::yield_round_units : opts.max_batch_units);
+    const uint64_t taken = uncommitted_events - taken_before;
+    const auto worked = steady::now() - round_started;
     // After indexing: documents read from the logs before a removal go too.
     if (!cuts.empty()) {
       if (auto ok = purge(cuts); !ok) return ok;
@@ -201,19 +208,44 @@ model::status index::impl::follow() {
     if (read_error) {
       std::unique_lock lock(mu);  // storage refused a read: retry later
       cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping; });
+    } else {
+      yield_if_overloaded(worked, committed_events.load() - committed_before, taken);
     }
   }
   if (uncommitted_events > 0) return commit();
   return {};
 }
 
-// Indexes up to max_batch_units units of the work; what is left goes back to
+// Under overload the indexer cannot keep up whatever share of the CPU it takes;
+// taking a core's share costs the writes ~25-30% of their rate on two cores
+// (bench/README.md). So while the backlog is large and still growing, it takes
+// about yield_percent of its time, in short rounds; the backlog is indexed at
+// full speed once the writes slow down.
+std::chrono::nanoseconds yield_pause(const options& opts, std::chrono::nanoseconds worked, uint64_t arrived,
+                                     uint64_t taken, uint64_t backlog) {
+  if (opts.yield_backlog == 0 || opts.yield_percent == 0 || opts.yield_percent >= 100) return {};
+  if (taken == 0 || arrived < taken || backlog <= opts.yield_backlog) return {};
+  return std::min<std::chrono::nanoseconds>(worked * (100 - opts.yield_percent) / opts.yield_percent, max_yield);
+}
+
+void index::impl::yield_if_overloaded(steady::duration worked, uint64_t arrived, uint64_t taken) {
+  const auto pause = yield_pause(opts, worked, arrived, taken, lag());
+  yielding = pause > steady::duration::zero();
+  if (!yielding) return;
+  const auto paused = steady::now();
+  std::unique_lock lock(mu);
+  pausing = true;
+  cv.wait_for(lock, pause, [&] { return stopping; });
+  pausing = false;
+  metrics.yield_seconds->Increment(std::chrono::duration<double>(steady::now() - paused).count());
+}
+
+// Indexes up to `budget` units of the work; what is left goes back to
 // `pending`. False when a storage read failed.
-bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& work) {
+bool index::impl::index_some(const std::unordered_map<std::string, uint64_t>& work, size_t budget) {
   Xapian::TermGenerator generator;
   generator.set_stemmer(Xapian::Stem(opts.language));
   generator.set_flags(Xapian::TermGenerator::FLAG_CJK_NGRAM);
-  size_t budget = opts.max_batch_units;
   bool ok = true;
   std::vector<std::pair<std::string, uint64_t>> leftover;
   uint64_t left = 0;  // events of the leftover

@@ -41,6 +41,16 @@ struct options {
   // catches up when they do not: more appends/s, far staler search on a busy
   // machine (bench/README.md has the trade-off).
   int indexer_nice = 0;
+  // Writes first under overload. While more than yield_backlog events wait to be
+  // indexed and they keep arriving at least as fast as the indexer takes them
+  // (more load than it can index), the indexer works in short rounds and sleeps
+  // between them, busy about yield_percent of the time, and the request threads
+  // get the cores. Once arrivals fall behind, it runs flat out and catches up.
+  // At a load it can keep up with, the backlog stays far below the default and
+  // nothing changes. 0 turns it off: the indexer then takes its full share of
+  // the CPU under overload (bench/README.md has the trade-off).
+  uint64_t yield_backlog = 10'000;
+  unsigned yield_percent = 10;
   // Bytes of a payload indexed as text; the rest is ignored.
   size_t max_text_bytes = size_t(1) << 20;
   // Threads that run queries, and queries allowed to wait for one.

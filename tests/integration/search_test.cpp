@@ -363,6 +363,37 @@ TEST_F(SearchTest, EventsArrivingBeforeTheCommitAreReadTogether) {
   EXPECT_EQ(ids({{"context_id", "trickle"}, {"limit", 500}}).size(), 302u);
 }
 
+// More writes than the indexer keeps up with: it pauses between short rounds
+// (search.yield_backlog), and once the writes stop it catches up with all of them.
+TEST_F(SearchTest, AnOverloadedIndexerYieldsThenCatchesUp) {
+  start([](config::config& c) {
+    c.search.yield_backlog = 100;
+    c.search.yield_percent = 20;
+  });
+  std::atomic<size_t> sent{0}, failures{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 2; ++w) {
+    writers.emplace_back([&, w] {
+      auto c = server_->connect();
+      for (int b = 0; b < 25; ++b) {  // batches cost the server far less per unit than indexing does
+        json units = json::array();
+        for (int i = 0; i < 200; ++i) units.push_back({{"text", "overload entry w" + std::to_string(w)}});
+        auto r = call(c, "POST", "/workunits",
+                      json({{"context_id", "load/" + std::to_string(w)}, {"agent_id", "w"}, {"work_units", units}})
+                          .dump());
+        if (r.status == 201) sent += 200;
+        else ++failures;
+      }
+    });
+  }
+  for (auto& t : writers) t.join();
+  EXPECT_EQ(failures, 0u);
+  EXPECT_GT(metric(*http_, "engram_search_indexer_yield_seconds_total"), 0) << "the indexer never yielded";
+  wait_indexed();  // no arrivals now: it runs flat out
+  EXPECT_EQ(search({{"query", "overload"}, {"limit", 1}}).body["total_count"], sent.load());
+  EXPECT_EQ(sent.load(), 10'000u);
+}
+
 // Queries on several threads (several query workers, pooled readers) while the
 // indexer commits new batches, seals shards and merges them underneath them. The count of matches seen by a reader never drops (no
 // unit vanishes while its shard is merged) and never exceeds what was sent (no

@@ -25,6 +25,8 @@ TEST(Config, ExampleFileLoadsAndMatchesDefaults) {
   EXPECT_EQ(cfg->storage.block_cache_bytes, defaults.storage.block_cache_bytes);
   EXPECT_EQ(cfg->storage.idempotency_ttl, defaults.storage.idempotency_ttl);
   EXPECT_EQ(cfg->engine.max_batch_units, defaults.engine.max_batch_units);
+  EXPECT_EQ(cfg->search.yield_backlog, defaults.search.yield_backlog);
+  EXPECT_EQ(cfg->search.yield_percent, defaults.search.yield_percent);
   EXPECT_EQ(cfg->log.level, "info");
   EXPECT_EQ(cfg->shutdown_timeout, defaults.shutdown_timeout);
 }
@@ -69,6 +71,7 @@ TEST_F(ConfigFile, InvalidValuesNameTheKey) {
       {"server:\n  max_body_bytes: lots\n", "server.max_body_bytes"},
       {"storage:\n  durability: maybe\n", "storage.durability"},
       {"log:\n  level: loud\n", "log.level"},
+      {"search:\n  yield_percent: 0\n", "search.yield_percent"},
       {"server:\n  tpyo: 1\n", "server.tpyo"},
       {"server: [1, 2\n", "c.yaml"},  // YAML syntax error names the file
   };

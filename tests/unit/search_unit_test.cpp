@@ -6,6 +6,7 @@
 #include "gateway/search_params.hpp"
 #include "model/codec.hpp"
 #include "search/terms.hpp"
+#include "search/yield.hpp"
 #include "support/test_support.hpp"
 
 namespace engram::test {
@@ -60,6 +61,26 @@ TEST(SearchTerms, FiltersRejectOverlongPrefixPatterns) {
   EXPECT_FALSE(search::filter_query(q));
   q.context_id.clear();
   EXPECT_FALSE(search::filter_query(q)->has_value());  // no filters at all
+}
+
+// The indexer pauses only while the backlog is over search.yield_backlog and still
+// growing, long enough to be busy yield_percent of the time, at most max_yield.
+TEST(SearchYield, PausesOnlyWhileTheBacklogGrows) {
+  using std::chrono::milliseconds;
+  search::options o;  // 10,000 events, 10%
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 20'000), milliseconds(90));
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 256, 256, 20'000), milliseconds(90));  // keeping pace only
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 255, 256, 20'000).count(), 0);         // catching up
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 10'000).count(), 0);         // backlog not over
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 0, 20'000).count(), 0);           // took nothing
+  EXPECT_EQ(search::yield_pause(o, milliseconds(500), 5000, 256, 20'000), search::max_yield);
+  o.yield_percent = 50;
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 20'000), milliseconds(10));
+  o.yield_percent = 100;
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 20'000).count(), 0);
+  o.yield_percent = 10;
+  o.yield_backlog = 0;  // off
+  EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 1'000'000'000).count(), 0);
 }
 
 // The head is a value; documents indexed before it moved there keep it in their
