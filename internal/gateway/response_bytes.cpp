@@ -20,6 +20,13 @@ bool is_token(std::string_view name) {
   });
 }
 
+// Fields the server writes itself: framing, and what every answer carries.
+bool server_owned(std::string_view name) {
+  for (std::string_view own : {"Content-Length", "Transfer-Encoding", "Connection", "X-Content-Type-Options"})
+    if (boost::beast::iequals(name, own)) return true;
+  return false;
+}
+
 void field(std::string& out, std::string_view name, std::string_view value) {
   out.append(name).append(": ");
   const size_t start = out.size();
@@ -49,7 +56,7 @@ response_bytes serialize(response r, unsigned version, bool keep_alive) {
   if (!r.content_type.empty()) field(h, "Content-Type", r.content_type);
   bool has_cache_control = false;
   for (const auto& [name, value] : r.headers) {
-    if (!is_token(name) || boost::beast::iequals(name, "X-Content-Type-Options")) continue;
+    if (!is_token(name) || server_owned(name)) continue;
     has_cache_control = has_cache_control || boost::beast::iequals(name, "Cache-Control");
     field(h, name, value);
   }

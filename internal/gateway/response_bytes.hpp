@@ -17,7 +17,9 @@ struct response_bytes {
 // route responses all get the same security headers. `version` is the request's
 // (10 for HTTP/1.0, 11 for HTTP/1.1); `keep_alive` says whether the connection
 // stays open after the answer. A 1xx, 204 or 304 answer has no body and no
-// Content-Length. Control characters in a field value become spaces and a field
+// Content-Length. The server writes the framing fields (Content-Length,
+// Transfer-Encoding, Connection) and X-Content-Type-Options itself; a route's own
+// are dropped. Control characters in a field value become spaces and a field
 // whose name is not an HTTP token is dropped, so no value can end the head early.
 response_bytes serialize(response r, unsigned version, bool keep_alive);
 

@@ -52,7 +52,7 @@ constexpr size_t read_chunk = 512;  // events read from a log at a time
 // Between a batch's first event and its commit, new events wake the indexer only
 // once this many wait: a trickle is read once per commit, not once per event.
 constexpr uint64_t wake_batch = 256;
-// Units in one round while the indexer yields (options::yield_backlog, yield.hpp).
+// Units in one round while the backlog is over options::yield_backlog (yield.hpp).
 constexpr size_t yield_round_units = 256;
 // Sealed shards, at most: past this the active shard grows instead, so queries
 // never span too many. Merges keep a settled index at about log2(documents /
@@ -130,7 +130,6 @@ struct index::impl {
   std::vector<Xapian::Database> position_sources;       // the sealed shards, during scan()
   std::vector<int64_t> uncommitted_ts;                  // commit times of units awaiting commit
   uint64_t uncommitted_events = 0;
-  bool yielding = false;  // the last round was followed by a pause (yield_backlog)
   steady::time_point last_commit{};
   steady::time_point last_progress_log{};
   steady::time_point catch_up_started{};

@@ -186,13 +186,14 @@ model::status index::impl::follow() {
       unread_events = 0;
       cuts.swap(purges);
     }
+    // Over the yield backlog, rounds stay short so that the pauses pace them finely.
+    const bool overloaded = opts.yield_backlog > 0 && lag() > opts.yield_backlog;
     const auto round_started = steady::now();
     const uint64_t committed_before = committed_events.load();
     const uint64_t taken_before = uncommitted_events;
     const bool read_error =
-        !work.empty() && !index_some(work, yielding ? detail::yield_round_units : opts.max_batch_units);
+        !work.empty() && !index_some(work, overloaded ? detail::yield_round_units : opts.max_batch_units);
     const uint64_t taken = uncommitted_events - taken_before;
-    const auto worked = steady::now() - round_started;
     // After indexing: documents read from the logs before a removal go too.
     if (!cuts.empty()) {
       if (auto ok = purge(cuts); !ok) return ok;
@@ -209,7 +210,9 @@ model::status index::impl::follow() {
       std::unique_lock lock(mu);  // storage refused a read: retry later
       cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping; });
     } else {
-      yield_if_overloaded(worked, committed_events.load() - committed_before, taken);
+      // The round's whole work (reads, documents, purges, commit) against what
+      // arrived meanwhile.
+      yield_if_overloaded(steady::now() - round_started, committed_events.load() - committed_before, taken);
     }
   }
   if (uncommitted_events > 0) return commit();
@@ -230,8 +233,7 @@ std::chrono::nanoseconds yield_pause(const options& opts, std::chrono::nanosecon
 
 void index::impl::yield_if_overloaded(steady::duration worked, uint64_t arrived, uint64_t taken) {
   const auto pause = yield_pause(opts, worked, arrived, taken, lag());
-  yielding = pause > steady::duration::zero();
-  if (!yielding) return;
+  if (pause <= steady::duration::zero()) return;
   const auto paused = steady::now();
   std::unique_lock lock(mu);
   pausing = true;

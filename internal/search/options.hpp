@@ -47,8 +47,9 @@ struct options {
   // between them, busy about yield_percent of the time, and the request threads
   // get the cores. Once arrivals fall behind, it runs flat out and catches up.
   // At a load it can keep up with, the backlog stays far below the default and
-  // nothing changes. 0 turns it off: the indexer then takes its full share of
-  // the CPU under overload (bench/README.md has the trade-off).
+  // nothing changes. yield_backlog 0 (or yield_percent 100) turns it off: the
+  // indexer then takes its full share of the CPU under overload (bench/README.md
+  // has the trade-off).
   uint64_t yield_backlog = 10'000;
   unsigned yield_percent = 10;
   // Bytes of a payload indexed as text; the rest is ignored.

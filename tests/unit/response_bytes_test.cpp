@@ -141,6 +141,10 @@ TEST(ResponseBytes, RouteHeadersCannotEndTheHeadOrDropTheCommonOnes) {
   r.headers.emplace_back("", "dropped");
   r.headers.emplace_back("X-Content-Type-Options", "sniff");  // the server's value stands
   r.headers.emplace_back("X-Tab", "a\tb");
+  r.headers.emplace_back("X-Lf", "a\nSet-Cookie: lf=1");
+  r.headers.emplace_back("X-Cr", "a\rSet-Cookie: cr=1");
+  r.headers.emplace_back("X-Nul-Del", std::string("a\0b\x7f" "c", 5));
+  r.content_type = "text/plain\r\nSet-Cookie: ct=1";
   const auto out = gateway::serialize(r, 11, true);
   EXPECT_EQ(out.head.find("\r\n\r\n"), out.head.size() - 4) << out.head;
   const auto p = read_back(out);
@@ -151,7 +155,37 @@ TEST(ResponseBytes, RouteHeadersCannotEndTheHeadOrDropTheCommonOnes) {
   EXPECT_EQ(values(p.msg, "X-Evil"), std::vector<std::string>{"a  Set-Cookie: stolen=1    HTTP/1.1 200 OK"});
   EXPECT_EQ(values(p.msg, "X-Content-Type-Options"), std::vector<std::string>{"nosniff"});
   EXPECT_EQ(values(p.msg, "X-Tab"), std::vector<std::string>{"a\tb"});
+  EXPECT_EQ(values(p.msg, "X-Lf"), std::vector<std::string>{"a Set-Cookie: lf=1"});
+  EXPECT_EQ(values(p.msg, "X-Cr"), std::vector<std::string>{"a Set-Cookie: cr=1"});
+  EXPECT_EQ(values(p.msg, "X-Nul-Del"), std::vector<std::string>{"a b c"});
+  EXPECT_EQ(values(p.msg, "Content-Type"), std::vector<std::string>{"text/plain  Set-Cookie: ct=1"});
   EXPECT_EQ(out.head.find("dropped"), std::string::npos);
+  for (const char c : out.head)
+    if (c == '\0' || c == '\x7f') ADD_FAILURE() << "NUL or DEL in the head";
+  for (size_t i = 0; i < out.head.size(); ++i) {  // CR only before LF, LF only after CR
+    if (out.head[i] == '\r') {
+      EXPECT_EQ(out.head[i + 1], '\n') << i;
+    }
+    if (out.head[i] == '\n') {
+      EXPECT_EQ(out.head[i - 1], '\r') << i;
+    }
+  }
+}
+
+// Framing is the server's: a route's own Content-Length, Transfer-Encoding or
+// Connection would contradict it and let a client split the answer wrongly.
+TEST(ResponseBytes, FramingFieldsAreTheServersOwn) {
+  auto r = json(200, "{}");
+  r.headers.emplace_back("Content-Length", "999");
+  r.headers.emplace_back("transfer-encoding", "chunked");
+  r.headers.emplace_back("Connection", "keep-alive");
+  const auto p = read_back(gateway::serialize(r, 11, false));
+  EXPECT_EQ(p.used, p.wire.size());
+  EXPECT_EQ(values(p.msg, "Content-Length"), std::vector<std::string>{"2"});
+  EXPECT_TRUE(values(p.msg, "Transfer-Encoding").empty());
+  EXPECT_EQ(values(p.msg, "Connection"), std::vector<std::string>{"close"});
+  EXPECT_FALSE(p.keep_alive);
+  EXPECT_EQ(p.msg.body(), "{}");
 }
 
 TEST(ResponseBytes, LargeBodyIsMovedAndCounted) {
