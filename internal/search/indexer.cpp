@@ -187,7 +187,7 @@ model::status index::impl::follow() {
       cuts.swap(purges);
     }
     // Over the yield backlog, rounds stay short so that the pauses pace them finely.
-    const bool overloaded = opts.yield_backlog > 0 && lag() > opts.yield_backlog;
+    const bool overloaded = opts.yield_backlog > 0 && opts.yield_percent < 100 && lag() > opts.yield_backlog;
     const auto round_started = steady::now();
     const uint64_t committed_before = committed_events.load();
     const uint64_t taken_before = uncommitted_events;
@@ -220,8 +220,8 @@ model::status index::impl::follow() {
 }
 
 // Under overload the indexer cannot keep up whatever share of the CPU it takes;
-// taking a core's share costs the writes ~25-30% of their rate on two cores
-// (bench/README.md). So while the backlog is large and still growing, it takes
+// taking a core's share cost the writes 25-50% of their rate on two cores
+// (bench/README.md, "The indexer yields under overload"). So while the backlog is large and still growing, it takes
 // about yield_percent of its time, in short rounds; the backlog is indexed at
 // full speed once the writes slow down.
 std::chrono::nanoseconds yield_pause(const options& opts, std::chrono::nanoseconds worked, uint64_t arrived,
