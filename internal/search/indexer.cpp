@@ -186,8 +186,7 @@ model::status index::impl::follow() {
       unread_events = 0;
       cuts.swap(purges);
     }
-    // Over the yield backlog, rounds stay short so that the pauses pace them finely.
-    const bool overloaded = opts.yield_backlog > 0 && opts.yield_percent < 100 && lag() > opts.yield_backlog;
+    const bool overloaded = over_yield_backlog(opts, lag());
     const auto round_started = steady::now();
     const uint64_t committed_before = committed_events.load();
     const uint64_t taken_before = uncommitted_events;
@@ -221,13 +220,17 @@ model::status index::impl::follow() {
 
 // Under overload the indexer cannot keep up whatever share of the CPU it takes;
 // taking a core's share cost the writes 25-50% of their rate on two cores
-// (bench/README.md, "The indexer yields under overload"). So while the backlog is large and still growing, it takes
-// about yield_percent of its time, in short rounds; the backlog is indexed at
-// full speed once the writes slow down.
+// (bench/README.md, "The indexer yields under overload"). So while the backlog
+// is large and still growing, it takes about yield_percent of its time, in short
+// rounds; the backlog is indexed at full speed once the writes slow down.
+bool over_yield_backlog(const options& opts, uint64_t backlog) {
+  return opts.yield_backlog > 0 && opts.yield_percent > 0 && opts.yield_percent < 100 &&
+         backlog > opts.yield_backlog;
+}
+
 std::chrono::nanoseconds yield_pause(const options& opts, std::chrono::nanoseconds worked, uint64_t arrived,
                                      uint64_t taken, uint64_t backlog) {
-  if (opts.yield_backlog == 0 || opts.yield_percent == 0 || opts.yield_percent >= 100) return {};
-  if (taken == 0 || arrived < taken || backlog <= opts.yield_backlog) return {};
+  if (!over_yield_backlog(opts, backlog) || taken == 0 || arrived < taken) return {};
   return std::min<std::chrono::nanoseconds>(worked * (100 - opts.yield_percent) / opts.yield_percent, max_yield);
 }
 

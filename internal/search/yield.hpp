@@ -13,6 +13,10 @@ namespace engram::search {
 // The longest pause after one round.
 inline constexpr std::chrono::milliseconds max_yield{1000};
 
+// Whether the yield is on and more than yield_backlog events wait: then rounds
+// stay short, so that the pauses pace them finely.
+bool over_yield_backlog(const options& opts, uint64_t backlog);
+
 // The pause after an indexing round that took `taken` events in `worked`, while
 // `arrived` more were committed to the logs and `backlog` wait to be indexed.
 // Zero unless the backlog is over yield_backlog and still growing (arrivals at

@@ -68,6 +68,8 @@ TEST(SearchTerms, FiltersRejectOverlongPrefixPatterns) {
 TEST(SearchYield, PausesOnlyWhileTheBacklogGrows) {
   using std::chrono::milliseconds;
   search::options o;  // 10,000 events, 10%
+  EXPECT_TRUE(search::over_yield_backlog(o, 10'001));
+  EXPECT_FALSE(search::over_yield_backlog(o, 10'000));
   EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 20'000), milliseconds(90));
   EXPECT_EQ(search::yield_pause(o, milliseconds(10), 256, 256, 20'000), milliseconds(90));  // keeping pace only
   EXPECT_EQ(search::yield_pause(o, milliseconds(10), 255, 256, 20'000).count(), 0);         // catching up
@@ -78,6 +80,7 @@ TEST(SearchYield, PausesOnlyWhileTheBacklogGrows) {
   EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 20'000), milliseconds(10));
   o.yield_percent = 100;
   EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 20'000).count(), 0);
+  EXPECT_FALSE(search::over_yield_backlog(o, 20'000));  // off: no short rounds either
   o.yield_percent = 10;
   o.yield_backlog = 0;  // off
   EXPECT_EQ(search::yield_pause(o, milliseconds(10), 500, 256, 1'000'000'000).count(), 0);
