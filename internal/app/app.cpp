@@ -280,7 +280,8 @@ namespace {
 class json_message_flag final : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
-    std::string out;
+    thread_local std::string out;  // keeps its capacity from line to line
+    out.clear();
     model::append_json_string(out, std::string_view(msg.payload.data(), msg.payload.size()));
     dest.append(out.data(), out.data() + out.size());
   }
@@ -302,7 +303,7 @@ class fields_flag final : public spdlog::custom_flag_formatter {
         else out.append(f.value);
       } else {
         out.append(" ").append(f.key).append("=");
-        if (f.value.empty() || f.value.find_first_of(" \"=") != std::string::npos) model::append_json_string(out, f.value);
+        if (f.value.empty() || f.value.find_first_of(" \"=") != std::string_view::npos) model::append_json_string(out, f.value);
         else out.append(f.value);
       }
     });

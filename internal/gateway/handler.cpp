@@ -88,7 +88,7 @@ struct api_handler::impl {
   std::mutex metrics_mu;
   std::unordered_map<std::string, route_metrics> metrics_by_key;
 
-  route_metrics metrics_for(const std::string& label, std::string_view request_method, unsigned status) {
+  route_metrics metrics_for(std::string_view label, std::string_view request_method, unsigned status) {
     const std::string method(method_label(request_method));
     const auto code = std::to_string(status);
     thread_local std::string key;
@@ -98,8 +98,9 @@ struct api_handler::impl {
     if (it == metrics_by_key.end()) {
       static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                                    0.01,   0.025,   0.05,   0.1,   0.25,   1};
-      route_metrics m{&requests->Add({{"route", label}, {"method", method}, {"status", code}}),
-                      &latency->Add({{"route", label}, {"status", code}}, buckets)};
+      const std::string route(label);
+      route_metrics m{&requests->Add({{"route", route}, {"method", method}, {"status", code}}),
+                      &latency->Add({{"route", route}, {"status", code}}, buckets)};
       it = metrics_by_key.emplace(key, m).first;
     }
     return it->second;
@@ -126,10 +127,10 @@ struct api_handler::impl {
 
   // Wraps the responder: CORS, metrics and the access-log line (no query strings,
   // bodies or headers: they may carry payloads or credentials).
-  responder finishing(const request& req, std::string label, std::shared_ptr<access_record> record,
+  responder finishing(const request& req, std::string_view label, std::shared_ptr<access_record> record,
                       responder respond) {
     auto origin = allowed_origin(req);
-    return [this, origin = std::move(origin), label = std::move(label), record = std::move(record),
+    return [this, origin = std::move(origin), label, record = std::move(record),
             start = steady::now(), respond = std::move(respond)](response r) {
       if (origin) {
         r.headers.emplace_back("Access-Control-Allow-Origin", *origin);
@@ -159,10 +160,11 @@ struct api_handler::impl {
   // Route → authenticate → rate limit → subject and grant → the route.
   void handle(request req, responder respond_raw) {
     // Lines logged while this request is handled on this thread carry its id.
-    model::log_scope scope({{"request_id", req.request_id}});
     auto record = std::make_shared<access_record>(
         access_record{req.request_id, req.method, req.target.substr(0, req.target.find('?')).substr(0, 200),
                       req.remote_ip, std::string(req.header("x-agent-id").substr(0, 256))});
+    const model::log_field id_field[] = {{"request_id", record->request_id}};  // `req` moves on; `record` stays
+    model::log_scope scope(id_field);
     auto parsed = boost::urls::parse_origin_form(req.target);
     if (!parsed) {
       auto respond = finishing(req, "unmatched", record, std::move(respond_raw));
@@ -170,9 +172,9 @@ struct api_handler::impl {
     }
     const boost::urls::url_view url = *parsed;
     const std::string path(url.encoded_path());
-    auto m = match_route(routes(), req.method, path);
+    auto m = match_route(req.method, path);
     auto respond = finishing(req, m.label, record, std::move(respond_raw));
-    if (m.allow.empty())
+    if (!m.hit && m.allow.empty())
       return respond(error_response({errc::not_found, "no route for " + req.method + " " + path.substr(0, 200)}));
     if (req.method == "OPTIONS") {
       response r;
@@ -187,7 +189,7 @@ struct api_handler::impl {
       return respond(std::move(r));
     }
     if (!m.hit) {
-      auto r = error_response(405, "method " + req.method + " is not allowed on " + m.label + "; use " + m.allow);
+      auto r = error_response(405, "method " + req.method + " is not allowed on " + std::string(m.label) + "; use " + m.allow);
       r.headers.emplace_back("Allow", m.allow + ", OPTIONS");
       return respond(std::move(r));
     }

@@ -1,6 +1,7 @@
 #include "gateway/routes.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <nlohmann/json.hpp>
 
@@ -141,32 +142,40 @@ bool matches(std::string_view pattern, const std::vector<std::string_view>& segs
   return s == segs.size();
 }
 
-std::string label_of(std::string_view pattern) {
-  std::string out(pattern);
-  std::erase(out, '*');
-  return out;
+// The metric label of each route of the table: its pattern without the '*'. Built
+// once, so that matching a request allocates no label.
+const std::array<std::string, std::size(table)>& labels() {
+  static const auto built = [] {
+    std::array<std::string, std::size(table)> out;
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] = table[i].pattern;
+      std::erase(out[i], '*');
+    }
+    return out;
+  }();
+  return built;
 }
 
 }  // namespace
 
-std::span<const route> routes() { return table; }
-
-route_match match_route(std::span<const route> table, std::string_view method, std::string_view encoded_path) {
+route_match match_route(std::string_view method, std::string_view encoded_path) {
   route_match m;
   if (!encoded_path.starts_with('/')) return m;
   const auto segs = split(encoded_path.substr(1));  // once per request, not per route
   std::vector<std::pair<std::string_view, std::string>> params;
-  for (const auto& r : table) {
+  for (size_t i = 0; i < std::size(table); ++i) {
+    const route& r = table[i];
     if (!matches(r.pattern, segs, params)) continue;
-    if (m.allow.empty()) m.label = label_of(r.pattern);
+    if (r.method == method) {  // the first route for this method wins: no need to look further
+      m.hit = &r;
+      m.label = labels()[i];
+      m.params = std::move(params);
+      return m;
+    }
+    if (m.allow.empty()) m.label = labels()[i];
     if (m.allow.find(r.method) == std::string::npos) {
       if (!m.allow.empty()) m.allow.append(", ");
       m.allow.append(r.method);
-    }
-    if (!m.hit && r.method == method) {
-      m.hit = &r;
-      m.label = label_of(r.pattern);
-      m.params = std::move(params);
     }
   }
   return m;

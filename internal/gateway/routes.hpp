@@ -4,7 +4,6 @@
 
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
-#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -91,16 +90,16 @@ struct route {
   std::optional<subject_rule> subject;
 };
 
-// The table, in match order.
-std::span<const route> routes();
-
 struct route_match {
-  const route* hit = nullptr;  // the route for this method; null: none
-  std::string allow;           // methods of every route whose pattern matches ("" if none)
-  std::string label = "unmatched";
+  const route* hit = nullptr;  // the first route of the table for this method and path; null: none
+  // Without a hit: the methods of every route whose pattern matches ("" if none:
+  // no such path). With a hit, the search stopped there and this is not filled.
+  std::string allow;
+  std::string_view label = "unmatched";  // the hit's (or first match's) pattern without '*'; static
   std::vector<std::pair<std::string_view, std::string>> params;  // of `hit`, still encoded
 };
-route_match match_route(std::span<const route> table, std::string_view method, std::string_view encoded_path);
+// Matches a request against the route table (routes.cpp), in its order.
+route_match match_route(std::string_view method, std::string_view encoded_path);
 
 // ---- helpers shared by routes ------------------------------------------------------
 response json_response(unsigned status, const nlohmann::json& body);

@@ -5,23 +5,25 @@
 // key=value pairs. Scopes nest; inner fields come after outer ones, unless the inner
 // scope is complete by itself (it hides the outer fields, so none is written twice).
 
-#include <string>
+#include <span>
 #include <string_view>
-#include <vector>
 
 namespace engram::model {
 
+// Views, not copies: a scope's fields and the strings they name belong to its
+// creator and must outlive the scope (copying them cost an access-log line eight
+// allocations; bench/README.md).
 struct log_field {
   std::string_view key;  // a literal: lives as long as the program
-  std::string value;
+  std::string_view value;
   bool quoted = true;    // false: a number, written bare in JSON
 };
 
 class log_scope {
  public:
   enum class outer_fields { inherit, hide };
-  explicit log_scope(std::vector<log_field> fields, outer_fields outer = outer_fields::inherit)
-      : fields_(std::move(fields)), outer_(top()), inherit_(outer == outer_fields::inherit) {
+  explicit log_scope(std::span<const log_field> fields, outer_fields outer = outer_fields::inherit)
+      : fields_(fields), outer_(top()), inherit_(outer == outer_fields::inherit) {
     top() = this;
   }
   ~log_scope() { top() = outer_; }
@@ -45,7 +47,7 @@ class log_scope {
     thread_local const log_scope* current = nullptr;
     return current;
   }
-  std::vector<log_field> fields_;
+  std::span<const log_field> fields_;
   const log_scope* outer_;
   bool inherit_;
 };

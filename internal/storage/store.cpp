@@ -328,6 +328,12 @@ struct store::impl {
   std::unordered_map<std::string, uint32_t> model_dims;  // embedding model → dimension
   uint64_t next_vseq = 1;
   std::atomic<uint64_t> last_vseq{0};  // next_vseq - 1 once committed, for any thread (last_vector_seq)
+  // write_may_wait's last "no", reused until `until` or until inline appends have
+  // used `bytes` of the memtables' headroom, whichever comes first.
+  struct {
+    steady::time_point until;
+    size_t bytes = 0;
+  } no_wait;
 
   // ---- the committer thread only ----
   steady::time_point last_sync = steady::now();
@@ -480,32 +486,52 @@ struct store::impl {
   }
 
   // An append committed inline needs nothing from the disk while it is staged (no
-  // idempotency key, no tool-call ledger, no vector) and is small.
+  // idempotency key, no tool-call ledger, no vector) and is small. Its size, or
+  // nothing when it must be queued.
   static constexpr size_t inline_max_bytes = 64 * 1024;
-  static bool inline_eligible(const append_request& req) {
-    if (!req.idempotency_key.empty()) return false;
+  static std::optional<size_t> inline_bytes(const append_request& req) {
+    if (!req.idempotency_key.empty()) return std::nullopt;
     size_t bytes = 0;
     for (const auto& u : req.units) {
-      if (!u.call_id().empty() || u.has_embedding()) return false;
+      if (!u.call_id().empty() || u.has_embedding()) return std::nullopt;
       bytes += u.ByteSizeLong();
     }
-    return bytes <= inline_max_bytes;
+    if (bytes > inline_max_bytes) return std::nullopt;
+    return bytes;
   }
 
   // RocksDB is stalling writes, or this write may switch the memtable (creating a
   // WAL file and scheduling a flush, which can start a stall): work for the
-  // committer thread, not an I/O thread.
-  bool write_may_wait() const {
+  // committer thread, not an I/O thread. `bytes`: what the write puts in the
+  // memtables, at most (inline_bytes plus keys).
+  //
+  // Asking RocksDB takes four property lookups (4k instructions, 3% of a relaxed
+  // append; bench/README.md), so a "no" is reused for up to a millisecond while
+  // the memtables' headroom it saw lasts. Writes the committer makes meanwhile are
+  // not counted against that headroom: the margin of two inline writes covers them,
+  // and a miss costs one memtable switch on an I/O thread, never correctness.
+  bool write_may_wait(size_t bytes) {
+    static constexpr auto reuse_for = std::chrono::milliseconds(1);
+    const auto now = steady::now();
+    if (now < no_wait.until && bytes <= no_wait.bytes) {
+      no_wait.bytes -= bytes;
+      return false;
+    }
+    no_wait = {};
     uint64_t stopped = 0, delayed = 0;
     if ((db->GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped) && stopped) ||
         (db->GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &delayed) && delayed))
       return true;
+    const size_t limit = opts.write_buffer_bytes * 9 / 10;
+    size_t headroom = limit;
     for (const cf family : {cf_log, cf_unit_ids}) {  // the memtables an append writes
       uint64_t active = 0;
       if (!db->GetIntProperty(h(family), rocksdb::DB::Properties::kCurSizeActiveMemTable, &active) ||
-          active + 2 * inline_max_bytes >= opts.write_buffer_bytes * 9 / 10)
+          active + 2 * inline_max_bytes + bytes >= limit)
         return true;
+      headroom = std::min(headroom, size_t(limit - active - 2 * inline_max_bytes - bytes));
     }
+    no_wait = {now + reuse_for, headroom};
     return false;
   }
 
@@ -517,14 +543,17 @@ struct store::impl {
   // (write_may_wait), leaves the append to the queue. False: `p` is untouched,
   // queue it.
   bool try_commit_inline(pending_append& p) {
-    if (opts.mode != durability::relaxed || !inline_eligible(p.req)) return false;
+    if (opts.mode != durability::relaxed) return false;
+    const auto bytes = inline_bytes(p.req);
+    if (!bytes) return false;
     std::unique_lock commit(commit_mu, std::try_to_lock);
     if (!commit.owns_lock()) return false;
     {
       std::lock_guard lock(mu);
       if (stopping || !queue.empty()) return false;
     }
-    if (!contexts.contains(p.req.context_id) || write_may_wait()) return false;
+    // Keys, the unit-id index entry and the memtable's own overhead: well under 256 B a unit.
+    if (!contexts.contains(p.req.context_id) || write_may_wait(*bytes + 256 * p.req.units.size())) return false;
     std::vector<pending> group;
     group.emplace_back(std::move(p));
     std::vector<std::function<void()>> outcomes;

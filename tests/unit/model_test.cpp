@@ -349,18 +349,22 @@ TEST(ParseJson, AgreesWithNlohmann) {
 TEST(LogScope, NestsAndAnInnerCompleteScopeHidesTheOuterFields) {
   auto keys = [] {
     std::string out;
-    log_scope::for_each([&](const log_field& f) { out += std::string(f.key) + "=" + f.value + " "; });
+    log_scope::for_each([&](const log_field& f) { out.append(f.key).append("=").append(f.value).append(" "); });
     return out;
   };
   EXPECT_EQ(keys(), "");
-  log_scope request({{"request_id", std::string("r1")}});
+  std::string id = "r1";  // the scope views it: it must outlive the scope
+  const log_field request_fields[] = {{"request_id", id}};
+  log_scope request(request_fields);
   {
-    log_scope inner({{"step", std::string("2")}});
+    const log_field inner_fields[] = {{"step", "2"}};
+    log_scope inner(inner_fields);
     EXPECT_EQ(keys(), "request_id=r1 step=2 ");
   }
   {
     // An access-log line carries its own request_id: written once, not twice.
-    log_scope access({{"request_id", "r1"}, {"status", "200", false}}, log_scope::outer_fields::hide);
+    const log_field access_fields[] = {{"request_id", "r1"}, {"status", "200", false}};
+    log_scope access(access_fields, log_scope::outer_fields::hide);
     EXPECT_EQ(keys(), "request_id=r1 status=200 ");
   }
   EXPECT_EQ(keys(), "request_id=r1 ");
