@@ -81,7 +81,7 @@ struct app::impl {
     spdlog::info("storage: opening {} (durability={})", cfg.storage.data_dir,
                  cfg.storage.mode == storage::durability::sync ? "sync" : "relaxed");
     auto opened = storage::store::open(cfg.storage, registry.get(), clock,
-                                       [this](std::function<void()> f) { http->post(std::move(f)); });
+                                       [this](int home, std::function<void()> f) { http->post(home, std::move(f)); });
     std::lock_guard lock(mu);
     if (auto ok = attach_modules(std::move(opened)); !ok) {
       recovery_error = ok.error();

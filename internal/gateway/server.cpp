@@ -8,6 +8,7 @@
 #include "gateway/server_impl.hpp"
 #include "gateway/stream_params.hpp"
 #include "gateway/takeover.hpp"
+#include "model/io_thread.hpp"
 #include "model/thread_name.hpp"
 
 #include <prometheus/counter.h>
@@ -557,10 +558,12 @@ model::status server::start() {
                                                      std::to_string(opts.port) + ": " + ec.message());
   for (auto& ioc : io_->iocs) io_->work.push_back(net::make_work_guard(*ioc));
   io_->do_accept();
-  for (auto& ioc : io_->iocs) io_->threads.emplace_back([&ioc = *ioc] {
-    model::name_this_thread("engram-io");
-    ioc.run();
-  });
+  for (size_t i = 0; i < io_->iocs.size(); ++i)
+    io_->threads.emplace_back([&ioc = *io_->iocs[i], i] {
+      model::name_this_thread("engram-io");
+      model::this_io_thread = int(i);
+      ioc.run();
+    });
   return {};
 }
 
@@ -570,7 +573,10 @@ uint16_t server::port() const {
   return ec ? 0 : ep.port();
 }
 
-void server::post(std::function<void()> f) { net::post(io_->next(io_->next_post), std::move(f)); }
+void server::post(int home, std::function<void()> f) {
+  if (home >= 0 && size_t(home) < io_->iocs.size()) return net::post(*io_->iocs[size_t(home)], std::move(f));
+  net::post(io_->next(io_->next_post), std::move(f));
+}
 
 void server::stop(std::chrono::milliseconds deadline) {
   auto& s = *impl_;

@@ -37,8 +37,10 @@ class server {
   model::status start();
   uint16_t port() const;
 
-  // Runs `f` on an I/O thread (used for storage completions).
-  void post(std::function<void()> f);
+  // Runs `f` on I/O thread `home` (model::this_io_thread of the thread that asked),
+  // or on the threads in turn when `home` is not one of them (-1). Used for storage
+  // completions.
+  void post(int home, std::function<void()> f);
 
   // Two-phase shutdown: stop accepting; close idle connections; let in-flight
   // requests finish (their responses carry Connection: close) until `deadline`;

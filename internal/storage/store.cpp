@@ -18,15 +18,18 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <algorithm>
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <variant>
 
 #include "model/assert.hpp"
 #include "model/ids.hpp"
+#include "model/io_thread.hpp"
 #include "model/thread_name.hpp"
 #include "records.pb.h"
 
@@ -264,6 +267,7 @@ struct store::impl {
   struct pending_append {
     append_request req;
     std::function<void(model::result<append_result>)> done;
+    int home = -1;  // the I/O thread that asked (model::this_io_thread): its answer goes back there
   };
   struct pending_update {
     update_context_request req;
@@ -305,6 +309,19 @@ struct store::impl {
   };
   using pending = std::variant<pending_append, pending_update, pending_locks, pending_vectors, pending_trim,
                                pending_import, pending_checkpoint, pending_presence, pending_fact>;
+
+  // A callback to run once its group is committed (or refused), and the I/O thread
+  // it goes back to (-1: any thread; store::executor).
+  template <class Sig>
+  struct homed {
+    std::function<Sig> run;
+    int home = -1;
+    template <class F>
+      requires std::is_constructible_v<std::function<Sig>, F&&>
+    homed(F&& f, int home = -1) : run(std::forward<F>(f)), home(home) {}  // NOLINT: a callback is an outcome
+  };
+  using outcome = homed<void()>;
+
   fence_checker check_fence;  // set before writes; called by whoever commits
   // Held by whoever commits a group: the committer thread, or (relaxed mode) an I/O
   // thread committing an append inline (try_commit_inline). Taken before mu. The
@@ -405,14 +422,14 @@ struct store::impl {
     }
     auto err = fail(errc::unavailable, shutting_down ? "the server is shutting down"
                                                      : "the write queue is full; retry shortly");
-    completions([done = std::move(done), err] { done(err); });
+    completions(model::this_io_thread, [done = std::move(done), err] { done(err); });  // on the caller's thread
   }
 
   // -------------------------------------------------------------------------------
   // Committer
   void run_committer() {
     std::vector<pending> group;
-    std::vector<std::function<void()>> outcomes;
+    std::vector<outcome> outcomes;
     for (;;) {
       bool work;
       {
@@ -436,7 +453,7 @@ struct store::impl {
   // Takes the next group from the queue and commits it. The outcomes go to the
   // completion executor once commit_mu is released: a caller that hears its answer
   // and appends again at once must find the way to an inline commit free.
-  void commit_next_group(std::vector<pending>& group, std::vector<std::function<void()>>& outcomes) {
+  void commit_next_group(std::vector<pending>& group, std::vector<outcome>& outcomes) {
     {
       std::lock_guard commit(commit_mu);
       {
@@ -457,8 +474,28 @@ struct store::impl {
         commit_group(group, outcomes, false);
     }
     group.clear();
-    for (auto& f : outcomes) completions(std::move(f));
+    hand_back(outcomes);
     outcomes.clear();
+  }
+
+  // Hands a group's outcomes to the completion executor: those of one I/O thread in
+  // one hand-off (a group at 50 connections holds ~7 answers for 2 threads, and
+  // each hand-off may wake its thread), the others one by one to any thread.
+  void hand_back(std::vector<outcome>& outcomes) {
+    std::vector<std::pair<int, std::vector<std::function<void()>>>> by_home;
+    for (auto& o : outcomes) {
+      if (o.home < 0) {
+        completions(-1, std::move(o.run));
+        continue;
+      }
+      auto it = std::ranges::find(by_home, o.home, &decltype(by_home)::value_type::first);
+      if (it == by_home.end()) it = by_home.emplace(by_home.end(), o.home, std::vector<std::function<void()>>{});
+      it->second.push_back(std::move(o.run));
+    }
+    for (auto& [home, runs] : by_home) {
+      if (runs.size() == 1) completions(home, std::move(runs.front()));
+      else completions(home, [runs = std::move(runs)] { for (const auto& f : runs) f(); });
+    }
   }
 
   void report_memory() {
@@ -556,7 +593,7 @@ struct store::impl {
     if (!contexts.contains(p.req.context_id) || write_may_wait(*bytes + 256 * p.req.units.size())) return false;
     std::vector<pending> group;
     group.emplace_back(std::move(p));
-    std::vector<std::function<void()>> outcomes;
+    std::vector<outcome> outcomes;
     const bool newly_unsynced = commit_group(group, outcomes, true);
     commit.unlock();
     inc(metrics.inline_commits);
@@ -564,7 +601,7 @@ struct store::impl {
       std::lock_guard lock(mu);
       cv.notify_one();
     }
-    for (auto& f : outcomes) f();
+    for (auto& o : outcomes) o.run();  // this thread asked: no hand-off
     return true;
   }
 
@@ -629,9 +666,9 @@ struct store::impl {
     int64_t now = 0;
     std::vector<std::shared_ptr<const api::Event>> events;
     // Completions to run if the batch commits, and what to tell callers if it fails.
-    std::vector<std::function<void()>> on_success;
-    std::vector<std::function<void(const model::error&)>> on_failure;
-    std::vector<std::function<void()>> immediate;  // outcomes independent of the write
+    std::vector<outcome> on_success;
+    std::vector<homed<void(const model::error&)>> on_failure;
+    std::vector<outcome> immediate;  // outcomes independent of the write
     bool has_plain_writes = false;  // writes outside any context (lease records, vectors)
     struct removal {
       std::string context_id;
@@ -812,18 +849,18 @@ struct store::impl {
   }
 
   template <class Done>
-  void fail_now(group_state& g, Done& done, model::error e) {
-    g.immediate.push_back([done = std::move(done), e = std::move(e)] { done(std::unexpected(e)); });
+  void fail_now(group_state& g, Done& done, model::error e, int home = -1) {
+    g.immediate.push_back({[done = std::move(done), e = std::move(e)] { done(std::unexpected(e)); }, home});
   }
 
   void stage(group_state& g, pending_append& p) {
     auto& req = p.req;
     for (const auto& f : req.fences) {
-      if (!check_fence) return fail_now(g, p.done, {errc::conflict, "fencing is not available"});
-      if (auto ok = check_fence(f); !ok) return fail_now(g, p.done, ok.error());
+      if (!check_fence) return fail_now(g, p.done, {errc::conflict, "fencing is not available"}, p.home);
+      if (auto ok = check_fence(f); !ok) return fail_now(g, p.done, ok.error(), p.home);
     }
     auto lookup = find_context(req.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p.done, lookup.error(), p.home);
     auto& found = *lookup;
     const bool is_new = !found || found->deleted;
     context_state st = existing_or_new(found, req.context_id, g);
@@ -832,24 +869,31 @@ struct store::impl {
     if (!req.idempotency_key.empty()) {
       idem_key = idempotency_key(st.handle, req.idempotency_key);
       if (g.idempotency_keys.contains(idem_key))
-        return fail_now(g, p.done, {errc::in_progress, "a request with this Idempotency-Key is still in progress; retry later"});
+        return fail_now(g, p.done,
+                        {errc::in_progress, "a request with this Idempotency-Key is still in progress; retry later"},
+                        p.home);
       if (!is_new) {
         std::string raw;
         auto s = db->Get(rocksdb::ReadOptions(), h(cf_idempotency), idem_key, &raw);
-        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p.done, storage_error(s, "reading an idempotency key"));
+        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p.done, storage_error(s, "reading an idempotency key"), p.home);
         IdempotencyRecord rec;
         if (s.ok() && rec.ParseFromString(raw) &&
             rec.created_at_ns() + std::chrono::nanoseconds(opts.idempotency_ttl).count() >= g.now) {
           if (rec.fingerprint() != req.fingerprint)
-            return fail_now(g, p.done, {errc::unprocessable, "this Idempotency-Key was already used with a different request"});
+            return fail_now(g, p.done,
+                            {errc::unprocessable, "this Idempotency-Key was already used with a different request"},
+                            p.home);
           if (rec.first_seq() < st.context.first_seq())
-            return fail_now(g, p.done, {errc::conflict, "the units committed by the earlier request with this "
-                                                        "Idempotency-Key were removed by retention"});
+            return fail_now(g, p.done,
+                            {errc::conflict, "the units committed by the earlier request with this "
+                                             "Idempotency-Key were removed by retention"},
+                            p.home);
           auto units = read_units(st.handle, rec.first_seq(), rec.count());
-          g.immediate.push_back([done = std::move(p.done), units = std::move(units)]() mutable {
-            if (!units) return done(std::unexpected(units.error()));
-            done(append_result{std::move(*units), true});
-          });
+          g.immediate.push_back({[done = std::move(p.done), units = std::move(units)]() mutable {
+                                   if (!units) return done(std::unexpected(units.error()));
+                                   done(append_result{std::move(*units), true});
+                                 },
+                                 p.home});
           return;
         }
       }
@@ -860,13 +904,14 @@ struct store::impl {
     auto replay = check_calls(g, st, !is_new, req.units, calls);
     if (!replay) {
       if (!idem_key.empty()) g.idempotency_keys.erase(idem_key);
-      return fail_now(g, p.done, replay.error());
+      return fail_now(g, p.done, replay.error(), p.home);
     }
     if (*replay) {
       if (!idem_key.empty()) g.idempotency_keys.erase(idem_key);
-      g.immediate.push_back([done = std::move(p.done), u = std::move(**replay)]() mutable {
-        done(append_result{{std::move(u)}, true});
-      });
+      g.immediate.push_back({[done = std::move(p.done), u = std::move(**replay)]() mutable {
+                               done(append_result{{std::move(u)}, true});
+                             },
+                             p.home});
       return;
     }
 
@@ -877,7 +922,7 @@ struct store::impl {
       if (unit.has_embedding()) embeddings.push_back(&unit.embedding());
     if (!embeddings.empty()) {
       std::unordered_map<std::string, uint32_t> introduced;
-      if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p.done, ok.error());
+      if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p.done, ok.error(), p.home);
       stage_models(g, introduced);
     }
 
@@ -917,8 +962,8 @@ struct store::impl {
     inc(metrics.units_written, double(req.units.size()));
     g.staged[req.context_id] = std::move(st);
     auto done = std::make_shared<decltype(p.done)>(std::move(p.done));
-    g.on_success.push_back([done, committed] { (*done)(append_result{std::move(*committed), false}); });
-    g.on_failure.push_back([done](const model::error& e) { (*done)(std::unexpected(e)); });
+    g.on_success.push_back({[done, committed] { (*done)(append_result{std::move(*committed), false}); }, p.home});
+    g.on_failure.push_back({[done](const model::error& e) { (*done)(std::unexpected(e)); }, p.home});
   }
 
   void stage(group_state& g, pending_update& p) {
@@ -1034,7 +1079,7 @@ struct store::impl {
   // for the caller to run once commit_mu is released. `inline_write`: the caller
   // is an I/O thread (try_commit_inline), so the write may not wait out a write
   // stall. True when this commit left the WAL unsynced and it was not.
-  bool commit_group(std::vector<pending>& group, std::vector<std::function<void()>>& outcomes, bool inline_write) {
+  bool commit_group(std::vector<pending>& group, std::vector<outcome>& outcomes, bool inline_write) {
     bool newly_unsynced = false;
     group_state g;
     g.next_handle = next_handle;
@@ -1104,7 +1149,7 @@ struct store::impl {
       for (auto& f : g.on_success) outcomes.push_back(std::move(f));
       for (auto& t : g.unfinished) requeue(std::move(t));
     } else {
-      for (auto& f : g.on_failure) outcomes.push_back([f = std::move(f), failure] { f(failure); });
+      for (auto& f : g.on_failure) outcomes.push_back({[run = std::move(f.run), failure] { run(failure); }, f.home});
       for (auto& t : g.unfinished)
         outcomes.push_back([done = std::move(t.done), failure] { done(std::unexpected(failure)); });
     }
@@ -1507,7 +1552,7 @@ struct store::impl {
       }
     }
     const auto at = t.progress.first_seq;
-    completions([done = std::move(t.done), at] {
+    completions(-1, [done = std::move(t.done), at] {
       done(std::unexpected(model::error{errc::unavailable, "the server is shutting down; events before seq " +
                                                                std::to_string(at) +
                                                                " were removed, send the request again"}));
@@ -1715,7 +1760,7 @@ model::result<std::unique_ptr<store>> store::open(const options& opts, prometheu
                                                   executor completions) {
   auto p = std::make_unique<impl>(opts, metrics);
   p->clock = clock ? std::move(clock) : model::default_clock();
-  p->completions = completions ? std::move(completions) : [](std::function<void()> f) { f(); };
+  p->completions = completions ? std::move(completions) : [](int, std::function<void()> f) { f(); };
   p->ttl_filter = std::make_unique<idempotency_ttl_filter>(p->clock, opts.idempotency_ttl);
   if (auto ok = p->open_db(); !ok) return std::unexpected(ok.error());
   auto* raw = p.get();
@@ -1735,10 +1780,12 @@ void store::append(append_request req, std::function<void(model::result<append_r
   // committer's groups, and I/O threads committing one each made relaxed appends
   // ~10% slower at 50 connections (bench/README.md).
   const bool alone = s.appends_in_flight.fetch_add(1, std::memory_order_relaxed) == 0;
-  impl::pending_append p{std::move(req), [&s, done = std::move(done)](model::result<append_result> r) {
+  impl::pending_append p{std::move(req),
+                         [&s, done = std::move(done)](model::result<append_result> r) {
                            s.appends_in_flight.fetch_sub(1, std::memory_order_relaxed);
                            done(std::move(r));
-                         }};
+                         },
+                         model::this_io_thread};
   if (alone && s.try_commit_inline(p)) return;
   auto& done_if_refused = p.done;  // enqueue moves `p` only when it queues it
   s.enqueue(std::move(p), done_if_refused);

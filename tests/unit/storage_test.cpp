@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "model/ids.hpp"
+#include "model/io_thread.hpp"
 #include "storage/store.hpp"
 #include "support/test_support.hpp"
 
@@ -445,7 +446,7 @@ TEST_F(StoreTest, RelaxedModeKeepsWritesAcrossReopen) {
 class held_completions {
  public:
   store::executor executor() {
-    return [this](std::function<void()> f) {
+    return [this](int, std::function<void()> f) {
       std::lock_guard lock(mu_);
       held_.push_back(std::move(f));
       cv_.notify_all();
@@ -585,6 +586,53 @@ TEST_F(StoreTest, RelaxedAppendWaitsBehindAGroupBeingCommitted) {
   EXPECT_EQ(metric("engram_storage_inline_commits_total"), 1);
   reopen();
   EXPECT_EQ(seqs("o"), (std::vector<uint64_t>{1, 2, 4}));  // 3 is the update event, not a unit
+}
+
+// An append made on an I/O thread is answered on that thread: the executor is told
+// which one (model::this_io_thread), and one group's answers for one thread come in
+// one hand-off. Requests from other threads go to any thread (-1), one by one.
+TEST_F(StoreTest, AnswersGoBackToTheIOThreadThatAskedOneHandOffPerGroup) {
+  struct hand_off {
+    int home;
+    std::thread::id on;
+  };
+  std::mutex mu;
+  std::vector<hand_off> hand_offs;
+  completions_ = [&](int home, std::function<void()> f) {
+    {
+      std::lock_guard lock(mu);
+      hand_offs.push_back({home, std::this_thread::get_id()});
+    }
+    f();  // on the committer: where it runs is the server's business (server::post)
+  };
+  store_.reset();
+  opts_.mode = durability::sync;  // every append queued for the committer
+  open();
+  ASSERT_TRUE(append("h", {"start"}));  // from this thread: not an I/O thread
+  {
+    std::lock_guard lock(mu);
+    ASSERT_EQ(hand_offs.size(), 1u);
+    EXPECT_EQ(hand_offs[0].home, -1);
+    hand_offs.clear();
+  }
+  pub_.close_gate();
+  auto held = append_async("h", {"held"});  // the committer waits inside publish()
+  pub_.wait_calls(2);
+  constexpr int n = 5;
+  std::vector<std::future<model::result<append_result>>> queued;
+  std::thread io([&] {  // a thread calling itself I/O thread 1 queues n appends behind it
+    model::this_io_thread = 1;
+    for (int i = 0; i < n; ++i) queued.push_back(append_async("h", {"q" + std::to_string(i)}));
+  });
+  io.join();
+  pub_.open_gate();
+  ASSERT_TRUE(held.get());
+  for (auto& f : queued) ASSERT_TRUE(f.get());
+  std::lock_guard lock(mu);
+  ASSERT_EQ(hand_offs.size(), 2u) << "the queued group's answers were not handed off together";
+  EXPECT_EQ(hand_offs[0].home, -1);  // "held", from this thread
+  EXPECT_EQ(hand_offs[1].home, 1);   // the group of n, from "I/O thread 1"
+  EXPECT_EQ(seqs("h").size(), size_t(n + 2));
 }
 
 TEST_F(StoreTest, ListsContextsInIdOrderWithPaging) {
