@@ -7,8 +7,11 @@
 
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
+#include <atomic>
+#include <charconv>
 #include <chrono>
 #include <mutex>
+#include <string_view>
 #include <unordered_map>
 
 #include "gateway/access_log.hpp"
@@ -81,29 +84,48 @@ struct api_handler::impl {
   // prometheus-cpp's Family::Add builds a metric (a histogram with its buckets) on
   // every call and drops it when the labels exist, so each combination is looked
   // up once and kept here; metrics are never removed, so the pointers stay valid.
+  // Each thread also keeps the combinations it has used, so the shared map is
+  // locked only for one new to the thread (the two I/O threads queued on it).
   struct route_metrics {
     prometheus::Counter* requests;
     prometheus::Histogram* latency;
   };
   std::mutex metrics_mu;
   std::unordered_map<std::string, route_metrics> metrics_by_key;
+  const uint64_t id = next_id.fetch_add(1);  // tells this handler's entries in a thread's cache from another's
+  static inline std::atomic<uint64_t> next_id{1};
 
   route_metrics metrics_for(std::string_view label, std::string_view request_method, unsigned status) {
-    const std::string method(method_label(request_method));
-    const auto code = std::to_string(status);
+    const std::string_view method = method_label(request_method);
+    char code[16];
+    const std::string_view code_text(code, std::to_chars(code, code + sizeof code, status).ptr);
     thread_local std::string key;
-    key.assign(label).append(1, ' ').append(method).append(1, ' ').append(code);
-    std::lock_guard lock(metrics_mu);
-    auto it = metrics_by_key.find(key);
-    if (it == metrics_by_key.end()) {
-      static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                                                   0.01,   0.025,   0.05,   0.1,   0.25,   1};
-      const std::string route(label);
-      route_metrics m{&requests->Add({{"route", route}, {"method", method}, {"status", code}}),
-                      &latency->Add({{"route", route}, {"status", code}}, buckets)};
-      it = metrics_by_key.emplace(key, m).first;
+    key.assign(label).append(1, ' ').append(method).append(1, ' ').append(code_text);
+    thread_local struct {
+      uint64_t owner = 0;
+      std::unordered_map<std::string, route_metrics> seen;
+    } local;
+    if (local.owner != id) {  // another handler's (tests run several in turn): not ours to use
+      local.owner = id;
+      local.seen.clear();
     }
-    return it->second;
+    if (auto it = local.seen.find(key); it != local.seen.end()) return it->second;
+    route_metrics m;
+    {
+      std::lock_guard lock(metrics_mu);
+      auto it = metrics_by_key.find(key);
+      if (it == metrics_by_key.end()) {
+        static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                                     0.01,   0.025,   0.05,   0.1,   0.25,   1};
+        const std::string route(label), method_name(method), code_name(code_text);
+        route_metrics added{&requests->Add({{"route", route}, {"method", method_name}, {"status", code_name}}),
+                            &latency->Add({{"route", route}, {"status", code_name}}, buckets)};
+        it = metrics_by_key.emplace(key, added).first;
+      }
+      m = it->second;
+    }
+    local.seen.emplace(key, m);
+    return m;
   }
 
   rate_limiter* limiter(limit_class c) {

@@ -147,7 +147,10 @@ model::status index::impl::scan() {
   const uint64_t backlog = lag();
   spdlog::info("search: index at {} holds {} units; {} log events to index", opts.index_dir,
                documents.load(), backlog);
-  update_lag_metric();
+  {
+    std::lock_guard lock(mu);
+    update_lag_metric();
+  }
   if (backlog == 0) state = index_state::ready;
   return {};
 }
@@ -371,7 +374,10 @@ model::status index::impl::commit() {
   // 0 already counts the merge this commit starts in pending_merges.
   if (auto ok = manage_tiers(); !ok) return ok;
   indexed_events += events;
-  update_lag_metric();
+  {
+    std::lock_guard lock(mu);
+    update_lag_metric();
+  }
   if (state == index_state::catching_up) {
     const uint64_t remaining = lag();
     const auto now = steady::now();

@@ -411,12 +411,17 @@ struct store::impl {
   void enqueue(P&& item, Done& done) {
     bool shutting_down;
     {
-      std::lock_guard lock(mu);
+      std::unique_lock lock(mu);
       shutting_down = stopping;
       if (!stopping && queue.size() < opts.commit_queue_limit) {
+        // The committer waits only for an empty queue to fill: behind other
+        // requests, this one is taken with them. Notified after the unlock, so
+        // that it does not wake only to wait for `mu`.
+        const bool was_empty = queue.empty();
         queue.emplace_back(std::forward<P>(item));
         if (metrics.queue_depth) metrics.queue_depth->Set(double(queue.size()));
-        cv.notify_one();
+        lock.unlock();
+        if (was_empty) cv.notify_one();
         return;
       }
     }
