@@ -48,7 +48,7 @@ void log_access(const access_line& a) {
     if (!a.ended_by.empty()) fields[n++] = {"ended_by", a.ended_by};
   }
   // The request's own scope has the id too.
-  model::log_scope scope(std::span(fields.data(), n), model::log_scope::outer_fields::hide);
+  model::log_scope scope(std::span<const model::log_field>(fields.data(), n), model::log_scope::outer_fields::hide);
   (access_logger ? access_logger.get() : spdlog::default_logger_raw())->info("access");
 }
 

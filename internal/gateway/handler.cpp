@@ -84,8 +84,8 @@ struct api_handler::impl {
   // prometheus-cpp's Family::Add builds a metric (a histogram with its buckets) on
   // every call and drops it when the labels exist, so each combination is looked
   // up once and kept here; metrics are never removed, so the pointers stay valid.
-  // Each thread also keeps the combinations it has used, so the shared map is
-  // locked only for one new to the thread (the two I/O threads queued on it).
+  // Each thread also keeps the combinations it has used: the shared map is locked
+  // only the first time a thread sees one (the I/O threads used to queue on it).
   struct route_metrics {
     prometheus::Counter* requests;
     prometheus::Histogram* latency;
@@ -181,11 +181,12 @@ struct api_handler::impl {
 
   // Route → authenticate → rate limit → subject and grant → the route.
   void handle(request req, responder respond_raw) {
-    // Lines logged while this request is handled on this thread carry its id.
     auto record = std::make_shared<access_record>(
         access_record{req.request_id, req.method, req.target.substr(0, req.target.find('?')).substr(0, 200),
                       req.remote_ip, std::string(req.header("x-agent-id").substr(0, 256))});
-    const model::log_field id_field[] = {{"request_id", record->request_id}};  // `req` moves on; `record` stays
+    // Lines logged while this request is handled on this thread carry its id (the
+    // scope views it: `req` moves on, `record` stays).
+    const model::log_field id_field[] = {{"request_id", record->request_id}};
     model::log_scope scope(id_field);
     auto parsed = boost::urls::parse_origin_form(req.target);
     if (!parsed) {

@@ -222,7 +222,18 @@ class session : public session_base, public std::enable_shared_from_this<session
     read_body();
   }
 
+  // A body that came with its header (most requests' do) is parsed from the
+  // buffer at once, and a request without a body is done already: another async
+  // read would only post its completion, which costs a pass through the reactor
+  // (an epoll_wait) and a timer re-arm (a timerfd_settime) per request.
   void read_body() {
+    if (!parser_->is_done() && buffer_.size() > 0) {
+      parser_->eager(true);  // the whole body, not one chunk at a time
+      beast::error_code ec;
+      buffer_.consume(parser_->put(buffer_.data(), ec));
+      if (ec && ec != http::error::need_more) return on_read_error(ec);
+    }
+    if (parser_->is_done()) return dispatch_request();
     lowest().expires_after(opts().read_timeout);
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->on_read_error(ec);
@@ -257,10 +268,14 @@ class session : public session_base, public std::enable_shared_from_this<session
     keep_alive_ = msg.keep_alive();
     request_id_ = req.request_id;
     srv_->handler(std::move(req), [self = shared_from_this()](response r) {
-      net::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
-        if (r.takeover) return self->take_over(std::move(r));
-        self->send(std::move(r));
+      // On this connection's thread (most answers: inline appends, reads, and
+      // storage answers, which come back to the thread that asked), the answer is
+      // written at once; from any other thread it is posted here. A takeover is
+      // always posted: it hands the socket over, not from inside the handler.
+      if (r.takeover) return net::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
+        self->take_over(std::move(r));
       });
+      net::dispatch(self->stream_.get_executor(), [self, r = std::move(r)]() mutable { self->send(std::move(r)); });
     });
   }
 

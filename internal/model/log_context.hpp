@@ -5,8 +5,10 @@
 // key=value pairs. Scopes nest; inner fields come after outer ones, unless the inner
 // scope is complete by itself (it hides the outer fields, so none is written twice).
 
+#include <initializer_list>
 #include <span>
 #include <string_view>
+#include <type_traits>
 
 namespace engram::model {
 
@@ -26,6 +28,11 @@ class log_scope {
       : fields_(fields), outer_(top()), inherit_(outer == outer_fields::inherit) {
     top() = this;
   }
+  // Fields in a temporary (a braced list, a vector) would dangle at once.
+  template <class R>
+    requires(!std::is_lvalue_reference_v<R> && !std::is_same_v<std::remove_cvref_t<R>, std::span<const log_field>>)
+  explicit log_scope(R&&, outer_fields = outer_fields::inherit) = delete;
+  log_scope(std::initializer_list<log_field>, outer_fields = outer_fields::inherit) = delete;
   ~log_scope() { top() = outer_; }
   log_scope(const log_scope&) = delete;
   log_scope& operator=(const log_scope&) = delete;

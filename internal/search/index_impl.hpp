@@ -237,9 +237,10 @@ struct index::impl {
     const uint64_t c = committed_events.load(), i = indexed_events.load();
     return c > i ? c - i : 0;
   }
-  // Call with `mu` held: the writers' thread (on_committed) and the indexer both
-  // set the gauge, and a value computed before the other's change must not land
-  // after it (the gauge stayed at 1 with nothing left to index).
+  // Call with `mu` held: the writers' thread (on_committed, committed_events
+  // under `mu`) and the indexer (indexed_events, changed outside it, then this)
+  // both set the gauge, and a value computed before the other's change must not
+  // land after it (the gauge stayed at 1 with nothing left to index).
   void update_lag_metric() { metrics.lag->Set(double(lag())); }
   model::status follow();
   bool index_some(const std::unordered_map<std::string, uint64_t>& work, size_t budget);

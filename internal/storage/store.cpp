@@ -15,10 +15,10 @@
 #include <rocksdb/utilities/options_util.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <algorithm>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -345,12 +345,12 @@ struct store::impl {
   std::unordered_map<std::string, uint32_t> model_dims;  // embedding model → dimension
   uint64_t next_vseq = 1;
   std::atomic<uint64_t> last_vseq{0};  // next_vseq - 1 once committed, for any thread (last_vector_seq)
-  // write_may_wait's last "no", reused until `until` or until inline appends have
-  // used `bytes` of the memtables' headroom, whichever comes first.
+  // The memtables' headroom write_may_wait last saw: room for `bytes` more until
+  // `until`. Each commit's batch is charged against it.
   struct {
     steady::time_point until;
     size_t bytes = 0;
-  } no_wait;
+  } memtable_room;
 
   // ---- the committer thread only ----
   steady::time_point last_sync = steady::now();
@@ -547,23 +547,20 @@ struct store::impl {
   // committer thread, not an I/O thread. `bytes`: what the write puts in the
   // memtables, at most (inline_bytes plus keys).
   //
-  // Asking RocksDB takes four property lookups (4k instructions, 3% of a relaxed
-  // append; bench/README.md), so a "no" is reused for up to a millisecond while
-  // the memtables' headroom it saw lasts. Writes the committer makes meanwhile are
-  // not counted against that headroom: the margin of two inline writes covers them,
-  // and a miss costs one memtable switch on an I/O thread, never correctness.
+  // The stall is asked every time: an inline write that meets one is refused
+  // (no_slowdown), not delayed. The memtables' fill took two more property lookups
+  // per inline append (2k instructions; bench/README.md), so the headroom they
+  // show is reused for up to a millisecond, less what every commit (inline or the
+  // committer's) writes meanwhile (commit_group charges it).
   bool write_may_wait(size_t bytes) {
-    static constexpr auto reuse_for = std::chrono::milliseconds(1);
-    const auto now = steady::now();
-    if (now < no_wait.until && bytes <= no_wait.bytes) {
-      no_wait.bytes -= bytes;
-      return false;
-    }
-    no_wait = {};
     uint64_t stopped = 0, delayed = 0;
     if ((db->GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped) && stopped) ||
         (db->GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &delayed) && delayed))
       return true;
+    static constexpr auto reuse_for = std::chrono::milliseconds(1);
+    const auto now = steady::now();
+    if (now < memtable_room.until && bytes <= memtable_room.bytes) return false;
+    memtable_room = {};
     const size_t limit = opts.write_buffer_bytes * 9 / 10;
     size_t headroom = limit;
     for (const cf family : {cf_log, cf_unit_ids}) {  // the memtables an append writes
@@ -571,9 +568,9 @@ struct store::impl {
       if (!db->GetIntProperty(h(family), rocksdb::DB::Properties::kCurSizeActiveMemTable, &active) ||
           active + 2 * inline_max_bytes + bytes >= limit)
         return true;
-      headroom = std::min(headroom, size_t(limit - active - 2 * inline_max_bytes - bytes));
+      headroom = std::min(headroom, size_t(limit - active - 2 * inline_max_bytes));
     }
-    no_wait = {now + reuse_for, headroom};
+    memtable_room = {now + reuse_for, headroom};
     return false;
   }
 
@@ -594,8 +591,9 @@ struct store::impl {
       std::lock_guard lock(mu);
       if (stopping || !queue.empty()) return false;
     }
-    // Keys, the unit-id index entry and the memtable's own overhead: well under 256 B a unit.
-    if (!contexts.contains(p.req.context_id) || write_may_wait(*bytes + 256 * p.req.units.size())) return false;
+    // Keys (the context id is one, up to 256 B), the unit-id index entry and the
+    // memtable's own overhead: under 1 KiB a unit.
+    if (!contexts.contains(p.req.context_id) || write_may_wait(*bytes + 1024 * p.req.units.size())) return false;
     std::vector<pending> group;
     group.emplace_back(std::move(p));
     std::vector<outcome> outcomes;
@@ -1117,6 +1115,8 @@ struct store::impl {
       wo.no_slowdown = inline_write;
       const auto t0 = steady::now();
       const auto s = db->Write(wo, &g.batch);
+      // What this batch put in the memtables is no longer headroom (write_may_wait).
+      memtable_room.bytes -= std::min(memtable_room.bytes, g.batch.GetDataSize());
       const double secs = std::chrono::duration<double>(steady::now() - t0).count();
       if (metrics.write_seconds) metrics.write_seconds->Observe(secs);
       if (s.ok()) {

@@ -231,10 +231,11 @@ struct context_page {
 
 class store {
  public:
-  // Runs a completion somewhere other than the committer thread: on I/O thread
-  // `home` (model::this_io_thread of the thread that made the request) when it is
-  // one, else anywhere (-1). Appends made on an I/O thread are answered there; a
-  // group's answers for one thread come in one call.
+  // Runs a completion off the committer thread: on I/O thread `home`
+  // (model::this_io_thread of the thread that made the request) when it is one,
+  // else anywhere (-1). Appends made on an I/O thread are answered there; a group's
+  // answers for one thread come in one call. Null at open(): completions run on
+  // the committer (tests).
   using executor = std::function<void(int home, std::function<void()> f)>;
 
   // Opens (creating if needed) the database and replays the WAL: this *is* crash
