@@ -7,6 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
 #include "support/test_support.hpp"
 
 namespace engram::test {
@@ -137,6 +141,59 @@ TEST_F(RawHttpTest, DeclaredOversizedBodyRefusedBeforeReading) {
   c.send("POST /workunit HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n");
   const auto out = c.read_to_close();
   EXPECT_TRUE(out.starts_with("HTTP/1.1 413")) << out;
+}
+
+// A body that came with its header is parsed from the read buffer; one still in
+// flight is read as it arrives. Both paths, with Content-Length and chunked, and the
+// body limit on a chunked body that arrived whole.
+TEST_F(RawHttpTest, BodiesAreReadWithTheHeaderInChunksOrLater) {
+  start([](config::config& c) { c.server.max_body_bytes = 4096; });
+  const std::string body = R"({"context_id":"bodies","agent_id":"a","text":"x"})";
+  auto chunked = [](const std::string& b) {
+    std::string out;
+    for (size_t i = 0; i < b.size(); i += 7) {
+      const auto piece = b.substr(i, 7);
+      char size[16];
+      std::snprintf(size, sizeof size, "%zx\r\n", piece.size());
+      out.append(size).append(piece).append("\r\n");
+    }
+    return out + "0\r\n\r\n";
+  };
+  const auto answered = [](const std::string& b) { return b.find("\r\n\r\n") != std::string::npos && b.ends_with("}"); };
+  {
+    raw_conn c(port());  // chunked, whole
+    c.send("POST /workunit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(body));
+    const auto out = c.read_until(answered);
+    EXPECT_TRUE(out.starts_with("HTTP/1.1 201")) << out;
+  }
+  {
+    raw_conn c(port());  // Content-Length, half with the header and half later
+    c.send("POST /workunit HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+           body.substr(0, body.size() / 2));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // pacing: the rest arrives in a later read
+    c.send(body.substr(body.size() / 2));
+    const auto out = c.read_until(answered);
+    EXPECT_TRUE(out.starts_with("HTTP/1.1 201")) << out;
+  }
+  {
+    raw_conn c(port());  // chunked, the header and two chunks first, the rest later
+    const auto all = chunked(body);
+    c.send("POST /workunit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + all.substr(0, 20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // pacing, as above
+    c.send(all.substr(20));
+    const auto out = c.read_until(answered);
+    EXPECT_TRUE(out.starts_with("HTTP/1.1 201")) << out;
+  }
+  {
+    raw_conn c(port());  // chunked, over the limit, all in the first read
+    c.send("POST /workunit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+           chunked(std::string(5000, 'a')));
+    const auto out = c.read_to_close();
+    EXPECT_TRUE(out.starts_with("HTTP/1.1 413")) << out.substr(0, 200);
+  }
+  auto r = server_->connect().request("GET", "/workunits/bodies");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(raw_conn::count(r->body, "\"seq\":"), 3u) << r->body;
 }
 
 TEST_F(RawHttpTest, ExpectContinueIsHonoured) {
