@@ -10,7 +10,6 @@
 #include <atomic>
 #include <charconv>
 #include <chrono>
-#include <mutex>
 #include <string_view>
 #include <unordered_map>
 
@@ -81,17 +80,15 @@ struct api_handler::impl {
   }
 
   // The request counter and latency histogram of one route, method and status.
-  // prometheus-cpp's Family::Add builds a metric (a histogram with its buckets) on
-  // every call and drops it when the labels exist, so each combination is looked
-  // up once and kept here; metrics are never removed, so the pointers stay valid.
-  // Each thread also keeps the combinations it has used: the shared map is locked
-  // only the first time a thread sees one (the I/O threads used to queue on it).
+  // prometheus-cpp's Family::Add (thread-safe) builds a metric, a histogram with
+  // its buckets, on every call and drops it when the labels exist; so each thread
+  // keeps the combinations it has used, and asks Family::Add once per combination.
+  // Metrics are never removed, so the pointers stay valid. (One map under a mutex
+  // before: both I/O threads queued on it.)
   struct route_metrics {
     prometheus::Counter* requests;
     prometheus::Histogram* latency;
   };
-  std::mutex metrics_mu;
-  std::unordered_map<std::string, route_metrics> metrics_by_key;
   const uint64_t id = next_id.fetch_add(1);  // tells this handler's entries in a thread's cache from another's
   static inline std::atomic<uint64_t> next_id{1};
 
@@ -110,20 +107,11 @@ struct api_handler::impl {
       local.seen.clear();
     }
     if (auto it = local.seen.find(key); it != local.seen.end()) return it->second;
-    route_metrics m;
-    {
-      std::lock_guard lock(metrics_mu);
-      auto it = metrics_by_key.find(key);
-      if (it == metrics_by_key.end()) {
-        static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                                                     0.01,   0.025,   0.05,   0.1,   0.25,   1};
-        const std::string route(label), method_name(method), code_name(code_text);
-        route_metrics added{&requests->Add({{"route", route}, {"method", method_name}, {"status", code_name}}),
-                            &latency->Add({{"route", route}, {"status", code_name}}, buckets)};
-        it = metrics_by_key.emplace(key, added).first;
-      }
-      m = it->second;
-    }
+    static const prometheus::Histogram::BucketBoundaries buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                                 0.01,   0.025,   0.05,   0.1,   0.25,   1};
+    const std::string route(label), method_name(method), code_name(code_text);
+    const route_metrics m{&requests->Add({{"route", route}, {"method", method_name}, {"status", code_name}}),
+                          &latency->Add({{"route", route}, {"status", code_name}}, buckets)};
     local.seen.emplace(key, m);
     return m;
   }

@@ -851,19 +851,27 @@ struct store::impl {
     g.events.push_back(std::make_shared<const api::Event>(std::move(ev)));
   }
 
-  template <class Done>
-  void fail_now(group_state& g, Done& done, model::error e, int home = -1) {
-    g.immediate.push_back({[done = std::move(done), e = std::move(e)] { done(std::unexpected(e)); }, home});
+  // The I/O thread a request's answer goes back to: an append's caller, else any.
+  template <class P>
+  static int home_of(const P& p) {
+    if constexpr (requires { p.home; }) return p.home;
+    else return -1;
+  }
+
+  // Answers request `p` with `e` without writing anything.
+  template <class P>
+  void fail_now(group_state& g, P& p, model::error e) {
+    g.immediate.push_back({[done = std::move(p.done), e = std::move(e)] { done(std::unexpected(e)); }, home_of(p)});
   }
 
   void stage(group_state& g, pending_append& p) {
     auto& req = p.req;
     for (const auto& f : req.fences) {
-      if (!check_fence) return fail_now(g, p.done, {errc::conflict, "fencing is not available"}, p.home);
-      if (auto ok = check_fence(f); !ok) return fail_now(g, p.done, ok.error(), p.home);
+      if (!check_fence) return fail_now(g, p, {errc::conflict, "fencing is not available"});
+      if (auto ok = check_fence(f); !ok) return fail_now(g, p, ok.error());
     }
     auto lookup = find_context(req.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error(), p.home);
+    if (!lookup) return fail_now(g, p, lookup.error());
     auto& found = *lookup;
     const bool is_new = !found || found->deleted;
     context_state st = existing_or_new(found, req.context_id, g);
@@ -872,25 +880,22 @@ struct store::impl {
     if (!req.idempotency_key.empty()) {
       idem_key = idempotency_key(st.handle, req.idempotency_key);
       if (g.idempotency_keys.contains(idem_key))
-        return fail_now(g, p.done,
-                        {errc::in_progress, "a request with this Idempotency-Key is still in progress; retry later"},
-                        p.home);
+        return fail_now(g, p,
+                        {errc::in_progress, "a request with this Idempotency-Key is still in progress; retry later"});
       if (!is_new) {
         std::string raw;
         auto s = db->Get(rocksdb::ReadOptions(), h(cf_idempotency), idem_key, &raw);
-        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p.done, storage_error(s, "reading an idempotency key"), p.home);
+        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p, storage_error(s, "reading an idempotency key"));
         IdempotencyRecord rec;
         if (s.ok() && rec.ParseFromString(raw) &&
             rec.created_at_ns() + std::chrono::nanoseconds(opts.idempotency_ttl).count() >= g.now) {
           if (rec.fingerprint() != req.fingerprint)
-            return fail_now(g, p.done,
-                            {errc::unprocessable, "this Idempotency-Key was already used with a different request"},
-                            p.home);
+            return fail_now(g, p,
+                            {errc::unprocessable, "this Idempotency-Key was already used with a different request"});
           if (rec.first_seq() < st.context.first_seq())
-            return fail_now(g, p.done,
+            return fail_now(g, p,
                             {errc::conflict, "the units committed by the earlier request with this "
-                                             "Idempotency-Key were removed by retention"},
-                            p.home);
+                                             "Idempotency-Key were removed by retention"});
           auto units = read_units(st.handle, rec.first_seq(), rec.count());
           g.immediate.push_back({[done = std::move(p.done), units = std::move(units)]() mutable {
                                    if (!units) return done(std::unexpected(units.error()));
@@ -907,7 +912,7 @@ struct store::impl {
     auto replay = check_calls(g, st, !is_new, req.units, calls);
     if (!replay) {
       if (!idem_key.empty()) g.idempotency_keys.erase(idem_key);
-      return fail_now(g, p.done, replay.error(), p.home);
+      return fail_now(g, p, replay.error());
     }
     if (*replay) {
       if (!idem_key.empty()) g.idempotency_keys.erase(idem_key);
@@ -925,7 +930,7 @@ struct store::impl {
       if (unit.has_embedding()) embeddings.push_back(&unit.embedding());
     if (!embeddings.empty()) {
       std::unordered_map<std::string, uint32_t> introduced;
-      if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p.done, ok.error(), p.home);
+      if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p, ok.error());
       stage_models(g, introduced);
     }
 
@@ -971,7 +976,7 @@ struct store::impl {
 
   void stage(group_state& g, pending_update& p) {
     auto lookup = find_context(p.req.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p, lookup.error());
     context_state st = existing_or_new(*lookup, p.req.context_id, g);
     p.req.mutate(st.context);
     st.context.set_id(p.req.context_id);  // the mutator cannot rename a context
@@ -996,19 +1001,19 @@ struct store::impl {
     for (const auto& ev : ch.events) {
       const auto& ctx = ev.lock().context_id().empty() ? ch.default_context : ev.lock().context_id();
       if (ctx.empty()) continue;
-      if (auto lookup = find_context(ctx, g.staged); !lookup) return fail_now(g, p.done, lookup.error());
+      if (auto lookup = find_context(ctx, g.staged); !lookup) return fail_now(g, p, lookup.error());
     }
     for (const auto& tw : ch.tasks)
       if (!tw.event_kind.empty())
         if (auto lookup = find_context(tw.task.context_id(), g.staged); !lookup)
-          return fail_now(g, p.done, lookup.error());
+          return fail_now(g, p, lookup.error());
     // Lock events enter their context's log like any other event (creating the
     // context if needed), in the same batch as the lease records.
     for (auto& ev : ch.events) {
       const std::string ctx = ev.lock().context_id().empty() ? ch.default_context : ev.lock().context_id();
       if (ctx.empty()) continue;
       auto lookup = find_context(ctx, g.staged);
-      if (!lookup) return fail_now(g, p.done, lookup.error());
+      if (!lookup) return fail_now(g, p, lookup.error());
       // A lease outliving its deleted context does not bring the context back.
       if (*lookup && (*lookup)->deleted) continue;
       context_state st = existing_or_new(*lookup, ctx, g);
@@ -1025,7 +1030,7 @@ struct store::impl {
       g.batch.Put(h(cf_tasks), tw.task.task_id(), tw.task.SerializeAsString());
       if (tw.event_kind.empty()) continue;
       auto lookup = find_context(ctx, g.staged);
-      if (!lookup) return fail_now(g, p.done, lookup.error());
+      if (!lookup) return fail_now(g, p, lookup.error());
       if (*lookup && (*lookup)->deleted && tw.event_kind != "created") continue;
       context_state st = existing_or_new(*lookup, ctx, g);
       api::Event e;
@@ -1053,15 +1058,15 @@ struct store::impl {
     std::vector<const api::Embedding*> embeddings;
     for (const auto& v : w.vectors) embeddings.push_back(&v.embedding);
     std::unordered_map<std::string, uint32_t> introduced;
-    if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p.done, ok.error());
+    if (auto ok = check_dimensions(g, embeddings, introduced); !ok) return fail_now(g, p, ok.error());
     std::vector<std::pair<model::uuid, vector_write::item*>> fresh;
     for (auto& v : w.vectors) {
       auto id = model::uuid::parse(v.unit_id);
-      if (!id) return fail_now(g, p.done, {errc::invalid_argument, "vector for an invalid unit id"});
+      if (!id) return fail_now(g, p, {errc::invalid_argument, "vector for an invalid unit id"});
       auto has = has_vector(g, *id);
-      if (!has) return fail_now(g, p.done, has.error());
+      if (!has) return fail_now(g, p, has.error());
       auto exists = unit_exists(*id);  // removed since it was embedded: no vector
-      if (!exists) return fail_now(g, p.done, exists.error());
+      if (!exists) return fail_now(g, p, exists.error());
       if (!*has && *exists) fresh.emplace_back(*id, &v);
     }
     stage_models(g, introduced);
@@ -1164,11 +1169,11 @@ struct store::impl {
 
   void stage(group_state& g, pending_import& p) {
     auto lookup = find_context(p.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p, lookup.error());
     auto& found = *lookup;
     const uint64_t first = p.events.front().seq();
     if (found && first != found->context.head_seq() + 1)
-      return fail_now(g, p.done, {errc::conflict, "context '" + p.context_id + "' ends at seq " +
+      return fail_now(g, p, {errc::conflict, "context '" + p.context_id + "' ends at seq " +
                                                       std::to_string(found->context.head_seq()) +
                                                       ": an import must continue at seq " +
                                                       std::to_string(found->context.head_seq() + 1) +
@@ -1180,9 +1185,9 @@ struct store::impl {
       ENGRAM_ASSERT(id.has_value(), "imported unit without a valid id reached storage");
       const auto key = uuid_bytes(*id);
       auto exists = unit_exists(*id);
-      if (!exists) return fail_now(g, p.done, exists.error());
+      if (!exists) return fail_now(g, p, exists.error());
       if (*exists || g.imported_ids.contains(key) || !ids.insert(key).second)
-        return fail_now(g, p.done, {errc::conflict, "work unit " + ev.work_unit().id() + " (seq " +
+        return fail_now(g, p, {errc::conflict, "work unit " + ev.work_unit().id() + " (seq " +
                                                         std::to_string(ev.seq()) + ") already exists"});
     }
     const bool is_new = !found;
@@ -1195,10 +1200,10 @@ struct store::impl {
       if (!ev.has_work_unit() || u.call_id().empty()) continue;
       const auto key = call_key(handle, u.call_id());
       auto rec = find_call(g, key, !is_new, calls);
-      if (!rec) return fail_now(g, p.done, rec.error());
+      if (!rec) return fail_now(g, p, rec.error());
       const bool is_call = u.type() == api::WORK_UNIT_TYPE_TOOL_CALL;
       if (*rec && (is_call || (*rec)->result_seq()))
-        return fail_now(g, p.done, {errc::conflict, "tool call '" + u.call_id() + "' at seq " + std::to_string(ev.seq()) +
+        return fail_now(g, p, {errc::conflict, "tool call '" + u.call_id() + "' at seq " + std::to_string(ev.seq()) +
                                                         (is_call ? " exists already" : " has a result already")});
       if (is_call) calls[key].set_call_seq(ev.seq());
       else if (*rec) (calls[key] = **rec).set_result_seq(ev.seq());
@@ -1213,7 +1218,7 @@ struct store::impl {
       std::optional<api::Fact> active;
       if (!is_new) {
         auto stored = active_fact(g, prefix);
-        if (!stored) return fail_now(g, p.done, stored.error());
+        if (!stored) return fail_now(g, p, stored.error());
         active = std::move(*stored);
       }
       facts[prefix] = std::move(active);
@@ -1291,25 +1296,25 @@ struct store::impl {
   void stage(group_state& g, pending_checkpoint& p) {
     auto& req = p.req;
     auto lookup = find_context(req.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p, lookup.error());
     const bool exists = *lookup && !(*lookup)->deleted;
     const uint64_t head = exists ? (*lookup)->context.head_seq() : 0;
     if (req.cursor_seq > head)
-      return fail_now(g, p.done, {errc::invalid_argument, "cursor_seq " + std::to_string(req.cursor_seq) +
+      return fail_now(g, p, {errc::invalid_argument, "cursor_seq " + std::to_string(req.cursor_seq) +
                                                               " is beyond the context's head_seq " + std::to_string(head)});
     const uint64_t handle = *lookup ? (*lookup)->handle : g.next_handle;
     const auto prefix = checkpoint_prefix(handle, req.agent_id);
     uint64_t latest = 0;
     if (*lookup) {
       auto found = latest_checkpoint(g, prefix);
-      if (!found) return fail_now(g, p.done, found.error());
+      if (!found) return fail_now(g, p, found.error());
       latest = *found;
     }
     if (req.if_match && *req.if_match != latest)
-      return fail_now(g, p.done, {errc::precondition_failed, "If-Match names version " + std::to_string(*req.if_match) +
+      return fail_now(g, p, {errc::precondition_failed, "If-Match names version " + std::to_string(*req.if_match) +
                                                                  " but the latest is " + std::to_string(latest)});
     if (!req.if_match && latest)
-      return fail_now(g, p.done, {errc::precondition_required, "agent '" + req.agent_id + "' has checkpoint version " +
+      return fail_now(g, p, {errc::precondition_required, "agent '" + req.agent_id + "' has checkpoint version " +
                                                                    std::to_string(latest) +
                                                                    " here; send If-Match with the version this replaces"});
     context_state st = existing_or_new(*lookup, req.context_id, g);
@@ -1415,23 +1420,23 @@ struct store::impl {
   void stage(group_state& g, pending_fact& p) {
     auto& ch = p.change;
     auto lookup = find_context(ch.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p, lookup.error());
     const bool exists = *lookup && !(*lookup)->deleted;
     const uint64_t head = exists ? (*lookup)->context.head_seq() : 0;
     for (uint64_t src : ch.fact.sources())
       if (src == 0 || src > head)
-        return fail_now(g, p.done, {errc::invalid_argument, "sources: seq " + std::to_string(src) +
+        return fail_now(g, p, {errc::invalid_argument, "sources: seq " + std::to_string(src) +
                                                                 " is not in the context (its head_seq is " +
                                                                 std::to_string(head) + ")"});
     const std::string& key = ch.fact.key();
     std::optional<api::Fact> active;
     if (exists) {
       auto found = active_fact(g, fact_prefix((*lookup)->handle, key));
-      if (!found) return fail_now(g, p.done, found.error());
+      if (!found) return fail_now(g, p, found.error());
       active = std::move(*found);
     }
     if (ch.retract && !active)
-      return fail_now(g, p.done, {errc::not_found, "no active fact '" + key + "' in context '" + ch.context_id + "'"});
+      return fail_now(g, p, {errc::not_found, "no active fact '" + key + "' in context '" + ch.context_id + "'"});
     context_state st = existing_or_new(*lookup, ch.context_id, g);
     const std::string prefix = fact_prefix(st.handle, key);
     const uint64_t seq = st.context.head_seq() + 1;  // put_event's
@@ -1502,7 +1507,7 @@ struct store::impl {
   void stage(group_state& g, pending_presence& p) {
     auto& ch = p.change;
     auto lookup = find_context(ch.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p, lookup.error());
     const bool exists = *lookup && !(*lookup)->deleted;
     bool present = false;
     if (exists) {
@@ -1512,7 +1517,7 @@ struct store::impl {
       } else {
         std::string raw;
         auto s = db->Get(rocksdb::ReadOptions(), h(cf_presence), key, &raw);
-        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p.done, storage_error(s, "reading presence"));
+        if (!s.ok() && !s.IsNotFound()) return fail_now(g, p, storage_error(s, "reading presence"));
         present = s.ok();
       }
     }
@@ -1576,10 +1581,10 @@ struct store::impl {
 
   void stage(group_state& g, pending_trim& p) {
     auto lookup = find_context(p.context_id, g.staged);
-    if (!lookup) return fail_now(g, p.done, lookup.error());
+    if (!lookup) return fail_now(g, p, lookup.error());
     if (!*lookup || (*lookup)->deleted) {
       if (p.erase && p.progress.removed_events == 0)
-        return fail_now(g, p.done, {errc::not_found, "context '" + p.context_id + "' does not exist"});
+        return fail_now(g, p, {errc::not_found, "context '" + p.context_id + "' does not exist"});
       // A concurrent deletion finished it: answer with its context_deleted event.
       if (*lookup) p.progress.first_seq = (*lookup)->context.head_seq();
       g.immediate.push_back([done = std::move(p.done), r = p.progress] { done(r); });
@@ -1600,7 +1605,7 @@ struct store::impl {
     api::Event ev;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       if (!ev.ParseFromArray(it->value().data(), int(it->value().size())))
-        return fail_now(g, p.done, {errc::internal, "corrupt log entry in context '" + p.context_id + "'"});
+        return fail_now(g, p, {errc::internal, "corrupt log entry in context '" + p.context_id + "'"});
       if (ev.has_checkpoint())
         g.batch.Delete(h(cf_checkpoints), checkpoint_key(st.handle, ev.checkpoint().agent_id(), ev.checkpoint().version()));
       if (!ev.has_work_unit()) continue;
@@ -1614,10 +1619,10 @@ struct store::impl {
         g.batch.Delete(h(cf_vectors), keys->value());
         g.batch.Delete(h(cf_vector_keys), keys->key());
       }
-      if (!keys->status().ok()) return fail_now(g, p.done, storage_error(keys->status(), "reading vector keys"));
+      if (!keys->status().ok()) return fail_now(g, p, storage_error(keys->status(), "reading vector keys"));
       unit_ids.push_back(ev.work_unit().id());
     }
-    if (!it->status().ok()) return fail_now(g, p.done, storage_error(it->status(), "reading a context log"));
+    if (!it->status().ok()) return fail_now(g, p, storage_error(it->status(), "reading a context log"));
     if (end > first) {
       g.batch.DeleteRange(h(cf_log), log_key(st.handle, first), log_key(st.handle, end));
       g.removals.push_back({p.context_id, end, std::move(unit_ids)});
