@@ -31,6 +31,8 @@
 #include "gateway/server_impl.hpp"
 #include "gateway/takeover.hpp"
 #include "gateway/stream_params.hpp"
+#include "gateway/wake_service.hpp"
+#include "model/assert.hpp"
 #include "model/text.hpp"
 
 namespace engram::gateway {
@@ -123,9 +125,20 @@ void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
   if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
 }
 
+// A stream's notify for `session`: its wake() on its own thread, in one handler
+// with the other sessions woken on that thread meanwhile (wake_service.hpp).
+// Sessions run on an io_context's own executor (server.cpp: no strands).
+std::function<void()> waker(std::weak_ptr<wakeable> session, const net::any_io_executor& exec) {
+  const auto* own = exec.target<net::io_context::executor_type>();
+  ENGRAM_ASSERT(own, "a stream session runs on an io_context's own executor");
+  return [session, svc = &net::use_service<wake_service>(own->context())] { svc->wake(session); };
+}
+
 // ---------------------------------------------------------------------------------
 template <class Stream>
-class ws_session final : public session_base, public std::enable_shared_from_this<ws_session<Stream>> {
+class ws_session final : public session_base,
+                         public wakeable,
+                         public std::enable_shared_from_this<ws_session<Stream>> {
   using std::enable_shared_from_this<ws_session<Stream>>::shared_from_this;
 
  public:
@@ -166,6 +179,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     });
   }
 
+  void wake() override { pump(); }  // the stream has something to send
+
   void shutdown() override {
     net::post(ws_.get_executor(), [self = shared_from_this()] {
       self->close_with(websocket::close_code::going_away, "server shutting down; reconnect and resume from your last seq");
@@ -194,13 +209,8 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
     batch_.clear();
     batch_pos_ = 0;
     ++subscription_;
-    std::weak_ptr<ws_session> weak = this->shared_from_this();
     auto asked_contexts = sub.contexts, asked_prefixes = sub.prefixes;
-    auto opened = srv_->eng->open_stream(std::move(sub), [weak, exec = ws_.get_executor()] {
-      net::post(exec, [weak] {
-        if (auto self = weak.lock()) self->pump();
-      });
-    });
+    auto opened = srv_->eng->open_stream(std::move(sub), waker(this->weak_from_this(), ws_.get_executor()));
     if (!opened) {
       if (entry) entry->unsubscribe();
       control(json{{"type", "error"}, {"error", opened.error().message}});
@@ -666,7 +676,9 @@ class ws_session final : public session_base, public std::enable_shared_from_thi
 
 // ---------------------------------------------------------------------------------
 template <class Stream>
-class sse_session final : public session_base, public std::enable_shared_from_this<sse_session<Stream>> {
+class sse_session final : public session_base,
+                          public wakeable,
+                          public std::enable_shared_from_this<sse_session<Stream>> {
   using std::enable_shared_from_this<sse_session<Stream>>::shared_from_this;
 
  public:
@@ -683,13 +695,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
 
   void start(unsigned version, std::vector<std::pair<std::string, std::string>> headers, engine::stream_request req) {
     id_ = srv_->add(shared_from_this());
-    std::weak_ptr<sse_session> weak = this->shared_from_this();
     auto asked_contexts = req.contexts, asked_prefixes = req.prefixes;
-    auto opened = srv_->eng->open_stream(std::move(req), [weak, exec = stream_.get_executor()] {
-      net::post(exec, [weak] {
-        if (auto self = weak.lock()) self->pump();
-      });
-    });
+    auto opened = srv_->eng->open_stream(std::move(req), waker(this->weak_from_this(), stream_.get_executor()));
     if (!opened) return refuse(version, std::move(headers), opened.error());
     sub_ = std::move(*opened);
     note_subscription(*this, sub_, std::move(asked_contexts), std::move(asked_prefixes));
@@ -725,6 +732,8 @@ class sse_session final : public session_base, public std::enable_shared_from_th
     lowest().expires_after(srv_->opts.write_timeout);
     async_write_response(stream_, std::move(r), version, false, [self = shared_from_this()](beast::error_code) { self->close(); });
   }
+
+  void wake() override { pump(); }  // the stream has something to send
 
   void shutdown() override {
     net::post(stream_.get_executor(), [self = shared_from_this()] {

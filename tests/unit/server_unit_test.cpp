@@ -1,11 +1,17 @@
-// gateway::server::post: storage answers go to the I/O thread that asked.
+// gateway::server::post: storage answers go to the I/O thread that asked; and
+// gateway::wake_service: stream wake-ups batched per I/O thread.
 #include <gtest/gtest.h>
 
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <future>
+#include <numeric>
 #include <set>
+#include <thread>
+#include <vector>
 
 #include "gateway/server.hpp"
+#include "gateway/wake_service.hpp"
 #include "model/io_thread.hpp"
 
 namespace engram::gateway {
@@ -36,6 +42,67 @@ TEST(ServerPost, RunsOnTheNamedIOThreadAndSpreadsTheRest) {
   EXPECT_EQ(ran_on, (std::set<int>{0, 1}));
   EXPECT_EQ(model::this_io_thread, -1) << "the test's own thread is no I/O thread";
   s.stop(1s);
+}
+
+
+// --- wake_service: wake-ups from other threads, one handler per round ------------
+
+// Records each wake() and the thread it ran on.
+struct woken final : wakeable {
+  explicit woken(std::vector<int>& log, int id) : log(log), id(id) {}
+  void wake() override {
+    log.push_back(id);
+    thread = std::this_thread::get_id();
+  }
+  std::vector<int>& log;
+  int id;
+  std::thread::id thread;
+};
+
+TEST(WakeService, WakesFromAnotherThreadRunInOneHandlerInOrder) {
+  boost::asio::io_context ioc(1);
+  auto& svc = boost::asio::use_service<wake_service>(ioc);
+  EXPECT_EQ(&svc, &boost::asio::use_service<wake_service>(ioc)) << "one per io_context";
+  std::vector<int> log;
+  std::vector<std::shared_ptr<woken>> sessions;
+  for (int i = 0; i < 100; ++i) sessions.push_back(std::make_shared<woken>(log, i));
+  auto gone = std::make_shared<woken>(log, -1);
+  std::thread([&] {
+    for (int i = 0; i < 50; ++i) svc.wake(sessions[size_t(i)]);
+    svc.wake(gone);
+    for (int i = 50; i < 100; ++i) svc.wake(sessions[size_t(i)]);
+  }).join();
+  gone.reset();  // destroyed before its turn: skipped
+  EXPECT_EQ(ioc.poll(), 1u) << "101 wake-ups, one handler";
+  std::vector<int> in_order(100);
+  std::iota(in_order.begin(), in_order.end(), 0);
+  EXPECT_EQ(log, in_order);
+  EXPECT_EQ(sessions.front()->thread, std::this_thread::get_id()) << "woken on the io_context's thread";
+}
+
+// A session woken again while its round runs (its pump left more queued) goes in
+// the next round, in a handler of its own: never lost, never run re-entrantly.
+struct wakes_again final : wakeable {
+  wake_service& svc;
+  std::weak_ptr<wakeable> self;
+  int runs = 0;
+  explicit wakes_again(wake_service& s) : svc(s) {}
+  void wake() override {
+    if (++runs == 1) svc.wake(self);
+  }
+};
+
+TEST(WakeService, AWakeDuringARoundRunsInTheNext) {
+  boost::asio::io_context ioc(1);
+  auto& svc = boost::asio::use_service<wake_service>(ioc);
+  auto s = std::make_shared<wakes_again>(svc);
+  s->self = s;
+  svc.wake(s);
+  EXPECT_EQ(ioc.run_one(), 1u);
+  EXPECT_EQ(s->runs, 1);
+  EXPECT_EQ(ioc.poll(), 1u);
+  EXPECT_EQ(s->runs, 2);
+  EXPECT_EQ(ioc.poll(), 0u) << "nothing left queued";
 }
 
 }  // namespace
