@@ -81,62 +81,134 @@ void record(std::vector<uint64_t>& sink, std::atomic<size_t>& units, int64_t sen
   ++units;
 }
 
-// One async WebSocket subscriber.
+// One async WebSocket subscriber with just enough of RFC 6455, as the broker
+// subscribers below have just enough of RESP and NATS: the upgrade written by
+// hand, then the server's frames (never masked, never fragmented: each message is
+// one frame) parsed out of 16 KiB reads, as many per read as arrived. A ping is
+// answered with a pong (masked, as a client's frames must be). It used to be
+// Beast's websocket::stream, a composed read and a copy per message: more work per
+// message than the hand-written broker clients do, and on this 2-core machine a
+// client short of CPU sets the tail of a fan-out run (bench/README.md, "The
+// fan-out client's WebSocket side").
 class subscriber : public std::enable_shared_from_this<subscriber> {
  public:
   subscriber(net::io_context& ioc, std::vector<uint64_t>& sink, std::atomic<size_t>& units, std::atomic<size_t>& ready,
              std::vector<uint64_t>* first = nullptr)
-      : ws_(ioc), sink_(sink), units_(units), ready_(ready), first_(first) {}
+      : sock_(ioc), sink_(sink), units_(units), ready_(ready), first_(first) {}
 
-  void start(const tcp::endpoint& ep, std::string target) {
-    target_ = std::move(target);
-    beast::get_lowest_layer(ws_).async_connect(ep, [self = shared_from_this()](beast::error_code ec) {
+  void start(const tcp::endpoint& ep, const std::string& target) {
+    sock_.async_connect(ep, [self = shared_from_this(), target](beast::error_code ec) {
       if (ec) return std::fprintf(stderr, "connect: %s\n", ec.message().c_str()), void();
-      self->ws_.async_handshake("127.0.0.1", self->target_, [self](beast::error_code ec) {
-        if (ec) return std::fprintf(stderr, "handshake: %s\n", ec.message().c_str()), void();
-        self->read();
-      });
+      self->sock_.set_option(tcp::no_delay(true));
+      self->send("GET " + target +
+                 " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+      self->read();
     });
   }
   void close() {
     beast::error_code ec;
-    beast::get_lowest_layer(ws_).socket().close(ec);
+    sock_.close(ec);
   }
 
  private:
   void read() {
-    ws_.async_read(buf_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    sock_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (ec) return;
-      self->on_message(beast::buffers_to_string(self->buf_.data()));
-      self->buf_.consume(self->buf_.size());
+      self->in_.append(self->chunk_.data(), n);
+      const size_t used = self->take();
+      if (used == std::string::npos) return self->close();  // reported
+      self->in_.erase(0, used);
       self->read();
     });
   }
-  void on_message(const std::string& m) {
-    if (m.find("\"subscribe_ack\"") != std::string::npos) {
-      ++ready_;
+  // Handles the upgrade's answer and every complete frame in in_; returns the bytes
+  // they span, or npos (after saying why) when the stream is not what we expect.
+  size_t take() {
+    size_t done = 0;
+    if (!upgraded_) {
+      const size_t end = in_.find("\r\n\r\n");
+      if (end == std::string::npos) return 0;
+      if (!in_.starts_with("HTTP/1.1 101"))
+        return std::fprintf(stderr, "upgrade refused: %.*s\n", int(in_.find("\r\n")), in_.data()), std::string::npos;
+      upgraded_ = true;
+      done = end + 4;
+    }
+    while (in_.size() - done >= 2) {
+      const auto b0 = uint8_t(in_[done]), b1 = uint8_t(in_[done + 1]);
+      if (!(b0 & 0x80) || (b1 & 0x80))
+        return std::fprintf(stderr, "unexpected frame: fragmented or masked\n"), std::string::npos;
+      size_t head = 2, size = b1 & 0x7f;
+      if (size >= 126) {
+        head = size == 126 ? 4 : 10;
+        if (in_.size() - done < head) break;
+        size = 0;
+        for (size_t i = 2; i < head; ++i) size = size << 8 | uint8_t(in_[done + i]);
+      }
+      if (in_.size() - done < head + size) break;
+      const std::string_view payload(in_.data() + done + head, size);
+      switch (b0 & 0x0f) {
+        case 0x1: on_message(payload); break;
+        case 0x9: pong(payload); break;
+        case 0x8: return std::string::npos;  // closed by the server
+        default: break;
+      }
+      done += head + size;
+    }
+    return done;
+  }
+  void pong(std::string_view payload) {  // control payloads are at most 125 bytes
+    std::string frame{char(0x8a), char(0x80 | payload.size()), 0, 0, 0, 0};  // a zero mask key
+    send(frame.append(payload));
+  }
+  void on_message(std::string_view m) {
+    if (!subscribed_) {
+      if (m.find("\"subscribe_ack\"") != std::string_view::npos) {
+        subscribed_ = true;
+        ++ready_;
+      }
       return;
     }
     if (first_) return on_delta(m);
     const auto pos = m.find("\"t\":\"");
-    if (pos == std::string::npos) return;
-    record(sink_, units_, std::stoll(m.substr(pos + 5)));
+    if (pos == std::string_view::npos) return;
+    int64_t t = 0;
+    std::from_chars(m.data() + pos + 5, m.data() + m.size(), t);
+    record(sink_, units_, t);
   }
   // A delta's text is "<index>:<send time ns>".
-  void on_delta(const std::string& m) {
+  void on_delta(std::string_view m) {
     const auto pos = m.find("\"text\":\"");
-    if (pos == std::string::npos || m.find("\"type\":\"delta\"") == std::string::npos) return;
-    size_t colon = 0;
-    const size_t index = std::stoull(m.substr(pos + 8), &colon);
-    const uint64_t lat = uint64_t(now_ns() - std::stoll(m.substr(pos + 8 + colon + 1)));
+    if (pos == std::string_view::npos || m.find("\"type\":\"delta\"") == std::string_view::npos) return;
+    size_t index = 0;
+    int64_t sent = 0;
+    const char* end = m.data() + m.size();
+    const auto [colon, ec] = std::from_chars(m.data() + pos + 8, end, index);
+    if (ec != std::errc() || colon == end) return;
+    std::from_chars(colon + 1, end, sent);
+    const uint64_t lat = uint64_t(now_ns() - sent);
     sink_.push_back(lat);
     if (index < first_->size()) (*first_)[index] = std::min((*first_)[index], lat);
     ++units_;
   }
+  // At most one write in flight; the rest wait in out_.
+  void send(std::string m) {
+    out_.push_back(std::move(m));
+    if (out_.size() == 1) write_next();
+  }
+  void write_next() {
+    net::async_write(sock_, net::buffer(out_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return;
+      self->out_.pop_front();
+      if (!self->out_.empty()) self->write_next();
+    });
+  }
 
-  websocket::stream<beast::tcp_stream> ws_;
-  beast::flat_buffer buf_;
-  std::string target_;
+  tcp::socket sock_;
+  std::array<char, 16384> chunk_;
+  std::string in_;
+  std::deque<std::string> out_;
+  bool upgraded_ = false, subscribed_ = false;
   std::vector<uint64_t>& sink_;
   std::atomic<size_t>& units_;
   std::atomic<size_t>& ready_;
