@@ -18,6 +18,7 @@
 // (the event's shared bytes, never copied per subscriber: STYLE "Async") and its
 // flush completes once they are on the socket, which is its backpressure.
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/bind_handler.hpp>
@@ -29,6 +30,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -154,6 +156,45 @@ class coalescing_stream {
     flush();
   }
 
+  // Puts everything added so far on the socket now, without an asynchronous write,
+  // when no write is in flight or waited for and the socket's buffer takes all of
+  // it (as it does unless the client stopped reading): true, and it is there.
+  // Otherwise false: what the socket took, if anything, is off the queue, and
+  // async_flush sends the rest. Plain TCP only (over TLS, false). In a fan-out this
+  // runs once per event and subscriber, where an asynchronous write that completes
+  // at once still costs a composed operation, a pass through the scheduler and a
+  // handler.
+  bool try_flush_now() {
+    if constexpr (!std::is_same_v<Next, boost::asio::ip::tcp::socket>) {
+      return false;
+    } else {
+      if (writing_ || error_ || closing_ || pieces_.empty() || waiter_ || beast_waiter_) return false;
+      boost::beast::error_code ec;
+      if (!next_.non_blocking()) next_.non_blocking(true, ec);  // sync calls only: async ones are unaffected
+      if (ec) return false;
+      sending_.clear();
+      size_t total = 0;
+      for (const auto& p : pieces_) {
+        sending_.emplace_back(p.external ? p.external : owned_.data() + p.offset, p.size);
+        total += p.size;
+      }
+      const size_t sent = next_.write_some(std::span<const boost::asio::const_buffer>(sending_), ec);
+      if (ec) return false;  // would block, or failed: async_flush finds out which
+      if (sent < total) {
+        drop_front(sent);
+        return false;
+      }
+      pieces_.clear();
+      owned_.clear();
+      if (owned_.capacity() > kept_bytes) release_storage(owned_);
+      if (sending_.capacity() * sizeof(sending_[0]) > kept_bytes) {
+        release_storage(sending_);
+        release_storage(pieces_);
+      }
+      return true;
+    }
+  }
+
  private:
   // A run of bytes to send: the caller's (`external`), or owned_[offset, offset + size).
   struct piece {
@@ -180,6 +221,18 @@ class coalescing_stream {
       auto beast = std::exchange(self->beast_waiter_, nullptr);
     }  // they go first, `keep` last
   };
+
+  // Drops the first `n` bytes of what is queued (the socket took them).
+  void drop_front(size_t n) {
+    auto first = pieces_.begin();
+    for (; first != pieces_.end() && first->size <= n; ++first) n -= first->size;
+    pieces_.erase(pieces_.begin(), first);
+    if (n == 0) return;
+    auto& p = pieces_.front();
+    if (p.external) p.external += n;
+    else p.offset += n;
+    p.size -= n;
+  }
 
   void add_copy(std::string_view bytes) {
     if (pieces_.empty() || pieces_.back().external)

@@ -46,6 +46,9 @@ using model::json;
 using steady = std::chrono::steady_clock;
 
 constexpr size_t poll_bytes = 256 * 1024;  // most event bytes taken per write round
+// Writes a pump finishes at once before it leaves the rest to an asynchronous one
+// (and the thread to its other connections).
+constexpr int max_sync_writes = 4;
 // WebSocket close codes in the private range (RFC 6455 §7.4.2): clients reconnect
 // with their cursor.
 constexpr uint16_t close_lagging = 4000;
@@ -229,25 +232,37 @@ class ws_session final : public session_base,
 
   // The single writer: every queued control message, then the events of the
   // current batch (up to poll_bytes), framed into one gather write. The bytes stay
-  // in sending_controls_ and the events' shared wire form until it completes.
+  // in sending_controls_ and the events' shared wire form until it completes. A
+  // write the socket takes at once (try_flush_now) is finished here and the loop
+  // goes on with what is queued next, up to max_sync_writes times; otherwise the
+  // write completes asynchronously and pumps again.
   void pump() {
-    // !is_open(): the client's close frame arrived and Beast answered it; nothing
-    // may follow (on_closed comes when the read ends).
-    if (writing_ || closing_ || !ws_.is_open()) return;
-    auto& out = ws_.next_layer();
-    sending_controls_.swap(control_);  // empty after every write
-    for (const auto& message : sending_controls_) out.add_text_frame(message);
-    if (stream_ && next_batch()) {
-      for (size_t bytes = 0; batch_pos_ < batch_.size() && bytes < poll_bytes; ++batch_pos_) {
-        out.add_text_frame(batch_[batch_pos_]->json);
-        bytes += batch_[batch_pos_]->json.size();
-        sending_events_.push_back(batch_[batch_pos_]);
+    for (int sync_writes = 0;; ++sync_writes) {
+      // !is_open(): the client's close frame arrived and Beast answered it; nothing
+      // may follow (on_closed comes when the read ends).
+      if (writing_ || closing_ || !ws_.is_open()) return;
+      auto& out = ws_.next_layer();
+      sending_controls_.swap(control_);  // empty after every write
+      for (const auto& message : sending_controls_) out.add_text_frame(message);
+      if (stream_ && next_batch()) {
+        for (size_t bytes = 0; batch_pos_ < batch_.size() && bytes < poll_bytes; ++batch_pos_) {
+          out.add_text_frame(batch_[batch_pos_]->json);
+          bytes += batch_[batch_pos_]->json.size();
+          sending_events_.push_back(batch_[batch_pos_]);
+        }
       }
+      if (closing_ || (sending_controls_.empty() && sending_events_.empty())) return;
+      writing_ = true;
+      write_started_ = steady::now();
+      if (sync_writes < max_sync_writes && out.try_flush_now()) {
+        if (!written({})) return;
+        continue;
+      }
+      out.async_flush([self = shared_from_this()](beast::error_code ec) {
+        if (self->written(ec)) self->pump();
+      });
+      return;
     }
-    if (closing_ || (sending_controls_.empty() && sending_events_.empty())) return;
-    writing_ = true;
-    write_started_ = steady::now();
-    out.async_flush([self = shared_from_this()](beast::error_code ec) { self->on_written(ec); });
   }
 
   // True when batch_ has events left to send: the stream's queue, or storage for a
@@ -271,10 +286,15 @@ class ws_session final : public session_base,
     return !batch_.empty();  // else the stream notifies when there is more
   }
 
-  void on_written(beast::error_code ec) {
+  // A write finished (or failed): counts what it carried. False when nothing more
+  // is to be written (it failed, or a close was waiting for it).
+  bool written(beast::error_code ec) {
     writing_ = false;
     release_storage(sending_controls_);  // rare and small: not worth keeping on an idle connection
-    if (ec) return sending_events_.clear();
+    if (ec) {
+      sending_events_.clear();
+      return false;
+    }
     if (sending_events_.empty()) {
       ws_.next_layer().release_buffers();  // control messages only: likely idle
     } else {
@@ -292,8 +312,11 @@ class ws_session final : public session_base,
       if (sending_events_.capacity() > 64) release_storage(sending_events_);
       else sending_events_.clear();
     }
-    if (close_deferred_) return do_close();
-    pump();
+    if (close_deferred_) {
+      do_close();
+      return false;
+    }
+    return true;
   }
 
   // Catch-up reads storage on the engine's read pool, never on this thread.
