@@ -67,9 +67,10 @@ void server::impl::forget(uint64_t id) {
 // by all the threads, every handler a thread posts for its own connection woke
 // another thread to run it, so a request bounced between threads: on 2 cores
 // that made one connection's GET 78 µs instead of 56 µs (bench/README.md). The
-// router and the read pool post to a connection's own executor; storage
-// completions come through server::post, to the threads in turn, and then to the
-// connection's executor.
+// read pool posts to a connection's own executor; a stream's wake-ups (from the
+// router) go through its io_context's wake_service, one handler per round of
+// woken sessions; storage completions come through server::post, to the thread
+// that asked (model::this_io_thread) or else to the threads in turn.
 struct server::io {
   // An io_context whose services can be shut down (queued handlers destroyed)
   // before it is destroyed.

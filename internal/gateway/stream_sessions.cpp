@@ -32,7 +32,6 @@
 #include "gateway/takeover.hpp"
 #include "gateway/stream_params.hpp"
 #include "gateway/wake_service.hpp"
-#include "model/assert.hpp"
 #include "model/text.hpp"
 
 namespace engram::gateway {
@@ -130,11 +129,16 @@ void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
 
 // A stream's notify for `session`: its wake() on its own thread, in one handler
 // with the other sessions woken on that thread meanwhile (wake_service.hpp).
-// Sessions run on an io_context's own executor (server.cpp: no strands).
+// Sessions run on an io_context's own executor (server.cpp); on any other (a
+// strand, say) each wake is posted on its own, as before the batching.
 std::function<void()> waker(std::weak_ptr<wakeable> session, const net::any_io_executor& exec) {
-  const auto* own = exec.target<net::io_context::executor_type>();
-  ENGRAM_ASSERT(own, "a stream session runs on an io_context's own executor");
-  return [session, svc = &net::use_service<wake_service>(own->context())] { svc->wake(session); };
+  if (const auto* own = exec.target<net::io_context::executor_type>())
+    return [session, svc = &net::use_service<wake_service>(own->context())] { svc->wake(session); };
+  return [session, exec] {
+    net::post(exec, [session] {
+      if (auto s = session.lock()) s->wake();
+    });
+  };
 }
 
 // ---------------------------------------------------------------------------------

@@ -15,19 +15,20 @@ void wake_service::wake(std::weak_ptr<wakeable> w) {
 }
 
 void wake_service::run() {
+  std::vector<std::weak_ptr<wakeable>> round;
   {
     std::lock_guard lock(mu_);
-    running_.swap(pending_);
+    round.swap(pending_);
     posted_ = false;  // a wake from here on posts the next round
   }
-  for (const auto& w : running_)
+  for (const auto& w : round)
     if (auto s = w.lock()) s->wake();
-  running_.clear();
 }
 
 void wake_service::shutdown() {
   std::lock_guard lock(mu_);
   pending_.clear();
+  posted_ = true;  // the io_context runs nothing more: later wakes are dropped
 }
 
 }  // namespace engram::gateway

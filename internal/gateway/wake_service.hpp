@@ -11,7 +11,9 @@
 // subscribers did that 1,000 times per event. A wake_service (one per io_context,
 // an Asio service) queues the woken sessions under its own lock and posts one
 // handler while the list is non-empty; the handler wakes them all, in the order
-// they were woken. A session woken again meanwhile goes in the next round.
+// they were woken. A wake that arrives while a round runs goes in the next round;
+// wakes before a round are not merged (a session woken twice is pumped twice,
+// which finds nothing the second time).
 
 #include <boost/asio/execution_context.hpp>
 #include <boost/asio/io_context.hpp>
@@ -28,6 +30,8 @@ class wakeable {
   virtual void wake() = 0;
 };
 
+// Owned by its io_context (boost::asio::use_service); wake() from any thread, the
+// wake-ups run on the io_context's thread.
 class wake_service final : public boost::asio::execution_context::service {
  public:
   static inline boost::asio::execution_context::id id;
@@ -40,15 +44,14 @@ class wake_service final : public boost::asio::execution_context::service {
 
  private:
   // The io_context is shutting down: its queued handlers, the one that would
-  // wake these included, are destroyed without running.
+  // wake these included, are destroyed without running, and nothing more is posted.
   void shutdown() override;
-  void run();
+  void run();  // one round, on the io_context's thread
 
   boost::asio::io_context& ioc_;
   std::mutex mu_;
   std::vector<std::weak_ptr<wakeable>> pending_;  // under mu_
   bool posted_ = false;                           // under mu_: a run() is queued
-  std::vector<std::weak_ptr<wakeable>> running_;  // run()'s, kept for its capacity
 };
 
 }  // namespace engram::gateway
