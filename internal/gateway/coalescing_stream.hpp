@@ -172,25 +172,16 @@ class coalescing_stream {
       boost::beast::error_code ec;
       if (!next_.non_blocking()) next_.non_blocking(true, ec);  // sync calls only: async ones are unaffected
       if (ec) return false;
-      sending_.clear();
-      size_t total = 0;
-      for (const auto& p : pieces_) {
-        sending_.emplace_back(p.external ? p.external : owned_.data() + p.offset, p.size);
-        total += p.size;
-      }
+      gather(owned_);
       const size_t sent = next_.write_some(std::span<const boost::asio::const_buffer>(sending_), ec);
       if (ec) return false;  // would block, or failed: async_flush finds out which
-      if (sent < total) {
+      if (sent < boost::asio::buffer_size(sending_)) {
         drop_front(sent);
         return false;
       }
       pieces_.clear();
       owned_.clear();
-      if (owned_.capacity() > kept_bytes) release_storage(owned_);
-      if (sending_.capacity() * sizeof(sending_[0]) > kept_bytes) {
-        release_storage(sending_);
-        release_storage(pieces_);
-      }
+      trim_buffers();
       return true;
     }
   }
@@ -222,6 +213,27 @@ class coalescing_stream {
     }  // they go first, `keep` last
   };
 
+  // sending_ = what is queued, as buffers; the owned bytes are in `owned`.
+  void gather(const std::string& owned) {
+    sending_.clear();
+    for (const auto& p : pieces_) sending_.emplace_back(p.external ? p.external : owned.data() + p.offset, p.size);
+  }
+
+  // After a write, with nothing queued: the buffers are kept for the next write (a
+  // subscriber at 50 events/s would otherwise allocate them 50 times a second),
+  // but not a burst's big ones.
+  void trim_buffers() {
+    if (!pieces_.empty()) return;
+    if (sending_owned_.capacity() + owned_.capacity() > kept_bytes) {
+      release_storage(owned_);
+      release_storage(sending_owned_);
+    }
+    if (sending_.capacity() * sizeof(sending_[0]) > kept_bytes) {
+      release_storage(sending_);
+      release_storage(pieces_);
+    }
+  }
+
   // Drops the first `n` bytes of what is queued (the socket took them).
   void drop_front(size_t n) {
     auto first = pieces_.begin();
@@ -245,9 +257,7 @@ class coalescing_stream {
     if (writing_ || pieces_.empty() || error_) return;
     writing_ = true;
     sending_owned_.swap(owned_);
-    sending_.clear();
-    for (const auto& p : pieces_)
-      sending_.emplace_back(p.external ? p.external : sending_owned_.data() + p.offset, p.size);
+    gather(sending_owned_);
     pieces_.clear();
     auto done = std::exchange(waiter_, nullptr);
     auto beast_done = std::exchange(beast_waiter_, nullptr);
@@ -259,17 +269,8 @@ class coalescing_stream {
             boost::beast::error_code ec, size_t) mutable {
           f.self = nullptr;  // completed: nothing to release
           writing_ = false;
-          // Buffers are kept for the next write (a subscriber at 50 events/s would
-          // otherwise allocate them 50 times a second), but not a burst's big ones.
           sending_owned_.clear();
-          if (pieces_.empty() && sending_owned_.capacity() + owned_.capacity() > kept_bytes) {
-            release_storage(owned_);
-            release_storage(sending_owned_);
-          }
-          if (pieces_.empty() && sending_.capacity() * sizeof(sending_[0]) > kept_bytes) {
-            release_storage(sending_);
-            release_storage(pieces_);
-          }
+          trim_buffers();
           if (ec) {
             error_ = ec;  // nothing more is sent; whoever waits learns why
             pieces_.clear();

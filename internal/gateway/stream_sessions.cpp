@@ -123,8 +123,11 @@ void close_socket(net::ip::tcp::socket& s) {
 }
 void close_socket(beast::tcp_stream& s) { s.close(); }
 
-void observe_latency(prometheus::Histogram* h, const router::event_ptr& ev) {
-  if (h) h->Observe(std::chrono::duration<double>(steady::now() - ev->published).count());
+// Publish → write latency of the events one write carried, against one clock read.
+void observe_latency(prometheus::Histogram* h, const std::vector<router::event_ptr>& written) {
+  if (!h || written.empty()) return;
+  const auto now = steady::now();
+  for (const auto& ev : written) h->Observe(std::chrono::duration<double>(now - ev->published).count());
 }
 
 // A stream's notify for `session`: its wake() on its own thread, in one handler
@@ -257,11 +260,11 @@ class ws_session final : public session_base,
       }
       if (closing_ || (sending_controls_.empty() && sending_events_.empty())) return;
       writing_ = true;
-      write_started_ = steady::now();
       if (sync_writes < max_sync_writes && out.try_flush_now()) {
         if (!written({})) return;
         continue;
       }
+      write_started_ = steady::now();  // for the write deadline (arm_heartbeat)
       out.async_flush([self = shared_from_this()](beast::error_code ec) {
         if (self->written(ec)) self->pump();
       });
@@ -302,11 +305,9 @@ class ws_session final : public session_base,
     if (sending_events_.empty()) {
       ws_.next_layer().release_buffers();  // control messages only: likely idle
     } else {
+      observe_latency(srv_->streams.publish_to_write, sending_events_);
       size_t bytes = 0;
-      for (const auto& ev : sending_events_) {
-        observe_latency(srv_->streams.publish_to_write, ev);
-        bytes += ev->json.size();
-      }
+      for (const auto& ev : sending_events_) bytes += ev->json.size();
       if (srv_->streams.ws_delivered) srv_->streams.ws_delivered->Increment(double(sending_events_.size()));
       if (entry) {
         entry->events += sending_events_.size();
@@ -854,7 +855,7 @@ class sse_session final : public session_base,
       self->writing_ = false;
       if (ec) return self->close();
       self->lowest().expires_never();  // the deadline was for this write only
-      for (const auto& ev : sent) observe_latency(self->srv_->streams.publish_to_write, ev);
+      observe_latency(self->srv_->streams.publish_to_write, sent);
       if (self->srv_->streams.sse_delivered) self->srv_->streams.sse_delivered->Increment(double(sent.size()));
       if (self->entry) {
         self->entry->events += sent.size();
