@@ -30,6 +30,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <future>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -118,6 +119,7 @@ request to_plain(http::request<http::string_body>& msg, const std::string& remot
   req.method = std::string(msg.method_string());
   req.target = std::string(msg.target());
   req.body = std::move(msg.body());
+  req.headers.reserve(size_t(std::distance(msg.begin(), msg.end())));
   for (const auto& f : msg) {
     std::string name(f.name_string());
     for (auto& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
