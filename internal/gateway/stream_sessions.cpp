@@ -783,23 +783,30 @@ class sse_session final : public session_base,
     out_.append("data: ").append(data).append("\n\n");  // our JSON never contains raw newlines
   }
 
+  // The single writer: frames what the stream has queued into out_ and writes it.
+  // As in the WebSocket session, a write the socket takes at once (write_now) is
+  // finished here and the loop goes on, up to max_sync_writes times; otherwise
+  // write_out writes asynchronously and pumps again when done.
   void pump() {
-    if (writing_) return;
-    if (out_.empty() && sub_ && !ending_) {
-      if (sub_->lagging()) {
-        if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
-        return end("lagging", "subscriber fell too far behind; reconnect with Last-Event-ID to resume");
+    for (int sync_writes = 0;; ++sync_writes) {
+      if (writing_) return;
+      if (out_.empty() && sub_ && !ending_) {
+        if (sub_->lagging()) {
+          if (srv_->streams.lag_closes) srv_->streams.lag_closes->Increment();
+          return end("lagging", "subscriber fell too far behind; reconnect with Last-Event-ID to resume");
+        }
+        if (reading_) return;  // on_read() pumps again
+        auto queued = sub_->poll_queued(poll_bytes);
+        if (!queued) return read_from_storage();
+        take(std::move(*queued));
       }
-      if (reading_) return;  // on_read() pumps again
-      auto queued = sub_->poll_queued(poll_bytes);
-      if (!queued) return read_from_storage();
-      take(std::move(*queued));
+      if (out_.empty()) {
+        if (ending_) close();
+        return;
+      }
+      if (sync_writes < max_sync_writes && write_now()) continue;
+      return write_out();
     }
-    if (out_.empty()) {
-      if (ending_) close();
-      return;
-    }
-    write_out();
   }
 
   // Frames events into out_; they are counted as sent with its next write.
@@ -844,25 +851,59 @@ class sse_session final : public session_base,
     });
   }
 
+  // Plain TCP: one non-blocking write_some of out_, with no asynchronous write,
+  // timer or posted completion when the socket takes all of it (it nearly always
+  // has room). What it takes of a longer out_ is dropped from it, and false sends
+  // the rest through write_out. TLS always writes asynchronously.
+  bool write_now() {
+    if constexpr (!std::is_same_v<Stream, plain_stream>) {
+      return false;
+    } else {
+      auto& socket = lowest().socket();
+      beast::error_code ec;
+      if (!socket.non_blocking()) socket.non_blocking(true, ec);  // sync calls only: async ones are unaffected
+      if (ec) return false;
+      const size_t n = socket.write_some(net::buffer(out_), ec);
+      if (ec) return false;  // would block, or failed: the asynchronous write finds out which
+      if (n < out_.size()) {
+        out_.erase(0, n);
+        written_early_ += n;
+        return false;
+      }
+      sent(pending_, written_early_ + n);
+      written_early_ = 0;
+      out_.clear();
+      pending_.clear();
+      return true;
+    }
+  }
+
   void write_out() {
     writing_ = true;
     sending_.swap(out_);
     out_.clear();
-    auto sent = std::move(pending_);
+    auto events = std::move(pending_);
     pending_.clear();
+    const size_t bytes = std::exchange(written_early_, 0) + sending_.size();
     lowest().expires_after(srv_->opts.write_timeout);
-    net::async_write(stream_, net::buffer(sending_), [self = shared_from_this(), sent = std::move(sent)](beast::error_code ec, size_t) {
-      self->writing_ = false;
-      if (ec) return self->close();
-      self->lowest().expires_never();  // the deadline was for this write only
-      observe_latency(self->srv_->streams.publish_to_write, sent);
-      if (self->srv_->streams.sse_delivered) self->srv_->streams.sse_delivered->Increment(double(sent.size()));
-      if (self->entry) {
-        self->entry->events += sent.size();
-        self->entry->bytes += self->sending_.size();
-      }
-      self->pump();
-    });
+    net::async_write(stream_, net::buffer(sending_),
+                     [self = shared_from_this(), events = std::move(events), bytes](beast::error_code ec, size_t) {
+                       self->writing_ = false;
+                       if (ec) return self->close();
+                       self->lowest().expires_never();  // the deadline was for this write only
+                       self->sent(events, bytes);
+                       self->pump();
+                     });
+  }
+
+  // A write carried these events (and heartbeats or a final event) in `bytes`.
+  void sent(const std::vector<router::event_ptr>& events, size_t bytes) {
+    observe_latency(srv_->streams.publish_to_write, events);
+    if (srv_->streams.sse_delivered) srv_->streams.sse_delivered->Increment(double(events.size()));
+    if (entry) {
+      entry->events += events.size();
+      entry->bytes += bytes;
+    }
   }
 
   // EventSource never sends after the request; a read completing means the client
@@ -919,6 +960,7 @@ class sse_session final : public session_base,
   std::map<std::string, uint64_t> cursors_;
   std::string out_, sending_;
   std::vector<router::event_ptr> pending_;
+  size_t written_early_ = 0;  // bytes of out_ a partial write_now sent already
   std::array<char, 512> scratch_{};
   bool writing_ = false;
   bool reading_ = false;  // a catch-up read is on the read pool

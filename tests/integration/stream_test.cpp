@@ -330,6 +330,45 @@ TEST_F(StreamTest, SseReplaysResumesWithLastEventIdAndSendsIds) {
   EXPECT_EQ((*ev)->id, "4");
 }
 
+// An SSE replay far larger than the socket buffers, to a reader that pauses: the
+// session's writes are cut short (a write_now that the socket takes only part of,
+// then an asynchronous write of the rest) and every byte still arrives once, in order.
+TEST_F(StreamTest, SseReplayToAPausingReaderArrivesWhole) {
+  start();
+  constexpr size_t batches = 40, per_batch = 20, total = batches * per_batch;
+  auto text_of = [](size_t i) { return std::to_string(i) + ":" + std::string(8000, char('a' + i % 26)); };
+  for (size_t b = 0; b < batches; ++b) {
+    json units = json::array();
+    for (size_t i = 0; i < per_batch; ++i) units.push_back({{"text", text_of(b * per_batch + i + 1)}});
+    auto r = call(*http_, "POST", "/workunits", json({{"context_id", "big"}, {"agent_id", "a"}, {"work_units", units}}).dump());
+    ASSERT_EQ(r.status, 201u) << r.raw;
+  }
+  client::sse_connection sse;
+  ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=big&since=0&text=true"));
+  auto first = sse.next(10s);
+  ASSERT_TRUE(first && *first);
+  EXPECT_EQ((*first)->event, "subscribed");
+  uint64_t expect = 1;
+  while (expect <= total) {
+    auto ev = sse.next(30s);
+    ASSERT_TRUE(ev && *ev) << "stalled at seq " << expect;
+    const auto unit = json::parse((*ev)->data);
+    ASSERT_EQ((*ev)->id, std::to_string(expect));
+    ASSERT_EQ(unit["seq"], expect);
+    ASSERT_EQ(unit["text"], text_of(expect)) << "seq " << expect;
+    // Pacing, not waiting for anything: the reader pauses so that the ~9 MB
+    // replay meets full socket buffers (partial writes) rather than a reader
+    // that keeps up.
+    if (++expect % 50 == 0) std::this_thread::sleep_for(20ms);
+  }
+  // Live events follow the replay on the same connection.
+  append("big", "live");
+  auto live = sse.next(10s);
+  ASSERT_TRUE(live && *live);
+  EXPECT_EQ((*live)->id, std::to_string(total + 1));
+  EXPECT_EQ(json::parse((*live)->data)["text"], "live");
+}
+
 TEST_F(StreamTest, BadParametersAreRefusedBeforeUpgrade) {
   start([](config::config& c) { c.server.cors_origins = {"https://good.example"}; });
   for (const char* target : {"/stream-sse", "/stream-sse?context=", "/stream-sse?context=a&since=x",
