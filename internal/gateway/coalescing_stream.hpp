@@ -45,6 +45,18 @@ void release_storage(Container& x) noexcept {
   Container().swap(x);
 }
 
+// One write that never waits: what the socket takes of `buffers` at once
+// (would_block in `ec` when it takes nothing). The socket's user-level
+// non-blocking mode affects synchronous calls only; its asynchronous operations
+// are unaffected. Shared by the WebSocket layer below and the SSE session.
+template <class Buffers>
+size_t write_without_waiting(boost::asio::ip::tcp::socket& socket, const Buffers& buffers,
+                             boost::beast::error_code& ec) {
+  if (!socket.non_blocking()) socket.non_blocking(true, ec);
+  if (ec) return 0;
+  return socket.write_some(buffers, ec);
+}
+
 template <class Next>
 class coalescing_stream {
  public:
@@ -170,10 +182,8 @@ class coalescing_stream {
     } else {
       if (writing_ || error_ || closing_ || pieces_.empty() || waiter_ || beast_waiter_) return false;
       boost::beast::error_code ec;
-      if (!next_.non_blocking()) next_.non_blocking(true, ec);  // sync calls only: async ones are unaffected
-      if (ec) return false;
       gather(owned_);
-      const size_t sent = next_.write_some(std::span<const boost::asio::const_buffer>(sending_), ec);
+      const size_t sent = write_without_waiting(next_, std::span<const boost::asio::const_buffer>(sending_), ec);
       if (ec) return false;  // would block, or failed: async_flush finds out which
       if (sent < boost::asio::buffer_size(sending_)) {
         drop_front(sent);

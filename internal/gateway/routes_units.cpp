@@ -61,9 +61,8 @@ void respond_appended(const responder& respond, model::result<storage::append_re
   if (!r) return respond(error_response(r.error()));
   response resp;
   resp.status = 201;
-  // One allocation for the body, with model::unit_json's estimate (the batch's
-  // append_units_json reserves its own).
-  if (single) resp.body.reserve(32 + 256 + r->units.front().payload().size() * 4 / 3);
+  // One allocation for the body (the batch's append_units_json reserves its own).
+  if (single) resp.body.reserve(16 + model::unit_json_size_hint(r->units.front()));
   model::json_object body(resp.body);
   if (single) model::append_unit_json(body.member("work_unit"), r->units.front());
   else model::append_units_json(body.member("work_units"), r->units);

@@ -48,6 +48,8 @@ constexpr size_t poll_bytes = 256 * 1024;  // most event bytes taken per write r
 // Writes a pump finishes at once before it leaves the rest to an asynchronous one
 // (and the thread to its other connections).
 constexpr int max_sync_writes = 4;
+// An SSE session's buffers kept between writes (a few events' worth).
+constexpr size_t kept_buffer_bytes = 4 * 1024;
 // WebSocket close codes in the private range (RFC 6455 §7.4.2): clients reconnect
 // with their cursor.
 constexpr uint16_t close_lagging = 4000;
@@ -804,7 +806,7 @@ class sse_session final : public session_base,
         if (ending_) close();
         return;
       }
-      if (sync_writes < max_sync_writes && write_now()) continue;
+      if (sync_writes < max_sync_writes && try_write_now()) continue;
       return write_out();
     }
   }
@@ -851,29 +853,24 @@ class sse_session final : public session_base,
     });
   }
 
-  // Plain TCP: one non-blocking write_some of out_, with no asynchronous write,
-  // timer or posted completion when the socket takes all of it (it nearly always
-  // has room). What it takes of a longer out_ is dropped from it, and false sends
-  // the rest through write_out. TLS always writes asynchronously.
-  bool write_now() {
+  // Plain TCP: one write_some of out_ that never waits, with no asynchronous
+  // write, timer or posted completion when the socket takes all of it (it nearly
+  // always has room). False sends out_ through write_out, which skips what the
+  // socket took here. TLS always writes asynchronously.
+  bool try_write_now() {
     if constexpr (!std::is_same_v<Stream, plain_stream>) {
       return false;
     } else {
-      auto& socket = lowest().socket();
       beast::error_code ec;
-      if (!socket.non_blocking()) socket.non_blocking(true, ec);  // sync calls only: async ones are unaffected
-      if (ec) return false;
-      const size_t n = socket.write_some(net::buffer(out_), ec);
+      const size_t n = write_without_waiting(lowest().socket(), net::buffer(out_), ec);
       if (ec) return false;  // would block, or failed: the asynchronous write finds out which
       if (n < out_.size()) {
-        out_.erase(0, n);
-        written_early_ += n;
+        out_taken_ = n;
         return false;
       }
-      sent(pending_, written_early_ + n);
-      written_early_ = 0;
-      out_.clear();
-      pending_.clear();
+      sent(pending_, out_.size());
+      trim(out_);
+      trim(pending_);
       return true;
     }
   }
@@ -884,19 +881,22 @@ class sse_session final : public session_base,
     out_.clear();
     auto events = std::move(pending_);
     pending_.clear();
-    const size_t bytes = std::exchange(written_early_, 0) + sending_.size();
+    const size_t taken = std::exchange(out_taken_, 0);
     lowest().expires_after(srv_->opts.write_timeout);
-    net::async_write(stream_, net::buffer(sending_),
-                     [self = shared_from_this(), events = std::move(events), bytes](beast::error_code ec, size_t) {
+    net::async_write(stream_, net::buffer(sending_) + taken,
+                     [self = shared_from_this(), events = std::move(events)](beast::error_code ec, size_t) {
                        self->writing_ = false;
                        if (ec) return self->close();
                        self->lowest().expires_never();  // the deadline was for this write only
-                       self->sent(events, bytes);
+                       self->sent(events, self->sending_.size());
+                       trim(self->sending_);
                        self->pump();
                      });
   }
 
-  // A write carried these events (and heartbeats or a final event) in `bytes`.
+  // A write carried these events in `bytes`, which count everything written (the
+  // response head, `retry:`, heartbeats, and each event's `event:`/`id:`/`data:`
+  // lines), where a WebSocket session counts the events' JSON.
   void sent(const std::vector<router::event_ptr>& events, size_t bytes) {
     observe_latency(srv_->streams.publish_to_write, events);
     if (srv_->streams.sse_delivered) srv_->streams.sse_delivered->Increment(double(events.size()));
@@ -904,6 +904,14 @@ class sse_session final : public session_base,
       entry->events += events.size();
       entry->bytes += bytes;
     }
+  }
+
+  // Empties a buffer after its write, keeping its storage for the next one unless
+  // a catch-up batch grew it (up to megabytes): an idle subscriber keeps little.
+  template <class Container>
+  static void trim(Container& x) {
+    if (x.capacity() * sizeof(x[0]) > kept_buffer_bytes) release_storage(x);
+    else x.clear();
   }
 
   // EventSource never sends after the request; a read completing means the client
@@ -960,7 +968,7 @@ class sse_session final : public session_base,
   std::map<std::string, uint64_t> cursors_;
   std::string out_, sending_;
   std::vector<router::event_ptr> pending_;
-  size_t written_early_ = 0;  // bytes of out_ a partial write_now sent already
+  size_t out_taken_ = 0;  // bytes at the front of out_ a partial try_write_now sent
   std::array<char, 512> scratch_{};
   bool writing_ = false;
   bool reading_ = false;  // a catch-up read is on the read pool

@@ -214,17 +214,27 @@ uint32_t estimate_tokens(std::string_view payload) {
   return uint32_t(std::min<size_t>((units + 3) / 4, max_unit_tokens));
 }
 
+size_t unit_json_size_hint(const api::WorkUnit& u) {
+  size_t n = 256 + (u.payload().size() + 2) / 3 * 4;  // the fixed members, and the payload in base64
+  for (const auto& [key, value] : u.meta()) n += key.size() + value.size() + 6;
+  for (const auto& r : u.relationships()) {
+    n += 48 + r.target_id().size();
+    for (const auto& [key, value] : r.meta()) n += key.size() + value.size() + 6;
+  }
+  return n;
+}
+
 std::string unit_json(const api::WorkUnit& unit) {
   std::string out;
-  out.reserve(256 + unit.payload().size() * 4 / 3);
+  out.reserve(unit_json_size_hint(unit));
   append_unit_json(out, unit);
   return out;
 }
 
 void append_units_json(std::string& out, const std::vector<api::WorkUnit>& units, bool with_text) {
   size_t estimate = 2;
-  for (const auto& u : units)  // base64, and the text again when asked for
-    estimate += 256 + u.payload().size() * 4 / 3 + (with_text ? u.payload().size() : 0);
+  for (const auto& u : units)  // and the text again when asked for
+    estimate += 1 + unit_json_size_hint(u) + (with_text ? u.payload().size() : 0);
   out.reserve(out.size() + estimate);
   out.push_back('[');
   for (size_t i = 0; i < units.size(); ++i) {

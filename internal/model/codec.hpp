@@ -66,6 +66,9 @@ std::optional<std::string> check_fact_key(std::string_view field, std::string_vi
 using unit_extras = std::function<void(std::string&)>;
 void append_unit_json(std::string& out, const api::WorkUnit& unit, const unit_extras& extras = {});
 std::string unit_json(const api::WorkUnit& unit);
+// About what append_unit_json writes for `unit` (no extras, no escapes), so that a
+// caller can reserve it once.
+size_t unit_json_size_hint(const api::WorkUnit& unit);
 // `[unit,…]`; with_text: each unit also carries its payload as "text"
 // (append_text_json, ?text=1).
 void append_units_json(std::string& out, const std::vector<api::WorkUnit>& units, bool with_text = false);

@@ -330,10 +330,12 @@ TEST_F(StreamTest, SseReplaysResumesWithLastEventIdAndSendsIds) {
   EXPECT_EQ((*ev)->id, "4");
 }
 
-// An SSE replay far larger than the socket buffers, to a reader that pauses: the
-// session's writes are cut short (a write_now that the socket takes only part of,
-// then an asynchronous write of the rest) and every byte still arrives once, in order.
-TEST_F(StreamTest, SseReplayToAPausingReaderArrivesWhole) {
+// An SSE replay far larger than the socket buffers (~15 MB: each catch-up write
+// carries 256 events of ~19 KB) to a reader that pauses: the session's writes are
+// cut short (a try_write_now the socket takes only part of, then an asynchronous
+// write of the rest) and every byte still arrives once, in order, and is counted
+// once in the subscriber's events_sent and bytes_sent.
+TEST_F(StreamTest, SseReplayToAPausingReaderArrivesWholeAndCountedOnce) {
   start();
   constexpr size_t batches = 40, per_batch = 20, total = batches * per_batch;
   auto text_of = [](size_t i) { return std::to_string(i) + ":" + std::string(8000, char('a' + i % 26)); };
@@ -345,9 +347,17 @@ TEST_F(StreamTest, SseReplayToAPausingReaderArrivesWhole) {
   }
   client::sse_connection sse;
   ASSERT_TRUE(sse.connect("127.0.0.1", port(), "/stream-sse?context=big&since=0&text=true"));
+  // The bytes of each event as the server frames it ("event:", "id:", "data:").
+  size_t framed = 0;
+  auto count = [&](const client::sse_event& ev) {
+    if (!ev.event.empty()) framed += 8 + ev.event.size();
+    if (!ev.id.empty()) framed += 5 + ev.id.size();
+    framed += 8 + ev.data.size();
+  };
   auto first = sse.next(10s);
   ASSERT_TRUE(first && *first);
   EXPECT_EQ((*first)->event, "subscribed");
+  count(**first);
   uint64_t expect = 1;
   while (expect <= total) {
     auto ev = sse.next(30s);
@@ -356,9 +366,9 @@ TEST_F(StreamTest, SseReplayToAPausingReaderArrivesWhole) {
     ASSERT_EQ((*ev)->id, std::to_string(expect));
     ASSERT_EQ(unit["seq"], expect);
     ASSERT_EQ(unit["text"], text_of(expect)) << "seq " << expect;
-    // Pacing, not waiting for anything: the reader pauses so that the ~9 MB
-    // replay meets full socket buffers (partial writes) rather than a reader
-    // that keeps up.
+    count(**ev);
+    // Pacing, not waiting for anything: the pauses leave the server's writes
+    // facing full socket buffers more often.
     if (++expect % 50 == 0) std::this_thread::sleep_for(20ms);
   }
   // Live events follow the replay on the same connection.
@@ -367,6 +377,20 @@ TEST_F(StreamTest, SseReplayToAPausingReaderArrivesWhole) {
   ASSERT_TRUE(live && *live);
   EXPECT_EQ((*live)->id, std::to_string(total + 1));
   EXPECT_EQ(json::parse((*live)->data)["text"], "live");
+  count(**live);
+  // Each event counted once, and the bytes: every event's frame, plus the response
+  // head, "retry:" and heartbeats (13 bytes each), which together stay far below
+  // one event's ~19 KB, so a write counted twice or not at all shows.
+  json sub;
+  ASSERT_TRUE(wait_until([&] {
+    auto subs = call(*http_, "GET", "/contexts/big/subscribers").body["subscribers"];
+    if (subs.size() != 1 || subs[0]["events_sent"] != total + 1) return false;
+    sub = subs[0];
+    return true;
+  }, 10s)) << call(*http_, "GET", "/contexts/big/subscribers").raw;
+  const auto bytes = sub["bytes_sent"].get<uint64_t>();
+  EXPECT_GE(bytes, framed + 13 * sse.comments());
+  EXPECT_LE(bytes, framed + 13 * sse.comments() + 4096);
 }
 
 TEST_F(StreamTest, BadParametersAreRefusedBeforeUpgrade) {
