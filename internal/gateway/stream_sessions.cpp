@@ -786,8 +786,8 @@ class sse_session final : public session_base,
   }
 
   // The single writer: frames what the stream has queued into out_ and writes it.
-  // As in the WebSocket session, a write the socket takes at once (write_now) is
-  // finished here and the loop goes on, up to max_sync_writes times; otherwise
+  // As in the WebSocket session, a write the socket takes at once (try_write_now)
+  // is finished here and the loop goes on, up to max_sync_writes times; otherwise
   // write_out writes asynchronously and pumps again when done.
   void pump() {
     for (int sync_writes = 0;; ++sync_writes) {
