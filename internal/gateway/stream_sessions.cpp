@@ -48,8 +48,10 @@ constexpr size_t poll_bytes = 256 * 1024;  // most event bytes taken per write r
 // Writes a pump finishes at once before it leaves the rest to an asynchronous one
 // (and the thread to its other connections).
 constexpr int max_sync_writes = 4;
-// An SSE session's buffers kept between writes (a few events' worth).
-constexpr size_t kept_buffer_bytes = 4 * 1024;
+// What a session keeps between writes (a few events' worth): more, after a burst
+// or a catch-up batch, is freed, so an idle subscriber holds little.
+constexpr size_t kept_text_bytes = 4 * 1024;  // an SSE session's framed text
+constexpr size_t kept_event_slots = 64;       // the events a write carried
 // WebSocket close codes in the private range (RFC 6455 §7.4.2): clients reconnect
 // with their cursor.
 constexpr uint16_t close_lagging = 4000;
@@ -125,11 +127,28 @@ void close_socket(net::ip::tcp::socket& s) {
 }
 void close_socket(beast::tcp_stream& s) { s.close(); }
 
-// Publish → write latency of the events one write carried, against one clock read.
-void observe_latency(prometheus::Histogram* h, const std::vector<router::event_ptr>& written) {
-  if (!h || written.empty()) return;
-  const auto now = steady::now();
-  for (const auto& ev : written) h->Observe(std::chrono::duration<double>(now - ev->published).count());
+// Empties a buffer after its write, keeping its storage for the next one unless it
+// grew past `max_capacity` elements.
+template <class Container>
+void clear_keeping(Container& x, size_t max_capacity) {
+  if (x.capacity() > max_capacity) release_storage(x);
+  else x.clear();
+}
+
+// What one write of a stream session carried, counted the same way for both
+// transports: publish → write latency (against one clock read), the transport's
+// delivered counter, and the subscriber listing's events and bytes.
+void count_written(session_base& session, prometheus::Histogram* latency, prometheus::Counter* delivered,
+                   const std::vector<router::event_ptr>& events, size_t bytes) {
+  if (latency && !events.empty()) {
+    const auto now = steady::now();
+    for (const auto& ev : events) latency->Observe(std::chrono::duration<double>(now - ev->published).count());
+  }
+  if (delivered) delivered->Increment(double(events.size()));
+  if (session.entry) {
+    session.entry->events += events.size();
+    session.entry->bytes += bytes;
+  }
 }
 
 // A stream's notify for `session`: its wake() on its own thread, in one handler
@@ -307,17 +326,10 @@ class ws_session final : public session_base,
     if (sending_events_.empty()) {
       ws_.next_layer().release_buffers();  // control messages only: likely idle
     } else {
-      observe_latency(srv_->streams.publish_to_write, sending_events_);
-      size_t bytes = 0;
+      size_t bytes = 0;  // the events' JSON (an SSE session counts all it writes)
       for (const auto& ev : sending_events_) bytes += ev->json.size();
-      if (srv_->streams.ws_delivered) srv_->streams.ws_delivered->Increment(double(sending_events_.size()));
-      if (entry) {
-        entry->events += sending_events_.size();
-        entry->bytes += bytes;
-      }
-      // A catch-up batch leaves room for hundreds of pointers: not kept when idle.
-      if (sending_events_.capacity() > 64) release_storage(sending_events_);
-      else sending_events_.clear();
+      count_written(*this, srv_->streams.publish_to_write, srv_->streams.ws_delivered, sending_events_, bytes);
+      clear_keeping(sending_events_, kept_event_slots);
     }
     if (close_deferred_) {
       do_close();
@@ -869,8 +881,8 @@ class sse_session final : public session_base,
         return false;
       }
       sent(pending_, out_.size());
-      trim(out_);
-      trim(pending_);
+      clear_keeping(out_, kept_text_bytes);
+      clear_keeping(pending_, kept_event_slots);
       return true;
     }
   }
@@ -889,7 +901,7 @@ class sse_session final : public session_base,
                        if (ec) return self->close();
                        self->lowest().expires_never();  // the deadline was for this write only
                        self->sent(events, self->sending_.size());
-                       trim(self->sending_);
+                       clear_keeping(self->sending_, kept_text_bytes);
                        self->pump();
                      });
   }
@@ -898,20 +910,7 @@ class sse_session final : public session_base,
   // response head, `retry:`, heartbeats, and each event's `event:`/`id:`/`data:`
   // lines), where a WebSocket session counts the events' JSON.
   void sent(const std::vector<router::event_ptr>& events, size_t bytes) {
-    observe_latency(srv_->streams.publish_to_write, events);
-    if (srv_->streams.sse_delivered) srv_->streams.sse_delivered->Increment(double(events.size()));
-    if (entry) {
-      entry->events += events.size();
-      entry->bytes += bytes;
-    }
-  }
-
-  // Empties a buffer after its write, keeping its storage for the next one unless
-  // a catch-up batch grew it (up to megabytes): an idle subscriber keeps little.
-  template <class Container>
-  static void trim(Container& x) {
-    if (x.capacity() * sizeof(x[0]) > kept_buffer_bytes) release_storage(x);
-    else x.clear();
+    count_written(*this, srv_->streams.publish_to_write, srv_->streams.sse_delivered, events, bytes);
   }
 
   // EventSource never sends after the request; a read completing means the client
