@@ -273,6 +273,9 @@ void run_lag(const settings& s) {
   double max_lag = 0;
   const auto t0 = steady::now();
   const auto end = t0 + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(s.seconds));
+  // In every token: a second run against the same server must not find the units
+  // of the first (its tokens would be searchable before they are even written).
+  const std::string run_tag = std::to_string(std::random_device{}());
   std::vector<std::thread> threads;
   for (unsigned w = 0; w < writers; ++w) {
     threads.emplace_back([&, w] {
@@ -285,7 +288,7 @@ void run_lag(const settings& s) {
         if (due >= end) break;
         std::this_thread::sleep_until(due);
         const bool sampled = i % sample == 0;
-        const std::string token = "probe" + std::to_string(w) + "q" + std::to_string(i) + "z";
+        const std::string token = "probe" + run_tag + "w" + std::to_string(w) + "q" + std::to_string(i) + "z";
         std::string text = vocab.sentence(rng, 30);
         if (sampled) text += token;
         auto r = c.request("POST", "/workunit",

@@ -49,6 +49,13 @@ metrics_set::metrics_set(prometheus::Registry* r) {
                        .Help("Time the indexer paused to leave the CPU to writes it could not keep up with "
                              "(search.yield_backlog)")
                        .Register(*r).Add({});
+  hold_seconds = &BuildCounter().Name("engram_search_index_commit_hold_seconds_total")
+                      .Help("Time due index commits waited for queries that had lost their revision twice "
+                            "(at most 1 s per hold)")
+                      .Register(*r).Add({});
+  query_retries = &BuildCounter().Name("engram_search_query_retries_total")
+                       .Help("Queries run again because an index commit replaced the revision they read")
+                       .Register(*r).Add({});
   lag = &BuildGauge().Name("engram_search_index_lag_events")
              .Help("Events committed to context logs but not yet searchable").Register(*r).Add({});
   documents = &BuildGauge().Name("engram_search_index_documents")

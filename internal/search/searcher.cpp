@@ -389,6 +389,7 @@ model::result<results> index::impl::run_query(const query& q) {
     } catch (const Xapian::DatabaseModifiedError& e) {
       // The writer moved on twice during this query: retry on the newest revision,
       // from the second time with the indexer's commits held.
+      metrics.query_retries->Increment();
       if (attempt >= 1 && !hold.s) {
         ++starved_queries;
         hold.s = this;

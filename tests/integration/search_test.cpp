@@ -461,6 +461,13 @@ TEST_F(SearchTest, ConcurrentSearchesWhileIndexingAndMerging) {
   EXPECT_TRUE(wait_until([&] { return call(*http_, "GET", "/readyz").body["search"]["pending_merges"] == 0; }, 60s))
       << call(*http_, "GET", "/readyz").raw;
   EXPECT_EQ(search({{"context_id", "conc/*"}, {"limit", 1}}).body["total_count"], 2000);
+  // Queries here may lose their revision to the commits; the counters are exported
+  // either way, and commits are held only for a query that lost it twice.
+  const double retries = metric(*http_, "engram_search_query_retries_total");
+  const double held = metric(*http_, "engram_search_index_commit_hold_seconds_total");
+  EXPECT_GE(retries, 0) << "exported";
+  EXPECT_GE(held, 0) << "exported";
+  EXPECT_TRUE(held == 0 || retries >= 2) << "held " << held << " s after " << retries << " retries";
 }
 
 // Recent shards left unmerged by a stop are merged after the restart without
