@@ -389,12 +389,14 @@ model::result<results> index::impl::run_query(const query& q) {
     } catch (const Xapian::DatabaseModifiedError& e) {
       // The writer moved on twice during this query: retry on the newest revision,
       // from the second time with the indexer's commits held.
-      metrics.query_retries->Increment();
       if (attempt >= 1 && !hold.s) {
         ++starved_queries;
         hold.s = this;
       }
-      if (attempt < 4) continue;
+      if (attempt < 4) {
+        metrics.query_retries->Increment();
+        continue;
+      }
       return fail(errc::unavailable, "search index busy: " + e.get_msg());
     } catch (const Xapian::QueryParserError& e) {
       release_reader(std::move(*r));
