@@ -273,8 +273,8 @@ void run_lag(const settings& s) {
   double max_lag = 0;
   const auto t0 = steady::now();
   const auto end = t0 + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(s.seconds));
-  // In every token: a second run against the same server must not find the units
-  // of the first (its tokens would be searchable before they are even written).
+  // A per-run tag in every token: a second run against the same server must not
+  // find the units of the first (they are searchable before this run writes its own).
   const std::string run_tag = std::to_string(std::random_device{}());
   std::vector<std::thread> threads;
   for (unsigned w = 0; w < writers; ++w) {

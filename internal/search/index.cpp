@@ -49,9 +49,9 @@ metrics_set::metrics_set(prometheus::Registry* r) {
                        .Help("Time the indexer paused to leave the CPU to writes it could not keep up with "
                              "(search.yield_backlog)")
                        .Register(*r).Add({});
-  hold_seconds = &BuildCounter().Name("engram_search_index_commit_hold_seconds_total")
-                      .Help("Time due index commits waited for queries that had lost their revision twice "
-                            "(at most 1 s per hold)")
+  commit_holds = &BuildCounter().Name("engram_search_index_commit_holds_total")
+                      .Help("Queries that lost their revision twice and so held the index's commits until "
+                            "they ended (at most 1 s without a commit)")
                       .Register(*r).Add({});
   query_retries = &BuildCounter().Name("engram_search_query_retries_total")
                        .Help("Queries run again because an index commit replaced the revision they read")

@@ -67,7 +67,7 @@ struct metrics_set {
   prometheus::Counter* commits;
   prometheus::Counter* rounds;
   prometheus::Counter* yield_seconds;
-  prometheus::Counter* hold_seconds;
+  prometheus::Counter* commit_holds;
   prometheus::Counter* query_retries;
   prometheus::Gauge* lag;
   prometheus::Gauge* documents;
@@ -135,7 +135,6 @@ struct index::impl {
   steady::time_point last_commit{};
   steady::time_point last_progress_log{};
   steady::time_point catch_up_started{};
-  std::optional<steady::time_point> hold_started;  // a due commit waits for starved queries since
   std::thread indexer;
 
   // ---- merging: one background merge at a time, started and joined by the indexer ----

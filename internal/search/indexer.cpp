@@ -201,12 +201,9 @@ model::status index::impl::follow() {
       if (auto ok = purge(cuts); !ok) return ok;
       cuts.clear();
     }
-    const auto now = steady::now();
-    const bool held = starved_queries > 0 && now < last_commit + max_commit_hold;
-    const bool due = uncommitted_events > 0 &&
-                     (now >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units);
-    if (due && held && !hold_started) hold_started = now;
-    if (due && !held) {
+    const bool held = starved_queries > 0 && steady::now() < last_commit + max_commit_hold;
+    if (uncommitted_events > 0 && !held &&
+        (steady::now() >= last_commit + opts.commit_interval || uncommitted_ts.size() >= opts.max_batch_units)) {
       if (auto ok = commit(); !ok) return ok;  // manages the tiers too
     } else if (merge_done) {
       if (auto ok = manage_tiers(); !ok) return ok;
@@ -360,10 +357,6 @@ model::status index::impl::purge(const std::unordered_map<std::string, uint64_t>
 
 model::status index::impl::commit() {
   const auto t0 = steady::now();
-  if (hold_started) {  // the hold ends here, whichever path commits
-    metrics.hold_seconds->Increment(std::chrono::duration<double>(t0 - *hold_started).count());
-    hold_started.reset();
-  }
   writer->commit();
   last_commit = steady::now();
   metrics.commit_seconds->Observe(std::chrono::duration<double>(last_commit - t0).count());

@@ -392,6 +392,7 @@ model::result<results> index::impl::run_query(const query& q) {
       if (attempt >= 1 && !hold.s) {
         ++starved_queries;
         hold.s = this;
+        metrics.commit_holds->Increment();
       }
       if (attempt < 4) {
         metrics.query_retries->Increment();

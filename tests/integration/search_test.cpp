@@ -461,13 +461,14 @@ TEST_F(SearchTest, ConcurrentSearchesWhileIndexingAndMerging) {
   EXPECT_TRUE(wait_until([&] { return call(*http_, "GET", "/readyz").body["search"]["pending_merges"] == 0; }, 60s))
       << call(*http_, "GET", "/readyz").raw;
   EXPECT_EQ(search({{"context_id", "conc/*"}, {"limit", 1}}).body["total_count"], 2000);
-  // Queries here may lose their revision to the commits; the counters are exported
-  // either way, and commits are held only for a query that lost it twice.
+  // Queries here may lose their revision to the commits (nothing here forces it);
+  // the counters are exported either way, and a query holds the commits only
+  // after it lost its revision twice.
   const double retries = metric(*http_, "engram_search_query_retries_total");
-  const double held = metric(*http_, "engram_search_index_commit_hold_seconds_total");
+  const double holds = metric(*http_, "engram_search_index_commit_holds_total");
   EXPECT_GE(retries, 0) << "exported";
-  EXPECT_GE(held, 0) << "exported";
-  EXPECT_TRUE(held == 0 || retries >= 2) << "held " << held << " s after " << retries << " retries";
+  EXPECT_GE(holds, 0) << "exported";
+  EXPECT_GE(retries, 2 * holds);
 }
 
 // Recent shards left unmerged by a stop are merged after the restart without
